@@ -1,0 +1,188 @@
+"""Starting, watching and stopping the processes a run owns.
+
+Every child starts in its own session (its own process group), so that
+Ctrl-C reaches only the runner, which then stops each child in order, and so
+that a server's worker processes can be found and ended with it. `Owned`
+keeps the list of live children; `Owned.stop_all()` runs on every exit path.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+class StartError(RuntimeError):
+    """A server exited or never became ready; the message says why."""
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=2.0):
+    """(status, body bytes) of GET http://127.0.0.1:port/path; raises OSError."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def group_members(pgid):
+    """Pids of the live processes in process group `pgid` (zombies excluded)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        # fields[0] is the state, fields[2] the process group
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def descendants(pid):
+    """Pids of every live descendant of `pid` (children, their children...)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Owned:
+    """The children this run started and has not yet stopped."""
+
+    def __init__(self):
+        self._live = []
+
+    def popen(self, cmd, **kwargs):
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self._live.append(proc)
+        return proc
+
+    def stop(self, proc, grace=15.0):
+        """SIGTERM, wait up to `grace` s, then SIGKILL the whole group.
+
+        Returns (seconds to exit, exit code, pids of the group still alive
+        after the leader exited and that had to be killed)."""
+        start = time.monotonic()
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+        seconds = time.monotonic() - start
+        # A worker that outlives its server is a leak: end it, and say so.
+        leftovers = group_members(proc.pid)
+        if leftovers:
+            deadline = time.monotonic() + 2.0
+            while leftovers and time.monotonic() < deadline:
+                time.sleep(0.05)
+                leftovers = group_members(proc.pid)
+            if leftovers:
+                _kill_group(proc.pid)
+        if proc in self._live:
+            self._live.remove(proc)
+        return seconds, proc.returncode, leftovers
+
+    def stop_all(self):
+        for proc in list(reversed(self._live)):
+            self.stop(proc, grace=5.0)
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _ready_workers(stats):
+    """Workers that /stats reports ready, or None if it does not say."""
+    for key in ("ready_workers", "workers_ready"):
+        if isinstance(stats.get(key), int):
+            return stats[key]
+    details = stats.get("worker_details") or stats.get("workers_detail")
+    if not isinstance(details, list):
+        details = stats.get("workers") if isinstance(stats.get("workers"), list) else None
+    if details is not None:
+        return sum(1 for w in details
+                   if isinstance(w, dict) and (w.get("ready") is True or
+                                               w.get("state") in ("ready", "idle", "busy")))
+    return None
+
+
+def wait_ready(proc, started_at, port, workers, timeout, has_stats=True):
+    """Waits until /healthz answers 200 and, where /stats reports it, all
+    `workers` are ready. Returns the seconds from `started_at` (monotonic, taken
+    just before the process was started) to each, and the last /stats.
+    Raises StartError."""
+    start = started_at
+    deadline = start + timeout
+    healthz_s = None
+    while True:
+        if proc.poll() is not None:
+            raise StartError("exited with status %d before it was ready" % proc.returncode)
+        if time.monotonic() > deadline:
+            raise StartError("not ready after %.0f s" % timeout)
+        try:
+            status, _ = http_get(port, "/healthz", timeout=1.0)
+            if status == 200:
+                healthz_s = time.monotonic() - start
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    stats, ready_reported = None, False
+    if has_stats:
+        while True:
+            try:
+                status, body = http_get(port, "/stats", timeout=2.0)
+                stats = json.loads(body) if status == 200 else None
+            except (OSError, ValueError):
+                stats = None
+            ready = _ready_workers(stats) if isinstance(stats, dict) else None
+            if ready is None or ready >= workers:
+                ready_reported = ready is not None
+                break
+            if proc.poll() is not None:
+                raise StartError("exited with status %d before all workers were ready"
+                                 % proc.returncode)
+            if time.monotonic() > deadline:
+                raise StartError("only %d of %d workers ready after %.0f s" % (ready, workers, timeout))
+            time.sleep(0.01)
+    return {"healthz_s": healthz_s, "ready_s": time.monotonic() - start,
+            "ready_reported_by_stats": ready_reported, "stats": stats}

@@ -1,0 +1,158 @@
+"""What the server costs while it is loaded, read from /proc.
+
+CPU: utime+stime of the server and every descendant (worker processes), of
+wrk, and of the whole machine, as cores used over the measured window.
+Memory: RSS of the server process; PSS (from smaps_rollup, so shared pages
+count once in total) of the server and summed over its worker processes.
+"""
+
+import json
+import os
+import threading
+import time
+
+from . import procs
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+
+
+def _kb(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_kb(pid):
+    return _kb("/proc/%d/status" % pid, "VmRSS:")
+
+
+def pss_kb(pid):
+    return _kb("/proc/%d/smaps_rollup" % pid, "Pss:")
+
+
+def machine_ticks():
+    """(busy, total) jiffies of all CPUs together."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+def memory(server_pid):
+    """Memory of the server and its worker processes now, in KiB."""
+    workers = procs.descendants(server_pid)
+    worker_pss = [pss_kb(p) for p in workers]
+    worker_pss = [v for v in worker_pss if v is not None]
+    server_pss = pss_kb(server_pid)
+    return {
+        "server_rss_kb": rss_kb(server_pid),
+        "server_pss_kb": server_pss,
+        "worker_processes": len(worker_pss),
+        "workers_pss_kb": sum(worker_pss),
+        "total_pss_kb": (server_pss or 0) + sum(worker_pss),
+    }
+
+
+class Sampler(threading.Thread):
+    """Samples every `interval` s until stop(); summary() gives the figures."""
+
+    def __init__(self, server_pid, wrk_pid, interval=0.5, stats_port=None):
+        super().__init__(daemon=True)
+        self.server_pid = server_pid
+        self.wrk_pid = wrk_pid
+        self.interval = interval
+        self.stats_port = stats_port
+        self.samples = []
+        self._stop = threading.Event()
+        self._last_ticks = {}
+        self._server_ticks = 0  # increments summed per pid, so exiting workers still count
+
+    def _tree_ticks(self):
+        for pid in [self.server_pid] + procs.descendants(self.server_pid):
+            ticks = _cpu_ticks(pid)
+            if ticks is None:
+                continue
+            # A pid first seen mid-window was born in it: all of its ticks count.
+            self._server_ticks += max(0, ticks - self._last_ticks.get(pid, 0))
+            self._last_ticks[pid] = ticks
+        return self._server_ticks
+
+    def _sample(self):
+        sample = {"t": time.monotonic()}
+        busy, total = machine_ticks()
+        sample["machine_busy_ticks"], sample["machine_total_ticks"] = busy, total
+        sample["server_ticks"] = self._tree_ticks()
+        sample["wrk_ticks"] = _cpu_ticks(self.wrk_pid)
+        sample.update(memory(self.server_pid))
+        if self.stats_port:
+            try:
+                status, body = procs.http_get(self.stats_port, "/stats", timeout=1.0)
+                stats = json.loads(body) if status == 200 else {}
+            except (OSError, ValueError):
+                stats = {}
+            for key in ("queue_depth", "busy_workers"):
+                if isinstance(stats.get(key), (int, float)):
+                    sample[key] = stats[key]
+        self.samples.append(sample)
+
+    def run(self):
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                break
+        self._sample()
+
+    def stop(self):
+        self._stop.set()
+        self.join()
+
+    def summary(self):
+        s = self.samples
+        if len(s) < 2:
+            return {"samples": len(s)}
+        first, last = s[0], s[-1]
+        seconds = last["t"] - first["t"]
+        ncpu = os.cpu_count() or 1
+
+        def cores(key):
+            if first.get(key) is None or last.get(key) is None or seconds <= 0:
+                return None
+            return (last[key] - first[key]) / CLOCK_TICKS / seconds
+
+        machine_total = last["machine_total_ticks"] - first["machine_total_ticks"]
+        out = {
+            "samples": len(s),
+            "seconds": seconds,
+            "server_cpu_cores": cores("server_ticks"),
+            "wrk_cpu_cores": cores("wrk_ticks"),
+            "machine_busy_cores": (ncpu * (last["machine_busy_ticks"] - first["machine_busy_ticks"])
+                                   / machine_total) if machine_total > 0 else None,
+        }
+        for key in ("server_rss_kb", "server_pss_kb", "workers_pss_kb", "total_pss_kb"):
+            values = [x[key] for x in s if x.get(key) is not None]
+            if values:
+                out[key + "_peak"] = max(values)
+                out[key + "_mean"] = sum(values) / len(values)
+        out["worker_processes"] = max(x.get("worker_processes", 0) for x in s)
+        for key in ("queue_depth", "busy_workers"):
+            values = [x[key] for x in s if key in x]
+            if values:
+                out[key + "_mean"] = sum(values) / len(values)
+                out[key + "_max"] = max(values)
+        return out

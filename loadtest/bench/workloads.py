@@ -1,0 +1,59 @@
+"""The workloads: which wrk profile, with which parameters, and what the
+single-thread rate of its handlers must be measured on (for the ideal).
+
+The runner passes every parameter to the profile explicitly, so this table is
+what a run measures; the profiles' own defaults (the same values) are for
+running wrk by hand.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    params: dict = field(default_factory=dict)
+    # GET target -> weight, for CPU-bound workloads: the ideal rate of the mix
+    # is cores / sum(weight_i * seconds_i) * sum(weight_i). None: no ideal.
+    cpu_mix: dict | None = None
+
+    def profile_args(self):
+        return ["%s=%s" % (k, v) for k, v in sorted(self.params.items())]
+
+
+_MIXED = {"w_hello": 50, "w_fib": 20, "w_primes": 15, "w_mandelbrot": 10, "w_nbody": 5,
+          "fib_n": 22, "primes_limit": 100000, "mandelbrot_size": 32, "nbody_steps": 200}
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("hello", "GET /hello: trivial handler, measures the dispatch path"),
+        Workload("fib", "GET /fib?n=25: pure-Python recursion, CPU-bound",
+                 {"n": 25}, {"/fib?n=25": 1}),
+        Workload("mixed", "50% /hello, 20% /fib?n=22, 15% /primes?limit=100000, "
+                          "10% /mandelbrot?size=32, 5% /nbody?steps=200",
+                 _MIXED,
+                 {"/hello": _MIXED["w_hello"],
+                  "/fib?n=%d" % _MIXED["fib_n"]: _MIXED["w_fib"],
+                  "/primes?limit=%d" % _MIXED["primes_limit"]: _MIXED["w_primes"],
+                  "/mandelbrot?size=%d" % _MIXED["mandelbrot_size"]: _MIXED["w_mandelbrot"],
+                  "/nbody?steps=%d" % _MIXED["nbody_steps"]: _MIXED["w_nbody"]}),
+        Workload("json", "POST /json with a 50-record JSON body (about 4 KB)", {"items": 50}),
+        Workload("sleep", "GET /sleep?ms=10: the handler sleeps, I/O-bound", {"ms": 10}),
+    )
+}
+
+
+def ideal_rate(workload, rates, cores):
+    """Requests/s that `cores` cores would serve at the single-thread rates
+    `rates` (target -> per_s), with no HTTP or dispatch cost; None if unknown."""
+    if not workload.cpu_mix or not rates:
+        return None
+    seconds = 0.0
+    for target, weight in workload.cpu_mix.items():
+        rate = rates.get(target)
+        if not rate:
+            return None
+        seconds += weight / rate
+    return cores * sum(workload.cpu_mix.values()) / seconds

@@ -1,0 +1,66 @@
+// The user's app as loaded in one interpreter: its routes and the code that
+// turns a plain C++ request into a Python Request, calls the handler, and
+// turns the result back into plain C++ data. Nothing here outlives, or is
+// shared with, another interpreter.
+#pragma once
+
+#include "executor.hpp"
+#include "py_ref.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gilgamesh {
+
+struct AppOptions {
+  std::string module;
+  std::vector<std::string> pythonpath;
+  std::string strategy;  // only for error messages
+};
+
+class PythonApp {
+ public:
+  // Imports `gilgamesh` and the app module in the current interpreter and
+  // reads the registered routes. Precondition: this interpreter's GIL is held
+  // (thread state attached). Throws StartupError naming module and reason.
+  static std::unique_ptr<PythonApp> load(const AppOptions& options);
+
+  const std::vector<RouteInfo>& routes() const { return routes_; }
+
+  // Runs the handler of routes()[route_index]. Precondition: the GIL of the
+  // interpreter that loaded this app is held. Never throws for Python errors:
+  // HTTPError becomes its status, anything else 500 (traceback logged).
+  HttpResponseData handle(std::size_t route_index, const HttpRequestData& request);
+
+  // Turns a handler's return value into a response. With the GIL. Public for tests.
+  HttpResponseData convert_result(PyObject* result, const std::string& request_id);
+
+  // Whether the interpreter runs with a GIL (false only on a free-threaded
+  // build with the GIL still off after the app's imports). With the GIL.
+  static bool gil_enabled();
+
+  // Releases every Python reference. Precondition: the GIL is held. Called
+  // before the interpreter ends; the destructor then does nothing Python.
+  void release();
+  ~PythonApp();
+
+ private:
+  PythonApp() = default;
+  bool convert_body(PyObject* body, HttpResponseData& out);
+  HttpResponseData error_from_exception(const std::string& request_id, std::size_t route_index);
+
+  std::vector<RouteInfo> routes_;
+  std::vector<py::Ref> handlers_;
+  py::Ref request_type_;
+  py::Ref response_type_;
+  py::Ref http_error_type_;
+  py::Ref json_dumps_;
+};
+
+// Ensures every app loads the same routes (sub-interpreters, processes).
+// Throws StartupError if `other` differs from `first`.
+void check_same_routes(const std::vector<RouteInfo>& first, const std::vector<RouteInfo>& other,
+                       int worker);
+
+}  // namespace gilgamesh

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds CPython 3.13.5 from Debian trixie's python3.13 source package, twice,
+# --enable-shared: a default build and a --disable-gil (free-threaded) build.
+# Both land in a cache outside the clone, shared by every clone and run:
+#   ${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}/python-3.13.5/{default,free-threaded}
+# A prefix is rebuilt only when it is missing or broken (its python cannot run).
+# The system's apt sources are never edited: a private apt configuration reads
+# the mirror from them and fetches only the source package.
+set -euo pipefail
+
+VERSION=3.13.5
+CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"
+ROOT="$CACHE/python-$VERSION"
+JOBS="$(nproc)"
+which_builds=("${@:-default free-threaded}")
+read -r -a which_builds <<<"${which_builds[*]}"
+
+prefix_ok() {  # $1 prefix, $2 expected Py_GIL_DISABLED (0/1)
+  local py="$1/bin/python3.13"
+  [[ -x "$py" ]] || return 1
+  LD_LIBRARY_PATH="$1/lib" "$py" -c "
+import sys, sysconfig, ssl, zlib, ctypes, sqlite3, decimal
+assert sys.version_info[:3] == (3, 13, 5)
+assert int(sysconfig.get_config_var('Py_GIL_DISABLED') or 0) == $2
+assert sysconfig.get_config_var('Py_ENABLE_SHARED') == 1
+" >/dev/null 2>&1
+}
+
+fetch_source() {
+  local tarball="$ROOT/src/python3.13_${VERSION}.orig.tar.xz"
+  if [[ -s "$tarball" ]] && xz -t "$tarball" 2>/dev/null; then echo "$tarball"; return; fi
+  mkdir -p "$ROOT/src" "$ROOT/apt/lists/partial" "$ROOT/apt/cache/archives/partial"
+  # The mirror is the one this system already uses.
+  local uri
+  uri="$(grep -hoE '^URIs:[[:space:]]*\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1 | awk '{print $2}' || true)"
+  if [[ -z "$uri" ]]; then
+    uri="$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | awk '{for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)"
+  fi
+  uri="${uri:-http://deb.debian.org/debian}"
+  cat >"$ROOT/apt/trixie.sources" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  local opts=(-o "Dir::Etc::sourcelist=$ROOT/apt/trixie.sources" -o Dir::Etc::sourceparts=/nonexistent
+              -o "Dir::State::Lists=$ROOT/apt/lists" -o "Dir::Cache=$ROOT/apt/cache"
+              -o APT::Sandbox::User=root -o Debug::NoLocking=1)
+  echo "build-python: fetching python3.13 source from $uri (trixie)" >&2
+  apt-get "${opts[@]}" update -qq >&2
+  (cd "$ROOT/src" && apt-get "${opts[@]}" source --download-only -qq python3.13 >&2)
+  # Only the upstream tarball is used; apt verified it against the signed Sources index.
+  [[ -s "$tarball" ]] || { echo "build-python: $tarball not found after download" >&2; exit 1; }
+  echo "$tarball"
+}
+
+build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
+  local name="$1" flags="$2" gil_disabled="$3"
+  local prefix="$ROOT/$name"
+  if prefix_ok "$prefix" "$gil_disabled"; then echo "build-python: $prefix is ready"; return; fi
+  local tarball; tarball="$(fetch_source)"
+  local work; work="$(mktemp -d "$ROOT/build-$name.XXXXXX")"
+  trap 'rm -rf "$work"' RETURN
+  echo "build-python: building $name CPython $VERSION into $prefix (a few minutes)"
+  tar -xJf "$tarball" -C "$work" --strip-components=1
+  rm -rf "$prefix"
+  (
+    cd "$work"
+    # rpath so the embedded libpython is found without LD_LIBRARY_PATH.
+    ./configure --prefix="$prefix" --enable-shared $flags \
+      LDFLAGS="-Wl,-rpath,$prefix/lib" >"$work/configure.log" 2>&1 \
+      || { tail -40 "$work/configure.log"; exit 1; }
+    make -j"$JOBS" >"$work/make.log" 2>&1 || { tail -60 "$work/make.log"; exit 1; }
+    make install >"$work/install.log" 2>&1 || { tail -40 "$work/install.log"; exit 1; }
+  )
+  prefix_ok "$prefix" "$gil_disabled" || { echo "build-python: $prefix failed its check" >&2; exit 1; }
+  echo "build-python: $name ready at $prefix"
+}
+
+mkdir -p "$ROOT"
+exec 9>"$ROOT/.lock"
+flock 9
+for b in "${which_builds[@]}"; do
+  case "$b" in
+    default)       build_one default "" 0 ;;
+    free-threaded) build_one free-threaded "--disable-gil" 1 ;;
+    *) echo "build-python: unknown build '$b' (default, free-threaded)" >&2; exit 2 ;;
+  esac
+done

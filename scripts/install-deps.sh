@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages gilgamesh needs to build, test and benchmark.
+# Idempotent: asks apt only for what is missing. Needs root (or sudo).
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config ninja-build curl ca-certificates xz-utils dpkg-dev
+  libboost1.81-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
+  googletest libgtest-dev libgmock-dev
+  # CPython build dependencies (optional modules we want: ssl, zlib, bz2, lzma, sqlite3, ctypes, readline, uuid)
+  libssl-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev libffi-dev libreadline-dev
+  libncurses-dev libgdbm-dev uuid-dev
+  # tests and load runner (run under /usr/bin/python3, Debian's 3.11)
+  python3 python3-pytest python3-matplotlib wrk
+)
+if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
+if [[ -n "${GILGAMESH_EXTRA_PKGS:-}" ]]; then read -r -a extra <<<"$GILGAMESH_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then exit 0; fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,99 @@
+#include "config.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <thread>
+
+namespace gilgamesh {
+
+ParseOutcome parse_command_line(int argc, char** argv) {
+  ServerConfig c;
+  bool version = false;
+  CLI::App cli{"gilgamesh: an HTTP server that runs Python request handlers on every core.",
+               "gilgamesh"};
+  cli.set_help_flag("-h,--help", "Print this help and exit");
+  cli.add_flag("--version", version, "Print the gilgamesh and embedded Python versions and exit");
+  cli.add_option("--app", c.app, "Python module whose @gilgamesh.route handlers to serve")
+      ->capture_default_str();
+  cli.add_option("--pythonpath", c.pythonpath,
+                 "Directory to prepend to sys.path (repeatable; the working directory follows)");
+  cli.add_option("--strategy", c.strategy, "How Python runs the handlers")
+      ->check(CLI::IsMember({"subinterpreters", "threads", "free-threaded", "processes"}))
+      ->capture_default_str();
+  cli.add_option("--python-build", c.python_build,
+                 "CPython build to embed: default or free-threaded (default: free-threaded for "
+                 "--strategy free-threaded, else default)")
+      ->check(CLI::IsMember({"default", "free-threaded"}));
+  cli.add_option("--workers", c.workers, "Worker count (default: number of CPUs)")
+      ->check(CLI::Range(1, 1024));
+  cli.add_option("--host", c.host, "Address to listen on")->capture_default_str();
+  cli.add_option("--port", c.port, "TCP port to listen on (0: any free port)")->capture_default_str();
+  cli.add_option("--io-threads", c.io_threads, "HTTP I/O threads (default: 1 per 4 CPUs, at least 1)")
+      ->check(CLI::Range(1, 256));
+  cli.add_option("--max-body", c.max_body, "Largest request body in bytes (larger: 413)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 34))
+      ->capture_default_str();
+  cli.add_option("--max-queue", c.max_queue, "Requests queued for workers before 503")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 24))
+      ->capture_default_str();
+  cli.add_option("--header-timeout", c.header_timeout,
+                 "Seconds a client has to send the request headers")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--keepalive-timeout", c.keepalive_timeout,
+                 "Seconds an idle keep-alive connection stays open")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--graceful-timeout", c.graceful_timeout,
+                 "Seconds to finish in-flight requests after SIGTERM/SIGINT")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--timeout", c.request_timeout,
+                 "Seconds from a request's arrival to its response, else 504")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--max-requests", c.max_requests,
+                 "Recycle a worker after this many requests (0: never)")
+      ->capture_default_str();
+  cli.add_option("--max-requests-jitter", c.max_requests_jitter,
+                 "Add 0..J random requests to --max-requests per worker")
+      ->capture_default_str();
+  cli.add_flag("--allow-gil", c.allow_gil,
+               "free-threaded: serve even if an extension turned the GIL back on");
+  cli.add_flag("--access-log", c.access_log, "Log one line per request");
+  cli.add_option("--log-level", c.log_level, "Log level")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << cli.help();
+    return {std::nullopt, 0, false};
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    for (char& ch : what) {
+      if (ch == '\n') ch = ' ';
+    }
+    std::cerr << "gilgamesh: " << what << " (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
+  if (version) return {std::nullopt, 0, true};
+
+  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (c.workers == 0) c.workers = cpus;
+  if (c.io_threads == 0) c.io_threads = std::max(1, cpus / 4);
+  if (c.python_build.empty()) c.python_build = c.strategy == "free-threaded" ? "free-threaded" : "default";
+  if (c.strategy == "free-threaded" && c.python_build != "free-threaded") {
+    std::cerr << "gilgamesh: --strategy free-threaded needs --python-build free-threaded (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
+  if (c.app.empty()) {
+    std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
+  return {c, 0, false};
+}
+
+}  // namespace gilgamesh

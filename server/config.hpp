@@ -1,0 +1,45 @@
+// Every option an operator tunes, with its default beside it, and the one
+// command-line parser that fills it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gilgamesh {
+
+struct ServerConfig {
+  std::string app = "handlers.demo";           // Python module that registers the routes
+  std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
+  std::string strategy = "subinterpreters";    // subinterpreters | threads | free-threaded | processes
+  std::string python_build;                    // default | free-threaded; empty: the strategy's own
+  int workers = 0;                             // 0: number of CPUs
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
+  std::size_t max_body = 1024 * 1024;          // bytes; larger bodies get 413
+  std::size_t max_queue = 1024;                // queued jobs before 503
+  double header_timeout = 10.0;                // s from a request's first byte to its last header
+  double keepalive_timeout = 5.0;              // s an idle keep-alive connection is kept
+  double graceful_timeout = 30.0;              // s to finish in-flight requests on SIGTERM
+  double request_timeout = 30.0;               // s from arrival to response, else 504
+  unsigned max_requests = 0;                   // recycle a worker after N requests (0: never)
+  unsigned max_requests_jitter = 0;            // + random 0..J per recycle
+  bool allow_gil = false;                      // free-threaded: run even if the GIL came back
+  bool access_log = false;                     // one info line per request
+  std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
+};
+
+struct ParseOutcome {
+  std::optional<ServerConfig> config;  // set: serve with it
+  int exit_code = 0;                   // else: exit with this (0 after --help)
+  bool show_version = false;           // --version: the caller prints it, exits 0
+};
+
+// Parses argv. Prints --help itself; on a bad flag or value prints one line
+// to stderr and returns exit_code 2. Resolves the 0 defaults above.
+ParseOutcome parse_command_line(int argc, char** argv);
+
+}  // namespace gilgamesh

@@ -1,0 +1,134 @@
+// gilgamesh: parse options, pick the Python build (re-executing the sibling
+// binary linked to the other libpython if needed), start the strategy, serve.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "../pyworkers/executor.hpp"
+#include "config.hpp"
+#include "http_server.hpp"
+
+namespace {
+
+// The binaries of the two builds sit side by side: gilgamesh (default
+// libpython) and gilgamesh-ft (free-threaded libpython).
+std::filesystem::path sibling_binary(const std::string& build) {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return self.parent_path() / (build == "free-threaded" ? "gilgamesh-ft" : "gilgamesh");
+}
+
+std::string other_build_version(const std::string& build) {
+  auto bin = sibling_binary(build);
+  if (bin.empty() || access(bin.c_str(), X_OK) != 0) return {};
+  std::string cmd = "'" + bin.string() + "' --version 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {};
+  char buf[256];
+  std::string first;
+  if (fgets(buf, sizeof buf, p)) first = buf;
+  if (fgets(buf, sizeof buf, p)) first = buf;  // the second line names the Python
+  pclose(p);
+  while (!first.empty() && (first.back() == '\n' || first.back() == '\r')) first.pop_back();
+  return first;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace gilgamesh;
+  const std::string this_build = embedded_python_build();
+  ParseOutcome parsed = parse_command_line(argc, argv);
+  if (parsed.show_version) {
+    std::cout << "gilgamesh " << GILGAMESH_VERSION << "\n";
+    std::cout << "Python " << embedded_python_version() << " (" << this_build << " build)\n";
+    if (!getenv("GILGAMESH_NO_SIBLING_VERSION")) {
+      setenv("GILGAMESH_NO_SIBLING_VERSION", "1", 1);
+      std::string other = other_build_version(this_build == "default" ? "free-threaded" : "default");
+      std::cout << (this_build == "default" ? "free-threaded" : "default") << " build: "
+                << (other.empty() ? "not built" : other) << "\n";
+    }
+    return 0;
+  }
+  if (!parsed.config) return parsed.exit_code;
+  ServerConfig config = *parsed.config;
+
+  spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [pid %P] %v");
+
+  if (config.python_build != this_build) {
+    // The other libpython lives in the sibling binary: hand over, same arguments.
+    auto bin = sibling_binary(config.python_build);
+    if (getenv("GILGAMESH_HANDED_OVER") || bin.empty() || access(bin.c_str(), X_OK) != 0) {
+      std::cerr << "gilgamesh: the " << config.python_build << " Python build is not available ("
+                << (bin.empty() ? "?" : bin.string())
+                << " missing); build it with `make` (or set GILGAMESH_PYTHON_FT)\n";
+      return 2;
+    }
+    setenv("GILGAMESH_HANDED_OVER", "1", 1);
+    execv(bin.c_str(), argv);
+    std::cerr << "gilgamesh: cannot run " << bin << ": " << std::strerror(errno) << "\n";
+    return 2;
+  }
+  unsetenv("GILGAMESH_HANDED_OVER");
+
+  ExecutorConfig ec;
+  ec.strategy = config.strategy;
+  ec.workers = config.workers;
+  ec.app = config.app;
+  ec.pythonpath = config.pythonpath;
+  ec.max_queue = config.max_queue;
+  ec.max_body = config.max_body;
+  ec.max_requests = config.max_requests;
+  ec.max_requests_jitter = config.max_requests_jitter;
+  ec.allow_gil = config.allow_gil;
+  ec.python_build = config.python_build;
+
+  // Block the shutdown signals in every thread; Asio's signal_set receives them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  std::unique_ptr<Executor> executor;
+  try {
+    const auto t0 = std::chrono::steady_clock::now();
+    executor = make_executor(ec);
+    executor->start();
+    spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", config.workers,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                 this_build, embedded_python_version(),
+                 executor->info().gil_enabled ? "enabled" : "disabled");
+  } catch (const StartupError& e) {
+    spdlog::critical("{}", e.what());
+    executor.reset();
+    return 1;
+  }
+
+  bool clean = false;
+  try {
+    HttpServer server(config, *executor);
+    clean = server.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot serve on {}:{}: {}", config.host, config.port, e.what());
+    executor->stop(std::chrono::steady_clock::now());
+    executor.reset();
+    return 1;
+  }
+  if (!clean) {
+    spdlog::warn("exiting without finalizing Python: a handler was still running");
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    _exit(0);
+  }
+  executor.reset();
+  spdlog::shutdown();
+  return 0;
+}

@@ -1,0 +1,41 @@
+// Maps (method, path) to a built-in endpoint or a Python route, and answers
+// 404/405 decisions without touching Python.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "../pyworkers/executor.hpp"
+
+namespace gilgamesh {
+
+enum class Builtin { none, healthz, stats, metrics, index };
+
+struct RouteMatch {
+  enum class Result { found, not_found, method_not_allowed } result = Result::not_found;
+  Builtin builtin = Builtin::none;  // found and none: a Python route
+  std::size_t route_index = 0;
+  std::string allow;               // for 405: "GET, HEAD"
+};
+
+class Router {
+ public:
+  // Built-in paths /healthz, /stats and /metrics are reserved; "/" is the
+  // route index unless the app registers "/" itself. Throws StartupError if
+  // the app registers a reserved path.
+  explicit Router(const std::vector<RouteInfo>& python_routes);
+  // HEAD matches wherever GET does.
+  RouteMatch match(std::string_view method, std::string_view path) const;
+
+ private:
+  struct PathEntry {
+    Builtin builtin = Builtin::none;
+    std::vector<std::pair<std::string, std::size_t>> methods;  // method -> route index
+    std::string allow;
+  };
+  std::unordered_map<std::string, PathEntry> paths_;
+};
+
+}  // namespace gilgamesh

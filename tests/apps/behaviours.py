@@ -1,0 +1,71 @@
+"""Test app: one route per kind of handler result and failure the server must convert."""
+
+import gilgamesh
+
+
+@gilgamesh.route("/ok")
+def ok(request):
+    """Answers {"ok": true}: proves the worker still serves after a failure."""
+    return {"ok": True}
+
+
+@gilgamesh.route("/raise")
+def raise_value_error(request):
+    """Raises an unexpected ValueError: must become a 500 naming the type."""
+    raise ValueError("boom from the handler")
+
+
+@gilgamesh.route("/teapot")
+def teapot(request):
+    """Raises HTTPError(418, "teapot")."""
+    raise gilgamesh.HTTPError(418, "teapot")
+
+
+@gilgamesh.route("/custom", methods=("GET", "POST"))
+def custom(request):
+    """A full Response: status 201, an extra header and a chosen content type."""
+    return gilgamesh.Response("a,b\n1,2\n", status=201, headers={"X-Custom": "1"},
+                              content_type="text/csv")
+
+
+@gilgamesh.route("/bytes")
+def raw_bytes(request):
+    """Returns bytes, including ones that are not UTF-8."""
+    return b"\x00\x01binary\xff"
+
+
+@gilgamesh.route("/text")
+def text(request):
+    """Returns a non-ASCII str."""
+    return "grüße ☃"
+
+
+@gilgamesh.route("/list")
+def a_list(request):
+    """Returns a JSON list."""
+    return [1, "two", {"three": 3}, None]
+
+
+@gilgamesh.route("/none")
+def nothing(request):
+    """Returns None: 204 without a body."""
+    return None
+
+
+@gilgamesh.route("/unsupported")
+def unsupported(request):
+    """Returns a set, which the server cannot serialise."""
+    return {1, 2, 3}
+
+
+@gilgamesh.route("/echo", methods=("GET", "POST", "PUT"))
+def echo(request):
+    """Echoes method, path, query, a header and the body length as the handler sees them."""
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "x_test": request.headers.get("x-test", None),
+        "body_length": len(request.body),
+        "request_id": request.request_id,
+    }

@@ -1,0 +1,64 @@
+"""Fixtures that run the real gilgamesh binary, once per strategy.
+
+Environment:
+  GILGAMESH_BIN         the binary (default: <repo>/build/gilgamesh)
+  GILGAMESH_STRATEGIES  comma-separated strategies to test (default: subinterpreters,threads)
+  GILGAMESH_STRESS_RUNS start/stop cycles of test_startup_stress (default: 20)
+"""
+
+import pytest
+
+import gilgamesh_harness as harness
+from gilgamesh_harness import GilgameshServer
+
+DEMO_WORKERS = 4
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    harness.kill_all_running()
+
+
+@pytest.fixture(scope="session")
+def gilgamesh_bin():
+    path = harness.binary_path()
+    if not path.is_file():
+        pytest.fail("gilgamesh binary not found at %s (build it, or set GILGAMESH_BIN)" % path,
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session", params=harness.strategies())
+def strategy(request):
+    """Each strategy named in GILGAMESH_STRATEGIES."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def demo_server(gilgamesh_bin, strategy):
+    """handlers.demo with DEMO_WORKERS workers, shared by every test of one strategy."""
+    server = GilgameshServer(strategy, workers=DEMO_WORKERS).start()
+    yield server
+    code = server.stop()
+    assert code == 0, "server exited with %r\n%s" % (code, server.log()[-4000:])
+
+
+@pytest.fixture
+def start_server(gilgamesh_bin, strategy):
+    """Factory: start_server(workers=..., app=..., args=[...]) -> a running server of this
+    test's strategy, stopped (and killed if need be) when the test ends."""
+    started = []
+
+    def start(workers=2, app="handlers.demo", args=(), strategy_name=None):
+        server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+        server.kill()

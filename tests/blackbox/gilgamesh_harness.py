@@ -1,0 +1,346 @@
+"""Starts the real gilgamesh binary and talks HTTP/1.1 to it, stdlib only.
+
+Every wait is bounded, every socket has a timeout, all traffic goes to
+127.0.0.1, and every process started here is stopped (SIGTERM, then SIGKILL)
+even when a test fails.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+APPS_DIR = REPO / "tests" / "apps"
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+SOCKET_TIMEOUT_S = 15.0
+
+
+def binary_path():
+    return Path(os.environ.get("GILGAMESH_BIN") or REPO / "build" / "gilgamesh")
+
+
+def strategies():
+    raw = os.environ.get("GILGAMESH_STRATEGIES", "subinterpreters,threads")
+    return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args, timeout=30.0):
+    """Runs the binary to completion (for --help, --version, bad flags, failing apps)."""
+    return subprocess.run([str(binary_path()), *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# Every server still running, so the session can kill leftovers whatever happened.
+RUNNING = set()
+
+
+class Response:
+    """A parsed HTTP response: status, reason, headers (case-insensitive get), body bytes."""
+
+    def __init__(self, status, reason, header_pairs, body, version="HTTP/1.1"):
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.header_pairs = header_pairs
+        self.body = body
+
+    def header(self, name, default=None):
+        """The value of header `name`; repeated fields joined with ', '."""
+        values = [v for n, v in self.header_pairs if n.lower() == name.lower()]
+        return ", ".join(values) if values else default
+
+    def header_count(self, name):
+        return sum(1 for n, _ in self.header_pairs if n.lower() == name.lower())
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "<Response %d %r %r>" % (self.status, self.header_pairs, self.body[:300])
+
+
+class RawConnection:
+    """One TCP connection with a byte buffer: send raw bytes, read whole responses."""
+
+    def __init__(self, port, timeout=SOCKET_TIMEOUT_S):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buffer = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection; buffered: %r" % self.buffer[:200])
+        self.buffer += chunk
+
+    def _take(self, n):
+        while len(self.buffer) < n:
+            self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _take_line(self, limit=65536):
+        while b"\r\n" not in self.buffer:
+            if len(self.buffer) > limit:
+                raise ValueError("line longer than %d bytes" % limit)
+            self._fill()
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def read_response(self, head_request=False):
+        """Reads exactly one response (Content-Length, chunked, or to EOF)."""
+        status_line = self._take_line().decode("latin-1")
+        version, status, reason = (status_line.split(" ", 2) + [""])[:3]
+        if not version.startswith("HTTP/1.") or not status.isdigit():
+            raise ValueError("not an HTTP status line: %r" % status_line)
+        pairs = []
+        for _ in range(200):
+            line = self._take_line()
+            if not line:
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            pairs.append((name.strip(), value.strip()))
+        else:
+            raise ValueError("more than 200 header lines")
+        response = Response(int(status), reason, pairs, b"", version)
+        code = response.status
+        if head_request or code in (204, 304) or 100 <= code < 200:
+            return response
+        length = response.header("Content-Length")
+        if length is not None:
+            response.body = self._take(int(length))
+        elif "chunked" in (response.header("Transfer-Encoding") or "").lower():
+            body = b""
+            for _ in range(100000):
+                size = int(self._take_line().split(b";")[0], 16)
+                if size == 0:
+                    while self._take_line():
+                        pass
+                    break
+                body += self._take(size)
+                self._take(2)
+            response.body = body
+        else:
+            response.body = self.read_until_closed(SOCKET_TIMEOUT_S)[0]
+        return response
+
+    def request(self, method, path, body=b"", headers=None, version="HTTP/1.1"):
+        self.send(build_request(method, path, body, headers, version))
+        return self.read_response(head_request=(method == "HEAD"))
+
+    def read_until_closed(self, timeout):
+        """(bytes received, True) once the server closes, or (bytes, False) after `timeout`."""
+        deadline = time.monotonic() + timeout
+        data, self.buffer = self.buffer, b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return data, False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return data, False
+            except (ConnectionResetError, BrokenPipeError):
+                return data, True
+            if not chunk:
+                return data, True
+            data += chunk
+
+
+def build_request(method, path, body=b"", headers=None, version="HTTP/1.1"):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    lines = ["%s %s %s" % (method, path, version)]
+    names = {k.lower() for k in (headers or {})}
+    if "host" not in names:
+        lines.append("Host: %s" % HOST)
+    if (body or method in ("POST", "PUT")) and "content-length" not in names \
+            and "transfer-encoding" not in names:
+        lines.append("Content-Length: %d" % len(body))
+    for name, value in (headers or {}).items():
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class GilgameshServer:
+    """One running gilgamesh process on a free port of 127.0.0.1."""
+
+    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None):
+        self.strategy = strategy
+        self.workers = workers
+        self.app = app
+        self.extra_args = [str(a) for a in args]
+        self.env = env
+        self.host = HOST
+        self.port = None
+        self.process = None
+        self._stderr = None
+        self._stdout = None
+
+    @property
+    def command(self):
+        return [str(binary_path()), "--host", HOST, "--port", str(self.port), "--app", self.app,
+                "--strategy", self.strategy, "--workers", str(self.workers), *self.extra_args]
+
+    def start(self, ready_timeout=READY_TIMEOUT_S):
+        """Starts the process and waits for GET /healthz == 200; fails with its stderr."""
+        for attempt in range(3):
+            self.port = free_port()
+            self._stderr = tempfile.TemporaryFile()
+            self._stdout = tempfile.TemporaryFile()
+            env = dict(os.environ)
+            env.update(self.env or {})
+            self.process = subprocess.Popen(self.command, cwd=REPO, stdin=subprocess.DEVNULL,
+                                            stdout=self._stdout, stderr=self._stderr, env=env)
+            RUNNING.add(self)
+            if self._wait_ready(ready_timeout):
+                return self
+            log = self.log()
+            self.kill()
+            if "in use" not in log.lower() or attempt == 2:
+                raise AssertionError("gilgamesh did not become ready within %.0f s (exit code %r)\n"
+                                     "command: %s\n--- output ---\n%s"
+                                     % (ready_timeout, self.process.returncode,
+                                        " ".join(self.command), log[-6000:]))
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if self.get("/healthz", timeout=1.0).status == 200:
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def log(self):
+        """Everything the server wrote to stderr and stdout so far."""
+        parts = []
+        for f in (self._stderr, self._stdout):
+            if f is not None and not f.closed:
+                f.seek(0)
+                parts.append(f.read().decode("utf-8", "replace"))
+        return "\n".join(parts)
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig):
+        self.process.send_signal(sig)
+
+    def wait(self, timeout):
+        """Exit code, or raises subprocess.TimeoutExpired."""
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.process is None:
+            return None
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    raise AssertionError("gilgamesh ignored SIGTERM for %.0f s and was killed\n%s"
+                                         % (timeout, self.log()[-4000:]))
+            return self.process.returncode
+        finally:
+            RUNNING.discard(self)
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        RUNNING.discard(self)
+
+    # --- HTTP helpers -----------------------------------------------------
+
+    def request(self, method, path, body=None, headers=None, timeout=SOCKET_TIMEOUT_S):
+        """One request on a fresh connection (http.client), fully read."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body).encode("utf-8")
+                headers = dict(headers or {}, **{"Content-Type": "application/json"})
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return Response(r.status, r.reason, list(r.getheaders()), data)
+        finally:
+            conn.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body, **kw):
+        return self.request("POST", path, body=body, **kw)
+
+    def raw(self, timeout=SOCKET_TIMEOUT_S):
+        return RawConnection(self.port, timeout)
+
+    def __repr__(self):
+        return "<gilgamesh %s x%d :%s>" % (self.strategy, self.workers, self.port)
+
+
+def kill_all_running():
+    for server in list(RUNNING):
+        server.kill()
+
+
+def find_route_entry(table, method, path):
+    """The entry for `method path` in a routes table given as a dict or as a list."""
+    if isinstance(table, dict):
+        for key, value in table.items():
+            parts = key.split()
+            if path in parts and (method in parts or len(parts) == 1):
+                return value
+            if key == path and isinstance(value, dict):
+                return value.get(method, value)
+        return None
+    for entry in table:
+        methods = entry.get("methods") or entry.get("method") or []
+        if isinstance(methods, str):
+            methods = [methods]
+        if entry.get("path") == path and method in methods:
+            return entry
+    return None

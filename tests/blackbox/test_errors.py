@@ -1,0 +1,164 @@
+"""Error answers: 404, 405, 431, 413, 400 on garbage, and every kind of handler
+result or failure (tests/apps/behaviours.py)."""
+
+import pytest
+
+from gilgamesh_harness import APPS_DIR, find_route_entry
+
+
+def assert_json_error(response, status):
+    assert response.status == status, response
+    assert response.header("Content-Type", "").startswith("application/json"), response
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert body.get("request_id") == response.header("X-Request-Id"), response
+    return body
+
+
+def test_unknown_path_is_404_json(demo_server):
+    body = assert_json_error(demo_server.get("/definitely/not/here"), 404)
+    assert body["request_id"]
+
+
+def test_wrong_method_is_405_with_allow(demo_server):
+    r = demo_server.post("/hello", b"x")
+    assert_json_error(r, 405)
+    allow = [m.strip() for m in (r.header("Allow") or "").split(",")]
+    assert "GET" in allow and "POST" not in allow, r
+
+
+def test_get_on_post_route_is_405_allowing_post(demo_server):
+    r = demo_server.get("/json")
+    assert_json_error(r, 405)
+    assert "POST" in [m.strip() for m in (r.header("Allow") or "").split(",")], r
+
+
+def test_oversized_headers_are_431(demo_server):
+    with demo_server.raw() as conn:
+        conn.send(b"GET /hello HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+        r = conn.read_response()
+    assert r.status == 431, r
+
+
+def test_many_headers_over_8k_are_431(demo_server):
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90) for i in range(100))  # ~10 KiB
+    with demo_server.raw() as conn:
+        conn.send(b"GET /hello HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n")
+        r = conn.read_response()
+    assert r.status == 431, r
+
+
+def test_headers_just_under_the_limit_are_fine(demo_server):
+    with demo_server.raw() as conn:
+        r = conn.request("GET", "/hello", headers={"X-Big": "a" * 6000})
+    assert r.status == 200 and r.body == b"hello", r
+
+
+def test_malformed_request_line_is_400(demo_server):
+    with demo_server.raw() as conn:
+        conn.send(b"GARBAGE\r\n\r\n")
+        r = conn.read_response()
+        assert r.status == 400, r
+        _, closed = conn.read_until_closed(5.0)
+        assert closed, "connection kept open after an unparseable request"
+    assert demo_server.get("/hello").status == 200
+
+
+def test_body_over_max_body_is_413(start_server):
+    server = start_server(workers=1, args=["--max-body", "1024"])
+    ok = server.post("/json", b'{"pad": "' + b"x" * 900 + b'"}')
+    assert ok.status == 200, ok
+    r = server.post("/json", b'{"pad": "' + b"x" * 2000 + b'"}')
+    assert r.status == 413, r
+    assert server.get("/hello").status == 200
+
+
+def test_chunked_body_over_max_body_is_413(start_server):
+    server = start_server(workers=1, args=["--max-body", "1024"])
+    chunk = b"x" * 600
+    wire = (b"POST /json HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 3 + b"0\r\n\r\n")
+    with server.raw() as conn:
+        try:
+            conn.send(wire)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may stop reading at the limit; the answer is still due
+        r = conn.read_response()
+    assert r.status == 413, r
+
+
+# --- handler results and failures -----------------------------------------
+
+@pytest.fixture
+def behaviours(start_server):
+    return start_server(workers=2, app="behaviours", args=["--pythonpath", str(APPS_DIR)])
+
+
+def test_handler_results_and_failures(behaviours):
+    # One server per strategy for every case below (start-up is the slow part).
+    server = behaviours
+
+    r = server.get("/raise")
+    body = assert_json_error(r, 500)
+    assert body["error"].startswith("ValueError"), body
+    assert "boom from the handler" in body["error"], body
+
+    # Every worker keeps serving after the exception.
+    for _ in range(2 * server.workers):
+        r = server.get("/ok")
+        assert r.status == 200 and r.json() == {"ok": True}, r
+
+    r = server.get("/teapot", headers={"X-Request-Id": "tea-1"})
+    assert r.status == 418
+    assert r.json() == {"error": "teapot", "request_id": "tea-1"}
+
+    r = server.get("/custom")
+    assert r.status == 201, r
+    assert r.header("X-Custom") == "1"
+    assert r.header("Content-Type", "").startswith("text/csv")
+    assert r.body == b"a,b\n1,2\n"
+
+    r = server.get("/bytes")
+    assert r.status == 200
+    assert r.header("Content-Type") == "application/octet-stream"
+    assert r.body == b"\x00\x01binary\xff"
+
+    r = server.get("/text")
+    assert r.status == 200 and r.header("Content-Type", "").startswith("text/plain")
+    assert r.body.decode("utf-8") == "grüße ☃"
+
+    r = server.get("/list")
+    assert r.status == 200 and r.json() == [1, "two", {"three": 3}, None]
+
+    r = server.get("/none")
+    assert r.status == 204, r
+    assert r.body == b""
+
+    r = server.get("/unsupported")
+    body = assert_json_error(r, 500)
+    assert "set" in body["error"], body
+
+    r = server.post("/echo?a=1&b=two%20words&a=3", b"12345", headers={"X-Test": "yes"})
+    assert r.status == 200, r
+    echo = r.json()
+    assert echo["method"] == "POST" and echo["path"] == "/echo"
+    assert echo["query"] == {"a": "3", "b": "two words"}
+    assert echo["x_test"] == "yes" and echo["body_length"] == 5
+    assert echo["request_id"] == r.header("X-Request-Id")
+
+    assert server.get("/ok").status == 200
+    assert server.alive()
+
+    # /stats counts the handler failure against its route.
+    raise_stats = find_route_entry(server.get("/stats").json()["routes"], "GET", "/raise")
+    assert raise_stats is not None and raise_stats["count"] == 1, raise_stats
+    assert raise_stats["errors"] == 1, raise_stats
+
+
+def test_204_on_keep_alive_has_no_body(behaviours):
+    with behaviours.raw() as conn:
+        conn.send(b"GET /none HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = conn.read_response()
+        second = conn.read_response()
+    assert first.status == 204 and first.body == b""
+    assert second.status == 200 and second.json() == {"ok": True}, second

@@ -1,0 +1,134 @@
+"""Overload (503 + Retry-After), per-request deadline (504), header and
+keep-alive timeouts."""
+
+import threading
+import time
+
+import pytest
+
+
+def concurrent_gets(server, path, count, timeout=20.0):
+    """`count` GETs released at once from threads; returns the responses (or exceptions)."""
+    results = [None] * count
+    barrier = threading.Barrier(count, timeout=10)
+
+    def one(i):
+        try:
+            barrier.wait()
+            results[i] = server.get(path, timeout=timeout)
+        except Exception as e:  # recorded, asserted by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    return results
+
+
+@pytest.mark.slow
+def test_full_queue_answers_503_with_retry_after(start_server):
+    server = start_server(workers=1, args=["--max-queue", "2"])
+    started = time.monotonic()
+    results = concurrent_gets(server, "/sleep?ms=1000", 10)
+    elapsed = time.monotonic() - started
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, errors
+    ok = [r for r in results if r.status == 200]
+    rejected = [r for r in results if r.status == 503]
+    assert len(ok) + len(rejected) == 10, results
+    # One running, two queued: everything else is turned away at once.
+    assert 1 <= len(ok) <= 3, [r.status for r in results]
+    assert len(rejected) >= 7, [r.status for r in results]
+    for r in ok:
+        assert r.json() == {"slept_ms": 1000}
+    for r in rejected:
+        assert r.header("Retry-After") and r.header("Retry-After").isdigit(), r
+        body = r.json()
+        assert body["error"] and body["request_id"] == r.header("X-Request-Id"), body
+    assert elapsed < 3 * 1.0 + 3.0, "accepted requests should finish in about 3 s"
+    # Once the queue drains, the server serves again.
+    assert server.get("/hello").status == 200
+
+
+def test_deadline_while_running_is_504(start_server):
+    server = start_server(workers=1, args=["--timeout", "1"])
+    started = time.monotonic()
+    r = server.get("/sleep?ms=3000", timeout=10)
+    elapsed = time.monotonic() - started
+    assert r.status == 504, r
+    body = r.json()
+    assert body["error"] and body["request_id"] == r.header("X-Request-Id"), body
+    assert elapsed < 2.5, "504 came after %.2f s, not at the 1 s deadline" % elapsed
+
+
+def test_deadline_while_queued_is_504(start_server):
+    server = start_server(workers=1, args=["--timeout", "1"])
+    blocker = threading.Thread(target=lambda: server.get("/sleep?ms=2500", timeout=10))
+    blocker.start()
+    try:
+        time.sleep(0.3)  # the sleep holds the only worker
+        started = time.monotonic()
+        r = server.get("/hello", timeout=10)
+        elapsed = time.monotonic() - started
+    finally:
+        blocker.join(15)
+    assert r.status == 504, r
+    assert r.json()["request_id"] == r.header("X-Request-Id")
+    assert elapsed < 2.5, elapsed
+    # The worker is free again: the server still serves within the deadline.
+    assert server.get("/hello", timeout=10).body == b"hello"
+
+
+def test_header_timeout_drops_a_stalled_request(start_server):
+    server = start_server(workers=1, args=["--header-timeout", "1"])
+    with server.raw(timeout=10) as conn:
+        conn.send(b"GET /hel")
+        started = time.monotonic()
+        data, closed = conn.read_until_closed(6.0)
+        elapsed = time.monotonic() - started
+    assert closed, "stalled request still open after 6 s"
+    assert elapsed < 4.0, elapsed
+    assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:200]
+
+
+def test_header_timeout_covers_a_trickling_client(start_server):
+    # A slowloris sends a byte now and then; the header deadline is for the whole head.
+    server = start_server(workers=1, args=["--header-timeout", "1"])
+    with server.raw(timeout=10) as conn:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaa":
+            try:
+                conn.send(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            data, closed = conn.read_until_closed(0.25)
+            if closed or time.monotonic() - started > 6.0:
+                break
+        elapsed = time.monotonic() - started
+    assert closed, "trickling client kept alive for %.1f s" % elapsed
+    assert elapsed < 4.0, elapsed
+
+
+def test_keepalive_timeout_closes_idle_connection(start_server):
+    server = start_server(workers=1, args=["--keepalive-timeout", "1"])
+    with server.raw(timeout=10) as conn:
+        r = conn.request("GET", "/hello")
+        assert r.status == 200
+        started = time.monotonic()
+        data, closed = conn.read_until_closed(6.0)
+        elapsed = time.monotonic() - started
+    assert closed and data == b"", (closed, data[:200])
+    assert 0.5 <= elapsed < 4.0, elapsed
+
+
+def test_keepalive_connection_survives_within_timeout(start_server):
+    server = start_server(workers=1, args=["--keepalive-timeout", "3"])
+    with server.raw(timeout=10) as conn:
+        assert conn.request("GET", "/hello").status == 200
+        time.sleep(1.0)
+        assert conn.request("GET", "/hello").body == b"hello"
