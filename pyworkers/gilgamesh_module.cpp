@@ -157,6 +157,23 @@ class Request:
 _routes = []
 
 
+def _import_app(name):
+    """Import the app; return it with the warnings that say an extension turned the GIL on."""
+    import importlib
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        module = importlib.import_module(name)
+    gil_warnings = []
+    for w in caught:
+        text = str(w.message)
+        if "GIL" in text and "enabled" in text:
+            gil_warnings.append(text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return module, gil_warnings
+
+
 def route(path, methods=("GET",)):
     """Register `handler(request)` for `path` and `methods`."""
     if not isinstance(path, str) or not path.startswith("/"):

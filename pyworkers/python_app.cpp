@@ -118,14 +118,19 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   if (!app->json_dumps_ || !app->request_type_ || !app->response_type_ || !app->http_error_type_)
     throw fail("gilgamesh module is incomplete");
 
-  py::Ref module = py::Ref::steal(PyImport_ImportModule(options.module.c_str()));
-  if (!module) {
+  py::Ref imported = py::Ref::steal(
+      PyObject_CallMethod(api.get(), "_import_app", "s", options.module.c_str()));
+  if (!imported) {
     PyObject* exc = PyErr_GetRaisedException();
     PyErr_SetRaisedException(Py_NewRef(exc));
     std::string reason = py::fetch_error_summary();
     PyErr_SetRaisedException(exc);
     spdlog::error("importing {} failed:\n{}", options.module, py::fetch_error_traceback());
     throw load_error(options, "import failed", reason);
+  }
+  PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gil_warnings); ++i) {
+    app->gil_warnings_.push_back(py::to_string(PyList_GET_ITEM(gil_warnings, i)));
   }
 
   py::Ref routes = py::Ref::steal(PyObject_GetAttrString(api.get(), "_routes"));

@@ -40,6 +40,10 @@ class PythonApp {
   // build with the GIL still off after the app's imports). With the GIL.
   static bool gil_enabled();
 
+  // CPython's warnings, during the app's import, that an extension module
+  // turned the GIL back on (free-threaded build); each names the module.
+  const std::vector<std::string>& gil_warnings() const { return gil_warnings_; }
+
   // Releases every Python reference. Precondition: the GIL is held. Called
   // before the interpreter ends; the destructor then does nothing Python.
   void release();
@@ -51,6 +55,7 @@ class PythonApp {
   HttpResponseData error_from_exception(const std::string& request_id, std::size_t route_index);
 
   std::vector<RouteInfo> routes_;
+  std::vector<std::string> gil_warnings_;
   std::vector<py::Ref> handlers_;
   py::Ref request_type_;
   py::Ref response_type_;

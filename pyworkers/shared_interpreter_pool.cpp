@@ -71,17 +71,17 @@ std::unique_ptr<Executor> make_shared_interpreter_executor(const ExecutorConfig&
     *loaded->handle = loaded->app.get();
     const bool gil = PythonApp::gil_enabled();
     if (config.strategy == "free-threaded" && gil) {
-      std::string msg =
-          "the GIL is enabled after importing app '" + config.app +
-          "': a C extension it imports does not declare free-threading support (Py_mod_gil), "
-          "so CPython turned the GIL back on for the whole process; the RuntimeWarning above "
-          "names the module";
+      std::string msg = "the GIL is enabled after importing app '" + config.app + "'";
+      if (loaded->app->gil_warnings().empty()) {
+        msg += ": a C extension it imports does not declare free-threading support (Py_mod_gil)";
+      }
+      for (const auto& w : loaded->app->gil_warnings()) msg += ": " + w;
       if (!config.allow_gil) {
         loaded->app->release();
         loaded->app.reset();
-        throw StartupError(msg + ". Pass --allow-gil to run anyway, with the GIL");
+        throw StartupError(msg + " (pass --allow-gil to run anyway, with the GIL)");
       }
-      spdlog::warn("{}. Running anyway (--allow-gil): handlers will not run in parallel", msg);
+      spdlog::warn("{} (running anyway: --allow-gil; handlers will not run in parallel)", msg);
     }
     return gil;
   };

@@ -135,13 +135,12 @@ def _ready_workers(stats):
     for key in ("ready_workers", "workers_ready"):
         if isinstance(stats.get(key), int):
             return stats[key]
-    details = stats.get("worker_details") or stats.get("workers_detail")
-    if not isinstance(details, list):
-        details = stats.get("workers") if isinstance(stats.get("workers"), list) else None
-    if details is not None:
-        return sum(1 for w in details
-                   if isinstance(w, dict) and (w.get("ready") is True or
-                                               w.get("state") in ("ready", "idle", "busy")))
+    details = stats.get("worker_details")
+    if isinstance(details, list) and details and all(isinstance(w, dict) for w in details):
+        if all("ready" in w for w in details):
+            return sum(1 for w in details if w["ready"] is True)
+        if all("state" in w for w in details):
+            return sum(1 for w in details if w["state"] in ("ready", "idle", "busy"))
     return None
 
 

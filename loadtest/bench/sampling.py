@@ -79,7 +79,7 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.stats_port = stats_port
         self.samples = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self._last_ticks = {}
         self._server_ticks = 0  # increments summed per pid, so exiting workers still count
 
@@ -114,12 +114,12 @@ class Sampler(threading.Thread):
     def run(self):
         while True:
             self._sample()
-            if self._stop.wait(self.interval):
+            if self._done.wait(self.interval):
                 break
         self._sample()
 
     def stop(self):
-        self._stop.set()
+        self._done.set()
         self.join()
 
     def summary(self):
@@ -131,9 +131,11 @@ class Sampler(threading.Thread):
         ncpu = os.cpu_count() or 1
 
         def cores(key):
-            if first.get(key) is None or last.get(key) is None or seconds <= 0:
+            # Over the samples that have the key: wrk is gone by the last one.
+            have = [x for x in s if x.get(key) is not None]
+            if len(have) < 2 or have[-1]["t"] <= have[0]["t"]:
                 return None
-            return (last[key] - first[key]) / CLOCK_TICKS / seconds
+            return (have[-1][key] - have[0][key]) / CLOCK_TICKS / (have[-1]["t"] - have[0]["t"])
 
         machine_total = last["machine_total_ticks"] - first["machine_total_ticks"]
         out = {

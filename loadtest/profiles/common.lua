@@ -192,7 +192,9 @@ function common.profile(spec)
         max = latency.max / 1000,
       },
     }
-    if summary.requests == 0 then  -- an empty histogram has no meaningful figures
+    -- Responses slower than --timeout count as requests (and errors.timeout)
+    -- but stay out of the histogram, which may therefore be empty.
+    if summary.requests == 0 or latency.min > latency.max then
       for k in pairs(out.latency_ms) do out.latency_ms[k] = common.null end
     end
     io.stdout:write(encode(out), "\n")

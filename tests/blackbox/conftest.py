@@ -18,7 +18,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
+    # After fixture teardown: only servers a crashed test left behind remain.
     harness.kill_all_running()
 
 

@@ -328,19 +328,20 @@ def kill_all_running():
 
 
 def find_route_entry(table, method, path):
-    """The entry for `method path` in a routes table given as a dict or as a list."""
-    if isinstance(table, dict):
-        for key, value in table.items():
-            parts = key.split()
-            if path in parts and (method in parts or len(parts) == 1):
-                return value
-            if key == path and isinstance(value, dict):
-                return value.get(method, value)
-        return None
-    for entry in table:
-        methods = entry.get("methods") or entry.get("method") or []
+    """The entry for `method path` in a routes table: a list of {"path", "methods"} objects,
+    or a dict keyed "METHOD[,METHOD...] PATH"."""
+    entries = table.items() if isinstance(table, dict) else ((None, e) for e in table)
+    for key, entry in entries:
+        if isinstance(entry, dict) and "path" in entry:
+            entry_path = entry["path"]
+            methods = entry.get("methods") or entry.get("method") or []
+        elif key is not None:
+            methods_text, _, entry_path = key.rpartition(" ")
+            methods = methods_text.split(",")
+        else:
+            continue
         if isinstance(methods, str):
-            methods = [methods]
-        if entry.get("path") == path and method in methods:
+            methods = methods.split(",")
+        if entry_path == path and method in [m.strip().upper() for m in methods]:
             return entry
     return None

@@ -1,0 +1,61 @@
+# The two commands: `make run` and `make test`. Both install what is missing
+# (Debian packages, CPython 3.13.5 default + free-threaded builds in a cache
+# outside the clone), configure and build; then serve or test.
+#
+# Use a CPython you already have (>= 3.12, --enable-shared) instead of
+# building one:   make run GILGAMESH_PYTHON=/opt/python3.13/bin/python3.13
+# (add GILGAMESH_PYTHON_FT=/path/to/python3.13t for the free-threaded build).
+
+SHELL := /bin/bash
+CACHE_DIR ?= $(or $(GILGAMESH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gilgamesh)
+PY_ROOT := $(CACHE_DIR)/python-3.13.5
+BUILD_DIR ?= build
+HOST ?= 127.0.0.1
+PORT ?= 8080
+ARGS ?=
+
+ifeq ($(strip $(GILGAMESH_PYTHON)),)
+  PYTHON_BUILDS := default free-threaded
+  GILGAMESH_PYTHON := $(PY_ROOT)/default/bin/python3.13
+  GILGAMESH_PYTHON_FT ?= $(PY_ROOT)/free-threaded/bin/python3.13t
+else
+  PYTHON_BUILDS :=
+  GILGAMESH_PYTHON_FT ?=
+endif
+
+CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
+  -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
+
+.PHONY: all setup deps python configure build run test bench bench-quick clean
+
+all: build
+
+setup: deps python
+
+deps:
+	@bash scripts/install-deps.sh
+
+python: deps
+	@if [ -n "$(PYTHON_BUILDS)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh $(PYTHON_BUILDS); fi
+
+configure: setup
+	@cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j$$(nproc)
+
+run: build
+	$(BUILD_DIR)/gilgamesh --app handlers.demo --host $(HOST) --port $(PORT) $(ARGS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 1800 $(if $(CTEST_ARGS),$(CTEST_ARGS),)
+
+bench: build
+	/usr/bin/python3 loadtest/run --bin $(BUILD_DIR)/gilgamesh
+
+bench-quick: build
+	/usr/bin/python3 loadtest/run --quick --bin $(BUILD_DIR)/gilgamesh
+
+clean:
+	rm -rf $(BUILD_DIR)

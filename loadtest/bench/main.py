@@ -1,0 +1,477 @@
+"""The load-test runner: a matrix of strategies x workloads x worker counts.
+
+Each cell starts its own server on a free 127.0.0.1 port, waits until every
+worker is ready, warms up, runs wrk for a fixed duration while sampling the
+server from /proc, and stops the server. Results go to
+loadtest/results/<timestamp>/: results.json (every raw figure), report.md,
+report.html (self-contained) and the charts.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from . import procs, rates, report, sampling, wrk
+from .workloads import WORKLOADS, ideal_rate
+
+LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(LOADTEST)
+STRATEGIES = ["subinterpreters", "threads", "free-threaded", "processes"]
+STRATEGY_BUILD = {"free-threaded": "free-threaded"}  # the rest run the default build
+PEERS = {"gunicorn": "/usr/bin/gunicorn", "uwsgi": "/usr/bin/uwsgi"}
+PEER_BUILD = "system"  # Debian's /usr/bin/python3, which both peers embed
+NCPU = os.cpu_count() or 1
+
+NOTES = [
+    "wrk is closed-loop: each connection sends its next request only after the previous "
+    "response, so when the server stalls wrk stops sending (coordinated omission) and "
+    "latency percentiles understate what an open-loop client would see.",
+    "wrk runs on the same machine and shares its cores with the server; its own CPU use is "
+    "reported per cell (wrk cores).",
+    "Goodput counts 2xx responses only; other statuses and socket errors are reported by kind.",
+    "Compare strategies by ratios within one run, not by absolute numbers across runs or machines.",
+    "Peers (if run) serve the same handlers through loadtest/wsgi_demo.py on Debian's Python 3.11, "
+    "gunicorn with sync workers and uWSGI with --http-socket: both close the connection after "
+    "each response, so every wrk connection is served in turn.",
+]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="loadtest/run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny matrix proving the pipeline: workloads hello,fib; workers %d; "
+                        "1 s warm-up, 2 s per cell, short rate measurement" % NCPU)
+    p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s)"
+                   % ",".join(STRATEGIES))
+    p.add_argument("--workloads", help="comma list of %s (default: all; --quick: hello,fib)"
+                   % ",".join(WORKLOADS))
+    p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
+                   % (NCPU, NCPU))
+    p.add_argument("--peers", default="", help="comma list of %s, served through loadtest/wsgi_demo.py "
+                   "on Debian's Python 3.11" % ",".join(PEERS))
+    p.add_argument("--duration", type=int, help="measured seconds per cell (default 7; --quick 2)")
+    p.add_argument("--warmup", type=int, help="warm-up seconds per cell (default 2; --quick 1)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default: %(default)s)")
+    p.add_argument("--wrk-timeout", type=int, default=30,
+                   help="wrk --timeout and the server's --timeout, s: long enough that no "
+                        "response is dropped from the latency figures (default: %(default)s)")
+    p.add_argument("--binary", default=os.environ.get("GILGAMESH_BINARY",
+                                                      os.path.join(REPO, "build", "gilgamesh")),
+                   help="server (default: $GILGAMESH_BINARY or build/gilgamesh)")
+    p.add_argument("--app", default="handlers.demo", help="app module (default: %(default)s)")
+    p.add_argument("--wrk", default="/usr/bin/wrk", help="(default: %(default)s)")
+    p.add_argument("--python-default", help="3.13 default build, for the single-thread rates "
+                   "(default: $GILGAMESH_PYTHON_DEFAULT or the gilgamesh cache)")
+    p.add_argument("--python-free-threaded", help="3.13t build (default: $GILGAMESH_PYTHON_FREE_THREADED "
+                   "or the gilgamesh cache)")
+    p.add_argument("--rate-seconds", type=float, help="seconds per single-thread rate repeat "
+                   "(default 0.5; --quick 0.2)")
+    p.add_argument("--rate-repeat", type=int, help="repeats per rate, best kept (default 3; --quick 1)")
+    p.add_argument("--sample-interval", type=float, default=0.5, help="/proc sampling period, s (default: %(default)s)")
+    p.add_argument("--start-timeout", type=float, default=60.0, help="s for a server to become ready (default: %(default)s)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for every gilgamesh server (repeatable)")
+    p.add_argument("--results-dir", default=os.path.join(LOADTEST, "results"),
+                   help="where the <timestamp>/ folder is made (default: loadtest/results)")
+    args = p.parse_args(argv)
+
+    def pick(value, default, quick):
+        return value if value is not None else (quick if args.quick else default)
+
+    args.workloads = _names(pick(args.workloads, ",".join(WORKLOADS), "hello,fib"), WORKLOADS, "workload")
+    args.workers = [int(x) for x in pick(args.workers, "1,%d" % NCPU, str(NCPU)).split(",") if x]
+    args.workers = sorted(set(args.workers))
+    if not args.workers or min(args.workers) < 1:
+        p.error("--workers needs positive counts")
+    args.duration = pick(args.duration, 7, 2)
+    args.warmup = pick(args.warmup, 2, 1)
+    args.rate_seconds = pick(args.rate_seconds, 0.5, 0.2)
+    args.rate_repeat = pick(args.rate_repeat, 3, 1)
+    args.strategies = _names(args.strategies, STRATEGIES, "strategy") if args.strategies else None
+    args.peers = _names(args.peers, PEERS, "peer") if args.peers else []
+    pythons = rates.default_pythons()
+    if args.python_default:
+        pythons["default"] = args.python_default
+    if args.python_free_threaded:
+        pythons["free-threaded"] = args.python_free_threaded
+    pythons[PEER_BUILD] = "/usr/bin/python3"
+    args.pythons = pythons
+    return args
+
+
+def _names(text, known, what):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in known:
+            raise SystemExit("loadtest/run: unknown %s %r (known: %s)" % (what, n, ", ".join(known)))
+    return names
+
+
+def _fmt_time(seconds):
+    seconds = max(0, int(seconds + 0.5))
+    return "%d:%02d" % (seconds // 60, seconds % 60)
+
+
+def _log_tail(path, lines=6):
+    try:
+        with open(path, errors="replace") as f:
+            return "\n".join(f.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Run:
+    def __init__(self, args, out_dir):
+        self.args = args
+        self.out_dir = out_dir
+        self.logs = os.path.join(out_dir, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.owned = procs.Owned()
+        self.sampler = None
+        self.results = {
+            "meta": {},
+            "strategies": {"supported": [], "unsupported": {}, "probes": {}},
+            "peers": {},
+            "rates": {},
+            "cells": [],
+            "notes": NOTES,
+        }
+
+    # -- servers ------------------------------------------------------------
+
+    def server_command(self, kind, name, workers, port):
+        """(argv, env, has /stats) to serve the demo with `name` on `port`."""
+        a = self.args
+        if kind == "gilgamesh":
+            cmd = [a.binary, "--app", a.app, "--strategy", name, "--workers", str(workers),
+                   "--host", "127.0.0.1", "--port", str(port), "--timeout", str(a.wrk_timeout)]
+            return cmd + a.server_arg, dict(os.environ), True
+        env = dict(os.environ, GILGAMESH_APP_ROOT=REPO, GILGAMESH_APP=a.app,
+                   GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1")
+        if name == "gunicorn":
+            cmd = [PEERS[name], "--chdir", LOADTEST, "--workers", str(workers),
+                   "--bind", "127.0.0.1:%d" % port, "--timeout", str(a.wrk_timeout),
+                   "--graceful-timeout", "5", "--log-level", "warning", "wsgi_demo:app"]
+        else:
+            # --http-socket, not --http11-socket: with keep-alive each uWSGI worker serves one
+            # connection until it closes, so all but `workers` of wrk's connections would starve.
+            cmd = [PEERS[name], "--plugin", "python3", "--http-socket", "127.0.0.1:%d" % port,
+                   "--processes", str(workers), "--master", "--chdir", LOADTEST,
+                   "--module", "wsgi_demo:app", "--need-app", "--die-on-term", "--disable-logging"]
+        return cmd, env, False
+
+    def start_server(self, kind, name, workers, log_name):
+        """Starts and waits; returns (proc, port, readiness) or raises StartError
+        with the log's tail in the message."""
+        last_error = None
+        for _attempt in range(2):  # a port taken between free_port() and bind: retry once
+            port = procs.free_port()
+            cmd, env, has_stats = self.server_command(kind, name, workers, port)
+            log_path = os.path.join(self.logs, log_name + ".log")
+            with open(log_path, "w") as log:
+                log.write("$ %s\n" % shlex.join(cmd))
+                log.flush()
+                started = time.monotonic()
+                proc = self.owned.popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+            try:
+                ready = procs.wait_ready(proc, started, port, workers, self.args.start_timeout, has_stats)
+                ready["command"] = cmd
+                return proc, port, ready
+            except procs.StartError as e:
+                self.owned.stop(proc, grace=5.0)
+                last_error = procs.StartError("%s\n%s" % (e, _log_tail(log_path)))
+                if "address" not in _log_tail(log_path).lower():
+                    break
+        raise last_error
+
+    # -- steps --------------------------------------------------------------
+
+    def describe_machine(self):
+        a = self.args
+        model, mem_kb = None, None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        mem_kb = sampling._kb("/proc/meminfo", "MemTotal:")
+        try:
+            version = subprocess.run([a.binary, "--version"], capture_output=True, text=True,
+                                     timeout=30)
+            binary_version = (version.stdout + version.stderr).strip()
+        except OSError as e:
+            binary_version = "cannot run: %s" % e
+        wrk_version = subprocess.run([a.wrk, "-v"], capture_output=True, text=True).stdout
+        self.results["meta"] = {
+            "command": shlex.join(["loadtest/run"] + sys.argv[1:]),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": {
+                "nproc": NCPU,
+                "cpu_model": model,
+                "memory_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
+                "kernel": platform.release(),
+                "load_average_at_start": os.getloadavg(),
+            },
+            "binary": a.binary,
+            "binary_version": binary_version,
+            "wrk": (wrk_version.strip().splitlines()[0].split(" Copyright")[0]
+                    if wrk_version.strip() else a.wrk),
+            "runner_python": platform.python_version(),
+            "options": {
+                "workloads": a.workloads, "workers": a.workers, "duration_s": a.duration,
+                "warmup_s": a.warmup, "connections": a.connections, "wrk_threads": a.threads,
+                "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
+                "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
+                "server_args": a.server_arg, "app": a.app, "quick": a.quick,
+            },
+            "workloads": {name: {"description": WORKLOADS[name].description,
+                                 "params": WORKLOADS[name].params} for name in a.workloads},
+        }
+
+    def probe_strategies(self):
+        """Which strategies the binary runs: start each with one worker."""
+        wanted = self.args.strategies or STRATEGIES
+        if not os.access(self.args.binary, os.X_OK):
+            raise SystemExit("loadtest/run: no server binary at %s (build it first, or pass --binary)"
+                             % self.args.binary)
+        for name in wanted:
+            print("probing strategy %-16s" % name, end=" ", flush=True)
+            try:
+                proc, _port, ready = self.start_server("gilgamesh", name, 1, "probe-" + name)
+                self.owned.stop(proc)
+                stats = ready["stats"] or {}
+                self.results["strategies"]["supported"].append(name)
+                self.results["strategies"]["probes"][name] = {
+                    k: stats.get(k) for k in ("python_version", "build", "gil_enabled")}
+                print("ok (%s, Python %s)" % (stats.get("build", "?"), stats.get("python_version", "?")))
+            except procs.StartError as e:
+                reason = str(e).strip()
+                self.results["strategies"]["unsupported"][name] = reason
+                print("not available: %s" % reason.splitlines()[-1][:150])
+        if not self.results["strategies"]["supported"] and not self.args.peers:
+            raise SystemExit("loadtest/run: the binary runs none of %s" % ", ".join(wanted))
+
+    def build_of(self, strategy):
+        probe = self.results["strategies"]["probes"].get(strategy) or {}
+        return probe.get("build") or STRATEGY_BUILD.get(strategy, "default")
+
+    def measure_rates(self):
+        targets = set()
+        for name in self.args.workloads:
+            targets.update((WORKLOADS[name].cpu_mix or {}).keys())
+        if not targets:
+            return
+        builds = {self.build_of(s) for s in self.results["strategies"]["supported"]}
+        if self.args.peers:
+            builds.add(PEER_BUILD)
+        for build in sorted(builds):
+            python = self.args.pythons.get(build)
+            print("single-thread rates in %s (%s) ..." % (build, python), end=" ", flush=True)
+            result = rates.measure(self.owned, python, targets, REPO, self.args.app,
+                                   self.args.rate_seconds, self.args.rate_repeat)
+            self.results["rates"][build] = result
+            if "error" in result:
+                print("unavailable: %s" % result["error"])
+            else:
+                print(", ".join("%s %.0f/s" % (t, r["per_s"]) for t, r in sorted(result["targets"].items())))
+
+    def cells(self):
+        out = []
+        for kind, names in (("gilgamesh", self.results["strategies"]["supported"]),
+                            ("peer", self.args.peers)):
+            for name in names:
+                for workers in self.args.workers:
+                    for workload in self.args.workloads:
+                        out.append((kind, name, workload, workers))
+        return out
+
+    def run_cell(self, kind, name, workload_name, workers):
+        a = self.args
+        workload = WORKLOADS[workload_name]
+        cell_id = "%s-%s-w%d" % (name, workload_name, workers)
+        build = self.build_of(name) if kind == "gilgamesh" else PEER_BUILD
+        cell = {"id": cell_id, "kind": kind, "server": name, "workload": workload_name,
+                "workers": workers, "cores": min(workers, NCPU), "build": build}
+        if kind == "peer":
+            cell["python_version"] = (self.results["rates"].get(PEER_BUILD) or {}).get(
+                "python_version", platform.python_version())
+        proc = wrk_proc = None
+        try:
+            proc, port, ready = self.start_server(kind, name, workers, cell_id)
+            stats = ready.pop("stats") or {}
+            cell["startup"] = ready
+            cell["stats_at_start"] = stats
+            if kind == "gilgamesh":
+                cell["python_version"] = stats.get("python_version")
+                cell["gil_enabled"] = stats.get("gil_enabled")
+                cell["build"] = stats.get("build") or build
+            cell["memory_idle"] = sampling.memory(proc.pid)
+            if a.warmup > 0:
+                wrk_proc = wrk.start(self.owned, wrk.command(
+                    a.wrk, workload, port, a.warmup, a.connections, a.threads, a.wrk_timeout))
+                warm = wrk.finish(self.owned, wrk_proc, a.warmup)
+                cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status",
+                                                           "errors")}
+            cmd = wrk.command(a.wrk, workload, port, a.duration, a.connections, a.threads, a.wrk_timeout)
+            cell["wrk_command"] = shlex.join(cmd)
+            wrk_proc = wrk.start(self.owned, cmd)
+            self.sampler = sampling.Sampler(proc.pid, wrk_proc.pid, a.sample_interval,
+                                            port if kind == "gilgamesh" else None)
+            self.sampler.start()
+            try:
+                cell["wrk"] = wrk.finish(self.owned, wrk_proc, a.duration)
+            finally:
+                self.sampler.stop()
+            cell["load"] = self.sampler.summary()
+            cell["samples"] = self.sampler.samples
+            self.sampler = None
+            if proc.poll() is not None:
+                cell["error"] = "server exited with status %d during the run" % proc.returncode
+            elif kind == "gilgamesh":
+                try:
+                    status, body = procs.http_get(port, "/stats")
+                    cell["stats_at_end"] = json.loads(body) if status == 200 else None
+                except (OSError, ValueError) as e:
+                    cell["stats_at_end"] = None
+                    cell["error"] = "GET /stats after the run failed: %s" % e
+        except (procs.StartError, wrk.WrkError) as e:
+            cell["error"] = str(e)
+        finally:
+            if wrk_proc is not None and wrk_proc.poll() is None:  # interrupted: load off first
+                self.owned.stop(wrk_proc, grace=2.0)
+            if self.sampler is not None:
+                self.sampler.stop()
+                self.sampler = None
+            if proc is not None:
+                stop_s, code, leftovers = self.owned.stop(proc)
+                cell["shutdown"] = {"seconds": stop_s, "exit_code": code, "leftover_pids": leftovers}
+                if leftovers:
+                    cell.setdefault("error", "%d worker process(es) outlived the server" % len(leftovers))
+        self._derive(cell, workload)
+        return cell
+
+    def _derive(self, cell, workload):
+        """Efficiency against the ideal, from the single-thread rates."""
+        rate = (self.results["rates"].get(cell["build"]) or {}).get("targets")
+        rates_per_s = {t: r["per_s"] for t, r in rate.items()} if rate else None
+        ideal = ideal_rate(workload, rates_per_s, cell["cores"])
+        goodput = (cell.get("wrk") or {}).get("goodput_per_s")
+        cell["ideal_per_s"] = ideal
+        cell["efficiency"] = goodput / ideal if ideal and goodput is not None else None
+
+    # -- the whole run ------------------------------------------------------
+
+    def execute(self):
+        a = self.args
+        self.describe_machine()
+        self.probe_strategies()
+        self.measure_rates()
+        cells = self.cells()
+        total = len(cells)
+        planned = a.warmup + a.duration + 1.5
+        print("%d cells: %s x %s x workers %s; about %s" % (
+            total, ",".join(self.results["strategies"]["supported"] + a.peers), ",".join(a.workloads),
+            ",".join(map(str, a.workers)), _fmt_time(total * planned)), flush=True)
+        started = time.monotonic()
+        for i, (kind, name, workload, workers) in enumerate(cells, 1):
+            elapsed = time.monotonic() - started
+            per_cell = elapsed / (i - 1) if i > 1 else planned
+            print("[%2d/%d  %s elapsed, ~%s left] %-15s %-6s workers=%d ... " % (
+                i, total, _fmt_time(elapsed), _fmt_time(per_cell * (total - i + 1)), name, workload,
+                workers), end="", flush=True)
+            cell = self.run_cell(kind, name, workload, workers)
+            self.results["cells"].append(cell)
+            print(_cell_line(cell), flush=True)
+        self.results["meta"]["cells_seconds"] = time.monotonic() - started
+
+
+def _cell_line(cell):
+    if cell.get("error") and not cell.get("wrk"):
+        return "FAILED: %s" % cell["error"].splitlines()[0]
+    w = cell["wrk"]
+    lat = w.get("latency_ms") or {}
+    bad = sum(n for code, n in w["responses_by_status"].items() if not code.startswith("2"))
+    errs = sum(v for k, v in w["errors"].items() if k != "status_over_399")
+    text = "goodput %.1f/s" % w["goodput_per_s"]
+    if cell.get("efficiency") is not None:
+        text += " (%.2f of ideal)" % cell["efficiency"]
+    if lat.get("p99") is not None:
+        text += ", p99 %.1f ms" % lat["p99"]
+    load = cell.get("load") or {}
+    if load.get("server_cpu_cores") is not None:
+        text += ", server %.2f cores, wrk %.2f" % (load["server_cpu_cores"], load.get("wrk_cpu_cores") or 0)
+    if bad or errs:
+        text += ", NON-2XX %d, SOCKET ERRORS %d" % (bad, errs)
+    if cell.get("error"):
+        text += " [%s]" % cell["error"].splitlines()[0]
+    return text
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = os.path.join(os.path.abspath(args.results_dir), stamp)
+    suffix = 1
+    while os.path.exists(out_dir):
+        suffix += 1
+        out_dir = os.path.join(os.path.abspath(args.results_dir), "%s-%d" % (stamp, suffix))
+    os.makedirs(out_dir)
+    print("results: %s" % out_dir, flush=True)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    run = Run(args, out_dir)
+    interrupted = False
+    try:
+        run.execute()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping every process this run started", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        run.owned.stop_all()
+        if run.sampler is not None:
+            run.sampler.stop()
+    run.results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    run.results["meta"]["interrupted"] = interrupted
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(run.results, f, indent=1)
+    if run.results["cells"]:
+        paths = report.write(run.results, out_dir)
+        _link_latest(out_dir)
+        print("report: %s" % paths["html"])
+        print("        %s" % paths["md"])
+    else:
+        print("no cell completed; raw results in %s" % os.path.join(out_dir, "results.json"))
+    if interrupted:
+        return 130
+    failed = [c["id"] for c in run.results["cells"] if c.get("error")]
+    if failed:
+        print("cells with errors: %s" % ", ".join(failed))
+        return 1
+    return 0
+
+
+def _link_latest(out_dir):
+    """results/latest -> the newest run (best effort)."""
+    link = os.path.join(os.path.dirname(out_dir), "latest")
+    try:
+        if os.path.islink(link):
+            os.unlink(link)
+        if not os.path.exists(link):
+            os.symlink(os.path.basename(out_dir), link)
+    except OSError:
+        pass

@@ -1,0 +1,384 @@
+"""The load-test pipeline against the real server, real wrk and real Chromium.
+
+    /usr/bin/python3 -m pytest -q tests/loadtest
+
+Needs the built server (build/gilgamesh, or $GILGAMESH_BINARY), /usr/bin/wrk,
+gunicorn and uWSGI (Debian), /usr/bin/chromium. About a minute and a half on
+2 cores.
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.environ.get("GILGAMESH_BINARY", os.path.join(REPO, "build", "gilgamesh"))
+RUN = os.path.join(REPO, "loadtest", "run")
+PROFILES = os.path.join(REPO, "loadtest", "profiles")
+WRK = "/usr/bin/wrk"
+CHROMIUM = "/usr/bin/chromium"
+PYTHON = "/usr/bin/python3"
+LATENCY_KEYS = ["min", "mean", "p50", "p90", "p99", "p99_9", "max"]
+
+
+def _require(path):
+    if not os.access(path, os.X_OK):
+        pytest.fail("%s is missing or not executable" % path)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real gilgamesh (subinterpreters, 2 workers) on a free loopback port."""
+    _require(BINARY)
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([BINARY, "--strategy", "subinterpreters", "--workers", "2",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            pytest.fail("server did not start:\n%s" % log.read().decode(errors="replace"))
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wrk(profile, port, *args, seconds=1, connections=4):
+    _require(WRK)
+    out = subprocess.run([WRK, "-t2", "-c%d" % connections, "-d%ds" % seconds, "--timeout", "10s",
+                          "-s", os.path.join(PROFILES, profile + ".lua"),
+                          "http://127.0.0.1:%d" % port, "--"] + list(args),
+                         capture_output=True, text=True, timeout=seconds + 30)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    assert lines, "profile %s printed no JSON:\n%s\n%s" % (profile, out.stdout, out.stderr)
+    assert len(lines) == 1, "profile %s printed %d JSON objects" % (profile, len(lines))
+    return json.loads(lines[0])
+
+
+def _check_shape(result, profile):
+    assert result["profile"] == profile
+    assert result["threads"] == 2
+    assert 0.5 < result["duration_s"] < 5
+    for key in ("requests", "goodput", "bytes"):
+        assert isinstance(result[key], int) and result[key] >= 0, key
+    assert set(result["errors"]) == {"connect", "read", "write", "timeout", "status_over_399"}
+    assert all(isinstance(v, int) for v in result["errors"].values())
+    assert all(re.fullmatch(r"[1-5][0-9][0-9]", code) for code in result["responses_by_status"])
+    assert set(result["latency_ms"]) == set(LATENCY_KEYS) | {"stdev"}
+
+
+@pytest.mark.parametrize("profile", ["hello", "fib", "mixed", "json", "sleep"])
+def test_profile_prints_every_figure(server, profile):
+    r = _wrk(profile, server)
+    _check_shape(r, profile)
+    # Every response was a 2xx, and the status counts come from both threads:
+    # their sum is every completed request, not one thread's share.
+    assert r["goodput"] > 0
+    assert r["responses_by_status"].keys() == {"200"}
+    assert sum(r["responses_by_status"].values()) == r["requests"] == r["goodput"]
+    assert r["goodput_per_s"] == pytest.approx(r["goodput"] / r["duration_s"], rel=1e-6)
+    assert r["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}
+    lat = [r["latency_ms"][k] for k in LATENCY_KEYS if k != "mean"]
+    assert all(isinstance(v, (int, float)) and v > 0 for v in lat)
+    assert lat == sorted(lat), "min <= p50 <= p90 <= p99 <= p99.9 <= max: %s" % r["latency_ms"]
+    assert r["latency_ms"]["min"] <= r["latency_ms"]["mean"] <= r["latency_ms"]["max"]
+    assert sum(r["sent_by_route"].values()) >= r["requests"]
+
+
+def test_mixed_profile_sends_the_weighted_mix(server):
+    r = _wrk("mixed", server, seconds=2)
+    sent = r["sent_by_route"]
+    assert set(sent) == {"/hello", "/fib", "/primes", "/mandelbrot", "/nbody"}
+    total = sum(sent.values())
+    weights = {"/hello": 50, "/fib": 20, "/primes": 15, "/mandelbrot": 10, "/nbody": 5}
+    for route, weight in weights.items():
+        assert sent[route] / total == pytest.approx(weight / 100, abs=0.05), sent
+
+
+def test_goodput_excludes_error_statuses(server):
+    r = _wrk("fib", server, "n=99")  # out of range: the demo answers 400
+    _check_shape(r, "fib")
+    assert r["requests"] > 0
+    assert r["goodput"] == 0 and r["goodput_per_s"] == 0
+    assert r["responses_by_status"] == {"400": r["requests"]}
+    assert r["errors"]["status_over_399"] == r["requests"]
+
+
+class _RawServer:
+    """A loopback TCP server with a misbehaviour, to make wrk count socket errors."""
+
+    def __init__(self, handle):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.handle = handle
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_read_and_write_errors_are_reported_by_kind():
+    def hang_up(conn):  # read the request, close without answering
+        conn.recv(65536)
+
+    server = _RawServer(hang_up)
+    try:
+        r = _wrk("hello", server.port)
+    finally:
+        server.close()
+    _check_shape(r, "hello")
+    assert r["requests"] == 0 and r["goodput"] == 0
+    assert r["errors"]["read"] + r["errors"]["write"] > 0
+    assert all(v is None for v in r["latency_ms"].values())
+
+
+def test_slow_responses_are_reported_as_timeouts():
+    def slow(conn):  # answer every request after 1.2 s
+        while conn.recv(65536):
+            time.sleep(1.2)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = _RawServer(slow)
+    try:
+        out = subprocess.run([WRK, "-t2", "-c4", "-d3s", "--timeout", "1s",
+                              "-s", os.path.join(PROFILES, "hello.lua"),
+                              "http://127.0.0.1:%d" % server.port], capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    r = json.loads(out.stdout.splitlines()[-1])
+    _check_shape(r, "hello")
+    assert r["errors"]["timeout"] == r["requests"] > 0
+    # slower than --timeout: out of the latency figures, which are then empty
+    assert all(v is None for v in r["latency_ms"].values())
+
+
+def _png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _chromium(*args):
+    _require(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--user-data-dir=" + profile] + list(args),
+            capture_output=True, text=True, timeout=90)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`make bench-quick`, with the results in a temporary folder."""
+    _require(BINARY)
+    results_dir = tmp_path_factory.mktemp("results")
+    started = time.monotonic()
+    out = subprocess.run([PYTHON, RUN, "--quick", "--peers", "gunicorn,uwsgi",
+                          "--results-dir", str(results_dir)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, "loadtest/run --quick failed (%d):\n%s\n%s" % (
+        out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    match = re.search(r"^report: (\S+report\.html)$", out.stdout, re.M)
+    assert match, "the run did not say where the report is:\n" + out.stdout
+    folder = os.path.dirname(match.group(1))
+    assert os.path.dirname(folder) == str(results_dir)
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    return {"folder": folder, "results": results, "stdout": out.stdout,
+            "seconds": time.monotonic() - started}
+
+
+def test_quick_matrix_has_goodput_in_every_cell(quick_run):
+    results = quick_run["results"]
+    supported = results["strategies"]["supported"]
+    assert "subinterpreters" in supported and "threads" in supported, results["strategies"]
+    expected = {(s, w) for s in supported + ["gunicorn", "uwsgi"] for w in ("hello", "fib")}
+    cells = {(c["server"], c["workload"]): c for c in results["cells"]}
+    assert set(cells) == expected
+    for key, cell in cells.items():
+        assert not cell.get("error"), (key, cell["error"])
+        assert cell["wrk"]["goodput"] > 0 and cell["wrk"]["goodput_per_s"] > 0, key
+        assert cell["wrk"]["errors"]["timeout"] == 0, key
+        assert cell["startup"]["ready_s"] > 0, key
+        assert cell["shutdown"]["leftover_pids"] == [], key
+        assert cell["load"]["server_cpu_cores"] > 0, key
+        assert cell["load"]["total_pss_kb_peak"] > 0 and cell["load"]["server_rss_kb_peak"] > 0, key
+    for strategy in supported:
+        fib = cells[(strategy, "fib")]
+        assert 0 < fib["efficiency"] < 1.5, (strategy, fib["efficiency"])
+        assert fib["ideal_per_s"] == pytest.approx(
+            fib["cores"] * results["rates"][fib["build"]]["targets"]["/fib?n=25"]["per_s"])
+    assert "[%d/%d" % (len(expected), len(expected)) in quick_run["stdout"]  # progress
+    assert quick_run["seconds"] < 150
+
+
+def test_quick_run_left_no_process_behind(quick_run):
+    commands = [c["startup"]["command"] for c in quick_run["results"]["cells"]]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue
+            assert argv not in commands, "still running: %s" % argv
+
+
+def test_report_md_has_tables_and_the_closed_loop_note(quick_run):
+    with open(os.path.join(quick_run["folder"], "report.md")) as f:
+        md = f.read()
+    for heading in ("## Headline: goodput", "## Latency (ms)", "## Efficiency against the ideal",
+                    "## CPU, memory, start-up", "## Throughput and errors"):
+        assert heading in md
+    assert "coordinated omission" in md and "shares the" in md
+    for png in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md):
+        assert os.path.getsize(os.path.join(quick_run["folder"], png)) > 1000
+
+
+def test_report_html_is_self_contained_with_real_charts(quick_run):
+    with open(os.path.join(quick_run["folder"], "report.html")) as f:
+        page = f.read()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page), "the page loads something from outside"
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 5  # throughput, latency, memory, efficiency, peers
+    for data in images:
+        width, height = _png_size(base64.b64decode(data))
+        assert width >= 300 and height >= 200
+
+
+def test_report_html_renders_in_chromium(quick_run):
+    page = os.path.join(quick_run["folder"], "report.html")
+    out = _chromium("--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom",
+                    "file://" + page)
+    assert out.returncode == 0, out.stderr[-2000:]
+    check = re.search(r'id="render-check" data-charts="(\d+)" data-visible="(\d+)"', out.stdout)
+    assert check, "the page's render check did not run:\n" + out.stdout[:2000]
+    charts, visible = int(check.group(1)), int(check.group(2))
+    assert charts >= 5 and visible == charts
+    rendered = re.findall(r'data-rendered="(\d+)x(\d+)"', out.stdout)
+    assert len(rendered) == charts
+    assert all(int(w) >= 300 and int(h) >= 200 for w, h in rendered), rendered
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    _require(BINARY)
+    proc = subprocess.Popen([PYTHON, RUN, "--strategies", "subinterpreters", "--workloads", "fib",
+                             "--workers", "2", "--duration", "20", "--warmup", "0", "--rate-seconds",
+                             "0.1", "--rate-repeat", "1", "--results-dir", str(tmp_path)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60  # until the cell is under load: wrk is running
+        children, names = [], []
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = _descendants(proc.pid)
+            names = []
+            for pid in children:
+                try:
+                    with open("/proc/%d/comm" % pid) as f:
+                        names.append(f.read().strip())
+                except OSError:
+                    pass
+            if "wrk" in names:
+                break
+            time.sleep(0.1)
+        assert "wrk" in names and "gilgamesh" in names, names
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in children if _alive(p)], "left behind: %s" % children
+    [folder] = [d for d in os.listdir(tmp_path) if d != "latest"]
+    with open(os.path.join(tmp_path, folder, "results.json")) as f:
+        assert json.load(f)["meta"]["interrupted"] is True
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
