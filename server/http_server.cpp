@@ -594,6 +594,9 @@ bool HttpServer::run() {
     s.shutdown_requested.set_value();
   });
   s.do_accept();
+  // Completions of Python jobs arrive by post(): keep run() going even when
+  // no socket operation is pending (during shutdown, say).
+  auto keep_running = net::make_work_guard(s.ioc);
   std::vector<std::thread> io_threads;
   for (int i = 0; i < s.config.io_threads; ++i) io_threads.emplace_back([&s] { s.ioc.run(); });
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app,
@@ -614,6 +617,7 @@ bool HttpServer::run() {
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  keep_running.reset();
   s.ioc.stop();
   for (auto& t : io_threads) t.join();
   spdlog::info("stopped");
