@@ -74,7 +74,7 @@ def primes_route(request):
 
 
 def mandelbrot(size, max_iter):
-    """(points inside, total iterations) of a size x size escape-time grid over [-2,1]x[-1.5,1.5]."""
+    """(points inside, total iterations) of a size x size grid over [-2,1]x[-1.5,1.5]."""
     inside = 0
     total = 0
     for y in range(size):
@@ -202,7 +202,7 @@ def sleep_route(request):
 
 @gilgamesh.route("/whoami")
 def whoami(request):
-    """The worker that ran this request (strategy, worker, interpreter, pid, thread); ?ms= sleeps first."""
+    """The worker that ran this request, as gilgamesh.worker_info() (?ms= sleeps first)."""
     ms = _int_param(request, "ms", 0, 1000, default=0)
     if ms:
         time.sleep(ms / 1000.0)
@@ -223,3 +223,45 @@ def counter(request):
         _counter += 1
         value = _counter
     return {"counter": value, **gilgamesh.worker_info()}
+
+
+# Shared without a lock on purpose. Every key exists from the start, so the
+# dict never changes size and summing it while others write cannot raise.
+_RACE_SLOTS = 64
+_race_counts = dict.fromkeys(range(_RACE_SLOTS), 0)
+_race_log = []
+# What the racy counters should add up to, kept under a lock.
+_race_lock = threading.Lock()
+_race_expected = 0
+_race_running = 0
+
+
+@gilgamesh.route("/race")
+def race(request):
+    """n unsynchronised read-modify-write updates (1..100000) of module state: expected vs observed."""
+    global _race_expected, _race_running
+    n = _int_param(request, "n", 1, 100_000, default=1000)
+    with _race_lock:
+        _race_running += 1
+    counts, log = _race_counts, _race_log
+    for i in range(n):
+        slot = i % _RACE_SLOTS
+        counts[slot] = counts[slot] + 1  # read-modify-write: racy across threads
+        log.append(i)
+        log.pop()  # every pop follows this thread's own append: never on an empty list
+    with _race_lock:
+        _race_running -= 1
+        _race_expected += n
+        expected = _race_expected
+        # With no other /race running in this interpreter, the totals are final.
+        settled = _race_running == 0
+        observed = sum(counts.values())
+    return {
+        "n": n,
+        "expected_total": expected,
+        "observed_total": observed,
+        "lost_updates": expected - observed,
+        "settled": settled,
+        "log_length": len(log),
+        **gilgamesh.worker_info(),
+    }

@@ -161,6 +161,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_header() {
     first_request_ = false;
+    request_ = {};  // error answers before handle() must not reuse the previous request
+    head_ = false;
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     parser_->body_limit(server_.config.max_body);
@@ -278,8 +280,9 @@ class Session : public std::enable_shared_from_this<Session> {
     route_index_ = route_index;
     Job job;
     job.route_index = route_index;
+    const auto deadline = arrived_ + seconds(server_.config.request_timeout);
     job.enqueued_at = arrived_;
-    job.deadline = arrived_ + seconds(server_.config.request_timeout);
+    job.deadline = deadline;
     job.request.method = std::string(request_.method_string());
     job.request.path = path_;
     job.request.query_string = std::move(query_);
@@ -299,7 +302,7 @@ class Session : public std::enable_shared_from_this<Session> {
     switch (server_.executor.submit(job)) {
       case SubmitResult::accepted:
         job_pending_ = true;
-        job_timer_.expires_at(job.deadline);
+        job_timer_.expires_at(deadline);
         job_timer_.async_wait([self = shared_from_this(), token](beast::error_code ec) {
           if (!ec) self->on_job_deadline(token);
         });

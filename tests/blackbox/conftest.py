@@ -15,7 +15,8 @@ DEMO_WORKERS = 4
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers",
+                            "slow: takes more than a few seconds (deselect with -m 'not slow')")
 
 
 @pytest.hookimpl(trylast=True)

@@ -278,7 +278,7 @@ class GilgameshServer:
                     self.process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     self.kill()
-                    raise AssertionError("gilgamesh ignored SIGTERM for %.0f s and was killed\n%s"
+                    raise AssertionError("gilgamesh still running %.0f s after SIGTERM; killed\n%s"
                                          % (timeout, self.log()[-4000:]))
             return self.process.returncode
         finally:

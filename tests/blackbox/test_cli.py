@@ -59,8 +59,9 @@ def test_missing_app_module_is_named(gilgamesh_bin, strategy):
 def test_app_raising_at_import_is_reported(gilgamesh_bin, strategy, tmp_path):
     (tmp_path / "broken_app.py").write_text(
         "import gilgamesh\nraise RuntimeError('configuration missing: FOO_URL')\n")
-    result = run_cli(["--app", "broken_app", "--pythonpath", str(tmp_path), "--strategy",
-                      strategy, "--workers", "2", "--host", "127.0.0.1", "--port", str(free_port())])
+    result = run_cli(["--app", "broken_app", "--pythonpath", str(tmp_path),
+                      "--strategy", strategy, "--workers", "2",
+                      "--host", "127.0.0.1", "--port", str(free_port())])
     assert result.returncode > 0, result
     assert "broken_app" in result.stderr and "FOO_URL" in result.stderr, result.stderr
 

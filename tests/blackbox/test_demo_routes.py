@@ -111,14 +111,16 @@ def test_nbody_rejects_bad_steps(demo_server, steps):
 
 
 @pytest.mark.parametrize("obj", [
-    {"name": "gilgamesh", "tablets": 12, "nested": {"list": [1, 2.5, None, True]}, "uni": "Uruk ☉ ü"},
+    {"name": "gilgamesh", "tablets": 12, "nested": {"list": [1, 2.5, None, True]},
+     "uni": "Uruk ☉ ü"},
     [1, 2, 3],
     "just a string",
     42,
     {},
 ])
 def test_json_round_trip(demo_server, obj):
-    r = demo_server.post("/json", obj)
+    r = demo_server.post("/json", json.dumps(obj).encode(),
+                         headers={"Content-Type": "application/json"})
     assert r.status == 200, r
     body = r.json()
     assert body["received"] == obj
@@ -175,3 +177,16 @@ def test_counter_increments(demo_server):
         key = (info["pid"], info["interpreter_id"])
         assert info["counter"] > seen.get(key, 0), (info, seen)
         seen[key] = info["counter"]
+
+
+def test_race(demo_server):
+    r = demo_server.get("/race?n=500")
+    assert r.status == 200, r
+    body = r.json()
+    assert body["n"] == 500 and body["slots"] == 64, body
+    assert body["total"] >= 500 and body["log_length"] >= 0, body
+
+
+@pytest.mark.parametrize("n", ["0", "100001", "many"])
+def test_race_rejects_bad_n(demo_server, n):
+    assert_bad_request(demo_server.get("/race?n=" + n), "'n'")

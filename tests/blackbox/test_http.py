@@ -115,7 +115,8 @@ def test_pipelined_post_bodies(demo_server):
 def test_chunked_request_body(demo_server):
     payload = b'{"chunked": true, "n": [1, 2, 3]}'
     wire = (b"POST /json HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + b"%x\r\n%s\r\n" % (10, payload[:10]) + b"%x\r\n%s\r\n" % (len(payload) - 10, payload[10:])
+            + b"%x\r\n%s\r\n" % (10, payload[:10])
+            + b"%x\r\n%s\r\n" % (len(payload) - 10, payload[10:])
             + b"0\r\n\r\n")
     with demo_server.raw() as conn:
         conn.send(wire)

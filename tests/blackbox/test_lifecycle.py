@@ -110,6 +110,24 @@ def test_graceful_timeout_bounds_the_exit(start_server):
     assert results and (isinstance(results[0], Exception) or results[0].status == 503), results
 
 
+@pytest.mark.slow
+def test_sigterm_while_a_timed_out_handler_still_runs(start_server):
+    # The request was answered 504; its handler runs on. The drain must end
+    # when that handler returns, not at the graceful deadline.
+    server = start_server(workers=1, args=["--timeout", "1", "--graceful-timeout", "6"])
+    r = server.get("/sleep?ms=2500", timeout=10)
+    assert r.status == 504, r
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    try:
+        code = server.wait(timeout=15)
+    except Exception:
+        raise AssertionError("still running 15 s after SIGTERM")
+    elapsed = time.monotonic() - started
+    assert code == 0, server.log()[-3000:]
+    assert elapsed < 4.0, "exit took %.1f s; the handler returned after 1.5 s" % elapsed
+
+
 def _safe_get(server, path):
     try:
         return server.get(path, timeout=12)

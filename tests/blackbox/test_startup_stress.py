@@ -47,4 +47,5 @@ def test_repeated_startup_with_stdlib_imports(gilgamesh_bin):
         finally:
             server.kill()
         completed += 1
-    assert completed >= min(RUNS, 5), "only %d start/stop cycles fit in %.0f s" % (completed, BUDGET_S)
+    assert completed >= min(RUNS, 5), \
+        "only %d start/stop cycles fit in %.0f s" % (completed, BUDGET_S)
