@@ -2,6 +2,7 @@
 
 #include <Python.h>
 
+#include "process_pool.hpp"
 #include "threaded_executor.hpp"
 
 namespace gilgamesh {
@@ -20,7 +21,7 @@ std::string embedded_python_build() {
 }
 
 std::vector<std::string> available_strategies() {
-  std::vector<std::string> out = {"subinterpreters", "threads"};
+  std::vector<std::string> out = {"subinterpreters", "threads", "processes"};
 #ifdef Py_GIL_DISABLED
   out.push_back("free-threaded");
 #endif
@@ -30,6 +31,7 @@ std::vector<std::string> available_strategies() {
 std::unique_ptr<Executor> make_executor(const ExecutorConfig& config) {
   if (config.strategy == "subinterpreters") return make_subinterpreter_executor(config);
   if (config.strategy == "threads") return make_shared_interpreter_executor(config);
+  if (config.strategy == "processes") return make_process_executor(config);
 #ifdef Py_GIL_DISABLED
   if (config.strategy == "free-threaded") return make_shared_interpreter_executor(config);
 #endif

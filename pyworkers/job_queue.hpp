@@ -38,6 +38,22 @@ class JobQueue {
     return job;
   }
 
+  // Like pop(), but also gives up at `deadline` (closed() tells the two nullopts
+  // apart). For consumers that must look at something else while idle.
+  std::optional<Job> pop_until(Clock::time_point deadline) {
+    std::unique_lock lock(mutex_);
+    ready_.wait_until(lock, deadline, [&] { return closed_ || !jobs_.empty(); });
+    if (jobs_.empty()) return std::nullopt;
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    return job;
+  }
+
+  bool closed() const {
+    std::lock_guard lock(mutex_);
+    return closed_;
+  }
+
   // No more pushes; pop() drains what is queued, then returns nullopt.
   void close() {
     {

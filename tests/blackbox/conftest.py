@@ -2,7 +2,7 @@
 
 Environment:
   GILGAMESH_BIN         the binary (default: <repo>/build/gilgamesh)
-  GILGAMESH_STRATEGIES  comma-separated strategies to test (default: subinterpreters,threads)
+  GILGAMESH_STRATEGIES  comma-separated strategies to test (default: every strategy the binary runs)
   GILGAMESH_STRESS_RUNS start/stop cycles of test_startup_stress (default: 20)
 """
 

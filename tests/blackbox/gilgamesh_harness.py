@@ -28,7 +28,14 @@ def binary_path():
 
 
 def strategies():
-    raw = os.environ.get("GILGAMESH_STRATEGIES", "subinterpreters,threads")
+    """GILGAMESH_STRATEGIES, else every strategy this binary can run."""
+    raw = os.environ.get("GILGAMESH_STRATEGIES")
+    if raw is None:
+        raw = "subinterpreters,threads,processes"
+        version = subprocess.run([str(binary_path()), "--version"], capture_output=True,
+                                 text=True, timeout=30).stdout if binary_path().is_file() else ""
+        if "free-threaded build: Python" in version:
+            raw += ",free-threaded"
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 

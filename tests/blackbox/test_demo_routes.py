@@ -183,8 +183,9 @@ def test_race(demo_server):
     r = demo_server.get("/race?n=500")
     assert r.status == 200, r
     body = r.json()
-    assert body["n"] == 500 and body["slots"] == 64, body
-    assert body["total"] >= 500 and body["log_length"] >= 0, body
+    assert body["n"] == 500 and body["expected_total"] >= 500, body
+    assert body["lost_updates"] == body["expected_total"] - body["observed_total"], body
+    assert body["log_length"] >= 0 and body["strategy"] == demo_server.strategy, body
 
 
 @pytest.mark.parametrize("n", ["0", "100001", "many"])

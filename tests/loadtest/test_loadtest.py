@@ -218,7 +218,8 @@ def test_slow_responses_are_reported_as_timeouts():
     try:
         out = subprocess.run([WRK, "-t2", "-c4", "-d3s", "--timeout", "1s",
                               "-s", os.path.join(PROFILES, "hello.lua"),
-                              "http://127.0.0.1:%d" % server.port], capture_output=True, text=True, timeout=60)
+                              "http://127.0.0.1:%d" % server.port],
+                             capture_output=True, text=True, timeout=60)
     finally:
         server.close()
     r = json.loads(out.stdout.splitlines()[-1])
@@ -278,7 +279,9 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
     for key, cell in cells.items():
         assert not cell.get("error"), (key, cell["error"])
         assert cell["wrk"]["goodput"] > 0 and cell["wrk"]["goodput_per_s"] > 0, key
-        assert cell["wrk"]["errors"]["timeout"] == 0, key
+        errors = cell["wrk"]["errors"]
+        assert errors["connect"] == errors["read"] == errors["write"] == errors["timeout"] == 0, key
+        assert cell["wrk"]["responses_by_status"].keys() == {"200"}, key
         assert cell["startup"]["ready_s"] > 0, key
         assert cell["shutdown"]["leftover_pids"] == [], key
         assert cell["load"]["server_cpu_cores"] > 0, key

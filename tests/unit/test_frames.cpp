@@ -1,0 +1,187 @@
+// The wire of `--strategy processes`: metadata encoding, whole frames over a
+// socketpair (small, 8 MiB, cut off, oversized), control messages with a fd.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "pyworkers/frames.hpp"
+
+using namespace gilgamesh;
+using namespace gilgamesh::frames;
+
+namespace {
+
+struct SocketPair {
+  int a = -1, b = -1;
+  explicit SocketPair(int type = SOCK_STREAM) {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv), 0);
+    a = sv[0];
+    b = sv[1];
+  }
+  ~SocketPair() {
+    if (a >= 0) close(a);
+    if (b >= 0) close(b);
+  }
+};
+
+HttpRequestData sample_request() {
+  HttpRequestData r;
+  r.method = "POST";
+  r.path = "/echo/caf\xc3\xa9";
+  r.query_string = "a=1&b=%20&c";
+  r.request_id = "req-42";
+  r.headers = {{"Host", "127.0.0.1"}, {"X-Empty", ""}, {"X-Bin", std::string("a\0b", 3)}};
+  r.body = "ignored by the meta";
+  return r;
+}
+
+}  // namespace
+
+TEST(Frames, RequestMetaRoundTrips) {
+  const HttpRequestData in = sample_request();
+  const std::string meta = encode_request_meta(7, in);
+  std::size_t route = 0;
+  HttpRequestData out;
+  ASSERT_TRUE(decode_request_meta(meta, route, out));
+  EXPECT_EQ(route, 7u);
+  EXPECT_EQ(out.method, in.method);
+  EXPECT_EQ(out.path, in.path);
+  EXPECT_EQ(out.query_string, in.query_string);
+  EXPECT_EQ(out.request_id, in.request_id);
+  ASSERT_EQ(out.headers.size(), 3u);
+  EXPECT_EQ(out.headers[2].value, std::string("a\0b", 3));
+  EXPECT_TRUE(out.body.empty());
+}
+
+TEST(Frames, ResponseMetaRoundTrips) {
+  HttpResponseData in;
+  in.status = 418;
+  in.content_type = "text/csv";
+  in.headers = {{"X-One", "1"}, {"Set-Cookie", "a=b"}};
+  HttpResponseData out;
+  ASSERT_TRUE(decode_response_meta(encode_response_meta(in), out));
+  EXPECT_EQ(out.status, 418);
+  EXPECT_EQ(out.content_type, "text/csv");
+  ASSERT_EQ(out.headers.size(), 2u);
+  EXPECT_EQ(out.headers[1].name, "Set-Cookie");
+  EXPECT_EQ(out.headers[1].value, "a=b");
+}
+
+TEST(Frames, MalformedMetaIsRejected) {
+  const std::string meta = encode_request_meta(1, sample_request());
+  std::size_t route = 0;
+  for (std::size_t cut = 0; cut < meta.size(); ++cut) {
+    HttpRequestData out;
+    EXPECT_FALSE(decode_request_meta(std::string_view(meta).substr(0, cut), route, out)) << cut;
+  }
+  HttpRequestData out;
+  EXPECT_FALSE(decode_request_meta(meta + "x", route, out));  // trailing bytes
+
+  HttpResponseData bad;
+  bad.status = 99;
+  HttpResponseData decoded;
+  EXPECT_FALSE(decode_response_meta(encode_response_meta(bad), decoded));
+}
+
+TEST(Frames, SmallFrameOverASocket) {
+  SocketPair s;
+  ASSERT_TRUE(write_frame(s.a, Kind::response, "meta", "body"));
+  Frame f;
+  ASSERT_TRUE(read_frame(s.b, f).ok());
+  EXPECT_EQ(f.kind, Kind::response);
+  EXPECT_EQ(f.meta, "meta");
+  EXPECT_EQ(f.body, "body");
+  // Empty parts, twice in a row.
+  ASSERT_TRUE(write_frame(s.a, Kind::hello, "", ""));
+  ASSERT_TRUE(read_frame(s.b, f).ok());
+  EXPECT_EQ(f.kind, Kind::hello);
+  EXPECT_TRUE(f.meta.empty() && f.body.empty());
+}
+
+TEST(Frames, EightMebibyteBodiesBothWays) {
+  SocketPair s;
+  std::string body(8 << 20, '\0');
+  for (std::size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>(i * 2654435761u >> 13);
+  // Echo peer: reads a whole frame, then writes it back (as a worker does).
+  std::thread peer([&] {
+    Frame in;
+    ASSERT_TRUE(read_frame(s.b, in).ok());
+    ASSERT_TRUE(write_frame(s.b, Kind::response, in.meta, in.body));
+  });
+  ASSERT_TRUE(write_frame(s.a, Kind::request, "m", body));
+  Frame back;
+  ASSERT_TRUE(read_frame(s.a, back).ok());
+  peer.join();
+  EXPECT_EQ(back.meta, "m");
+  EXPECT_TRUE(back.body == body);
+}
+
+TEST(Frames, EndOfStreamAtAndInsideAFrame) {
+  {
+    SocketPair s;
+    close(s.a);
+    s.a = -1;
+    Frame f;
+    EXPECT_EQ(read_frame(s.b, f).status, ReadStatus::closed);
+  }
+  {
+    SocketPair s;
+    ASSERT_TRUE(write_frame(s.a, Kind::response, "meta", std::string(1000, 'x')));
+    // Take the frame apart: leave only part of it in the socket.
+    char buf[600];
+    ASSERT_EQ(recv(s.b, buf, sizeof buf, 0), static_cast<ssize_t>(sizeof buf));
+    SocketPair t;
+    ASSERT_EQ(send(t.a, buf, sizeof buf, 0), static_cast<ssize_t>(sizeof buf));
+    close(t.a);
+    t.a = -1;
+    Frame f;
+    EXPECT_EQ(read_frame(t.b, f).status, ReadStatus::truncated);
+  }
+}
+
+TEST(Frames, OversizedOrUnknownFramesAreInvalid) {
+  SocketPair s;
+  Limits limits;
+  limits.max_body = 10;
+  ASSERT_TRUE(write_frame(s.a, Kind::request, "", std::string(11, 'x')));
+  Frame f;
+  EXPECT_EQ(read_frame(s.b, f, limits).status, ReadStatus::invalid);
+
+  SocketPair t;
+  const char header[16] = {9, 0, 0, 0};  // kind 9
+  ASSERT_EQ(send(t.a, header, sizeof header, 0), 16);
+  EXPECT_EQ(read_frame(t.b, f).status, ReadStatus::invalid);
+}
+
+TEST(Frames, ControlMessageCarriesJsonAndADescriptor) {
+  SocketPair s(SOCK_SEQPACKET);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  ASSERT_TRUE(send_control(s.a, {{"type", "spawned"}, {"worker", 3}, {"pid", 1234}}, pipe_fds[1]));
+  close(pipe_fds[1]);
+  ControlMessage m;
+  ASSERT_TRUE(receive_control(s.b, m));
+  EXPECT_EQ(m.body.value("type", ""), "spawned");
+  EXPECT_EQ(m.body.value("worker", -1), 3);
+  ASSERT_GE(m.fd, 0);
+  ASSERT_EQ(write(m.fd, "hi", 2), 2);  // the received descriptor is the pipe's write end
+  close(m.fd);
+  char got[2];
+  ASSERT_EQ(read(pipe_fds[0], got, 2), 2);
+  EXPECT_EQ(std::string(got, 2), "hi");
+  close(pipe_fds[0]);
+
+  ASSERT_TRUE(send_control(s.a, {{"type", "stop"}}));
+  ASSERT_TRUE(receive_control(s.b, m));
+  EXPECT_EQ(m.fd, -1);
+  close(s.a);
+  s.a = -1;
+  std::string error;
+  EXPECT_FALSE(receive_control(s.b, m, &error));
+  EXPECT_EQ(error, "end of stream");
+}
