@@ -52,10 +52,10 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 1800 $(if $(CTEST_ARGS),$(CTEST_ARGS),)
 
 bench: build
-	/usr/bin/python3 loadtest/run --bin $(BUILD_DIR)/gilgamesh
+	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 bench-quick: build
-	/usr/bin/python3 loadtest/run --quick --bin $(BUILD_DIR)/gilgamesh
+	/usr/bin/python3 loadtest/run --quick --peers gunicorn,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)

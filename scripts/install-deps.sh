@@ -12,6 +12,8 @@ PKGS=(
   libncurses-dev libgdbm-dev uuid-dev
   # tests and load runner (run under /usr/bin/python3, Debian's 3.11)
   python3 python3-pytest python3-matplotlib wrk
+  # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi)
+  gunicorn uwsgi uwsgi-plugin-python3
 )
 if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
 if [[ -n "${GILGAMESH_EXTRA_PKGS:-}" ]]; then read -r -a extra <<<"$GILGAMESH_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi

@@ -9,6 +9,7 @@ report.html (self-contained) and the charts.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -48,7 +49,7 @@ def parse_args(argv):
         prog="loadtest/run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="tiny matrix proving the pipeline: workloads hello,fib; workers %d; "
-                        "1 s warm-up, 2 s per cell, short rate measurement" % NCPU)
+                        "1 s warm-up, 2 s per cell, 0.2 s rate repeats" % NCPU)
     p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s)"
                    % ",".join(STRATEGIES))
     p.add_argument("--workloads", help="comma list of %s (default: all; --quick: hello,fib)"
@@ -75,9 +76,12 @@ def parse_args(argv):
                    "or the gilgamesh cache)")
     p.add_argument("--rate-seconds", type=float, help="seconds per single-thread rate repeat "
                    "(default 0.5; --quick 0.2)")
-    p.add_argument("--rate-repeat", type=int, help="repeats per rate, best kept (default 3; --quick 1)")
-    p.add_argument("--sample-interval", type=float, default=0.5, help="/proc sampling period, s (default: %(default)s)")
-    p.add_argument("--start-timeout", type=float, default=60.0, help="s for a server to become ready (default: %(default)s)")
+    p.add_argument("--rate-repeat", type=int, default=3,
+                   help="repeats per rate, best kept (default: %(default)s)")
+    p.add_argument("--sample-interval", type=float, default=0.5,
+                   help="/proc sampling period, s (default: %(default)s)")
+    p.add_argument("--start-timeout", type=float, default=60.0,
+                   help="s for a server to become ready (default: %(default)s)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for every gilgamesh server (repeatable)")
     p.add_argument("--results-dir", default=os.path.join(LOADTEST, "results"),
@@ -95,7 +99,6 @@ def parse_args(argv):
     args.duration = pick(args.duration, 7, 2)
     args.warmup = pick(args.warmup, 2, 1)
     args.rate_seconds = pick(args.rate_seconds, 0.5, 0.2)
-    args.rate_repeat = pick(args.rate_repeat, 3, 1)
     args.strategies = _names(args.strategies, STRATEGIES, "strategy") if args.strategies else None
     args.peers = _names(args.peers, PEERS, "peer") if args.peers else []
     pythons = rates.default_pythons()
@@ -164,7 +167,10 @@ class Run:
         else:
             # --http-socket, not --http11-socket: with keep-alive each uWSGI worker serves one
             # connection until it closes, so all but `workers` of wrk's connections would starve.
+            # It closes after each response without saying so, which wrk counts as a read
+            # error: say so.
             cmd = [PEERS[name], "--plugin", "python3", "--http-socket", "127.0.0.1:%d" % port,
+                   "--add-header", "Connection: close",
                    "--processes", str(workers), "--master", "--chdir", LOADTEST,
                    "--module", "wsgi_demo:app", "--need-app", "--die-on-term", "--disable-logging"]
         return cmd, env, False
@@ -198,13 +204,13 @@ class Run:
 
     def describe_machine(self):
         a = self.args
-        model, mem_kb = None, None
+        model = None
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     model = line.split(":", 1)[1].strip()
                     break
-        mem_kb = sampling._kb("/proc/meminfo", "MemTotal:")
+        mem_kb = sampling.kib_field("/proc/meminfo", "MemTotal:")
         try:
             version = subprocess.run([a.binary, "--version"], capture_output=True, text=True,
                                      timeout=30)
@@ -224,6 +230,7 @@ class Run:
             },
             "binary": a.binary,
             "binary_version": binary_version,
+            "binary_sha256": _sha256(a.binary),
             "wrk": (wrk_version.strip().splitlines()[0].split(" Copyright")[0]
                     if wrk_version.strip() else a.wrk),
             "runner_python": platform.python_version(),
@@ -286,14 +293,14 @@ class Run:
                 print(", ".join("%s %.0f/s" % (t, r["per_s"]) for t, r in sorted(result["targets"].items())))
 
     def cells(self):
-        out = []
-        for kind, names in (("gilgamesh", self.results["strategies"]["supported"]),
-                            ("peer", self.args.peers)):
-            for name in names:
-                for workers in self.args.workers:
-                    for workload in self.args.workloads:
-                        out.append((kind, name, workload, workers))
-        return out
+        # Servers innermost: the cells a ratio compares run back to back, so a
+        # change in background load skews one group, not one strategy.
+        servers = [("gilgamesh", s) for s in self.results["strategies"]["supported"]]
+        servers += [("peer", p) for p in self.args.peers]
+        return [(kind, name, workload, workers)
+                for workers in self.args.workers
+                for workload in self.args.workloads
+                for kind, name in servers]
 
     def run_cell(self, kind, name, workload_name, workers):
         a = self.args
@@ -306,6 +313,12 @@ class Run:
             cell["python_version"] = (self.results["rates"].get(PEER_BUILD) or {}).get(
                 "python_version", platform.python_version())
         proc = wrk_proc = None
+        if kind == "gilgamesh":  # which build of the binary this cell runs, should it be rebuilt
+            try:
+                st = os.stat(a.binary)
+                cell["binary_stat"] = [st.st_ino, st.st_size, st.st_mtime_ns]
+            except OSError:
+                pass
         try:
             proc, port, ready = self.start_server(kind, name, workers, cell_id)
             stats = ready.pop("stats") or {}
@@ -322,6 +335,7 @@ class Run:
                 warm = wrk.finish(self.owned, wrk_proc, a.warmup)
                 cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status",
                                                            "errors")}
+                cell["warmup"]["drain_s"] = self.drain(kind, port, warm)
             cmd = wrk.command(a.wrk, workload, port, a.duration, a.connections, a.threads, a.wrk_timeout)
             cell["wrk_command"] = shlex.join(cmd)
             wrk_proc = wrk.start(self.owned, cmd)
@@ -360,6 +374,27 @@ class Run:
         self._derive(cell, workload)
         return cell
 
+    def drain(self, kind, port, warm):
+        """Waits until the requests that warm-up left in flight are done: the
+        server still runs them after wrk has gone, and they must not eat into
+        the measured run. Returns the seconds waited."""
+        start = time.monotonic()
+        if kind == "gilgamesh":
+            deadline = start + self.args.wrk_timeout
+            while time.monotonic() < deadline:
+                try:
+                    status, body = procs.http_get(port, "/stats")
+                    stats = json.loads(body) if status == 200 else {}
+                except (OSError, ValueError):
+                    stats = {}
+                if stats.get("queue_depth", 0) == 0 and stats.get("busy_workers", 0) == 0:
+                    break
+                time.sleep(0.02)
+        else:  # no /stats: the slowest warm-up response is about how long a backlog takes
+            slowest_ms = ((warm.get("latency_ms") or {}).get("max")) or 0
+            time.sleep(min(5.0, max(0.1, 1.5 * slowest_ms / 1000.0)))
+        return time.monotonic() - start
+
     def _derive(self, cell, workload):
         """Efficiency against the ideal, from the single-thread rates."""
         rate = (self.results["rates"].get(cell["build"]) or {}).get("targets")
@@ -373,6 +408,7 @@ class Run:
 
     def execute(self):
         a = self.args
+        run_started = time.monotonic()
         self.describe_machine()
         self.probe_strategies()
         self.measure_rates()
@@ -384,15 +420,26 @@ class Run:
             ",".join(map(str, a.workers)), _fmt_time(total * planned)), flush=True)
         started = time.monotonic()
         for i, (kind, name, workload, workers) in enumerate(cells, 1):
-            elapsed = time.monotonic() - started
-            per_cell = elapsed / (i - 1) if i > 1 else planned
+            in_cells = time.monotonic() - started
+            per_cell = in_cells / (i - 1) if i > 1 else planned
             print("[%2d/%d  %s elapsed, ~%s left] %-15s %-6s workers=%d ... " % (
-                i, total, _fmt_time(elapsed), _fmt_time(per_cell * (total - i + 1)), name, workload,
-                workers), end="", flush=True)
+                i, total, _fmt_time(time.monotonic() - run_started),
+                _fmt_time(per_cell * (total - i + 1)), name, workload, workers), end="", flush=True)
             cell = self.run_cell(kind, name, workload, workers)
             self.results["cells"].append(cell)
             print(_cell_line(cell), flush=True)
         self.results["meta"]["cells_seconds"] = time.monotonic() - started
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _cell_line(cell):
@@ -445,7 +492,13 @@ def main(argv=None):
         run.owned.stop_all()
         if run.sampler is not None:
             run.sampler.stop()
-    run.results["meta"]["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    meta = run.results["meta"]
+    versions = {tuple(c["binary_stat"]) for c in run.results["cells"] if c.get("binary_stat")}
+    if len(versions) > 1:
+        meta["binary_changed_during_run"] = True
+        print("WARNING: %s was rebuilt during the run; its cells ran %d different builds"
+              % (args.binary, len(versions)))
+    meta["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     run.results["meta"]["interrupted"] = interrupted
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(run.results, f, indent=1)

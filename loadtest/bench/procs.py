@@ -6,6 +6,7 @@ that a server's worker processes can be found and ended with it. `Owned`
 keeps the list of live children; `Owned.stop_all()` runs on every exit path.
 """
 
+import ctypes
 import http.client
 import json
 import os
@@ -77,6 +78,20 @@ def descendants(pid):
     return found
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent():
+    """In the child before exec: SIGTERM it if the runner dies without cleaning
+    up (SIGKILL, a crash), since its own session keeps it out of reach of the
+    terminal's signals."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Owned:
     """The children this run started and has not yet stopped."""
 
@@ -84,16 +99,17 @@ class Owned:
         self._live = []
 
     def popen(self, cmd, **kwargs):
-        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_end_with_parent, **kwargs)
         self._live.append(proc)
         return proc
 
     def stop(self, proc, grace=15.0):
         """SIGTERM, wait up to `grace` s, then SIGKILL the whole group.
 
-        Returns (seconds to exit, exit code, pids of the group still alive
-        after the leader exited and that had to be killed)."""
+        Returns (seconds to exit, exit code, pids of its process group or of
+        its former descendants that outlived it and had to be killed)."""
         start = time.monotonic()
+        tree = descendants(proc.pid) if proc.poll() is None else []
         if proc.poll() is None:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -105,15 +121,23 @@ class Owned:
                 _kill_group(proc.pid)
                 proc.wait()
         seconds = time.monotonic() - start
+
         # A worker that outlives its server is a leak: end it, and say so.
-        leftovers = group_members(proc.pid)
+        def survivors():
+            return sorted(set(group_members(proc.pid)) | {p for p in tree if _alive(p)})
+
+        leftovers = survivors()
+        deadline = time.monotonic() + 2.0
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            leftovers = survivors()
         if leftovers:
-            deadline = time.monotonic() + 2.0
-            while leftovers and time.monotonic() < deadline:
-                time.sleep(0.05)
-                leftovers = group_members(proc.pid)
-            if leftovers:
-                _kill_group(proc.pid)
+            _kill_group(proc.pid)
+            for pid in leftovers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if proc in self._live:
             self._live.remove(proc)
         return seconds, proc.returncode, leftovers
@@ -121,6 +145,15 @@ class Owned:
     def stop_all(self):
         for proc in list(reversed(self._live)):
             self.stop(proc, grace=5.0)
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 def _kill_group(pgid):

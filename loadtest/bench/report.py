@@ -130,14 +130,14 @@ def tables(results):
     out.append(("Latency (ms)", latency_note(results), header, rows))
 
     header = ["server", "workload", "workers", "server CPU (cores)", "wrk CPU (cores)",
-              "machine busy (cores)", "server RSS MiB", "workers PSS MiB", "total PSS MiB",
+              "other CPU (cores)", "server RSS MiB", "workers PSS MiB", "total PSS MiB",
               "idle total PSS MiB", "start-up s", "stop s", "queue depth max"]
     rows = []
     for c in _ordered_cells(results):
         load, idle = c.get("load") or {}, c.get("memory_idle") or {}
         rows.append([_label(results, c["server"]), c["workload"], c["workers"],
                      _num(load.get("server_cpu_cores"), "%.2f"), _num(load.get("wrk_cpu_cores"), "%.2f"),
-                     _num(load.get("machine_busy_cores"), "%.2f"),
+                     _num(load.get("other_cpu_cores"), "%.2f"),
                      _num(_mib(load.get("server_rss_kb_peak")), "%.1f"),
                      _num(_mib(load.get("workers_pss_kb_peak")) if load.get("worker_processes") else None,
                           "%.1f"),
@@ -146,12 +146,15 @@ def tables(results):
                      _num((c.get("startup") or {}).get("ready_s"), "%.2f"),
                      _num((c.get("shutdown") or {}).get("seconds"), "%.2f"),
                      _num(load.get("queue_depth_max"), "%d")])
+    reported = any((c.get("startup") or {}).get("ready_reported_by_stats") for c in results["cells"])
     out.append(("CPU, memory, start-up",
-                "CPU from /proc (server = the server process and every worker process; machine = all "
-                "cores). Memory is the peak under load: RSS of the server process; PSS of its worker "
-                "processes summed; total PSS = server + workers (shared pages counted once). Start-up: "
-                "from exec until /healthz answers and /stats reports every worker ready (peers: "
-                "/healthz only).", header, rows))
+                "CPU from /proc: server = the server process and every descendant; other = about "
+                "what other processes on the machine used meanwhile (it skews a cell). Memory is the "
+                "peak under load: RSS of the server process; PSS of its worker processes (every "
+                "descendant: workers, zygote) summed; total PSS = server + those (shared pages counted "
+                "once). Start-up: from exec until /healthz answers%s." % (
+                    " and /stats reports every worker ready (peers: /healthz only)" if reported else
+                    " (/stats does not report per-worker readiness)"), header, rows))
 
     header = ["server", "workload", "workers", "cores", "build", "single-thread rate/s", "ideal/s",
               "goodput/s", "efficiency"]
@@ -228,9 +231,15 @@ def charts(results, out_dir):
             if fmt and len(groups) * len(series) <= 16:
                 ax.bar_label(bars, [fmt % y for y in ys], fontsize=7, padding=1)
         ax.set_xticks(range(len(groups)))
+        values = [value(s, g) for s in series for g in groups]
+        values = [v for v in values if v]
+        if log and values and max(values) / min(values) < 10:
+            log = False  # a narrow range reads better, and bars compare honestly, from zero
+            ylabel = ylabel.replace(", log", "")
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
+            ax.set_ylim(bottom=min(values) / 2)
             ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
@@ -252,7 +261,8 @@ def charts(results, out_dir):
     def subplots(n):
         cols = min(n, 3)
         rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(7.0, 4.6 * cols), 3.6 * rows + 0.6),
+                                 squeeze=False)
         flat = [a for row in axes for a in row]
         for a in flat[n:]:
             a.set_visible(False)
@@ -370,6 +380,17 @@ def _context(results):
 
 def _problems(results):
     lines = []
+    if results["meta"].get("binary_changed_during_run"):
+        lines.append("The server binary was rebuilt during this run: its cells ran different builds.")
+    other = [((c.get("load") or {}).get("other_cpu_cores"), c["id"]) for c in results["cells"]]
+    other = [(v, i) for v, i in other if v is not None]
+    if other:
+        mean = sum(v for v, _ in other) / len(other)
+        worst = max(other)
+        if mean > 0.2 or worst[0] > 0.5:
+            lines.append("Other processes used %.2f cores on average while cells were measured (most: "
+                         "%.2f in `%s`): absolute figures are low and ratios noisier than on an idle "
+                         "machine." % (mean, worst[0], worst[1]))
     for name, reason in results["strategies"].get("unsupported", {}).items():
         last = reason.strip().splitlines()[-1] if reason.strip() else "?"
         last = re.sub(r"^(\[[^\]]*\]\s*)+", "", last)  # the log line's time/level/pid prefix
@@ -445,7 +466,8 @@ def html_page(results, chart_list, out_dir):
     body += ["</ul></div>"]
     problems = _problems(results)
     if problems:
-        body += ["<h2>Problems</h2><ul>"] + ['<li class="problem">%s</li>' % e(p) for p in problems] + ["</ul>"]
+        body += (["<h2>Problems</h2><ul>"] + ['<li class="problem">%s</li>' % e(p) for p in problems]
+                 + ["</ul>"])
 
     def table(title, intro, header, rows):
         body.append("<h2>%s</h2><p>%s</p><table><tr>%s</tr>" % (

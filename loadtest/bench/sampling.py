@@ -26,7 +26,8 @@ def _cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
 
 
-def _kb(path, key):
+def kib_field(path, key):
+    """The KiB figure of the line starting with `key` in a /proc file, or None."""
     try:
         with open(path) as f:
             for line in f:
@@ -38,20 +39,22 @@ def _kb(path, key):
 
 
 def rss_kb(pid):
-    return _kb("/proc/%d/status" % pid, "VmRSS:")
+    return kib_field("/proc/%d/status" % pid, "VmRSS:")
 
 
 def pss_kb(pid):
-    return _kb("/proc/%d/smaps_rollup" % pid, "Pss:")
+    return kib_field("/proc/%d/smaps_rollup" % pid, "Pss:")
 
 
 def machine_ticks():
-    """(busy, total) jiffies of all CPUs together."""
+    """(busy, total, process) jiffies of all CPUs together; `process` is user +
+    nice + system, the part that processes' own utime+stime add up to (busy
+    also holds irq and softirq time, loopback networking among it)."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     total = sum(values[:8])  # guest time is already inside user
-    return total - idle, total
+    return total - idle, total, values[0] + values[1] + values[2]
 
 
 def memory(server_pid):
@@ -95,10 +98,12 @@ class Sampler(threading.Thread):
 
     def _sample(self):
         sample = {"t": time.monotonic()}
-        busy, total = machine_ticks()
+        busy, total, process = machine_ticks()
         sample["machine_busy_ticks"], sample["machine_total_ticks"] = busy, total
+        sample["machine_process_ticks"] = process
         sample["server_ticks"] = self._tree_ticks()
         sample["wrk_ticks"] = _cpu_ticks(self.wrk_pid)
+        sample["runner_ticks"] = _cpu_ticks(os.getpid())
         sample.update(memory(self.server_pid))
         if self.stats_port:
             try:
@@ -138,14 +143,28 @@ class Sampler(threading.Thread):
             return (have[-1][key] - have[0][key]) / CLOCK_TICKS / (have[-1]["t"] - have[0]["t"])
 
         machine_total = last["machine_total_ticks"] - first["machine_total_ticks"]
+
+        def machine(key):
+            if machine_total <= 0:
+                return None
+            return ncpu * (last[key] - first[key]) / machine_total
+
         out = {
             "samples": len(s),
             "seconds": seconds,
             "server_cpu_cores": cores("server_ticks"),
             "wrk_cpu_cores": cores("wrk_ticks"),
-            "machine_busy_cores": (ncpu * (last["machine_busy_ticks"] - first["machine_busy_ticks"])
-                                   / machine_total) if machine_total > 0 else None,
+            "runner_cpu_cores": cores("runner_ticks"),
+            "machine_busy_cores": machine("machine_busy_ticks"),
+            "machine_process_cores": machine("machine_process_ticks"),
         }
+        # Process CPU that neither the server, wrk nor this runner used: other
+        # people's work on the machine. (irq/softirq time is left out: loopback
+        # networking for the load itself lands there.)
+        if out["machine_process_cores"] is not None and out["server_cpu_cores"] is not None:
+            out["other_cpu_cores"] = max(0.0, out["machine_process_cores"] - out["server_cpu_cores"]
+                                         - (out["wrk_cpu_cores"] or 0.0)
+                                         - (out["runner_cpu_cores"] or 0.0))
         for key in ("server_rss_kb", "server_pss_kb", "workers_pss_kb", "total_pss_kb"):
             values = [x[key] for x in s if x.get(key) is not None]
             if values:

@@ -40,7 +40,7 @@ local function encode(value)
   elseif t == "string" then
     return encode_string(value)
   elseif t == "table" then
-    if value[1] ~= nil or next(value) == nil and getmetatable(value) == common.array_mt then
+    if value[1] ~= nil then
       local parts = {}
       for i = 1, #value do parts[i] = encode(value[i]) end
       return "[" .. table.concat(parts, ",") .. "]"
@@ -59,7 +59,6 @@ local function encode(value)
   error("cannot encode a " .. t .. " as JSON")
 end
 
-common.array_mt = {}
 common.encode = encode
 
 -- Parameters -----------------------------------------------------------------
@@ -126,7 +125,6 @@ function common.profile(spec)
     position = 0
     status_counts = {}
     -- What was sent, per route, so a reader can tell what the mix really was.
-    sent = {}
     routes = {}
     for i, r in ipairs(list) do routes[i] = r.route or r.path end
     sent_by_index = {}
