@@ -4,8 +4,9 @@ Two users, both outside the server:
   * handler_rate.py times handler functions directly in each Python build;
   * wsgi_demo.py serves the same handlers under gunicorn and uWSGI.
 
-It mirrors the handler API (route, Request, Response, HTTPError, worker_info)
-and how the server turns a handler's result into a response. Install it with
+It runs the server's own Python half of the handler API
+(pyworkers/gilgamesh_api.py: route, Request, Response, HTTPError) and mirrors
+worker_info() and how the server turns a handler's result into a response. Install it with
 `install()` before importing the app; never put it where the server looks,
 because there the real module must win.
 """
@@ -14,106 +15,22 @@ import json as _json
 import os
 import sys
 import threading
-from collections.abc import Mapping
-from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 __version__ = "standin"
-_routes = []  # (path, methods, handler, doc), as the real module keeps them
 _strategy = os.environ.get("GILGAMESH_STANDIN_STRATEGY", "standin")
 
 
-def _reason(status):
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "HTTP %d" % status
+def _parse_query(query_string):
+    """What the server's C++ _parse_query gives: (name, value) pairs, blanks kept."""
+    return parse_qsl(query_string, keep_blank_values=True)
 
 
-class HTTPError(Exception):
-    def __init__(self, status, message=None):
-        status = int(status)
-        if not 400 <= status <= 599:
-            raise ValueError("HTTPError status must be 400..599, got %d" % status)
-        self.status = status
-        self.message = _reason(status) if message is None else str(message)
-        super().__init__(status, self.message)
-
-
-class Response:
-    __slots__ = ("body", "status", "headers", "content_type")
-
-    def __init__(self, body=b"", status=200, headers=None, content_type=None):
-        self.body = body
-        self.status = status
-        self.headers = headers
-        self.content_type = content_type
-
-
-class Headers(Mapping):
-    """Case-insensitive request headers; repeated fields join with ', '."""
-
-    def __init__(self, raw):
-        self._raw = list(raw)
-        self._map = {}
-        for name, value in self._raw:
-            key = name.lower()
-            self._map[key] = self._map[key] + ", " + value if key in self._map else value
-
-    def __getitem__(self, name):
-        return self._map[name.lower()]
-
-    def __contains__(self, name):
-        return isinstance(name, str) and name.lower() in self._map
-
-    def __iter__(self):
-        return iter(self._map)
-
-    def __len__(self):
-        return len(self._map)
-
-    def get(self, name, default=None):
-        return self._map.get(name.lower(), default)
-
-    def getall(self, name):
-        key = name.lower()
-        return [v for n, v in self._raw if n.lower() == key]
-
-    def raw(self):
-        return list(self._raw)
-
-
-class Request:
-    def __init__(self, method, path, query_string="", raw_headers=(), body=b"", request_id="-"):
-        self.method = method
-        self.path = path
-        self.query_string = query_string
-        self.headers = Headers(raw_headers)
-        self.body = body
-        self.request_id = request_id
-        self.query = dict(parse_qsl(query_string, keep_blank_values=True))
-
-    def query_list(self):
-        return parse_qsl(self.query_string, keep_blank_values=True)
-
-    def json(self):
-        try:
-            return _json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPError(400, "request body is not valid JSON: %s" % e) from None
-
-
-def route(path, methods=("GET",)):
-    if isinstance(methods, str):
-        methods = (methods,)
-    methods = tuple(m.upper() for m in methods)
-
-    def decorator(handler):
-        doc = (handler.__doc__ or "").strip().splitlines()
-        _routes.append((path, methods, handler, doc[0].strip() if doc else ""))
-        return handler
-
-    return decorator
+# route, Request, Response, HTTPError, Headers: the very code the server embeds.
+_API = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
+                    "gilgamesh_api.py")
+with open(_API, encoding="utf-8") as _f:
+    exec(compile(_f.read(), _API, "exec"), globals())
 
 
 def worker_info():
