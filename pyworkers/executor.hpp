@@ -51,7 +51,6 @@ struct RouteInfo {
 struct Job {
   HttpRequestData request;
   std::size_t route_index = 0;  // index into Executor::routes()
-  Clock::time_point enqueued_at;
   Clock::time_point deadline;   // a job still queued at its deadline is answered 504
   // Called exactly once, from a worker-side thread, never with a Python lock held.
   std::function<void(HttpResponseData&&)> complete;

@@ -56,19 +56,6 @@ class AttachedScope {
   PyThreadState* ts_;
 };
 
-// Releases the GIL for a scope (blocking C++ work), then takes it back.
-// Precondition: a thread state is current.
-class ReleasedScope {
- public:
-  ReleasedScope() : saved_(PyEval_SaveThread()) {}
-  ReleasedScope(const ReleasedScope&) = delete;
-  ReleasedScope& operator=(const ReleasedScope&) = delete;
-  ~ReleasedScope() { PyEval_RestoreThread(saved_); }
-
- private:
-  PyThreadState* saved_;
-};
-
 // The pending Python exception as "Type: message", clearing it. With the GIL.
 std::string fetch_error_summary();
 // The pending exception's formatted traceback, clearing it. With the GIL.

@@ -281,7 +281,6 @@ class Session : public std::enable_shared_from_this<Session> {
     Job job;
     job.route_index = route_index;
     const auto deadline = arrived_ + seconds(server_.config.request_timeout);
-    job.enqueued_at = arrived_;
     job.deadline = deadline;
     job.request.method = std::string(request_.method_string());
     job.request.path = path_;

@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
   ec.allow_gil = config.allow_gil;
   ec.python_build = config.python_build;
 
-  // Block the shutdown signals in every thread; Asio's signal_set receives them.
+  // A peer that closes early must not kill the server (threads inherit the mask;
+  // SIGINT/SIGTERM are left to the HTTP server's signal_set).
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGPIPE);

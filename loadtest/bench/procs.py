@@ -38,27 +38,9 @@ def http_get(port, path, timeout=2.0):
         conn.close()
 
 
-def group_members(pgid):
-    """Pids of the live processes in process group `pgid` (zombies excluded)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        # fields[0] is the state, fields[2] the process group
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
-def descendants(pid):
-    """Pids of every live descendant of `pid` (children, their children...)."""
-    children = {}
+def live_processes():
+    """(pid, stat fields after the command name) of every live process (zombies excluded).
+    Field 0 is the state, 1 the parent pid, 2 the process group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -69,7 +51,19 @@ def descendants(pid):
             continue
         fields = stat[stat.rfind(")") + 2:].split()
         if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
+            yield int(entry), fields
+
+
+def group_members(pgid):
+    """Pids of the live processes in process group `pgid`."""
+    return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]
+
+
+def descendants(pid):
+    """Pids of every live descendant of `pid` (children, their children...)."""
+    children = {}
+    for child, fields in live_processes():
+        children.setdefault(int(fields[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
