@@ -33,22 +33,24 @@ std::string fetch_error_summary() {
   return out;
 }
 
-std::string fetch_error_traceback() {
+ErrorText fetch_error() {
   Ref exc = Ref::steal(PyErr_GetRaisedException());
   if (!exc) return {};
+  PyErr_SetRaisedException(Py_NewRef(exc.get()));
+  ErrorText out{fetch_error_summary(), {}};
   Ref traceback = Ref::steal(PyImport_ImportModule("traceback"));
   Ref lines = traceback ? Ref::steal(PyObject_CallMethod(traceback.get(), "format_exception", "O",
                                                          exc.get()))
                         : Ref();
   Ref empty = Ref::steal(PyUnicode_FromString(""));
   Ref joined = lines && empty ? Ref::steal(PyUnicode_Join(empty.get(), lines.get())) : Ref();
-  if (!joined) {
+  if (joined) {
+    out.traceback = to_string(joined.get());
+  } else {
     PyErr_Clear();
-    Ref text = Ref::steal(PyObject_Str(exc.get()));
-    if (!text) PyErr_Clear();
-    return std::string(Py_TYPE(exc.get())->tp_name) + ": " + to_string(text.get());
+    out.traceback = out.summary;
   }
-  return to_string(joined.get());
+  return out;
 }
 
 }  // namespace gilgamesh::py

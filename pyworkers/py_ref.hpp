@@ -58,8 +58,13 @@ class AttachedScope {
 
 // The pending Python exception as "Type: message", clearing it. With the GIL.
 std::string fetch_error_summary();
-// The pending exception's formatted traceback, clearing it. With the GIL.
-std::string fetch_error_traceback();
+
+struct ErrorText {
+  std::string summary;    // "Type: message"
+  std::string traceback;  // formatted, as Python prints it
+};
+// The pending exception's summary and traceback, clearing it. With the GIL.
+ErrorText fetch_error();
 // UTF-8 of a str object, or "" if it is not one. With the GIL.
 std::string to_string(PyObject* o);
 

@@ -88,7 +88,7 @@ StartupError load_error(const AppOptions& options, const std::string& what,
 
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   std::unique_ptr<PythonApp> app(new PythonApp());
-  // The pending exception becomes the reason; its traceback goes to the log.
+  // The pending exception becomes the reason.
   auto fail = [&](const std::string& what) -> StartupError {
     std::string reason = py::fetch_error_summary();
     return load_error(options, what, reason);
@@ -121,12 +121,9 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   py::Ref imported = py::Ref::steal(
       PyObject_CallMethod(api.get(), "_import_app", "s", options.module.c_str()));
   if (!imported) {
-    PyObject* exc = PyErr_GetRaisedException();
-    PyErr_SetRaisedException(Py_NewRef(exc));
-    std::string reason = py::fetch_error_summary();
-    PyErr_SetRaisedException(exc);
-    spdlog::error("importing {} failed:\n{}", options.module, py::fetch_error_traceback());
-    throw load_error(options, "import failed", reason);
+    py::ErrorText error = py::fetch_error();
+    spdlog::error("importing {} failed:\n{}", options.module, error.traceback);
+    throw load_error(options, "import failed", error.summary);
   }
   PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gil_warnings); ++i) {
@@ -265,20 +262,13 @@ HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
     }
     PyErr_Clear();
   }
-  std::string summary;
-  std::string traceback;
-  if (PyErr_Occurred()) {
-    PyObject* exc = PyErr_GetRaisedException();
-    PyErr_SetRaisedException(Py_NewRef(exc));
-    summary = py::fetch_error_summary();
-    PyErr_SetRaisedException(exc);
-    traceback = py::fetch_error_traceback();
-  } else {
-    summary = "SystemError: handler failed without an exception";
-  }
+  py::ErrorText error = PyErr_Occurred()
+                            ? py::fetch_error()
+                            : py::ErrorText{"SystemError: handler failed without an exception", {}};
   std::string where = route_index < routes_.size() ? routes_[route_index].path : "result conversion";
-  spdlog::error("request {}: handler for {} raised {}\n{}", request_id, where, summary, traceback);
-  return make_error_response(500, summary, request_id);
+  spdlog::error("request {}: handler for {} raised {}\n{}", request_id, where, error.summary,
+                error.traceback);
+  return make_error_response(500, error.summary, request_id);
 }
 
 bool PythonApp::gil_enabled() {

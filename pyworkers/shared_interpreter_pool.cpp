@@ -14,17 +14,18 @@ namespace {
 
 class SharedInterpreterHost final : public InterpreterHost {
  public:
-  SharedInterpreterHost(PyInterpreterState* interp, std::shared_ptr<PythonApp*> app)
-      : interp_(interp), app_(std::move(app)) {}
+  // `app` was loaded in the main interpreter before the workers started and
+  // outlives them (the executor holds it).
+  SharedInterpreterHost(PyInterpreterState* interp, PythonApp* app) : interp_(interp), app_(app) {}
 
   const std::vector<RouteInfo>& start() override {
     if (ts_ == nullptr) ts_ = PyThreadState_New(interp_);
-    return (*app_)->routes();
+    return app_->routes();
   }
 
   HttpResponseData handle(const Job& job) override {
     py::AttachedScope attached(ts_);
-    return (*app_)->handle(job.route_index, job.request);
+    return app_->handle(job.route_index, job.request);
   }
 
   void end() override {
@@ -39,15 +40,15 @@ class SharedInterpreterHost final : public InterpreterHost {
 
  private:
   PyInterpreterState* interp_;
-  std::shared_ptr<PythonApp*> app_;
+  PythonApp* app_;
   PyThreadState* ts_ = nullptr;
 };
 
-// Owns the app loaded in the main interpreter; releases it with the main GIL.
+// Owns the app loaded in the main interpreter; releases it with the main GIL,
+// on the main thread, when the executor drops its callbacks.
 struct MainInterpreterApp {
   PythonRuntime* runtime = nullptr;
   std::unique_ptr<PythonApp> app;
-  std::shared_ptr<PythonApp*> handle = std::make_shared<PythonApp*>(nullptr);
   ~MainInterpreterApp() {
     if (!app) return;
     py::AttachedScope attached(runtime->main_thread_state());
@@ -68,7 +69,6 @@ std::unique_ptr<Executor> make_shared_interpreter_executor(const ExecutorConfig&
   auto prepare = [config, loaded]() -> bool {
     py::AttachedScope attached(loaded->runtime->main_thread_state());
     loaded->app = PythonApp::load({config.app, config.pythonpath, config.strategy});
-    *loaded->handle = loaded->app.get();
     const bool gil = PythonApp::gil_enabled();
     if (config.strategy == "free-threaded" && gil) {
       std::string msg = "the GIL is enabled after importing app '" + config.app + "'";
@@ -87,7 +87,7 @@ std::unique_ptr<Executor> make_shared_interpreter_executor(const ExecutorConfig&
   };
   return std::make_unique<ThreadedExecutor>(
       config, std::move(runtime), prepare,
-      [interp, loaded](int) { return std::make_unique<SharedInterpreterHost>(interp, loaded->handle); });
+      [interp, loaded](int) { return std::make_unique<SharedInterpreterHost>(interp, loaded->app.get()); });
 }
 
 }  // namespace gilgamesh

@@ -39,9 +39,9 @@ Router::Router(const std::vector<RouteInfo>& python_routes) {
   if (paths_.find("/") == paths_.end()) paths_["/"] = PathEntry{Builtin::index, {}, "GET, HEAD"};
 }
 
-RouteMatch Router::match(std::string_view method, std::string_view path) const {
+RouteMatch Router::match(std::string_view method, const std::string& path) const {
   RouteMatch out;
-  auto it = paths_.find(std::string(path));
+  auto it = paths_.find(path);
   if (it == paths_.end()) return out;
   const PathEntry& entry = it->second;
   out.allow = entry.allow;

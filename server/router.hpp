@@ -27,7 +27,7 @@ class Router {
   // the app registers a reserved path.
   explicit Router(const std::vector<RouteInfo>& python_routes);
   // HEAD matches wherever GET does.
-  RouteMatch match(std::string_view method, std::string_view path) const;
+  RouteMatch match(std::string_view method, const std::string& path) const;
 
  private:
   struct PathEntry {

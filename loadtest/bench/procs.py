@@ -38,20 +38,24 @@ def http_get(port, path, timeout=2.0):
         conn.close()
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (0: state, 1: parent pid,
+    2: process group, 11/12: utime/stime), or None if the process is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
 def live_processes():
-    """(pid, stat fields after the command name) of every live process (zombies excluded).
-    Field 0 is the state, 1 the parent pid, 2 the process group."""
+    """(pid, stat_fields) of every live process (zombies excluded)."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if fields[0] != "Z":
-            yield int(entry), fields
+        if entry.isdigit():
+            fields = stat_fields(entry)
+            if fields is not None and fields[0] != "Z":
+                yield int(entry), fields
 
 
 def group_members(pgid):
@@ -142,12 +146,8 @@ class Owned:
 
 
 def _alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _kill_group(pgid):

@@ -17,13 +17,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_ticks(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    fields = procs.stat_fields(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])  # utime, stime
 
 
 def kib_field(path, key):
