@@ -38,10 +38,6 @@ struct HttpResponseData {
   std::string body;
 };
 
-// {"error": message, "request_id": id} as an HttpResponseData.
-HttpResponseData make_error_response(int status, const std::string& message,
-                                     const std::string& request_id);
-
 struct RouteInfo {
   std::string path;
   std::vector<std::string> methods;  // upper case, as registered

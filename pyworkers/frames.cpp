@@ -224,8 +224,9 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out) {
   MetaReader in(meta);
   std::uint32_t status = 0;
   if (!in.u32(status) || !in.str(out.content_type) || !in.headers(out.headers)) return false;
-  if (status < 100 || status > 599) return false;
-  out.status = static_cast<int>(status);
+  // Carried as sent (bounded to an int): the HTTP layer refuses a bad status for
+  // every strategy alike, with a 500, rather than treating it as a broken worker.
+  out.status = static_cast<int>(std::min<std::uint32_t>(status, 1000));
   return in.done();
 }
 

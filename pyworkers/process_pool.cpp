@@ -16,6 +16,7 @@
 
 #include "frames.hpp"
 #include "zygote.hpp"
+#include "response.hpp"
 
 namespace gilgamesh {
 

@@ -5,18 +5,9 @@
 #include <random>
 
 #include "worker_identity.hpp"
+#include "response.hpp"
 
 namespace gilgamesh {
-
-HttpResponseData make_error_response(int status, const std::string& message,
-                                     const std::string& request_id) {
-  HttpResponseData r;
-  r.status = status;
-  r.content_type = "application/json";
-  r.body = nlohmann::json{{"error", message}, {"request_id", request_id}}.dump(
-      -1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return r;
-}
 
 ThreadedExecutor::ThreadedExecutor(const ExecutorConfig& config,
                                    std::unique_ptr<PythonRuntime> runtime,

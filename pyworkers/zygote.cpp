@@ -23,6 +23,7 @@
 #include "python_app.hpp"
 #include "python_runtime.hpp"
 #include "worker_identity.hpp"
+#include "response.hpp"
 
 namespace gilgamesh {
 

@@ -15,8 +15,10 @@
 #include <unordered_set>
 
 #include "../pyworkers/query.hpp"
+#include "builtins.hpp"
 #include "router.hpp"
 #include "stats.hpp"
+#include "../pyworkers/response.hpp"
 
 namespace gilgamesh {
 
@@ -89,9 +91,9 @@ struct HttpServer::Impl {
 
   void do_accept();
   void begin_shutdown();
-  nlohmann::json stats_json() const;
-  std::string metrics_text() const;
-  nlohmann::json index_json() const;
+  ServerView view() const {
+    return ServerView{config, executor, stats, started_at, shutting_down.load()};
+  }
 
   ServerConfig config;
   Executor& executor;
@@ -265,11 +267,11 @@ class Session : public std::enable_shared_from_this<Session> {
         }
         return respond_json(http::status::ok, R"({"status": "ok"})");
       case Builtin::stats:
-        return respond_json(http::status::ok, server_.stats_json().dump());
+        return respond_json(http::status::ok, stats_json(server_.view()).dump());
       case Builtin::metrics:
-        return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", server_.metrics_text());
+        return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", metrics_text(server_.view()));
       case Builtin::index:
-        return respond_json(http::status::ok, server_.index_json().dump());
+        return respond_json(http::status::ok, index_json(server_.view()).dump());
       case Builtin::none:
         break;
     }
@@ -323,7 +325,18 @@ class Session : public std::enable_shared_from_this<Session> {
     if (token != job_token_ || !job_pending_) return;  // answered 504 already
     job_pending_ = false;
     job_timer_.cancel();
+    // The one place a handler's response is checked before it reaches the wire.
+    if (std::string why = response_violation(r); !why.empty()) {
+      spdlog::error("request {}: the handler for {} {} returned a response that cannot be sent: {}",
+                    request_id_, request_.method_string(), route_path(), why);
+      return respond_error(http::status::internal_server_error, "internal server error");
+    }
     send(static_cast<http::status>(r.status), std::move(r.content_type), std::move(r.body), &r.headers);
+  }
+
+  std::string route_path() const {
+    return route_index_ < server_.executor.routes().size() ? server_.executor.routes()[route_index_].path
+                                                           : path_;
   }
 
   void on_job_deadline(std::uint64_t token) {
@@ -477,99 +490,6 @@ void HttpServer::Impl::begin_shutdown() {
       if (auto live = weak.lock()) live->on_shutdown();
     });
   }
-}
-
-nlohmann::json HttpServer::Impl::stats_json() const {
-  ExecutorInfo info = executor.info();
-  nlohmann::json live = executor.stats();
-  nlohmann::json routes = nlohmann::json::object();
-  const auto& infos = executor.routes();
-  for (std::size_t i = 0; i < infos.size(); ++i) {
-    const RouteCounters& r = stats.route(i);
-    std::string key;
-    for (const auto& m : infos[i].methods) key += (key.empty() ? "" : ",") + m;
-    key += " " + infos[i].path;
-    routes[key] = {{"path", infos[i].path},
-                   {"methods", infos[i].methods},
-                   {"count", r.count.load()},
-                   {"errors", r.errors.load()},
-                   {"client_errors", r.client_errors.load()},
-                   {"p50_ms", r.latency.quantile_ms(0.50)},
-                   {"p99_ms", r.latency.quantile_ms(0.99)},
-                   {"mean_ms", r.latency.mean_ms()}};
-  }
-  nlohmann::json out = {
-      {"strategy", info.strategy},
-      {"workers", info.workers},
-      {"python_version", info.python_version},
-      {"build", info.build},
-      {"gil_enabled", info.gil_enabled},
-      {"app", config.app},
-      {"pid", getpid()},
-      {"uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at).count()},
-      {"shutting_down", shutting_down.load()},
-      {"connections_open", stats.connections_open.load()},
-      {"connections_accepted", stats.connections_accepted.load()},
-      {"rejected_queue_full", stats.rejected_queue_full.load()},
-      {"deadline_exceeded", stats.deadline_exceeded.load()},
-      {"responses", {{"1xx", stats.responses(1)}, {"2xx", stats.responses(2)}, {"3xx", stats.responses(3)},
-                     {"4xx", stats.responses(4)}, {"5xx", stats.responses(5)}}},
-      {"routes", std::move(routes)}};
-  for (auto& [k, v] : live.items()) out[k] = v;
-  return out;
-}
-
-std::string HttpServer::Impl::metrics_text() const {
-  std::string out;
-  auto line = [&out](const std::string& s) { out += s; out += '\n'; };
-  ExecutorInfo info = executor.info();
-  nlohmann::json live = executor.stats();
-  line("# HELP gilgamesh_info Strategy and Python build.");
-  line("# TYPE gilgamesh_info gauge");
-  line("gilgamesh_info{strategy=\"" + info.strategy + "\",build=\"" + info.build + "\",python=\"" +
-       info.python_version + "\",gil_enabled=\"" + (info.gil_enabled ? "true" : "false") + "\"} 1");
-  line("# TYPE gilgamesh_workers gauge");
-  line("gilgamesh_workers " + std::to_string(info.workers));
-  line("# TYPE gilgamesh_busy_workers gauge");
-  line("gilgamesh_busy_workers " + live.value("busy_workers", nlohmann::json(0)).dump());
-  line("# TYPE gilgamesh_queue_depth gauge");
-  line("gilgamesh_queue_depth " + live.value("queue_depth", nlohmann::json(0)).dump());
-  line("# TYPE gilgamesh_connections_open gauge");
-  line("gilgamesh_connections_open " + std::to_string(stats.connections_open.load()));
-  line("# TYPE gilgamesh_responses_total counter");
-  for (int c = 1; c <= 5; ++c) {
-    line("gilgamesh_responses_total{class=\"" + std::to_string(c) + "xx\"} " + std::to_string(stats.responses(c)));
-  }
-  line("# TYPE gilgamesh_rejected_total counter");
-  line("gilgamesh_rejected_total{reason=\"queue_full\"} " + std::to_string(stats.rejected_queue_full.load()));
-  line("gilgamesh_rejected_total{reason=\"deadline\"} " + std::to_string(stats.deadline_exceeded.load()));
-  line("# TYPE gilgamesh_route_requests_total counter");
-  line("# TYPE gilgamesh_route_latency_seconds summary");
-  const auto& infos = executor.routes();
-  for (std::size_t i = 0; i < infos.size(); ++i) {
-    const RouteCounters& r = stats.route(i);
-    std::string label = "route=\"" + infos[i].path + "\"";
-    line("gilgamesh_route_requests_total{" + label + "} " + std::to_string(r.count.load()));
-    line("gilgamesh_route_errors_total{" + label + "} " + std::to_string(r.errors.load()));
-    for (double q : {0.5, 0.9, 0.99}) {
-      line("gilgamesh_route_latency_seconds{" + label + ",quantile=\"" + std::to_string(q).substr(0, 4) +
-           "\"} " + std::to_string(r.latency.quantile_ms(q) / 1000.0));
-    }
-  }
-  return out;
-}
-
-nlohmann::json HttpServer::Impl::index_json() const {
-  nlohmann::json routes = nlohmann::json::array();
-  for (const auto& r : executor.routes()) {
-    routes.push_back({{"methods", r.methods}, {"path", r.path}, {"doc", r.doc}});
-  }
-  for (auto [path, doc] : {std::pair{"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
-                           std::pair{"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
-                           std::pair{"/metrics", "The same figures in Prometheus text format."}}) {
-    routes.push_back({{"methods", {"GET"}}, {"path", path}, {"doc", doc}, {"builtin", true}});
-  }
-  return {{"app", config.app}, {"strategy", config.strategy}, {"routes", std::move(routes)}};
 }
 
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor)

@@ -1,0 +1,29 @@
+// What the HTTP layer and the workers both need to say about a response: the
+// JSON error body, and the rules a handler's response must keep before any of
+// it reaches the wire. Compiled into the HTTP layer; no Python here.
+#pragma once
+
+#include <string>
+
+#include "executor.hpp"
+
+namespace gilgamesh {
+
+// Largest total size of the headers a handler may set (names + values).
+constexpr std::size_t kMaxHandlerHeaderBytes = 64 * 1024;
+
+// {"error": message, "request_id": id} as an HttpResponseData. Invalid UTF-8 in
+// the message is replaced, never thrown on.
+HttpResponseData make_error_response(int status, const std::string& message,
+                                     const std::string& request_id);
+
+// Empty if `response` may go on the wire as it is; else which rule it breaks:
+// status outside 200..599, a header name that is not an RFC 9110 token, a header
+// value or content type holding CR, LF, NUL or another control character (HTAB
+// is allowed), or headers over kMaxHandlerHeaderBytes in total.
+std::string response_violation(const HttpResponseData& response);
+
+// RFC 9110 token characters (header names, methods).
+bool is_token(std::string_view s);
+
+}  // namespace gilgamesh
