@@ -34,6 +34,14 @@ class HTTPError(Exception):
         return "%d: %s" % (self.status, self.message)
 
 
+class HandlerTimeout(BaseException):
+    """Raised by the server inside a handler still running at its deadline (--timeout).
+
+    A BaseException, like KeyboardInterrupt: `except Exception` does not catch it.
+    Clean up in `finally` blocks; do not swallow it.
+    """
+
+
 class Response:
     """A handler result given as it is: body, status, headers, content type."""
 

@@ -69,7 +69,7 @@ bool add_headers(PyObject* headers, std::vector<Header>& out) {
 }
 
 StartupError load_error(const AppOptions& options, const std::string& what,
-                        const std::string& reason) {
+                        const std::string& reason, std::string traceback = {}) {
   std::string msg = "cannot load app '" + options.module + "' under strategy " + options.strategy +
                     ": " + what + (reason.empty() ? "" : ": " + reason);
   if (reason.find("does not support loading in subinterpreters") != std::string::npos ||
@@ -77,7 +77,7 @@ StartupError load_error(const AppOptions& options, const std::string& what,
     msg += "\n  it imports a single-phase-init C extension, which sub-interpreters cannot load;"
            " run it with --strategy processes or --strategy threads";
   }
-  return StartupError(msg);
+  return StartupError(msg, std::move(traceback));
 }
 
 }  // namespace
@@ -111,15 +111,16 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   app->request_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "Request"));
   app->response_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "Response"));
   app->http_error_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "HTTPError"));
-  if (!app->json_dumps_ || !app->request_type_ || !app->response_type_ || !app->http_error_type_)
+  app->handler_timeout_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout"));
+  if (!app->json_dumps_ || !app->request_type_ || !app->response_type_ || !app->http_error_type_ ||
+      !app->handler_timeout_type_)
     throw fail("gilgamesh module is incomplete");
 
   py::Ref imported = py::Ref::steal(
       PyObject_CallMethod(api.get(), "_import_app", "s", options.module.c_str()));
   if (!imported) {
     py::ErrorText error = py::fetch_error();
-    spdlog::error("importing {} failed:\n{}", options.module, error.traceback);
-    throw load_error(options, "import failed", error.summary);
+    throw load_error(options, "import failed", error.summary, error.traceback);
   }
   PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gil_warnings); ++i) {
@@ -244,6 +245,12 @@ HttpResponseData PythonApp::convert_result(PyObject* result, const std::string& 
 HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
                                                  std::size_t route_index) {
   PyObject* type = PyErr_Occurred();
+  if (type && PyErr_GivenExceptionMatches(type, handler_timeout_type_.get())) {
+    // Raised into the handler at its deadline; the pool has logged it, and
+    // the client has had its 504.
+    PyErr_Clear();
+    return make_error_response(504, "handler interrupted at its deadline", request_id);
+  }
   if (type && PyErr_GivenExceptionMatches(type, http_error_type_.get())) {
     PyObject* exc = PyErr_GetRaisedException();
     py::Ref held = py::Ref::steal(exc);
@@ -292,6 +299,7 @@ void PythonApp::release() {
   request_type_.reset();
   response_type_.reset();
   http_error_type_.reset();
+  handler_timeout_type_.reset();
   json_dumps_.reset();
 }
 
@@ -302,20 +310,8 @@ PythonApp::~PythonApp() {
   (void)request_type_.release();
   (void)response_type_.release();
   (void)http_error_type_.release();
+  (void)handler_timeout_type_.release();
   (void)json_dumps_.release();
-}
-
-void check_same_routes(const std::vector<RouteInfo>& first, const std::vector<RouteInfo>& other,
-                       int worker) {
-  bool same = first.size() == other.size();
-  for (std::size_t i = 0; same && i < first.size(); ++i) {
-    same = first[i].path == other[i].path && first[i].methods == other[i].methods;
-  }
-  if (!same) {
-    throw StartupError("worker " + std::to_string(worker) +
-                       " registered different routes than worker 0: the app must register the "
-                       "same routes, in the same order, every time it is imported");
-  }
 }
 
 }  // namespace gilgamesh

@@ -60,12 +60,8 @@ class PythonApp {
   py::Ref request_type_;
   py::Ref response_type_;
   py::Ref http_error_type_;
+  py::Ref handler_timeout_type_;
   py::Ref json_dumps_;
 };
-
-// Ensures every app loads the same routes (sub-interpreters, processes).
-// Throws StartupError if `other` differs from `first`.
-void check_same_routes(const std::vector<RouteInfo>& first, const std::vector<RouteInfo>& other,
-                       int worker);
 
 }  // namespace gilgamesh

@@ -50,9 +50,20 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   cli.add_option("--timeout", c.request_timeout,
-                 "Seconds from a request's arrival to its response, else 504")
+                 "Seconds from a request's arrival to its response, else 504; a handler still "
+                 "running then is interrupted (its worker replaced if it does not stop)")
       ->check(CLI::Range(0.001, 86400.0))
       ->capture_default_str();
+  cli.add_option("--shutdown-delay", c.shutdown_delay,
+                 "Seconds after SIGTERM during which /readyz answers 503 and the listener still "
+                 "accepts, before the drain starts (let a load balancer take the replica out first)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  cli.add_option("--max-abandoned", c.max_abandoned,
+                 "Handler threads stuck past --timeout that may be left running while a fresh "
+                 "worker takes their slot; past it the slot is not replaced and /readyz says 503 "
+                 "(in-process strategies; default: 2 x workers)")
+      ->check(CLI::Range(1, 100000));
   cli.add_option("--max-requests", c.max_requests,
                  "Recycle a worker after this many requests (0: never)")
       ->capture_default_str();
@@ -83,6 +94,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
 
   const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (c.workers == 0) c.workers = cpus;
+  if (c.max_abandoned == 0) c.max_abandoned = 2 * c.workers;
   if (c.io_threads == 0) c.io_threads = std::max(1, cpus / 4);
   if (c.python_build.empty()) c.python_build = c.strategy == "free-threaded" ? "free-threaded" : "default";
   if (c.strategy == "free-threaded" && c.python_build != "free-threaded") {

@@ -24,7 +24,12 @@ struct ServerConfig {
   double header_timeout = 10.0;                // s from a request's first byte to its last header
   double keepalive_timeout = 5.0;              // s an idle keep-alive connection is kept
   double graceful_timeout = 30.0;              // s to finish in-flight requests on SIGTERM
-  double request_timeout = 30.0;               // s from arrival to response, else 504
+  double request_timeout = 30.0;               // s from arrival to response, else 504 (and the
+                                               // handler is interrupted, or its worker replaced)
+  double shutdown_delay = 0.0;                 // s after SIGTERM with /readyz 503 before the
+                                               // listener closes and the drain starts
+  int max_abandoned = 0;                       // stuck handler threads left running before the
+                                               // pool stops replacing them (0: 2 x workers)
   unsigned max_requests = 0;                   // recycle a worker after N requests (0: never)
   unsigned max_requests_jitter = 0;            // + random 0..J per recycle
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back

@@ -18,6 +18,7 @@ void finish_allow(std::string& allow, const std::vector<std::string>& methods) {
 
 Router::Router(const std::vector<RouteInfo>& python_routes) {
   for (auto [path, builtin] : {std::pair{"/healthz", Builtin::healthz},
+                               std::pair{"/readyz", Builtin::readyz},
                                std::pair{"/stats", Builtin::stats},
                                std::pair{"/metrics", Builtin::metrics}}) {
     paths_[path] = PathEntry{builtin, {}, "GET, HEAD"};

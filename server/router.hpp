@@ -11,7 +11,7 @@
 
 namespace gilgamesh {
 
-enum class Builtin { none, healthz, stats, metrics, index };
+enum class Builtin { none, healthz, readyz, stats, metrics, index };
 
 struct RouteMatch {
   enum class Result { found, not_found, method_not_allowed } result = Result::not_found;
@@ -22,7 +22,7 @@ struct RouteMatch {
 
 class Router {
  public:
-  // Built-in paths /healthz, /stats and /metrics are reserved; "/" is the
+  // Built-in paths /healthz, /readyz, /stats and /metrics are reserved; "/" is the
   // route index unless the app registers "/" itself. Throws StartupError if
   // the app registers a reserved path.
   explicit Router(const std::vector<RouteInfo>& python_routes);

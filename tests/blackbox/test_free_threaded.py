@@ -1,23 +1,21 @@
 """--strategy free-threaded (PEP 703), and the free-threaded build under the
-other strategies. Skipped as a whole when the binary has no free-threaded build."""
+other strategies. Run whenever free-threaded is a declared strategy
+(GILGAMESH_STRATEGIES, see gilgamesh_harness.strategies): a broken
+build/gilgamesh-ft fails these tests, it does not skip them."""
 
 import json
 import threading
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, GilgameshServer, binary_path, run_cli
+from gilgamesh_harness import APPS_DIR, GilgameshServer, binary_path, run_cli, strategies
 
 FT_EXT_DIR = binary_path().parent / "test-ext" / "free-threaded"
 
 
-def free_threaded_available():
-    out = run_cli(["--version"]).stdout
-    return "free-threaded build: Python" in out or "(free-threaded build)" in out
-
-
-pytestmark = pytest.mark.skipif(not free_threaded_available(),
-                                reason="this gilgamesh has no free-threaded build")
+pytestmark = pytest.mark.skipif("free-threaded" not in strategies(),
+                                reason="free-threaded is not in GILGAMESH_STRATEGIES "
+                                       "(the build was configured without GILGAMESH_PYTHON_FT)")
 
 
 @pytest.fixture(scope="module")

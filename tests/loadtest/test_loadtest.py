@@ -83,7 +83,7 @@ def server():
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=1) as r:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=1) as r:
                 if r.status == 200:
                     break
         except OSError:
