@@ -68,7 +68,7 @@ std::unique_ptr<Executor> make_shared_interpreter_executor(const ExecutorConfig&
   // Runs on the main thread before the workers start; returns gil_enabled.
   auto prepare = [config, loaded]() -> bool {
     py::AttachedScope attached(loaded->runtime->main_thread_state());
-    loaded->app = PythonApp::load({config.app, config.pythonpath, config.strategy});
+    loaded->app = PythonApp::load(app_options(config));
     const bool gil = PythonApp::gil_enabled();
     if (config.strategy == "free-threaded" && gil) {
       std::string msg = "the GIL is enabled after importing app '" + config.app + "'";

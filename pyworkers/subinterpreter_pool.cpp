@@ -24,7 +24,7 @@ std::mutex& interpreter_lifecycle_mutex() {
 class SubinterpreterHost final : public InterpreterHost {
  public:
   SubinterpreterHost(const ExecutorConfig& config, PyInterpreterState* main_interp)
-      : options_{config.app, config.pythonpath, config.strategy}, main_interp_(main_interp) {}
+      : options_(app_options(config)), main_interp_(main_interp) {}
 
   ~SubinterpreterHost() override {
     if (main_ts_ == nullptr) return;

@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
   ec.strategy = config.strategy;
   ec.workers = config.workers;
   ec.app = config.app;
+  ec.wsgi = config.wsgi;
+  ec.root_path = config.root_path;
+  ec.max_response = config.max_response;
   ec.pythonpath = config.pythonpath;
   ec.max_queue = config.max_queue;
   ec.max_body = config.max_body;
@@ -118,6 +121,11 @@ int main(int argc, char** argv) {
   try {
     HttpServer server(config, *executor);
     clean = server.run();
+  } catch (const StartupError& e) {  // the app's routes cannot be served (reserved, colliding)
+    spdlog::critical("cannot serve app '{}': {}", config.app, e.what());
+    executor->stop(std::chrono::steady_clock::now());
+    executor.reset();
+    return 1;
   } catch (const std::exception& e) {
     spdlog::critical("cannot serve on {}:{}: {}", config.host, config.port, e.what());
     executor->stop(std::chrono::steady_clock::now());
