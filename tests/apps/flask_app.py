@@ -2,7 +2,7 @@
 
 Flask comes from Debian's python3-flask; the suite copies its pure-Python
 distributions into a directory it passes with --pythonpath (see
-tests/blackbox/wsgi_deps.py).
+scripts/pure_python_site.py).
 """
 
 from flask import Flask, abort, jsonify, request

@@ -10,10 +10,14 @@ import shutil
 import time
 import uuid
 
+import sys
+
 import pytest
 
-import wsgi_deps
-from gilgamesh_harness import APPS_DIR, GilgameshServer, free_port, run_cli
+from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, free_port, run_cli
+
+sys.path.insert(0, str(REPO / "scripts"))
+import pure_python_site  # noqa: E402
 
 PATTERN_UNIT = bytes(range(256)) * 64
 
@@ -322,7 +326,7 @@ def test_a_str_chunk_still_closes_the_iterable(broken, markers):
 
 @pytest.fixture(scope="module")
 def flask_deps(tmp_path_factory):
-    return wsgi_deps.copy_pure_python(wsgi_deps.FLASK, tmp_path_factory.mktemp("flask-deps"))
+    return pure_python_site.copy_pure_python(pure_python_site.FLASK, tmp_path_factory.mktemp("flask-deps"))
 
 
 @pytest.fixture(scope="module")
@@ -456,3 +460,15 @@ def test_help_lists_the_wsgi_flags(gilgamesh_bin):
     out = run_cli(["--help"]).stdout
     for flag in ("--wsgi", "--root-path", "--max-response"):
         assert flag in out, out
+
+
+def test_the_readme_flask_example(gilgamesh_bin, flask_deps):
+    """README, "Serving a WSGI app": handlers/flask_example.py on sub-interpreters."""
+    server = GilgameshServer("subinterpreters", workers=2, wsgi="handlers.flask_example:app",
+                             args=["--pythonpath", str(flask_deps)]).start()
+    try:
+        r = server.get("/fib/25")
+        assert r.status == 200 and r.json() == {"n": 25, "value": 75025}, r
+        assert server.get("/fib/33").status == 400
+    finally:
+        assert server.stop() == 0
