@@ -106,7 +106,7 @@ class _Exchange:
         return self.write
 
     def write(self, data):
-        if type(data) is not bytes:
+        if not isinstance(data, bytes):
             raise TypeError("write() takes bytes, not %s" % type(data).__name__)
         if data:
             self.size += len(data)
@@ -126,7 +126,7 @@ def run(app, environ, limit):
             if type(result) is FileWrapper and result.blksize < 1 << 20:
                 result.blksize = 1 << 20  # read a file in large blocks: the whole body is kept anyway
             for chunk in result:
-                if type(chunk) is not bytes:
+                if not isinstance(chunk, bytes):
                     raise TypeError("the app's response iterable yielded %s, not bytes"
                                     % type(chunk).__name__)
                 if chunk:

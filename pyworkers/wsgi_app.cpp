@@ -72,7 +72,7 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, PyObject* mo
     py::Ref* ref;
     const char* name;
   };
-  for (auto [ref, name] : {Key{&w->k_method_, "REQUEST_METHOD"}, Key{&w->k_script_name_, "SCRIPT_NAME"},
+  for (auto [ref, name] : {Key{&w->k_method_, "REQUEST_METHOD"},
                            Key{&w->k_path_info_, "PATH_INFO"}, Key{&w->k_query_string_, "QUERY_STRING"},
                            Key{&w->k_content_type_, "CONTENT_TYPE"},
                            Key{&w->k_content_length_, "CONTENT_LENGTH"},
@@ -87,21 +87,24 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, PyObject* mo
   }
 
   w->template_ = py::Ref::steal(PyDict_New());
-  py::Ref version = py::Ref::steal(Py_BuildValue("(ii)", 1, 0));
-  if (!w->template_ || !version) return nullptr;
-  PyObject* t = w->template_.get();
-  if (PyDict_SetItemString(t, "wsgi.version", version.get()) < 0 ||
-      PyDict_SetItemString(t, "wsgi.url_scheme", latin1("http").get()) < 0 ||
-      PyDict_SetItemString(t, "wsgi.multithread", options.multithread ? Py_True : Py_False) < 0 ||
-      PyDict_SetItemString(t, "wsgi.multiprocess", options.multiprocess ? Py_True : Py_False) < 0 ||
-      PyDict_SetItemString(t, "wsgi.run_once", Py_False) < 0 ||
-      PyDict_SetItemString(t, "wsgi.file_wrapper", file_wrapper.get()) < 0 ||
+  if (!w->template_) return nullptr;
+  struct Entry {
+    const char* key;
+    py::Ref value;
+  };
+  Entry shared[] = {
+      {"wsgi.version", py::Ref::steal(Py_BuildValue("(ii)", 1, 0))},
+      {"wsgi.url_scheme", latin1("http")},
+      {"wsgi.multithread", py::Ref::borrow(options.multithread ? Py_True : Py_False)},
+      {"wsgi.multiprocess", py::Ref::borrow(options.multiprocess ? Py_True : Py_False)},
+      {"wsgi.run_once", py::Ref::borrow(Py_False)},
+      {"wsgi.file_wrapper", std::move(file_wrapper)},
       // The input ends where the body ends (it is read whole before the app runs).
-      PyDict_SetItemString(t, "wsgi.input_terminated", Py_True) < 0 ||
-      PyDict_SetItemString(t, "SERVER_SOFTWARE", latin1("gilgamesh/" GILGAMESH_VERSION).get()) < 0 ||
-      PyDict_SetItem(t, w->k_script_name_.get(), latin1(options.root_path).get()) < 0) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "cannot build the WSGI environ template");
-    return nullptr;
+      {"wsgi.input_terminated", py::Ref::borrow(Py_True)},
+      {"SERVER_SOFTWARE", latin1("gilgamesh/" GILGAMESH_VERSION)},
+      {"SCRIPT_NAME", latin1(options.root_path)}};
+  for (const Entry& e : shared) {
+    if (!e.value || PyDict_SetItemString(w->template_.get(), e.key, e.value.get()) < 0) return nullptr;
   }
   return w;
 }
@@ -251,7 +254,7 @@ bool WsgiApp::convert(PyObject* status, PyObject* headers, PyObject* chunks, Htt
 
 std::vector<py::Ref*> WsgiApp::references() {
   return {&app_, &run_, &bytes_io_, &error_stream_, &limit_, &template_, &k_method_,
-                       &k_script_name_, &k_path_info_, &k_query_string_, &k_content_type_, &k_content_length_,
+                       &k_path_info_, &k_query_string_, &k_content_type_, &k_content_length_,
                        &k_server_name_, &k_server_port_, &k_server_protocol_, &k_remote_addr_,
                        &k_remote_port_, &k_request_uri_, &k_raw_uri_, &k_input_, &k_errors_, &k_request_id_};
 }

@@ -54,7 +54,7 @@ class WsgiApp {
   py::Ref limit_;          // max_response as an int
   py::Ref template_;       // the environ entries every request shares
   // Interned environ keys.
-  py::Ref k_method_, k_script_name_, k_path_info_, k_query_string_, k_content_type_,
+  py::Ref k_method_, k_path_info_, k_query_string_, k_content_type_,
       k_content_length_, k_server_name_, k_server_port_, k_server_protocol_, k_remote_addr_,
       k_remote_port_, k_request_uri_, k_raw_uri_, k_input_, k_errors_, k_request_id_;
 };
