@@ -77,6 +77,9 @@ def check_args(args, error):
     if args.wsgi and args.app_given:
         error("--app and --wsgi are exclusive: --app names a module of @gilgamesh.route handlers, "
               "--wsgi a WSGI callable")
+    if args.app_given and ":" in args.app:
+        error("--app takes a module of @gilgamesh.route handlers; for the WSGI callable %r use "
+              "--wsgi %s" % (args.app, args.app))
     if args.wsgi and not args.requests:
         error("--wsgi needs at least one --request: the demo's workloads are not your app's routes")
     args.pythonpath = [os.path.abspath(p) for p in args.pythonpath]

@@ -410,7 +410,8 @@ def test_app_options_are_checked(tmp_path):
                            (["--wsgi", "a:b", "--app", "x", "--request", "GET /"], "exclusive"),
                            (["--app", "x", "--request", "GET nowhere"], "must start with '/'"),
                            (["--app", "x", "--request", "GET / @/no/such/file"], "no body file"),
-                           (["--app", "x", "--request", "GET / 0"], "weight")):
+                           (["--app", "x", "--request", "GET / 0"], "weight"),
+                           (["--app", "flaskapp:app", "--request", "GET /"], "use --wsgi flaskapp:app")):
         out = subprocess.run([PYTHON, RUN, "--results-dir", str(tmp_path)] + args, cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and mentions in out.stderr, (args, out.stderr)
