@@ -27,6 +27,8 @@ import sys
 import sysconfig
 import time
 
+import gilgamesh_standin  # beside this file: sys.path[0]
+
 
 def measure(call, seconds):
     """Calls `call` until `seconds` have passed; returns (calls, elapsed)."""
@@ -114,8 +116,6 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("targets", nargs="*", help="GET targets, e.g. '/fib?n=25'")
     args = parser.parse_args()
-
-    import gilgamesh_standin  # beside this file: sys.path[0]
 
     gilgamesh_standin.install()
     sys.path[0:0] = [os.path.abspath(p) for p in args.pythonpath] + [os.path.abspath(args.app_root)]
