@@ -195,7 +195,8 @@ def tables(results):
     if rows:
         out.append(("Single-thread handler rates",
                     "One thread, no HTTP: the handler called in a loop with a Request built as the "
-                    "server builds it; the best repeat is kept.", header, rows))
+                    "server builds it (a WSGI app: with the server's environ and calling protocol); "
+                    "the best repeat is kept.", header, rows))
     return out
 
 
@@ -354,7 +355,7 @@ def charts(results, out_dir):
         ax.set_title("gilgamesh strategies vs peers at %d workers (ratio to %s)" % (top, ref), fontsize=10)
         legend_below(fig, ax)
         save(fig, "peers.png", "Peers",
-             "Goodput relative to %s at the same worker count. The peers serve the same handlers "
+             "Goodput relative to %s at the same worker count. The peers serve the same app "
              "through loadtest/wsgi_demo.py on Python 3.11; gilgamesh embeds 3.13." % ref)
     return made
 
