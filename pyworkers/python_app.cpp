@@ -124,6 +124,16 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
     py::Ref cwd = str_from("");
     if (!cwd || PyList_Insert(sys_path.get(), at, cwd.get()) < 0) throw fail("sys.path");
   }
+  // A venv's site-packages given with --pythonpath works as in the venv: its .pth
+  // files (editable installs, namespace packages) add their paths too.
+  if (!options.pythonpath.empty()) {
+    py::Ref site = py::Ref::steal(PyImport_ImportModule("site"));
+    if (!site) throw fail("import site");
+    for (const auto& dir : options.pythonpath) {
+      py::Ref done = py::Ref::steal(PyObject_CallMethod(site.get(), "addsitedir", "s", dir.c_str()));
+      if (!done) throw fail("reading the .pth files of " + dir);
+    }
+  }
 
   py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
   if (!api) throw fail("import gilgamesh");

@@ -404,6 +404,23 @@ def test_that_app_is_served_under_threads(gilgamesh_bin):
         assert server.stop() == 0
 
 
+def test_pth_files_in_a_pythonpath_dir_are_read(gilgamesh_bin, tmp_path):
+    """An editable install in a venv is a .pth file in site-packages naming the source tree."""
+    site, src = tmp_path / "site-packages", tmp_path / "src"
+    site.mkdir()
+    src.mkdir()
+    (src / "editable_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from a .pth path']\n")
+    (site / "__editable__.editable_app.pth").write_text(str(src) + "\n")
+    server = serve("threads", "editable_app:app", pythonpath=(site,), workers=1)
+    try:
+        assert server.get("/").body == b"from a .pth path"
+    finally:
+        assert server.stop() == 0
+
+
 def test_extension_built_for_another_python_is_named(gilgamesh_bin, tmp_path):
     ext = tmp_path / "foreignext.cpython-311-x86_64-linux-gnu.so"
     ext.write_bytes(b"\x7fELF not really, and never loaded")
