@@ -40,7 +40,9 @@ const char* Readiness::name(State s) {
 
 nlohmann::json to_json(const ExecutorConfig& c) {
   return {{"strategy", c.strategy},         {"workers", c.workers},
-          {"app", c.app},                   {"pythonpath", c.pythonpath},
+          {"app", c.app},                   {"wsgi", c.wsgi},
+          {"root_path", c.root_path},       {"max_response", c.max_response},
+          {"pythonpath", c.pythonpath},
           {"max_queue", c.max_queue},       {"max_body", c.max_body},
           {"max_requests", c.max_requests}, {"max_requests_jitter", c.max_requests_jitter},
           {"max_abandoned", c.max_abandoned}, {"allow_gil", c.allow_gil},
@@ -52,6 +54,9 @@ ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
   c.strategy = j.at("strategy").get<std::string>();
   c.workers = j.at("workers").get<int>();
   c.app = j.at("app").get<std::string>();
+  c.wsgi = j.at("wsgi").get<bool>();
+  c.root_path = j.at("root_path").get<std::string>();
+  c.max_response = j.at("max_response").get<std::size_t>();
   c.pythonpath = j.at("pythonpath").get<std::vector<std::string>>();
   c.max_queue = j.at("max_queue").get<std::size_t>();
   c.max_body = j.at("max_body").get<std::size_t>();

@@ -24,6 +24,15 @@ struct Header {
   std::string value;
 };
 
+// A value the router captured from a route pattern such as /items/<int:id>.
+// The value is the matched path text; the converter says what Python makes of it.
+struct PathParam {
+  enum class Converter : std::uint8_t { string, integer, number, path };
+  std::string name;
+  std::string value;
+  Converter converter = Converter::string;
+};
+
 struct HttpRequestData {
   std::string method;
   std::string path;          // decoded target path, without the query
@@ -31,6 +40,14 @@ struct HttpRequestData {
   std::string request_id;
   std::vector<Header> headers;
   std::string body;
+  std::vector<PathParam> path_params;  // captured by the router, in pattern order
+  // The connection, for WSGI's environ (REMOTE_ADDR, SERVER_NAME, ...).
+  std::string target;                  // the request target as received, without '#...'
+  std::string http_version = "HTTP/1.1";
+  std::string remote_addr;
+  std::uint16_t remote_port = 0;
+  std::string server_addr;             // the local address the request came in on
+  std::uint16_t server_port = 0;
 };
 
 struct HttpResponseData {
@@ -41,8 +58,10 @@ struct HttpResponseData {
 };
 
 struct RouteInfo {
+  // An exact path ("/hello"), a pattern with parameters ("/items/<int:id>"), or
+  // "*": every path and method the server does not answer itself (a WSGI app).
   std::string path;
-  std::vector<std::string> methods;  // upper case, as registered
+  std::vector<std::string> methods;  // upper case, as registered; empty for "*"
   std::string doc;                   // first line of the handler's docstring
 };
 
@@ -81,7 +100,10 @@ enum class SubmitResult { accepted, queue_full, stopping };
 struct ExecutorConfig {
   std::string strategy = "subinterpreters";
   int workers = 1;
-  std::string app = "handlers.demo";
+  std::string app = "handlers.demo";    // route module, or MODULE:CALLABLE when wsgi
+  bool wsgi = false;                    // app is a PEP 3333 application
+  std::string root_path;                // WSGI: SCRIPT_NAME, the prefix the app is mounted at
+  std::size_t max_response = std::size_t{64} << 20;  // larger response bodies become 500
   std::vector<std::string> pythonpath;  // prepended to sys.path in every interpreter
   std::size_t max_queue = 1024;
   std::size_t max_body = 1 << 20;       // largest request body a worker must carry

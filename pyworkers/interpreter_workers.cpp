@@ -175,7 +175,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   SubinterpreterWorker(const ExecutorConfig& config, PyInterpreterState* main_interp, int slot,
                        std::shared_ptr<Interrupters> interrupters)
       : InProcessWorker(config.strategy, slot, std::move(interrupters)),
-        options_{config.app, config.pythonpath, config.strategy},
+        options_(app_options(config)),
         main_interp_(main_interp) {}
 
   ~SubinterpreterWorker() override {
@@ -312,7 +312,7 @@ class SharedInterpreterFactory final : public WorkerFactory {
   // The app is imported once, in the main interpreter, on this (the main) thread.
   void prepare() override {
     py::AttachedScope attached(runtime_->main_thread_state());
-    app_ = PythonApp::load({config_.app, config_.pythonpath, config_.strategy});
+    app_ = PythonApp::load(app_options(config_));
     gil_enabled_ = PythonApp::gil_enabled();
     if (config_.strategy == "free-threaded" && gil_enabled_) {
       std::string msg = "the GIL is enabled after importing app '" + config_.app + "'";

@@ -168,7 +168,7 @@ bool Zygote::load_app() {
     runtime_ = new PythonRuntime();
     py::AttachedScope attached(runtime_->main_thread_state());
     try {
-      app_ = PythonApp::load({config_.app, config_.pythonpath, config_.strategy});
+      app_ = PythonApp::load(app_options(config_));
       routes = app_->routes();
       gil_enabled = PythonApp::gil_enabled();
       freeze_gc();

@@ -21,7 +21,7 @@ nlohmann::json stats_json(const ServerView& v) {
     const RouteCounters& r = v.stats.route(i);
     std::string key;
     for (const auto& m : infos[i].methods) key += (key.empty() ? "" : ",") + m;
-    key += " " + infos[i].path;
+    key += (key.empty() ? "" : " ") + infos[i].path;  // a WSGI app's one route: "*"
     routes[key] = {{"path", infos[i].path},
                    {"methods", infos[i].methods},
                    {"count", r.count.load()},

@@ -11,7 +11,11 @@
 namespace gilgamesh {
 
 struct ServerConfig {
-  std::string app = "handlers.demo";           // Python module that registers the routes
+  std::string app = "handlers.demo";           // Python module that registers the routes, or
+                                               // MODULE:CALLABLE of a WSGI app (then wsgi is set)
+  bool wsgi = false;                           // --wsgi: app is a PEP 3333 application
+  std::string root_path;                       // WSGI SCRIPT_NAME: the prefix the app is mounted at
+  std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
   std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
   std::string strategy = "subinterpreters";    // subinterpreters | threads | free-threaded | processes
   std::string python_build;                    // default | free-threaded; empty: the strategy's own

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_set>
@@ -134,6 +135,15 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         server_(server),
         job_timer_(stream_.get_executor()),
         native_fd_(stream_.socket().native_handle()) {
+    beast::error_code ec;
+    if (auto remote = stream_.socket().remote_endpoint(ec); !ec) {
+      remote_addr_ = remote.address().to_string();
+      remote_port_ = remote.port();
+    }
+    if (auto local = stream_.socket().local_endpoint(ec); !ec) {
+      local_addr_ = local.address().to_string();
+      local_port_ = local.port();
+    }
     server_.stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     server_.stats.connections_open.fetch_add(1, std::memory_order_relaxed);
     std::lock_guard lock(server_.sessions_mutex);
@@ -326,13 +336,13 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       case Builtin::none:
         break;
     }
-    submit_job(match.route_index);
+    submit_job(std::move(match), target);
   }
 
-  void submit_job(std::size_t route_index) {
-    route_index_ = route_index;
+  void submit_job(RouteMatch&& match, beast::string_view target) {
+    route_index_ = match.route_index;
     Job job;
-    job.route_index = route_index;
+    job.route_index = match.route_index;
     const auto deadline = arrived_ + seconds(server_.config.request_timeout);
     job.deadline = deadline;
     job.request.method = std::string(request_.method_string());
@@ -344,6 +354,13 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       job.request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
     }
     job.request.body = std::move(request_.body());
+    job.request.path_params = std::move(match.params);
+    job.request.target = std::string(target);
+    job.request.http_version = request_.version() == 10 ? "HTTP/1.0" : "HTTP/1.1";
+    job.request.remote_addr = remote_addr_;
+    job.request.remote_port = remote_port_;
+    job.request.server_addr = local_addr_;
+    job.request.server_port = local_port_;
     const std::uint64_t token = ++job_token_;
     job.owner = shared_from_this();
     job.token = token;
@@ -430,9 +447,14 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     response_.set("X-Request-Id", request_id_);
     if (!extra_allow_.empty()) response_.set(http::field::allow, extra_allow_);
     if (extra_retry_after_) response_.set(http::field::retry_after, "1");
+    std::optional<std::uint64_t> head_length;  // a HEAD answer's own Content-Length (WSGI apps send one)
     if (handler_headers) {
       for (const auto& h : *handler_headers) {
         auto field = http::string_to_field(h.name);
+        if (head_ && field == http::field::content_length && body.empty() && !h.value.empty() &&
+            h.value.size() < 19 && h.value.find_first_not_of("0123456789") == std::string::npos) {
+          head_length = std::stoull(h.value);
+        }
         if (field == http::field::content_length || field == http::field::transfer_encoding ||
             field == http::field::connection || field == http::field::keep_alive) {
           continue;  // framing is the server's
@@ -450,6 +472,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     response_.keep_alive(keep_alive_);
     response_.prepare_payload();
     if (head_) response_.body().clear();  // Content-Length stays that of the GET body
+    if (head_length && !bodiless) response_.content_length(*head_length);
 
     const auto latency = std::chrono::steady_clock::now() - arrived_;
     server_.stats.record_status(code);
@@ -498,6 +521,10 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   net::steady_timer job_timer_;
   std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
   std::string request_id_;
+  std::string remote_addr_;
+  std::uint16_t remote_port_ = 0;
+  std::string local_addr_;
+  std::uint16_t local_port_ = 0;
   std::string path_;
   std::string query_;
   std::string extra_allow_;

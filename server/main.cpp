@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
   ec.strategy = config.strategy;
   ec.workers = config.workers;
   ec.app = config.app;
+  ec.wsgi = config.wsgi;
+  ec.root_path = config.root_path;
+  ec.max_response = config.max_response;
   ec.pythonpath = config.pythonpath;
   ec.max_queue = config.max_queue;
   ec.max_body = config.max_body;

@@ -52,13 +52,13 @@ def demo_server(gilgamesh_bin, strategy):
 
 @pytest.fixture
 def start_server(gilgamesh_bin, strategy):
-    """Factory: start_server(workers=..., app=..., args=[...], env={...}) -> a running server of this
-    test's strategy, stopped (and killed if need be) when the test ends."""
+    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., env=...) -> a running
+    server of this test's strategy, stopped (and killed if need be) when the test ends."""
     started = []
 
-    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, env=None):
+    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, env=None):
         server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args,
-                                 env=env)
+                                 wsgi=wsgi, env=env)
         started.append(server)
         return server.start()
 

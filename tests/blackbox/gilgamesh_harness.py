@@ -209,10 +209,11 @@ def build_request(method, path, body=b"", headers=None, version="HTTP/1.1"):
 class GilgameshServer:
     """One running gilgamesh process on a free port of 127.0.0.1."""
 
-    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None):
+    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None, wsgi=None):
         self.strategy = strategy
         self.workers = workers
         self.app = app
+        self.wsgi = wsgi  # MODULE:CALLABLE: serve this WSGI app instead of `app`
         self.extra_args = [str(a) for a in args]
         self.env = env
         self.host = HOST
@@ -223,7 +224,8 @@ class GilgameshServer:
 
     @property
     def command(self):
-        return [str(binary_path()), "--host", HOST, "--port", str(self.port), "--app", self.app,
+        app = ["--wsgi", self.wsgi] if self.wsgi else ["--app", self.app]
+        return [str(binary_path()), "--host", HOST, "--port", str(self.port), *app,
                 "--strategy", self.strategy, "--workers", str(self.workers), *self.extra_args]
 
     def launch(self):

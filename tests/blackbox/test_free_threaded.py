@@ -102,6 +102,16 @@ def test_extension_without_free_threading_support_is_refused():
     assert "--allow-gil" in err, err
 
 
+def test_wsgi_app_importing_that_extension_is_refused_too():
+    # Any callable will do: the refusal comes from the import, before the app is called.
+    result = run_cli(["--strategy", "free-threaded", "--workers", "2", "--port", "0",
+                      "--wsgi", "imports_gil_unaware:answer", "--pythonpath", str(APPS_DIR),
+                      "--pythonpath", str(FT_EXT_DIR)], timeout=60)
+    assert result.returncode == 1, result
+    assert "imports_gil_unaware:answer" in result.stderr and "gil_unaware" in result.stderr, result.stderr
+    assert "--allow-gil" in result.stderr, result.stderr
+
+
 def test_extension_accepted_with_allow_gil():
     server = GilgameshServer("free-threaded", workers=2, app="imports_gil_unaware",
                              args=["--allow-gil", "--pythonpath", str(APPS_DIR),
