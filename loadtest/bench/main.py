@@ -50,8 +50,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="tiny matrix proving the pipeline: workloads hello,fib; workers %d; "
                         "1 s warm-up, 2 s per cell, 0.2 s rate repeats" % NCPU)
-    p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s)"
-                   % ",".join(STRATEGIES))
+    p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s); "
+                   "one named here that cannot run fails the run" % ",".join(STRATEGIES))
     p.add_argument("--workloads", help="comma list of %s (default: all; --quick: hello,fib)"
                    % ",".join(WORKLOADS))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
@@ -280,6 +280,13 @@ class Run:
                 reason = str(e).strip()
                 self.results["strategies"]["unsupported"][name] = reason
                 print("not available: %s" % reason.splitlines()[-1][:150])
+        # A strategy asked for by name (--strategies) that cannot run fails the run; only
+        # the default, every strategy the binary runs, leaves one out and goes on.
+        unsupported = self.results["strategies"]["unsupported"]
+        if self.args.strategies and unsupported:
+            raise SystemExit("loadtest/run: --strategies asked for %s, which cannot run:\n%s" % (
+                ", ".join(unsupported), "\n".join("strategy %s could not start: %s" % item
+                                                  for item in unsupported.items())))
         if not self.results["strategies"]["supported"] and not self.args.peers:
             raise SystemExit("loadtest/run: the binary runs none of %s" % ", ".join(wanted))
 
