@@ -11,7 +11,7 @@ PKGS=(
   libssl-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev libffi-dev libreadline-dev
   libncurses-dev libgdbm-dev uuid-dev
   # tests and load runner (run under /usr/bin/python3, Debian's 3.11)
-  python3 python3-pytest python3-matplotlib wrk
+  python3 python3-pytest python3-matplotlib python3-prometheus-client wrk
   # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi)
   gunicorn uwsgi uwsgi-plugin-python3
 )
