@@ -16,6 +16,10 @@ PKGS=(
   gunicorn uwsgi uwsgi-plugin-python3
 )
 if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
+# Node.js and npm fetch the dashboard's packages (scripts/fetch-web-deps.sh).
+# Asked for only when missing, so a Node.js installed another way is kept.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 if [[ -n "${GILGAMESH_EXTRA_PKGS:-}" ]]; then read -r -a extra <<<"$GILGAMESH_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi
 
 missing=()

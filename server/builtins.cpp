@@ -366,6 +366,10 @@ nlohmann::json index_json(const ServerView& v) {
       {"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
       {"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
       {"/metrics", "The same figures in Prometheus text format."}};
+  if (v.config.dashboard) {
+    builtins.emplace_back("/dashboard", "Live dashboard: throughput, latency, queue, workers, routes (open in a browser).");
+    builtins.emplace_back("/events", "The /stats snapshot once a second as server-sent events (text/event-stream).");
+  }
   for (auto [path, doc] : builtins) {
     routes.push_back({{"methods", {"GET"}}, {"path", path}, {"doc", doc}, {"builtin", true}});
   }

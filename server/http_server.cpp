@@ -16,6 +16,8 @@
 
 #include "../pyworkers/query.hpp"
 #include "builtins.hpp"
+#include "dashboard.hpp"
+#include "events.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 #include "../pyworkers/response.hpp"
@@ -82,9 +84,10 @@ struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
         executor(e),
-        router(e.routes()),
+        router(e.routes(), c.dashboard),
         stats(e.routes().size()),
         started_at(std::chrono::steady_clock::now()),
+        events(stats, [this] { return stats_json(view()).dump(); }, c.access_log),
         ioc(c.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM) {}
@@ -100,6 +103,7 @@ struct HttpServer::Impl {
   Router router;
   ServerStats stats;
   std::chrono::steady_clock::time_point started_at;
+  EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};
   std::promise<void> shutdown_requested;
   // Sessions unregister in their destructors, which may run while the
@@ -272,6 +276,16 @@ class Session : public std::enable_shared_from_this<Session> {
         return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", metrics_text(server_.view()));
       case Builtin::index:
         return respond_json(http::status::ok, index_json(server_.view()).dump());
+      case Builtin::dashboard:
+        return send(http::status::ok, "text/html; charset=utf-8", std::string(dashboard_page()), &dashboard_headers());
+      case Builtin::events:
+        if (server_.shutting_down || shutting_down_) {
+          keep_alive_ = false;
+          return respond_error(http::status::service_unavailable, "server is shutting down");
+        }
+        if (head_) return respond(http::status::ok, "text/event-stream", "");
+        // The stream takes the connection over; this session ends here.
+        return server_.events.start(stream_.release_socket(), request_.version(), request_id_);
       case Builtin::none:
         break;
     }
@@ -483,6 +497,7 @@ void HttpServer::Impl::begin_shutdown() {
   if (shutting_down.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
+  events.shutdown();
   std::lock_guard lock(sessions_mutex);
   for (Session* s : sessions) {
     std::weak_ptr<Session> weak = s->weak_from_this();
@@ -528,7 +543,7 @@ bool HttpServer::run() {
   const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
-    return s.sessions.size();
+    return s.sessions.size() + s.events.open();
   };
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -16,11 +16,15 @@ void finish_allow(std::string& allow, const std::vector<std::string>& methods) {
 }
 }  // namespace
 
-Router::Router(const std::vector<RouteInfo>& python_routes) {
+Router::Router(const std::vector<RouteInfo>& python_routes, bool dashboard) {
   for (auto [path, builtin] : {std::pair{"/healthz", Builtin::healthz},
                                std::pair{"/stats", Builtin::stats},
                                std::pair{"/metrics", Builtin::metrics}}) {
     paths_[path] = PathEntry{builtin, {}, "GET, HEAD"};
+  }
+  if (dashboard) {
+    paths_["/dashboard"] = PathEntry{Builtin::dashboard, {}, "GET, HEAD"};
+    paths_["/events"] = PathEntry{Builtin::events, {}, "GET, HEAD"};
   }
   for (std::size_t i = 0; i < python_routes.size(); ++i) {
     const RouteInfo& r = python_routes[i];

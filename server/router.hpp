@@ -11,7 +11,7 @@
 
 namespace gilgamesh {
 
-enum class Builtin { none, healthz, stats, metrics, index };
+enum class Builtin { none, healthz, stats, metrics, index, dashboard, events };
 
 struct RouteMatch {
   enum class Result { found, not_found, method_not_allowed } result = Result::not_found;
@@ -22,10 +22,10 @@ struct RouteMatch {
 
 class Router {
  public:
-  // Built-in paths /healthz, /stats and /metrics are reserved; "/" is the
-  // route index unless the app registers "/" itself. Throws StartupError if
-  // the app registers a reserved path.
-  explicit Router(const std::vector<RouteInfo>& python_routes);
+  // Built-in paths /healthz, /stats and /metrics (and /dashboard and /events
+  // with `dashboard`) are reserved; "/" is the route index unless the app
+  // registers "/" itself. Throws StartupError if the app registers a reserved path.
+  explicit Router(const std::vector<RouteInfo>& python_routes, bool dashboard = true);
   // HEAD matches wherever GET does.
   RouteMatch match(std::string_view method, const std::string& path) const;
 
