@@ -143,6 +143,19 @@
   const data = {};
   for (const name of Object.keys(series)) data[name] = [[], ...series[name].map(() => [])];
 
+  // Time ticks as a 24-hour clock, one line (the charts span minutes, not days).
+  function clockTicks(u, splits) {
+    return splits.map((t) => new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false }));
+  }
+
+  // Latency ticks: 50 µs, 2.5 ms, 100 ms, 1.5 s.
+  function msTick(ms) {
+    if (ms === null) return "";
+    if (ms < 1) return +(ms * 1000).toPrecision(3) + " µs";
+    if (ms < 1000) return +ms.toPrecision(3) + " ms";
+    return +(ms / 1000).toPrecision(3) + " s";
+  }
+
   function chartSize(node) {
     return { width: Math.max(300, node.clientWidth), height: 240 };
   }
@@ -150,10 +163,10 @@
   function makeChart(name, yOpts) {
     const node = $("chart-" + name);
     const opts = Object.assign(chartSize(node), {
-      series: [{}, ...series[name].map((s) => Object.assign({ spanGaps: false, points: { show: false } }, s))],
+      series: [{ value: (u, t) => (t === null ? "–" : clockTicks(u, [t])[0]) }, ...series[name].map((s) => Object.assign({ spanGaps: false, points: { show: false } }, s))],
       scales: { x: { time: true }, y: yOpts.scale || {} },
-      axes: [{ stroke: "#6b7280", grid: { stroke: "#eef0f3" } },
-             { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, size: 60, values: yOpts.values }],
+      axes: [{ stroke: "#6b7280", grid: { stroke: "#eef0f3" }, space: 70, values: clockTicks },
+             { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, size: 70, values: yOpts.values }],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     });
@@ -165,7 +178,7 @@
     makeChart("throughput", { scale: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] }, values: count });
     makeChart("latency", {
       scale: { distr: 3 },
-      values: (u, splits) => splits.map((v) => v === null ? "" : fmtMs(v)),
+      values: (u, splits) => splits.map(msTick),
     });
     makeChart("queue", { scale: { range: (u, min, max) => [0, Math.max(2, Math.ceil(max * 1.15))] }, values: count });
     makeChart("memory", { scale: { range: (u, min, max) => [0, Math.max(8, max * 1.15)] }, values: count });
