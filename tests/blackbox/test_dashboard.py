@@ -186,10 +186,13 @@ def test_events_deliver_a_stats_snapshot_every_second(demo_server):
                 assert key in s, (key, sorted(s))
             assert s["strategy"] == demo_server.strategy and s["workers"] == demo_server.workers
             assert s["event_streams"] >= 1
-        # The server's own clock: one second apart. Arrival times: about the same.
+        # The server's own clock: one a second. Ticks are scheduled a whole second
+        # apart, so a late one (a busy machine) is followed by a shorter gap, and
+        # the rate over the three holds.
         uptimes = [s["uptime_s"] for _, s in snapshots]
         gaps = [b - a for a, b in zip(uptimes, uptimes[1:])]
-        assert all(0.9 <= g <= 1.5 for g in gaps), gaps
+        assert all(0.4 <= g <= 2.0 for g in gaps), gaps
+        assert 2.7 <= uptimes[-1] - uptimes[0] <= 4.0, uptimes
         arrivals = [at for at, _ in snapshots]
         assert 2.0 <= arrivals[-1] - arrivals[0] <= 5.0, arrivals
         # Each snapshot is the figures of that moment: traffic shows in the next one.
