@@ -325,8 +325,11 @@
   // ---- one snapshot in --------------------------------------------------------
   function ingest(s) {
     const prev = state.history.length ? state.history[state.history.length - 1] : null;
-    if (prev && (prev.pid !== s.pid || s.uptime_s < prev.uptime_s)) state.history = [];  // a new server
-    if (prev && prev.pid === s.pid && s.uptime_s === prev.uptime_s) return;  // the same snapshot twice
+    if (prev && (prev.pid !== s.pid || s.uptime_s < prev.uptime_s - 5)) {
+      state.history = [];  // a new server (a container's server may have the same pid)
+    } else if (prev && s.uptime_s <= prev.uptime_s) {
+      return;  // a snapshot seen already, or an older one (a poll answered after the stream's)
+    }
     state.history.push(s);
     if (state.history.length > LATENCY_WINDOW_S + 5) state.history.shift();
     state.snapshots++;
