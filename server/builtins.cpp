@@ -13,6 +13,12 @@ namespace gilgamesh {
 
 namespace {
 
+// The app's routes, once the workers are up (none before).
+const std::vector<RouteInfo>& routes_of(const ServerView& v) {
+  static const std::vector<RouteInfo> kNone;
+  return v.routes_ready ? v.executor.routes() : kNone;
+}
+
 // x rounded to `decimals` places, as the double nearest that decimal (so JSON
 // prints 3.413, not 3.4130000000000003).
 double round_to(double x, int decimals) {
@@ -23,7 +29,8 @@ double round_to(double x, int decimals) {
 // Milliseconds to the microsecond.
 double round_ms(double ms) { return round_to(ms, 3); }
 
-// The methods of a route as one label value / key part: "GET,POST".
+// The methods of a route as one label value / key part: "GET,POST" (none for
+// a WSGI app's one route, "*").
 std::string methods_text(const RouteInfo& r) {
   std::string out;
   for (const auto& m : r.methods) out += (out.empty() ? "" : ",") + m;
@@ -67,7 +74,7 @@ std::optional<double> sum_over_workers(const nlohmann::json& live, const char* k
 // quantiles: the fine buckets that hold anything, as [upper_ms, count].
 nlohmann::json latency_buckets(const ServerView& v) {
   std::array<std::uint64_t, LatencyHistogram::kBuckets> counts{};
-  for (std::size_t r = 0; r < v.stats.route_count(); ++r) {
+  for (std::size_t r = 0; r < routes_of(v).size(); ++r) {
     const auto& h = v.stats.route(r).latency;
     for (int i = 0; i < LatencyHistogram::kBuckets; ++i) counts[static_cast<std::size_t>(i)] += h.bucket_count(i);
   }
@@ -177,12 +184,13 @@ nlohmann::json stats_json(const ServerView& v) {
   nlohmann::json live = v.executor.stats();
   ProcessFigures proc = read_process_figures();
   nlohmann::json routes = nlohmann::json::object();
-  const auto& infos = v.executor.routes();
+  const auto& infos = routes_of(v);
   for (std::size_t i = 0; i < infos.size(); ++i) {
     const RouteCounters& r = v.stats.route(i);
     const std::uint64_t count = r.latency.count();
     auto ms = [count](double x) { return count == 0 ? nlohmann::json(nullptr) : nlohmann::json(round_ms(x)); };
-    routes[methods_text(infos[i]) + " " + infos[i].path] = {
+    const std::string methods = methods_text(infos[i]);
+    routes[methods + (methods.empty() ? "" : " ") + infos[i].path] = {
         {"path", infos[i].path},
         {"methods", infos[i].methods},
         {"doc", infos[i].doc},
@@ -327,7 +335,7 @@ std::string metrics_text(const ServerView& v) {
   }
 
   // Per Python route: counts, then latency as a histogram.
-  const auto& infos = v.executor.routes();
+  const auto& infos = routes_of(v);
   auto route_labels = [&infos](std::size_t i) {
     return Labels{{"route", infos[i].path}, {"methods", methods_text(infos[i])}};
   };
@@ -359,11 +367,12 @@ std::string metrics_text(const ServerView& v) {
 
 nlohmann::json index_json(const ServerView& v) {
   nlohmann::json routes = nlohmann::json::array();
-  for (const auto& r : v.executor.routes()) {
+  for (const auto& r : routes_of(v)) {
     routes.push_back({{"methods", r.methods}, {"path", r.path}, {"doc", r.doc}});
   }
   std::vector<std::pair<const char*, const char*>> builtins = {
       {"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
+      {"/readyz", "Readiness: 200 when workers can take requests, else 503 with the reason."},
       {"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
       {"/metrics", "The same figures in Prometheus text format."}};
   if (v.config.dashboard) {

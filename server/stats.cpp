@@ -94,7 +94,7 @@ LatencyHistogram::prometheus_cumulative() const {
   return out;
 }
 
-ServerStats::ServerStats(std::size_t python_routes) {
+void ServerStats::init_routes(std::size_t python_routes) {
   for (std::size_t i = 0; i < python_routes; ++i) routes_.push_back(std::make_unique<RouteCounters>());
 }
 
