@@ -51,24 +51,6 @@ const nlohmann::json& worker_details(const nlohmann::json& live) {
   return it != live.end() && it->is_array() ? *it : empty;
 }
 
-// A worker's state; executors that report only `busy` are idle or busy.
-std::string worker_state(const nlohmann::json& w) {
-  if (auto it = w.find("state"); it != w.end() && it->is_string()) return it->get<std::string>();
-  return w.value("busy", false) ? "busy" : "idle";
-}
-
-// Sum of a per-worker figure, for executors that do not report the total.
-std::optional<double> sum_over_workers(const nlohmann::json& live, const char* key) {
-  const auto& details = worker_details(live);
-  if (details.empty()) return std::nullopt;
-  double sum = 0;
-  for (const auto& w : details) {
-    auto v = live_number(w, key);
-    if (!v) return std::nullopt;
-    sum += *v;
-  }
-  return sum;
-}
 
 // The aggregate of every Python route's latency, for the dashboard's windowed
 // quantiles: the fine buckets that hold anything, as [upper_ms, count].
@@ -274,19 +256,16 @@ std::string metrics_text(const ServerView& v) {
   auto gauge = [&](const char* key, const char* name, const char* help) {
     if (auto x = live_number(live, key)) m.single(name, "gauge", help, *x);
   };
-  auto counter = [&](const char* key, const char* name, const char* help, std::optional<double> fallback = {}) {
-    auto x = live_number(live, key);
-    if (!x) x = fallback;
-    if (x) m.single(name, "counter", help, *x);
+  auto counter = [&](const char* key, const char* name, const char* help) {
+    if (auto x = live_number(live, key)) m.single(name, "counter", help, *x);
   };
   gauge("ready_workers", "gilgamesh_ready_workers", "Workers started and able to take a job.");
   gauge("busy_workers", "gilgamesh_busy_workers", "Workers running a handler now.");
   gauge("queue_depth", "gilgamesh_queue_depth", "Requests waiting for a worker.");
   gauge("max_queue", "gilgamesh_queue_capacity", "Requests that may wait before new ones get 503 (--max-queue).");
-  counter("recycles_total", "gilgamesh_worker_recycles_total", "Workers recycled after --max-requests.",
-          sum_over_workers(live, "recycles"));
+  counter("recycles_total", "gilgamesh_worker_recycles_total", "Workers recycled after --max-requests.");
   counter("replacements_total", "gilgamesh_worker_replacements_total",
-          "Workers replaced because they died, hung or were abandoned.", live_number(live, "worker_restarts"));
+          "Workers replaced because they died, hung or were abandoned.");
   counter("interrupted_total", "gilgamesh_worker_interrupted_total",
           "Handlers interrupted at their deadline by an exception raised in their thread.");
   counter("abandoned_total", "gilgamesh_worker_abandoned_total",
@@ -297,6 +276,10 @@ std::string metrics_text(const ServerView& v) {
   counter("killed_total", "gilgamesh_worker_killed_total", "Worker processes killed at their deadline.");
   counter("dropped_disconnected_total", "gilgamesh_dropped_disconnected_total",
           "Queued requests dropped before they ran because their client had gone.");
+  counter("expired_in_queue_total", "gilgamesh_expired_in_queue_total",
+          "Queued requests that reached their deadline before a worker took them (answered 504).");
+  counter("zygote_restarts_total", "gilgamesh_zygote_restarts_total",
+          "processes: zygotes started again because the previous one died.");
   counter("interpreters_created", "gilgamesh_interpreters_created_total", "Python interpreters created.");
   counter("interpreters_ended", "gilgamesh_interpreters_ended_total", "Python interpreters ended.");
 
@@ -308,7 +291,7 @@ std::string metrics_text(const ServerView& v) {
     m.family("gilgamesh_worker_state", "gauge", "1 for the state each worker is in, else 0.");
     for (const auto& w : details) {
       const std::string id = std::to_string(w.value("worker", 0));
-      const std::string now = worker_state(w);
+      const std::string now = w.value("state", std::string("unknown"));
       bool known = false;
       for (const auto& state : kStates) {
         known = known || state == now;

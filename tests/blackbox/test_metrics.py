@@ -34,7 +34,18 @@ EXPECTED = {
     "gilgamesh_busy_workers": "gauge",
     "gilgamesh_queue_depth": "gauge",
     "gilgamesh_queue_capacity": "gauge",
+    "gilgamesh_ready_workers": "gauge",
     "gilgamesh_worker_recycles_total": "counter",
+    "gilgamesh_worker_replacements_total": "counter",
+    "gilgamesh_worker_interrupted_total": "counter",
+    "gilgamesh_worker_abandoned_total": "counter",
+    "gilgamesh_abandoned_workers": "gauge",
+    "gilgamesh_abandoned_workers_limit": "gauge",
+    "gilgamesh_worker_killed_total": "counter",
+    "gilgamesh_dropped_disconnected_total": "counter",
+    "gilgamesh_expired_in_queue_total": "counter",
+    "gilgamesh_interpreters_created_total": "counter",
+    "gilgamesh_interpreters_ended_total": "counter",
     "gilgamesh_worker_state": "gauge",
     "gilgamesh_worker_requests_total": "counter",
     "gilgamesh_route_requests_total": "counter",
@@ -138,7 +149,12 @@ def test_every_family_is_typed_documented_and_contiguous(demo_server):
     linted = lint(text)
     parsed = parse(text)
     assert set(linted) == set(parsed)
-    for name, kind in EXPECTED.items():
+    expected = dict(EXPECTED)
+    if demo_server.strategy == "processes":
+        expected.update({"gilgamesh_zygote_restarts_total": "counter",
+                         "gilgamesh_worker_resident_memory_bytes": "gauge",
+                         "gilgamesh_worker_proportional_memory_bytes": "gauge"})
+    for name, kind in expected.items():
         assert name in parsed, "missing family %s" % name
         assert parsed[name].type == kind, (name, parsed[name].type)
         assert linted[name][0] == kind
@@ -188,8 +204,15 @@ def test_values_follow_traffic(demo_server):
     assert sorted(int(s.labels["worker"]) for s in states) == list(range(demo_server.workers)), states
     per_worker = sum(s.value for s in after["gilgamesh_worker_requests_total"].samples)
     assert per_worker >= value(after, "gilgamesh_route_requests_total", **hello)
-    recycles = sum(w.get("recycles", 0) for w in stats["worker_details"])
-    assert value(after, "gilgamesh_worker_recycles_total") == stats.get("recycles_total", recycles)
+    assert value(after, "gilgamesh_worker_recycles_total") == stats["recycles_total"]
+    assert value(after, "gilgamesh_ready_workers") == stats["ready_workers"] == demo_server.workers
+    assert value(after, "gilgamesh_abandoned_workers_limit") == stats["max_abandoned"]
+    if demo_server.strategy == "processes":
+        # Each worker is its own process: its memory, with shared pages split (PSS <= RSS).
+        for w in stats["worker_details"]:
+            rss = value(after, "gilgamesh_worker_resident_memory_bytes", worker=str(w["worker"]))
+            pss = value(after, "gilgamesh_worker_proportional_memory_bytes", worker=str(w["worker"]))
+            assert 1e6 < pss <= rss < 8e9, (w, rss, pss)
 
 
 def test_latency_histogram_is_cumulative_and_fits_hello_and_fib(demo_server):
@@ -243,6 +266,7 @@ def test_routes_without_traffic_have_no_quantiles(start_server):
 @pytest.mark.slow
 def test_rejections_and_deadlines_are_counted(start_server):
     server = start_server(workers=1, args=["--max-queue", "1", "--timeout", "0.5"])
+    before = parse(scrape(server))  # the harness's /readyz polls may have had 503s
     results = []
 
     def call(path):
@@ -271,5 +295,7 @@ def test_rejections_and_deadlines_are_counted(start_server):
     assert value(families, "gilgamesh_deadline_exceeded_total") == results.count(504) >= 1
     stats = server.get("/stats").json()
     assert stats["rejected_queue_full"] == 1 and stats["deadline_exceeded"] == results.count(504)
-    assert value(families, "gilgamesh_responses_total", **{"class": "5xx"}) == results.count(503) + results.count(504)
+    fivexx = {"class": "5xx"}
+    assert value(families, "gilgamesh_responses_total", **fivexx) - value(before, "gilgamesh_responses_total", **fivexx) \
+        == results.count(503) + results.count(504)
     assert value(families, "gilgamesh_route_errors_total", route="/hello") == 1
