@@ -133,6 +133,7 @@
     queue: [
       { label: "queue depth", stroke: COLORS.warn, width: 2, fill: "rgba(217,138,0,0.08)" },
       { label: "busy workers", stroke: COLORS.busy, width: 2 },
+      { label: "ready workers", stroke: COLORS.ok, width: 1.5 },
       { label: "workers", stroke: COLORS.grey, width: 1, dash: [4, 4] },
     ],
     memory: [
@@ -240,6 +241,8 @@
       ["p99 (5 s)", fmtMs(derived.p99), false, "99th percentile latency of Python routes, last 5 s"],
       ["busy workers", (has(s, "busy_workers") ? s.busy_workers : "–") + " / " + s.workers, false,
        "workers running a handler now"],
+      ["ready workers", (has(s, "ready_workers") ? s.ready_workers : "–") + " / " + s.workers,
+       has(s, "ready_workers") && s.ready_workers < s.workers, "workers started and able to take a job"],
       ["queue", (has(s, "queue_depth") ? s.queue_depth : "–") + (has(s, "max_queue") ? " / " + s.max_queue : ""),
        false, "requests waiting for a worker / --max-queue"],
       ["connections", fmtNumber(s.connections_open), false, "open client connections (event streams included)"],
@@ -247,19 +250,16 @@
       ["504 timeout", fmtNumber(s.deadline_exceeded), s.deadline_exceeded > 0, "requests past --timeout"],
       ["server RSS", fmtBytes(s.rss_bytes), false, "resident memory of the server process"],
     ];
-    const recycles = has(s, "recycles_total") ? s.recycles_total
-      : (s.worker_details || []).reduce((a, w) => a + (w.recycles || 0), 0);
-    tiles.push(["recycles", fmtNumber(recycles), false, "workers recycled after --max-requests"]);
-    const pool = [["replacements_total", "replaced", "workers replaced after they died or hung"],
+    const pool = [["recycles_total", "recycles", "workers recycled after --max-requests"],
+                  ["replacements_total", "replaced", "workers replaced after they died or hung"],
                   ["interrupted_total", "interrupted", "handlers interrupted at their deadline"],
                   ["abandoned_total", "abandoned", "workers abandoned (handler blocked in C)"],
                   ["abandoned_live", "abandoned live", "abandoned threads still running"],
-                  ["killed_total", "killed", "worker processes killed at their deadline"]];
+                  ["killed_total", "killed", "worker processes killed at their deadline"],
+                  ["zygote_restarts_total", "zygote restarts", "processes: zygotes started again after one died"]];
     for (const [key, label, title] of pool) {
-      if (has(s, key)) tiles.push([label, fmtNumber(s[key]), s[key] > 0 && key !== "replacements_total", title]);
-    }
-    if (!has(s, "replacements_total") && has(s, "worker_restarts")) {
-      tiles.push(["restarts", fmtNumber(s.worker_restarts), s.worker_restarts > 0, "worker processes restarted"]);
+      const alarming = s[key] > 0 && key !== "replacements_total" && key !== "recycles_total";
+      if (has(s, key)) tiles.push([label, fmtNumber(s[key]), alarming, title]);
     }
     const box = $("tiles");
     box.textContent = "";
@@ -276,7 +276,7 @@
     box.textContent = "";
     const states = {};
     for (const w of details) {
-      const st = w.state || (w.busy ? "busy" : "idle");
+      const st = w.state || "unknown";
       states[st] = (states[st] || 0) + 1;
       const card = el("div", { className: "worker-card", "data-worker": String(w.worker), "data-state": st });
       const title = el("h3", {}, "worker " + w.worker);
@@ -286,10 +286,9 @@
       row("requests", fmtNumber(w.requests));
       row("recycles", fmtNumber(w.recycles || 0));
       if (has(w, "replacements")) row("replacements", fmtNumber(w.replacements));
-      if (has(w, "restarts")) row("restarts", fmtNumber(w.restarts));
       if (has(w, "busy_ms") && st === "busy") row("busy for", fmtMs(w.busy_ms));
-      if (has(w, "interpreter_id")) row("interpreter", "#" + w.interpreter_id);
-      if (has(w, "pid") && w.pid > 0) row(s.strategy === "processes" ? "pid" : "thread of pid", String(w.pid));
+      if (has(w, "interpreter_id")) row("interpreter", "#" + w.interpreter_id + (w.interpreter_id === 0 ? " (main, shared)" : ""));
+      if (has(w, "pid") && w.pid > 0 && w.pid !== s.pid) row("pid", String(w.pid));
       if (has(w, "rss_bytes")) row("RSS", fmtBytes(w.rss_bytes));
       if (has(w, "pss_bytes")) row("PSS", fmtBytes(w.pss_bytes));
       card.append(title, dl);
@@ -347,7 +346,7 @@
     const t = Date.now() / 1000;
     push("throughput", t, [ok, c4, c5]);
     push("latency", t, [p50, p99]);
-    push("queue", t, [s.queue_depth, s.busy_workers, s.workers]);
+    push("queue", t, [s.queue_depth, s.busy_workers, s.ready_workers, s.workers]);
     const mib = (b) => (b === null || b === undefined ? null : b / 1048576);
     push("memory", t, [mib(s.rss_bytes), mib(workerMemory(s, "pss_bytes"))]);
 

@@ -288,3 +288,34 @@ def test_dashboard_and_events_answer_while_every_worker_is_busy(start_server):
         assert time.monotonic() - started < 2.0
     finally:
         t.join(timeout=20)
+
+
+def test_events_keep_flowing_through_the_shutdown_delay(start_server):
+    server = start_server(workers=1, args=["--shutdown-delay", "2"])
+    stream = EventStream(server)
+    try:
+        _, snapshot = stream.next_snapshot()
+        assert snapshot["shutting_down"] is False
+        server.signal(signal.SIGTERM)
+        started = time.monotonic()
+        # While the listener still serves, the open stream goes on, and says so.
+        _, snapshot = stream.next_snapshot(timeout=3)
+        while not snapshot["shutting_down"]:
+            _, snapshot = stream.next_snapshot(timeout=3)
+        assert time.monotonic() - started < 2
+        # A new stream is refused (the page falls back to polling /stats meanwhile).
+        refused = server.get("/events", timeout=5)
+        assert refused.status == 503, refused
+        assert server.get("/stats", timeout=5).status == 200
+        # The drain ends the stream.
+        names = []
+        while True:
+            event = stream.next_event(timeout=5)
+            if event is None:
+                break
+            names.append(event[1].get("event", "message"))
+        assert names[-1] == "shutdown" and stream.ended, names
+        assert time.monotonic() - started >= 1.5
+        assert server.wait(timeout=15) == 0
+    finally:
+        stream.close()

@@ -208,11 +208,21 @@ def test_worker_cards_show_each_strategys_workers(every_strategy, strategy):
     assert len(stats["worker_details"]) == server.workers
     for detail in stats["worker_details"]:
         fields = cards[detail["worker"]]["fields"]
+        assert fields["requests"] == "{:,}".format(detail["requests"]) or detail["requests"] > 0, (fields, detail)
         if strategy == "processes":
-            assert fields.get("pid") == str(detail["pid"]), (fields, detail)
+            # Its own process: the pid, and memory with shared pages split (PSS).
             assert detail["pid"] != stats["pid"]
-        if detail.get("interpreter_id") is not None:
-            assert fields.get("interpreter") == "#%d" % detail["interpreter_id"], (fields, detail)
-        if detail.get("pss_bytes") is not None:
+            assert fields.get("pid") == str(detail["pid"]), (fields, detail)
             assert re.fullmatch(r"[\d.,]+ (KiB|MiB|GiB)", fields.get("PSS", "")), fields
             assert re.fullmatch(r"[\d.,]+ (KiB|MiB|GiB)", fields.get("RSS", "")), fields
+        else:
+            assert "pid" not in fields and "PSS" not in fields, fields
+        if strategy == "subinterpreters":
+            # Each worker its own interpreter.
+            assert detail["interpreter_id"] >= 1
+            assert fields.get("interpreter") == "#%d" % detail["interpreter_id"], (fields, detail)
+        elif strategy in ("threads", "free-threaded"):
+            assert fields.get("interpreter") == "#0 (main, shared)", fields
+    if strategy == "subinterpreters":
+        ids = [d["interpreter_id"] for d in stats["worker_details"]]
+        assert len(set(ids)) == len(ids), ids
