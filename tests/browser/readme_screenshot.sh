@@ -23,10 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 300); do  # up to 30 s for the workers
-  curl -sf "$URL/healthz" >/dev/null && break
+  curl -sf "$URL/readyz" >/dev/null && break
   sleep 0.1
 done
-curl -sf "$URL/healthz" >/dev/null
+curl -sf "$URL/readyz" >/dev/null
 
 # wrk's -d paces each phase; the last phase outlasts the driver and is killed.
 (exec >/dev/null 2>&1
