@@ -319,8 +319,11 @@ std::string metrics_text(const ServerView& v) {
 
   // Per Python route: counts, then latency as a histogram.
   const auto& infos = routes_of(v);
+  // A WSGI app's one route ("*") has no methods: no label rather than an empty one.
   auto route_labels = [&infos](std::size_t i) {
-    return Labels{{"route", infos[i].path}, {"methods", methods_text(infos[i])}};
+    Labels labels{{"route", infos[i].path}};
+    if (std::string methods = methods_text(infos[i]); !methods.empty()) labels.emplace_back("methods", methods);
+    return labels;
   };
   m.family("gilgamesh_route_requests_total", "counter", "Requests answered per Python route, every status.");
   for (std::size_t i = 0; i < infos.size(); ++i) m.sample(route_labels(i), s.route(i).count.load());
