@@ -322,9 +322,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         }
         return respond_json(http::status::ok, R"({"status": "ok"})");
       case Builtin::readyz: {
+        // The pool is up a moment before the app's router is installed: not ready until both.
         const Readiness r = server_.shutting_down
                                 ? Readiness{Readiness::State::stopping, "the server is shutting down"}
-                                : server_.executor.readiness();
+                            : !server_.routes_ready() ? Readiness{Readiness::State::starting, "workers are starting"}
+                                                      : server_.executor.readiness();
         if (r.ready()) return respond_json(http::status::ok, R"({"status": "ready"})");
         extra_retry_after_ = true;
         return respond_json(http::status::service_unavailable,
