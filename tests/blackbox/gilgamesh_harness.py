@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -340,6 +341,28 @@ class GilgameshServer:
 
     def __repr__(self):
         return "<gilgamesh %s x%d :%s>" % (self.strategy, self.workers, self.port)
+
+
+def concurrent_gets(server, paths, timeout=20.0):
+    """GET each of `paths` from its own thread, released together by a barrier; returns
+    the responses (or the exceptions raised), in the order of `paths`."""
+    results = [None] * len(paths)
+    barrier = threading.Barrier(len(paths), timeout=10)
+
+    def one(i):
+        try:
+            barrier.wait()
+            results[i] = server.get(paths[i], timeout=timeout)
+        except Exception as e:  # recorded, asserted by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    return results
 
 
 def kill_all_running():

@@ -6,35 +6,14 @@ import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR
-
-
-def concurrent_gets(server, path, count, timeout=20.0):
-    """`count` GETs released at once from threads; returns the responses (or exceptions)."""
-    results = [None] * count
-    barrier = threading.Barrier(count, timeout=10)
-
-    def one(i):
-        try:
-            barrier.wait()
-            results[i] = server.get(path, timeout=timeout)
-        except Exception as e:  # recorded, asserted by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 15)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    return results
+from gilgamesh_harness import APPS_DIR, concurrent_gets
 
 
 @pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after(start_server):
     server = start_server(workers=1, args=["--max-queue", "2"])
     started = time.monotonic()
-    results = concurrent_gets(server, "/sleep?ms=1000", 10)
+    results = concurrent_gets(server, ["/sleep?ms=1000"] * 10)
     elapsed = time.monotonic() - started
     errors = [r for r in results if isinstance(r, Exception)]
     assert not errors, errors
