@@ -27,14 +27,18 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python configure build run test bench bench-quick bench-app clean
+.PHONY: all setup deps python web configure build run test bench bench-quick bench-app clean
 
 all: build
 
-setup: deps python
+setup: deps python web
 
 deps:
 	@bash scripts/install-deps.sh
+
+# The dashboard's npm packages (uPlot, embedded at build time; playwright-core for the browser test).
+web: deps
+	@bash scripts/fetch-web-deps.sh
 
 python: deps
 	@if [ -n "$(PYTHON_BUILDS)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh $(PYTHON_BUILDS); fi

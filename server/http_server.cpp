@@ -17,6 +17,8 @@
 
 #include "../pyworkers/query.hpp"
 #include "builtins.hpp"
+#include "dashboard.hpp"
+#include "events.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 #include "../pyworkers/response.hpp"
@@ -83,8 +85,9 @@ struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
         executor(e),
-        startup_router(std::vector<RouteInfo>{}),
+        startup_router(std::vector<RouteInfo>{}, c.dashboard),
         started_at(std::chrono::steady_clock::now()),
+        events(stats, [this] { return stats_json(view()).dump(); }, c.access_log),
         ioc(c.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
@@ -110,6 +113,7 @@ struct HttpServer::Impl {
   std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
   std::chrono::steady_clock::time_point started_at;
+  EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
   int signals_received = 0;                // on the signal handler's strand only
@@ -312,9 +316,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         }
         return respond_json(http::status::ok, R"({"status": "ok"})");
       case Builtin::readyz: {
+        // The pool is up a moment before the app's router is installed: not ready until both.
         const Readiness r = server_.shutting_down
                                 ? Readiness{Readiness::State::stopping, "the server is shutting down"}
-                                : server_.executor.readiness();
+                            : !server_.routes_ready() ? Readiness{Readiness::State::starting, "workers are starting"}
+                                                      : server_.executor.readiness();
         if (r.ready()) return respond_json(http::status::ok, R"({"status": "ready"})");
         extra_retry_after_ = true;
         return respond_json(http::status::service_unavailable,
@@ -327,6 +333,16 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", metrics_text(server_.view()));
       case Builtin::index:
         return respond_json(http::status::ok, index_json(server_.view()).dump());
+      case Builtin::dashboard:
+        return send(http::status::ok, "text/html; charset=utf-8", std::string(dashboard_page()), &dashboard_headers());
+      case Builtin::events:
+        if (server_.shutting_down || shutting_down_) {
+          keep_alive_ = false;
+          return respond_error(http::status::service_unavailable, "server is shutting down");
+        }
+        if (head_) return respond(http::status::ok, "text/event-stream", "");
+        // The stream takes the connection over; this session ends here.
+        return server_.events.start(stream_.release_socket(), request_.version(), request_id_);
       case Builtin::none:
         break;
     }
@@ -582,6 +598,7 @@ void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
+  events.shutdown();
   {
     std::lock_guard lock(sessions_mutex);
     for (Session* s : sessions) {
@@ -654,7 +671,7 @@ HttpServer::Outcome HttpServer::run() {
     spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
                  info.build, info.python_version, info.gil_enabled ? "enabled" : "disabled");
-    s.app_router_holder = std::make_unique<Router>(s.executor.routes());
+    s.app_router_holder = std::make_unique<Router>(s.executor.routes(), s.config.dashboard);
   } catch (...) {
     stop_io();
     throw;
@@ -668,7 +685,7 @@ HttpServer::Outcome HttpServer::run() {
   const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
-    return s.sessions.size();
+    return s.sessions.size() + s.events.open();
   };
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
