@@ -27,7 +27,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python configure build run test bench bench-quick clean
+.PHONY: all setup deps python configure build run test bench bench-quick soak clean
 
 all: build
 
@@ -56,6 +56,12 @@ bench: build
 
 bench-quick: build
 	/usr/bin/python3 loadtest/run --quick --peers gunicorn,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+
+# Memory while workers are recycled: every strategy, --max-requests 200, mixed load,
+# SOAK_SECONDS each (40 minutes for the four strategies by default).
+SOAK_SECONDS ?= 600
+soak: build
+	/usr/bin/python3 loadtest/run --soak $(SOAK_SECONDS) --binary $(BUILD_DIR)/gilgamesh $(SOAK_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)
