@@ -88,6 +88,9 @@ def parse_args(argv):
                    help="s for a server to become ready (default: %(default)s)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for every gilgamesh server (repeatable)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable for every gilgamesh server, e.g. PYTHONMALLOC=mimalloc "
+                        "(repeatable; the runner's own environment is left alone)")
     p.add_argument("--results-dir", default=os.path.join(LOADTEST, "results"),
                    help="where the <timestamp>/ folder is made (default: loadtest/results)")
     g = p.add_argument_group("soak", "--soak SECONDS: memory while workers are recycled, "
@@ -114,6 +117,9 @@ def parse_args(argv):
         p.error("--soak needs a positive number of seconds")
     if args.soak is not None and (args.soak_max_requests < 1 or args.soak_workers < 1):
         p.error("--soak-max-requests and --soak-workers must be positive")
+    for item in args.server_env:
+        if "=" not in item or not item.split("=", 1)[0]:
+            p.error("--server-env needs NAME=VALUE, got %r" % item)
     if args.sample_interval is None:
         args.sample_interval = 1.0 if args.soak else 0.5
 
@@ -186,7 +192,9 @@ class Run:
         if kind == "gilgamesh":
             cmd = [a.binary, "--app", a.app, "--strategy", name, "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--timeout", str(a.wrk_timeout)]
-            return cmd + a.server_arg, dict(os.environ), True
+            env = dict(os.environ)
+            env.update(item.split("=", 1) for item in a.server_env)
+            return cmd + a.server_arg, env, True
         env = dict(os.environ, GILGAMESH_APP_ROOT=REPO, GILGAMESH_APP=a.app,
                    GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1")
         if name == "gunicorn":
@@ -269,7 +277,8 @@ class Run:
                 "warmup_s": a.warmup, "connections": a.connections, "wrk_threads": a.threads,
                 "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
                 "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
-                "server_args": a.server_arg, "app": a.app, "quick": a.quick,
+                "server_args": a.server_arg, "server_env": a.server_env, "app": a.app,
+                "quick": a.quick,
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params} for name in a.workloads},

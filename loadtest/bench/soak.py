@@ -13,7 +13,6 @@ SIGINT and still reports): a leak must not take the machine down with it.
 """
 
 import json
-import os
 import signal
 import time
 

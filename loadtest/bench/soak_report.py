@@ -183,6 +183,9 @@ def _context(results):
             m.get("options", {}).get("connections"), m.get("options", {}).get("wrk_threads"),
             soak["sample_interval_s"], soak["memory_limit_mib"]),
     ]
+    extra = m.get("options", {}).get("server_args", []) + m.get("options", {}).get("server_env", [])
+    if extra:
+        lines.append("Also given to every server: `%s`." % " ".join(extra))
     for name, w in m.get("workloads", {}).items():
         lines.append("Workload `%s`: %s." % (name, w["description"]))
     return lines
