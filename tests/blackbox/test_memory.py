@@ -156,11 +156,10 @@ def test_memory_stays_bounded_while_recycling(start_server, strategy):
     seconds = time.monotonic() - started
     done = recycles_after - recycles_before
 
-    summary = ("%s: PSS %.1f MiB after %d recycles, %.1f MiB after %d (%+.1f MiB, %.1f KiB per "
-               "recycle), %d requests in %.1f s" % (
-                   strategy, before_mib, recycles_before, after_mib, recycles_after,
-                   after_mib - before_mib, 1024.0 * (after_mib - before_mib) / max(done, 1),
-                   served, seconds))
+    summary = "%s: PSS %.1f MiB after %d recycles, %.1f MiB after %d (%+.1f MiB%s), %d requests in %.1f s" % (
+        strategy, before_mib, recycles_before, after_mib, recycles_after, after_mib - before_mib,
+        ", %.1f KiB per recycle" % (1024.0 * (after_mib - before_mib) / done) if done else "",
+        served, seconds)
     print(summary)
     assert server.alive(), "server died\n" + server.log()[-4000:]
     assert served == REQUESTS - REQUESTS % CLIENTS, "only %d requests in %.0f s: %s" % (
