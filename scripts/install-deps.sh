@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential cmake pkg-config ninja-build curl ca-certificates xz-utils dpkg-dev
+  build-essential cmake pkg-config ninja-build curl ca-certificates xz-utils dpkg-dev patch
   libboost1.81-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   googletest libgtest-dev libgmock-dev
   # CPython build dependencies (optional modules we want: ssl, zlib, bz2, lzma, sqlite3, ctypes, readline, uuid)

@@ -490,3 +490,44 @@ def test_ctrl_c_stops_everything(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_soak_reports_memory_against_time_and_recycles(tmp_path):
+    """`loadtest/run --soak`: recycling servers under load, PSS sampled, growth stated."""
+    _require(BINARY)
+    out = subprocess.run([PYTHON, RUN, "--soak", "8", "--strategies", "subinterpreters,processes",
+                          "--soak-max-requests", "10", "--soak-jitter", "0", "--soak-baseline", "2",
+                          "--connections", "4", "--threads", "1", "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, "loadtest/run --soak failed (%d):\n%s\n%s" % (
+        out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    match = re.search(r"^report: (\S+-soak/report\.html)$", out.stdout, re.M)
+    assert match, out.stdout
+    folder = os.path.dirname(match.group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    runs = {r["strategy"]: r for r in results["soak"]}
+    assert set(runs) == {"subinterpreters", "processes"}
+    for name, r in runs.items():
+        assert not r.get("error"), (name, r["error"])
+        assert r["shutdown"]["leftover_pids"] == [], name
+        assert any("--max-requests" == a for a in r["startup"]["command"]), r["startup"]["command"]
+        an = r["analysis"]
+        assert an["seconds"] > 5 and an["recycles"] > 5, (name, an)
+        assert an["pss_baseline_mib"] > 5 and an["pss_end_mib"] > 5, (name, an)
+        assert isinstance(an["growth_kib_per_recycle"], float), (name, an)
+        assert isinstance(an["growth_mib_per_hour"], float), (name, an)
+        assert len(r["samples"]) >= 6 and all("recycles" in s for s in r["samples"]), name
+    with open(os.path.join(folder, "report.md")) as f:
+        md = f.read()
+    assert "## Memory while recycling" in md and "growth KiB/recycle" in md and "MiB/hour" in md
+    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
+    assert pngs == ["soak-memory.png", "soak-recycles.png"]
+    for png in pngs:
+        with open(os.path.join(folder, png), "rb") as f:
+            width, height = _png_size(f.read())
+        assert width >= 600 and height >= 300
+    with open(match.group(1)) as f:
+        page = f.read()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
