@@ -19,9 +19,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 APPS_DIR = REPO / "tests" / "apps"
 HOST = "127.0.0.1"
+
+
+def _time_scale():
+    raw = os.environ.get("GILGAMESH_TIME_SCALE") or "1"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("GILGAMESH_TIME_SCALE must be a number, not %r" % raw) from None
+    if not 1 <= value <= 20:
+        raise ValueError("GILGAMESH_TIME_SCALE must be within 1..20, not %r" % raw)
+    return value
+
+
+# How much slower than a normal build the binary under test runs: set (to about 3) by the
+# build only for the sanitized run (tests/CMakeLists.txt). It stretches the bounds of waits
+# (start-up, stop, socket reads, polls), never what a test asserts about the server's timing.
+TIME_SCALE = _time_scale()
+
+
+def scaled(seconds):
+    """`seconds` stretched by TIME_SCALE: for the bound of a wait, not for a sleep or an
+    asserted duration."""
+    return seconds * TIME_SCALE
+
+
+# Bounds of waits, before scaling (every helper below scales the bound it is given).
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 SOCKET_TIMEOUT_S = 15.0
+
+# What a sanitizer writes when it finds something (ASan, LeakSanitizer, UBSan).
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: ",
+                     "SUMMARY: UndefinedBehaviorSanitizer")
 
 
 def binary_path():
@@ -49,13 +79,13 @@ def strategies():
 def wait_for(predicate, what, timeout=10.0, interval=0.05):
     """Polls `predicate` until it returns a true value (returned), or fails naming `what`
     after `timeout` seconds. `interval` is the polling period, not a synchronisation."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %.0f s waiting for %s" % (scaled(timeout), what))
         time.sleep(interval)  # polling interval
 
 
@@ -129,9 +159,9 @@ class Gate:
     def wait_arrivals(self, count, timeout=15.0):
         """Waits (bounded) until `count` handlers have reached the gate in all."""
         with self._cv:
-            if not self._cv.wait_for(lambda: self._arrivals >= count, timeout):
+            if not self._cv.wait_for(lambda: self._arrivals >= count, scaled(timeout)):
                 raise AssertionError("%d handler(s) reached the gate within %.0f s, expected %d"
-                                     % (self._arrivals, timeout, count))
+                                     % (self._arrivals, scaled(timeout), count))
 
     def release(self):
         """Lets every held handler return, and every later one pass at once."""
@@ -165,8 +195,26 @@ def free_port():
 
 def run_cli(args, timeout=30.0):
     """Runs the binary to completion (for --help, --version, bad flags, failing apps)."""
-    return subprocess.run([str(binary_path()), *args], cwd=REPO, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([str(binary_path()), *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=scaled(timeout))
+    assert_no_sanitizer_report(result.stdout + result.stderr, "gilgamesh %s" % " ".join(args))
+    return result
+
+
+def sanitizer_report(text):
+    """The first sanitizer report in `text` (from its first line on), or None."""
+    at = min((i for i in (text.find(m) for m in SANITIZER_MARKERS) if i >= 0), default=-1)
+    if at < 0:
+        return None
+    return text[text.rfind("\n", 0, at) + 1:]
+
+
+def assert_no_sanitizer_report(text, who):
+    """Fails with the report when a sanitizer (ASan, LSan, UBSan) wrote one in `text`; the
+    zygote and process workers write to the server's stderr, so theirs are caught too."""
+    report = sanitizer_report(text)
+    if report is not None:
+        raise AssertionError("%s: sanitizer report\n%s" % (who, report[:12000]))
 
 
 # Every server still running, so the session can kill leftovers whatever happened.
@@ -206,8 +254,8 @@ class RawConnection:
     """One TCP connection with a byte buffer: send raw bytes, read whole responses."""
 
     def __init__(self, port, timeout=SOCKET_TIMEOUT_S):
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.sock.settimeout(timeout)
+        self.sock = socket.create_connection((HOST, port), timeout=scaled(timeout))
+        self.sock.settimeout(scaled(timeout))
         self.buffer = b""
 
     def close(self):
@@ -285,7 +333,7 @@ class RawConnection:
 
     def read_until_closed(self, timeout):
         """(bytes received, True) once the server closes, or (bytes, False) after `timeout`."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         data, self.buffer = self.buffer, b""
         while True:
             left = deadline - time.monotonic()
@@ -363,12 +411,12 @@ class GilgameshServer:
             if "in use" not in log.lower() or attempt == 2:
                 raise AssertionError("strategy %s could not start: gilgamesh did not become ready "
                                      "within %.0f s (exit code %r)\ncommand: %s\n--- output ---\n%s"
-                                     % (self.strategy, ready_timeout, self.process.returncode,
+                                     % (self.strategy, scaled(ready_timeout), self.process.returncode,
                                         " ".join(self.command), log[-6000:]))
         raise AssertionError("unreachable")
 
     def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
@@ -396,8 +444,11 @@ class GilgameshServer:
         self.process.send_signal(sig)
 
     def wait(self, timeout):
-        """Exit code, or raises subprocess.TimeoutExpired."""
-        return self.process.wait(timeout=timeout)
+        """Exit code, or raises subprocess.TimeoutExpired (or AssertionError with a sanitizer's
+        report)."""
+        code = self.process.wait(timeout=scaled(timeout))
+        assert_no_sanitizer_report(self.log(), repr(self))
+        return code
 
     def stop(self, timeout=STOP_TIMEOUT_S):
         """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
@@ -407,11 +458,12 @@ class GilgameshServer:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
-                    self.process.wait(timeout=timeout)
+                    self.process.wait(timeout=scaled(timeout))
                 except subprocess.TimeoutExpired:
                     self.kill()
                     raise AssertionError("gilgamesh still running %.0f s after SIGTERM; killed\n%s"
-                                         % (timeout, self.log()[-4000:]))
+                                         % (scaled(timeout), self.log()[-4000:]))
+            assert_no_sanitizer_report(self.log(), repr(self))
             return self.process.returncode
         finally:
             RUNNING.discard(self)
@@ -420,7 +472,7 @@ class GilgameshServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 pass
         RUNNING.discard(self)
@@ -429,7 +481,7 @@ class GilgameshServer:
 
     def request(self, method, path, body=None, headers=None, timeout=SOCKET_TIMEOUT_S):
         """One request on a fresh connection (http.client), fully read."""
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=scaled(timeout))
         try:
             if isinstance(body, (dict, list)):
                 body = json.dumps(body).encode("utf-8")
@@ -458,7 +510,7 @@ def concurrent_gets(server, paths, timeout=20.0):
     """GET each of `paths` from its own thread, released together by a barrier; returns
     the responses (or the exceptions raised), in the order of `paths`."""
     results = [None] * len(paths)
-    barrier = threading.Barrier(len(paths), timeout=10)
+    barrier = threading.Barrier(len(paths), timeout=scaled(10))
 
     def one(i):
         try:
@@ -471,7 +523,7 @@ def concurrent_gets(server, paths, timeout=20.0):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout + 15)
+        t.join(scaled(timeout + 15))
     assert not any(t.is_alive() for t in threads), "a request hung"
     return results
 
@@ -496,7 +548,7 @@ def in_threads(count, fn):
 
 def join_all(threads, timeout=30.0):
     """Joins every thread (bounded); fails if one still runs."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     assert not any(t.is_alive() for t in threads), "a client thread hung"

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, binary_path, free_port
+from gilgamesh_harness import (APPS_DIR, REPO, GilgameshServer, assert_no_sanitizer_report,
+                               binary_path, free_port, scaled)
 
 STRATEGY = "processes"
 
@@ -95,15 +96,16 @@ def run_to_exit(args, env=None, timeout=30):
     proc = subprocess.Popen([str(binary_path()), *args], cwd=REPO, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _, stderr = proc.communicate(timeout=timeout)
+        _, stderr = proc.communicate(timeout=scaled(timeout))
     finally:
         proc.kill()
+    assert_no_sanitizer_report(stderr, "gilgamesh %s" % " ".join(args))
     return proc.returncode, stderr, proc.pid
 
 
 def wait_for_workers(server, count, timeout=15.0, exclude=()):
     """/stats once `count` live workers are up (none of them in `exclude`)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         s = stats(server)
         pids = s["worker_pids"]
