@@ -125,6 +125,7 @@ struct HttpServer::Impl {
 
   net::io_context ioc;
   tcp::acceptor acceptor;
+  unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
 };
@@ -633,11 +634,13 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
     throw ListenError("cannot listen on " + where + ": permission denied (ports below 1024 need privileges)");
   }
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
+  impl_->bound_port = a.local_endpoint(ec).port();
+  if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
 }
 
 HttpServer::~HttpServer() = default;
 
-unsigned short HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
+unsigned short HttpServer::port() const { return impl_->bound_port; }
 
 HttpServer::Outcome HttpServer::run() {
   Impl& s = *impl_;

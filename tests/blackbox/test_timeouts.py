@@ -166,6 +166,29 @@ def test_readyz_while_starting_then_ready(gilgamesh_bin, strategy):
 
 
 @pytest.mark.slow
+def test_sigterm_while_starting_exits_cleanly(gilgamesh_bin, strategy):
+    # Regression: the workers becoming ready after a SIGTERM had closed the listener read
+    # the closed acceptor's port and aborted the server (std::terminate, exit 134).
+    server = GilgameshServer(strategy, workers=2, app="hangs", args=["--pythonpath", str(APPS_DIR)],
+                             env={"HANGS_IMPORT_DELAY": "2"}).launch()
+    try:
+        def starting():
+            try:
+                return server.get("/readyz", timeout=1).status == 503
+            except OSError:
+                return False  # not listening yet
+
+        wait_for(starting, "/readyz to answer 503 while the app imports")
+        server.signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+        log = server.log()
+        assert "terminate called" not in log, log[-3000:]
+        assert code == 0, "exit code %r\n%s" % (code, log[-3000:])
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
 def test_shutdown_delay_keeps_serving_while_readyz_says_503(start_server):
     server = hangs_server(start_server, workers=1, args=["--shutdown-delay", "2"])
     server.signal(signal.SIGTERM)
