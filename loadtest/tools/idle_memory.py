@@ -1,0 +1,108 @@
+"""Memory of an idle server per strategy and worker count: what a worker costs.
+
+Starts the server for each strategy at each worker count, waits for /readyz,
+sends each worker's first requests (so every worker has imported and run the
+app), waits until the PSS of the server and its descendants settles, and
+prints one Markdown table: total PSS in MiB, and the cost of one more worker
+(the slope between the smallest and the largest count).
+
+PSS counts a page shared by N processes as 1/N in each, so the total over the
+server and its worker processes is what the strategy costs the machine.
+
+Usage (from the repository root):
+    /usr/bin/python3 loadtest/tools/idle_memory.py [--binary build/gilgamesh]
+        [--binary-ft build/gilgamesh-ft] [--workers 1,2,4,8] [--app handlers.demo]
+"""
+
+import argparse
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "loadtest"))
+
+from bench import sampling  # noqa: E402  (the load runner's PSS sampling)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def idle_pss_mib(binary, strategy, workers, app):
+    port = free_port()
+    cmd = [binary, "--strategy", strategy, "--workers", str(workers), "--app", app,
+           "--port", str(port), "--log-level", "warn"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if get(port, "/readyz") == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("%s --workers %d did not become ready: %s"
+                                 % (strategy, workers, proc.stderr.read1(4096).decode(errors="replace")
+                                    if proc.poll() is not None else "timeout"))
+            time.sleep(0.05)  # polling pace
+        for _ in range(4 * workers):  # every worker runs the app at least once, most likely
+            if get(port, "/hello") != 200:
+                raise SystemExit("%s: /hello failed" % strategy)
+        last, stable = None, 0
+        settle_deadline = time.monotonic() + 10
+        while stable < 3 and time.monotonic() < settle_deadline:
+            time.sleep(0.3)  # sampling pace: PSS settles once the workers are idle
+            now = sampling.memory(proc.pid)["total_pss_kb"]
+            stable = stable + 1 if last is not None and abs(now - last) < 256 else 0
+            last = now
+        return last / 1024.0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--binary", default=os.path.join(REPO, "build", "gilgamesh"))
+    p.add_argument("--binary-ft", default=os.path.join(REPO, "build", "gilgamesh-ft"))
+    p.add_argument("--workers", default="1,2,4,8")
+    p.add_argument("--app", default="handlers.demo")
+    a = p.parse_args()
+    counts = [int(n) for n in a.workers.split(",")]
+    plan = [("threads", a.binary), ("subinterpreters", a.binary), ("processes", a.binary)]
+    if os.access(a.binary_ft, os.X_OK):
+        plan.append(("free-threaded", a.binary_ft))
+    print("| strategy | " + " | ".join("%d worker%s" % (n, "" if n == 1 else "s") for n in counts)
+          + " | per extra worker |")
+    print("|---|" + "---:|" * (len(counts) + 1))
+    for strategy, binary in plan:
+        mib = [idle_pss_mib(binary, strategy, n, a.app) for n in counts]
+        slope = (mib[-1] - mib[0]) / (counts[-1] - counts[0]) if len(counts) > 1 else float("nan")
+        print("| `%s` | %s | %.1f |" % (strategy, " | ".join("%.1f" % m for m in mib), slope),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
