@@ -15,56 +15,22 @@ Usage (from the repository root):
 """
 
 import argparse
-import http.client
 import os
-import socket
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from served import REPO, get, served
+
 sys.path.insert(0, os.path.join(REPO, "loadtest"))
 
 from bench import sampling  # noqa: E402  (the load runner's PSS sampling)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        r.read()
-        return r.status
-    finally:
-        conn.close()
-
-
 def idle_pss_mib(binary, strategy, workers, app):
-    port = free_port()
-    cmd = [binary, "--strategy", strategy, "--workers", str(workers), "--app", app,
-           "--port", str(port), "--log-level", "warn"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if get(port, "/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("%s --workers %d did not become ready: %s"
-                                 % (strategy, workers, proc.stderr.read1(4096).decode(errors="replace")
-                                    if proc.poll() is not None else "timeout"))
-            time.sleep(0.05)  # polling pace
+    args = ["--strategy", strategy, "--workers", str(workers), "--app", app]
+    with served(binary, args) as (proc, port):
         for _ in range(4 * workers):  # every worker runs the app at least once, most likely
-            if get(port, "/hello") != 200:
+            if get(port, "/hello")[0] != 200:
                 raise SystemExit("%s: /hello failed" % strategy)
         last, stable = None, 0
         settle_deadline = time.monotonic() + 10
@@ -74,13 +40,6 @@ def idle_pss_mib(binary, strategy, workers, app):
             stable = stable + 1 if last is not None and abs(now - last) < 256 else 0
             last = now
         return last / 1024.0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main():
