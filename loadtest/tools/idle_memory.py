@@ -16,14 +16,10 @@ Usage (from the repository root):
 
 import argparse
 import os
-import sys
 import time
 
 from served import REPO, get, served
-
-sys.path.insert(0, os.path.join(REPO, "loadtest"))
-
-from bench import sampling  # noqa: E402  (the load runner's PSS sampling)
+from bench import sampling  # the load runner's PSS sampling (served puts loadtest/ on the path)
 
 
 def idle_pss_mib(binary, strategy, workers, app):

@@ -2,30 +2,15 @@
 loopback port, ready (/readyz 200) when the `with` block begins, stopped after it."""
 
 import contextlib
-import http.client
 import os
-import socket
 import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "loadtest"))
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, path, timeout=10):
-    """(status, body) of GET path on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+from bench.procs import free_port, http_get as get  # noqa: E402,F401  (get: for the tools)
 
 
 @contextlib.contextmanager
@@ -38,7 +23,7 @@ def served(binary, args, ready_timeout=60):
         deadline = time.monotonic() + ready_timeout
         while True:
             try:
-                if get(port, "/readyz")[0] == 200:
+                if get(port, "/readyz", timeout=10)[0] == 200:
                     break
             except OSError:
                 pass
