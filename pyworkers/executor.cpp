@@ -46,7 +46,7 @@ nlohmann::json to_json(const ExecutorConfig& c) {
           {"max_queue", c.max_queue},       {"max_body", c.max_body},
           {"max_requests", c.max_requests}, {"max_requests_jitter", c.max_requests_jitter},
           {"max_abandoned", c.max_abandoned}, {"allow_gil", c.allow_gil},
-          {"python_build", c.python_build}};
+          {"python_build", c.python_build}, {"debug", c.debug}};
 }
 
 ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
@@ -65,6 +65,7 @@ ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
   c.max_abandoned = j.at("max_abandoned").get<int>();
   c.allow_gil = j.at("allow_gil").get<bool>();
   c.python_build = j.at("python_build").get<std::string>();
+  c.debug = j.at("debug").get<bool>();
   return c;
 }
 

@@ -113,6 +113,8 @@ struct ExecutorConfig {
                                         // the pool stops replacing them (0: 2 x workers)
   bool allow_gil = false;               // free-threaded: run even if an extension enabled the GIL
   std::string python_build;             // "default" or "free-threaded" (the one linked in)
+  bool debug = false;                   // a handler's unexpected exception: its type, text and
+                                        // traceback in the 500 body (else only in the log)
 };
 
 // For the processes strategy's zygote, which is started by executing the binary

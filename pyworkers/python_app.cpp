@@ -92,6 +92,7 @@ AppOptions app_options(const ExecutorConfig& config) {
   o.wsgi = config.wsgi;
   o.root_path = config.root_path;
   o.max_response = config.max_response;
+  o.debug = config.debug;
   // threads and free-threaded call one app object from several threads; the
   // others give each worker its own copy (an interpreter, or a process).
   const bool shared = config.strategy == "threads" || config.strategy == "free-threaded";
@@ -103,6 +104,7 @@ AppOptions app_options(const ExecutorConfig& config) {
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   std::unique_ptr<PythonApp> app(new PythonApp());
   app->max_response_ = options.max_response;
+  app->debug_ = options.debug;
   // A WSGI app is named MODULE:CALLABLE; the module is imported like a route module.
   const std::string module_name = options.wsgi ? options.module.substr(0, options.module.find(':'))
                                                : options.module;
@@ -362,7 +364,15 @@ HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
   std::string where = route_index < routes_.size() ? routes_[route_index].path : "result conversion";
   spdlog::error("request {}: handler for {} raised {}\n{}", request_id, where, error.summary,
                 error.traceback);
-  return make_error_response(500, error.summary, request_id);
+  // The type and text can hold what a client must not see (paths, keys,
+  // values): the log has them; the body, only with --debug.
+  HttpResponseData response = make_error_response(500, "internal server error", request_id);
+  if (debug_) {
+    response.body = nlohmann::json{{"error", "internal server error"}, {"request_id", request_id},
+                                   {"exception", error.summary}, {"traceback", error.traceback}}
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  return response;
 }
 
 bool PythonApp::gil_enabled() {

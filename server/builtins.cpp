@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include "../pyworkers/response.hpp"
+
 namespace gilgamesh {
 
 namespace {
@@ -9,6 +11,22 @@ namespace {
 const std::vector<RouteInfo>& routes_of(const ServerView& v) {
   static const std::vector<RouteInfo> kNone;
   return v.routes_ready ? v.executor.routes() : kNone;
+}
+
+// A Prometheus label value: valid UTF-8 (else U+FFFD), with \\, \" and \n escaped.
+std::string label_value(const std::string& s) {
+  std::string out;
+  for (char c : replace_invalid_utf8(s)) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 }  // namespace
 
@@ -43,6 +61,8 @@ nlohmann::json stats_json(const ServerView& v) {
       {"shutting_down", v.shutting_down},
       {"connections_open", v.stats.connections_open.load()},
       {"connections_accepted", v.stats.connections_accepted.load()},
+      {"connections_rejected", v.stats.connections_rejected.load()},
+      {"accept_errors", v.stats.accept_errors.load()},
       {"rejected_queue_full", v.stats.rejected_queue_full.load()},
       {"deadline_exceeded", v.stats.deadline_exceeded.load()},
       {"responses", {{"1xx", v.stats.responses(1)}, {"2xx", v.stats.responses(2)}, {"3xx", v.stats.responses(3)},
@@ -76,12 +96,15 @@ std::string metrics_text(const ServerView& v) {
   line("# TYPE gilgamesh_rejected_total counter");
   line("gilgamesh_rejected_total{reason=\"queue_full\"} " + std::to_string(v.stats.rejected_queue_full.load()));
   line("gilgamesh_rejected_total{reason=\"deadline\"} " + std::to_string(v.stats.deadline_exceeded.load()));
+  line("gilgamesh_rejected_total{reason=\"max_connections\"} " + std::to_string(v.stats.connections_rejected.load()));
+  line("# TYPE gilgamesh_accept_errors_total counter");
+  line("gilgamesh_accept_errors_total " + std::to_string(v.stats.accept_errors.load()));
   line("# TYPE gilgamesh_route_requests_total counter");
   line("# TYPE gilgamesh_route_latency_seconds summary");
   const auto& infos = routes_of(v);
   for (std::size_t i = 0; i < infos.size(); ++i) {
     const RouteCounters& r = v.stats.route(i);
-    std::string label = "route=\"" + infos[i].path + "\"";
+    std::string label = "route=\"" + label_value(infos[i].path) + "\"";
     line("gilgamesh_route_requests_total{" + label + "} " + std::to_string(r.count.load()));
     line("gilgamesh_route_errors_total{" + label + "} " + std::to_string(r.errors.load()));
     for (double q : {0.5, 0.9, 0.99}) {
