@@ -176,6 +176,14 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
     PyObject* entry = PyList_GET_ITEM(routes.get(), i);  // (path, methods, handler, doc)
     RouteInfo info;
     info.path = py::to_string(PyTuple_GET_ITEM(entry, 0));
+    if (replace_invalid_utf8(info.path) != info.path) {
+      // A lone surrogate: not text a request path can be compared with (and
+      // not something every strategy could carry alike).
+      py::Ref shown = py::Ref::steal(PyObject_Repr(PyTuple_GET_ITEM(entry, 0)));
+      throw StartupError("cannot load app '" + options.module + "': route path " +
+                         (shown ? py::to_string(shown.get()) : std::string("?")) +
+                         " is not valid text (it holds a lone surrogate)");
+    }
     PyObject* methods = PyTuple_GET_ITEM(entry, 1);
     for (Py_ssize_t m = 0; m < PyTuple_GET_SIZE(methods); ++m) {
       info.methods.push_back(py::to_string(PyTuple_GET_ITEM(methods, m)));

@@ -61,12 +61,17 @@ struct HttpServer::Impl {
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
+        force_exit_timer(ioc),
         accept_retry_timer(ioc) {}
 
   void do_accept();
   void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
   void begin_drain();
+  void request_shutdown() {
+    if (!shutdown_signalled.exchange(true)) shutdown_requested.set_value();
+  }
+  void for_each_session(void (Session::*action)());
   ServerView view() const {
     return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
   }
@@ -87,8 +92,10 @@ struct HttpServer::Impl {
   std::chrono::steady_clock::time_point started_at;
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
-  int signals_received = 0;                // on the signal handler's strand only
-  std::promise<bool> shutdown_requested;   // true: drain; false: a second signal, stop now
+  std::atomic<bool> forced{false};         // a second signal: stop now, without waiting
+  int signals_received = 0;                // in the signal handler only (one wait pending at a time)
+  std::atomic<bool> shutdown_signalled{false};
+  std::promise<void> shutdown_requested;   // set once: run() drains (or stops at once if forced)
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -98,6 +105,7 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor;
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
+  net::steady_timer force_exit_timer;
   // Accept errors: the acceptor's chain only (one accept is pending at a time).
   net::steady_timer accept_retry_timer;
   std::chrono::milliseconds accept_backoff{0};
@@ -522,11 +530,22 @@ void HttpServer::Impl::on_signal(int signo) {
       spdlog::shutdown();
       std::_Exit(1);
     }
+    forced = true;
+    draining = true;
     beast::error_code ignored;
     shutdown_delay_timer.cancel();
     acceptor.close(ignored);
-    draining = true;
-    shutdown_requested.set_value(false);
+    for_each_session(&Session::abort);
+    request_shutdown();
+    // run() may be inside the executor's stop, waiting for a handler: do not
+    // wait for it much longer.
+    force_exit_timer.expires_after(std::chrono::seconds(2));
+    force_exit_timer.async_wait([](beast::error_code ec) {
+      if (ec) return;
+      spdlog::warn("still stopping 2 s after the second signal: exiting now");
+      spdlog::default_logger()->flush();
+      std::_Exit(1);
+    });
     return;
   }
   shutting_down = true;
@@ -547,16 +566,20 @@ void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
-  {
-    std::lock_guard lock(sessions_mutex);
-    for (Session* s : sessions) {
-      std::weak_ptr<Session> weak = s->weak_from_this();
-      net::post(s->executor(), [weak] {
-        if (auto live = weak.lock()) live->on_shutdown();
-      });
-    }
+  accept_retry_timer.cancel();
+  for_each_session(&Session::on_shutdown);
+  request_shutdown();
+}
+
+// Posts `action` to every open session, on its own strand.
+void HttpServer::Impl::for_each_session(void (Session::*action)()) {
+  std::lock_guard lock(sessions_mutex);
+  for (Session* s : sessions) {
+    std::weak_ptr<Session> weak = s->weak_from_this();
+    net::post(s->executor(), [weak, action] {
+      if (auto live = weak.lock()) ((*live).*action)();
+    });
   }
-  shutdown_requested.set_value(true);
 }
 
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
@@ -597,7 +620,21 @@ HttpServer::Outcome HttpServer::run() {
   // no socket operation is pending (during shutdown, say).
   auto keep_running = net::make_work_guard(s.ioc);
   std::vector<std::thread> io_threads;
-  for (int i = 0; i < s.config.io_threads; ++i) io_threads.emplace_back([&s] { s.ioc.run(); });
+  for (int i = 0; i < s.config.io_threads; ++i) {
+    io_threads.emplace_back([&s] {
+      // Nothing a client or a handler sends may end the process: an exception
+      // that escapes a completion handler (its connection is then dropped) is
+      // logged and the thread goes on serving.
+      for (;;) {
+        try {
+          s.ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("I/O thread: a connection failed and was dropped: {}", e.what());
+        }
+      }
+    });
+  }
   auto stop_io = [&] {
     net::post(s.ioc, [&s] {
       beast::error_code ignored;
@@ -629,34 +666,25 @@ HttpServer::Outcome HttpServer::run() {
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app,
                s.config.host, port(), s.config.strategy, s.config.workers, s.config.io_threads);
 
-  const bool drain = s.shutdown_requested.get_future().get();
-  const auto deadline =
-      std::chrono::steady_clock::now() + (drain ? seconds(s.config.graceful_timeout) : seconds(0));
+  s.shutdown_requested.get_future().wait();
+  const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
     return s.sessions.size();
   };
-  if (!drain) {
-    std::lock_guard lock(s.sessions_mutex);
-    for (Session* session : s.sessions) {
-      std::weak_ptr<Session> weak = session->weak_from_this();
-      net::post(session->executor(), [weak] {
-        if (auto live = weak.lock()) live->abort();
-      });
-    }
-  }
-  while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
+  // A second signal (s.forced) cuts every wait below short.
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline && !s.forced) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const bool clean = s.executor.stop(deadline);
+  const bool clean = s.executor.stop(s.forced ? std::chrono::steady_clock::now() : deadline);
   // Responses the executor just answered (503 for what it could not run) still need writing.
-  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain ? 1 : 0);
-  while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
+  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline && !s.forced) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   stop_io();
   spdlog::info("stopped");
-  if (!drain) return Outcome::forced;
+  if (s.forced) return Outcome::forced;
   return clean ? Outcome::stopped : Outcome::handlers_left_running;
 }
 
