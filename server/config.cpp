@@ -81,6 +81,7 @@ std::size_t default_max_connections(std::size_t fd_limit, int workers) {
 ParseOutcome parse_command_line(int argc, char** argv) {
   ServerConfig c;
   bool version = false;
+  bool no_dashboard = false;
   CLI::App cli{"gilgamesh: an HTTP server that runs Python request handlers on every core.",
                "gilgamesh"};
   cli.set_help_flag("-h,--help", "Print this help and exit");
@@ -167,6 +168,8 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   cli.add_flag("--debug", c.debug,
                "Error bodies of a handler's unexpected exception carry its type, text and traceback "
                "(for development: without it they say only 'internal server error')");
+  cli.add_flag("--no-dashboard", no_dashboard,
+               "Do not serve the live dashboard (GET /dashboard) and its event stream (GET /events)");
   cli.add_option("--log-level", c.log_level, "Log level")
       ->check(one_of({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -190,6 +193,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
     return {std::nullopt, 2, false};
   }
   if (version) return {std::nullopt, 0, true};
+  c.dashboard = !no_dashboard;
 
   const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (c.workers == 0) c.workers = cpus;

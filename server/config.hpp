@@ -41,6 +41,7 @@ struct ServerConfig {
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back
   bool access_log = false;                     // one info line per request
   bool debug = false;                          // error bodies carry the exception and traceback
+  bool dashboard = true;                       // serve GET /dashboard and GET /events
   std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
 };
 

@@ -10,6 +10,7 @@
 
 #include "../pyworkers/query.hpp"
 #include "../pyworkers/response.hpp"
+#include "dashboard.hpp"
 
 namespace gilgamesh::exchange {
 
@@ -315,9 +316,11 @@ std::variant<Answer, Dispatch> route(const Request& request, const std::string& 
       if (state.draining) return json_answer(http::status::service_unavailable, R"({"status": "shutting_down"})");
       return json_answer(http::status::ok, R"({"status": "ok"})");
     case Builtin::readyz: {
+      // The pool is up a moment before the app's router is installed: not ready until both.
       const Readiness r = state.view.shutting_down
                               ? Readiness{Readiness::State::stopping, "the server is shutting down"}
-                              : state.view.executor.readiness();
+                          : !state.view.routes_ready ? Readiness{Readiness::State::starting, "workers are starting"}
+                                                     : state.view.executor.readiness();
       if (r.ready()) return json_answer(http::status::ok, R"({"status": "ready"})");
       Answer a = json_answer(http::status::service_unavailable,
                              json_text({{"status", Readiness::name(r.state)}, {"reason", r.reason}}));
@@ -334,6 +337,24 @@ std::variant<Answer, Dispatch> route(const Request& request, const std::string& 
     }
     case Builtin::index:
       return json_answer(http::status::ok, json_text(index_json(state.view)));
+    case Builtin::dashboard: {
+      Answer a;
+      a.response.content_type = "text/html; charset=utf-8";
+      a.response.body = std::string(dashboard_page());
+      a.response.headers = dashboard_headers();
+      return a;
+    }
+    case Builtin::events: {
+      if (state.view.shutting_down) {
+        Answer a = error_answer(http::status::service_unavailable, "server is shutting down", request_id);
+        a.close = true;
+        return a;
+      }
+      Answer a;
+      a.response.content_type = "text/event-stream";
+      a.event_stream = request.method() != http::verb::head;
+      return a;
+    }
     case Builtin::none:
       break;
   }

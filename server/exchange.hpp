@@ -118,6 +118,9 @@ struct RoutingState {
 struct Answer {
   HttpResponseData response;
   bool close = false;  // the connection ends after it
+  // GET /events: the session hands its socket to the event streams (events.hpp)
+  // instead of writing `response`.
+  bool event_stream = false;
 };
 
 // A request for a Python route.

@@ -17,6 +17,8 @@
 #include "../pyworkers/response.hpp"
 #include "builtins.hpp"
 #include "exchange.hpp"
+#include "dashboard.hpp"
+#include "events.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 
@@ -55,22 +57,20 @@ struct HttpServer::Impl {
       : config(c),
         limits{exchange::kHeaderLimit, c.max_body},
         executor(e),
-        startup_router(std::vector<RouteInfo>{}),
+        startup_router(std::vector<RouteInfo>{}, c.dashboard),
         started_at(std::chrono::steady_clock::now()),
+        events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); },
+               c.access_log),
         ioc(c.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
-        force_exit_timer(ioc),
         accept_retry_timer(ioc) {}
 
   void do_accept();
   void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
   void begin_drain();
-  void request_shutdown() {
-    if (!shutdown_signalled.exchange(true)) shutdown_requested.set_value();
-  }
   void for_each_session(void (Session::*action)());
   ServerView view() const {
     return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
@@ -90,12 +90,11 @@ struct HttpServer::Impl {
   std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
   std::chrono::steady_clock::time_point started_at;
+  EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
-  std::atomic<bool> forced{false};         // a second signal: stop now, without waiting
-  int signals_received = 0;                // in the signal handler only (one wait pending at a time)
-  std::atomic<bool> shutdown_signalled{false};
-  std::promise<void> shutdown_requested;   // set once: run() drains (or stops at once if forced)
+  int signals_received = 0;                // on the signal handler's strand only
+  std::promise<void> shutdown_requested;   // the drain begins
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -105,7 +104,6 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor;
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
-  net::steady_timer force_exit_timer;
   // Accept errors: the acceptor's chain only (one accept is pending at a time).
   net::steady_timer accept_retry_timer;
   std::chrono::milliseconds accept_backoff{0};
@@ -158,12 +156,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   void on_shutdown() {
     shutting_down_ = true;
     if (idle_ || lingering_) close();
-  }
-
-  // Posted on a second signal: the connection closes now, whatever it was doing.
-  void abort() {
-    shutting_down_ = true;
-    close();
   }
 
   net::any_io_executor executor() { return stream_.get_executor(); }
@@ -317,6 +309,13 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       return respond(make_error_response(500, "internal server error", context_.request_id), true);
     }
     if (auto* answer = std::get_if<exchange::Answer>(&decision)) {
+      if (answer->event_stream) {
+        if (shutting_down_) {
+          return respond(make_error_response(503, "server is shutting down", context_.request_id), true);
+        }
+        // The stream takes the connection over; this session ends here.
+        return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id);
+      }
       return respond(std::move(answer->response), answer->close);
     }
     submit(std::get<exchange::Dispatch>(std::move(decision)));
@@ -524,29 +523,12 @@ void HttpServer::Impl::on_accept_error(beast::error_code ec) {
 void HttpServer::Impl::on_signal(int signo) {
   const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
   if (++signals_received > 1) {
-    spdlog::warn("received {} again: stopping now, without waiting for in-flight requests", name);
-    if (!routes_ready()) {
-      // Still starting (an import may hang): nothing is being served yet.
-      spdlog::shutdown();
-      std::_Exit(1);
-    }
-    forced = true;
-    draining = true;
-    beast::error_code ignored;
-    shutdown_delay_timer.cancel();
-    acceptor.close(ignored);
-    for_each_session(&Session::abort);
-    request_shutdown();
-    // run() may be inside the executor's stop, waiting for a handler: do not
-    // wait for it much longer.
-    force_exit_timer.expires_after(std::chrono::seconds(2));
-    force_exit_timer.async_wait([](beast::error_code ec) {
-      if (ec) return;
-      spdlog::warn("still stopping 2 s after the second signal: exiting now");
-      spdlog::default_logger()->flush();
-      std::_Exit(1);
-    });
-    return;
+    // The operator wants it gone: no drain, no finalization. Sockets close with
+    // the process; the zygote dies with it and idle workers leave on end of stream.
+    spdlog::warn("received {} again: exiting now, without waiting for in-flight requests", name);
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(1);
   }
   shutting_down = true;
   spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
@@ -567,8 +549,9 @@ void HttpServer::Impl::begin_drain() {
   beast::error_code ignored;
   acceptor.close(ignored);
   accept_retry_timer.cancel();
+  events.shutdown();
   for_each_session(&Session::on_shutdown);
-  request_shutdown();
+  shutdown_requested.set_value();
 }
 
 // Posts `action` to every open session, on its own strand.
@@ -656,7 +639,7 @@ HttpServer::Outcome HttpServer::run() {
     spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
                  info.build, info.python_version, info.gil_enabled ? "enabled" : "disabled");
-    s.app_router_holder = std::make_unique<Router>(s.executor.routes());
+    s.app_router_holder = std::make_unique<Router>(s.executor.routes(), s.config.dashboard);
   } catch (...) {
     stop_io();
     throw;
@@ -670,21 +653,19 @@ HttpServer::Outcome HttpServer::run() {
   const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
-    return s.sessions.size();
+    return s.sessions.size() + s.events.open();
   };
-  // A second signal (s.forced) cuts every wait below short.
-  while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline && !s.forced) {
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const bool clean = s.executor.stop(s.forced ? std::chrono::steady_clock::now() : deadline);
+  const bool clean = s.executor.stop(deadline);
   // Responses the executor just answered (503 for what it could not run) still need writing.
   const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-  while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline && !s.forced) {
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   stop_io();
   spdlog::info("stopped");
-  if (s.forced) return Outcome::forced;
   return clean ? Outcome::stopped : Outcome::handlers_left_running;
 }
 
