@@ -171,7 +171,7 @@ def test_metrics_escape_route_labels(hostile):
     r = hostile.get('/we%22ird%5Cpath')
     assert r.status == 200 and r.body == b"weird", r
     samples = parse_prometheus(hostile.get("/metrics").text)
-    key = ("gilgamesh_route_requests_total", frozenset({("route", path)}))
+    key = ("gilgamesh_route_requests_total", frozenset({("route", path), ("methods", "GET")}))
     assert samples.get(key, 0) >= 1, sorted(k for k in samples if k[0] == "gilgamesh_route_requests_total")
 
 

@@ -85,4 +85,4 @@ def test_second_signal_stops_the_drain_at_once(start_server, strategy):
     assert code == 1, (code, server.log()[-3000:])
     assert elapsed < 3.0, "exited %.1f s after the second signal" % elapsed
     assert len(outcome) == 1 and isinstance(outcome[0], Exception), outcome
-    assert "again: stopping now" in server.log()
+    assert "again: exiting now" in server.log()
