@@ -28,16 +28,6 @@ std::vector<std::string> available_strategies() {
   return out;
 }
 
-const char* Readiness::name(State s) {
-  switch (s) {
-    case State::starting: return "starting";
-    case State::ready: return "ready";
-    case State::degraded: return "degraded";
-    case State::stopping: return "draining";
-  }
-  return "?";
-}
-
 nlohmann::json to_json(const ExecutorConfig& c) {
   return {{"strategy", c.strategy},         {"workers", c.workers},
           {"app", c.app},                   {"wsgi", c.wsgi},

@@ -135,7 +135,16 @@ struct Readiness {
   enum class State { starting, ready, degraded, stopping } state = State::starting;
   std::string reason;  // empty when ready
   bool ready() const { return state == State::ready; }
-  static const char* name(State s);
+  // Inline: the HTTP layer (and its fuzz target) names states without the Python layer.
+  static const char* name(State s) {
+    switch (s) {
+      case State::starting: return "starting";
+      case State::ready: return "ready";
+      case State::degraded: return "degraded";
+      case State::stopping: return "draining";
+    }
+    return "?";
+  }
 };
 
 // Thrown by start() when the app cannot run under the chosen strategy. The
