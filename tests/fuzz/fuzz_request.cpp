@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "pyworkers/query.hpp"
@@ -92,8 +93,24 @@ struct World {
   World() { stats.init_routes(executor.routes().size()); }
 };
 
-// The wire bytes must be one whole response and nothing else.
-void check_wire(const std::string& wire, bool head_request) {
+using Fields = std::vector<std::pair<std::string, std::string>>;
+
+template <class Message>
+Fields fields_of(const Message& m) {
+  Fields out;
+  for (const auto& f : m) {
+    std::string_view v = f.value();  // a parser drops the whitespace around a value
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    out.emplace_back(std::string(f.name_string()), std::string(v));
+  }
+  return out;
+}
+
+// The wire bytes must be one whole response and nothing else, whose header
+// fields are exactly those the server set (a CR or LF let through would show
+// as a field more, or a different value).
+void check_wire(const std::string& wire, bool head_request, const Fields& sent) {
   http::response_parser<http::string_body> parser;
   parser.eager(true);
   parser.body_limit(1 << 20);
@@ -104,13 +121,15 @@ void check_wire(const std::string& wire, bool head_request) {
   if (used != wire.size()) fail("bytes after the response (response splitting)", wire);
   const unsigned status = parser.get().result_int();
   if (status < 100 || status > 599) fail("a status outside 100..599", wire);
+  if (fields_of(parser.get()) != sent) fail("header fields on the wire differ from those set", wire);
 }
 
 void send(exchange::WireResponse&& response, bool head_request, std::string& wire_out) {
+  const Fields sent = fields_of(response);
   std::ostringstream os;
   os << response;
   const std::string wire = os.str();
-  check_wire(wire, head_request);
+  check_wire(wire, head_request, sent);
   wire_out += wire;
 }
 

@@ -28,6 +28,8 @@ REQUESTS = {
                         b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n"),
     "http10": req(b"GET /files/a/b%20c HTTP/1.0"),
     "header-splitting": req(b"GET /echo?h-X-A=a%0d%0aSet-Cookie:%20evil=1&ct=text/html%0d%0aEvil:%201 HTTP/1.1", [H]),
+    "header-value-crlf": req(b"GET /echo?h-X-A=a%0d%0aSet-Cookie:%20evil=1 HTTP/1.1", [H]),
+    "header-name-crlf": req(b"GET /echo?h-X-A%0d%0aEvil=1 HTTP/1.1", [H]),
     "bad-status": req(b"GET /echo?status=100 HTTP/1.1", [H]) + req(b"GET /echo?status=600 HTTP/1.1", [H]),
     "te-smuggle": req(b"POST /echo HTTP/1.1", [H, b"Transfer-Encoding: chunked, identity"], b"0\r\n\r\n") +
                   req(b"GET /echo?smuggled=1 HTTP/1.1", [H]),
