@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, free_port, run_cli
+from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, free_port, run_cli, scaled
 
 sys.path.insert(0, str(REPO / "scripts"))
 import pure_python_site  # noqa: E402
@@ -35,6 +35,7 @@ def assert_json_error(response, status=500):
 
 
 def wait_for(condition, timeout=10.0, what="condition"):
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
