@@ -198,9 +198,20 @@ def wait_ready(proc, started_at, port, workers, timeout, has_stats=True):
             try:
                 status, body = http_get(port, "/stats", timeout=2.0)
                 stats = json.loads(body) if status == 200 else None
+                answered = True
             except (OSError, ValueError):
-                stats = None
+                stats, answered = None, False
             ready = _ready_workers(stats) if isinstance(stats, dict) else None
+            if not answered or proc.poll() is not None:
+                # A server whose workers failed to start closes its listener and exits:
+                # not an answer, and never "ready".
+                if proc.poll() is not None:
+                    raise StartError("exited with status %d before all workers were ready"
+                                     % proc.returncode)
+                if time.monotonic() > deadline:
+                    raise StartError("/stats did not answer within %.0f s" % timeout)
+                time.sleep(0.01)
+                continue
             if ready is None or ready >= workers:
                 ready_reported = ready is not None
                 break

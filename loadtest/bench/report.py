@@ -248,7 +248,7 @@ def charts(results, out_dir):
             log = False  # a narrow range reads better, and bars compare honestly, from zero
             ylabel = ylabel.replace(", log", "")
         ax.set_ylabel(ylabel)
-        if log:
+        if log and values:  # no value at all (every cell failed): a linear, empty axis
             ax.set_yscale("log")
             ax.set_ylim(bottom=min(values) / 2)
             ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
