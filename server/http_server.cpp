@@ -131,7 +131,8 @@ struct HttpServer::Impl {
 
 // One connection. Its async chain reads top to bottom:
 // wait_for_request -> read_header -> read_body -> handle -> (Python job) -> write -> wait_for_request.
-// Every handler runs on the connection's strand.
+// Every handler runs on the connection's executor: a strand with several I/O threads,
+// the one I/O thread otherwise.
 class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, HttpServer::Impl& server)
@@ -172,7 +173,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   net::any_io_executor executor() { return stream_.get_executor(); }
 
-  // JobOwner, from a worker thread: hand the answer to the connection's strand.
+  // JobOwner, from a worker thread: hand the answer to the connection's executor.
   void job_done(std::uint64_t token, HttpResponseData&& r) override {
     net::post(stream_.get_executor(), [self = shared_from_this(), token, r = std::move(r)]() mutable {
       self->on_job_done(token, std::move(r));
@@ -551,7 +552,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 };
 
 void HttpServer::Impl::do_accept() {
-  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+  // With one I/O thread every handler already runs on it: a strand per connection would
+  // only add a second queue (and a second post) to each completion from a worker.
+  const net::any_io_executor connection_executor =
+      config.io_threads == 1 ? net::any_io_executor(ioc.get_executor()) : net::any_io_executor(net::make_strand(ioc));
+  acceptor.async_accept(connection_executor, [this](beast::error_code ec, tcp::socket socket) {
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
       // Out of file descriptors and the like: log, back off briefly, keep serving.
