@@ -259,14 +259,7 @@ def html_page(results, chart_list, out_dir):
 
 
 def write(results, out_dir):
-    chart_list = charts(results, out_dir)
-    md_path = os.path.join(out_dir, "report.md")
-    html_path = os.path.join(out_dir, "report.html")
-    with open(md_path, "w") as f:
-        f.write(markdown(results, chart_list))
-    with open(html_path, "w") as f:
-        f.write(html_page(results, chart_list, out_dir))
-    return {"md": md_path, "html": html_path, "charts": [os.path.join(out_dir, n) for n, _, _ in chart_list]}
+    return report.write(results, out_dir, charts, markdown, html_page)
 
 
 if __name__ == "__main__":
