@@ -165,9 +165,9 @@ class InProcessWorker : public Worker {
 
 // Interpreters are created in parallel (3.13's new_interpreter() detaches the
 // calling main-interpreter thread state at once and initializes the new
-// interpreter under its own GIL), but
-// never while one is being ended: creation takes this lock shared, ending (and
-// dropping a worker's main-interpreter thread state) takes it exclusive.
+// interpreter under its own GIL), but never while one is being ended: creation
+// takes this lock shared; ending one (and dropping a worker's main-interpreter
+// thread state) takes it exclusive.
 // The app imports that follow run in parallel too: 3.13 corrupts its heap when
 // several sub-interpreters import some extension modules (datetime and friends)
 // for the first time at once, which PythonRuntime prevents by importing those in

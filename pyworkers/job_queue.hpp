@@ -4,12 +4,12 @@
 //
 // The hand-off is the per-request cost that matters for cheap handlers: a
 // consumer that parks in the kernel (futex wait) must be woken by the producer
-// (futex wake), two context switches per request. So a consumer first spins for a
-// bounded time (pause instructions, no lock held) watching the depth, and only
-// then parks; a producer notifies only when a consumer is
-// actually parked (`sleepers_`, read and written under the mutex, so no wake
-// is lost). Spinning is worth it only while there is an idle core to spin on:
-// the pool picks the time (0 turns it off), see ExecutorConfig::worker_spin_us.
+// (futex wake), two context switches per request. So a consumer first spins
+// for a bounded time (pause instructions, no lock held) watching the depth, and
+// only then parks; a producer notifies only when a consumer is actually parked
+// (`sleepers_`, read and written under the mutex, so no wake is lost).
+// Spinning is worth it only while there is an idle core to spin on: the time is
+// ExecutorConfig::worker_spin (--worker-spin; 0 turns it off).
 #pragma once
 
 #include "executor.hpp"
