@@ -65,7 +65,7 @@ bench: build
 	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 bench-quick: build
-	/usr/bin/python3 loadtest/run --quick --peers gunicorn,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+	/usr/bin/python3 loadtest/run --quick --peers gunicorn,gunicorn-gthread,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 # Your own app on every strategy and the peers:
 #   make bench-app WSGI=app:app APP_PATH="src venv/lib/python3.13/site-packages" REQUEST='GET /x'
@@ -74,7 +74,7 @@ bench-app: build
 	@if [ -z "$(WSGI)$(APP)" ] || [ -z "$(REQUEST)" ]; then \
 	  echo "usage: make bench-app WSGI=module:callable [APP_PATH='dir ...'] REQUEST='GET /path' [BENCH_ARGS=...]"; exit 2; fi
 	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(if $(WSGI),--wsgi '$(WSGI)',--app '$(APP)') \
-	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' --peers gunicorn,uwsgi $(BENCH_ARGS)
+	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' --peers gunicorn,gunicorn-gthread,uwsgi $(BENCH_ARGS)
 
 # Memory while workers are recycled: every strategy, --max-requests 200, mixed load,
 # SOAK_SECONDS each (40 minutes for the four strategies by default).

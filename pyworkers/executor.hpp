@@ -106,6 +106,7 @@ struct ExecutorConfig {
   std::size_t max_response = std::size_t{64} << 20;  // larger response bodies become 500
   std::vector<std::string> pythonpath;  // prepended to sys.path in every interpreter
   std::size_t max_queue = 1024;
+  std::chrono::nanoseconds worker_spin{0};  // an idle worker watches the queue this long before it sleeps
   std::size_t max_body = 1 << 20;       // largest request body a worker must carry
   unsigned max_requests = 0;            // recycle a worker after this many requests (0: never)
   unsigned max_requests_jitter = 0;

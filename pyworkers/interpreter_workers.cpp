@@ -20,6 +20,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <shared_mutex>
 
 #include "python_app.hpp"
 #include "python_runtime.hpp"
@@ -162,13 +163,17 @@ class InProcessWorker : public Worker {
 
 // --- subinterpreters ---------------------------------------------------------
 
-// Creating and ending interpreters happen one at a time across the process.
-// The app imports that follow run in parallel: 3.13 corrupts its heap when
+// Interpreters are created in parallel (3.13's new_interpreter() detaches the
+// calling main-interpreter thread state at once and initializes the new
+// interpreter under its own GIL), but never while one is being ended: creation
+// takes this lock shared; ending one (and dropping a worker's main-interpreter
+// thread state) takes it exclusive.
+// The app imports that follow run in parallel too: 3.13 corrupts its heap when
 // several sub-interpreters import some extension modules (datetime and friends)
 // for the first time at once, which PythonRuntime prevents by importing those in
-// the main interpreter first (test_startup_stress.py keeps it honest).
-std::mutex& interpreter_lifecycle_mutex() {
-  static std::mutex m;
+// the main interpreter first (test_startup_stress.py keeps both honest).
+std::shared_mutex& interpreter_lifecycle_mutex() {
+  static std::shared_mutex m;
   return m;
 }
 
@@ -190,7 +195,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   }
 
   std::vector<RouteInfo> start() override {
-    std::unique_lock lock(interpreter_lifecycle_mutex());
+    std::shared_lock lock(interpreter_lifecycle_mutex());
     if (main_ts_ == nullptr) main_ts_ = PyThreadState_New(main_interp_);
     PyEval_RestoreThread(main_ts_);
 
@@ -214,7 +219,7 @@ class SubinterpreterWorker final : public InProcessWorker {
     try {
       app_holder_ = PythonApp::load(options_);
     } catch (...) {
-      lock.lock();
+      std::lock_guard ending(interpreter_lifecycle_mutex());
       Py_EndInterpreter(sub);  // leaves no thread state current
       throw;
     }

@@ -102,7 +102,7 @@ WorkerPool::WorkerPool(const ExecutorConfig& config, std::unique_ptr<WorkerFacto
     : config_(config),
       timing_(timing),
       factory_(std::move(factory)),
-      queue_(config.max_queue),
+      queue_(config.max_queue, config.worker_spin),
       slots_(std::make_unique<Slot[]>(static_cast<std::size_t>(config.workers))),
       max_abandoned_(config.max_abandoned > 0 ? config.max_abandoned : 2 * config.workers) {}
 

@@ -23,6 +23,9 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
   int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
+  int worker_spin_us = -1;                     // µs an idle worker watches the queue before it
+                                               // sleeps; -1: 50 when workers + I/O threads
+                                               // <= CPUs, else 0
   std::size_t max_body = 1024 * 1024;          // bytes; larger bodies get 413
   std::size_t max_queue = 1024;                // queued jobs before 503
   std::size_t max_connections = 0;             // open connections; past it new ones are closed

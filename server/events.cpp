@@ -35,8 +35,8 @@ std::string imf_fixdate_now() {
 
 }  // namespace
 
-// One open stream. Every handler runs on the connection's strand (the
-// socket's executor), so its members need no lock.
+// One open stream. Every handler runs on the socket's executor (a strand, or the one
+// I/O thread), so its members need no lock.
 class EventStream : public std::enable_shared_from_this<EventStream> {
  public:
   EventStream(tcp::socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id)

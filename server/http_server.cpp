@@ -119,7 +119,7 @@ struct HttpServer::Impl {
 // refuse() and ends the connection with a lingering close. The decisions
 // themselves (head rules, framing, routing, the wire form of a response) are
 // exchange.hpp's, shared with the fuzz target. Every handler runs on the
-// connection's strand.
+// connection's executor: a strand with several I/O threads, the one I/O thread otherwise.
 class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, HttpServer::Impl& server)
@@ -161,7 +161,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   net::any_io_executor executor() { return stream_.get_executor(); }
 
-  // JobOwner, from a worker thread: hand the answer to the connection's strand.
+  // JobOwner, from a worker thread: hand the answer to the connection's executor.
   void job_done(std::uint64_t token, HttpResponseData&& r) override {
     net::post(stream_.get_executor(), [self = shared_from_this(), token, r = std::move(r)]() mutable {
       self->on_job_done(token, std::move(r));
@@ -479,7 +479,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 };
 
 void HttpServer::Impl::do_accept() {
-  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+  // With one I/O thread every handler already runs on it: a strand per connection would
+  // only add a second queue (and a second post) to each completion from a worker.
+  const net::any_io_executor connection_executor =
+      config.io_threads == 1 ? net::any_io_executor(ioc.get_executor()) : net::any_io_executor(net::make_strand(ioc));
+  acceptor.async_accept(connection_executor, [this](beast::error_code ec, tcp::socket socket) {
     if (ec) return on_accept_error(ec);
     accept_backoff = {};
     beast::error_code ignored;
@@ -555,7 +559,7 @@ void HttpServer::Impl::begin_drain() {
   shutdown_requested.set_value();
 }
 
-// Posts `action` to every open session, on its own strand.
+// Posts `action` to every open session, on its own executor.
 void HttpServer::Impl::for_each_session(void (Session::*action)()) {
   std::lock_guard lock(sessions_mutex);
   for (Session* s : sessions) {

@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   ec.max_response = config.max_response;
   ec.pythonpath = config.pythonpath;
   ec.max_queue = config.max_queue;
+  ec.worker_spin = std::chrono::microseconds(config.worker_spin_us);
   ec.max_body = config.max_body;
   ec.max_requests = config.max_requests;
   ec.max_requests_jitter = config.max_requests_jitter;

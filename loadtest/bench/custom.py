@@ -169,6 +169,8 @@ def peer_note(args):
     if args.wsgi:
         return ("Peers (if run) serve the same WSGI app, %s, on Debian's Python 3.11 through "
                 "loadtest/wsgi_demo.py (which adds only GET /healthz for the readiness probe), "
-                "gunicorn with sync workers and uWSGI with --http-socket: both close the connection "
-                "after each response, so every wrk connection is served in turn." % args.wsgi)
+                "gunicorn with sync workers and uWSGI with --http-socket (both close the connection "
+                "after each response, so every wrk connection is served in turn), and gunicorn-gthread: "
+                "gunicorn at its documented keep-alive setting (gthread workers, 4 threads each, "
+                "--keep-alive 5)." % args.wsgi)
     return None

@@ -30,7 +30,10 @@ LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
 STRATEGIES = ["subinterpreters", "threads", "free-threaded", "processes"]
 STRATEGY_BUILD = {"free-threaded": "free-threaded"}  # the rest run the default build
-PEERS = {"gunicorn": "/usr/bin/gunicorn", "uwsgi": "/usr/bin/uwsgi"}
+PEERS = {"gunicorn": "/usr/bin/gunicorn", "gunicorn-gthread": "/usr/bin/gunicorn", "uwsgi": "/usr/bin/uwsgi"}
+# gunicorn's documented setting for keep-alive clients: gthread workers, a thread pool per
+# process, connections kept open (its sync workers close after each response).
+GUNICORN_GTHREAD = ["--worker-class", "gthread", "--threads", "4", "--keep-alive", "5"]
 PEER_BUILD = "system"  # Debian's /usr/bin/python3, which both peers embed
 NCPU = os.cpu_count() or 1
 
@@ -44,7 +47,8 @@ NOTES = [
     "Compare strategies by ratios within one run, not by absolute numbers across runs or machines.",
     "Peers (if run) serve the same handlers through loadtest/wsgi_demo.py on Debian's Python 3.11, "
     "gunicorn with sync workers and uWSGI with --http-socket: both close the connection after "
-    "each response, so every wrk connection is served in turn.",
+    "each response, so every wrk connection is served in turn; gunicorn-gthread is gunicorn at "
+    "its documented keep-alive setting (gthread workers, 4 threads each, --keep-alive 5).",
 ]
 
 
@@ -211,10 +215,11 @@ class Run:
             return cmd + a.server_arg, env, True
         env = dict(os.environ, GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1",
                    **custom.peer_env(a))
-        if name == "gunicorn":
+        if name in ("gunicorn", "gunicorn-gthread"):
             cmd = [PEERS[name], "--chdir", LOADTEST, "--workers", str(workers),
                    "--bind", "127.0.0.1:%d" % port, "--timeout", str(a.wrk_timeout),
-                   "--graceful-timeout", "5", "--log-level", "warning", "wsgi_demo:app"]
+                   "--graceful-timeout", "5", "--log-level", "warning"]
+            cmd += (GUNICORN_GTHREAD if name == "gunicorn-gthread" else []) + ["wsgi_demo:app"]
         else:
             # --http-socket, not --http11-socket: with keep-alive each uWSGI worker serves one
             # connection until it closes, so all but `workers` of wrk's connections would starve.

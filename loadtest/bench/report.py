@@ -14,7 +14,8 @@ import sys
 STRATEGY_ORDER = ["subinterpreters", "threads", "free-threaded", "processes"]
 BASELINE = "threads"  # ratios are against the GIL baseline where it ran
 COLORS = {"subinterpreters": "#1f77b4", "threads": "#7f7f7f", "free-threaded": "#2ca02c",
-          "processes": "#ff7f0e", "gunicorn": "#9467bd", "uwsgi": "#8c564b"}
+          "processes": "#ff7f0e", "gunicorn": "#9467bd", "gunicorn-gthread": "#c5b0d5",
+          "uwsgi": "#8c564b"}
 LATENCY_KEYS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9")]
 
 
@@ -238,7 +239,7 @@ def charts(results, out_dir):
                     xs.append(j - 0.4 + width * (i + 0.5))
                     ys.append(v)
             bars = ax.bar(xs, ys, width, label=_label(results, s), color=COLORS.get(s),
-                          hatch="//" if s in ("gunicorn", "uwsgi") else None, edgecolor="white")
+                          hatch="//" if s in ("gunicorn", "gunicorn-gthread", "uwsgi") else None, edgecolor="white")
             if fmt and len(groups) * len(series) <= 16:
                 ax.bar_label(bars, [fmt % y for y in ys], fontsize=7, padding=1)
         ax.set_xticks(range(len(groups)))

@@ -477,3 +477,69 @@ TEST(WorkerPool, StatsDescribeEverySlot) {
   EXPECT_EQ(s["max_abandoned"], 6);
   EXPECT_TRUE(f.pool->readiness().ready());
 }
+
+// The hand-off alone: consumers that spin and consumers that park both get every
+// job exactly once, from several producers at once, and close() wakes them all.
+namespace {
+
+void hand_off_every_job(std::chrono::nanoseconds spin) {
+  JobQueue queue(1 << 16, spin);
+  constexpr int kProducers = 3, kConsumers = 3, kJobsEach = 2000;
+  std::atomic<int> taken{0};
+  std::vector<std::atomic<int>> seen(kProducers * kJobsEach);
+  std::vector<std::thread> consumers;
+  for (int c = 0; c < kConsumers; ++c) {
+    consumers.emplace_back([&] {
+      while (auto job = queue.pop()) {
+        ++seen[job->token];
+        ++taken;
+      }
+    });
+  }
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < kJobsEach; ++i) {
+        Job job;
+        job.token = static_cast<std::uint64_t>(p * kJobsEach + i);
+        ASSERT_EQ(queue.push(job), SubmitResult::accepted);
+        // Now and then a pause long enough for consumers to spin out and park.
+        if (i % 200 == 0) std::this_thread::sleep_for(1ms);
+      }
+    });
+  }
+  for (auto& t : producers) t.join();
+  const auto until = Clock::now() + 10s;
+  while (taken < kProducers * kJobsEach && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  queue.close();  // parked consumers wake and leave
+  for (auto& t : consumers) t.join();
+  EXPECT_EQ(taken, kProducers * kJobsEach);
+  for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << i;
+  Job late;
+  EXPECT_EQ(queue.push(late), SubmitResult::stopping);
+}
+
+}  // namespace
+
+TEST(JobQueue, ParkedConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono::nanoseconds(0)); }
+
+TEST(JobQueue, SpinningConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono::microseconds(50)); }
+
+TEST(JobQueue, PopUntilGivesUpAtItsDeadlineAndSeesALateJob) {
+  JobQueue queue(4, std::chrono::microseconds(50));
+  const auto t0 = Clock::now();
+  EXPECT_FALSE(queue.pop_until(t0 + 20ms));
+  EXPECT_GE(Clock::now() - t0, 20ms);
+  EXPECT_FALSE(queue.closed());
+  std::thread late([&] {
+    std::this_thread::sleep_for(5ms);  // paces the push after the consumer has parked
+    Job job;
+    job.token = 7;
+    queue.push(job);
+  });
+  auto job = queue.pop_until(Clock::now() + 5s);
+  late.join();
+  ASSERT_TRUE(job);
+  EXPECT_EQ(job->token, 7u);
+  EXPECT_EQ(queue.depth(), 0u);
+}
