@@ -2,8 +2,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <iostream>
-#include <thread>
+
+#include "cpu_limit.hpp"
 
 namespace gilgamesh {
 
@@ -25,7 +28,8 @@ ParseOutcome parse_command_line(int argc, char** argv) {
                  "CPython build to embed: default or free-threaded (default: free-threaded for "
                  "--strategy free-threaded, else default)")
       ->check(CLI::IsMember({"default", "free-threaded"}));
-  cli.add_option("--workers", c.workers, "Worker count (default: number of CPUs)")
+  cli.add_option("--workers", c.workers,
+                 "Worker count (default: the CPUs this process may use: affinity, cgroup CPU quota)")
       ->check(CLI::Range(1, 1024));
   cli.add_option("--host", c.host, "Address to listen on")->capture_default_str();
   cli.add_option("--port", c.port, "TCP port to listen on (0: any free port)")->capture_default_str();
@@ -66,6 +70,16 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
 
+  // Every flag can also be set from the environment, as containers and process
+  // managers do: GILGAMESH_<FLAG> (--max-queue: GILGAMESH_MAX_QUEUE). The command line wins.
+  for (CLI::Option* opt : cli.get_options()) {
+    const auto& names = opt->get_lnames();
+    if (names.empty() || names.front() == "help" || names.front() == "version") continue;
+    std::string env = "GILGAMESH_";
+    for (char ch : names.front()) env += ch == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    opt->envname(env);
+  }
+
   try {
     cli.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -81,7 +95,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   }
   if (version) return {std::nullopt, 0, true};
 
-  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cpus = usable_cpus();
   if (c.workers == 0) c.workers = cpus;
   if (c.io_threads == 0) c.io_threads = std::max(1, cpus / 4);
   if (c.python_build.empty()) c.python_build = c.strategy == "free-threaded" ? "free-threaded" : "default";
