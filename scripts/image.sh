@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the gilgamesh image from docker/Dockerfile with podman, no Docker daemon:
+#   localhost/gilgamesh:latest in local storage (GILGAMESH_IMAGE to rename it).
+# No registry is reachable from here, so the base image (Debian trixie, slim) is
+# made locally with debootstrap when it is missing, from the mirror this system's
+# apt sources already use. Layers are cached: a rebuild after a source change
+# reuses the CPython layer and rebuilds only gilgamesh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/lib/containers.sh"
+source "$ROOT/scripts/lib/debian-mirror.sh"
+
+log() { echo "image: $*" >&2; }
+
+# A minbase trixie root file system, trimmed the way Debian's official -slim
+# images are (no docs, man pages or translations, now or from later installs).
+make_base() {
+  if "${PODMAN[@]}" image exists "$GILGAMESH_BASE_IMAGE"; then return; fi
+  command -v debootstrap >/dev/null || { log "debootstrap is missing (make deps installs it)"; exit 1; }
+  local mirror security
+  mirror="$(debian_mirror)"
+  security="$(debian_security_mirror)"
+  dir="$(mktemp -d /var/tmp/gilgamesh-base.XXXXXX)"
+  trap 'rm -rf "$dir" "$dir.log" "$dir.tar"' EXIT
+  log "making $GILGAMESH_BASE_IMAGE with debootstrap from $mirror (about 2 minutes)"
+  debootstrap --variant=minbase --components=main trixie "$dir" "$mirror" >"$dir.log" 2>&1 \
+    || { tail -30 "$dir.log" >&2; exit 1; }
+  rm -f "$dir.log"
+  cat >"$dir/etc/dpkg/dpkg.cfg.d/slim" <<'CFG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/lintian/*
+CFG
+  find "$dir/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "$dir/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$dir"/usr/share/{man,info,lintian}/* "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin \
+         "$dir"/var/cache/apt/archives/*.deb "$dir"/var/log/*.log "$dir"/var/log/apt/* "$dir/debootstrap"
+  find "$dir/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+  rm -f "$dir/etc/apt/sources.list"
+  cat >"$dir/etc/apt/sources.list.d/debian.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: trixie trixie-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: trixie-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  # Through a file: a failed tar must not leave an empty image behind.
+  tar --numeric-owner -C "$dir" -cf "$dir.tar" .
+  "${PODMAN[@]}" import -q --change 'CMD ["bash"]' "$dir.tar" "$GILGAMESH_BASE_IMAGE" >/dev/null
+  rm -rf "$dir" "$dir.tar"
+  trap - EXIT
+  log "made $GILGAMESH_BASE_IMAGE"
+}
+
+build_image() {
+  log "building $GILGAMESH_IMAGE from docker/Dockerfile"
+  # --format docker: OCI image configs cannot carry a HEALTHCHECK.
+  "${PODMAN[@]}" build --isolation chroot --network host --format docker --pull=never --layers \
+    --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" -f "$ROOT/docker/Dockerfile" -t "$GILGAMESH_IMAGE" "$ROOT"
+  # A rebuild leaves the previous image untagged; with vfs each costs a full copy on disk.
+  "${PODMAN[@]}" image prune -f >/dev/null || true
+  log "$GILGAMESH_IMAGE: $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$GILGAMESH_IMAGE" \
+      | awk '{printf "%.0f MB", $1 / 1e6}')"
+}
+
+case "${1:-build}" in
+  base) make_base ;;
+  build) make_base; build_image ;;
+  *) echo "usage: $0 [base|build]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,180 @@
+"""The image as `docker run` uses it: metadata, contents, serving, a mounted
+app with a third-party package, SIGTERM."""
+
+import glob
+import json
+import os
+import tempfile
+import textwrap
+import threading
+
+import pytest
+
+import container_harness as harness
+from container_harness import get
+
+PY = "/opt/gilgamesh/lib/gilgamesh/default/bin/python3.13"
+
+
+def test_image_metadata(image):
+    config = image["Config"]
+    user = config.get("User", "")
+    assert user and user.split(":")[0] not in ("", "0", "root"), user
+    assert "8080/tcp" in config.get("ExposedPorts", {})
+    assert config["Entrypoint"][:2] == ["/usr/bin/tini", "-s"], config["Entrypoint"]
+    assert config["Entrypoint"][-1] == "/opt/gilgamesh/bin/gilgamesh"
+    assert "GILGAMESH_HOST=0.0.0.0" in config.get("Env", [])
+    health = config.get("Healthcheck") or image.get("HealthCheck") or {}
+    assert "healthcheck.py" in " ".join(health.get("Test", [])), health
+    size_mb = image["Size"] / 1e6
+    print("image size: %.0f MB" % size_mb)
+    assert size_mb < 400, "image is %.0f MB" % size_mb
+
+
+def test_contents_are_runtime_only(container):
+    c = container()
+    script = textwrap.dedent("""
+        set -e
+        id -u
+        cd /opt/gilgamesh
+        # Every ELF file's libraries resolve (no build tree, no host paths).
+        for f in bin/* lib/gilgamesh/*/bin/* lib/gilgamesh/*/lib/*.so* lib/gilgamesh/*/lib/*/lib-dynload/*.so; do
+          if ldd "$f" | grep -q 'not found'; then echo "UNRESOLVED $f"; ldd "$f"; fi
+        done
+        ls -d lib/gilgamesh/*/include lib/gilgamesh/*/lib/python3.13*/test 2>/dev/null | sed 's/^/PRESENT /' || true
+        ls share/gilgamesh/handlers/demo.py
+        command -v cc gcc cmake 2>/dev/null | sed 's/^/TOOL /' || true
+        """)
+    r = c.exec(["/bin/sh", "-c", script])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert out.splitlines()[0] == "10001", out
+    assert "UNRESOLVED" not in out and "PRESENT" not in out and "TOOL" not in out, out
+
+
+def test_defaults_suit_a_container(container):
+    """No flags at all (the image's CMD): the demo app, on 0.0.0.0, one worker per usable CPU."""
+    c = container()
+    port = harness.free_port()
+    # The image's default port comes from GILGAMESH_PORT; the test's own port replaces it.
+    c.start([], port=port, env={"GILGAMESH_PORT": str(port)})
+    # start() appended --port as well; both name the same port.
+    c.wait_ready()
+    stats = get(port, "/stats").json()
+    assert stats["strategy"] == "subinterpreters"
+    assert stats["workers"] == len(os.sched_getaffinity(0)), stats
+    assert listening_on_any_address(port)
+    assert c.stop() == 0, c.log()[-3000:]
+
+
+def listening_on_any_address(port):
+    """True if a socket listens on 0.0.0.0:port (/proc/net/tcp, state 0A = LISTEN)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local == "00000000:%04X" % port:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("strategy", ["subinterpreters", "free-threaded", "processes"])
+def test_serves_each_strategy(container, strategy):
+    c = container().start(["--strategy", strategy, "--workers", "2"]).wait_ready()
+    assert get(c.port, "/healthz").status == 200
+    fib = get(c.port, "/fib?n=20")
+    assert fib.status == 200 and fib.json() == {"n": 20, "value": 6765}, fib
+    who = get(c.port, "/whoami").json()
+    assert who["strategy"] == strategy, who
+    stats = get(c.port, "/stats").json()
+    assert stats["build"] == ("free-threaded" if strategy == "free-threaded" else "default"), stats
+    # The server runs as the image's non-root user, under tini.
+    with open("/proc/%d/status" % c.server_pid()) as f:
+        uid_line = next(line for line in f if line.startswith("Uid:"))
+    assert uid_line.split()[1] == "10001", uid_line
+    # The image's HEALTHCHECK command, run inside the container as Docker would.
+    health = c.exec(["/bin/sh", "-c", "GILGAMESH_PORT=%d %s" % (c.port, " ".join(healthcheck_command()))])
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert c.stop() == 0, c.log()[-3000:]
+
+
+def healthcheck_command():
+    test = harness.image_inspect()["Config"]["Healthcheck"]["Test"]
+    assert test[0] == "CMD", test
+    return test[1:]
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(container):
+    c = container().start(["--workers", "2", "--graceful-timeout", "20"]).wait_ready()
+    results = []
+
+    def slow():
+        try:
+            results.append(get(c.port, "/sleep?ms=1500", timeout=30))
+        except Exception as e:  # recorded and asserted below
+            results.append(e)
+
+    clients = [threading.Thread(target=slow) for _ in range(2)]
+    for t in clients:
+        t.start()
+    # Both requests are in a worker once /stats says so; then `docker stop`.
+    harness.wait_until(lambda: get(c.port, "/stats").json().get("busy_workers", 2) >= 2
+                       or inflight(c.port) >= 2, 10, "two requests in flight")
+    os_kill_time = harness.time.monotonic()
+    code = c.stop(timeout=30)
+    for t in clients:
+        t.join(timeout=30)
+    assert code == 0, c.log()[-3000:]
+    assert harness.time.monotonic() - os_kill_time < 20
+    assert len(results) == 2
+    for r in results:
+        assert not isinstance(r, Exception), r
+        assert r.status == 200, r
+    assert "Tini is not running as PID 1" not in c.log()
+
+
+def inflight(port):
+    """Requests a worker is running, from /stats (worker_details where the build has them)."""
+    stats = get(port, "/stats").json()
+    details = stats.get("worker_details") or []
+    if details:
+        return sum(1 for w in details if w.get("state") == "busy")
+    executor = stats.get("executor") or {}
+    return executor.get("busy_workers") or executor.get("busy") or 0
+
+
+def test_mounted_app_with_a_third_party_package(container):
+    """docker run -v $PWD/app:/app gilgamesh --app myapp --pythonpath /app, with a
+    venv of the bundled python3.13 holding a pure-Python package from a wheel."""
+    wheels = glob.glob("/usr/share/python-wheels/wheel-*.whl")
+    assert wheels, "python3-wheel-whl is not installed (make deps installs it)"
+    with tempfile.TemporaryDirectory(prefix="gilgamesh-app-") as app:
+        with open(os.path.join(app, "myapp.py"), "w") as f:
+            f.write(textwrap.dedent('''
+                import gilgamesh
+                import wheel
+
+                @gilgamesh.route("/hi")
+                def hi(request):
+                    return {"hello": request.query.get("name", "world"), "wheel": wheel.__version__,
+                            "wheel_from": wheel.__file__}
+                '''))
+        os.chmod(app, 0o755)
+        os.chmod(os.path.join(app, "myapp.py"), 0o644)
+        wheel_dir = os.path.dirname(wheels[0])
+        c = container()
+        venv = "/home/gilgamesh/venv"
+        r = c.exec(["/bin/sh", "-c", "%s -m venv %s && %s/bin/pip install -q --no-index %s"
+                    % (PY, venv, venv, "/wheels/" + os.path.basename(wheels[0]))],
+                   volumes=[(wheel_dir, "/wheels", "ro")])
+        assert r.returncode == 0, r.stdout + r.stderr
+        site = venv + "/lib/python3.13/site-packages"
+        c.start(["--app", "myapp", "--pythonpath", "/app", "--pythonpath", site, "--workers", "2"],
+                volumes=[(app, "/app", "ro")]).wait_ready()
+        r = get(c.port, "/hi?name=container")
+        assert r.status == 200, r
+        body = r.json()
+        assert body["hello"] == "container"
+        assert body["wheel_from"].startswith(site), body
+        assert body["wheel"] == os.path.basename(wheels[0]).split("-")[1], body
+        assert get(c.port, "/fib?n=5").status == 404  # only the user's app is served
+        assert c.stop() == 0, c.log()[-3000:]
