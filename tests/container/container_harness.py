@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "blackbox"))
 
-from gilgamesh_harness import HOST, RawConnection, free_port  # noqa: E402
+from gilgamesh_harness import HOST, RawConnection, free_port  # noqa: E402,F401 (re-exported)
 
 STORAGE = os.environ.get("GILGAMESH_STORAGE_DRIVER", "vfs")
 IMAGE = os.environ.get("GILGAMESH_IMAGE", "localhost/gilgamesh:latest")
@@ -129,11 +129,17 @@ class Container:
         """Runs one command in the container to completion (as the image's user)."""
         return buildah(*self.run_args(volumes, env), self.name, "--", *argv, timeout=timeout, check=False)
 
-    def start(self, args, port=None, volumes=(), env=None):
-        """Runs the image's command with `args` (plus --port) in the background."""
-        self.port = port or free_port()
+    def start(self, args, volumes=(), env=None, port_flag=True):
+        """Runs the image's command with `args` in the background, on a free port:
+        `--port P` appended, or (port_flag=False) GILGAMESH_PORT=P in its environment."""
+        self.port = free_port()
+        env = dict(env or {})
+        if port_flag:
+            args = list(args) + ["--port", str(self.port)]
+        else:
+            env["GILGAMESH_PORT"] = str(self.port)
         argv = ["buildah", "--storage-driver", STORAGE, *self.run_args(volumes, env), self.name, "--",
-                *self.command(list(args) + ["--port", str(self.port)])]
+                *self.command(args)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self

@@ -2,11 +2,11 @@
 app with a third-party package, SIGTERM."""
 
 import glob
-import json
 import os
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -55,11 +55,9 @@ def test_contents_are_runtime_only(container):
 def test_defaults_suit_a_container(container):
     """No flags at all (the image's CMD): the demo app, on 0.0.0.0, one worker per usable CPU."""
     c = container()
-    port = harness.free_port()
-    # The image's default port comes from GILGAMESH_PORT; the test's own port replaces it.
-    c.start([], port=port, env={"GILGAMESH_PORT": str(port)})
-    # start() appended --port as well; both name the same port.
-    c.wait_ready()
+    # The image's CMD (no arguments); only the port variable the image sets is changed.
+    c.start([], port_flag=False).wait_ready()
+    port = c.port
     stats = get(port, "/stats").json()
     assert stats["strategy"] == "subinterpreters"
     assert stats["workers"] == len(os.sched_getaffinity(0)), stats
@@ -117,14 +115,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(container):
     for t in clients:
         t.start()
     # Both requests are in a worker once /stats says so; then `docker stop`.
-    harness.wait_until(lambda: get(c.port, "/stats").json().get("busy_workers", 2) >= 2
-                       or inflight(c.port) >= 2, 10, "two requests in flight")
-    os_kill_time = harness.time.monotonic()
+    harness.wait_until(lambda: inflight(c.port) >= 2, 10, "two requests in flight")
+    stopped_at = time.monotonic()
     code = c.stop(timeout=30)
     for t in clients:
         t.join(timeout=30)
     assert code == 0, c.log()[-3000:]
-    assert harness.time.monotonic() - os_kill_time < 20
+    assert time.monotonic() - stopped_at < 20
     assert len(results) == 2
     for r in results:
         assert not isinstance(r, Exception), r
@@ -133,13 +130,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(container):
 
 
 def inflight(port):
-    """Requests a worker is running, from /stats (worker_details where the build has them)."""
+    """Workers running a request, from /stats (busy_workers, else worker_details)."""
     stats = get(port, "/stats").json()
-    details = stats.get("worker_details") or []
-    if details:
-        return sum(1 for w in details if w.get("state") == "busy")
-    executor = stats.get("executor") or {}
-    return executor.get("busy_workers") or executor.get("busy") or 0
+    if "busy_workers" in stats:
+        return stats["busy_workers"]
+    return sum(1 for w in stats.get("worker_details") or [] if w.get("state") == "busy")
 
 
 def test_mounted_app_with_a_third_party_package(container):
