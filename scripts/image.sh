@@ -64,12 +64,19 @@ SRC
 }
 
 build_image() {
+  local previous
+  previous="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$GILGAMESH_IMAGE" 2>/dev/null || true)"
   log "building $GILGAMESH_IMAGE from docker/Dockerfile"
   # --format docker: OCI image configs cannot carry a HEALTHCHECK.
   "${PODMAN[@]}" build --isolation chroot --network host --format docker --pull=never --layers \
     --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" -f "$ROOT/docker/Dockerfile" -t "$GILGAMESH_IMAGE" "$ROOT"
-  # A rebuild leaves the previous image untagged; with vfs each costs a full copy on disk.
-  "${PODMAN[@]}" image prune -f >/dev/null || true
+  # The image this one replaces: untagged now, and with vfs a full copy on disk.
+  # (Not `image prune`: that would also drop the build stages' cached layers.)
+  local now
+  now="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$GILGAMESH_IMAGE")"
+  if [[ -n "$previous" && "$previous" != "$now" ]]; then
+    "${PODMAN[@]}" rmi "$previous" >/dev/null 2>&1 || true
+  fi
   log "$GILGAMESH_IMAGE: $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$GILGAMESH_IMAGE" \
       | awk '{printf "%.0f MB", $1 / 1e6}')"
 }
