@@ -55,6 +55,8 @@ Suites: trixie-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
+  # mktemp made the directory 0700: as the image's / that would lock out every non-root user.
+  chmod 0755 "$dir"
   # Through a file: a failed tar must not leave an empty image behind.
   tar --numeric-owner -C "$dir" -cf "$dir.tar" .
   "${PODMAN[@]}" import -q --change 'CMD ["bash"]' "$dir.tar" "$GILGAMESH_BASE_IMAGE" >/dev/null

@@ -24,7 +24,7 @@ def test_image_metadata(image):
     assert config["Entrypoint"][:2] == ["/usr/bin/tini", "-s"], config["Entrypoint"]
     assert config["Entrypoint"][-1] == "/opt/gilgamesh/bin/gilgamesh"
     assert "GILGAMESH_HOST=0.0.0.0" in config.get("Env", [])
-    health = config.get("Healthcheck") or image.get("HealthCheck") or {}
+    health = image.get("Healthcheck") or config.get("Healthcheck") or {}
     assert "healthcheck.py" in " ".join(health.get("Test", [])), health
     size_mb = image["Size"] / 1e6
     print("image size: %.0f MB" % size_mb)
@@ -96,7 +96,8 @@ def test_serves_each_strategy(container, strategy):
 
 
 def healthcheck_command():
-    test = harness.image_inspect()["Config"]["Healthcheck"]["Test"]
+    image = harness.image_inspect()
+    test = (image.get("Healthcheck") or image["Config"].get("Healthcheck"))["Test"]
     assert test[0] == "CMD", test
     return test[1:]
 
