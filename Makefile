@@ -28,7 +28,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python configure build run test bench bench-quick clean install image image-test
+.PHONY: all setup deps python configure build run test bench bench-quick bench-app clean install image image-test
 
 all: build
 
@@ -70,6 +70,15 @@ bench: build
 
 bench-quick: build
 	/usr/bin/python3 loadtest/run --quick --peers gunicorn,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+
+# Your own app on every strategy and the peers:
+#   make bench-app WSGI=app:app APP_PATH="src venv/lib/python3.13/site-packages" REQUEST='GET /x'
+# (or APP=module for @gilgamesh.route handlers; more requests through BENCH_ARGS="--request ...").
+bench-app: build
+	@if [ -z "$(WSGI)$(APP)" ] || [ -z "$(REQUEST)" ]; then \
+	  echo "usage: make bench-app WSGI=module:callable [APP_PATH='dir ...'] REQUEST='GET /path' [BENCH_ARGS=...]"; exit 2; fi
+	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(if $(WSGI),--wsgi '$(WSGI)',--app '$(APP)') \
+	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' --peers gunicorn,uwsgi $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -1,8 +1,8 @@
 """A small stand-in for the `gilgamesh` module that exists only inside the server.
 
 Two users, both outside the server:
-  * handler_rate.py times handler functions directly in each Python build;
-  * wsgi_demo.py serves the same handlers under gunicorn and uWSGI.
+  * handler_rate.py times handler functions (or a WSGI app) directly in each Python build;
+  * wsgi_demo.py serves the same handlers (or WSGI app) under gunicorn and uWSGI.
 
 It runs the server's own Python half of the handler API
 (pyworkers/gilgamesh_api.py: route, Request, Response, HTTPError) and mirrors
@@ -31,6 +31,23 @@ _API = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pywo
                     "gilgamesh_api.py")
 with open(_API, encoding="utf-8") as _f:
     exec(compile(_f.read(), _API, "exec"), globals())
+
+
+def _log(line):
+    """What wsgi.errors writes to: the server log there, stderr here."""
+    sys.stderr.write(line + "\n")
+
+
+def wsgi_adapter():
+    """The server's own Python half of its WSGI adapter (pyworkers/gilgamesh_wsgi.py:
+    resolve, run, ErrorStream, FileWrapper) as a module. Call install() first."""
+    import types
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
+                        "gilgamesh_wsgi.py")
+    module = types.ModuleType("_gilgamesh_wsgi")
+    with open(path, encoding="utf-8") as f:
+        exec(compile(f.read(), path, "exec"), module.__dict__)
+    return module
 
 
 def worker_info():

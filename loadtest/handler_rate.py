@@ -1,7 +1,9 @@
-"""Single-thread rate of demo handlers in the Python that runs this script.
+"""Single-thread rate of handlers, or of a WSGI app, in the Python that runs this script.
 
 No HTTP: each handler is called in a loop, one thread, with a Request built
-as the server builds it and the result converted as the server converts it.
+as the server builds it and the result converted as the server converts it;
+a WSGI app (--wsgi) is called with the environ the server builds, through the
+server's own calling protocol (pyworkers/gilgamesh_wsgi.py).
 The runner starts this once per Python build, so that efficiency is measured
 against the same build the server embeds:
 
@@ -9,6 +11,7 @@ against the same build the server embeds:
 
     PYTHON loadtest/handler_rate.py --app-root . --seconds 1 --repeat 3 \
         '/fib?n=25' '/primes?limit=20000'
+    PYTHON loadtest/handler_rate.py --wsgi app:app --pythonpath DIR --requests FILE
 
 Prints one JSON object: the interpreter (version, build, GIL) and, per target,
 every repeat's calls/seconds and the best rate (the run least disturbed by
@@ -24,6 +27,8 @@ import sys
 import sysconfig
 import time
 
+import gilgamesh_standin  # beside this file: sys.path[0]
+
 
 def measure(call, seconds):
     """Calls `call` until `seconds` have passed; returns (calls, elapsed)."""
@@ -38,20 +43,91 @@ def measure(call, seconds):
     return calls, now - start
 
 
+def read_requests(path):
+    """The runner's requests file: (label, method, target, content type, body bytes)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            _weight, method, target, ctype, body_file, label = line.split("\t", 5)
+            body = b""
+            if body_file:
+                with open(body_file, "rb") as b:
+                    body = b.read()
+            out.append((label, method, target, ctype, body))
+    return out
+
+
+def route_caller(method, target, ctype, body):
+    """One call of the @gilgamesh.route handler for the request, as the server makes it."""
+    path, _, query = target.partition("?")
+    handler = gilgamesh_standin.find_handler(method, path)
+    headers = [("Content-Type", ctype)] if ctype else []
+
+    def call():
+        request = gilgamesh_standin.Request(method, path, query, headers, body, "-")
+        return gilgamesh_standin.call(handler, request)[0]
+    return call
+
+
+def wsgi_caller(app, adapter, method, target, ctype, body, root_path):
+    """One call of the WSGI app for the request: the environ the server builds, the
+    server's own calling protocol (start_response, iteration, close)."""
+    from io import BytesIO
+    from urllib.parse import unquote_to_bytes
+    path, _, query = target.partition("?")
+    path = unquote_to_bytes(path).decode("latin-1")
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        path = path[len(root_path):]
+    base = {
+        "REQUEST_METHOD": method, "SCRIPT_NAME": root_path, "PATH_INFO": path, "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000", "REQUEST_URI": target, "RAW_URI": target,
+        "SERVER_SOFTWARE": "gilgamesh-handler-rate", "HTTP_HOST": "127.0.0.1:8080",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.multithread": False,
+        "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": adapter.FileWrapper, "gilgamesh.request_id": "-",
+    }
+    if body or method in ("POST", "PUT", "PATCH"):
+        base["CONTENT_LENGTH"] = str(len(body))
+    if ctype:
+        base["CONTENT_TYPE"] = ctype
+
+    def call():
+        environ = dict(base)
+        environ["wsgi.input"] = BytesIO(body)
+        environ["wsgi.errors"] = adapter.ErrorStream("-")
+        status = adapter.run(app, environ, 1 << 40)[0]
+        return int(status[:3]) if status else 500
+    return call
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app-root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     parser.add_argument("--app", default="handlers.demo")
+    parser.add_argument("--wsgi", help="MODULE:CALLABLE of a WSGI app, instead of --app")
+    parser.add_argument("--pythonpath", action="append", default=[], help="prepended to sys.path")
+    parser.add_argument("--root-path", default="", help="SCRIPT_NAME, as the server's --root-path")
+    parser.add_argument("--requests", help="the runner's requests file (METHOD, target, body...)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one repeat")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("targets", nargs="+", help="GET targets, e.g. '/fib?n=25'")
+    parser.add_argument("targets", nargs="*", help="GET targets, e.g. '/fib?n=25'")
     args = parser.parse_args()
 
-    import gilgamesh_standin  # beside this file: sys.path[0]
-
     gilgamesh_standin.install()
-    sys.path.insert(0, os.path.abspath(args.app_root))
-    importlib.import_module(args.app)
+    sys.path[0:0] = [os.path.abspath(p) for p in args.pythonpath] + [os.path.abspath(args.app_root)]
+    requests = [(t, "GET", t, "", b"") for t in args.targets]
+    if args.requests:
+        requests += read_requests(args.requests)
+    if args.wsgi:
+        adapter = gilgamesh_standin.wsgi_adapter()
+        module, _, expression = args.wsgi.partition(":")
+        app = adapter.resolve(importlib.import_module(module), expression or "application")
+    else:
+        importlib.import_module(args.app)
 
     gil_disabled_build = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
     is_gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)
@@ -63,23 +139,28 @@ def main():
         "seconds_per_repeat": args.seconds,
         "targets": {},
     }
-    for target in args.targets:
-        path, _, query = target.partition("?")
-        handler = gilgamesh_standin.find_handler("GET", path)
+    for label, method, target, ctype, body in requests:
+        if args.wsgi:
+            call_once = wsgi_caller(app, adapter, method, target, ctype, body, args.root_path)
+        else:
+            try:
+                call_once = route_caller(method, target, ctype, body)
+            except gilgamesh_standin.HTTPError as e:
+                raise SystemExit("%s: %s (only exact paths can be timed outside the server)"
+                                 % (label, e.message))
 
-        def call(path=path, query=query, handler=handler):
-            request = gilgamesh_standin.Request("GET", path, query, [], b"", "-")
-            status = gilgamesh_standin.call(handler, request)[0]
+        def call(call_once=call_once, label=label):
+            status = call_once()
             if not 200 <= status < 300:
-                raise SystemExit("%s answered %d; cannot time a failing handler" % (target, status))
+                raise SystemExit("%s answered %d; cannot time a failing handler" % (label, status))
 
         measure(call, min(0.2, args.seconds))  # warm-up: imports, caches, specialisation
         runs = []
         for _ in range(args.repeat):
             calls, elapsed = measure(call, args.seconds)
             runs.append({"calls": calls, "seconds": elapsed, "per_s": calls / elapsed})
-        out["targets"][target] = {
-            "route": path,
+        out["targets"][label] = {
+            "route": target.partition("?")[0],
             "runs": runs,
             "per_s": max(r["per_s"] for r in runs),
             "ms_per_call": 1000.0 / max(r["per_s"] for r in runs),

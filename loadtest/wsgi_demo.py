@@ -1,16 +1,22 @@
-"""The demo handlers (handlers/demo.py) as a WSGI app, for the peer servers.
+"""What the peer servers (gunicorn, uWSGI) serve for the load runner: the same
+app gilgamesh serves.
 
-gunicorn and uWSGI serve this so that their figures sit next to gilgamesh's
-for the same handler code. They run on Debian's Python 3.11, not 3.13: the
-report says so. Besides the app's routes it answers GET /healthz like the
-server does, so the runner can wait for it the same way.
+  * GILGAMESH_WSGI=MODULE:CALLABLE: that WSGI app, called as it is;
+  * else the @gilgamesh.route handlers of GILGAMESH_APP (default handlers.demo),
+    served through the stand-in of the gilgamesh module.
+
+They run on Debian's Python 3.11, not 3.13: the report says so. Besides the
+app it answers GET /healthz like the server does, so the runner can wait for
+it the same way (the one thing added in front of a WSGI app).
 
     gunicorn --chdir loadtest -w 2 -b 127.0.0.1:8000 wsgi_demo:app
     uwsgi --plugin python3 --http-socket 127.0.0.1:8000 --processes 2 \
           --chdir loadtest --module wsgi_demo:app
 
-Environment: GILGAMESH_APP (default handlers.demo), GILGAMESH_APP_ROOT
-(default: the repository root above this file).
+Environment: GILGAMESH_WSGI, GILGAMESH_APP, GILGAMESH_APP_ROOT (default: the
+repository root above this file), GILGAMESH_PYTHONPATH (directories, joined
+with os.pathsep, put before it on sys.path), GILGAMESH_ROOT_PATH (SCRIPT_NAME,
+as the server's --root-path).
 """
 
 import importlib
@@ -25,8 +31,16 @@ if _here not in sys.path:
 import gilgamesh_standin  # noqa: E402
 
 gilgamesh_standin.install()
-sys.path.insert(0, os.environ.get("GILGAMESH_APP_ROOT", os.path.dirname(_here)))
-importlib.import_module(os.environ.get("GILGAMESH_APP", "handlers.demo"))
+sys.path[0:0] = [p for p in os.environ.get("GILGAMESH_PYTHONPATH", "").split(os.pathsep) if p] + \
+    [os.environ.get("GILGAMESH_APP_ROOT", os.path.dirname(_here))]
+_ROOT_PATH = os.environ.get("GILGAMESH_ROOT_PATH", "").rstrip("/")
+_WSGI = os.environ.get("GILGAMESH_WSGI")
+if _WSGI:
+    _module, _, _expression = _WSGI.partition(":")
+    _wsgi_app = gilgamesh_standin.wsgi_adapter().resolve(importlib.import_module(_module),
+                                                         _expression or "application")
+else:
+    importlib.import_module(os.environ.get("GILGAMESH_APP", "handlers.demo"))
 
 _STATUS_LINES = {}
 
@@ -59,6 +73,13 @@ def app(environ, start_response):
     if environ.get("PATH_INFO") == "/healthz":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
         return [b"ok\n"]
+    if _WSGI:
+        if _ROOT_PATH:
+            path = environ.get("PATH_INFO", "")
+            if path == _ROOT_PATH or path.startswith(_ROOT_PATH + "/"):
+                environ["PATH_INFO"] = path[len(_ROOT_PATH):]
+            environ["SCRIPT_NAME"] = _ROOT_PATH
+        return _wsgi_app(environ, start_response)
     try:
         request = _request_from(environ)
         handler = gilgamesh_standin.find_handler(request.method, request.path)

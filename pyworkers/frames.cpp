@@ -54,6 +54,27 @@ class MetaReader {
     }
     return true;
   }
+  bool params(std::vector<PathParam>& out) {
+    std::uint32_t n = 0;
+    // Each parameter takes at least 12 bytes: a count beyond that is garbage.
+    if (!u32(n) || n > data_.size() / 12) return false;
+    out.resize(n);
+    for (PathParam& p : out) {
+      std::uint32_t converter = 0;
+      if (!str(p.name) || !str(p.value) || !u32(converter) ||
+          converter > static_cast<std::uint32_t>(PathParam::Converter::path)) {
+        return false;
+      }
+      p.converter = static_cast<PathParam::Converter>(converter);
+    }
+    return true;
+  }
+  bool port(std::uint16_t& v) {
+    std::uint32_t n = 0;
+    if (!u32(n) || n > 65535) return false;
+    v = static_cast<std::uint16_t>(n);
+    return true;
+  }
   bool done() const { return data_.empty(); }
 
  private:
@@ -189,14 +210,26 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
 
 std::string encode_request_meta(std::size_t route_index, const HttpRequestData& r) {
   std::string out;
-  out.reserve(64 + r.method.size() + r.path.size() + r.query_string.size() + r.request_id.size() +
-              r.headers.size() * 48);
+  out.reserve(128 + r.method.size() + r.path.size() + r.query_string.size() + r.request_id.size() +
+              r.target.size() + r.headers.size() * 48 + r.path_params.size() * 32);
   put_u64(out, route_index);
   put_str(out, r.method);
   put_str(out, r.path);
   put_str(out, r.query_string);
   put_str(out, r.request_id);
   put_headers(out, r.headers);
+  put_u32(out, static_cast<std::uint32_t>(r.path_params.size()));
+  for (const PathParam& p : r.path_params) {
+    put_str(out, p.name);
+    put_str(out, p.value);
+    put_u32(out, static_cast<std::uint32_t>(p.converter));
+  }
+  put_str(out, r.target);
+  put_str(out, r.http_version);
+  put_str(out, r.remote_addr);
+  put_u32(out, r.remote_port);
+  put_str(out, r.server_addr);
+  put_u32(out, r.server_port);
   return out;
 }
 
@@ -204,7 +237,9 @@ bool decode_request_meta(std::string_view meta, std::size_t& route_index, HttpRe
   MetaReader in(meta);
   std::uint64_t route = 0;
   if (!in.u64(route) || !in.str(out.method) || !in.str(out.path) || !in.str(out.query_string) ||
-      !in.str(out.request_id) || !in.headers(out.headers)) {
+      !in.str(out.request_id) || !in.headers(out.headers) || !in.params(out.path_params) ||
+      !in.str(out.target) || !in.str(out.http_version) || !in.str(out.remote_addr) ||
+      !in.port(out.remote_port) || !in.str(out.server_addr) || !in.port(out.server_port)) {
     return false;
   }
   route_index = static_cast<std::size_t>(route);

@@ -34,6 +34,14 @@ class HTTPError(Exception):
         return "%d: %s" % (self.status, self.message)
 
 
+class HandlerTimeout(BaseException):
+    """Raised by the server inside a handler still running at its deadline (--timeout).
+
+    A BaseException, like KeyboardInterrupt: `except Exception` does not catch it.
+    Clean up in `finally` blocks; do not swallow it.
+    """
+
+
 class Response:
     """A handler result given as it is: body, status, headers, content type."""
 
@@ -99,16 +107,19 @@ class Headers(_Mapping):
 class Request:
     """One HTTP request, as a handler sees it."""
 
-    __slots__ = ("method", "path", "query_string", "body", "request_id",
+    __slots__ = ("method", "path", "query_string", "body", "request_id", "path_params",
                  "_raw_headers", "_headers", "_query")
 
-    def __init__(self, method, path, query_string, raw_headers, body, request_id):
+    def __init__(self, method, path, query_string, raw_headers, body, request_id,
+                 path_params=None):
         self.method = method
         self.path = path
         self.query_string = query_string
         self._raw_headers = raw_headers
         self.body = body
         self.request_id = request_id
+        # What a pattern such as /items/<int:item_id> captured, converted: {"item_id": 3}.
+        self.path_params = {} if path_params is None else path_params
         self._headers = None
         self._query = None
 
@@ -151,7 +162,19 @@ def _import_app(name):
     import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        module = importlib.import_module(name)
+        ours = warnings.filters[0]
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            found = _foreign_extension(e)
+            if found is None:
+                raise
+            raise ImportError("%s; %s" % (e, found), name=e.name, path=e.path) from e
+        added = warnings.filters[:warnings.filters.index(ours)] if ours in warnings.filters else []
+    # Filters the app set while it was imported outlive the block that recorded its warnings.
+    for action, message, category, module_re, lineno in reversed(added):
+        warnings.filterwarnings(action, message.pattern if message else "", category,
+                                module_re.pattern if module_re else "", lineno)
     gil_warnings = []
     for w in caught:
         text = str(w.message)
@@ -160,6 +183,56 @@ def _import_app(name):
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return module, gil_warnings
+
+
+def _foreign_extension(error):
+    """If the module an ImportError names exists only as an extension built for
+    another Python (say Debian's 3.11 packages on the path), a sentence that says so."""
+    import importlib.machinery
+    import os
+    import re
+    import sys
+    import sysconfig
+    if not error.name:
+        return None
+    names = [error.name]
+    if getattr(error, "name_from", None):  # from package import name (3.12+)
+        names.insert(0, "%s.%s" % (error.name, error.name_from))
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    for full in names:
+        parent, _, leaf = full.rpartition(".")
+        if parent:
+            # A package whose import failed has left sys.modules: look where it would be.
+            dirs = list(getattr(sys.modules.get(parent), "__path__", None) or
+                        [os.path.join(p or ".", *parent.split(".")) for p in sys.path])
+        else:
+            dirs = sys.path
+        for folder in dirs:
+            try:
+                entries = sorted(os.listdir(folder or "."))
+            except OSError:
+                continue
+            for entry in entries:
+                if not (entry.startswith(leaf + ".") and entry.endswith(".so")):
+                    continue
+                suffix = entry[len(leaf):]
+                if suffix in suffixes:
+                    continue
+                tag = suffix[1:-3]
+                m = re.match(r"cpython-(\d)(\d+)(t?)-", tag)
+                if m:
+                    built_for = "CPython %s.%s%s" % (m.group(1), m.group(2),
+                                                     " (free-threaded)" if m.group(3) else "")
+                else:
+                    built_for = "another Python (%s)" % tag
+                here = "%d.%d" % sys.version_info[:2]
+                build = "free-threaded" if sysconfig.get_config_var("Py_GIL_DISABLED") else "default"
+                return ("%s is an extension built for %s, but gilgamesh embeds Python %s (%s build), "
+                        "which cannot load it: install that package for Python %s (e.g. with pip "
+                        "in a venv made by that Python) and pass its site-packages with --pythonpath"
+                        % (os.path.join(folder, entry), built_for,
+                           "%d.%d.%d" % sys.version_info[:3], build, here))
+    return None
 
 
 def route(path, methods=("GET",)):

@@ -6,7 +6,8 @@
 
 namespace gilgamesh {
 
-// Registers the module with PyImport_AppendInittab. Call before Py_Initialize.
+// Registers `gilgamesh` and the WSGI adapter's `_gilgamesh_wsgi` with
+// PyImport_AppendInittab. Call before Py_Initialize.
 void register_gilgamesh_module();
 
 }  // namespace gilgamesh

@@ -1,8 +1,10 @@
 #include "python_app.hpp"
 #include "response.hpp"
+#include "wsgi_app.hpp"
 
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <set>
 
 namespace gilgamesh {
@@ -69,7 +71,7 @@ bool add_headers(PyObject* headers, std::vector<Header>& out) {
 }
 
 StartupError load_error(const AppOptions& options, const std::string& what,
-                        const std::string& reason) {
+                        const std::string& reason, std::string traceback = {}) {
   std::string msg = "cannot load app '" + options.module + "' under strategy " + options.strategy +
                     ": " + what + (reason.empty() ? "" : ": " + reason);
   if (reason.find("does not support loading in subinterpreters") != std::string::npos ||
@@ -77,13 +79,33 @@ StartupError load_error(const AppOptions& options, const std::string& what,
     msg += "\n  it imports a single-phase-init C extension, which sub-interpreters cannot load;"
            " run it with --strategy processes or --strategy threads";
   }
-  return StartupError(msg);
+  return StartupError(msg, std::move(traceback));
 }
 
 }  // namespace
 
+AppOptions app_options(const ExecutorConfig& config) {
+  AppOptions o;
+  o.module = config.app;
+  o.pythonpath = config.pythonpath;
+  o.strategy = config.strategy;
+  o.wsgi = config.wsgi;
+  o.root_path = config.root_path;
+  o.max_response = config.max_response;
+  // threads and free-threaded call one app object from several threads; the
+  // others give each worker its own copy (an interpreter, or a process).
+  const bool shared = config.strategy == "threads" || config.strategy == "free-threaded";
+  o.multithread = shared && config.workers > 1;
+  o.multiprocess = !shared && config.workers > 1;
+  return o;
+}
+
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   std::unique_ptr<PythonApp> app(new PythonApp());
+  app->max_response_ = options.max_response;
+  // A WSGI app is named MODULE:CALLABLE; the module is imported like a route module.
+  const std::string module_name = options.wsgi ? options.module.substr(0, options.module.find(':'))
+                                               : options.module;
   // The pending exception becomes the reason.
   auto fail = [&](const std::string& what) -> StartupError {
     std::string reason = py::fetch_error_summary();
@@ -102,6 +124,16 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
     py::Ref cwd = str_from("");
     if (!cwd || PyList_Insert(sys_path.get(), at, cwd.get()) < 0) throw fail("sys.path");
   }
+  // A venv's site-packages given with --pythonpath works as in the venv: its .pth
+  // files (editable installs, namespace packages) add their paths too.
+  if (!options.pythonpath.empty()) {
+    py::Ref site = py::Ref::steal(PyImport_ImportModule("site"));
+    if (!site) throw fail("import site");
+    for (const auto& dir : options.pythonpath) {
+      py::Ref done = py::Ref::steal(PyObject_CallMethod(site.get(), "addsitedir", "s", dir.c_str()));
+      if (!done) throw fail("reading the .pth files of " + dir);
+    }
+  }
 
   py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
   if (!api) throw fail("import gilgamesh");
@@ -111,19 +143,27 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   app->request_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "Request"));
   app->response_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "Response"));
   app->http_error_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "HTTPError"));
-  if (!app->json_dumps_ || !app->request_type_ || !app->response_type_ || !app->http_error_type_)
+  app->handler_timeout_type_ = py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout"));
+  if (!app->json_dumps_ || !app->request_type_ || !app->response_type_ || !app->http_error_type_ ||
+      !app->handler_timeout_type_)
     throw fail("gilgamesh module is incomplete");
 
   py::Ref imported = py::Ref::steal(
-      PyObject_CallMethod(api.get(), "_import_app", "s", options.module.c_str()));
+      PyObject_CallMethod(api.get(), "_import_app", "s", module_name.c_str()));
   if (!imported) {
     py::ErrorText error = py::fetch_error();
-    spdlog::error("importing {} failed:\n{}", options.module, error.traceback);
-    throw load_error(options, "import failed", error.summary);
+    throw load_error(options, "import failed", error.summary, error.traceback);
   }
   PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gil_warnings); ++i) {
     app->gil_warnings_.push_back(py::to_string(PyList_GET_ITEM(gil_warnings, i)));
+  }
+
+  if (options.wsgi) {
+    app->wsgi_ = WsgiApp::create(options, PyTuple_GET_ITEM(imported.get(), 0));
+    if (!app->wsgi_) throw fail("no WSGI application");
+    app->routes_.push_back({"*", {}, "WSGI application " + options.module});
+    return app;
   }
 
   py::Ref routes = py::Ref::steal(PyObject_GetAttrString(api.get(), "_routes"));
@@ -154,6 +194,55 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
 }
 
 HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestData& r) {
+  HttpResponseData response;
+  if (wsgi_) {
+    std::optional<HttpResponseData> answered = wsgi_->handle(r);
+    if (!answered) return error_from_exception(r.request_id, route_index);
+    response = std::move(*answered);
+  } else {
+    response = call_handler(route_index, r);
+  }
+  if (response.body.size() > max_response_) {
+    spdlog::error("request {}: the handler for {} made a response body of {} bytes, over --max-response "
+                  "{}; answered 500", r.request_id,
+                  route_index < routes_.size() ? routes_[route_index].path : "?", response.body.size(),
+                  max_response_);
+    return make_error_response(500, "the response is larger than the server allows (" +
+                                        std::to_string(max_response_) + " bytes)", r.request_id);
+  }
+  return response;
+}
+
+namespace {
+
+// The router's captured values as the handler's keyword arguments. With the GIL.
+py::Ref path_params_dict(const std::vector<PathParam>& params) {
+  py::Ref out = py::Ref::steal(PyDict_New());
+  if (!out) return out;
+  for (const PathParam& p : params) {
+    py::Ref value;
+    switch (p.converter) {
+      case PathParam::Converter::integer:
+        value = py::Ref::steal(PyLong_FromString(p.value.c_str(), nullptr, 10));
+        break;
+      case PathParam::Converter::number: {
+        py::Ref text = str_from(p.value);
+        if (text) value = py::Ref::steal(PyFloat_FromString(text.get()));
+        break;
+      }
+      case PathParam::Converter::string:
+      case PathParam::Converter::path:
+        value = str_from(p.value);
+        break;
+    }
+    if (!value || PyDict_SetItemString(out.get(), p.name.c_str(), value.get()) < 0) return {};
+  }
+  return out;
+}
+
+}  // namespace
+
+HttpResponseData PythonApp::call_handler(std::size_t route_index, const HttpRequestData& r) {
   py::Ref headers = py::Ref::steal(PyTuple_New(static_cast<Py_ssize_t>(r.headers.size())));
   if (!headers) return error_from_exception(r.request_id, route_index);
   for (std::size_t i = 0; i < r.headers.size(); ++i) {
@@ -162,27 +251,33 @@ HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestDat
     if (!pair) return error_from_exception(r.request_id, route_index);
     PyTuple_SET_ITEM(headers.get(), static_cast<Py_ssize_t>(i), pair);
   }
-  py::Ref args[6] = {
+  py::Ref params = r.path_params.empty() ? py::Ref::borrow(Py_None) : path_params_dict(r.path_params);
+  py::Ref args[7] = {
       str_from(r.method),
       str_from(r.path),
       str_from(r.query_string),
       std::move(headers),
       py::Ref::steal(PyBytes_FromStringAndSize(r.body.data(), static_cast<Py_ssize_t>(r.body.size()))),
-      str_from(r.request_id)};
-  PyObject* argv[6];
-  for (int i = 0; i < 6; ++i) {
+      str_from(r.request_id),
+      std::move(params)};
+  PyObject* argv[7];
+  for (int i = 0; i < 7; ++i) {
     if (!args[i]) return error_from_exception(r.request_id, route_index);
     argv[i] = args[i].get();
   }
-  py::Ref request = py::Ref::steal(PyObject_Vectorcall(request_type_.get(), argv, 6, nullptr));
+  py::Ref request = py::Ref::steal(PyObject_Vectorcall(request_type_.get(), argv, 7, nullptr));
   if (!request) return error_from_exception(r.request_id, route_index);
 
-  PyObject* call_args[1] = {request.get()};
-  py::Ref result = py::Ref::steal(
-      PyObject_Vectorcall(handlers_[route_index].get(), call_args, 1, nullptr));
+  py::Ref result;
+  if (r.path_params.empty()) {
+    PyObject* call_args[1] = {request.get()};
+    result = py::Ref::steal(PyObject_Vectorcall(handlers_[route_index].get(), call_args, 1, nullptr));
+  } else {  // handler(request, **path_params)
+    py::Ref positional = py::Ref::steal(PyTuple_Pack(1, request.get()));
+    if (positional) result = py::Ref::steal(PyObject_Call(handlers_[route_index].get(), positional.get(), argv[6]));
+  }
   if (!result) return error_from_exception(r.request_id, route_index);
-  HttpResponseData response = convert_result(result.get(), r.request_id);
-  return response;
+  return convert_result(result.get(), r.request_id);
 }
 
 bool PythonApp::convert_body(PyObject* body, HttpResponseData& out) {
@@ -244,6 +339,12 @@ HttpResponseData PythonApp::convert_result(PyObject* result, const std::string& 
 HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
                                                  std::size_t route_index) {
   PyObject* type = PyErr_Occurred();
+  if (type && PyErr_GivenExceptionMatches(type, handler_timeout_type_.get())) {
+    // Raised into the handler at its deadline; the pool has logged it, and
+    // the client has had its 504.
+    PyErr_Clear();
+    return make_error_response(504, "handler interrupted at its deadline", request_id);
+  }
   if (type && PyErr_GivenExceptionMatches(type, http_error_type_.get())) {
     PyObject* exc = PyErr_GetRaisedException();
     py::Ref held = py::Ref::steal(exc);
@@ -288,10 +389,12 @@ bool PythonApp::gil_enabled() {
 }
 
 void PythonApp::release() {
+  if (wsgi_) wsgi_->release();
   handlers_.clear();
   request_type_.reset();
   response_type_.reset();
   http_error_type_.reset();
+  handler_timeout_type_.reset();
   json_dumps_.reset();
 }
 
@@ -302,20 +405,8 @@ PythonApp::~PythonApp() {
   (void)request_type_.release();
   (void)response_type_.release();
   (void)http_error_type_.release();
+  (void)handler_timeout_type_.release();
   (void)json_dumps_.release();
-}
-
-void check_same_routes(const std::vector<RouteInfo>& first, const std::vector<RouteInfo>& other,
-                       int worker) {
-  bool same = first.size() == other.size();
-  for (std::size_t i = 0; same && i < first.size(); ++i) {
-    same = first[i].path == other[i].path && first[i].methods == other[i].methods;
-  }
-  if (!same) {
-    throw StartupError("worker " + std::to_string(worker) +
-                       " registered different routes than worker 0: the app must register the "
-                       "same routes, in the same order, every time it is imported");
-  }
 }
 
 }  // namespace gilgamesh

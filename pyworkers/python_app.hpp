@@ -13,11 +13,21 @@
 
 namespace gilgamesh {
 
+class WsgiApp;
+
 struct AppOptions {
-  std::string module;
+  std::string module;                  // route module, or MODULE:CALLABLE when wsgi
   std::vector<std::string> pythonpath;
-  std::string strategy;  // only for error messages
+  std::string strategy;                // for error messages
+  bool wsgi = false;                   // module names a PEP 3333 application
+  std::string root_path;               // WSGI SCRIPT_NAME
+  std::size_t max_response = std::size_t{64} << 20;  // larger response bodies become 500
+  bool multithread = false;            // wsgi.multithread: other threads call the same app object
+  bool multiprocess = false;           // wsgi.multiprocess: other workers run their own copy
 };
+
+// What every strategy's worker passes to PythonApp::load.
+AppOptions app_options(const ExecutorConfig& config);
 
 class PythonApp {
  public:
@@ -28,9 +38,10 @@ class PythonApp {
 
   const std::vector<RouteInfo>& routes() const { return routes_; }
 
-  // Runs the handler of routes()[route_index]. Precondition: the GIL of the
-  // interpreter that loaded this app is held. Never throws for Python errors:
-  // HTTPError becomes its status, anything else 500 (traceback logged).
+  // Runs the handler of routes()[route_index] (for a WSGI app, the app: its one
+  // route is "*"). Precondition: the GIL of the interpreter that loaded this app
+  // is held. Never throws for Python errors: HTTPError becomes its status,
+  // anything else 500 (traceback logged), and so does a body over max_response.
   HttpResponseData handle(std::size_t route_index, const HttpRequestData& request);
 
   // Turns a handler's return value into a response. With the GIL. Public for tests.
@@ -51,6 +62,7 @@ class PythonApp {
 
  private:
   PythonApp() = default;
+  HttpResponseData call_handler(std::size_t route_index, const HttpRequestData& request);
   bool convert_body(PyObject* body, HttpResponseData& out);
   HttpResponseData error_from_exception(const std::string& request_id, std::size_t route_index);
 
@@ -60,12 +72,10 @@ class PythonApp {
   py::Ref request_type_;
   py::Ref response_type_;
   py::Ref http_error_type_;
+  py::Ref handler_timeout_type_;
   py::Ref json_dumps_;
+  std::unique_ptr<WsgiApp> wsgi_;  // set: the app is a WSGI application
+  std::size_t max_response_ = std::size_t{64} << 20;
 };
-
-// Ensures every app loads the same routes (sub-interpreters, processes).
-// Throws StartupError if `other` differs from `first`.
-void check_same_routes(const std::vector<RouteInfo>& first, const std::vector<RouteInfo>& other,
-                       int worker);
 
 }  // namespace gilgamesh

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -160,17 +161,20 @@ void Zygote::run() {
 }
 
 bool Zygote::load_app() {
-  std::string error;
+  std::string error, detail;
   std::vector<RouteInfo> routes;
   bool gil_enabled = true;
   try {
     runtime_ = new PythonRuntime();
     py::AttachedScope attached(runtime_->main_thread_state());
     try {
-      app_ = PythonApp::load({config_.app, config_.pythonpath, config_.strategy});
+      app_ = PythonApp::load(app_options(config_));
       routes = app_->routes();
       gil_enabled = PythonApp::gil_enabled();
       freeze_gc();
+    } catch (const StartupError& e) {
+      error = e.what();
+      detail = e.detail();
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -178,7 +182,7 @@ bool Zygote::load_app() {
     error = e.what();
   }
   if (!error.empty()) {
-    send({{"type", "failed"}, {"error", cut(error, kMaxErrorText)}});
+    send({{"type", "failed"}, {"error", cut(error, kMaxErrorText)}, {"detail", cut(detail, kMaxErrorText)}});
     return false;
   }
   for (const RouteInfo& r : routes) {
@@ -286,9 +290,8 @@ void Zygote::exit_worker(PyThreadState* ts, int code) {
 }
 
 // In the freshly forked worker, with the GIL held, after PyOS_AfterFork_Child.
+// Not tied to the zygote's life: it leaves when its socket to the server closes.
 void Zygote::serve_as_worker(int worker, int sock) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != pid_) _exit(1);  // the zygote died before the signal was armed
   prctl(PR_SET_NAME, ("gilg-worker-" + std::to_string(worker)).c_str());  // for ps/top
   ::close(control_fd_);
   ::close(sigchld_fd_);
@@ -340,12 +343,18 @@ void Zygote::serve_as_worker(int worker, int sock) {
 
 }  // namespace
 
-void run_zygote(const ExecutorConfig& config, int control_fd, pid_t server_pid) {
+void zygote_main(int argc, char** argv) {
   // Die with the server. It may have died before the signal was armed.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != server_pid) _exit(1);
+  const pid_t server_pid = argc > 3 ? static_cast<pid_t>(std::atoll(argv[3])) : 0;
+  if (argc != 5 || getppid() != server_pid) _exit(1);
   prctl(PR_SET_NAME, "gilg-zygote");  // for ps/top
+  const int control_fd = std::atoi(argv[2]);
+  const nlohmann::json payload = nlohmann::json::parse(argv[4], nullptr, false);
+  if (!payload.is_object()) _exit(1);
+  spdlog::set_level(spdlog::level::from_str(payload.value("log_level", std::string("info"))));
   try {
+    const ExecutorConfig config = executor_config_from_json(payload.at("config"));
     Zygote zygote(config, control_fd);
     zygote.run();
   } catch (const std::exception& e) {

@@ -1,13 +1,17 @@
 // The child side of `processes`: the zygote and the worker processes it forks.
 //
-// The server forks the zygote before any of its threads exist. The zygote is
-// single-threaded: it initializes Python, imports the app once, and then forks
-// a worker (copy-on-write: the app is already imported) whenever the server
-// asks, reaping every child it made. Python never runs in the server process.
+// The server starts the zygote by executing its own binary again with
+// kZygoteFlag (zygote_client.hpp), the control socket as fd kZygoteControlFd.
+// The zygote is single-threaded: it initializes Python, imports the app once,
+// and then forks a worker (copy-on-write: the app is already imported) whenever
+// the server asks, reaping every child it made. It dies with the server
+// (PR_SET_PDEATHSIG). Workers do not die with the zygote: a worker leaves when
+// its socket to the server closes, so a zygote that dies costs no request.
+// Python never runs in the server process.
 //
 // Control protocol (frames::send_control / receive_control, JSON objects):
 //   zygote -> server  {"type":"route","path","methods","doc"} for each route, then
-//                     {"type":"ready","gil_enabled"}, or {"type":"failed","error"}
+//                     {"type":"ready","gil_enabled"}, or {"type":"failed","error","detail"}
 //                     {"type":"spawned","worker","pid"} + the server's end of the worker socket
 //                     {"type":"spawn_failed","worker","error"}
 //                     {"type":"exited","worker","pid","status"} for each child reaped
@@ -24,9 +28,14 @@
 
 namespace gilgamesh {
 
-// Runs in the freshly forked zygote; never returns. `server_pid` is the
-// process that forked it (the zygote dies with it).
-[[noreturn]] void run_zygote(const ExecutorConfig& config, int control_fd, pid_t server_pid);
+// argv[1] of the zygote's command line; then the control fd, the server's pid
+// and {"config": ExecutorConfig, "log_level": ...} as JSON.
+constexpr const char* kZygoteFlag = "--internal-zygote";
+constexpr int kZygoteControlFd = 3;
+
+// The zygote process's main(), for a command line that starts with kZygoteFlag.
+// Never returns.
+[[noreturn]] void zygote_main(int argc, char** argv);
 
 // "exited with status 3", "killed by signal 9 (Killed)": a wait() status in words.
 std::string describe_wait_status(int status);

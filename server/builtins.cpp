@@ -4,16 +4,24 @@
 
 namespace gilgamesh {
 
+namespace {
+// The app's routes, once the workers are up (none before).
+const std::vector<RouteInfo>& routes_of(const ServerView& v) {
+  static const std::vector<RouteInfo> kNone;
+  return v.routes_ready ? v.executor.routes() : kNone;
+}
+}  // namespace
+
 nlohmann::json stats_json(const ServerView& v) {
   ExecutorInfo info = v.executor.info();
   nlohmann::json live = v.executor.stats();
   nlohmann::json routes = nlohmann::json::object();
-  const auto& infos = v.executor.routes();
+  const auto& infos = routes_of(v);
   for (std::size_t i = 0; i < infos.size(); ++i) {
     const RouteCounters& r = v.stats.route(i);
     std::string key;
     for (const auto& m : infos[i].methods) key += (key.empty() ? "" : ",") + m;
-    key += " " + infos[i].path;
+    key += (key.empty() ? "" : " ") + infos[i].path;  // a WSGI app's one route: "*"
     routes[key] = {{"path", infos[i].path},
                    {"methods", infos[i].methods},
                    {"count", r.count.load()},
@@ -40,7 +48,7 @@ nlohmann::json stats_json(const ServerView& v) {
       {"responses", {{"1xx", v.stats.responses(1)}, {"2xx", v.stats.responses(2)}, {"3xx", v.stats.responses(3)},
                      {"4xx", v.stats.responses(4)}, {"5xx", v.stats.responses(5)}}},
       {"routes", std::move(routes)}};
-  for (auto& [k, v] : live.items()) out[k] = v;
+  for (auto& [key, value] : live.items()) out[key] = value;
   return out;
 }
 
@@ -70,7 +78,7 @@ std::string metrics_text(const ServerView& v) {
   line("gilgamesh_rejected_total{reason=\"deadline\"} " + std::to_string(v.stats.deadline_exceeded.load()));
   line("# TYPE gilgamesh_route_requests_total counter");
   line("# TYPE gilgamesh_route_latency_seconds summary");
-  const auto& infos = v.executor.routes();
+  const auto& infos = routes_of(v);
   for (std::size_t i = 0; i < infos.size(); ++i) {
     const RouteCounters& r = v.stats.route(i);
     std::string label = "route=\"" + infos[i].path + "\"";
@@ -86,10 +94,11 @@ std::string metrics_text(const ServerView& v) {
 
 nlohmann::json index_json(const ServerView& v) {
   nlohmann::json routes = nlohmann::json::array();
-  for (const auto& r : v.executor.routes()) {
+  for (const auto& r : routes_of(v)) {
     routes.push_back({{"methods", r.methods}, {"path", r.path}, {"doc", r.doc}});
   }
   for (auto [path, doc] : {std::pair{"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
+                           std::pair{"/readyz", "Readiness: 200 when workers can take requests, else 503 with the reason."},
                            std::pair{"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
                            std::pair{"/metrics", "The same figures in Prometheus text format."}}) {
     routes.push_back({{"methods", {"GET"}}, {"path", path}, {"doc", doc}, {"builtin", true}});

@@ -21,6 +21,7 @@ struct ServerView {
   const ServerStats& stats;
   std::chrono::steady_clock::time_point started_at;
   bool shutting_down;
+  bool routes_ready;  // the workers are up: executor.routes() and the route counters are valid
 };
 
 nlohmann::json stats_json(const ServerView& v);

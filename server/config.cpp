@@ -17,7 +17,19 @@ ParseOutcome parse_command_line(int argc, char** argv) {
                "gilgamesh"};
   cli.set_help_flag("-h,--help", "Print this help and exit");
   cli.add_flag("--version", version, "Print the gilgamesh and embedded Python versions and exit");
-  cli.add_option("--app", c.app, "Python module whose @gilgamesh.route handlers to serve")
+  std::string wsgi;
+  auto* app_option = cli.add_option("--app", c.app, "Python module whose @gilgamesh.route handlers to serve")
+                         ->capture_default_str();
+  auto* wsgi_option = cli.add_option(
+      "--wsgi", wsgi,
+      "PEP 3333 application to serve instead, as MODULE:CALLABLE (CALLABLE defaults to "
+      "'application'; 'factory()' calls a factory)");
+  cli.add_option("--root-path", c.root_path,
+                 "WSGI: the URL prefix the app is mounted at (its SCRIPT_NAME; stripped from "
+                 "PATH_INFO when the path starts with it)");
+  cli.add_option("--max-response", c.max_response,
+                 "Largest response body in bytes; a handler or app that makes a larger one gets 500")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 34))
       ->capture_default_str();
   cli.add_option("--pythonpath", c.pythonpath,
                  "Directory to prepend to sys.path (repeatable; the working directory follows)");
@@ -54,9 +66,20 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   cli.add_option("--timeout", c.request_timeout,
-                 "Seconds from a request's arrival to its response, else 504")
+                 "Seconds from a request's arrival to its response, else 504; a handler still "
+                 "running then is interrupted (its worker replaced if it does not stop)")
       ->check(CLI::Range(0.001, 86400.0))
       ->capture_default_str();
+  cli.add_option("--shutdown-delay", c.shutdown_delay,
+                 "Seconds after SIGTERM during which /readyz answers 503 and the listener still "
+                 "accepts, before the drain starts (let a load balancer take the replica out first)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  cli.add_option("--max-abandoned", c.max_abandoned,
+                 "Handler threads stuck past --timeout that may be left running while a fresh "
+                 "worker takes their slot; past it the slot is not replaced and /readyz says 503 "
+                 "(in-process strategies; default: 2 x workers)")
+      ->check(CLI::Range(1, 100000));
   cli.add_option("--max-requests", c.max_requests,
                  "Recycle a worker after this many requests (0: never)")
       ->capture_default_str();
@@ -97,15 +120,41 @@ ParseOutcome parse_command_line(int argc, char** argv) {
 
   const int cpus = usable_cpus();
   if (c.workers == 0) c.workers = cpus;
+  if (c.max_abandoned == 0) c.max_abandoned = 2 * c.workers;
   if (c.io_threads == 0) c.io_threads = std::max(1, cpus / 4);
   if (c.python_build.empty()) c.python_build = c.strategy == "free-threaded" ? "free-threaded" : "default";
   if (c.strategy == "free-threaded" && c.python_build != "free-threaded") {
     std::cerr << "gilgamesh: --strategy free-threaded needs --python-build free-threaded (see --help)\n";
     return {std::nullopt, 2, false};
   }
+  if (app_option->count() > 0 && wsgi_option->count() > 0) {
+    std::cerr << "gilgamesh: --app and --wsgi are exclusive: --app serves @gilgamesh.route handlers, "
+                 "--wsgi a WSGI callable (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
+  if (wsgi_option->count() > 0) {
+    const auto colon = wsgi.find(':');
+    if (wsgi.empty() || colon == 0 || colon + 1 == wsgi.size()) {
+      std::cerr << "gilgamesh: --wsgi takes MODULE:CALLABLE, got '" << wsgi << "' (see --help)\n";
+      return {std::nullopt, 2, false};
+    }
+    c.app = colon == std::string::npos ? wsgi + ":application" : wsgi;
+    c.wsgi = true;
+  } else if (c.app.find(':') != std::string::npos) {
+    std::cerr << "gilgamesh: --app takes a module of @gilgamesh.route handlers; for the WSGI "
+                 "callable '" << c.app << "' use --wsgi " << c.app << "\n";
+    return {std::nullopt, 2, false};
+  }
   if (c.app.empty()) {
     std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
     return {std::nullopt, 2, false};
+  }
+  if (!c.root_path.empty()) {
+    if (c.root_path.front() != '/') {
+      std::cerr << "gilgamesh: --root-path must start with '/', e.g. /api (see --help)\n";
+      return {std::nullopt, 2, false};
+    }
+    while (!c.root_path.empty() && c.root_path.back() == '/') c.root_path.pop_back();
   }
   return {c, 0, false};
 }

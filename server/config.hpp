@@ -11,7 +11,11 @@
 namespace gilgamesh {
 
 struct ServerConfig {
-  std::string app = "handlers.demo";           // Python module that registers the routes
+  std::string app = "handlers.demo";           // Python module that registers the routes, or
+                                               // MODULE:CALLABLE of a WSGI app (then wsgi is set)
+  bool wsgi = false;                           // --wsgi: app is a PEP 3333 application
+  std::string root_path;                       // WSGI SCRIPT_NAME: the prefix the app is mounted at
+  std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
   std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
   std::string strategy = "subinterpreters";    // subinterpreters | threads | free-threaded | processes
   std::string python_build;                    // default | free-threaded; empty: the strategy's own
@@ -24,7 +28,12 @@ struct ServerConfig {
   double header_timeout = 10.0;                // s from a request's first byte to its last header
   double keepalive_timeout = 5.0;              // s an idle keep-alive connection is kept
   double graceful_timeout = 30.0;              // s to finish in-flight requests on SIGTERM
-  double request_timeout = 30.0;               // s from arrival to response, else 504
+  double request_timeout = 30.0;               // s from arrival to response, else 504 (and the
+                                               // handler is interrupted, or its worker replaced)
+  double shutdown_delay = 0.0;                 // s after SIGTERM with /readyz 503 before the
+                                               // listener closes and the drain starts
+  int max_abandoned = 0;                       // stuck handler threads left running before the
+                                               // pool stops replacing them (0: 2 x workers)
   unsigned max_requests = 0;                   // recycle a worker after N requests (0: never)
   unsigned max_requests_jitter = 0;            // + random 0..J per recycle
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_set>
@@ -82,26 +83,37 @@ struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
         executor(e),
-        router(e.routes()),
-        stats(e.routes().size()),
+        startup_router(std::vector<RouteInfo>{}),
         started_at(std::chrono::steady_clock::now()),
         ioc(c.io_threads),
         acceptor(ioc),
-        signals(ioc, SIGINT, SIGTERM) {}
+        signals(ioc, SIGINT, SIGTERM),
+        shutdown_delay_timer(ioc) {}
 
   void do_accept();
-  void begin_shutdown();
+  void on_signal(int signo);
+  void begin_drain();
   ServerView view() const {
-    return ServerView{config, executor, stats, started_at, shutting_down.load()};
+    return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
   }
+  // The full router once the workers are up; before that, only the built-ins.
+  const Router& router() const {
+    const Router* r = app_router.load(std::memory_order_acquire);
+    return r ? *r : startup_router;
+  }
+  bool routes_ready() const { return app_router.load(std::memory_order_acquire) != nullptr; }
 
   ServerConfig config;
   Executor& executor;
-  Router router;
+  Router startup_router;
+  std::unique_ptr<Router> app_router_holder;
+  std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
   std::chrono::steady_clock::time_point started_at;
-  std::atomic<bool> shutting_down{false};
-  std::promise<void> shutdown_requested;
+  std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
+  std::atomic<bool> draining{false};       // the listener is closed; connections finish
+  int signals_received = 0;                // on the signal handler's strand only
+  std::promise<bool> shutdown_requested;   // true: drain; false: a second signal, stop now
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -110,15 +122,28 @@ struct HttpServer::Impl {
   net::io_context ioc;
   tcp::acceptor acceptor;
   net::signal_set signals;
+  net::steady_timer shutdown_delay_timer;
 };
 
 // One connection. Its async chain reads top to bottom:
 // wait_for_request -> read_header -> read_body -> handle -> (Python job) -> write -> wait_for_request.
 // Every handler runs on the connection's strand.
-class Session : public std::enable_shared_from_this<Session> {
+class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, HttpServer::Impl& server)
-      : stream_(std::move(socket)), server_(server), job_timer_(stream_.get_executor()) {
+      : stream_(std::move(socket)),
+        server_(server),
+        job_timer_(stream_.get_executor()),
+        native_fd_(stream_.socket().native_handle()) {
+    beast::error_code ec;
+    if (auto remote = stream_.socket().remote_endpoint(ec); !ec) {
+      remote_addr_ = remote.address().to_string();
+      remote_port_ = remote.port();
+    }
+    if (auto local = stream_.socket().local_endpoint(ec); !ec) {
+      local_addr_ = local.address().to_string();
+      local_port_ = local.port();
+    }
     server_.stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     server_.stats.connections_open.fetch_add(1, std::memory_order_relaxed);
     std::lock_guard lock(server_.sessions_mutex);
@@ -141,7 +166,29 @@ class Session : public std::enable_shared_from_this<Session> {
     if (idle_) close();
   }
 
+  // Posted on a second signal: the connection closes now, whatever it was doing.
+  void abort() {
+    shutting_down_ = true;
+    close();
+  }
+
   net::any_io_executor executor() { return stream_.get_executor(); }
+
+  // JobOwner, from a worker thread: hand the answer to the connection's strand.
+  void job_done(std::uint64_t token, HttpResponseData&& r) override {
+    net::post(stream_.get_executor(), [self = shared_from_this(), token, r = std::move(r)]() mutable {
+      self->on_job_done(token, std::move(r));
+    });
+  }
+
+  // JobOwner, from a worker thread, for a job that waited in the queue: a peek
+  // that finds end of stream (or a reset) means the client left. The socket is
+  // not closed while a job is pending, so the descriptor is still this one's.
+  bool client_gone() const override {
+    char c;
+    const ssize_t n = ::recv(native_fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
 
  private:
   // Idle phase: wait for the first byte of the next request. The keep-alive
@@ -248,10 +295,14 @@ class Session : public std::enable_shared_from_this<Session> {
     path_ = percent_decode(std::string_view(target.data(), std::min(qmark, target.size())), false);
     query_ = qmark == beast::string_view::npos ? std::string{} : std::string(target.substr(qmark + 1));
 
-    RouteMatch match = server_.router.match(std::string_view(request_.method_string().data(),
-                                                             request_.method_string().size()),
-                                            path_);
+    RouteMatch match = server_.router().match(std::string_view(request_.method_string().data(),
+                                                               request_.method_string().size()),
+                                              path_);
     if (match.result == RouteMatch::Result::not_found) {
+      if (!server_.routes_ready()) {
+        extra_retry_after_ = true;
+        return respond_error(http::status::service_unavailable, "server is starting; retry later");
+      }
       return respond_error(http::status::not_found, "no route for " + path_);
     }
     if (match.result == RouteMatch::Result::method_not_allowed) {
@@ -262,10 +313,20 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     switch (match.builtin) {
       case Builtin::healthz:
-        if (server_.shutting_down) {
+        if (server_.draining) {
           return respond_json(http::status::service_unavailable, R"({"status": "shutting_down"})");
         }
         return respond_json(http::status::ok, R"({"status": "ok"})");
+      case Builtin::readyz: {
+        const Readiness r = server_.shutting_down
+                                ? Readiness{Readiness::State::stopping, "the server is shutting down"}
+                                : server_.executor.readiness();
+        if (r.ready()) return respond_json(http::status::ok, R"({"status": "ready"})");
+        extra_retry_after_ = true;
+        return respond_json(http::status::service_unavailable,
+                            nlohmann::json{{"status", Readiness::name(r.state)}, {"reason", r.reason}}
+                                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      }
       case Builtin::stats:
         return respond_json(http::status::ok, stats_json(server_.view()).dump());
       case Builtin::metrics:
@@ -275,13 +336,13 @@ class Session : public std::enable_shared_from_this<Session> {
       case Builtin::none:
         break;
     }
-    submit_job(match.route_index);
+    submit_job(std::move(match), target);
   }
 
-  void submit_job(std::size_t route_index) {
-    route_index_ = route_index;
+  void submit_job(RouteMatch&& match, beast::string_view target) {
+    route_index_ = match.route_index;
     Job job;
-    job.route_index = route_index;
+    job.route_index = match.route_index;
     const auto deadline = arrived_ + seconds(server_.config.request_timeout);
     job.deadline = deadline;
     job.request.method = std::string(request_.method_string());
@@ -293,12 +354,16 @@ class Session : public std::enable_shared_from_this<Session> {
       job.request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
     }
     job.request.body = std::move(request_.body());
+    job.request.path_params = std::move(match.params);
+    job.request.target = std::string(target);
+    job.request.http_version = request_.version() == 10 ? "HTTP/1.0" : "HTTP/1.1";
+    job.request.remote_addr = remote_addr_;
+    job.request.remote_port = remote_port_;
+    job.request.server_addr = local_addr_;
+    job.request.server_port = local_port_;
     const std::uint64_t token = ++job_token_;
-    job.complete = [self = shared_from_this(), token](HttpResponseData&& r) {
-      net::post(self->stream_.get_executor(), [self, token, r = std::move(r)]() mutable {
-        self->on_job_done(token, std::move(r));
-      });
-    };
+    job.owner = shared_from_this();
+    job.token = token;
     stream_.expires_never();  // the job deadline, not the socket, bounds the wait
     switch (server_.executor.submit(job)) {
       case SubmitResult::accepted:
@@ -343,6 +408,8 @@ class Session : public std::enable_shared_from_this<Session> {
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("request {}: {} {} got no answer within {}; 504", request_id_, request_.method_string(),
+                 route_path(), fmt_seconds(server_.config.request_timeout));
     respond_error(http::status::gateway_timeout,
                   "handler did not answer within " + fmt_seconds(server_.config.request_timeout));
   }
@@ -380,9 +447,14 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.set("X-Request-Id", request_id_);
     if (!extra_allow_.empty()) response_.set(http::field::allow, extra_allow_);
     if (extra_retry_after_) response_.set(http::field::retry_after, "1");
+    std::optional<std::uint64_t> head_length;  // a HEAD answer's own Content-Length (WSGI apps send one)
     if (handler_headers) {
       for (const auto& h : *handler_headers) {
         auto field = http::string_to_field(h.name);
+        if (head_ && field == http::field::content_length && body.empty() && !h.value.empty() &&
+            h.value.size() < 19 && h.value.find_first_not_of("0123456789") == std::string::npos) {
+          head_length = std::stoull(h.value);
+        }
         if (field == http::field::content_length || field == http::field::transfer_encoding ||
             field == http::field::connection || field == http::field::keep_alive) {
           continue;  // framing is the server's
@@ -400,6 +472,7 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.keep_alive(keep_alive_);
     response_.prepare_payload();
     if (head_) response_.body().clear();  // Content-Length stays that of the GET body
+    if (head_length && !bodiless) response_.content_length(*head_length);
 
     const auto latency = std::chrono::steady_clock::now() - arrived_;
     server_.stats.record_status(code);
@@ -448,6 +521,10 @@ class Session : public std::enable_shared_from_this<Session> {
   net::steady_timer job_timer_;
   std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
   std::string request_id_;
+  std::string remote_addr_;
+  std::uint16_t remote_port_ = 0;
+  std::string local_addr_;
+  std::uint16_t local_port_ = 0;
   std::string path_;
   std::string query_;
   std::string extra_allow_;
@@ -460,6 +537,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool idle_ = false;
   bool first_request_ = true;
   bool shutting_down_ = false;
+  const int native_fd_;
 };
 
 void HttpServer::Impl::do_accept() {
@@ -479,41 +557,87 @@ void HttpServer::Impl::do_accept() {
   });
 }
 
-void HttpServer::Impl::begin_shutdown() {
-  if (shutting_down.exchange(true)) return;
+// First SIGTERM/SIGINT: /readyz says 503 at once; the listener stays open for
+// --shutdown-delay (a load balancer sees the replica leave before connections
+// are refused), then the drain begins. A second signal ends the drain at once.
+void HttpServer::Impl::on_signal(int signo) {
+  const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+  if (++signals_received > 1) {
+    spdlog::warn("received {} again: stopping now, without waiting for in-flight requests", name);
+    if (!routes_ready()) {
+      // Still starting (an import may hang): nothing is being served yet.
+      spdlog::shutdown();
+      std::_Exit(1);
+    }
+    beast::error_code ignored;
+    shutdown_delay_timer.cancel();
+    acceptor.close(ignored);
+    draining = true;
+    shutdown_requested.set_value(false);
+    return;
+  }
+  shutting_down = true;
+  spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
+               "to stop at once)",
+               name, config.shutdown_delay, config.graceful_timeout);
+  signals.async_wait([this](beast::error_code ec, int again) {
+    if (!ec) on_signal(again);
+  });
+  if (config.shutdown_delay <= 0 || !routes_ready()) return begin_drain();
+  shutdown_delay_timer.expires_after(seconds(config.shutdown_delay));
+  shutdown_delay_timer.async_wait([this](beast::error_code ec) {
+    if (!ec) begin_drain();
+  });
+}
+
+void HttpServer::Impl::begin_drain() {
+  if (draining.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
-  std::lock_guard lock(sessions_mutex);
-  for (Session* s : sessions) {
-    std::weak_ptr<Session> weak = s->weak_from_this();
-    net::post(s->executor(), [weak] {
-      if (auto live = weak.lock()) live->on_shutdown();
-    });
+  {
+    std::lock_guard lock(sessions_mutex);
+    for (Session* s : sessions) {
+      std::weak_ptr<Session> weak = s->weak_from_this();
+      net::post(s->executor(), [weak] {
+        if (auto live = weak.lock()) live->on_shutdown();
+      });
+    }
   }
+  shutdown_requested.set_value(true);
 }
 
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
     : impl_(std::make_unique<Impl>(config, executor)) {
   auto& a = impl_->acceptor;
-  tcp::endpoint endpoint(net::ip::make_address(config.host), config.port);
-  a.open(endpoint.protocol());
-  a.set_option(net::socket_base::reuse_address(true));
-  a.bind(endpoint);
-  a.listen(net::socket_base::max_listen_connections);
+  const std::string where = config.host + ":" + std::to_string(config.port);
+  beast::error_code ec;
+  const auto address = net::ip::make_address(config.host, ec);
+  if (ec) throw ListenError("cannot listen on " + where + ": '" + config.host + "' is not an IP address");
+  tcp::endpoint endpoint(address, config.port);
+  a.open(endpoint.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(endpoint, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec == net::error::address_in_use) {
+    throw ListenError(where + " is already in use (is another server running there?)");
+  }
+  if (ec == boost::system::errc::address_not_available) {
+    throw ListenError("cannot listen on " + where + ": no network interface has that address");
+  }
+  if (ec == net::error::access_denied) {
+    throw ListenError("cannot listen on " + where + ": permission denied (ports below 1024 need privileges)");
+  }
+  if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
 }
 
 HttpServer::~HttpServer() = default;
 
 unsigned short HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
 
-bool HttpServer::run() {
+HttpServer::Outcome HttpServer::run() {
   Impl& s = *impl_;
   s.signals.async_wait([&s](beast::error_code ec, int signo) {
-    if (ec) return;
-    spdlog::info("received {}, shutting down (graceful timeout {} s)",
-                 signo == SIGTERM ? "SIGTERM" : "SIGINT", s.config.graceful_timeout);
-    s.begin_shutdown();
-    s.shutdown_requested.set_value();
+    if (!ec) s.on_signal(signo);
   });
   s.do_accept();
   // Completions of Python jobs arrive by post(): keep run() going even when
@@ -521,29 +645,66 @@ bool HttpServer::run() {
   auto keep_running = net::make_work_guard(s.ioc);
   std::vector<std::thread> io_threads;
   for (int i = 0; i < s.config.io_threads; ++i) io_threads.emplace_back([&s] { s.ioc.run(); });
+  auto stop_io = [&] {
+    net::post(s.ioc, [&s] {
+      beast::error_code ignored;
+      s.acceptor.close(ignored);
+    });
+    keep_running.reset();
+    s.ioc.stop();
+    for (auto& t : io_threads) t.join();
+  };
+
+  // The workers start while the listener already answers: /healthz 200,
+  // /readyz 503 "starting", Python routes 503 until the workers are up.
+  spdlog::info("listening on http://{}:{}; starting {} {} workers for {}", s.config.host, port(),
+               s.config.workers, s.config.strategy, s.config.app);
+  try {
+    const auto t0 = std::chrono::steady_clock::now();
+    s.executor.start();
+    const ExecutorInfo info = s.executor.info();
+    spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                 info.build, info.python_version, info.gil_enabled ? "enabled" : "disabled");
+    s.app_router_holder = std::make_unique<Router>(s.executor.routes());
+  } catch (...) {
+    stop_io();
+    throw;
+  }
+  s.stats.init_routes(s.executor.routes().size());
+  s.app_router.store(s.app_router_holder.get(), std::memory_order_release);
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app,
                s.config.host, port(), s.config.strategy, s.config.workers, s.config.io_threads);
 
-  s.shutdown_requested.get_future().wait();
-  const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
+  const bool drain = s.shutdown_requested.get_future().get();
+  const auto deadline =
+      std::chrono::steady_clock::now() + (drain ? seconds(s.config.graceful_timeout) : seconds(0));
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
     return s.sessions.size();
   };
+  if (!drain) {
+    std::lock_guard lock(s.sessions_mutex);
+    for (Session* session : s.sessions) {
+      std::weak_ptr<Session> weak = session->weak_from_this();
+      net::post(session->executor(), [weak] {
+        if (auto live = weak.lock()) live->abort();
+      });
+    }
+  }
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   const bool clean = s.executor.stop(deadline);
   // Responses the executor just answered (503 for what it could not run) still need writing.
-  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain ? 1 : 0);
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  keep_running.reset();
-  s.ioc.stop();
-  for (auto& t : io_threads) t.join();
+  stop_io();
   spdlog::info("stopped");
-  return clean;
+  if (!drain) return Outcome::forced;
+  return clean ? Outcome::stopped : Outcome::handlers_left_running;
 }
 
 }  // namespace gilgamesh

@@ -3,15 +3,22 @@
 #pragma once
 
 #include <memory>
+#include <stdexcept>
 
 #include "../pyworkers/executor.hpp"
 #include "config.hpp"
 
 namespace gilgamesh {
 
+// Why the listening socket could not be opened, in words for the user.
+class ListenError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class HttpServer {
  public:
-  // Binds the listening socket (throws std::system_error if it cannot).
+  // Binds the listening socket; throws ListenError if it cannot.
   HttpServer(const ServerConfig& config, Executor& executor);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
@@ -19,10 +26,15 @@ class HttpServer {
 
   // The bound port (useful with --port 0).
   unsigned short port() const;
-  // Serves until SIGTERM/SIGINT, then drains within --graceful-timeout and
-  // stops the executor. Returns false if handlers were still running at the
-  // deadline (the caller must then exit without finalizing Python).
-  bool run();
+  enum class Outcome {
+    stopped,                // drained and stopped cleanly
+    handlers_left_running,  // a handler still ran at the deadline: exit without finalizing Python
+    forced,                 // a second signal cut the drain short
+  };
+  // Serves: starts the executor's workers while the listener already answers
+  // (rethrows its StartupError), serves until SIGTERM/SIGINT, then drains
+  // within --graceful-timeout and stops the executor.
+  Outcome run();
 
   struct Impl;  // sessions and the listener live here (http_server.cpp)
 

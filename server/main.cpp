@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "../pyworkers/executor.hpp"
+#include "../pyworkers/zygote.hpp"
 #include "config.hpp"
 #include "http_server.hpp"
 
@@ -44,6 +45,12 @@ std::string other_build_version(const std::string& build) {
 
 int main(int argc, char** argv) {
   using namespace gilgamesh;
+  if (argc > 1 && std::strcmp(argv[1], kZygoteFlag) == 0) {
+    // The processes strategy's zygote, started by the server (zygote_client.hpp).
+    spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
+    spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [pid %P] %v");
+    zygote_main(argc, argv);
+  }
   const std::string this_build = embedded_python_build();
   ParseOutcome parsed = parse_command_line(argc, argv);
   if (parsed.show_version) {
@@ -84,11 +91,15 @@ int main(int argc, char** argv) {
   ec.strategy = config.strategy;
   ec.workers = config.workers;
   ec.app = config.app;
+  ec.wsgi = config.wsgi;
+  ec.root_path = config.root_path;
+  ec.max_response = config.max_response;
   ec.pythonpath = config.pythonpath;
   ec.max_queue = config.max_queue;
   ec.max_body = config.max_body;
   ec.max_requests = config.max_requests;
   ec.max_requests_jitter = config.max_requests_jitter;
+  ec.max_abandoned = config.max_abandoned;
   ec.allow_gil = config.allow_gil;
   ec.python_build = config.python_build;
 
@@ -101,34 +112,45 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<Executor> executor;
   try {
-    const auto t0 = std::chrono::steady_clock::now();
     executor = make_executor(ec);
-    executor->start();
-    spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", config.workers,
-                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
-                 this_build, embedded_python_version(),
-                 executor->info().gil_enabled ? "enabled" : "disabled");
   } catch (const StartupError& e) {
     spdlog::critical("{}", e.what());
-    executor.reset();
     return 1;
   }
+  // Leaves without finalizing Python: a handler thread may still use it.
+  auto leave_now = [](int code) {
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    _exit(code);
+  };
 
-  bool clean = false;
+  std::unique_ptr<HttpServer> server;
   try {
-    HttpServer server(config, *executor);
-    clean = server.run();
-  } catch (const std::exception& e) {
-    spdlog::critical("cannot serve on {}:{}: {}", config.host, config.port, e.what());
+    server = std::make_unique<HttpServer>(config, *executor);
+  } catch (const ListenError& e) {
+    spdlog::critical("{}", e.what());
     executor->stop(std::chrono::steady_clock::now());
     executor.reset();
     return 1;
   }
-  if (!clean) {
+
+  HttpServer::Outcome outcome;
+  try {
+    outcome = server->run();
+  } catch (const StartupError& e) {
+    spdlog::critical("{}", e.what());
+    if (!e.detail().empty()) spdlog::error("{}", e.detail());
+    const bool clean = executor->stop(std::chrono::steady_clock::now() + std::chrono::seconds(10));
+    if (!clean) leave_now(1);
+    server.reset();
+    executor.reset();
+    return 1;
+  }
+  server.reset();
+  if (outcome == HttpServer::Outcome::forced) leave_now(1);
+  if (outcome == HttpServer::Outcome::handlers_left_running) {
     spdlog::warn("exiting without finalizing Python: a handler was still running");
-    spdlog::shutdown();
-    std::fflush(nullptr);
-    _exit(0);
+    leave_now(0);
   }
   executor.reset();
   spdlog::shutdown();

@@ -45,7 +45,7 @@ double LatencyHistogram::mean_ms() const {
   return n == 0 ? 0.0 : static_cast<double>(sum_us_.load()) / 1000.0 / static_cast<double>(n);
 }
 
-ServerStats::ServerStats(std::size_t python_routes) {
+void ServerStats::init_routes(std::size_t python_routes) {
   for (std::size_t i = 0; i < python_routes; ++i) routes_.push_back(std::make_unique<RouteCounters>());
 }
 

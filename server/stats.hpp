@@ -41,7 +41,9 @@ struct RouteCounters {
 
 class ServerStats {
  public:
-  explicit ServerStats(std::size_t python_routes);
+  ServerStats() = default;
+  // Once, before any request is routed to a Python route.
+  void init_routes(std::size_t python_routes);
   void record_route(std::size_t route, int status, std::chrono::nanoseconds latency);
   void record_status(int status);
   std::atomic<std::uint64_t> connections_accepted{0};

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from . import procs, rates, report, sampling, wrk
+from . import custom, procs, rates, report, sampling, wrk
 from .workloads import WORKLOADS, ideal_rate
 
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,15 @@ def parse_args(argv):
     p.add_argument("--binary", default=os.environ.get("GILGAMESH_BINARY",
                                                       os.path.join(REPO, "build", "gilgamesh")),
                    help="server (default: $GILGAMESH_BINARY or build/gilgamesh)")
-    p.add_argument("--app", default="handlers.demo", help="app module (default: %(default)s)")
+    p.add_argument("--app", help="module of @gilgamesh.route handlers (default: handlers.demo)")
+    p.add_argument("--wsgi", metavar="MODULE:CALLABLE", help="a WSGI app to measure instead of --app "
+                   "(needs --request); the peers serve the same app")
+    p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
+                   help="directory the app imports from (repeatable): for the server, the "
+                        "single-thread rates and the peers")
+    p.add_argument("--request", action="append", default=[], metavar="'METHOD /path?query [@body-file] [weight]'",
+                   help="a request of your own (repeatable): together they replace the demo's "
+                        "workloads with one workload, '%s', sent in proportion to their weights" % custom.NAME)
     p.add_argument("--wrk", default="/usr/bin/wrk", help="(default: %(default)s)")
     p.add_argument("--python-default", help="3.13 default build, for the single-thread rates "
                    "(default: $GILGAMESH_PYTHON_DEFAULT or the gilgamesh cache)")
@@ -91,7 +99,13 @@ def parse_args(argv):
     def pick(value, default, quick):
         return value if value is not None else (quick if args.quick else default)
 
-    args.workloads = _names(pick(args.workloads, ",".join(WORKLOADS), "hello,fib"), WORKLOADS, "workload")
+    args.app_given = args.app is not None
+    args.app = args.app or "handlers.demo"
+    custom.check_args(args, p.error)
+    if args.requests and args.workloads:
+        p.error("--workloads and --request are exclusive: --request makes the one workload '%s'" % custom.NAME)
+    args.workloads = [custom.NAME] if args.requests else \
+        _names(pick(args.workloads, ",".join(WORKLOADS), "hello,fib"), WORKLOADS, "workload")
     args.workers = [int(x) for x in pick(args.workers, "1,%d" % NCPU, str(NCPU)).split(",") if x]
     args.workers = sorted(set(args.workers))
     if not args.workers or min(args.workers) < 1:
@@ -146,7 +160,7 @@ class Run:
             "peers": {},
             "rates": {},
             "cells": [],
-            "notes": NOTES,
+            "notes": [custom.peer_note(args) or n if n.startswith("Peers") else n for n in NOTES],
         }
 
     # -- servers ------------------------------------------------------------
@@ -155,11 +169,11 @@ class Run:
         """(argv, env, has /stats) to serve the demo with `name` on `port`."""
         a = self.args
         if kind == "gilgamesh":
-            cmd = [a.binary, "--app", a.app, "--strategy", name, "--workers", str(workers),
+            cmd = [a.binary] + custom.app_args(a) + ["--strategy", name, "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--timeout", str(a.wrk_timeout)]
             return cmd + a.server_arg, dict(os.environ), True
-        env = dict(os.environ, GILGAMESH_APP_ROOT=REPO, GILGAMESH_APP=a.app,
-                   GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1",
+                   **custom.peer_env(a))
         if name == "gunicorn":
             cmd = [PEERS[name], "--chdir", LOADTEST, "--workers", str(workers),
                    "--bind", "127.0.0.1:%d" % port, "--timeout", str(a.wrk_timeout),
@@ -240,6 +254,7 @@ class Run:
                 "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
                 "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
                 "server_args": a.server_arg, "app": a.app, "quick": a.quick,
+                "wsgi": a.wsgi, "pythonpath": a.pythonpath, "requests": a.request,
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params} for name in a.workloads},
@@ -268,6 +283,17 @@ class Run:
         if not self.results["strategies"]["supported"] and not self.args.peers:
             raise SystemExit("loadtest/run: the binary runs none of %s" % ", ".join(wanted))
 
+    def check_peers(self):
+        """Peers run the app under Debian's Python: skipped, and said so, where it does not import."""
+        reason = custom.peer_import_error(self.args, self.owned) if self.args.peers else None
+        if reason:
+            for name in self.args.peers:
+                print("peer %s skipped: %s" % (name, reason))
+                self.results["peers"][name] = {"skipped": reason}
+            self.args.peers = []
+        if not self.results["strategies"]["supported"] and not self.args.peers:
+            raise SystemExit("loadtest/run: nothing to measure (no strategy runs the app, no peer)")
+
     def build_of(self, strategy):
         probe = self.results["strategies"]["probes"].get(strategy) or {}
         return probe.get("build") or STRATEGY_BUILD.get(strategy, "default")
@@ -284,8 +310,9 @@ class Run:
         for build in sorted(builds):
             python = self.args.pythons.get(build)
             print("single-thread rates in %s (%s) ..." % (build, python), end=" ", flush=True)
-            result = rates.measure(self.owned, python, targets, REPO, self.args.app,
-                                   self.args.rate_seconds, self.args.rate_repeat)
+            result = rates.measure(self.owned, python, [] if self.args.requests else targets, REPO,
+                                   self.args.app, self.args.rate_seconds, self.args.rate_repeat,
+                                   custom.rate_args(self.args))
             self.results["rates"][build] = result
             if "error" in result:
                 print("unavailable: %s" % result["error"])
@@ -346,6 +373,8 @@ class Run:
                 cell["wrk"] = wrk.finish(self.owned, wrk_proc, a.duration)
             finally:
                 self.sampler.stop()
+            if custom.non_2xx(cell["wrk"]):  # not what was asked for: the cell failed
+                cell["error"] = "responses other than 2xx: %s" % custom.non_2xx(cell["wrk"])
             cell["load"] = self.sampler.summary()
             cell["samples"] = self.sampler.samples
             self.sampler = None
@@ -411,6 +440,7 @@ class Run:
         run_started = time.monotonic()
         self.describe_machine()
         self.probe_strategies()
+        self.check_peers()
         self.measure_rates()
         cells = self.cells()
         total = len(cells)
@@ -478,6 +508,7 @@ def main(argv=None):
         out_dir = os.path.join(os.path.abspath(args.results_dir), "%s-%d" % (stamp, suffix))
     os.makedirs(out_dir)
     print("results: %s" % out_dir, flush=True)
+    custom.prepare(args, out_dir)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     run = Run(args, out_dir)

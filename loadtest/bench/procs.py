@@ -172,7 +172,7 @@ def _ready_workers(stats):
 
 
 def wait_ready(proc, started_at, port, workers, timeout, has_stats=True):
-    """Waits until /healthz answers 200 and, where /stats reports it, all
+    """Waits until /healthz answers 200 (the listener is up) and, where /stats reports it, all
     `workers` are ready. Returns the seconds from `started_at` (monotonic, taken
     just before the process was started) to each, and the last /stats.
     Raises StartError."""

@@ -25,17 +25,18 @@ def default_pythons(version="3.13.5"):
     }
 
 
-def measure(owned, python, targets, app_root, app, seconds, repeat):
-    """The rates of `targets` in `python`: handler_rate.py's JSON, or
-    {"error": ...} if that interpreter is missing or the measurement failed."""
+def measure(owned, python, targets, app_root, app, seconds, repeat, extra=()):
+    """The rates of `targets` (GET targets; `extra` may name more handler_rate.py
+    flags: --wsgi, --pythonpath, --requests...) in `python`: handler_rate.py's
+    JSON, or {"error": ...} if that interpreter is missing or the measurement failed."""
     if not os.access(python, os.X_OK):
         return {"python": python, "error": "interpreter not found"}
     cmd = [python, SCRIPT, "--app-root", app_root, "--app", app, "--seconds", str(seconds),
-           "--repeat", str(repeat)] + sorted(targets)
+           "--repeat", str(repeat)] + list(extra) + sorted(targets)
     proc = owned.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     try:
-        out, err = proc.communicate(timeout=60 + len(targets) * (repeat + 1) * seconds * 4)
+        out, err = proc.communicate(timeout=60 + (len(targets) or 16) * (repeat + 1) * seconds * 4)
     except subprocess.TimeoutExpired:
         owned.stop(proc, grace=1.0)
         return {"python": python, "error": "timed out"}

@@ -66,6 +66,14 @@ def _non2xx(cell):
     return sum(n for code, n in cell["wrk"]["responses_by_status"].items() if not code.startswith("2"))
 
 
+def _failed(cell):
+    """'FAILED: 404 x 105309' (or the error's first line) for a failed cell, else None."""
+    if not cell or not cell.get("error"):
+        return None
+    text = cell["error"].strip().splitlines()[0]
+    return "FAILED: " + text.replace("responses other than 2xx: ", "")[:80]
+
+
 def _num(value, fmt="%.0f", none="–"):
     return none if value is None else fmt % value
 
@@ -90,7 +98,9 @@ def tables(results):
         row = [w]
         for s in servers:
             g = _goodput(_cell(results, s, w, top))
-            if g is None:
+            if _failed(_cell(results, s, w, top)):
+                row.append(_failed(_cell(results, s, w, top)))
+            elif g is None:
                 row.append("–")
             elif ref:
                 row.append("%s (%.2f×)" % (_num(g, "%.1f" if g < 100 else "%.0f"), g / ref))
@@ -102,12 +112,12 @@ def tables(results):
                 % base, header, rows))
 
     header = ["server", "workload", "workers", "goodput/s", "vs %s" % base, "non-2xx",
-              "connect", "read", "write", "timeout", "requests/s"]
+              "connect", "read", "write", "timeout", "requests/s", "cell"]
     rows = []
     for c in _ordered_cells(results):
         if not c.get("wrk"):
             rows.append([_label(results, c["server"]), c["workload"], c["workers"], "FAILED",
-                         "", "", "", "", "", "", ""])
+                         "", "", "", "", "", "", "", _failed(c) or "FAILED"])
             continue
         w = c["wrk"]
         ref = _goodput(_cell(results, base, c["workload"], c["workers"]))
@@ -115,7 +125,7 @@ def tables(results):
                      _num(w["goodput_per_s"], "%.1f"),
                      "%.2f×" % (w["goodput_per_s"] / ref) if ref else "–",
                      _non2xx(c), w["errors"]["connect"], w["errors"]["read"], w["errors"]["write"],
-                     w["errors"]["timeout"], _num(w["requests_per_s"], "%.1f")])
+                     w["errors"]["timeout"], _num(w["requests_per_s"], "%.1f"), _failed(c) or "ok"])
     out.append(("Throughput and errors",
                 "Goodput counts 2xx only. Socket errors by kind as wrk reports them; `timeout` counts "
                 "responses slower than wrk's --timeout (%s s), which are missing from the latency "
@@ -185,7 +195,8 @@ def tables(results):
     if rows:
         out.append(("Single-thread handler rates",
                     "One thread, no HTTP: the handler called in a loop with a Request built as the "
-                    "server builds it; the best repeat is kept.", header, rows))
+                    "server builds it (a WSGI app: with the server's environ and calling protocol); "
+                    "the best repeat is kept.", header, rows))
     return out
 
 
@@ -344,7 +355,7 @@ def charts(results, out_dir):
         ax.set_title("gilgamesh strategies vs peers at %d workers (ratio to %s)" % (top, ref), fontsize=10)
         legend_below(fig, ax)
         save(fig, "peers.png", "Peers",
-             "Goodput relative to %s at the same worker count. The peers serve the same handlers "
+             "Goodput relative to %s at the same worker count. The peers serve the same app "
              "through loadtest/wsgi_demo.py on Python 3.11; gilgamesh embeds 3.13." % ref)
     return made
 
@@ -391,6 +402,9 @@ def _problems(results):
             lines.append("Other processes used %.2f cores on average while cells were measured (most: "
                          "%.2f in `%s`): absolute figures are low and ratios noisier than on an idle "
                          "machine." % (mean, worst[0], worst[1]))
+    for name, peer in sorted(results.get("peers", {}).items()):
+        if peer.get("skipped"):
+            lines.append("Peer `%s` skipped: %s" % (name, peer["skipped"]))
     for name, reason in results["strategies"].get("unsupported", {}).items():
         last = reason.strip().splitlines()[-1] if reason.strip() else "?"
         last = re.sub(r"^(\[[^\]]*\]\s*)+", "", last)  # the log line's time/level/pid prefix
@@ -428,7 +442,8 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 .note { background: #fff8e0; border-left: 4px solid #e0b000; padding: 0.5em 1em; }
-.problem { color: #a00; } figure { margin: 1em 0 2em; } img { max-width: 100%; }
+.problem { color: #a00; } td.failed { color: #b00; background: #fde8e8; font-weight: bold; }
+figure { margin: 1em 0 2em; } img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
 
@@ -473,7 +488,9 @@ def html_page(results, chart_list, out_dir):
         body.append("<h2>%s</h2><p>%s</p><table><tr>%s</tr>" % (
             e(title), e(intro), "".join("<th>%s</th>" % e(str(h)) for h in header)))
         for row in rows:
-            body.append("<tr>%s</tr>" % "".join("<td>%s</td>" % e(str(v)) for v in row))
+            body.append("<tr>%s</tr>" % "".join(
+                '<td class="failed">%s</td>' % e(str(v)) if str(v).startswith("FAILED") else
+                "<td>%s</td>" % e(str(v)) for v in row))
         body.append("</table>")
 
     all_tables = tables(results)

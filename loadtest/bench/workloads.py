@@ -17,6 +17,11 @@ class Workload:
     # GET target -> weight, for CPU-bound workloads: the ideal rate of the mix
     # is cores / sum(weight_i * seconds_i) * sum(weight_i). None: no ideal.
     cpu_mix: dict | None = None
+    profile: str = ""  # profiles/<profile>.lua; empty: the workload's name
+
+    @property
+    def profile_name(self):
+        return self.profile or self.name
 
     def profile_args(self):
         return ["%s=%s" % (k, v) for k, v in sorted(self.params.items())]

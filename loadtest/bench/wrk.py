@@ -14,7 +14,7 @@ class WrkError(RuntimeError):
 def command(wrk, workload, port, seconds, connections, threads, timeout_s):
     return [wrk, "-t%d" % min(threads, connections), "-c%d" % connections, "-d%ds" % seconds,
             "--timeout", "%ds" % timeout_s,
-            "-s", os.path.join(PROFILES, workload.name + ".lua"),
+            "-s", os.path.join(PROFILES, workload.profile_name + ".lua"),
             "http://127.0.0.1:%d" % port, "--"] + workload.profile_args()
 
 

@@ -2,7 +2,8 @@
 
 Environment:
   GILGAMESH_BIN         the binary (default: <repo>/build/gilgamesh)
-  GILGAMESH_STRATEGIES  comma-separated strategies to test (default: every strategy the binary runs)
+  GILGAMESH_STRATEGIES  comma-separated strategies to prove (default: all four; the build sets it
+                        without free-threaded only when configured without GILGAMESH_PYTHON_FT)
   GILGAMESH_STRESS_RUNS start/stop cycles of test_startup_stress (default: 20)
 """
 
@@ -51,12 +52,13 @@ def demo_server(gilgamesh_bin, strategy):
 
 @pytest.fixture
 def start_server(gilgamesh_bin, strategy):
-    """Factory: start_server(workers=..., app=..., args=[...]) -> a running server of this
-    test's strategy, stopped (and killed if need be) when the test ends."""
+    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., env=...) -> a running
+    server of this test's strategy, stopped (and killed if need be) when the test ends."""
     started = []
 
-    def start(workers=2, app="handlers.demo", args=(), strategy_name=None):
-        server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args)
+    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, env=None):
+        server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args,
+                                 wsgi=wsgi, env=env)
         started.append(server)
         return server.start()
 

@@ -27,16 +27,22 @@ def binary_path():
     return Path(os.environ.get("GILGAMESH_BIN") or REPO / "build" / "gilgamesh")
 
 
+ALL_STRATEGIES = ("subinterpreters", "threads", "processes", "free-threaded")
+
+
 def strategies():
-    """GILGAMESH_STRATEGIES, else every strategy this binary can run."""
-    raw = os.environ.get("GILGAMESH_STRATEGIES")
-    if raw is None:
-        raw = "subinterpreters,threads,processes"
-        version = subprocess.run([str(binary_path()), "--version"], capture_output=True,
-                                 text=True, timeout=30).stdout if binary_path().is_file() else ""
-        if "free-threaded build: Python" in version:
-            raw += ",free-threaded"
-    return [s.strip() for s in raw.split(",") if s.strip()]
+    """The strategies this run must prove: GILGAMESH_STRATEGIES (a comma list), else all four.
+
+    Declared, never discovered: a strategy that cannot start fails its tests. The build
+    sets GILGAMESH_STRATEGIES without free-threaded only when it was configured without a
+    free-threaded Python (GILGAMESH_PYTHON_FT empty), and says so.
+    """
+    raw = os.environ.get("GILGAMESH_STRATEGIES") or ",".join(ALL_STRATEGIES)
+    names = [s.strip() for s in raw.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(ALL_STRATEGIES))
+    if unknown:
+        raise ValueError("GILGAMESH_STRATEGIES names unknown strategies: %s" % ", ".join(unknown))
+    return names
 
 
 def free_port():
@@ -203,10 +209,11 @@ def build_request(method, path, body=b"", headers=None, version="HTTP/1.1"):
 class GilgameshServer:
     """One running gilgamesh process on a free port of 127.0.0.1."""
 
-    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None):
+    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None, wsgi=None):
         self.strategy = strategy
         self.workers = workers
         self.app = app
+        self.wsgi = wsgi  # MODULE:CALLABLE: serve this WSGI app instead of `app`
         self.extra_args = [str(a) for a in args]
         self.env = env
         self.host = HOST
@@ -217,20 +224,26 @@ class GilgameshServer:
 
     @property
     def command(self):
-        return [str(binary_path()), "--host", HOST, "--port", str(self.port), "--app", self.app,
+        app = ["--wsgi", self.wsgi] if self.wsgi else ["--app", self.app]
+        return [str(binary_path()), "--host", HOST, "--port", str(self.port), *app,
                 "--strategy", self.strategy, "--workers", str(self.workers), *self.extra_args]
 
+    def launch(self):
+        """Starts the process on a free port without waiting for it (see start())."""
+        self.port = free_port()
+        self._stderr = tempfile.TemporaryFile()
+        self._stdout = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self.process = subprocess.Popen(self.command, cwd=REPO, stdin=subprocess.DEVNULL,
+                                        stdout=self._stdout, stderr=self._stderr, env=env)
+        RUNNING.add(self)
+        return self
+
     def start(self, ready_timeout=READY_TIMEOUT_S):
-        """Starts the process and waits for GET /healthz == 200; fails with its stderr."""
+        """Starts the process and waits for GET /readyz == 200; fails with its stderr."""
         for attempt in range(3):
-            self.port = free_port()
-            self._stderr = tempfile.TemporaryFile()
-            self._stdout = tempfile.TemporaryFile()
-            env = dict(os.environ)
-            env.update(self.env or {})
-            self.process = subprocess.Popen(self.command, cwd=REPO, stdin=subprocess.DEVNULL,
-                                            stdout=self._stdout, stderr=self._stderr, env=env)
-            RUNNING.add(self)
+            self.launch()
             if self._wait_ready(ready_timeout):
                 return self
             log = self.log()
@@ -248,11 +261,11 @@ class GilgameshServer:
             if self.process.poll() is not None:
                 return False
             try:
-                if self.get("/healthz", timeout=1.0).status == 200:
+                if self.get("/readyz", timeout=1.0).status == 200:
                     return True
             except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.05)
+                pass  # not listening yet: poll again
+            time.sleep(0.05)  # polling interval, not synchronisation
         return False
 
     def log(self):

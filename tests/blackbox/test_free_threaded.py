@@ -1,23 +1,21 @@
 """--strategy free-threaded (PEP 703), and the free-threaded build under the
-other strategies. Skipped as a whole when the binary has no free-threaded build."""
+other strategies. Run whenever free-threaded is a declared strategy
+(GILGAMESH_STRATEGIES, see gilgamesh_harness.strategies): a broken
+build/gilgamesh-ft fails these tests, it does not skip them."""
 
 import json
 import threading
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, GilgameshServer, binary_path, run_cli
+from gilgamesh_harness import APPS_DIR, GilgameshServer, binary_path, run_cli, strategies
 
 FT_EXT_DIR = binary_path().parent / "test-ext" / "free-threaded"
 
 
-def free_threaded_available():
-    out = run_cli(["--version"]).stdout
-    return "free-threaded build: Python" in out or "(free-threaded build)" in out
-
-
-pytestmark = pytest.mark.skipif(not free_threaded_available(),
-                                reason="this gilgamesh has no free-threaded build")
+pytestmark = pytest.mark.skipif("free-threaded" not in strategies(),
+                                reason="free-threaded is not in GILGAMESH_STRATEGIES "
+                                       "(the build was configured without GILGAMESH_PYTHON_FT)")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +100,16 @@ def test_extension_without_free_threading_support_is_refused():
     err = result.stderr
     assert "GIL" in err and "gil_unaware" in err, err
     assert "--allow-gil" in err, err
+
+
+def test_wsgi_app_importing_that_extension_is_refused_too():
+    # Any callable will do: the refusal comes from the import, before the app is called.
+    result = run_cli(["--strategy", "free-threaded", "--workers", "2", "--port", "0",
+                      "--wsgi", "imports_gil_unaware:answer", "--pythonpath", str(APPS_DIR),
+                      "--pythonpath", str(FT_EXT_DIR)], timeout=60)
+    assert result.returncode == 1, result
+    assert "imports_gil_unaware:answer" in result.stderr and "gil_unaware" in result.stderr, result.stderr
+    assert "--allow-gil" in result.stderr, result.stderr
 
 
 def test_extension_accepted_with_allow_gil():

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from gilgamesh_harness import APPS_DIR
+
 
 def concurrent_gets(server, path, count, timeout=20.0):
     """`count` GETs released at once from threads; returns the responses (or exceptions)."""
@@ -53,6 +55,18 @@ def test_full_queue_answers_503_with_retry_after(start_server):
     assert server.get("/hello").status == 200
 
 
+def wait_until(server, predicate, what, timeout=5.0):
+    """/stats once `predicate(stats)` holds, polled until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = server.get("/stats", timeout=2).json()
+        if predicate(s):
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s: %r" % (what, s))
+        time.sleep(0.02)  # polling interval
+
+
 def wait_until_idle(server, timeout=5.0):
     """Waits (bounded) until no worker runs a handler, e.g. one whose request was answered 504."""
     deadline = time.monotonic() + timeout
@@ -77,22 +91,39 @@ def test_deadline_while_running_is_504(start_server):
     assert server.get("/hello", timeout=10).body == b"hello"
 
 
-def test_deadline_while_queued_is_504(start_server):
-    server = start_server(workers=1, args=["--timeout", "1"])
-    blocker = threading.Thread(target=lambda: server.get("/sleep?ms=2000", timeout=10))
-    blocker.start()
+def test_deadline_while_queued_is_504(start_server, strategy, tmp_path):
+    # A request reaches its deadline while still queued: 504, and its handler never
+    # runs. With --timeout the worker is taken back at the running handler's own
+    # deadline, so the queue must stay blocked longer than that: in-process, a
+    # handler stuck in C holds its slot for the 1 s interrupt grace; under
+    # processes, replacements that keep dying at start-up leave no worker.
+    if strategy == "processes":
+        marker = tmp_path / "die"
+        server = start_server(workers=1, app="crashy", args=["--timeout", "1", "--pythonpath", str(APPS_DIR)],
+                              env={"CRASHY_DIE_AT_START": str(marker)})
+        marker.write_text("")
+        assert server.get("/crash?how=exit").status == 502
+        blocker = None
+    else:
+        server = start_server(workers=1, args=["--timeout", "1"])
+        blocker = threading.Thread(target=lambda: server.get("/sleep?ms=3000", timeout=10))
+        blocker.start()
+        wait_until(server, lambda s: s["busy_workers"] == 1, "the sleep to hold the worker")
     try:
-        time.sleep(0.3)  # the sleep holds the only worker
         started = time.monotonic()
         r = server.get("/hello", timeout=10)
         elapsed = time.monotonic() - started
     finally:
-        blocker.join(15)
+        if blocker:
+            blocker.join(15)
     assert r.status == 504, r
     assert r.json()["request_id"] == r.header("X-Request-Id")
-    assert elapsed < 1.8, elapsed
-    wait_until_idle(server)
-    assert server.get("/hello", timeout=10).body == b"hello"
+    assert 0.9 < elapsed < 1.8, elapsed
+    if strategy == "processes":
+        marker.unlink()  # replacements start again
+    s = wait_until(server, lambda s: s["expired_in_queue_total"] + s["dropped_disconnected_total"] == 1
+                   and s["ready_workers"] == 1, "the queued request to be dropped", timeout=15)
+    assert server.get("/hello", timeout=10).body == b"hello", s
 
 
 def test_header_timeout_drops_a_stalled_request(start_server):

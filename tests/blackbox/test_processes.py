@@ -73,20 +73,32 @@ def alive(pid):
     return st is not None and st[0] != "Z"
 
 
-def processes_with_port(port):
-    """Pids of every process whose command line has `--port PORT` (the server and its forks)."""
-    needle = b"\0--port\0%d\0" % port
-    found = []
+def processes_of_server(server_pid):
+    """The server and every live process it started (zygote, workers): they carry
+    GILGAMESH_SERVER_PID=<server pid> in their environment."""
+    needle = b"GILGAMESH_SERVER_PID=%d\0" % server_pid
+    found = [server_pid] if alive(server_pid) else []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                if needle in b"\0" + f.read():
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                if needle in f.read() + b"\0" and alive(int(entry)):
                     found.append(int(entry))
         except OSError:
-            pass
+            pass  # gone meanwhile, or not ours to read
     return found
+
+
+def run_to_exit(args, env=None, timeout=30):
+    """Runs the server to its exit; returns (returncode, stderr, pid)."""
+    proc = subprocess.Popen([str(binary_path()), *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr, proc.pid
 
 
 def wait_for_workers(server, count, timeout=15.0, exclude=()):
@@ -147,11 +159,11 @@ def test_each_worker_is_its_own_forked_process(processes_server):
     s = stats(server)
     assert s["strategy"] == "processes" and s["workers"] == 3
     assert s["build"] in ("default", "free-threaded") and isinstance(s["gil_enabled"], bool)
-    assert {"queue_depth", "busy_workers", "max_queue", "worker_restarts"} <= set(s), s
+    assert {"queue_depth", "busy_workers", "max_queue", "replacements_total"} <= set(s), s
     assert len(s["worker_pids"]) == 3 and len(set(s["worker_pids"])) == 3
     assert [d["worker"] for d in s["worker_details"]] == [0, 1, 2]
     for d in s["worker_details"]:
-        assert set(d) >= {"worker", "pid", "requests", "restarts", "busy"}, d
+        assert set(d) >= {"worker", "pid", "requests", "replacements", "busy", "state"}, d
     assert_process_tree(server, s)
 
     results, errors = load(server, "/slow?ms=30", clients=6, per_client=8)
@@ -183,7 +195,7 @@ def test_handler_that_kills_its_process_gets_502_and_worker_is_replaced(processe
         for _ in range(4):
             assert server.get("/hello").body == b"hello"
         after = wait_for_workers(server, 2, exclude=[pid])
-    assert after["worker_restarts"] >= len(cases), after
+    assert after["replacements_total"] >= len(cases), after
     assert_process_tree(server, after)
     assert after["zygote_pid"] == before["zygote_pid"]
     assert "died while handling the request" in server.log()
@@ -213,7 +225,7 @@ def test_sigkill_from_outside_fails_only_the_request_on_that_worker(processes_se
         error = json.loads(body)["error"]
         assert "pid %d" % victim in error and "SIGKILL" in error, error
     after = wait_for_workers(server, 3, exclude=[victim])
-    assert after["worker_restarts"] >= 1
+    assert after["replacements_total"] >= 1
     assert not alive(victim)
     for _ in range(6):
         assert server.get("/hello").status == 200
@@ -237,7 +249,7 @@ def test_8_mib_bodies_are_echoed_intact(processes_server):
         assert r.header("Content-Type") == "application/octet-stream"
         assert len(r.body) == len(payload) and r.body == payload
     # The workers are still the original ones.
-    assert stats(server)["worker_restarts"] == 0
+    assert stats(server)["replacements_total"] == 0
 
 
 def test_max_requests_recycles_workers_without_failing_a_request(processes_server):
@@ -249,8 +261,9 @@ def test_max_requests_recycles_workers_without_failing_a_request(processes_serve
     pids = {json.loads(body)["pid"] for _, body in results}
     assert len(pids) >= 6, pids  # 400 requests, 50 per worker life
     s = wait_for_workers(server, 2)
-    assert s["worker_restarts"] >= 6, s
-    assert sum(d["recycles"] for d in s["worker_details"]) == s["worker_restarts"], s
+    assert s["recycles_total"] >= 6, s
+    assert sum(d["recycles"] for d in s["worker_details"]) == s["recycles_total"], s
+    assert s["replacements_total"] == 0, s
     assert not set(s["worker_pids"]) & set(first["worker_pids"]), s
     assert "recycling after 50 requests" in server.log()
 
@@ -260,7 +273,7 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(processes_server):
     s = stats(server)
     recorded = s["worker_pids"] + [s["zygote_pid"]]
     assert len(recorded) == 4 and all(alive(p) for p in recorded)
-    assert sorted(processes_with_port(server.port)) == sorted(recorded + [server.process.pid])
+    assert sorted(processes_of_server(server.process.pid)) == sorted(recorded + [server.process.pid])
 
     in_flight = []
     t = threading.Thread(target=lambda: in_flight.append(server.get("/slow?ms=800", timeout=15)))
@@ -275,7 +288,7 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(processes_server):
     assert in_flight and in_flight[0].status == 200, in_flight
     for pid in recorded:
         assert proc_stat(pid) is None, (pid, proc_stat(pid))
-    assert processes_with_port(server.port) == []
+    assert processes_of_server(server.process.pid) == []
 
 
 def test_workers_and_zygote_die_with_a_killed_server(processes_server):
@@ -309,35 +322,33 @@ def test_handler_still_running_at_the_graceful_deadline_is_cut_off(processes_ser
     assert in_flight[0].json()["error"] == "server is shutting down"
     for pid in recorded:
         assert proc_stat(pid) is None, (pid, proc_stat(pid))
-    assert processes_with_port(server.port) == []
+    assert processes_of_server(server.process.pid) == []
 
 
 def test_app_import_failure_exits_nonzero_with_the_reason(gilgamesh_bin, tmp_path):
     (tmp_path / "broken_app.py").write_text(
         "import gilgamesh\nraise RuntimeError('configuration missing: FOO_URL')\n")
-    port = free_port()
-    result = subprocess.run(
-        [str(binary_path()), "--app", "broken_app", "--pythonpath", str(tmp_path), "--strategy",
-         STRATEGY, "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1, result
-    assert "cannot load app 'broken_app' under strategy processes" in result.stderr, result.stderr
-    assert "FOO_URL" in result.stderr
-    assert processes_with_port(port) == []
+    code, stderr, pid = run_to_exit(
+        ["--app", "broken_app", "--pythonpath", str(tmp_path), "--strategy", STRATEGY,
+         "--workers", "2", "--host", "127.0.0.1", "--port", str(free_port())])
+    assert code == 1, stderr
+    assert "cannot load app 'broken_app' under strategy processes" in stderr, stderr
+    assert "FOO_URL" in stderr
+    # The traceback is logged once, not once per worker.
+    assert stderr.count("Traceback (most recent call last)") == 1, stderr
+    assert processes_of_server(pid) == []
 
 
 def test_workers_dying_at_start_up_fail_the_start(gilgamesh_bin, tmp_path):
     marker = tmp_path / "die"
     marker.write_text("")
-    port = free_port()
-    result = subprocess.run(
-        [str(binary_path()), "--app", "crashy", "--pythonpath", str(APPS_DIR), "--strategy",
-         STRATEGY, "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    code, stderr, pid = run_to_exit(
+        ["--app", "crashy", "--pythonpath", str(APPS_DIR), "--strategy", STRATEGY,
+         "--workers", "2", "--host", "127.0.0.1", "--port", str(free_port())],
         env=dict(os.environ, CRASHY_DIE_AT_START=str(marker)))
-    assert result.returncode == 1, result
-    assert "failed to start" in result.stderr and "exited with status 7" in result.stderr, result.stderr
-    assert processes_with_port(port) == []
+    assert code == 1, stderr
+    assert "failed to start" in stderr and "exited with status 7" in stderr, stderr
+    assert processes_of_server(pid) == []
 
 
 def test_replacements_dying_at_start_up_back_off_then_recover(processes_server, tmp_path):

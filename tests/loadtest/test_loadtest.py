@@ -83,7 +83,7 @@ def server():
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=1) as r:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=1) as r:
                 if r.status == 200:
                     break
         except OSError:
@@ -341,6 +341,80 @@ def test_report_html_renders_in_chromium(quick_run):
     rendered = re.findall(r'data-rendered="(\d+)x(\d+)"', out.stdout)
     assert len(rendered) == charts
     assert all(int(w) >= 300 and int(h) >= 200 for w, h in rendered), rendered
+
+
+APPS = os.path.join(REPO, "tests", "apps")
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory):
+    """The runner on a small WSGI app of the user's (tests/apps/wsgi_bench.py) with
+    requests of its own, quick, with both peers."""
+    _require(BINARY)
+    results_dir = tmp_path_factory.mktemp("app-results")
+    body = results_dir / "body.json"
+    body.write_text('{"payload": "%s"}' % ("x" * 2000))
+    out = subprocess.run([PYTHON, RUN, "--quick", "--wsgi", "wsgi_bench:app", "--pythonpath", APPS,
+                          "--request", "GET /work?n=17 3", "--request", "POST /echo @%s" % body,
+                          "--peers", "gunicorn,uwsgi", "--results-dir", str(results_dir)],
+                         cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, "loadtest/run --wsgi failed (%d):\n%s\n%s" % (
+        out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    folder = os.path.dirname(re.search(r"^report: (\S+report\.html)$", out.stdout, re.M).group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        return {"folder": folder, "results": json.load(f), "stdout": out.stdout}
+
+
+def test_own_app_has_goodput_and_efficiency_on_every_strategy_and_peer(app_run):
+    results = app_run["results"]
+    supported = results["strategies"]["supported"]
+    assert {"subinterpreters", "threads", "processes"} <= set(supported), results["strategies"]
+    servers = supported + ["gunicorn", "uwsgi"]
+    cells = {c["server"]: c for c in results["cells"]}
+    assert set(cells) == set(servers), sorted(cells)
+    for server, cell in cells.items():
+        assert cell["workload"] == "app" and not cell.get("error"), (server, cell.get("error"))
+        assert cell["wrk"]["goodput"] > 0 and cell["wrk"]["responses_by_status"].keys() == {"200"}, server
+        sent = cell["wrk"]["sent_by_route"]
+        assert set(sent) == {"GET /work?n=17", "POST /echo @body.json"}, sent
+        assert sent["GET /work?n=17"] > sent["POST /echo @body.json"], sent  # weight 3 to 1
+        assert cell["efficiency"] is not None and 0 < cell["efficiency"] < 1.5, (server, cell["efficiency"])
+        rate = results["rates"][cell["build"]]
+        assert set(rate["targets"]) == {"GET /work?n=17", "POST /echo @body.json"}, rate
+    assert results["meta"]["options"]["wsgi"] == "wsgi_bench:app"
+    assert results["meta"]["options"]["pythonpath"] == [APPS]
+    with open(os.path.join(app_run["folder"], "report.md")) as f:
+        md = f.read()
+    assert "GET /work?n=17 (weight 3)" in md and "wsgi_bench:app" in md
+
+
+def test_requests_that_are_not_2xx_fail_the_cell_and_the_run(tmp_path):
+    _require(BINARY)
+    out = subprocess.run([PYTHON, RUN, "--quick", "--wsgi", "wsgi_bench:app", "--pythonpath", APPS,
+                          "--request", "GET /misspelt", "--strategies", "threads",
+                          "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    folder = os.path.dirname(re.search(r"^report: (\S+report\.html)$", out.stdout, re.M).group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        [cell] = json.load(f)["cells"]
+    assert re.fullmatch(r"responses other than 2xx: 404 x \d+", cell["error"]), cell["error"]
+    assert "404 x" in out.stdout
+    with open(os.path.join(folder, "report.html")) as f:
+        page = f.read()
+    assert re.search(r'<td class="failed">FAILED: 404 x \d+</td>', page), "no red cell in the report"
+
+
+def test_app_options_are_checked(tmp_path):
+    for args, mentions in ((["--wsgi", "wsgi_bench:app"], "needs at least one --request"),
+                           (["--wsgi", "a:b", "--app", "x", "--request", "GET /"], "exclusive"),
+                           (["--app", "x", "--request", "GET nowhere"], "must start with '/'"),
+                           (["--app", "x", "--request", "GET / @/no/such/file"], "no body file"),
+                           (["--app", "x", "--request", "GET / 0"], "weight"),
+                           (["--app", "flaskapp:app", "--request", "GET /"], "use --wsgi flaskapp:app")):
+        out = subprocess.run([PYTHON, RUN, "--results-dir", str(tmp_path)] + args, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and mentions in out.stderr, (args, out.stderr)
 
 
 def test_ctrl_c_stops_everything(tmp_path):

@@ -83,3 +83,11 @@ def bad_status(request):
 @gilgamesh.route("/not-json-serializable")
 def not_serializable(request):
     return {"value": object()}
+
+
+@gilgamesh.route("/typed/<int:n>/<float:x>/<name>/<path:rest>")
+def typed(request, n, x, name, rest):
+    """Path parameters, converted."""
+    return {"n": n, "x": x, "name": name, "rest": rest,
+            "types": [type(v).__name__ for v in (n, x, name, rest)],
+            "path_params": request.path_params}

@@ -190,3 +190,76 @@ TEST(Frames, ControlMessageCarriesJsonAndADescriptor) {
   EXPECT_FALSE(receive_control(s.b, m, &error));
   EXPECT_EQ(error, "end of stream");
 }
+
+TEST(Frames, PathParamsAndConnectionRoundTrip) {
+  HttpRequestData in = sample_request();
+  in.path_params = {{"item_id", "42", PathParam::Converter::integer},
+                    {"rest", "a/b", PathParam::Converter::path},
+                    {"empty", "", PathParam::Converter::string}};
+  in.target = "/echo/caf%C3%A9?a=1";
+  in.http_version = "HTTP/1.0";
+  in.remote_addr = "::1";
+  in.remote_port = 65535;
+  in.server_addr = "127.0.0.1";
+  in.server_port = 8080;
+  const std::string meta = encode_request_meta(3, in);
+  std::size_t route = 0;
+  HttpRequestData out;
+  ASSERT_TRUE(decode_request_meta(meta, route, out));
+  ASSERT_EQ(out.path_params.size(), 3u);
+  EXPECT_EQ(out.path_params[0].name, "item_id");
+  EXPECT_EQ(out.path_params[0].value, "42");
+  EXPECT_EQ(out.path_params[0].converter, PathParam::Converter::integer);
+  EXPECT_EQ(out.path_params[1].converter, PathParam::Converter::path);
+  EXPECT_EQ(out.path_params[2].value, "");
+  EXPECT_EQ(out.target, in.target);
+  EXPECT_EQ(out.http_version, "HTTP/1.0");
+  EXPECT_EQ(out.remote_addr, "::1");
+  EXPECT_EQ(out.remote_port, 65535);
+  EXPECT_EQ(out.server_addr, "127.0.0.1");
+  EXPECT_EQ(out.server_port, 8080);
+}
+
+TEST(Frames, RequestMetaWithABadConverterOrPortIsRejected) {
+  HttpRequestData in = sample_request();
+  in.path_params = {{"x", "1", PathParam::Converter::integer}};
+  std::string meta = encode_request_meta(0, in);
+  // The converter is the u32 right after the parameter's value: make it unknown.
+  const std::string value_then_converter = std::string("\x01\0\0\0", 4) + "1" + std::string("\x01\0\0\0", 4);
+  const auto at = meta.find(value_then_converter);
+  ASSERT_NE(at, std::string::npos);
+  std::string bad = meta;
+  bad[at + 5] = 9;
+  std::size_t route = 0;
+  HttpRequestData out;
+  EXPECT_FALSE(decode_request_meta(bad, route, out));
+  // Every truncation of valid metadata is rejected, never read past.
+  for (std::size_t cut = 0; cut < meta.size(); ++cut) {
+    HttpRequestData partial;
+    EXPECT_FALSE(decode_request_meta(std::string_view(meta).substr(0, cut), route, partial)) << cut;
+  }
+}
+
+// The processes strategy's zygote gets the executor config as JSON on its command line.
+TEST(ExecutorConfigJson, RoundTripsEveryField) {
+  gilgamesh::ExecutorConfig c;
+  c.strategy = "processes";
+  c.workers = 7;
+  c.app = "mod:app";
+  c.wsgi = true;
+  c.root_path = "/api";
+  c.max_response = 12345;
+  c.pythonpath = {"/a", "/b c"};
+  c.max_queue = 9;
+  c.max_body = 99;
+  c.max_requests = 5;
+  c.max_requests_jitter = 2;
+  c.max_abandoned = 3;
+  c.allow_gil = true;
+  c.python_build = "free-threaded";
+  const auto back = gilgamesh::executor_config_from_json(nlohmann::json::parse(gilgamesh::to_json(c).dump()));
+  EXPECT_EQ(gilgamesh::to_json(back), gilgamesh::to_json(c));
+  EXPECT_EQ(back.pythonpath, c.pythonpath);
+  EXPECT_EQ(back.root_path, "/api");
+  EXPECT_TRUE(back.wsgi);
+}

@@ -4,6 +4,7 @@
 
 #include "pyworkers/python_app.hpp"
 #include "pyworkers/python_runtime.hpp"
+#include "pyworkers/response.hpp"
 
 using namespace gilgamesh;
 
@@ -139,11 +140,17 @@ TEST(ResultConversion, HttpErrorBecomesItsStatusWithJsonBody) {
   EXPECT_EQ(j["request_id"], "rid-1");
 }
 
+TEST(ResultConversion, WireRulesAreLeftToTheHttpLayer) {
+  // Carried as the handler gave them; response_violation() refuses them before the wire.
+  auto header = call("/bad-header");
+  EXPECT_NE(response_violation(header).find("control character"), std::string::npos);
+  auto status = call("/bad-status");
+  EXPECT_NE(response_violation(status).find("200..599"), std::string::npos);
+}
+
 TEST(ResultConversion, OtherFailuresAre500NamingTheCause) {
   for (auto [path, needle] : {std::pair{"/boom", "ValueError: kaboom"},
                               std::pair{"/unsupported", "handler returned set"},
-                              std::pair{"/bad-header", "invalid response header"},
-                              std::pair{"/bad-status", "200..599"},
                               std::pair{"/not-json-serializable", "TypeError"}}) {
     auto r = call(path);
     EXPECT_EQ(r.status, 500) << path;
@@ -152,6 +159,27 @@ TEST(ResultConversion, OtherFailuresAre500NamingTheCause) {
   }
   // and the app still serves
   EXPECT_EQ(call("/text").status, 200);
+}
+
+TEST(RequestConversion, PathParamsArriveConvertedAsKeywordArgumentsAndOnTheRequest) {
+  HttpRequestData req;
+  using C = PathParam::Converter;
+  req.path_params = {{"n", "12345678901234567890", C::integer},
+                     {"x", "2.5", C::number},
+                     {"name", "caf\xC3\xA9", C::string},
+                     {"rest", "a/b/c.txt", C::path}};
+  auto r = call("/typed/<int:n>/<float:x>/<name>/<path:rest>", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto j = nlohmann::json::parse(r.body);
+  EXPECT_EQ(j["n"].dump(), "12345678901234567890");
+  EXPECT_EQ(j["x"], 2.5);
+  EXPECT_EQ(j["name"], "caf\xC3\xA9");
+  EXPECT_EQ(j["rest"], "a/b/c.txt");
+  EXPECT_EQ(j["types"], (nlohmann::json{"int", "float", "str", "str"}));
+  EXPECT_EQ(j["path_params"]["x"], 2.5);
+  // Without parameters the handler gets none, and request.path_params is empty.
+  auto echo = call("/echo");
+  ASSERT_EQ(echo.status, 200) << echo.body;
 }
 
 TEST(PythonApp, MissingModuleIsAStartupErrorNamingIt) {

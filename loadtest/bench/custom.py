@@ -1,0 +1,174 @@
+"""Benchmarking the user's own app: --wsgi MODULE:CALLABLE or --app MODULE,
+--pythonpath DIR, and --request 'METHOD /path?query [@body-file] [weight]'.
+
+The requests become one workload, "app", run by profiles/requests.lua from a
+file this module writes into the run's folder; the single-thread ideal is the
+same requests timed in-process by handler_rate.py; the peers serve the same
+app through wsgi_demo.py.
+"""
+
+import mimetypes
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+from .workloads import WORKLOADS, Workload
+
+NAME = "app"  # the workload's name in cells, tables and charts
+LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(LOADTEST)
+PEER_PYTHON = "/usr/bin/python3"
+
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    method: str
+    target: str             # /path?query, as sent
+    body_file: str = ""     # absolute path, or "" for no body
+    content_type: str = ""
+    weight: int = 1
+
+    @property
+    def label(self):
+        text = "%s %s" % (self.method, self.target)
+        return text + (" @" + os.path.basename(self.body_file) if self.body_file else "")
+
+
+def parse_request(text):
+    """'METHOD /path?query [@body-file] [weight]' -> RequestSpec; ValueError says why not."""
+    words = text.split()
+    if len(words) < 2:
+        raise ValueError("%r: give at least METHOD and /path, e.g. 'GET /items?id=3'" % text)
+    method, target, rest = words[0].upper(), words[1], words[2:]
+    if not _METHOD.match(method):
+        raise ValueError("%r: %r is not an HTTP method" % (text, words[0]))
+    if not target.startswith("/"):
+        raise ValueError("%r: the target must start with '/'" % text)
+    body_file, content_type, weight = "", "", 1
+    if rest and rest[0].startswith("@"):
+        body_file = os.path.abspath(rest.pop(0)[1:])
+        if not os.path.isfile(body_file):
+            raise ValueError("%r: no body file %s" % (text, body_file))
+        content_type = mimetypes.guess_type(body_file)[0] or "application/octet-stream"
+    if rest:
+        if not rest[0].isdigit() or int(rest[0]) < 1:
+            raise ValueError("%r: the weight must be a whole number >= 1, got %r" % (text, rest[0]))
+        weight = int(rest.pop(0))
+    if rest:
+        raise ValueError("%r: unexpected %r (format: 'METHOD /path?query [@body-file] [weight]')"
+                         % (text, " ".join(rest)))
+    return RequestSpec(method, target, body_file, content_type, weight)
+
+
+def check_args(args, error):
+    """Validates and normalises the app options of parse_args (error: parser.error)."""
+    args.requests = []
+    for text in args.request:
+        try:
+            args.requests.append(parse_request(text))
+        except ValueError as e:
+            error("--request %s" % e)
+    labels = [r.label for r in args.requests]
+    if len(set(labels)) != len(labels):
+        error("--request: the same request is given twice; use its weight instead")
+    if args.wsgi and args.app_given:
+        error("--app and --wsgi are exclusive: --app names a module of @gilgamesh.route handlers, "
+              "--wsgi a WSGI callable")
+    if args.app_given and ":" in args.app:
+        error("--app takes a module of @gilgamesh.route handlers; for the WSGI callable %r use "
+              "--wsgi %s" % (args.app, args.app))
+    if args.wsgi and not args.requests:
+        error("--wsgi needs at least one --request: the demo's workloads are not your app's routes")
+    args.pythonpath = [os.path.abspath(p) for p in args.pythonpath]
+    for path in args.pythonpath:
+        if not os.path.isdir(path):
+            error("--pythonpath %s is not a directory" % path)
+    # --root-path given through --server-arg reaches the rate measurement and the peers too.
+    args.root_path = ""
+    for i, arg in enumerate(args.server_arg):
+        if arg == "--root-path" and i + 1 < len(args.server_arg):
+            args.root_path = args.server_arg[i + 1]
+        elif arg.startswith("--root-path="):
+            args.root_path = arg.split("=", 1)[1]
+
+
+def prepare(args, out_dir):
+    """Writes the requests file into the run's folder and registers the "app" workload."""
+    if not args.requests:
+        return
+    path = os.path.join(out_dir, "requests.tsv")
+    with open(path, "w") as f:
+        for r in args.requests:
+            f.write("\t".join([str(r.weight), r.method, r.target, r.content_type, r.body_file,
+                               r.label]) + "\n")
+    description = ", ".join("%s (weight %d)" % (r.label, r.weight) if len(args.requests) > 1 else r.label
+                            for r in args.requests)
+    WORKLOADS[NAME] = Workload(NAME, "%s of %s" % (description, args.wsgi or args.app),
+                               {"file": path}, {r.label: r.weight for r in args.requests},
+                               profile="requests")
+
+
+def app_args(args):
+    """The server's app flags: --wsgi or --app, and every --pythonpath."""
+    out = ["--wsgi", args.wsgi] if args.wsgi else ["--app", args.app]
+    for path in args.pythonpath:
+        out += ["--pythonpath", path]
+    return out
+
+
+def rate_args(args):
+    """The same app, paths and requests for handler_rate.py."""
+    out = ["--wsgi", args.wsgi] if args.wsgi else []
+    for path in args.pythonpath:
+        out += ["--pythonpath", path]
+    if args.root_path:
+        out += ["--root-path", args.root_path]
+    if args.requests:
+        out += ["--requests", WORKLOADS[NAME].params["file"]]
+    return out
+
+
+def peer_env(args):
+    """What wsgi_demo.py needs to serve the same app under gunicorn and uWSGI."""
+    env = {"GILGAMESH_APP_ROOT": REPO, "GILGAMESH_APP": args.app,
+           "GILGAMESH_PYTHONPATH": os.pathsep.join(args.pythonpath),
+           "GILGAMESH_ROOT_PATH": args.root_path}
+    if args.wsgi:
+        env["GILGAMESH_WSGI"] = args.wsgi
+    return env
+
+
+def peer_import_error(args, owned):
+    """None if the app imports in the peers' Python (Debian's 3.11), else why not."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **peer_env(args))
+    proc = owned.popen([PEER_PYTHON, "-c", "import wsgi_demo"], cwd=LOADTEST, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        owned.stop(proc, grace=1.0)
+        return "importing the app in %s took over 60 s" % PEER_PYTHON
+    owned.stop(proc)
+    if proc.returncode == 0:
+        return None
+    last = (err.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+    return "the app does not import in %s: %s" % (PEER_PYTHON, last)
+
+
+def non_2xx(wrk_result):
+    """'404 x 105309, 500 x 3' for the statuses other than 2xx, or ''."""
+    counts = sorted(((code, n) for code, n in (wrk_result.get("responses_by_status") or {}).items()
+                     if not code.startswith("2")), key=lambda item: -item[1])
+    return ", ".join("%s x %d" % (code, n) for code, n in counts)
+
+
+def peer_note(args):
+    if args.wsgi:
+        return ("Peers (if run) serve the same WSGI app, %s, on Debian's Python 3.11 through "
+                "loadtest/wsgi_demo.py (which adds only GET /healthz for the readiness probe), "
+                "gunicorn with sync workers and uWSGI with --http-socket: both close the connection "
+                "after each response, so every wrk connection is served in turn." % args.wsgi)
+    return None

@@ -1,0 +1,57 @@
+"""Test app: a small Flask application, served unchanged (`--wsgi flask_app:app`).
+
+Flask comes from Debian's python3-flask; the suite copies its pure-Python
+distributions into a directory it passes with --pythonpath (see
+scripts/pure_python_site.py).
+"""
+
+from flask import Flask, abort, jsonify, request
+
+app = Flask(__name__)
+
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+@app.route("/")
+def index():
+    return "hello from flask"
+
+
+@app.route("/fib/<int:n>")
+def fib_route(n):
+    if n > 30:
+        abort(400, "n must be at most 30")
+    return jsonify(n=n, value=fib(n))
+
+
+@app.route("/echo", methods=["POST"])
+def echo():
+    return jsonify(json=request.get_json(), args=request.args.to_dict(),
+                   content_type=request.content_type, length=request.content_length)
+
+
+@app.route("/upload", methods=["POST"])
+def upload():
+    f = request.files["file"]
+    data = f.read()
+    return jsonify(filename=f.filename, size=len(data), form=request.form.to_dict())
+
+
+@app.route("/cookie")
+def cookie():
+    response = jsonify(seen=request.cookies.get("flavour"))
+    response.set_cookie("flavour", "oatmeal")
+    return response
+
+
+@app.route("/url")
+def url():
+    return jsonify(url=request.url, script_root=request.script_root, path=request.path,
+                   remote_addr=request.remote_addr)
+
+
+@app.route("/boom")
+def boom():
+    raise RuntimeError("flask handler failed")

@@ -1,0 +1,479 @@
+// The WorkerPool's rules alone, with a Worker written in C++ (no Python):
+// recycling, deadlines, interrupt / abandon / replace, back-off, drain, 503 on
+// a full queue, start-up failure, readiness. Every wait here is bounded.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "pyworkers/worker_pool.hpp"
+
+using namespace gilgamesh;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Collects the answers of the jobs it owns.
+class Answers {
+ public:
+  class Owner final : public JobOwner {
+   public:
+    explicit Owner(Answers& a) : answers_(a) {}
+    void job_done(std::uint64_t token, HttpResponseData&& r) override { answers_.add(token, std::move(r)); }
+    bool client_gone() const override { return gone; }
+    std::atomic<bool> gone{false};
+
+   private:
+    Answers& answers_;
+  };
+
+  void add(std::uint64_t token, HttpResponseData&& r) {
+    std::lock_guard lock(mutex_);
+    ++calls_[token];
+    by_token_[token] = std::move(r);
+    cv_.notify_all();
+  }
+  // The answer to `token`, waiting up to `timeout`.
+  std::optional<HttpResponseData> wait(std::uint64_t token, std::chrono::milliseconds timeout = 5000ms) {
+    std::unique_lock lock(mutex_);
+    if (!cv_.wait_for(lock, timeout, [&] { return by_token_.count(token) > 0; })) return std::nullopt;
+    return by_token_[token];
+  }
+  int calls(std::uint64_t token) {
+    std::lock_guard lock(mutex_);
+    return calls_[token];
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, HttpResponseData> by_token_;
+  std::map<std::uint64_t, int> calls_;
+};
+
+// What every test worker shares: counters, and knobs the tests turn.
+struct Shared {
+  std::atomic<int> made{0}, started{0}, ended{0}, handled{0}, interrupts{0};
+  std::atomic<int> fail_starts{0};       // this many next start() calls throw
+  std::atomic<bool> fail_first_start{false};
+  std::mutex release_mutex;
+  std::condition_variable release_cv;
+  bool released = false;                 // lets "/stuck" handlers return
+  void release() {
+    std::lock_guard lock(release_mutex);
+    released = true;
+    release_cv.notify_all();
+  }
+};
+
+// Behaves by the request path: /ok answers; /sleep waits 5 s unless
+// interrupted; /stuck ignores interrupts until released; /die loses the worker.
+class TestWorker final : public Worker {
+ public:
+  TestWorker(Shared& shared, int slot) : shared_(shared), slot_(slot) { ++shared_.made; }
+
+  std::vector<RouteInfo> start() override {
+    if (shared_.fail_first_start.exchange(false)) throw StartupError("cannot load app 'test': it broke");
+    if (shared_.fail_starts > 0) {
+      --shared_.fail_starts;
+      throw StartupError("replacement refused");
+    }
+    generation_ = ++shared_.started;
+    return {{"/ok", {"GET"}, ""}};
+  }
+
+  HandleResult handle(const Job& job, std::uint64_t seq) override {
+    ++shared_.handled;
+    running_ = seq;
+    interrupted_ = false;
+    HandleResult out;
+    const std::string& path = job.request.path;
+    if (path == "/sleep") {
+      std::unique_lock lock(mutex_);
+      cv_.wait_for(lock, 5s, [&] { return interrupted_.load(); });
+      out.response.status = interrupted_ ? 504 : 200;
+    } else if (path == "/stuck") {
+      std::unique_lock lock(shared_.release_mutex);
+      shared_.release_cv.wait_for(lock, 10s, [&] { return shared_.released; });
+      out.response.status = 200;
+    } else if (path == "/swallow-once") {
+      // Catches the first interrupt and carries on, like `except BaseException: pass`.
+      std::unique_lock lock(mutex_);
+      cv_.wait_for(lock, 5s, [&] { return interrupts_seen_ >= 2; });
+      out.response.status = 504;
+    } else if (path == "/die") {
+      out.worker_lost = true;
+      out.response.status = 502;
+    } else {
+      out.response.status = 200;
+    }
+    out.response.body = "slot " + std::to_string(slot_) + " gen " + std::to_string(generation_);
+    running_ = 0;
+    return out;
+  }
+
+  InterruptAction interrupt(std::uint64_t seq) override {
+    if (running_ != seq) return InterruptAction::none;
+    ++shared_.interrupts;
+    std::lock_guard lock(mutex_);
+    ++interrupts_seen_;
+    interrupted_ = true;
+    cv_.notify_all();
+    return InterruptAction::interrupted;
+  }
+
+  void end() override { ++shared_.ended; }
+  bool recyclable() const override { return true; }
+  bool abandonable() const override { return true; }
+  WorkerDescription describe() const override { return {}; }
+
+ private:
+  Shared& shared_;
+  const int slot_;
+  int generation_ = 0;
+  std::atomic<std::uint64_t> running_{0};
+  std::atomic<bool> interrupted_{false};
+  int interrupts_seen_ = 0;  // guarded by mutex_
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
+
+class TestFactory final : public WorkerFactory {
+ public:
+  explicit TestFactory(Shared& shared) : shared_(shared) {}
+  void prepare() override {}
+  std::unique_ptr<Worker> make(int slot) override { return std::make_unique<TestWorker>(shared_, slot); }
+  bool gil_enabled() const override { return false; }
+  std::string python_version() const override { return "test"; }
+  std::string python_build() const override { return "test"; }
+  void shutdown(bool clean) override { shut_down_clean = clean; }
+  std::optional<bool> shut_down_clean;
+
+ private:
+  Shared& shared_;
+};
+
+PoolTiming fast_timing() {
+  PoolTiming t;
+  t.interrupt_grace = 100ms;
+  t.reinterrupt_every = 20ms;
+  t.supervisor_tick = 5ms;
+  t.backoff_first = 20ms;
+  t.backoff_max = 200ms;
+  t.stop_grace = 100ms;
+  return t;
+}
+
+struct Fixture {
+  explicit Fixture(ExecutorConfig c = {}, PoolTiming timing = fast_timing()) : config(std::move(c)) {
+    auto f = std::make_unique<TestFactory>(shared);
+    factory = f.get();
+    pool = std::make_unique<WorkerPool>(config, std::move(f), timing);
+  }
+  ~Fixture() {
+    shared.release();
+    if (pool) pool->stop(Clock::now() + 5s);
+  }
+
+  // Submits GET `path` with the given time to its deadline; returns its token (0: refused).
+  std::uint64_t submit(const std::string& path, std::chrono::milliseconds deadline_in = 5000ms,
+                       SubmitResult* result = nullptr) {
+    Job job;
+    job.request.method = "GET";
+    job.request.path = path;
+    job.request.request_id = "r" + std::to_string(next_token);
+    job.deadline = Clock::now() + deadline_in;
+    job.owner = owner;
+    job.token = next_token++;
+    const SubmitResult r = pool->submit(job);
+    if (result) *result = r;
+    return r == SubmitResult::accepted ? job.token : 0;
+  }
+
+  // Polls `pool->stats()` until `pred` holds (bounded).
+  template <class Pred>
+  bool eventually(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
+    const auto until = Clock::now() + timeout;
+    while (Clock::now() < until) {
+      if (pred(pool->stats())) return true;
+      std::this_thread::sleep_for(5ms);
+    }
+    return pred(pool->stats());
+  }
+
+  ExecutorConfig config;
+  Shared shared;
+  TestFactory* factory = nullptr;
+  std::unique_ptr<WorkerPool> pool;
+  Answers answers;
+  std::shared_ptr<Answers::Owner> owner = std::make_shared<Answers::Owner>(answers);
+  std::uint64_t next_token = 1;
+};
+
+ExecutorConfig with_workers(int n) {
+  ExecutorConfig c;
+  c.strategy = "test";
+  c.workers = n;
+  return c;
+}
+
+}  // namespace
+
+TEST(WorkerPool, ServesEveryJobExactlyOnce) {
+  Fixture f(with_workers(2));
+  f.pool->start();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 50; ++i) tokens.push_back(f.submit("/ok"));
+  for (auto t : tokens) {
+    auto r = f.answers.wait(t);
+    ASSERT_TRUE(r) << t;
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  for (auto t : tokens) EXPECT_EQ(f.answers.calls(t), 1) << t;
+  EXPECT_EQ(f.shared.handled, 50);
+  EXPECT_EQ(f.factory->shut_down_clean, std::optional<bool>(true));
+}
+
+TEST(WorkerPool, RecyclesAfterMaxRequests) {
+  ExecutorConfig c = with_workers(1);
+  c.max_requests = 3;
+  Fixture f(c);
+  f.pool->start();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  // Recycled after requests 3, 6 and 9: four starts, three ends so far.
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["recycles_total"] == 3; }));
+  EXPECT_EQ(f.shared.started, 4);
+  EXPECT_EQ(f.shared.made, 1);  // one Worker object, restarted in its slot
+  EXPECT_EQ(f.pool->stats()["worker_details"][0]["recycles"], 3);
+  EXPECT_EQ(f.pool->stats()["replacements_total"], 0);
+}
+
+TEST(WorkerPool, RecycleJitterStaysInRange) {
+  ExecutorConfig c = with_workers(1);
+  c.max_requests = 2;
+  c.max_requests_jitter = 2;
+  Fixture f(c);
+  f.pool->start();
+  for (int i = 0; i < 40; ++i) ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  // Between 40/4 and 40/2 recycles.
+  const auto recycles = f.pool->stats()["recycles_total"].get<int>();
+  EXPECT_GE(recycles, 40 / 4 - 1);
+  EXPECT_LE(recycles, 40 / 2);
+}
+
+TEST(WorkerPool, JobPastItsDeadlineInTheQueueIs504AndNeverRuns) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  const auto busy = f.submit("/sleep", 300ms);  // interrupted at 300 ms
+  const auto late = f.submit("/ok", 50ms);
+  auto r = f.answers.wait(late);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 504);
+  ASSERT_TRUE(f.answers.wait(busy));
+  EXPECT_EQ(f.shared.handled, 1);  // only the sleeper ran
+  EXPECT_EQ(f.pool->stats()["expired_in_queue_total"], 1);
+}
+
+TEST(WorkerPool, InterruptsAHandlerAtItsDeadlineAndKeepsTheWorker) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  const auto started = Clock::now();
+  auto r = f.answers.wait(f.submit("/sleep", 100ms));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 504);
+  EXPECT_LT(Clock::now() - started, 2s);
+  EXPECT_EQ(f.shared.interrupts, 1);
+  auto ok = f.answers.wait(f.submit("/ok"));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->body, "slot 0 gen 1");  // the same worker: nothing was abandoned
+  EXPECT_EQ(f.pool->stats()["interrupted_total"], 1);
+  EXPECT_EQ(f.pool->stats()["abandoned_total"], 0);
+}
+
+TEST(WorkerPool, RepeatsTheInterruptForAHandlerThatSwallowsOne) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  auto r = f.answers.wait(f.submit("/swallow-once", 50ms));
+  ASSERT_TRUE(r);
+  EXPECT_GE(f.shared.interrupts, 2);
+  auto ok = f.answers.wait(f.submit("/ok"));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->body, "slot 0 gen 1");  // stopped within the grace: not abandoned
+  EXPECT_EQ(f.pool->stats()["interrupted_total"], 1);  // one interruption, logged once
+  EXPECT_EQ(f.pool->stats()["abandoned_total"], 0);
+}
+
+TEST(WorkerPool, AbandonsAHandlerThatIgnoresTheInterruptAndReplacesItsWorker) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  const auto stuck = f.submit("/stuck", 50ms);
+  // The slot gets a fresh worker after the deadline and the grace.
+  auto ok = f.answers.wait(f.submit("/ok", 3000ms));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(ok->body, "slot 0 gen 2");
+  auto s = f.pool->stats();
+  EXPECT_EQ(s["abandoned_total"], 1);
+  EXPECT_EQ(s["abandoned_live"], 1);
+  EXPECT_EQ(s["replacements_total"], 1);
+  EXPECT_EQ(f.pool->readiness().state, Readiness::State::ready);
+  // When the stuck handler returns at last, its thread ends its worker and leaves.
+  f.shared.release();
+  ASSERT_TRUE(f.answers.wait(stuck));
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& st) { return st["abandoned_live"] == 0; }));
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  EXPECT_EQ(f.shared.ended, 2);
+}
+
+TEST(WorkerPool, PastTheAbandonLimitTheSlotIsNotReplacedAndReadinessSaysSo) {
+  ExecutorConfig c = with_workers(1);
+  c.max_abandoned = 1;
+  Fixture f(c);
+  f.pool->start();
+  f.submit("/stuck", 30ms);
+  ASSERT_TRUE(f.eventually([](const nlohmann::json& s) {
+    return s["abandoned_live"] == 1 && s["ready_workers"] == 1;
+  }));
+  // The fresh worker gets stuck too: no second abandonment.
+  f.submit("/stuck", 100ms);
+  ASSERT_TRUE(f.eventually([&](const nlohmann::json& s) {
+    return s["interrupted_total"] == 2 && f.pool->readiness().state == Readiness::State::degraded;
+  }));
+  std::this_thread::sleep_for(300ms);  // several grace periods: still no replacement
+  EXPECT_EQ(f.pool->stats()["abandoned_total"], 1);
+  EXPECT_NE(f.pool->readiness().reason.find("abandoned-worker limit (1)"), std::string::npos)
+      << f.pool->readiness().reason;
+  f.shared.release();
+  EXPECT_TRUE(f.eventually([&](const nlohmann::json&) { return f.pool->readiness().ready(); }));
+}
+
+TEST(WorkerPool, ALostWorkerIsReplacedAndTheOthersKeepServing) {
+  Fixture f(with_workers(2));
+  f.pool->start();
+  auto r = f.answers.wait(f.submit("/die"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["replacements_total"] == 1; }));
+  for (int i = 0; i < 10; ++i) {
+    auto ok = f.answers.wait(f.submit("/ok"));
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200);
+  }
+  EXPECT_EQ(f.shared.started, 3);
+}
+
+TEST(WorkerPool, FailingReplacementsBackOffThenRecover) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  f.shared.fail_starts = 3;
+  ASSERT_TRUE(f.answers.wait(f.submit("/die")));
+  // No worker while the replacements fail: not ready, with the reason.
+  ASSERT_TRUE(f.eventually([&](const nlohmann::json&) {
+    const Readiness r = f.pool->readiness();
+    return r.state == Readiness::State::degraded &&
+           r.reason.find("replacement refused") != std::string::npos;
+  }));
+  const auto started = Clock::now();
+  auto ok = f.answers.wait(f.submit("/ok", 5000ms));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  // Back-off of 20, 40 and 80 ms before the fourth try succeeds.
+  EXPECT_GE(Clock::now() - started, 100ms);
+  EXPECT_EQ(f.shared.fail_starts, 0);
+  EXPECT_TRUE(f.pool->readiness().ready());
+}
+
+TEST(WorkerPool, AFullQueueRefusesAtOnce) {
+  ExecutorConfig c = with_workers(1);
+  c.max_queue = 2;
+  Fixture f(c);
+  f.pool->start();
+  f.submit("/stuck");
+  ASSERT_TRUE(f.eventually([](const nlohmann::json& s) { return s["busy_workers"] == 1; }));
+  SubmitResult result;
+  EXPECT_NE(f.submit("/ok", 5000ms, &result), 0u);
+  EXPECT_NE(f.submit("/ok", 5000ms, &result), 0u);
+  EXPECT_EQ(f.submit("/ok", 5000ms, &result), 0u);
+  EXPECT_EQ(result, SubmitResult::queue_full);
+}
+
+TEST(WorkerPool, DropsAJobWhoseClientLeftWhileItWaited) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  auto other = std::make_shared<Answers::Owner>(f.answers);
+  f.submit("/sleep", 200ms);
+  Job job;
+  job.request.path = "/ok";
+  job.deadline = Clock::now() + 5s;
+  job.owner = other;
+  job.token = 999;
+  ASSERT_EQ(f.pool->submit(job), SubmitResult::accepted);
+  other->gone = true;
+  auto r = f.answers.wait(999);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 499);
+  EXPECT_EQ(f.shared.handled, 1);  // the sleeper only
+  EXPECT_EQ(f.pool->stats()["dropped_disconnected_total"], 1);
+}
+
+TEST(WorkerPool, StopDrainsThenAnswersWhatIsLeft503) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  const auto running = f.submit("/sleep", 10000ms);
+  ASSERT_TRUE(f.eventually([](const nlohmann::json& s) { return s["busy_workers"] == 1; }));
+  const auto queued = f.submit("/ok", 10000ms);
+  EXPECT_EQ(f.pool->readiness().state, Readiness::State::ready);
+  // The deadline passes while the sleeper runs: the queued job is answered 503,
+  // the running one is interrupted and returns within the stop grace.
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 100ms));
+  auto q = f.answers.wait(queued);
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->status, 503);
+  ASSERT_TRUE(f.answers.wait(running));
+  EXPECT_EQ(f.pool->readiness().state, Readiness::State::stopping);
+  SubmitResult result;
+  EXPECT_EQ(f.submit("/ok", 1000ms, &result), 0u);
+  EXPECT_EQ(result, SubmitResult::stopping);
+}
+
+TEST(WorkerPool, AHandlerStillRunningAfterStopMakesItUnclean) {
+  Fixture f(with_workers(1));
+  f.pool->start();
+  f.submit("/stuck", 10000ms);
+  ASSERT_TRUE(f.eventually([](const nlohmann::json& s) { return s["busy_workers"] == 1; }));
+  EXPECT_FALSE(f.pool->stop(Clock::now() + 50ms));
+  EXPECT_EQ(f.factory->shut_down_clean, std::optional<bool>(false));
+  f.shared.release();  // the detached thread finishes; the fixture keeps the pool alive
+  std::this_thread::sleep_for(100ms);
+}
+
+TEST(WorkerPool, StartUpFailureIsThrownOnceWithTheReason) {
+  Fixture f(with_workers(3));
+  f.shared.fail_first_start = true;
+  EXPECT_EQ(f.pool->readiness().state, Readiness::State::starting);
+  try {
+    f.pool->start();
+    FAIL() << "start() did not throw";
+  } catch (const StartupError& e) {
+    EXPECT_STREQ(e.what(), "cannot load app 'test': it broke");
+  }
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+}
+
+TEST(WorkerPool, StatsDescribeEverySlot) {
+  Fixture f(with_workers(3));
+  f.pool->start();
+  auto s = f.pool->stats();
+  ASSERT_EQ(s["worker_details"].size(), 3u);
+  for (const auto& d : s["worker_details"]) {
+    EXPECT_EQ(d["state"], "idle");
+    EXPECT_EQ(d["requests"], 0);
+  }
+  EXPECT_EQ(s["ready_workers"], 3);
+  EXPECT_EQ(s["max_abandoned"], 6);
+  EXPECT_TRUE(f.pool->readiness().ready());
+}
