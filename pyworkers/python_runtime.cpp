@@ -32,11 +32,11 @@ constexpr const char* kBuildName = "default";
 constexpr const char* kAbiThread = "";
 #endif
 
-// An installed tree (`make install`, the image) carries its own CPython beside
-// the binary: PREFIX/bin/gilgamesh[-ft], PREFIX/lib/gilgamesh/<build>/ (a CPython
-// prefix) and PREFIX/share/gilgamesh/ (holding handlers/). There Python's home
-// must be that prefix: the one compiled into libpython is the build machine's.
-// The build tree has neither directory and keeps the compiled-in prefix.
+// An installed tree (`make install`, the image): PREFIX/bin/gilgamesh[-ft],
+// PREFIX/share/gilgamesh/ (holding handlers/) and, unless the build embeds the
+// system's own Python, PREFIX/lib/gilgamesh/<build>/ (a CPython prefix). With the
+// latter, Python's home must be that prefix: the one compiled into libpython is the
+// build machine's. The build tree has neither directory and keeps the compiled-in prefix.
 struct InstalledTree {
   std::string python_home;  // empty: not an installed tree
   std::string share_dir;    // empty: none
@@ -54,7 +54,7 @@ InstalledTree installed_tree() {
   const fs::path home = prefix / "lib" / "gilgamesh" / kBuildName;
   if (fs::exists(home / "lib" / stdlib / "os.py", ec)) tree.python_home = home.string();
   const fs::path share = prefix / "share" / "gilgamesh";
-  if (!tree.python_home.empty() && fs::is_directory(share / "handlers", ec)) tree.share_dir = share.string();
+  if (fs::is_directory(share / "handlers", ec)) tree.share_dir = share.string();
   return tree;
 }
 }  // namespace

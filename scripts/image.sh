@@ -65,26 +65,48 @@ SRC
   log "made $GILGAMESH_BASE_IMAGE"
 }
 
+# Stage images (build stage, runtime-stage steps) of this Dockerfile carry this
+# label: what `cleanup` may remove.
+LABEL_FILTER="label=org.opencontainers.image.title=gilgamesh"
+BUILD_CACHE_TAG="${GILGAMESH_IMAGE%:*}-build:cache"
+
 build_image() {
-  local previous
-  previous="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$GILGAMESH_IMAGE" 2>/dev/null || true)"
+  local args=(build --isolation chroot --network host --format docker --pull=never --layers --force-rm
+              --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" -f "$ROOT/docker/Dockerfile")
   log "building $GILGAMESH_IMAGE from docker/Dockerfile"
-  # --format docker: OCI image configs cannot carry a HEALTHCHECK.
-  "${PODMAN[@]}" build --isolation chroot --network host --format docker --pull=never --layers \
-    --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" -f "$ROOT/docker/Dockerfile" -t "$GILGAMESH_IMAGE" "$ROOT"
-  # The image this one replaces: untagged now, and with vfs a full copy on disk.
-  # (Not `image prune`: that would also drop the build stages' cached layers.)
-  local now
-  now="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$GILGAMESH_IMAGE")"
-  if [[ -n "$previous" && "$previous" != "$now" ]]; then
-    "${PODMAN[@]}" rmi "$previous" >/dev/null 2>&1 || true
-  fi
+  # The build stage gets a tag of its own: its last layer has no child image, and
+  # untagged it would count as dangling and be pruned with the stale ones, so an
+  # unchanged tree would compile gilgamesh again. The second command reuses its layers.
+  # (--format docker: OCI image configs cannot carry a HEALTHCHECK.)
+  "${PODMAN[@]}" "${args[@]}" --target build -t "$BUILD_CACHE_TAG" "$ROOT"
+  "${PODMAN[@]}" "${args[@]}" -t "$GILGAMESH_IMAGE" "$ROOT"
+  cleanup
   log "$GILGAMESH_IMAGE: $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$GILGAMESH_IMAGE" \
       | awk '{printf "%.0f MB", $1 / 1e6}')"
 }
 
+# With vfs every layer is a full copy of its file system: a build after a source
+# change leaves about a GB of stale, untagged stage images (the previous build
+# stage and image). Dangling images of this Dockerfile go; the tagged image, the
+# tagged build stage and their parents (the cached toolchain) stay.
+cleanup() {
+  "${PODMAN[@]}" image prune -f --filter "$LABEL_FILTER" >/dev/null
+  # Working containers of tests/container that a killed run left behind.
+  local name
+  for name in $("${BUILDAH[@]}" containers --noheading --format '{{.ContainerName}}' 2>/dev/null); do
+    if [[ "$name" == gilgamesh-test-* ]]; then "${BUILDAH[@]}" rm "$name" >/dev/null || true; fi
+  done
+}
+
+# One image build or test at a time per machine: they share the storage and the tag.
+if [[ -z "${GILGAMESH_IMAGE_LOCKED:-}" ]]; then
+  exec 8>/var/tmp/gilgamesh-image.lock
+  flock 8
+fi
+
 case "${1:-build}" in
   base) make_base ;;
   build) make_base; build_image ;;
-  *) echo "usage: $0 [base|build]" >&2; exit 2 ;;
+  cleanup) cleanup ;;
+  *) echo "usage: $0 [base|build|cleanup]" >&2; exit 2 ;;
 esac

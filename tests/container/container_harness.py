@@ -153,12 +153,7 @@ class Container:
             raise AssertionError("container exited with %s before answering:\n%s"
                                  % (self.proc.returncode, self.log()[-4000:]))
         try:
-            status = get(self.port, path, timeout=5).status
-            if status == 404 and path == "/readyz":
-                # A build before /readyz existed opened its listener only once the
-                # workers were up: there /healthz answering is readiness.
-                status = get(self.port, "/healthz", timeout=5).status
-            return status == 200
+            return get(self.port, path, timeout=5).status == 200
         except OSError:
             return False
 
@@ -179,9 +174,13 @@ class Container:
                                         if process_name(p).startswith("gilgamesh")), None),
                           10, "gilgamesh under tini")
 
-    def stop(self, timeout=STOP_TIMEOUT_S):
-        """SIGTERM to PID 1, as `docker stop` sends it: the exit status of the container."""
+    def terminate(self):
+        """SIGTERM to PID 1, as `docker stop` sends it; returns at once."""
         os.kill(self.init_pid(), signal.SIGTERM)
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        """SIGTERM to PID 1, then the exit status of the container."""
+        self.terminate()
         return self.wait(timeout)
 
     def wait(self, timeout=STOP_TIMEOUT_S):

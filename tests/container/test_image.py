@@ -1,5 +1,6 @@
-"""The image as `docker run` uses it: metadata, contents, serving, a mounted
-app with a third-party package, SIGTERM."""
+"""The image as `docker run` uses it: metadata, contents, serving, mounted apps
+(route handlers with a third-party package from a venv, a WSGI app), SIGTERM
+(drain; /readyz 503 during --shutdown-delay)."""
 
 import glob
 import os
@@ -13,7 +14,10 @@ import pytest
 import container_harness as harness
 from container_harness import get
 
-PY = "/opt/gilgamesh/lib/gilgamesh/default/bin/python3.13"
+# The image's Python for the default build: Debian's python3.13 (3.13.5), the
+# libpython gilgamesh embeds; the free-threaded one is bundled under /opt/gilgamesh.
+PY = "/usr/bin/python3.13"
+PY_FT = "/opt/gilgamesh/lib/gilgamesh/free-threaded/bin/python3.13t"
 
 
 def test_image_metadata(image):
@@ -50,6 +54,11 @@ def test_contents_are_runtime_only(container):
     out = r.stdout
     assert out.splitlines()[0] == "10001", out
     assert "UNRESOLVED" not in out and "PRESENT" not in out and "TOOL" not in out, out
+    # Both embedded builds are 3.13.5: the default one from Debian, the free-threaded one bundled.
+    for py, gil_disabled in ((PY, 0), (PY_FT, 1)):
+        r = c.exec([py, "-c", "import sys, sysconfig; print(sys.version.split()[0], "
+                    "int(sysconfig.get_config_var('Py_GIL_DISABLED') or 0))"])
+        assert r.returncode == 0 and r.stdout.split() == ["3.13.5", str(gil_disabled)], r.stdout + r.stderr
 
 
 def test_defaults_suit_a_container(container):
@@ -140,7 +149,7 @@ def inflight(port):
 
 def test_mounted_app_with_a_third_party_package(container):
     """docker run -v $PWD/app:/app gilgamesh --app myapp --pythonpath /app, with a
-    venv of the bundled python3.13 holding a pure-Python package from a wheel."""
+    venv of the image's python3.13 holding a pure-Python package from a wheel."""
     wheels = glob.glob("/usr/share/python-wheels/wheel-*.whl")
     assert wheels, "python3-wheel-whl is not installed (make deps installs it)"
     with tempfile.TemporaryDirectory(prefix="gilgamesh-app-") as app:
@@ -174,3 +183,65 @@ def test_mounted_app_with_a_third_party_package(container):
         assert body["wheel"] == os.path.basename(wheels[0]).split("-")[1], body
         assert get(c.port, "/fib?n=5").status == 404  # only the user's app is served
         assert c.stop() == 0, c.log()[-3000:]
+
+
+WSGI_APP = """
+import json
+
+
+def application(environ, start_response):
+    body = json.dumps({
+        "path": environ["PATH_INFO"],
+        "script_name": environ["SCRIPT_NAME"],
+        "query": environ["QUERY_STRING"],
+        "server_software": environ["SERVER_SOFTWARE"],
+        "wsgi_version": list(environ["wsgi.version"]),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.parametrize("strategy", ["subinterpreters", "free-threaded"])
+def test_mounted_wsgi_app(container, strategy):
+    """docker run -v $PWD/app:/app gilgamesh --wsgi wsgiapp:application --root-path /api."""
+    with tempfile.TemporaryDirectory(prefix="gilgamesh-wsgi-") as app:
+        with open(os.path.join(app, "wsgiapp.py"), "w") as f:
+            f.write(WSGI_APP)
+        os.chmod(app, 0o755)
+        os.chmod(os.path.join(app, "wsgiapp.py"), 0o644)
+        c = container().start(["--wsgi", "wsgiapp:application", "--root-path", "/api",
+                               "--strategy", strategy, "--workers", "2"],
+                              volumes=[(app, "/app", "ro")]).wait_ready()
+        r = get(c.port, "/api/items/7?x=1")
+        assert r.status == 200, r
+        body = r.json()
+        assert body["path"] == "/items/7" and body["script_name"] == "/api", body
+        assert body["query"] == "x=1" and body["wsgi_version"] == [1, 0], body
+        assert body["server_software"].startswith("gilgamesh/"), body
+        assert get(c.port, "/healthz").status == 200  # built-ins stay beside the app
+        assert c.stop() == 0, c.log()[-3000:]
+
+
+def test_sigterm_readyz_503_while_shutdown_delay_keeps_serving(container):
+    """What a Kubernetes rollout relies on: after SIGTERM, /readyz says 503 at once
+    (the endpoint leaves the Service) while requests are still served for
+    --shutdown-delay; then the drain, and exit 0."""
+    c = container().start(["--workers", "2", "--shutdown-delay", "3", "--graceful-timeout", "10"]).wait_ready()
+    assert get(c.port, "/readyz").status == 200
+    c.terminate()
+    signalled_at = time.monotonic()
+    ready = harness.wait_until(lambda: readyz_if_503(c.port), 2, "/readyz to turn 503")
+    assert ready.json()["status"] == "draining", ready
+    # Still accepting and serving inside the delay.
+    fib = get(c.port, "/fib?n=20")
+    assert fib.status == 200 and fib.json()["value"] == 6765, fib
+    assert time.monotonic() - signalled_at < 2.5, "served after the delay: the test proves nothing"
+    assert c.wait(timeout=30) == 0, c.log()[-3000:]
+    assert time.monotonic() - signalled_at >= 3.0  # the delay was kept
+
+
+def readyz_if_503(port):
+    r = get(port, "/readyz", timeout=5)
+    return r if r.status == 503 else None

@@ -15,12 +15,28 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import container_harness as harness
 from container_harness import HOST, REPO, RawConnection, get
 
 NGINX_CONF = REPO / "docker" / "nginx" / "gilgamesh.conf"
+COMPOSE = REPO / "docker" / "compose.yaml"
 CLIENTS = 4
+
+
+def test_compose_file_wires_what_this_suite_runs(image):
+    """Compose itself cannot run here: check that compose.yaml gives its nginx the
+    file the scale-out test runs, and its replicas the image's own health check."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    mounts = services["nginx"]["volumes"]
+    assert any(m.split(":")[0] == "./nginx/" + NGINX_CONF.name and
+               (COMPOSE.parent / m.split(":")[0]).resolve() == NGINX_CONF for m in mounts), mounts
+    assert services["nginx"]["depends_on"]["gilgamesh"]["condition"] == "service_healthy"
+    replica = services["gilgamesh"]
+    assert replica["build"]["dockerfile"] == "docker/Dockerfile"
+    health = image.get("Healthcheck") or image["Config"].get("Healthcheck")
+    assert replica["healthcheck"]["test"] == health["Test"], (replica["healthcheck"], health)
 
 
 def nginx_config(workdir, listen_port, upstream_ports):
