@@ -28,14 +28,18 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python configure build run test bench bench-quick bench-app clean install image image-test
+.PHONY: all setup deps python web configure build run test bench bench-quick bench-app soak clean install image image-test
 
 all: build
 
-setup: deps python
+setup: deps python web
 
 deps:
 	@bash scripts/install-deps.sh
+
+# The dashboard's npm packages (uPlot, embedded at build time; playwright-core for the browser test).
+web: deps
+	@bash scripts/fetch-web-deps.sh
 
 python: deps
 	@if [ -n "$(PYTHON_BUILDS)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh $(PYTHON_BUILDS); fi
@@ -79,6 +83,12 @@ bench-app: build
 	  echo "usage: make bench-app WSGI=module:callable [APP_PATH='dir ...'] REQUEST='GET /path' [BENCH_ARGS=...]"; exit 2; fi
 	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(if $(WSGI),--wsgi '$(WSGI)',--app '$(APP)') \
 	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' --peers gunicorn,uwsgi $(BENCH_ARGS)
+
+# Memory while workers are recycled: every strategy, --max-requests 200, mixed load,
+# SOAK_SECONDS each (40 minutes for the four strategies by default).
+SOAK_SECONDS ?= 600
+soak: build
+	/usr/bin/python3 loadtest/run --soak $(SOAK_SECONDS) --binary $(BUILD_DIR)/gilgamesh $(SOAK_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -162,9 +162,11 @@ class InProcessWorker : public Worker {
 
 // --- subinterpreters ---------------------------------------------------------
 
-// Creating and ending interpreters, and the app imports that follow creation,
-// happen one at a time across the process: concurrent first imports of some
-// extension modules corrupt the heap on 3.13.
+// Creating and ending interpreters happen one at a time across the process.
+// The app imports that follow run in parallel: 3.13 corrupts its heap when
+// several sub-interpreters import some extension modules (datetime and friends)
+// for the first time at once, which PythonRuntime prevents by importing those in
+// the main interpreter first (test_startup_stress.py keeps it honest).
 std::mutex& interpreter_lifecycle_mutex() {
   static std::mutex m;
   return m;
@@ -188,7 +190,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   }
 
   std::vector<RouteInfo> start() override {
-    std::lock_guard lock(interpreter_lifecycle_mutex());
+    std::unique_lock lock(interpreter_lifecycle_mutex());
     if (main_ts_ == nullptr) main_ts_ = PyThreadState_New(main_interp_);
     PyEval_RestoreThread(main_ts_);
 
@@ -208,9 +210,11 @@ class SubinterpreterWorker final : public InProcessWorker {
                          (status.err_msg ? status.err_msg : "unknown error"));
     }
     // Now `sub` is current and holds its own GIL; the main GIL is released.
+    lock.unlock();
     try {
       app_holder_ = PythonApp::load(options_);
     } catch (...) {
+      lock.lock();
       Py_EndInterpreter(sub);  // leaves no thread state current
       throw;
     }

@@ -23,6 +23,21 @@ class PythonRuntime {
   ~PythonRuntime();
 
   PyInterpreterState* main_interpreter() const { return main_interp_; }
+
+  // Obmalloc blocks that ending one isolated sub-interpreter (own GIL, own
+  // obmalloc, nothing run in it) leaves allocated, averaged over two cycles
+  // after a warm-up one. CPython frees an ended interpreter's arenas only when
+  // none is left, so 0 means recycling costs nothing; unpatched 3.12/3.13
+  // leave about 2,750 (its immortal interned strings) and with them every
+  // arena, 1.7 MiB or more per interpreter. The bundled 3.13.5 is patched
+  // (scripts/python-patches/0001-free-subinterpreter-interned-strings.patch).
+  // Call on the thread that constructed the runtime, before any worker
+  // thread exists: it attaches the main thread state.
+  double subinterpreter_leaked_blocks();
+  // "" if ended sub-interpreters free their memory in this CPython, else why
+  // recycling them (--max-requests, replacing a hung worker) grows the process
+  // without bound and what to use instead. Same preconditions.
+  std::string subinterpreter_recycling_problem();
   // The main thread's state, detached; attach it with py::AttachedScope.
   PyThreadState* main_thread_state() const { return main_ts_; }
 

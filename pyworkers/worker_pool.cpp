@@ -27,6 +27,9 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 // Resident and proportional set size of another process, from /proc.
 void add_memory(nlohmann::json& out, long pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  // The first line names the range ("55a2...-7ffc... ---p 00000000 00:00 0 [rollup]"),
+  // not a "Key: value kB" pair: reading it as one would stop the loop at once.
+  in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
   std::string key;
   std::uint64_t kib = 0;
   std::string unit;

@@ -75,6 +75,10 @@ bool ZygoteClient::launch(std::string& error, std::string& detail) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, child_end, kZygoteControlFd);
+  // Nothing else of the server's crosses: its listening socket, held open by the zygote
+  // and every worker it forks, would go on accepting connections that nobody serves
+  // once the server closes it to drain; nor do client connections.
+  posix_spawn_file_actions_addclosefrom_np(&actions, kZygoteControlFd + 1);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none, defaults;

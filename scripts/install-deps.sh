@@ -4,14 +4,14 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential cmake pkg-config ninja-build curl ca-certificates xz-utils dpkg-dev
+  build-essential cmake pkg-config ninja-build curl ca-certificates xz-utils dpkg-dev patch
   libboost1.81-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   googletest libgtest-dev libgmock-dev
   # CPython build dependencies (optional modules we want: ssl, zlib, bz2, lzma, sqlite3, ctypes, readline, uuid)
   libssl-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev libffi-dev libreadline-dev
   libncurses-dev libgdbm-dev uuid-dev
   # tests and load runner (run under /usr/bin/python3, Debian's 3.11)
-  python3 python3-pytest python3-matplotlib wrk
+  python3 python3-pytest python3-matplotlib python3-prometheus-client wrk
   # a real WSGI framework, served unchanged by the suite (pure Python; see scripts/pure_python_site.py)
   python3-flask
   # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi)
@@ -20,6 +20,10 @@ PKGS=(
   python3-yaml
 )
 if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
+# Node.js and npm fetch the dashboard's packages (scripts/fetch-web-deps.sh).
+# Asked for only when missing, so a Node.js installed another way is kept.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 # The image and its test (make image, make image-test): podman/buildah build and run
 # it without a daemon, debootstrap makes the base image, nginx fronts two replicas,
 # and a wheel from python3-wheel-whl is the third-party package a user app installs.

@@ -2,36 +2,189 @@
 
 #include <unistd.h>
 
+#include <charconv>
+#include <cmath>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
 namespace gilgamesh {
 
 namespace {
+
 // The app's routes, once the workers are up (none before).
 const std::vector<RouteInfo>& routes_of(const ServerView& v) {
   static const std::vector<RouteInfo> kNone;
   return v.routes_ready ? v.executor.routes() : kNone;
 }
+
+// x rounded to `decimals` places, as the double nearest that decimal (so JSON
+// prints 3.413, not 3.4130000000000003).
+double round_to(double x, int decimals) {
+  const double scale = std::pow(10.0, decimals);
+  return std::round(x * scale) / scale;
+}
+
+// Milliseconds to the microsecond.
+double round_ms(double ms) { return round_to(ms, 3); }
+
+// The methods of a route as one label value / key part: "GET,POST" (none for
+// a WSGI app's one route, "*").
+std::string methods_text(const RouteInfo& r) {
+  std::string out;
+  for (const auto& m : r.methods) out += (out.empty() ? "" : ",") + m;
+  return out;
+}
+
+// A number from the executor's live stats, if it reports it (strategies and
+// versions differ in what they report).
+std::optional<double> live_number(const nlohmann::json& live, const char* key) {
+  auto it = live.find(key);
+  if (it == live.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+const nlohmann::json& worker_details(const nlohmann::json& live) {
+  static const nlohmann::json empty = nlohmann::json::array();
+  auto it = live.find("worker_details");
+  return it != live.end() && it->is_array() ? *it : empty;
+}
+
+
+// The aggregate of every Python route's latency, for the dashboard's windowed
+// quantiles: the fine buckets that hold anything, as [upper_ms, count].
+nlohmann::json latency_buckets(const ServerView& v) {
+  std::array<std::uint64_t, LatencyHistogram::kBuckets> counts{};
+  for (std::size_t r = 0; r < routes_of(v).size(); ++r) {
+    const auto& h = v.stats.route(r).latency;
+    for (int i = 0; i < LatencyHistogram::kBuckets; ++i) counts[static_cast<std::size_t>(i)] += h.bucket_count(i);
+  }
+  nlohmann::json buckets = nlohmann::json::array();
+  std::uint64_t total = 0;
+  for (int i = 0; i < LatencyHistogram::kBuckets; ++i) {
+    auto c = counts[static_cast<std::size_t>(i)];
+    if (c == 0) continue;
+    total += c;
+    buckets.push_back({i, c});
+  }
+  return {{"first_upper_ms", LatencyHistogram::bucket_upper_ms(0)},
+          {"growth", LatencyHistogram::bucket_upper_ms(1) / LatencyHistogram::bucket_upper_ms(0)},
+          {"count", total},
+          {"buckets", std::move(buckets)}};
+}
+
+// --- Prometheus text format 0.0.4 -----------------------------------------
+
+std::string number_text(double x) {
+  if (std::isnan(x)) return "NaN";
+  if (std::isinf(x)) return x > 0 ? "+Inf" : "-Inf";
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, x);
+  return ec == std::errc() ? std::string(buf, end) : "NaN";
+}
+
+// A bucket bound as people write it: 0.000025, not 2.5e-05.
+std::string bound_text(double x) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::fixed);
+  return ec == std::errc() ? std::string(buf, end) : number_text(x);
+}
+
+std::string number_text(std::uint64_t x) { return std::to_string(x); }
+std::string number_text(std::int64_t x) { return std::to_string(x); }
+
+using Labels = std::vector<std::pair<std::string_view, std::string>>;
+
+// Writes families one at a time: every sample of a family follows its
+// # HELP and # TYPE lines, so no family is ever split.
+class PrometheusText {
+ public:
+  void family(std::string_view name, std::string_view type, std::string_view help) {
+    name_ = name;
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    for (char c : help) {
+      if (c == '\\') out_ += "\\\\";
+      else if (c == '\n') out_ += "\\n";
+      else out_ += c;
+    }
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+
+  // A sample of the current family; `suffix` is "", "_bucket", "_sum" or "_count".
+  template <typename Number>
+  void sample(const Labels& labels, Number value, std::string_view suffix = "") {
+    out_ += name_;
+    out_ += suffix;
+    if (!labels.empty()) {
+      out_ += '{';
+      bool first = true;
+      for (const auto& [key, val] : labels) {
+        if (!first) out_ += ',';
+        first = false;
+        out_ += key;
+        out_ += "=\"";
+        for (char c : val) {
+          if (c == '\\') out_ += "\\\\";
+          else if (c == '"') out_ += "\\\"";
+          else if (c == '\n') out_ += "\\n";
+          else out_ += c;
+        }
+        out_ += '"';
+      }
+      out_ += '}';
+    }
+    out_ += ' ';
+    out_ += number_text(value);
+    out_ += '\n';
+  }
+
+  // A family with one unlabelled sample.
+  template <typename Number>
+  void single(std::string_view name, std::string_view type, std::string_view help, Number value) {
+    family(name, type, help);
+    sample({}, value);
+  }
+
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+  std::string name_;
+};
+
 }  // namespace
 
 nlohmann::json stats_json(const ServerView& v) {
   ExecutorInfo info = v.executor.info();
   nlohmann::json live = v.executor.stats();
+  ProcessFigures proc = read_process_figures();
   nlohmann::json routes = nlohmann::json::object();
   const auto& infos = routes_of(v);
   for (std::size_t i = 0; i < infos.size(); ++i) {
     const RouteCounters& r = v.stats.route(i);
-    std::string key;
-    for (const auto& m : infos[i].methods) key += (key.empty() ? "" : ",") + m;
-    key += (key.empty() ? "" : " ") + infos[i].path;  // a WSGI app's one route: "*"
-    routes[key] = {{"path", infos[i].path},
-                   {"methods", infos[i].methods},
-                   {"count", r.count.load()},
-                   {"errors", r.errors.load()},
-                   {"client_errors", r.client_errors.load()},
-                   {"p50_ms", r.latency.quantile_ms(0.50)},
-                   {"p99_ms", r.latency.quantile_ms(0.99)},
-                   {"mean_ms", r.latency.mean_ms()}};
+    const std::uint64_t count = r.latency.count();
+    auto ms = [count](double x) { return count == 0 ? nlohmann::json(nullptr) : nlohmann::json(round_ms(x)); };
+    const std::string methods = methods_text(infos[i]);
+    routes[methods + (methods.empty() ? "" : " ") + infos[i].path] = {
+        {"path", infos[i].path},
+        {"methods", infos[i].methods},
+        {"doc", infos[i].doc},
+        {"count", r.count.load()},
+        {"errors", r.errors.load()},
+        {"client_errors", r.client_errors.load()},
+        {"p50_ms", ms(r.latency.quantile_ms(0.50))},
+        {"p99_ms", ms(r.latency.quantile_ms(0.99))},
+        {"mean_ms", ms(r.latency.mean_ms())}};
   }
   nlohmann::json out = {
+      {"version", GILGAMESH_VERSION},
       {"strategy", info.strategy},
       {"workers", info.workers},
       {"python_version", info.python_version},
@@ -39,57 +192,163 @@ nlohmann::json stats_json(const ServerView& v) {
       {"gil_enabled", info.gil_enabled},
       {"app", v.config.app},
       {"pid", getpid()},
-      {"uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - v.started_at).count()},
+      {"uptime_s", round_to(std::chrono::duration<double>(std::chrono::steady_clock::now() - v.started_at).count(), 3)},
       {"shutting_down", v.shutting_down},
+      {"rss_bytes", proc.rss_bytes},
+      {"cpu_seconds", round_to(proc.cpu_seconds, 2)},
+      {"open_fds", proc.open_fds},
       {"connections_open", v.stats.connections_open.load()},
       {"connections_accepted", v.stats.connections_accepted.load()},
+      {"event_streams", v.stats.event_streams_open.load()},
       {"rejected_queue_full", v.stats.rejected_queue_full.load()},
       {"deadline_exceeded", v.stats.deadline_exceeded.load()},
       {"responses", {{"1xx", v.stats.responses(1)}, {"2xx", v.stats.responses(2)}, {"3xx", v.stats.responses(3)},
                      {"4xx", v.stats.responses(4)}, {"5xx", v.stats.responses(5)}}},
+      {"latency", latency_buckets(v)},
       {"routes", std::move(routes)}};
   for (auto& [key, value] : live.items()) out[key] = value;
   return out;
 }
 
 std::string metrics_text(const ServerView& v) {
-  std::string out;
-  auto line = [&out](const std::string& s) { out += s; out += '\n'; };
+  PrometheusText m;
   ExecutorInfo info = v.executor.info();
   nlohmann::json live = v.executor.stats();
-  line("# HELP gilgamesh_info Strategy and Python build.");
-  line("# TYPE gilgamesh_info gauge");
-  line("gilgamesh_info{strategy=\"" + info.strategy + "\",build=\"" + info.build + "\",python=\"" +
-       info.python_version + "\",gil_enabled=\"" + (info.gil_enabled ? "true" : "false") + "\"} 1");
-  line("# TYPE gilgamesh_workers gauge");
-  line("gilgamesh_workers " + std::to_string(info.workers));
-  line("# TYPE gilgamesh_busy_workers gauge");
-  line("gilgamesh_busy_workers " + live.value("busy_workers", nlohmann::json(0)).dump());
-  line("# TYPE gilgamesh_queue_depth gauge");
-  line("gilgamesh_queue_depth " + live.value("queue_depth", nlohmann::json(0)).dump());
-  line("# TYPE gilgamesh_connections_open gauge");
-  line("gilgamesh_connections_open " + std::to_string(v.stats.connections_open.load()));
-  line("# TYPE gilgamesh_responses_total counter");
-  for (int c = 1; c <= 5; ++c) {
-    line("gilgamesh_responses_total{class=\"" + std::to_string(c) + "xx\"} " + std::to_string(v.stats.responses(c)));
+  ProcessFigures proc = read_process_figures();
+  const auto& s = v.stats;
+
+  m.family("gilgamesh_build_info", "gauge", "Always 1; the labels say which server, strategy and Python build answer.");
+  m.sample({{"version", GILGAMESH_VERSION},
+            {"strategy", info.strategy},
+            {"python_version", info.python_version},
+            {"build", info.build},
+            {"gil_enabled", info.gil_enabled ? "true" : "false"}},
+           std::int64_t{1});
+
+  // The process, with the names every Prometheus client library uses.
+  m.single("process_resident_memory_bytes", "gauge", "Resident memory of the server process in bytes.", proc.rss_bytes);
+  m.single("process_virtual_memory_bytes", "gauge", "Virtual memory of the server process in bytes.", proc.virtual_bytes);
+  m.single("process_cpu_seconds_total", "counter", "User and system CPU time of the server process in seconds.",
+           proc.cpu_seconds);
+  m.single("process_start_time_seconds", "gauge", "Start time of the server process since the Unix epoch in seconds.",
+           proc.start_time_s);
+  m.single("process_open_fds", "gauge", "Open file descriptors of the server process.", proc.open_fds);
+  if (proc.max_fds > 0) {
+    m.single("process_max_fds", "gauge", "Limit on open file descriptors of the server process.", proc.max_fds);
   }
-  line("# TYPE gilgamesh_rejected_total counter");
-  line("gilgamesh_rejected_total{reason=\"queue_full\"} " + std::to_string(v.stats.rejected_queue_full.load()));
-  line("gilgamesh_rejected_total{reason=\"deadline\"} " + std::to_string(v.stats.deadline_exceeded.load()));
-  line("# TYPE gilgamesh_route_requests_total counter");
-  line("# TYPE gilgamesh_route_latency_seconds summary");
-  const auto& infos = routes_of(v);
-  for (std::size_t i = 0; i < infos.size(); ++i) {
-    const RouteCounters& r = v.stats.route(i);
-    std::string label = "route=\"" + infos[i].path + "\"";
-    line("gilgamesh_route_requests_total{" + label + "} " + std::to_string(r.count.load()));
-    line("gilgamesh_route_errors_total{" + label + "} " + std::to_string(r.errors.load()));
-    for (double q : {0.5, 0.9, 0.99}) {
-      line("gilgamesh_route_latency_seconds{" + label + ",quantile=\"" + std::to_string(q).substr(0, 4) +
-           "\"} " + std::to_string(r.latency.quantile_ms(q) / 1000.0));
+
+  // Connections and responses, counted by the I/O threads.
+  m.single("gilgamesh_connections_open", "gauge", "Open client connections, event streams included.",
+           s.connections_open.load());
+  m.single("gilgamesh_connections_accepted_total", "counter", "Client connections accepted.",
+           s.connections_accepted.load());
+  m.single("gilgamesh_event_streams_open", "gauge", "Open GET /events streams (dashboards watching).",
+           s.event_streams_open.load());
+  m.family("gilgamesh_responses_total", "counter", "Responses sent, by status class.");
+  for (int c = 1; c <= 5; ++c) m.sample({{"class", std::to_string(c) + "xx"}}, s.responses(c));
+  m.single("gilgamesh_rejected_queue_full_total", "counter",
+           "Requests answered 503 because --max-queue requests were already waiting.", s.rejected_queue_full.load());
+  m.single("gilgamesh_deadline_exceeded_total", "counter",
+           "Requests answered 504 because no response was ready within --timeout.", s.deadline_exceeded.load());
+
+  // The worker pool.
+  m.single("gilgamesh_workers", "gauge", "Python workers configured (--workers).", std::int64_t{info.workers});
+  auto gauge = [&](const char* key, const char* name, const char* help) {
+    if (auto x = live_number(live, key)) m.single(name, "gauge", help, *x);
+  };
+  auto counter = [&](const char* key, const char* name, const char* help) {
+    if (auto x = live_number(live, key)) m.single(name, "counter", help, *x);
+  };
+  gauge("ready_workers", "gilgamesh_ready_workers", "Workers started and able to take a job.");
+  gauge("busy_workers", "gilgamesh_busy_workers", "Workers running a handler now.");
+  gauge("queue_depth", "gilgamesh_queue_depth", "Requests waiting for a worker.");
+  gauge("max_queue", "gilgamesh_queue_capacity", "Requests that may wait before new ones get 503 (--max-queue).");
+  counter("recycles_total", "gilgamesh_worker_recycles_total", "Workers recycled after --max-requests.");
+  counter("replacements_total", "gilgamesh_worker_replacements_total",
+          "Workers replaced because they died, hung or were abandoned.");
+  counter("interrupted_total", "gilgamesh_worker_interrupted_total",
+          "Handlers interrupted at their deadline by an exception raised in their thread.");
+  counter("abandoned_total", "gilgamesh_worker_abandoned_total",
+          "Workers abandoned because their handler did not return after the interruption.");
+  gauge("abandoned_live", "gilgamesh_abandoned_workers", "Abandoned worker threads still running.");
+  gauge("max_abandoned", "gilgamesh_abandoned_workers_limit",
+        "Abandoned workers at which the pool stops replacing and reports not ready.");
+  counter("killed_total", "gilgamesh_worker_killed_total", "Worker processes killed at their deadline.");
+  counter("dropped_disconnected_total", "gilgamesh_dropped_disconnected_total",
+          "Queued requests dropped before they ran because their client had gone.");
+  counter("expired_in_queue_total", "gilgamesh_expired_in_queue_total",
+          "Queued requests that reached their deadline before a worker took them (answered 504).");
+  counter("zygote_restarts_total", "gilgamesh_zygote_restarts_total",
+          "processes: zygotes started again because the previous one died.");
+  counter("interpreters_created", "gilgamesh_interpreters_created_total", "Python interpreters created.");
+  counter("interpreters_ended", "gilgamesh_interpreters_ended_total", "Python interpreters ended.");
+
+  // One series per worker.
+  const auto& details = worker_details(live);
+  if (!details.empty()) {
+    static const std::vector<std::string> kStates = {"starting", "idle",      "busy",   "recycling",
+                                                     "interrupting", "replacing", "stopped"};
+    m.family("gilgamesh_worker_state", "gauge", "1 for the state each worker is in, else 0.");
+    for (const auto& w : details) {
+      const std::string id = std::to_string(w.value("worker", 0));
+      const std::string now = w.value("state", std::string("unknown"));
+      bool known = false;
+      for (const auto& state : kStates) {
+        known = known || state == now;
+        m.sample({{"worker", id}, {"state", state}}, std::int64_t{state == now ? 1 : 0});
+      }
+      if (!known) m.sample({{"worker", id}, {"state", now}}, std::int64_t{1});
+    }
+    m.family("gilgamesh_worker_requests_total", "counter", "Requests each worker has handled.");
+    for (const auto& w : details) {
+      m.sample({{"worker", std::to_string(w.value("worker", 0))}}, live_number(w, "requests").value_or(0));
+    }
+    for (auto [key, name, help] : {std::tuple{"rss_bytes", "gilgamesh_worker_resident_memory_bytes",
+                                              "Resident memory of each worker process in bytes."},
+                                   std::tuple{"pss_bytes", "gilgamesh_worker_proportional_memory_bytes",
+                                              "Proportional set size (shared pages split) of each worker process."}}) {
+      bool any = false;
+      for (const auto& w : details) any = any || live_number(w, key).has_value();
+      if (!any) continue;
+      m.family(name, "gauge", help);
+      for (const auto& w : details) {
+        if (auto x = live_number(w, key)) m.sample({{"worker", std::to_string(w.value("worker", 0))}}, *x);
+      }
     }
   }
-  return out;
+
+  // Per Python route: counts, then latency as a histogram.
+  const auto& infos = routes_of(v);
+  // A WSGI app's one route ("*") has no methods: no label rather than an empty one.
+  auto route_labels = [&infos](std::size_t i) {
+    Labels labels{{"route", infos[i].path}};
+    if (std::string methods = methods_text(infos[i]); !methods.empty()) labels.emplace_back("methods", methods);
+    return labels;
+  };
+  m.family("gilgamesh_route_requests_total", "counter", "Requests answered per Python route, every status.");
+  for (std::size_t i = 0; i < infos.size(); ++i) m.sample(route_labels(i), s.route(i).count.load());
+  m.family("gilgamesh_route_client_errors_total", "counter", "Requests answered 4xx per Python route.");
+  for (std::size_t i = 0; i < infos.size(); ++i) m.sample(route_labels(i), s.route(i).client_errors.load());
+  m.family("gilgamesh_route_errors_total", "counter", "Requests answered 5xx per Python route (503 and 504 included).");
+  for (std::size_t i = 0; i < infos.size(); ++i) m.sample(route_labels(i), s.route(i).errors.load());
+  m.family("gilgamesh_route_latency_seconds", "histogram",
+           "Time from a request's last header byte to its response per Python route, in seconds.");
+  for (std::size_t i = 0; i < infos.size(); ++i) {
+    const LatencyHistogram& h = s.route(i).latency;
+    const auto cumulative = h.prometheus_cumulative();
+    Labels labels = route_labels(i);
+    labels.emplace_back("le", "");
+    for (std::size_t b = 0; b < cumulative.size(); ++b) {
+      labels.back().second = b < LatencyHistogram::kPrometheusBounds.size()
+                                 ? bound_text(LatencyHistogram::kPrometheusBounds[b])
+                                 : "+Inf";
+      m.sample(labels, cumulative[b], "_bucket");
+    }
+    labels.pop_back();
+    m.sample(labels, h.sum_seconds(), "_sum");
+    m.sample(labels, cumulative.back(), "_count");
+  }
+  return m.take();
 }
 
 nlohmann::json index_json(const ServerView& v) {
@@ -97,10 +356,16 @@ nlohmann::json index_json(const ServerView& v) {
   for (const auto& r : routes_of(v)) {
     routes.push_back({{"methods", r.methods}, {"path", r.path}, {"doc", r.doc}});
   }
-  for (auto [path, doc] : {std::pair{"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
-                           std::pair{"/readyz", "Readiness: 200 when workers can take requests, else 503 with the reason."},
-                           std::pair{"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
-                           std::pair{"/metrics", "The same figures in Prometheus text format."}}) {
+  std::vector<std::pair<const char*, const char*>> builtins = {
+      {"/healthz", "Liveness: 200 {\"status\": \"ok\"} while serving."},
+      {"/readyz", "Readiness: 200 when workers can take requests, else 503 with the reason."},
+      {"/stats", "Strategy, build, workers, queue and per-route latency as JSON."},
+      {"/metrics", "The same figures in Prometheus text format."}};
+  if (v.config.dashboard) {
+    builtins.emplace_back("/dashboard", "Live dashboard: throughput, latency, queue, workers, routes (open in a browser).");
+    builtins.emplace_back("/events", "The /stats snapshot once a second as server-sent events (text/event-stream).");
+  }
+  for (auto [path, doc] : builtins) {
     routes.push_back({{"methods", {"GET"}}, {"path", path}, {"doc", doc}, {"builtin", true}});
   }
   return {{"app", v.config.app}, {"strategy", v.config.strategy}, {"routes", std::move(routes)}};

@@ -1,6 +1,7 @@
 // The built-in endpoints answered by the I/O threads, never queued behind
 // Python: /stats (JSON), /metrics (Prometheus text) and the route index /.
-// Each is a pure function of a snapshot of the server's state.
+// Each is a pure function of a snapshot of the server's state. The dashboard
+// page and its event stream live in dashboard.hpp and events.hpp.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -24,7 +25,11 @@ struct ServerView {
   bool routes_ready;  // the workers are up: executor.routes() and the route counters are valid
 };
 
+// /stats, also each snapshot of /events. Latencies in ms rounded to the
+// microsecond; quantiles are null for a route that has served nothing.
 nlohmann::json stats_json(const ServerView& v);
+// /metrics: Prometheus text format 0.0.4, every family contiguous, with
+// # HELP and # TYPE; the same counts as stats_json.
 std::string metrics_text(const ServerView& v);
 nlohmann::json index_json(const ServerView& v);
 

@@ -13,6 +13,7 @@ namespace gilgamesh {
 ParseOutcome parse_command_line(int argc, char** argv) {
   ServerConfig c;
   bool version = false;
+  bool no_dashboard = false;
   CLI::App cli{"gilgamesh: an HTTP server that runs Python request handlers on every core.",
                "gilgamesh"};
   cli.set_help_flag("-h,--help", "Print this help and exit");
@@ -89,6 +90,8 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   cli.add_flag("--allow-gil", c.allow_gil,
                "free-threaded: serve even if an extension turned the GIL back on");
   cli.add_flag("--access-log", c.access_log, "Log one line per request");
+  cli.add_flag("--no-dashboard", no_dashboard,
+               "Do not serve the live dashboard (GET /dashboard) and its event stream (GET /events)");
   cli.add_option("--log-level", c.log_level, "Log level")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -117,6 +120,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
     return {std::nullopt, 2, false};
   }
   if (version) return {std::nullopt, 0, true};
+  c.dashboard = !no_dashboard;
 
   const int cpus = usable_cpus();
   if (c.workers == 0) c.workers = cpus;

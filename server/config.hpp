@@ -38,6 +38,7 @@ struct ServerConfig {
   unsigned max_requests_jitter = 0;            // + random 0..J per recycle
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back
   bool access_log = false;                     // one info line per request
+  bool dashboard = true;                       // serve GET /dashboard and GET /events
   std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
 };
 

@@ -17,6 +17,8 @@
 
 #include "../pyworkers/query.hpp"
 #include "builtins.hpp"
+#include "dashboard.hpp"
+#include "events.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 #include "../pyworkers/response.hpp"
@@ -83,8 +85,9 @@ struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
         executor(e),
-        startup_router(std::vector<RouteInfo>{}),
+        startup_router(std::vector<RouteInfo>{}, c.dashboard),
         started_at(std::chrono::steady_clock::now()),
+        events(stats, [this] { return stats_json(view()).dump(); }, c.access_log),
         ioc(c.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
@@ -110,10 +113,11 @@ struct HttpServer::Impl {
   std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
   std::chrono::steady_clock::time_point started_at;
+  EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
   int signals_received = 0;                // on the signal handler's strand only
-  std::promise<bool> shutdown_requested;   // true: drain; false: a second signal, stop now
+  std::promise<void> shutdown_requested;   // the drain begins
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -164,12 +168,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   void on_shutdown() {
     shutting_down_ = true;
     if (idle_) close();
-  }
-
-  // Posted on a second signal: the connection closes now, whatever it was doing.
-  void abort() {
-    shutting_down_ = true;
-    close();
   }
 
   net::any_io_executor executor() { return stream_.get_executor(); }
@@ -318,9 +316,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         }
         return respond_json(http::status::ok, R"({"status": "ok"})");
       case Builtin::readyz: {
+        // The pool is up a moment before the app's router is installed: not ready until both.
         const Readiness r = server_.shutting_down
                                 ? Readiness{Readiness::State::stopping, "the server is shutting down"}
-                                : server_.executor.readiness();
+                            : !server_.routes_ready() ? Readiness{Readiness::State::starting, "workers are starting"}
+                                                      : server_.executor.readiness();
         if (r.ready()) return respond_json(http::status::ok, R"({"status": "ready"})");
         extra_retry_after_ = true;
         return respond_json(http::status::service_unavailable,
@@ -333,6 +333,16 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", metrics_text(server_.view()));
       case Builtin::index:
         return respond_json(http::status::ok, index_json(server_.view()).dump());
+      case Builtin::dashboard:
+        return send(http::status::ok, "text/html; charset=utf-8", std::string(dashboard_page()), &dashboard_headers());
+      case Builtin::events:
+        if (server_.shutting_down || shutting_down_) {
+          keep_alive_ = false;
+          return respond_error(http::status::service_unavailable, "server is shutting down");
+        }
+        if (head_) return respond(http::status::ok, "text/event-stream", "");
+        // The stream takes the connection over; this session ends here.
+        return server_.events.start(stream_.release_socket(), request_.version(), request_id_);
       case Builtin::none:
         break;
     }
@@ -563,18 +573,12 @@ void HttpServer::Impl::do_accept() {
 void HttpServer::Impl::on_signal(int signo) {
   const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
   if (++signals_received > 1) {
-    spdlog::warn("received {} again: stopping now, without waiting for in-flight requests", name);
-    if (!routes_ready()) {
-      // Still starting (an import may hang): nothing is being served yet.
-      spdlog::shutdown();
-      std::_Exit(1);
-    }
-    beast::error_code ignored;
-    shutdown_delay_timer.cancel();
-    acceptor.close(ignored);
-    draining = true;
-    shutdown_requested.set_value(false);
-    return;
+    // The operator wants it gone: no drain, no finalization. Sockets close with
+    // the process; the zygote dies with it and idle workers leave on end of stream.
+    spdlog::warn("received {} again: exiting now, without waiting for in-flight requests", name);
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(1);
   }
   shutting_down = true;
   spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
@@ -594,6 +598,7 @@ void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
+  events.shutdown();
   {
     std::lock_guard lock(sessions_mutex);
     for (Session* s : sessions) {
@@ -603,7 +608,7 @@ void HttpServer::Impl::begin_drain() {
       });
     }
   }
-  shutdown_requested.set_value(true);
+  shutdown_requested.set_value();
 }
 
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
@@ -666,7 +671,7 @@ HttpServer::Outcome HttpServer::run() {
     spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
                  info.build, info.python_version, info.gil_enabled ? "enabled" : "disabled");
-    s.app_router_holder = std::make_unique<Router>(s.executor.routes());
+    s.app_router_holder = std::make_unique<Router>(s.executor.routes(), s.config.dashboard);
   } catch (...) {
     stop_io();
     throw;
@@ -676,34 +681,23 @@ HttpServer::Outcome HttpServer::run() {
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app,
                s.config.host, port(), s.config.strategy, s.config.workers, s.config.io_threads);
 
-  const bool drain = s.shutdown_requested.get_future().get();
-  const auto deadline =
-      std::chrono::steady_clock::now() + (drain ? seconds(s.config.graceful_timeout) : seconds(0));
+  s.shutdown_requested.get_future().wait();
+  const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
-    return s.sessions.size();
+    return s.sessions.size() + s.events.open();
   };
-  if (!drain) {
-    std::lock_guard lock(s.sessions_mutex);
-    for (Session* session : s.sessions) {
-      std::weak_ptr<Session> weak = session->weak_from_this();
-      net::post(session->executor(), [weak] {
-        if (auto live = weak.lock()) live->abort();
-      });
-    }
-  }
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   const bool clean = s.executor.stop(deadline);
   // Responses the executor just answered (503 for what it could not run) still need writing.
-  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drain ? 1 : 0);
+  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   stop_io();
   spdlog::info("stopped");
-  if (!drain) return Outcome::forced;
   return clean ? Outcome::stopped : Outcome::handlers_left_running;
 }
 

@@ -29,11 +29,11 @@ class HttpServer {
   enum class Outcome {
     stopped,                // drained and stopped cleanly
     handlers_left_running,  // a handler still ran at the deadline: exit without finalizing Python
-    forced,                 // a second signal cut the drain short
   };
   // Serves: starts the executor's workers while the listener already answers
   // (rethrows its StartupError), serves until SIGTERM/SIGINT, then drains
-  // within --graceful-timeout and stops the executor.
+  // within --graceful-timeout and stops the executor. A second signal exits the
+  // process at once (status 1).
   Outcome run();
 
   struct Impl;  // sessions and the listener live here (http_server.cpp)

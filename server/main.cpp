@@ -147,7 +147,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   server.reset();
-  if (outcome == HttpServer::Outcome::forced) leave_now(1);
   if (outcome == HttpServer::Outcome::handlers_left_running) {
     spdlog::warn("exiting without finalizing Python: a handler was still running");
     leave_now(0);

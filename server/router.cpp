@@ -57,12 +57,16 @@ const std::pair<std::string, std::size_t>* pick(const std::vector<std::pair<std:
 
 }  // namespace
 
-Router::Router(const std::vector<RouteInfo>& python_routes) {
+Router::Router(const std::vector<RouteInfo>& python_routes, bool dashboard) {
   for (auto [path, builtin] : {std::pair{"/healthz", Builtin::healthz},
                                std::pair{"/readyz", Builtin::readyz},
                                std::pair{"/stats", Builtin::stats},
                                std::pair{"/metrics", Builtin::metrics}}) {
     paths_[path] = PathEntry{builtin, {}, "GET, HEAD"};
+  }
+  if (dashboard) {
+    paths_["/dashboard"] = PathEntry{Builtin::dashboard, {}, "GET, HEAD"};
+    paths_["/events"] = PathEntry{Builtin::events, {}, "GET, HEAD"};
   }
   param_names_.resize(python_routes.size());
   for (std::size_t i = 0; i < python_routes.size(); ++i) {

@@ -26,7 +26,7 @@
 
 namespace gilgamesh {
 
-enum class Builtin { none, healthz, readyz, stats, metrics, index };
+enum class Builtin { none, healthz, readyz, stats, metrics, index, dashboard, events };
 
 struct RouteMatch {
   enum class Result { found, not_found, method_not_allowed } result = Result::not_found;
@@ -38,11 +38,12 @@ struct RouteMatch {
 
 class Router {
  public:
-  // Built-in paths /healthz, /readyz, /stats and /metrics are reserved; "/" is
-  // the route index unless the app registers "/" itself (or is a WSGI app).
-  // Throws StartupError if the app registers a reserved path, a pattern that
-  // cannot be parsed, or two routes that collide.
-  explicit Router(const std::vector<RouteInfo>& python_routes);
+  // Built-in paths /healthz, /readyz, /stats and /metrics (and /dashboard and
+  // /events with `dashboard`) are reserved; "/" is the route index unless the
+  // app registers "/" itself (or is a WSGI app). Throws StartupError if the app
+  // registers a reserved path, a pattern that cannot be parsed, or two routes
+  // that collide.
+  explicit Router(const std::vector<RouteInfo>& python_routes, bool dashboard = true);
   // HEAD matches wherever GET does.
   RouteMatch match(std::string_view method, const std::string& path) const;
 

@@ -5,6 +5,10 @@ worker is ready, warms up, runs wrk for a fixed duration while sampling the
 server from /proc, and stops the server. Results go to
 loadtest/results/<timestamp>/: results.json (every raw figure), report.md,
 report.html (self-contained) and the charts.
+
+`--soak SECONDS` runs the soak benchmark instead (bench/soak.py): every
+strategy recycling its workers under the mixed load, memory against time and
+recycles; results in loadtest/results/<timestamp>-soak/.
 """
 
 import argparse
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import custom, procs, rates, report, sampling, wrk
+from . import custom, procs, rates, report, sampling, soak, soak_report, wrk
 from .workloads import WORKLOADS, ideal_rate
 
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +54,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="tiny matrix proving the pipeline: workloads hello,fib; workers %d; "
                         "1 s warm-up, 2 s per cell, 0.2 s rate repeats" % NCPU)
-    p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s)"
-                   % ",".join(STRATEGIES))
+    p.add_argument("--strategies", help="comma list (default: every one the binary supports, of %s); "
+                   "one named here that cannot run fails the run" % ",".join(STRATEGIES))
     p.add_argument("--workloads", help="comma list of %s (default: all; --quick: hello,fib)"
                    % ",".join(WORKLOADS))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
@@ -86,15 +90,46 @@ def parse_args(argv):
                    "(default 0.5; --quick 0.2)")
     p.add_argument("--rate-repeat", type=int, default=3,
                    help="repeats per rate, best kept (default: %(default)s)")
-    p.add_argument("--sample-interval", type=float, default=0.5,
-                   help="/proc sampling period, s (default: %(default)s)")
+    p.add_argument("--sample-interval", type=float,
+                   help="/proc sampling period, s (default 0.5; --soak 1)")
     p.add_argument("--start-timeout", type=float, default=60.0,
                    help="s for a server to become ready (default: %(default)s)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for every gilgamesh server (repeatable)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable for every gilgamesh server, e.g. PYTHONMALLOC=mimalloc "
+                        "(repeatable; the runner's own environment is left alone)")
     p.add_argument("--results-dir", default=os.path.join(LOADTEST, "results"),
                    help="where the <timestamp>/ folder is made (default: loadtest/results)")
+    g = p.add_argument_group("soak", "--soak SECONDS: memory while workers are recycled, "
+                                     "instead of the matrix")
+    g.add_argument("--soak", type=int, metavar="SECONDS",
+                   help="run every strategy (--strategies) for SECONDS under recycling and load; "
+                        "`make soak` runs 600")
+    g.add_argument("--soak-max-requests", type=int, default=200, metavar="N",
+                   help="the servers' --max-requests (default: %(default)s)")
+    g.add_argument("--soak-jitter", type=int, default=50, metavar="J",
+                   help="the servers' --max-requests-jitter (default: %(default)s)")
+    g.add_argument("--soak-workers", type=int, default=NCPU, metavar="N",
+                   help="workers per server (default: %(default)s, the CPUs)")
+    g.add_argument("--soak-workload", default="mixed", choices=sorted(WORKLOADS),
+                   help="wrk profile (default: %(default)s)")
+    g.add_argument("--soak-baseline", type=float, metavar="S",
+                   help="the point PSS at the end is compared with, s from the start of the load "
+                        "(default: 60, or a quarter of a shorter soak)")
+    g.add_argument("--soak-memory-limit", type=int, default=soak.default_memory_limit_mib(),
+                   metavar="MIB", help="stop a strategy's soak when its PSS passes this "
+                                       "(default: %(default)s, a quarter of this machine's memory)")
     args = p.parse_args(argv)
+    if args.soak is not None and args.soak < 1:
+        p.error("--soak needs a positive number of seconds")
+    if args.soak is not None and (args.soak_max_requests < 1 or args.soak_workers < 1):
+        p.error("--soak-max-requests and --soak-workers must be positive")
+    for item in args.server_env:
+        if "=" not in item or not item.split("=", 1)[0]:
+            p.error("--server-env needs NAME=VALUE, got %r" % item)
+    if args.sample_interval is None:
+        args.sample_interval = 1.0 if args.soak else 0.5
 
     def pick(value, default, quick):
         return value if value is not None else (quick if args.quick else default)
@@ -171,7 +206,9 @@ class Run:
         if kind == "gilgamesh":
             cmd = [a.binary] + custom.app_args(a) + ["--strategy", name, "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--timeout", str(a.wrk_timeout)]
-            return cmd + a.server_arg, dict(os.environ), True
+            env = dict(os.environ)
+            env.update(item.split("=", 1) for item in a.server_env)
+            return cmd + a.server_arg, env, True
         env = dict(os.environ, GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1",
                    **custom.peer_env(a))
         if name == "gunicorn":
@@ -189,13 +226,14 @@ class Run:
                    "--module", "wsgi_demo:app", "--need-app", "--die-on-term", "--disable-logging"]
         return cmd, env, False
 
-    def start_server(self, kind, name, workers, log_name):
+    def start_server(self, kind, name, workers, log_name, extra_args=()):
         """Starts and waits; returns (proc, port, readiness) or raises StartError
-        with the log's tail in the message."""
+        with the log's tail in the message. `extra_args` go to a gilgamesh server."""
         last_error = None
         for _attempt in range(2):  # a port taken between free_port() and bind: retry once
             port = procs.free_port()
             cmd, env, has_stats = self.server_command(kind, name, workers, port)
+            cmd = cmd + list(extra_args)
             log_path = os.path.join(self.logs, log_name + ".log")
             with open(log_path, "w") as log:
                 log.write("$ %s\n" % shlex.join(cmd))
@@ -253,7 +291,7 @@ class Run:
                 "warmup_s": a.warmup, "connections": a.connections, "wrk_threads": a.threads,
                 "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
                 "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
-                "server_args": a.server_arg, "app": a.app, "quick": a.quick,
+                "server_args": a.server_arg, "server_env": a.server_env, "app": a.app, "quick": a.quick,
                 "wsgi": a.wsgi, "pythonpath": a.pythonpath, "requests": a.request,
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
@@ -280,6 +318,13 @@ class Run:
                 reason = str(e).strip()
                 self.results["strategies"]["unsupported"][name] = reason
                 print("not available: %s" % reason.splitlines()[-1][:150])
+        # A strategy asked for by name (--strategies) that cannot run fails the run; only
+        # the default, every strategy the binary runs, leaves one out and goes on.
+        unsupported = self.results["strategies"]["unsupported"]
+        if self.args.strategies and unsupported:
+            raise SystemExit("loadtest/run: --strategies asked for %s, which cannot run:\n%s" % (
+                ", ".join(unsupported), "\n".join("strategy %s could not start: %s" % item
+                                                  for item in unsupported.items())))
         if not self.results["strategies"]["supported"] and not self.args.peers:
             raise SystemExit("loadtest/run: the binary runs none of %s" % ", ".join(wanted))
 
@@ -500,7 +545,7 @@ def _on_signal(signum, _frame):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-soak" if args.soak else "")
     out_dir = os.path.join(os.path.abspath(args.results_dir), stamp)
     suffix = 1
     while os.path.exists(out_dir):
@@ -514,7 +559,10 @@ def main(argv=None):
     run = Run(args, out_dir)
     interrupted = False
     try:
-        run.execute()
+        if args.soak:
+            soak.Soak(run).execute()
+        else:
+            run.execute()
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping every process this run started", flush=True)
@@ -533,7 +581,12 @@ def main(argv=None):
     run.results["meta"]["interrupted"] = interrupted
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(run.results, f, indent=1)
-    if run.results["cells"]:
+    if args.soak and run.results.get("soak"):
+        paths = soak_report.write(run.results, out_dir)
+        _link_latest(out_dir, "latest-soak")
+        print("report: %s" % paths["html"])
+        print("        %s" % paths["md"])
+    elif run.results["cells"]:
         paths = report.write(run.results, out_dir)
         _link_latest(out_dir)
         print("report: %s" % paths["html"])
@@ -543,15 +596,16 @@ def main(argv=None):
     if interrupted:
         return 130
     failed = [c["id"] for c in run.results["cells"] if c.get("error")]
+    failed += ["soak-" + r["strategy"] for r in run.results.get("soak", []) if r.get("error")]
     if failed:
         print("cells with errors: %s" % ", ".join(failed))
         return 1
     return 0
 
 
-def _link_latest(out_dir):
-    """results/latest -> the newest run (best effort)."""
-    link = os.path.join(os.path.dirname(out_dir), "latest")
+def _link_latest(out_dir, name="latest"):
+    """results/latest (or `name`) -> the newest run (best effort)."""
+    link = os.path.join(os.path.dirname(out_dir), name)
     try:
         if os.path.islink(link):
             os.unlink(link)

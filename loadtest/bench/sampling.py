@@ -67,6 +67,18 @@ def memory(server_pid):
     }
 
 
+def recycles_of(stats):
+    """Workers recycled so far, from a /stats body: `recycles_total` where the
+    server reports it, else the sum over `worker_details`; None if neither."""
+    if isinstance(stats.get("recycles_total"), int):
+        return stats["recycles_total"]
+    details = stats.get("worker_details")
+    if isinstance(details, list) and details and all(
+            isinstance(w, dict) and isinstance(w.get("recycles"), int) for w in details):
+        return sum(w["recycles"] for w in details)
+    return None
+
+
 class Sampler(threading.Thread):
     """Samples every `interval` s until stop(); summary() gives the figures."""
 
@@ -106,9 +118,12 @@ class Sampler(threading.Thread):
                 stats = json.loads(body) if status == 200 else {}
             except (OSError, ValueError):
                 stats = {}
-            for key in ("queue_depth", "busy_workers"):
+            for key in ("queue_depth", "busy_workers", "interpreters_created", "interpreters_ended"):
                 if isinstance(stats.get(key), (int, float)):
                     sample[key] = stats[key]
+            recycles = recycles_of(stats)
+            if recycles is not None:
+                sample["recycles"] = recycles
         self.samples.append(sample)
 
     def run(self):

@@ -21,6 +21,23 @@ def pytest_configure(config):
 
 
 @pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    # The declared strategies' start-up checks first (test_strategies.py): a strategy that
+    # cannot start is named once, at the top, before its other tests fail one by one.
+    first = [item.nodeid.split("::")[0].endswith("test_strategies.py") for item in items]
+    items[:] = [i for i, f in zip(items, first) if f] + [i for i, f in zip(items, first) if not f]
+
+
+def pytest_terminal_summary(terminalreporter):
+    left_out = [s for s in harness.ALL_STRATEGIES if s not in harness.strategies()]
+    if left_out:
+        why = "; the build declares free-threaded only when configured with GILGAMESH_PYTHON_FT" \
+            if "free-threaded" in left_out else ""
+        terminalreporter.write_line("NOT TESTED: %s (not in GILGAMESH_STRATEGIES=%s%s)" % (
+            ", ".join(left_out), ",".join(harness.strategies()), why), yellow=True, bold=True)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     # After fixture teardown: only servers a crashed test left behind remain.
     harness.kill_all_running()

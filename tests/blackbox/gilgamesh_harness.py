@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,117 @@ def strategies():
     if unknown:
         raise ValueError("GILGAMESH_STRATEGIES names unknown strategies: %s" % ", ".join(unknown))
     return names
+
+
+def wait_for(predicate, what, timeout=10.0, interval=0.05):
+    """Polls `predicate` until it returns a true value (returned), or fails naming `what`
+    after `timeout` seconds. `interval` is the polling period, not a synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)  # polling interval
+
+
+def server_stats(server):
+    """GET /stats as a dict (asserting 200)."""
+    r = server.get("/stats", timeout=5)
+    assert r.status == 200, r
+    return r.json()
+
+
+def wait_for_stats(server, predicate, what, timeout=15.0):
+    """/stats once `predicate(stats)` holds (busy workers, queue depth...), bounded."""
+    seen = {}
+
+    def check():
+        seen["stats"] = server_stats(server)
+        return predicate(seen["stats"])
+
+    try:
+        wait_for(check, what, timeout)
+    except AssertionError as e:
+        raise AssertionError("%s; last /stats: %r" % (e, seen.get("stats"))) from None
+    return seen["stats"]
+
+
+class Gate:
+    """A loopback listener that handlers of tests/apps/gate.py (`GET /wait?port=`) connect
+    to and block on until the test releases them: the test knows when a handler has
+    started (an arrival) and decides when it ends, instead of guessing with sleeps.
+
+        with Gate() as gate:
+            ...send GET /wait?port=<gate.port> from a thread...
+            gate.wait_arrivals(1)       # the handler runs now
+            gate.release()              # every held handler returns
+    """
+
+    def __init__(self):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(128)
+        self.port = self._listener.getsockname()[1]
+        self._held = []
+        self._arrivals = 0
+        self._released = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            with self._cv:
+                self._arrivals += 1
+                if self._released:
+                    conn.close()
+                else:
+                    self._held.append(conn)
+                self._cv.notify_all()
+
+    @property
+    def arrivals(self):
+        with self._cv:
+            return self._arrivals
+
+    def path(self, tag=""):
+        return "/wait?port=%d&tag=%s" % (self.port, tag)
+
+    def wait_arrivals(self, count, timeout=15.0):
+        """Waits (bounded) until `count` handlers have reached the gate in all."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._arrivals >= count, timeout):
+                raise AssertionError("%d handler(s) reached the gate within %.0f s, expected %d"
+                                     % (self._arrivals, timeout, count))
+
+    def release(self):
+        """Lets every held handler return, and every later one pass at once."""
+        with self._cv:
+            self._released = True
+            held, self._held = self._held, []
+        for conn in held:
+            conn.close()
+
+    def close(self):
+        self.release()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (Linux)
+        except OSError:
+            pass  # not connected: nothing to wake
+        self._listener.close()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def free_port():
@@ -249,9 +361,9 @@ class GilgameshServer:
             log = self.log()
             self.kill()
             if "in use" not in log.lower() or attempt == 2:
-                raise AssertionError("gilgamesh did not become ready within %.0f s (exit code %r)\n"
-                                     "command: %s\n--- output ---\n%s"
-                                     % (ready_timeout, self.process.returncode,
+                raise AssertionError("strategy %s could not start: gilgamesh did not become ready "
+                                     "within %.0f s (exit code %r)\ncommand: %s\n--- output ---\n%s"
+                                     % (self.strategy, ready_timeout, self.process.returncode,
                                         " ".join(self.command), log[-6000:]))
         raise AssertionError("unreachable")
 
@@ -340,6 +452,54 @@ class GilgameshServer:
 
     def __repr__(self):
         return "<gilgamesh %s x%d :%s>" % (self.strategy, self.workers, self.port)
+
+
+def concurrent_gets(server, paths, timeout=20.0):
+    """GET each of `paths` from its own thread, released together by a barrier; returns
+    the responses (or the exceptions raised), in the order of `paths`."""
+    results = [None] * len(paths)
+    barrier = threading.Barrier(len(paths), timeout=10)
+
+    def one(i):
+        try:
+            barrier.wait()
+            results[i] = server.get(paths[i], timeout=timeout)
+        except Exception as e:  # recorded, asserted by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    return results
+
+
+def in_threads(count, fn):
+    """Starts fn(i) for i in range(count), each in its own thread, and returns at once:
+    (threads, results), where results[i] becomes fn(i)'s value or the exception it raised.
+    Join with join_all()."""
+    results = [None] * count
+
+    def run(i):
+        try:
+            results[i] = fn(i)
+        except Exception as e:  # recorded, asserted by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def join_all(threads, timeout=30.0):
+    """Joins every thread (bounded); fails if one still runs."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
 
 
 def kill_all_running():

@@ -1,11 +1,10 @@
 """Built-in endpoints answered by the I/O threads: /healthz, /stats, /."""
 
-import threading
 import time
 
 import pytest
 
-from gilgamesh_harness import find_route_entry
+from gilgamesh_harness import APPS_DIR, Gate, find_route_entry, in_threads, join_all, wait_for_stats
 
 
 def test_healthz(demo_server):
@@ -38,8 +37,7 @@ def test_stats_describes_the_server(demo_server):
 
 def test_stats_uptime_grows(demo_server):
     first = demo_server.get("/stats").json()["uptime_s"]
-    time.sleep(0.3)
-    assert demo_server.get("/stats").json()["uptime_s"] > first
+    wait_for_stats(demo_server, lambda s: s["uptime_s"] > first, "uptime_s to grow", timeout=5)
 
 
 def route_stats(server, method, path):
@@ -82,38 +80,24 @@ def test_index_lists_routes_with_docs(demo_server):
 
 
 @pytest.mark.slow
-def test_builtins_answer_while_every_worker_is_busy(demo_server):
-    workers = demo_server.workers
-    results = []
-
-    def sleeper():
-        try:
-            results.append(demo_server.get("/sleep?ms=3000", timeout=20).status)
-        except Exception as e:  # recorded, asserted below
-            results.append(repr(e))
-
-    threads = [threading.Thread(target=sleeper) for _ in range(workers + 2)]
-    for t in threads:
-        t.start()
-    # Wait (bounded) until the sleeps occupy every worker.
-    deadline = time.monotonic() + 2.5
-    stats = {}
-    while time.monotonic() < deadline:
-        stats = demo_server.get("/stats", timeout=2).json()
-        if stats["busy_workers"] == workers and stats["queue_depth"] == 2:
-            break
-        time.sleep(0.05)
-    assert stats.get("busy_workers") == workers, stats
-    assert stats.get("queue_depth") == 2, stats
-
-    for path in ("/healthz", "/stats", "/healthz"):
-        started = time.monotonic()
-        r = demo_server.get(path, timeout=5)
-        elapsed = time.monotonic() - started
-        assert r.status == 200, r
-        assert elapsed < 2.0, "%s took %.2f s while the workers were busy" % (path, elapsed)
-
-    for t in threads:
-        t.join(timeout=20)
-    assert not any(t.is_alive() for t in threads)
-    assert results == [200] * (workers + 2), results
+def test_builtins_answer_while_every_worker_is_busy(start_server):
+    workers = 2
+    server = start_server(workers=workers, app="gate", args=["--pythonpath", str(APPS_DIR)])
+    with Gate() as gate:
+        threads, results = in_threads(workers + 2, lambda i: server.get(gate.path(i), timeout=30))
+        # Every worker is held at the gate, and two more requests wait in the queue.
+        gate.wait_arrivals(workers)
+        wait_for_stats(server, lambda s: s["busy_workers"] == workers and s["queue_depth"] == 2,
+                       "every worker busy and two requests queued")
+        for path in ("/healthz", "/readyz", "/stats", "/metrics", "/"):
+            started = time.monotonic()
+            r = server.get(path, timeout=5)
+            elapsed = time.monotonic() - started
+            assert r.status == 200, r
+            assert elapsed < 2.0, "%s took %.2f s while the workers were busy" % (path, elapsed)
+        assert gate.arrivals == workers, "a queued request ran while every worker was held"
+        gate.release()
+        join_all(threads)
+    for i, r in enumerate(results):
+        assert not isinstance(r, Exception), results
+        assert r.status == 200 and r.json() == {"released": str(i)}, (i, r)

@@ -1,22 +1,46 @@
 """The command line: --help, --version, bad flags (exit 2, one line), apps that
 cannot load (non-zero, named, with a way out)."""
 
+import re
+
 import pytest
 
-from gilgamesh_harness import APPS_DIR, GilgameshServer, free_port, run_cli
+from gilgamesh_harness import (ALL_STRATEGIES, APPS_DIR, REPO, GilgameshServer, free_port,
+                               run_cli, strategies)
 
-FLAGS = ["--app", "--pythonpath", "--strategy", "--workers", "--host", "--port", "--io-threads",
-         "--max-body", "--max-queue", "--header-timeout", "--keepalive-timeout",
-         "--graceful-timeout", "--timeout", "--log-level", "--help", "--version"]
+CONFIG_CPP = REPO / "server" / "config.cpp"
+README = REPO / "README.md"
 
 
-def test_help_lists_every_flag(gilgamesh_bin):
+def declared_flags():
+    """Every --flag server/config.cpp declares (add_option, add_flag, set_help_flag)."""
+    source = CONFIG_CPP.read_text()
+    names = re.findall(r'(?:add_option|add_flag|set_help_flag)\(\s*"([^"]+)"', source)
+    flags = sorted({part for name in names for part in name.split(",") if part.startswith("--")})
+    # A floor, so that a change in how config.cpp declares options cannot empty this list.
+    assert {"--app", "--wsgi", "--strategy", "--workers", "--help", "--version"} <= set(flags), flags
+    return flags
+
+
+def mentions_flag(text, flag):
+    # --timeout must not be found inside --header-timeout, nor --max-requests in -jitter.
+    return re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(flag), text) is not None
+
+
+def test_help_lists_every_flag_and_strategy(gilgamesh_bin):
     result = run_cli(["--help"])
     assert result.returncode == 0, result
-    for flag in FLAGS:
-        assert flag in result.stdout, (flag, result.stdout)
-    for strategy in ("subinterpreters", "threads"):
-        assert strategy in result.stdout
+    missing = [flag for flag in declared_flags() if not mentions_flag(result.stdout, flag)]
+    assert not missing, (missing, result.stdout)
+    for strategy in ALL_STRATEGIES:
+        assert re.search(r"\b%s\b" % re.escape(strategy), result.stdout), (strategy, result.stdout)
+
+
+def test_readme_documents_every_flag():
+    readme = README.read_text()
+    synopsis = readme[readme.index("## Command line"):readme.index("## HTTP behaviour")]
+    missing = [flag for flag in declared_flags() if not mentions_flag(synopsis, flag)]
+    assert not missing, "README's Command line section lacks %s" % missing
 
 
 def test_version(gilgamesh_bin):
@@ -24,8 +48,12 @@ def test_version(gilgamesh_bin):
     assert result.returncode == 0, result
     out = result.stdout + result.stderr
     assert "gilgamesh" in out.lower(), out
-    assert "Python 3." in out, out
-    assert "default" in out or "free-threaded" in out, out
+    # The embedded build, and the sibling free-threaded one where it is declared (else
+    # "not built" may stand there).
+    assert re.search(r"^Python 3\.\d+\.\d+ \(default build\)$", out, re.M), out
+    if "free-threaded" in strategies():
+        assert re.search(r"^free-threaded build: Python 3\.\d+\.\d+ \(free-threaded build\)$",
+                         out, re.M), out
 
 
 @pytest.mark.parametrize("args,mentions", [

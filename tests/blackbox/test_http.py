@@ -134,11 +134,86 @@ def test_last_repeated_query_parameter_wins(demo_server):
     assert demo_server.get("/fib?n=3&n=7").json() == {"n": 7, "value": 13}
 
 
-def test_head_request_has_no_body(demo_server):
+@pytest.mark.parametrize("path", ["/hello", "/fib?n=10", "/healthz", "/"])
+def test_head_wherever_get_is_routed(demo_server, path):
+    # README: HEAD wherever GET is routed. The answer is the GET answer's head: same
+    # status and Content-Length, no body.
+    get = demo_server.get(path)
+    assert get.status == 200, get
     with demo_server.raw() as conn:
-        conn.send(b"HEAD /hello HTTP/1.1\r\nHost: h\r\n\r\nGET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn.send(b"HEAD " + path.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+                  b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
         head = conn.read_response(head_request=True)
-        assert head.status in (200, 405), head
-        follow = conn.read_response()
         # If HEAD leaked a body, it would be read here as the next status line.
-        assert follow.status == 200 and follow.body == b"hello", follow
+        follow = conn.read_response()
+    assert head.status == 200, head
+    assert head.header("Content-Type") == get.header("Content-Type"), (head, get)
+    assert head.header("Content-Length") == str(len(get.body)), (head, get)
+    assert follow.status == 200 and follow.body == b"hello", follow
+
+
+def test_head_on_a_post_only_route_is_405(demo_server):
+    with demo_server.raw() as conn:
+        conn.send(b"HEAD /json HTTP/1.1\r\nHost: h\r\n\r\n")
+        r = conn.read_response(head_request=True)
+    assert r.status == 405, r
+    assert r.header("Allow") == "POST", r
+
+
+def test_expect_100_continue(demo_server):
+    body = b'{"continued": [1, 2]}'
+    with demo_server.raw(timeout=10) as conn:
+        conn.send(b"POST /json HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body))
+        # The body is not sent before the server asks for it: no 100, no answer at all.
+        interim = conn.read_response()
+        assert interim.status == 100, interim
+        conn.send(body)
+        r = conn.read_response()
+        assert r.status == 200, r
+        assert r.json()["received"] == {"continued": [1, 2]}, r
+        # The connection stays usable.
+        assert conn.request("GET", "/hello").body == b"hello"
+
+
+SANE_IDS = ["a", "trace-7f3a", "0123456789abcdef0123456789abcdef", "x" * 200,
+            "~!#$%&'*+-.^_`|:;/=?@[]{}()<>,\""]
+INSANE_IDS = ["x" * 201, "two words", "tab\there", "caf\xe9"]
+
+
+@pytest.mark.parametrize("rid", SANE_IDS)
+def test_sane_request_id_is_reused(demo_server, rid):
+    # Printable ASCII without spaces, 1..200 characters: echoed as sent, in the header and
+    # the error body.
+    r = demo_server.get("/no/such/path", headers={"X-Request-Id": rid})
+    assert r.status == 404, r
+    assert r.header("X-Request-Id") == rid, r
+    assert r.json()["request_id"] == rid, r
+
+
+def assert_fresh_id(r, sent):
+    rid = r.header("X-Request-Id")
+    assert rid and rid != sent.strip(), r
+    assert len(rid) <= 200 and all(0x21 <= ord(c) <= 0x7e for c in rid), rid
+    assert r.json()["request_id"] == rid, r
+    return rid
+
+
+@pytest.mark.parametrize("rid", INSANE_IDS)
+def test_other_request_ids_are_replaced(demo_server, rid):
+    with demo_server.raw() as conn:
+        wire = ("GET /no/such/path HTTP/1.1\r\nHost: h\r\nX-Request-Id: %s\r\n\r\n" % rid)
+        conn.send(wire.encode("latin-1"))
+        r = conn.read_response()
+        assert r.status == 404, r
+        first = assert_fresh_id(r, rid)
+        conn.send(wire.encode("latin-1"))
+        second = assert_fresh_id(conn.read_response(), rid)
+    assert first != second  # a new id per request, not a fixed stand-in
+
+
+def test_empty_request_id_is_replaced(demo_server):
+    with demo_server.raw() as conn:
+        r = conn.request("GET", "/no/such/path", headers={"X-Request-Id": ""})
+    assert r.status == 404, r
+    assert_fresh_id(r, "")

@@ -6,75 +6,50 @@ import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR
-
-
-def concurrent_gets(server, path, count, timeout=20.0):
-    """`count` GETs released at once from threads; returns the responses (or exceptions)."""
-    results = [None] * count
-    barrier = threading.Barrier(count, timeout=10)
-
-    def one(i):
-        try:
-            barrier.wait()
-            results[i] = server.get(path, timeout=timeout)
-        except Exception as e:  # recorded, asserted by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 15)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    return results
+from gilgamesh_harness import (APPS_DIR, Gate, concurrent_gets, in_threads, join_all,
+                               server_stats, wait_for_stats)
 
 
 @pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after(start_server):
-    server = start_server(workers=1, args=["--max-queue", "2"])
-    started = time.monotonic()
-    results = concurrent_gets(server, "/sleep?ms=1000", 10)
-    elapsed = time.monotonic() - started
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert not errors, errors
-    ok = [r for r in results if r.status == 200]
-    rejected = [r for r in results if r.status == 503]
-    assert len(ok) + len(rejected) == 10, results
-    # One running, two queued: everything else is turned away at once.
-    assert 1 <= len(ok) <= 3, [r.status for r in results]
-    assert len(rejected) >= 7, [r.status for r in results]
-    for r in ok:
-        assert r.json() == {"slept_ms": 1000}
+    server = start_server(workers=1, app="gate", args=["--max-queue", "2", "--pythonpath", str(APPS_DIR)])
+    with Gate() as gate:
+        # One request runs (held at the gate), two wait in the queue...
+        held, held_results = in_threads(3, lambda i: server.get(gate.path(i), timeout=30))
+        gate.wait_arrivals(1)
+        wait_for_stats(server, lambda s: s["busy_workers"] == 1 and s["queue_depth"] == 2,
+                       "one request running and two queued")
+        # ...so every further one is turned away at once.
+        started = time.monotonic()
+        rejected = concurrent_gets(server, [gate.path("late")] * 7)
+        elapsed = time.monotonic() - started
+        assert gate.arrivals == 1, "a request past the full queue reached a worker"
+        gate.release()
+        join_all(held)
+    assert elapsed < 5.0, "503s took %.1f s: not at once" % elapsed
     for r in rejected:
-        assert r.header("Retry-After") and r.header("Retry-After").isdigit(), r
+        assert not isinstance(r, Exception), rejected
+        assert r.status == 503, r
+        assert r.header("Retry-After") == "1", r
         body = r.json()
         assert body["error"] and body["request_id"] == r.header("X-Request-Id"), body
-    assert elapsed < 3 * 1.0 + 3.0, "accepted requests should finish in about 3 s"
+    for i, r in enumerate(held_results):
+        assert not isinstance(r, Exception), held_results
+        assert r.status == 200 and r.json() == {"released": str(i)}, r
+    s = server_stats(server)
+    assert s["rejected_queue_full"] == 7, s
     # Once the queue drains, the server serves again.
-    assert server.get("/hello").status == 200
+    assert server.get("/hello").body == b"hello"
 
 
 def wait_until(server, predicate, what, timeout=5.0):
     """/stats once `predicate(stats)` holds, polled until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = server.get("/stats", timeout=2).json()
-        if predicate(s):
-            return s
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s: %r" % (what, s))
-        time.sleep(0.02)  # polling interval
+    return wait_for_stats(server, predicate, what, timeout)
 
 
 def wait_until_idle(server, timeout=5.0):
     """Waits (bounded) until no worker runs a handler, e.g. one whose request was answered 504."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.get("/stats", timeout=2).json()["busy_workers"] == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError("workers still busy after %.0f s" % timeout)
+    wait_for_stats(server, lambda s: s["busy_workers"] == 0, "the workers to be idle", timeout)
 
 
 def test_deadline_while_running_is_504(start_server):
@@ -174,5 +149,5 @@ def test_keepalive_connection_survives_within_timeout(start_server):
     server = start_server(workers=1, args=["--keepalive-timeout", "3"])
     with server.raw(timeout=10) as conn:
         assert conn.request("GET", "/hello").status == 200
-        time.sleep(1.0)
+        time.sleep(1.0)  # idle for a while, within the keep-alive timeout: the point of the test
         assert conn.request("GET", "/hello").body == b"hello"

@@ -112,7 +112,7 @@ def wait_for_workers(server, count, timeout=15.0, exclude=()):
             return s
         if time.monotonic() > deadline:
             raise AssertionError("workers did not recover: %r\n%s" % (s, server.log()[-3000:]))
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling interval
 
 
 def assert_process_tree(server, s):
@@ -281,7 +281,7 @@ def test_sigterm_drains_exits_0_and_leaves_no_process(processes_server):
     deadline = time.monotonic() + 5
     while stats(server)["busy_workers"] < 1:
         assert time.monotonic() < deadline, "the request never reached a worker"
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling interval
     server.signal(signal.SIGTERM)
     assert server.wait(timeout=15) == 0, server.log()[-3000:]
     t.join(15)
@@ -299,7 +299,7 @@ def test_workers_and_zygote_die_with_a_killed_server(processes_server):
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in recorded):
         assert time.monotonic() < deadline, [(p, proc_stat(p)) for p in recorded]
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling interval
 
 
 def test_handler_still_running_at_the_graceful_deadline_is_cut_off(processes_server):
@@ -311,7 +311,7 @@ def test_handler_still_running_at_the_graceful_deadline_is_cut_off(processes_ser
     deadline = time.monotonic() + 5
     while stats(server)["busy_workers"] < 1:
         assert time.monotonic() < deadline, "the request never reached a worker"
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling interval
     started = time.monotonic()
     server.signal(signal.SIGTERM)
     assert server.wait(timeout=15) == 0, server.log()[-3000:]
@@ -361,7 +361,7 @@ def test_replacements_dying_at_start_up_back_off_then_recover(processes_server, 
     while time.monotonic() - started < 1.5:
         r = server.get("/hello")
         assert r.status == 200, r
-        time.sleep(0.05)
+        time.sleep(0.05)  # paces the requests sent while replacements keep failing
     attempts = server.log().count("replacement failed to start")
     # Back-off (100, 200, 400, 800 ms ...) rather than a tight fork loop.
     assert 2 <= attempts <= 6, server.log()[-3000:]

@@ -49,3 +49,31 @@ def test_repeated_startup_with_stdlib_imports(gilgamesh_bin):
         completed += 1
     assert completed >= min(RUNS, 5), \
         "only %d start/stop cycles fit in %.0f s" % (completed, BUDGET_S)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("subinterpreters" not in strategies(),
+                    reason="subinterpreters not in GILGAMESH_STRATEGIES")
+def test_repeated_parallel_startup_importing_wide_stdlib(gilgamesh_bin):
+    """8 sub-interpreters import ~60 stdlib modules (most with C extensions) in parallel,
+    start after start: no crash, and every worker imported the same set."""
+    started = time.monotonic()
+    completed = 0
+    for run in range(RUNS):
+        if time.monotonic() - started > BUDGET_S:
+            break  # a slow machine runs fewer cycles rather than blow the suite's budget
+        server = GilgameshServer("subinterpreters", workers=WORKERS, app="stdlib_wide",
+                                 args=["--pythonpath", str(APPS_DIR)])
+        try:
+            server.start()
+            answers = [server.get("/modules").json() for _ in range(2 * WORKERS)]
+            assert all(a == answers[0] for a in answers), (run, answers)
+            assert {"datetime", "decimal", "sqlite3", "ssl", "asyncio"} <= set(answers[0]["imported"]), answers[0]
+            code = server.stop()
+            assert code == 0, "run %d: exit code %r (negative: killed by signal)\n%s" % (
+                run, code, server.log()[-4000:])
+        finally:
+            server.kill()
+        completed += 1
+    assert completed >= min(RUNS, 5), \
+        "only %d start/stop cycles fit in %.0f s" % (completed, BUDGET_S)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, GilgameshServer, RawConnection
+from gilgamesh_harness import APPS_DIR, GilgameshServer, RawConnection, concurrent_gets
 
 IN_PROCESS = ("subinterpreters", "threads", "free-threaded")
 
@@ -48,27 +48,6 @@ def status_is(server, path, status):
     """The response to GET `path` if it has `status`, else None (for wait_for)."""
     r = server.get(path, timeout=5)
     return r if r.status == status else None
-
-
-def concurrent_gets(server, paths, timeout=20.0):
-    """GETs released together from threads; returns the responses (or the exceptions)."""
-    results = [None] * len(paths)
-    barrier = threading.Barrier(len(paths), timeout=10)
-
-    def one(i):
-        try:
-            barrier.wait()
-            results[i] = server.get(paths[i], timeout=timeout)
-        except Exception as e:  # recorded, asserted by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(paths))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 15)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    return results
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def wait_for(condition, timeout=10.0, what="condition"):
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling interval
     raise AssertionError("%s not met within %.0f s" % (what, timeout))
 
 

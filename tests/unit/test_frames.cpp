@@ -2,6 +2,7 @@
 // socketpair (small, 8 MiB, cut off, oversized), control messages with a fd.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -15,6 +16,10 @@ using namespace gilgamesh::frames;
 
 namespace {
 
+// Every read and write on these sockets gives up after kIoTimeout (EAGAIN): a test
+// whose other side never comes fails by name, instead of hanging until ctest kills it.
+constexpr timeval kIoTimeout{10, 0};
+
 struct SocketPair {
   int a = -1, b = -1;
   explicit SocketPair(int type = SOCK_STREAM) {
@@ -22,11 +27,42 @@ struct SocketPair {
     EXPECT_EQ(socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv), 0);
     a = sv[0];
     b = sv[1];
+    for (int fd : sv) {
+      EXPECT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &kIoTimeout, sizeof kIoTimeout), 0);
+      EXPECT_EQ(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &kIoTimeout, sizeof kIoTimeout), 0);
+    }
   }
   ~SocketPair() {
     if (a >= 0) close(a);
     if (b >= 0) close(b);
   }
+};
+
+// A thread playing the other end (`fd`) of a socket pair. However its body ends (a
+// failed ASSERT returns from it early), it shuts `fd` down: the test's next read sees
+// end of stream at once instead of waiting for an answer that will not come. If the
+// test returns first (its own ASSERT failed), the destructor shuts down the test's end
+// (`own_fd`), so a peer blocked reading sees end of stream too, then joins.
+class Peer {
+ public:
+  template <class Body>
+  Peer(int fd, int own_fd, Body body)
+      : own_fd_(own_fd), thread_([fd, body = std::move(body)]() mutable {
+          body();
+          ::shutdown(fd, SHUT_RDWR);
+        }) {}
+  Peer(const Peer&) = delete;
+  Peer& operator=(const Peer&) = delete;
+  ~Peer() {
+    if (!thread_.joinable()) return;
+    ::shutdown(own_fd_, SHUT_RDWR);
+    thread_.join();
+  }
+  void join() { thread_.join(); }
+
+ private:
+  int own_fd_;
+  std::thread thread_;
 };
 
 HttpRequestData sample_request() {
@@ -113,14 +149,14 @@ TEST(Frames, EightMebibyteBodiesBothWays) {
   std::string body(8 << 20, '\0');
   for (std::size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>(i * 2654435761u >> 13);
   // Echo peer: reads a whole frame, then writes it back (as a worker does).
-  std::thread peer([&] {
+  Peer peer(s.b, s.a, [&] {
     Frame in;
     ASSERT_TRUE(read_frame(s.b, in).ok());
     ASSERT_TRUE(write_frame(s.b, Kind::response, in.meta, in.body));
   });
   ASSERT_TRUE(write_frame(s.a, Kind::request, "m", body));
   Frame back;
-  ASSERT_TRUE(read_frame(s.a, back).ok());
+  ASSERT_TRUE(read_frame(s.a, back).ok()) << "the echo peer did not answer";
   peer.join();
   EXPECT_EQ(back.meta, "m");
   EXPECT_TRUE(back.body == body);

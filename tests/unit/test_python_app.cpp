@@ -191,3 +191,15 @@ TEST(PythonApp, MissingModuleIsAStartupErrorNamingIt) {
     EXPECT_NE(std::string(e.what()).find("no_such_module_xyz"), std::string::npos);
   }
 }
+
+// The bundled CPython 3.13.5 is patched so that an ended isolated
+// sub-interpreter leaves no obmalloc block behind, which lets CPython free its
+// arenas: recycling sub-interpreters is then bounded. Unpatched 3.13.5 leaves
+// about 2,750 blocks (1.7 MiB) per interpreter.
+TEST(PythonRuntime, EndedSubinterpreterLeavesNoBlockBehind) {
+  double left = PythonEnvironment::runtime->subinterpreter_leaked_blocks();
+  EXPECT_GE(left, 0) << "could not create a sub-interpreter";
+  EXPECT_LE(left, 50) << "this CPython leaks every ended sub-interpreter's arenas; is it the "
+                         "patched build (scripts/python-patches/)?";
+  EXPECT_EQ(PythonEnvironment::runtime->subinterpreter_recycling_problem(), "");
+}

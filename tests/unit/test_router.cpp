@@ -62,6 +62,21 @@ TEST(Router, AppMayOwnTheRootButNotReservedPaths) {
   EXPECT_THROW(Router({{"/healthz", {"GET"}, ""}}), StartupError);
 }
 
+TEST(Router, DashboardAndEventsAreBuiltinsUnlessTurnedOff) {
+  Router on(demo_routes());
+  EXPECT_EQ(on.match("GET", "/dashboard").builtin, Builtin::dashboard);
+  EXPECT_EQ(on.match("HEAD", "/events").builtin, Builtin::events);
+  EXPECT_EQ(on.match("POST", "/events").result, RouteMatch::Result::method_not_allowed);
+  EXPECT_THROW(Router({{"/dashboard", {"GET"}, ""}}), StartupError);
+
+  Router off(demo_routes(), false);
+  EXPECT_EQ(off.match("GET", "/dashboard").result, RouteMatch::Result::not_found);
+  EXPECT_EQ(off.match("GET", "/events").result, RouteMatch::Result::not_found);
+  // With the dashboard off, the app may have those paths.
+  Router app_owned({{"/dashboard", {"GET"}, "mine"}}, false);
+  EXPECT_EQ(app_owned.match("GET", "/dashboard").builtin, Builtin::none);
+}
+
 namespace {
 std::vector<RouteInfo> pattern_routes() {
   return {{"/items/<int:item_id>", {"GET"}, ""},          // 0

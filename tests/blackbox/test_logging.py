@@ -1,0 +1,58 @@
+"""What reaches the server log: a handler's traceback (README: "the traceback goes to
+the server log and the worker keeps serving"), and --access-log's one line per request."""
+
+import re
+import uuid
+
+from gilgamesh_harness import APPS_DIR, wait_for
+
+
+def test_handler_traceback_reaches_the_log(start_server):
+    server = start_server(workers=2, app="behaviours", args=["--pythonpath", str(APPS_DIR)])
+    rid = "tb-" + uuid.uuid4().hex
+    r = server.get("/raise", headers={"X-Request-Id": rid})
+    assert r.status == 500, r
+    assert r.header("X-Request-Id") == rid, r
+    # The log line names the request; the whole traceback follows it, down to the raise.
+    traceback = re.compile(
+        r"Traceback \(most recent call last\):\n"
+        r".*File \"[^\"]*behaviours\.py\", line \d+, in raise_value_error\n"
+        r"\s*raise ValueError\(\"boom from the handler\"\)\n"
+        r"(.*\n)*?ValueError: boom from the handler$", re.M | re.S)
+    wait_for(lambda: traceback.search(server.log().partition(rid)[2]),
+             "the traceback of request %s in the log" % rid)
+    # The worker keeps serving: every worker answers after the failure.
+    for _ in range(2 * server.workers):
+        ok = server.get("/ok")
+        assert ok.status == 200 and ok.json() == {"ok": True}, ok
+
+
+def access_line(method, target, status, length, rid):
+    return re.compile(r"%s %s %d %d [0-9.]+ms %s$" % (
+        re.escape(method), re.escape(target), status, length, re.escape(rid)), re.M)
+
+
+def test_access_log_writes_one_line_per_request(start_server):
+    server = start_server(workers=1, args=["--access-log"])
+    tag = uuid.uuid4().hex[:12]
+    expected, statuses = [], []
+    for method, target, body in (("GET", "/fib?n=10", None), ("GET", "/no/such/path", None),
+                                 ("POST", "/json", b'{"a": 1}'), ("GET", "/healthz", None)):
+        rid = "%s-%d" % (tag, len(expected))
+        r = server.request(method, target, body=body, headers={"X-Request-Id": rid})
+        statuses.append(r.status)
+        expected.append(access_line(method, target, r.status, len(r.body), rid))
+    assert statuses == [200, 404, 200, 200], statuses
+    wait_for(lambda: all(p.search(server.log()) for p in expected), "every access-log line")
+    log = server.log()
+    for p in expected:
+        assert len(p.findall(log)) == 1, (p.pattern, log[-3000:])
+
+
+def test_no_access_log_without_the_flag(demo_server):
+    rid = "quiet-" + uuid.uuid4().hex
+    r = demo_server.get("/fib?n=10", headers={"X-Request-Id": rid})
+    assert r.status == 200, r
+    # The access-log line is written before the response is sent: had there been one,
+    # it would be in the log now.
+    assert rid not in demo_server.log(), demo_server.log()[-3000:]
