@@ -62,11 +62,11 @@ install: build
 	cmake --install $(BUILD_DIR) --prefix $(PREFIX) --strip
 
 # The container image (podman/buildah, no Docker daemon): gilgamesh:latest in local storage.
-image: deps
+image: deps python web
 	bash scripts/image.sh
 
 # Builds the image if needed, then runs it as containers: tests/container.
-image-test: deps
+image-test: deps python web
 	bash scripts/image-test.sh
 
 bench: build

@@ -68,6 +68,10 @@ std::string new_request_id() {
   return id;
 }
 
+// Beast's string_view as fmt can print it: std::string_view with Boost 1.74
+// (Debian 12), boost::core::string_view with Boost >= 1.81 (trixie, the image).
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
 // A client's X-Request-Id is echoed if it is short and printable.
 bool acceptable_request_id(beast::string_view id) {
   if (id.empty() || id.size() > 200) return false;
@@ -403,7 +407,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     // The one place a handler's response is checked before it reaches the wire.
     if (std::string why = response_violation(r); !why.empty()) {
       spdlog::error("request {}: the handler for {} {} returned a response that cannot be sent: {}",
-                    request_id_, request_.method_string(), route_path(), why);
+                    request_id_, sv(request_.method_string()), route_path(), why);
       return respond_error(http::status::internal_server_error, "internal server error");
     }
     send(static_cast<http::status>(r.status), std::move(r.content_type), std::move(r.body), &r.headers);
@@ -418,7 +422,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
-    spdlog::warn("request {}: {} {} got no answer within {}; 504", request_id_, request_.method_string(),
+    spdlog::warn("request {}: {} {} got no answer within {}; 504", request_id_, sv(request_.method_string()),
                  route_path(), fmt_seconds(server_.config.request_timeout));
     respond_error(http::status::gateway_timeout,
                   "handler did not answer within " + fmt_seconds(server_.config.request_timeout));
@@ -490,7 +494,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       server_.stats.record_route(route_index_, code, latency);
     }
     if (server_.config.access_log) {
-      spdlog::info("{} {} {} {} {:.3f}ms {}", request_.method_string(), request_.target(), code,
+      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code,
                    response_.body().size(),
                    std::chrono::duration<double, std::milli>(latency).count(), request_id_);
     }

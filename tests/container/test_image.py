@@ -14,9 +14,9 @@ import pytest
 import container_harness as harness
 from container_harness import get
 
-# The image's Python for the default build: Debian's python3.13 (3.13.5), the
-# libpython gilgamesh embeds; the free-threaded one is bundled under /opt/gilgamesh.
-PY = "/usr/bin/python3.13"
+# The image's two bundled CPython 3.13.5 builds (the libpythons gilgamesh and
+# gilgamesh-ft embed), under /opt/gilgamesh as `make install` lays them out.
+PY = "/opt/gilgamesh/lib/gilgamesh/default/bin/python3.13"
 PY_FT = "/opt/gilgamesh/lib/gilgamesh/free-threaded/bin/python3.13t"
 
 
