@@ -28,7 +28,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python web configure build run test bench bench-quick bench-app soak clean install image image-test
+.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean install image image-test
 
 all: build
 
@@ -90,5 +90,20 @@ SOAK_SECONDS ?= 600
 soak: build
 	/usr/bin/python3 loadtest/run --soak $(SOAK_SECONDS) --binary $(BUILD_DIR)/gilgamesh $(SOAK_ARGS)
 
+# libFuzzer targets (tests/fuzz), built with Debian's clang (installed if missing)
+# in $(FUZZ_BUILD_DIR) with ASan+UBSan; each runs FUZZ_SECONDS from its seed
+# corpus in tests/fuzz/corpus/ and stops. New inputs go to $(FUZZ_BUILD_DIR)/corpus/,
+# crashes to $(FUZZ_BUILD_DIR)/crashes/ (the run fails if there is one).
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_TARGETS ?= request query frames
+fuzz: setup
+	@GILGAMESH_WITH_FUZZ=1 bash scripts/install-deps.sh
+	@cmake -S . -B $(FUZZ_BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DGILGAMESH_FUZZ=ON \
+	  -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT= >/dev/null
+	@cmake --build $(FUZZ_BUILD_DIR) -j$$(nproc) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	@bash tests/fuzz/run.sh $(FUZZ_BUILD_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_BUILD_DIR)

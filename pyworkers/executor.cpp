@@ -28,16 +28,6 @@ std::vector<std::string> available_strategies() {
   return out;
 }
 
-const char* Readiness::name(State s) {
-  switch (s) {
-    case State::starting: return "starting";
-    case State::ready: return "ready";
-    case State::degraded: return "degraded";
-    case State::stopping: return "draining";
-  }
-  return "?";
-}
-
 nlohmann::json to_json(const ExecutorConfig& c) {
   return {{"strategy", c.strategy},         {"workers", c.workers},
           {"app", c.app},                   {"wsgi", c.wsgi},
@@ -46,7 +36,7 @@ nlohmann::json to_json(const ExecutorConfig& c) {
           {"max_queue", c.max_queue},       {"max_body", c.max_body},
           {"max_requests", c.max_requests}, {"max_requests_jitter", c.max_requests_jitter},
           {"max_abandoned", c.max_abandoned}, {"allow_gil", c.allow_gil},
-          {"python_build", c.python_build}};
+          {"python_build", c.python_build}, {"debug", c.debug}};
 }
 
 ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
@@ -65,6 +55,7 @@ ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
   c.max_abandoned = j.at("max_abandoned").get<int>();
   c.allow_gil = j.at("allow_gil").get<bool>();
   c.python_build = j.at("python_build").get<std::string>();
+  c.debug = j.at("debug").get<bool>();
   return c;
 }
 

@@ -113,6 +113,8 @@ struct ExecutorConfig {
                                         // the pool stops replacing them (0: 2 x workers)
   bool allow_gil = false;               // free-threaded: run even if an extension enabled the GIL
   std::string python_build;             // "default" or "free-threaded" (the one linked in)
+  bool debug = false;                   // a handler's unexpected exception: its type, text and
+                                        // traceback in the 500 body (else only in the log)
 };
 
 // For the processes strategy's zygote, which is started by executing the binary
@@ -133,7 +135,16 @@ struct Readiness {
   enum class State { starting, ready, degraded, stopping } state = State::starting;
   std::string reason;  // empty when ready
   bool ready() const { return state == State::ready; }
-  static const char* name(State s);
+  // Inline: the HTTP layer (and its fuzz target) names states without the Python layer.
+  static const char* name(State s) {
+    switch (s) {
+      case State::starting: return "starting";
+      case State::ready: return "ready";
+      case State::degraded: return "degraded";
+      case State::stopping: return "draining";
+    }
+    return "?";
+  }
 };
 
 // Thrown by start() when the app cannot run under the chosen strategy. The

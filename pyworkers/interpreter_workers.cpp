@@ -250,7 +250,14 @@ class SubinterpreterFactory final : public WorkerFactory {
   explicit SubinterpreterFactory(const ExecutorConfig& config)
       : config_(config), runtime_(std::make_unique<PythonRuntime>()) {}
 
-  void prepare() override {}
+  // Recycling (--max-requests) ends a sub-interpreter per recycle. On a CPython
+  // that does not free an ended one's arenas (unpatched 3.12/3.13) that grows
+  // the server without bound: say so once, loudly, before serving.
+  void prepare() override {
+    if (config_.max_requests == 0) return;
+    const std::string problem = runtime_->subinterpreter_recycling_problem();
+    if (!problem.empty()) spdlog::warn("--max-requests {}: {}", config_.max_requests, problem);
+  }
   std::unique_ptr<Worker> make(int slot) override {
     return std::make_unique<SubinterpreterWorker>(config_, runtime_->main_interpreter(), slot,
                                                   interrupters_);

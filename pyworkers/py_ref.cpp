@@ -6,9 +6,14 @@ std::string to_string(PyObject* o) {
   if (!o || !PyUnicode_Check(o)) return {};
   Py_ssize_t n = 0;
   const char* s = PyUnicode_AsUTF8AndSize(o, &n);
-  if (!s) {  // lone surrogates: keep what can be kept
+  if (!s) {  // lone surrogates: bytes that came in escaped go back out as they were,
+              // any other surrogate becomes '?'
     PyErr_Clear();
     Ref bytes = Ref::steal(PyUnicode_AsEncodedString(o, "utf-8", "surrogateescape"));
+    if (!bytes) {
+      PyErr_Clear();
+      bytes = Ref::steal(PyUnicode_AsEncodedString(o, "utf-8", "replace"));
+    }
     if (!bytes) {
       PyErr_Clear();
       return {};

@@ -65,7 +65,8 @@ struct ErrorText {
 };
 // The pending exception's summary and traceback, clearing it. With the GIL.
 ErrorText fetch_error();
-// UTF-8 of a str object, or "" if it is not one. With the GIL.
+// UTF-8 of a str object, or "" if it is not one. Lone surrogates: those that
+// surrogateescape made of bytes become those bytes again, others "?". With the GIL.
 std::string to_string(PyObject* o);
 
 }  // namespace gilgamesh::py

@@ -92,6 +92,7 @@ AppOptions app_options(const ExecutorConfig& config) {
   o.wsgi = config.wsgi;
   o.root_path = config.root_path;
   o.max_response = config.max_response;
+  o.debug = config.debug;
   // threads and free-threaded call one app object from several threads; the
   // others give each worker its own copy (an interpreter, or a process).
   const bool shared = config.strategy == "threads" || config.strategy == "free-threaded";
@@ -103,6 +104,7 @@ AppOptions app_options(const ExecutorConfig& config) {
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
   std::unique_ptr<PythonApp> app(new PythonApp());
   app->max_response_ = options.max_response;
+  app->debug_ = options.debug;
   // A WSGI app is named MODULE:CALLABLE; the module is imported like a route module.
   const std::string module_name = options.wsgi ? options.module.substr(0, options.module.find(':'))
                                                : options.module;
@@ -174,6 +176,14 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
     PyObject* entry = PyList_GET_ITEM(routes.get(), i);  // (path, methods, handler, doc)
     RouteInfo info;
     info.path = py::to_string(PyTuple_GET_ITEM(entry, 0));
+    if (replace_invalid_utf8(info.path) != info.path) {
+      // A lone surrogate: not text a request path can be compared with (and
+      // not something every strategy could carry alike).
+      py::Ref shown = py::Ref::steal(PyObject_Repr(PyTuple_GET_ITEM(entry, 0)));
+      throw StartupError("cannot load app '" + options.module + "': route path " +
+                         (shown ? py::to_string(shown.get()) : std::string("?")) +
+                         " is not valid text (it holds a lone surrogate)");
+    }
     PyObject* methods = PyTuple_GET_ITEM(entry, 1);
     for (Py_ssize_t m = 0; m < PyTuple_GET_SIZE(methods); ++m) {
       info.methods.push_back(py::to_string(PyTuple_GET_ITEM(methods, m)));
@@ -362,7 +372,15 @@ HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
   std::string where = route_index < routes_.size() ? routes_[route_index].path : "result conversion";
   spdlog::error("request {}: handler for {} raised {}\n{}", request_id, where, error.summary,
                 error.traceback);
-  return make_error_response(500, error.summary, request_id);
+  // The type and text can hold what a client must not see (paths, keys,
+  // values): the log has them; the body, only with --debug.
+  HttpResponseData response = make_error_response(500, "internal server error", request_id);
+  if (debug_) {
+    response.body = nlohmann::json{{"error", "internal server error"}, {"request_id", request_id},
+                                   {"exception", error.summary}, {"traceback", error.traceback}}
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  return response;
 }
 
 bool PythonApp::gil_enabled() {

@@ -24,6 +24,7 @@ struct AppOptions {
   std::size_t max_response = std::size_t{64} << 20;  // larger response bodies become 500
   bool multithread = false;            // wsgi.multithread: other threads call the same app object
   bool multiprocess = false;           // wsgi.multiprocess: other workers run their own copy
+  bool debug = false;                  // unexpected exceptions: type, text, traceback in the body
 };
 
 // What every strategy's worker passes to PythonApp::load.
@@ -76,6 +77,7 @@ class PythonApp {
   py::Ref json_dumps_;
   std::unique_ptr<WsgiApp> wsgi_;  // set: the app is a WSGI application
   std::size_t max_response_ = std::size_t{64} << 20;
+  bool debug_ = false;
 };
 
 }  // namespace gilgamesh

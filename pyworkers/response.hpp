@@ -26,4 +26,10 @@ std::string response_violation(const HttpResponseData& response);
 // RFC 9110 token characters (header names, methods).
 bool is_token(std::string_view s);
 
+// `s` with every byte that is not part of a well-formed UTF-8 sequence
+// (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF)
+// replaced by U+FFFD. What Python's surrogateescape makes of a lone surrogate
+// comes out as U+FFFD.
+std::string replace_invalid_utf8(std::string_view s);
+
 }  // namespace gilgamesh

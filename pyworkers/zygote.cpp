@@ -155,7 +155,7 @@ void Zygote::run() {
     } else if (type == "stop") {
       stop(milliseconds(std::max(0, message.body.value("grace_ms", 0))));
     } else {
-      spdlog::warn("zygote: unknown control message {}", message.body.dump());
+      spdlog::warn("zygote: unknown control message {}", message.body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
   }
 }

@@ -66,7 +66,7 @@ bool ZygoteClient::launch(std::string& error, std::string& detail) {
   const std::string payload =
       nlohmann::json{{"config", to_json(config_)},
                      {"log_level", spdlog::level::to_string_view(spdlog::get_level()).data()}}
-          .dump();
+          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   const std::string server_pid = std::to_string(getpid());
   const std::string fd_text = std::to_string(kZygoteControlFd);
   const char* argv[] = {exe.c_str(), kZygoteFlag, fd_text.c_str(), server_pid.c_str(), payload.c_str(),

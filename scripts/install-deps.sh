@@ -20,6 +20,8 @@ PKGS=(
   python3-yaml
 )
 if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
+# make fuzz: clang and its libFuzzer/sanitizer runtimes.
+if [[ "${GILGAMESH_WITH_FUZZ:-0}" == 1 ]]; then PKGS+=(clang libclang-rt-dev); fi
 # Node.js and npm fetch the dashboard's packages (scripts/fetch-web-deps.sh).
 # Asked for only when missing, so a Node.js installed another way is kept.
 command -v node >/dev/null || PKGS+=(nodejs)

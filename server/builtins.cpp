@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "../pyworkers/response.hpp"
+
 namespace gilgamesh {
 
 namespace {
@@ -130,7 +132,8 @@ class PrometheusText {
         first = false;
         out_ += key;
         out_ += "=\"";
-        for (char c : val) {
+        // Route paths come from the app: invalid UTF-8 becomes U+FFFD.
+        for (char c : replace_invalid_utf8(val)) {
           if (c == '\\') out_ += "\\\\";
           else if (c == '"') out_ += "\\\"";
           else if (c == '\n') out_ += "\\n";
@@ -199,6 +202,8 @@ nlohmann::json stats_json(const ServerView& v) {
       {"open_fds", proc.open_fds},
       {"connections_open", v.stats.connections_open.load()},
       {"connections_accepted", v.stats.connections_accepted.load()},
+      {"connections_rejected", v.stats.connections_rejected.load()},
+      {"accept_errors", v.stats.accept_errors.load()},
       {"event_streams", v.stats.event_streams_open.load()},
       {"rejected_queue_full", v.stats.rejected_queue_full.load()},
       {"deadline_exceeded", v.stats.deadline_exceeded.load()},
@@ -250,6 +255,11 @@ std::string metrics_text(const ServerView& v) {
            "Requests answered 503 because --max-queue requests were already waiting.", s.rejected_queue_full.load());
   m.single("gilgamesh_deadline_exceeded_total", "counter",
            "Requests answered 504 because no response was ready within --timeout.", s.deadline_exceeded.load());
+  m.single("gilgamesh_connections_rejected_total", "counter",
+           "Connections closed at once because --max-connections were already open.", s.connections_rejected.load());
+  m.single("gilgamesh_accept_errors_total", "counter",
+           "Failed accepts (out of file descriptors and the like); the acceptor backs off and retries.",
+           s.accept_errors.load());
 
   // The worker pool.
   m.single("gilgamesh_workers", "gauge", "Python workers configured (--workers).", std::int64_t{info.workers});

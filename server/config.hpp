@@ -25,6 +25,8 @@ struct ServerConfig {
   int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
   std::size_t max_body = 1024 * 1024;          // bytes; larger bodies get 413
   std::size_t max_queue = 1024;                // queued jobs before 503
+  std::size_t max_connections = 0;             // open connections; past it new ones are closed
+                                               // at once (0: 4096, less if the fd limit is lower)
   double header_timeout = 10.0;                // s from a request's first byte to its last header
   double keepalive_timeout = 5.0;              // s an idle keep-alive connection is kept
   double graceful_timeout = 30.0;              // s to finish in-flight requests on SIGTERM
@@ -38,6 +40,7 @@ struct ServerConfig {
   unsigned max_requests_jitter = 0;            // + random 0..J per recycle
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back
   bool access_log = false;                     // one info line per request
+  bool debug = false;                          // error bodies carry the exception and traceback
   bool dashboard = true;                       // serve GET /dashboard and GET /events
   std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
 };
@@ -51,5 +54,10 @@ struct ParseOutcome {
 // Parses argv. Prints --help itself; on a bad flag or value prints one line
 // to stderr and returns exit_code 2. Resolves the 0 defaults above.
 ParseOutcome parse_command_line(int argc, char** argv);
+
+// --max-connections when not given: kDefaultMaxConnections, or fewer when the
+// file descriptor limit `fd_limit` leaves less room beside the workers' own.
+constexpr std::size_t kDefaultMaxConnections = 4096;
+std::size_t default_max_connections(std::size_t fd_limit, int workers);
 
 }  // namespace gilgamesh

@@ -7,21 +7,20 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <ctime>
 #include <future>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <thread>
 #include <unordered_set>
+#include <variant>
 
-#include "../pyworkers/query.hpp"
+#include "../pyworkers/response.hpp"
 #include "builtins.hpp"
+#include "exchange.hpp"
 #include "dashboard.hpp"
 #include "events.hpp"
 #include "router.hpp"
 #include "stats.hpp"
-#include "../pyworkers/response.hpp"
 
 namespace gilgamesh {
 
@@ -32,54 +31,26 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-constexpr std::size_t kHeaderLimit = 8 * 1024;
 constexpr auto kWriteTimeout = std::chrono::seconds(60);  // a client that stops reading is dropped
-constexpr const char* kServerName = "gilgamesh/" GILGAMESH_VERSION;
+constexpr std::size_t kReadSize = 16 * 1024;
+// A lingering close: after the last response, stop sending and read (and
+// drop) what the client still sends, so that closing the socket with unread
+// bytes does not reset the connection before the client has read the
+// response (a 413 sent while a body is still arriving).
+constexpr auto kLingerTime = std::chrono::seconds(5);
+constexpr std::size_t kLingerBytes = 8 * 1024 * 1024;
+// Accept failing for want of descriptors or memory: retry after a pause that
+// doubles up to the maximum, never in a busy loop.
+constexpr auto kAcceptBackoffFirst = std::chrono::milliseconds(10);
+constexpr auto kAcceptBackoffMax = std::chrono::milliseconds(250);
 
 std::chrono::steady_clock::duration seconds(double s) {
   return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
 }
 
-// RFC 9110 IMF-fixdate, formatted once per second per thread.
-const std::string& http_date() {
-  thread_local std::time_t cached_second = 0;
-  thread_local std::string cached;
-  std::time_t now = std::time(nullptr);
-  if (now != cached_second) {
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    char buf[64];
-    std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    cached.assign(buf);
-    cached_second = now;
-  }
-  return cached;
-}
-
-std::string new_request_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}() ^ (static_cast<std::uint64_t>(getpid()) << 32)};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::uint64_t a = rng(), b = rng();
-  std::string id(32, '0');
-  for (int i = 0; i < 16; ++i) {
-    id[static_cast<std::size_t>(i)] = kHex[(a >> (i * 4)) & 0xf];
-    id[static_cast<std::size_t>(16 + i)] = kHex[(b >> (i * 4)) & 0xf];
-  }
-  return id;
-}
-
 // Beast's string_view as fmt can print it: std::string_view with Boost 1.74
 // (Debian 12), boost::core::string_view with Boost >= 1.81 (trixie, the image).
 std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
-
-// A client's X-Request-Id is echoed if it is short and printable.
-bool acceptable_request_id(beast::string_view id) {
-  if (id.empty() || id.size() > 200) return false;
-  for (char c : id) {
-    if (c < 0x21 || c > 0x7e) return false;
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -88,18 +59,23 @@ class Session;
 struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
+        limits{exchange::kHeaderLimit, c.max_body},
         executor(e),
         startup_router(std::vector<RouteInfo>{}, c.dashboard),
         started_at(std::chrono::steady_clock::now()),
-        events(stats, [this] { return stats_json(view()).dump(); }, c.access_log),
+        events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); },
+               c.access_log),
         ioc(c.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
-        shutdown_delay_timer(ioc) {}
+        shutdown_delay_timer(ioc),
+        accept_retry_timer(ioc) {}
 
   void do_accept();
+  void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
   void begin_drain();
+  void for_each_session(void (Session::*action)());
   ServerView view() const {
     return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
   }
@@ -111,6 +87,7 @@ struct HttpServer::Impl {
   bool routes_ready() const { return app_router.load(std::memory_order_acquire) != nullptr; }
 
   ServerConfig config;
+  exchange::Limits limits;
   Executor& executor;
   Router startup_router;
   std::unique_ptr<Router> app_router_holder;
@@ -131,26 +108,37 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor;
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
+  // Accept errors: the acceptor's chain only (one accept is pending at a time).
+  net::steady_timer accept_retry_timer;
+  std::chrono::milliseconds accept_backoff{0};
+  std::chrono::steady_clock::time_point accept_error_logged_at{};
 };
 
-// One connection. Its async chain reads top to bottom:
-// wait_for_request -> read_header -> read_body -> handle -> (Python job) -> write -> wait_for_request.
-// Every handler runs on the connection's strand.
+// One connection, the Beast advanced-server way. Its chain reads top to bottom:
+//   next_request -> do_read -> on_read -> (head complete) on_head -> [read_body]
+//   -> handle -> respond -> do_write -> on_write -> next_request
+// with a Python job between handle and respond for a Python route. Read and
+// parse errors all go through fail(); what the server refuses goes through
+// refuse() and ends the connection with a lingering close. The decisions
+// themselves (head rules, framing, routing, the wire form of a response) are
+// exchange.hpp's, shared with the fuzz target. Every handler runs on the
+// connection's strand.
 class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, HttpServer::Impl& server)
       : stream_(std::move(socket)),
         server_(server),
         job_timer_(stream_.get_executor()),
+        accepted_at_(std::chrono::steady_clock::now()),
         native_fd_(stream_.socket().native_handle()) {
     beast::error_code ec;
     if (auto remote = stream_.socket().remote_endpoint(ec); !ec) {
-      remote_addr_ = remote.address().to_string();
-      remote_port_ = remote.port();
+      peer_.remote_addr = remote.address().to_string();
+      peer_.remote_port = remote.port();
     }
     if (auto local = stream_.socket().local_endpoint(ec); !ec) {
-      local_addr_ = local.address().to_string();
-      local_port_ = local.port();
+      peer_.local_addr = local.address().to_string();
+      peer_.local_port = local.port();
     }
     server_.stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     server_.stats.connections_open.fetch_add(1, std::memory_order_relaxed);
@@ -164,14 +152,14 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   }
 
   void start() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->wait_for_request(); });
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->next_request(); });
   }
 
   // Posted by the server on SIGTERM: idle connections close now, busy ones
   // after their current response.
   void on_shutdown() {
     shutting_down_ = true;
-    if (idle_) close();
+    if (idle_ || lingering_) close();
   }
 
   net::any_io_executor executor() { return stream_.get_executor(); }
@@ -193,188 +181,157 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   }
 
  private:
-  // Idle phase: wait for the first byte of the next request. The keep-alive
-  // timeout applies here; a new connection gets the header timeout instead.
-  void wait_for_request() {
+  using Clock = std::chrono::steady_clock;
+
+  // A new request: its head may already be buffered (pipelining); else wait
+  // for its first byte. The keep-alive timeout bounds that wait; the header
+  // timeout counts once, from the first byte of the request (from the accept
+  // for a connection's first request) to the end of its head.
+  void next_request() {
     if (shutting_down_) return close();
-    if (buffer_.size() > 0) return read_header();  // pipelined request already here
+    scanner_ = exchange::HeadScanner(server_.limits.header_limit);
+    parser_.reset();
+    request_ = {};
+    context_ = {};
+    route_index_ = kNoRoute;
+    if (buffer_.size() > 0) {
+      head_deadline_ = Clock::now() + seconds(server_.config.header_timeout);
+      stream_.expires_at(head_deadline_);
+      return scan();
+    }
     idle_ = true;
-    stream_.expires_after(seconds(first_request_ ? server_.config.header_timeout
-                                                 : server_.config.keepalive_timeout));
-    stream_.async_read_some(buffer_.prepare(16 * 1024),
+    if (first_request_) {
+      head_deadline_ = accepted_at_ + seconds(server_.config.header_timeout);
+      stream_.expires_at(head_deadline_);
+    } else {
+      stream_.expires_after(seconds(server_.config.keepalive_timeout));
+    }
+    do_read();
+  }
+
+  void do_read() {
+    stream_.async_read_some(buffer_.prepare(kReadSize),
                             [self = shared_from_this()](beast::error_code ec, std::size_t n) {
-                              self->idle_ = false;
-                              self->buffer_.commit(n);
-                              if (ec) return self->close();
-                              self->read_header();
+                              self->on_read(ec, n);
                             });
   }
 
-  void read_header() {
+  void on_read(beast::error_code ec, std::size_t n) {
+    buffer_.commit(n);
+    if (ec) return fail(ec);
+    if (idle_) {
+      idle_ = false;
+      if (!first_request_) {
+        head_deadline_ = Clock::now() + seconds(server_.config.header_timeout);
+        stream_.expires_at(head_deadline_);
+      }
+    }
+    scan();
+  }
+
+  void scan() {
+    const auto* data = static_cast<const char*>(buffer_.data().data());
+    switch (scanner_.scan(std::string_view(data, buffer_.size()))) {
+      case exchange::HeadScanner::Result::need_more:
+        return do_read();  // same deadline
+      case exchange::HeadScanner::Result::refused:
+        return refuse(scanner_.refusal());
+      case exchange::HeadScanner::Result::complete:
+        return on_head();
+    }
+  }
+
+  void on_head() {
     first_request_ = false;
-    request_ = {};  // error answers before handle() must not reuse the previous request
-    head_ = false;
+    const auto* data = static_cast<const char*>(buffer_.data().data());
     parser_.emplace();
-    parser_->header_limit(kHeaderLimit);
-    parser_->body_limit(server_.config.max_body);
-    stream_.expires_after(seconds(server_.config.header_timeout));
-    http::async_read_header(stream_, buffer_, *parser_,
-                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                              self->on_header(ec);
-                            });
-  }
-
-  void on_header(beast::error_code ec) {
-    if (ec) return on_read_error(ec);
-    arrived_ = std::chrono::steady_clock::now();
-    auto& req = parser_->get();
+    exchange::prepare(*parser_, server_.limits);
+    const beast::error_code ec = exchange::parse_head(
+        *parser_, std::string_view(data + scanner_.blank_prefix(), scanner_.end() - scanner_.blank_prefix()));
+    buffer_.consume(scanner_.end());
+    if (ec) return fail(ec);
+    arrived_ = Clock::now();
+    if (auto refusal = exchange::framing_refusal(parser_->get())) return refuse(*refusal);
     if (parser_->is_done()) return handle();
     // curl and others wait for "100 Continue" before sending a large body.
+    auto& req = parser_->get();
     if (beast::iequals(req[http::field::expect], "100-continue") && req.version() >= 11) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
       stream_.expires_after(kWriteTimeout);
-      http::async_write(stream_, *cont,
-                        [self = shared_from_this(), cont](beast::error_code wec, std::size_t) {
-                          if (wec) return self->close();
-                          self->read_body();
-                        });
+      http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code wec, std::size_t) {
+        if (wec) return self->close();
+        self->read_body();
+      });
       return;
     }
     read_body();
   }
 
   void read_body() {
-    // The body shares the header deadline's length, counted from now.
+    // The body has its own deadline, counted from the end of the head.
     stream_.expires_after(seconds(std::max(server_.config.header_timeout, 30.0)));
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                       if (ec) return self->on_read_error(ec);
-                       self->handle();
-                     });
+    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->fail(ec);
+      self->handle();
+    });
   }
 
-  // One place maps every read error to a status, or to a closed connection.
-  void on_read_error(beast::error_code ec) {
-    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
-        ec == net::error::eof || ec == net::error::connection_reset ||
-        ec == net::error::operation_aborted || ec == http::error::partial_message) {
-      return close();  // the client left or was too slow
-    }
-    keep_alive_ = false;
-    request_id_ = new_request_id();
-    if (ec == http::error::header_limit) {
-      return respond_error(http::status::request_header_fields_too_large,
-                           "request line and headers exceed " + std::to_string(kHeaderLimit) + " bytes");
-    }
-    if (ec == http::error::body_limit) {
-      return respond_error(http::status::payload_too_large,
-                           "request body exceeds " + std::to_string(server_.config.max_body) + " bytes");
-    }
-    return respond_error(http::status::bad_request, "malformed request: " + ec.message());
+  // The one place every read and parse error ends up: an answer the client
+  // can read (then a lingering close), or a plain close when it left or was
+  // too slow.
+  void fail(beast::error_code ec) {
+    std::optional<exchange::Refusal> refusal = exchange::refusal_for(ec, server_.limits);
+    if (!refusal) return close();
+    refuse(*refusal);
+  }
+
+  // Answers a request the server will not route, and ends the connection
+  // after it: what follows on the wire cannot be trusted to be a request.
+  void refuse(const exchange::Refusal& refusal) {
+    first_request_ = false;
+    context_.request_id = parser_ && parser_->is_header_done() ? exchange::request_id_for(parser_->get())
+                                                               : exchange::new_request_id();
+    context_.head = false;
+    respond(make_error_response(static_cast<int>(refusal.status), refusal.message, context_.request_id), true);
   }
 
   void handle() {
     request_ = parser_->release();
     parser_.reset();
-    auto rid = request_["X-Request-Id"];
-    request_id_ = acceptable_request_id(rid) ? std::string(rid) : new_request_id();
-    keep_alive_ = request_.keep_alive() && !shutting_down_;
-    head_ = request_.method() == http::verb::head;
-
-    beast::string_view target = request_.target();
-    // absolute-form (proxies): keep only the path and query
-    if (target.starts_with("http://") || target.starts_with("https://")) {
-      auto slash = target.find('/', target.find("//") + 2);
-      target = slash == beast::string_view::npos ? beast::string_view("/") : target.substr(slash);
+    context_.request_id = exchange::request_id_for(request_);
+    context_.version = request_.version();
+    context_.head = request_.method() == http::verb::head;
+    context_.keep_alive = request_.keep_alive();
+    std::variant<exchange::Answer, exchange::Dispatch> decision;
+    try {
+      const ServerView view = server_.view();
+      decision = exchange::route(request_, context_.request_id,
+                                 exchange::RoutingState{server_.router(), view, server_.draining.load()});
+    } catch (const std::exception& e) {
+      spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, sv(request_.method_string()),
+                    path_for_log(), e.what());
+      return respond(make_error_response(500, "internal server error", context_.request_id), true);
     }
-    if (target.empty() || target.front() != '/') {
-      keep_alive_ = false;
-      return respond_error(http::status::bad_request, "request target must be a path starting with '/'");
-    }
-    auto hash = target.find('#');
-    if (hash != beast::string_view::npos) target = target.substr(0, hash);
-    auto qmark = target.find('?');
-    path_ = percent_decode(std::string_view(target.data(), std::min(qmark, target.size())), false);
-    query_ = qmark == beast::string_view::npos ? std::string{} : std::string(target.substr(qmark + 1));
-
-    RouteMatch match = server_.router().match(std::string_view(request_.method_string().data(),
-                                                               request_.method_string().size()),
-                                              path_);
-    if (match.result == RouteMatch::Result::not_found) {
-      if (!server_.routes_ready()) {
-        extra_retry_after_ = true;
-        return respond_error(http::status::service_unavailable, "server is starting; retry later");
-      }
-      return respond_error(http::status::not_found, "no route for " + path_);
-    }
-    if (match.result == RouteMatch::Result::method_not_allowed) {
-      extra_allow_ = match.allow;
-      return respond_error(http::status::method_not_allowed,
-                           std::string(request_.method_string()) + " is not allowed on " + path_ +
-                               "; allowed: " + match.allow);
-    }
-    switch (match.builtin) {
-      case Builtin::healthz:
-        if (server_.draining) {
-          return respond_json(http::status::service_unavailable, R"({"status": "shutting_down"})");
+    if (auto* answer = std::get_if<exchange::Answer>(&decision)) {
+      if (answer->event_stream) {
+        if (shutting_down_) {
+          return respond(make_error_response(503, "server is shutting down", context_.request_id), true);
         }
-        return respond_json(http::status::ok, R"({"status": "ok"})");
-      case Builtin::readyz: {
-        // The pool is up a moment before the app's router is installed: not ready until both.
-        const Readiness r = server_.shutting_down
-                                ? Readiness{Readiness::State::stopping, "the server is shutting down"}
-                            : !server_.routes_ready() ? Readiness{Readiness::State::starting, "workers are starting"}
-                                                      : server_.executor.readiness();
-        if (r.ready()) return respond_json(http::status::ok, R"({"status": "ready"})");
-        extra_retry_after_ = true;
-        return respond_json(http::status::service_unavailable,
-                            nlohmann::json{{"status", Readiness::name(r.state)}, {"reason", r.reason}}
-                                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-      }
-      case Builtin::stats:
-        return respond_json(http::status::ok, stats_json(server_.view()).dump());
-      case Builtin::metrics:
-        return respond(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", metrics_text(server_.view()));
-      case Builtin::index:
-        return respond_json(http::status::ok, index_json(server_.view()).dump());
-      case Builtin::dashboard:
-        return send(http::status::ok, "text/html; charset=utf-8", std::string(dashboard_page()), &dashboard_headers());
-      case Builtin::events:
-        if (server_.shutting_down || shutting_down_) {
-          keep_alive_ = false;
-          return respond_error(http::status::service_unavailable, "server is shutting down");
-        }
-        if (head_) return respond(http::status::ok, "text/event-stream", "");
         // The stream takes the connection over; this session ends here.
-        return server_.events.start(stream_.release_socket(), request_.version(), request_id_);
-      case Builtin::none:
-        break;
+        return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id);
+      }
+      return respond(std::move(answer->response), answer->close);
     }
-    submit_job(std::move(match), target);
+    submit(std::get<exchange::Dispatch>(std::move(decision)));
   }
 
-  void submit_job(RouteMatch&& match, beast::string_view target) {
-    route_index_ = match.route_index;
+  void submit(exchange::Dispatch&& dispatch) {
+    route_index_ = dispatch.route_index;
     Job job;
-    job.route_index = match.route_index;
+    job.route_index = dispatch.route_index;
     const auto deadline = arrived_ + seconds(server_.config.request_timeout);
     job.deadline = deadline;
-    job.request.method = std::string(request_.method_string());
-    job.request.path = path_;
-    job.request.query_string = std::move(query_);
-    job.request.request_id = request_id_;
-    job.request.headers.reserve(16);
-    for (const auto& field : request_) {
-      job.request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
-    }
-    job.request.body = std::move(request_.body());
-    job.request.path_params = std::move(match.params);
-    job.request.target = std::string(target);
-    job.request.http_version = request_.version() == 10 ? "HTTP/1.0" : "HTTP/1.1";
-    job.request.remote_addr = remote_addr_;
-    job.request.remote_port = remote_port_;
-    job.request.server_addr = local_addr_;
-    job.request.server_port = local_port_;
+    job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_);
     const std::uint64_t token = ++job_token_;
     job.owner = shared_from_this();
     job.token = token;
@@ -387,16 +344,19 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
           if (!ec) self->on_job_deadline(token);
         });
         return;
-      case SubmitResult::queue_full:
+      case SubmitResult::queue_full: {
         server_.stats.rejected_queue_full.fetch_add(1, std::memory_order_relaxed);
-        extra_retry_after_ = true;
-        return respond_error(http::status::service_unavailable,
-                             "server is at capacity (" + std::to_string(server_.config.max_queue) +
-                                 " requests queued); retry later");
-      case SubmitResult::stopping:
-        keep_alive_ = false;
-        extra_retry_after_ = true;
-        return respond_error(http::status::service_unavailable, "server is shutting down");
+        HttpResponseData r = make_error_response(
+            503, "server is at capacity (" + std::to_string(server_.config.max_queue) + " requests queued); retry later",
+            context_.request_id);
+        r.headers.push_back({"Retry-After", "1"});
+        return respond(std::move(r), false);
+      }
+      case SubmitResult::stopping: {
+        HttpResponseData r = make_error_response(503, "server is shutting down", context_.request_id);
+        r.headers.push_back({"Retry-After", "1"});
+        return respond(std::move(r), true);
+      }
     }
   }
 
@@ -404,28 +364,26 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;  // answered 504 already
     job_pending_ = false;
     job_timer_.cancel();
-    // The one place a handler's response is checked before it reaches the wire.
-    if (std::string why = response_violation(r); !why.empty()) {
-      spdlog::error("request {}: the handler for {} {} returned a response that cannot be sent: {}",
-                    request_id_, sv(request_.method_string()), route_path(), why);
-      return respond_error(http::status::internal_server_error, "internal server error");
-    }
-    send(static_cast<http::status>(r.status), std::move(r.content_type), std::move(r.body), &r.headers);
+    respond(std::move(r), false);
   }
 
-  std::string route_path() const {
-    return route_index_ < server_.executor.routes().size() ? server_.executor.routes()[route_index_].path
-                                                           : path_;
+  // The route's pattern as registered (for logs), else the decoded path.
+  std::string path_for_log() const {
+    if (route_index_ != kNoRoute && route_index_ < server_.executor.routes().size() && server_.routes_ready()) {
+      return server_.executor.routes()[route_index_].path;
+    }
+    return std::string(request_.target().substr(0, 200));
   }
 
   void on_job_deadline(std::uint64_t token) {
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
-    spdlog::warn("request {}: {} {} got no answer within {}; 504", request_id_, sv(request_.method_string()),
-                 route_path(), fmt_seconds(server_.config.request_timeout));
-    respond_error(http::status::gateway_timeout,
-                  "handler did not answer within " + fmt_seconds(server_.config.request_timeout));
+    spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, sv(request_.method_string()),
+                 path_for_log(), fmt_seconds(server_.config.request_timeout));
+    respond(make_error_response(504, "handler did not answer within " + fmt_seconds(server_.config.request_timeout),
+                                context_.request_id),
+            false);
   }
 
   static std::string fmt_seconds(double s) {
@@ -435,72 +393,25 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     return out + " s";
   }
 
-  void respond_error(http::status status, const std::string& message) {
-    HttpResponseData r = make_error_response(static_cast<int>(status), message, request_id_);
-    send(status, std::move(r.content_type), std::move(r.body), nullptr);
-  }
-
-  void respond_json(http::status status, std::string body) {
-    send(status, "application/json", std::move(body), nullptr);
-  }
-
-  void respond(http::status status, std::string content_type, std::string body) {
-    send(status, std::move(content_type), std::move(body), nullptr);
-  }
-
-  void send(http::status status, std::string content_type, std::string body,
-            const std::vector<Header>* handler_headers) {
-    const int code = static_cast<int>(status);
-    if (server_.shutting_down || shutting_down_) keep_alive_ = false;
-    response_ = {};
-    response_.version(request_.version() == 10 ? 10 : 11);
-    response_.result(status);
-    response_.set(http::field::server, kServerName);
-    response_.set(http::field::date, http_date());
-    if (!content_type.empty()) response_.set(http::field::content_type, content_type);
-    response_.set("X-Request-Id", request_id_);
-    if (!extra_allow_.empty()) response_.set(http::field::allow, extra_allow_);
-    if (extra_retry_after_) response_.set(http::field::retry_after, "1");
-    std::optional<std::uint64_t> head_length;  // a HEAD answer's own Content-Length (WSGI apps send one)
-    if (handler_headers) {
-      for (const auto& h : *handler_headers) {
-        auto field = http::string_to_field(h.name);
-        if (head_ && field == http::field::content_length && body.empty() && !h.value.empty() &&
-            h.value.size() < 19 && h.value.find_first_not_of("0123456789") == std::string::npos) {
-          head_length = std::stoull(h.value);
-        }
-        if (field == http::field::content_length || field == http::field::transfer_encoding ||
-            field == http::field::connection || field == http::field::keep_alive) {
-          continue;  // framing is the server's
-        }
-        if (field == http::field::server || field == http::field::date ||
-            field == http::field::content_type) {
-          response_.set(h.name, h.value);
-        } else {
-          response_.insert(h.name, h.value);
-        }
-      }
+  // Every response goes out here, built where it was decided; `close` ends
+  // the connection after it.
+  void respond(HttpResponseData&& r, bool close) {
+    if (close || server_.shutting_down || shutting_down_) context_.keep_alive = false;
+    std::string problem;
+    response_ = exchange::to_wire(std::move(r), context_, problem);
+    if (!problem.empty()) {
+      spdlog::error("request {}: the response to {} {} breaks a rule and was not sent: {}; answered 500",
+                    context_.request_id, sv(request_.method_string()), path_for_log(), problem);
     }
-    const bool bodiless = code == 204 || code == 304 || (code >= 100 && code < 200);
-    if (!bodiless) response_.body() = std::move(body);
-    response_.keep_alive(keep_alive_);
-    response_.prepare_payload();
-    if (head_) response_.body().clear();  // Content-Length stays that of the GET body
-    if (head_length && !bodiless) response_.content_length(*head_length);
-
-    const auto latency = std::chrono::steady_clock::now() - arrived_;
+    const int code = response_.result_int();
+    const auto latency = Clock::now() - arrived_;
     server_.stats.record_status(code);
-    if (route_index_ != kNoRoute) {
-      server_.stats.record_route(route_index_, code, latency);
-    }
+    if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
     if (server_.config.access_log) {
       spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code,
-                   response_.body().size(),
-                   std::chrono::duration<double, std::milli>(latency).count(), request_id_);
+                   response_.body().size(), std::chrono::duration<double, std::milli>(latency).count(),
+                   context_.request_id);
     }
-    extra_allow_.clear();
-    extra_retry_after_ = false;
-    route_index_ = kNoRoute;
     do_write();
   }
 
@@ -513,8 +424,28 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   void on_write(beast::error_code ec) {
     if (ec) return close();
-    if (!keep_alive_) return close();
-    wait_for_request();
+    if (!context_.keep_alive) return linger();
+    next_request();
+  }
+
+  // A lingering close (see kLingerTime): no more sending, read and drop what
+  // still comes, close at end of stream or at the bounds.
+  void linger() {
+    if (shutting_down_) return close();
+    lingering_ = true;
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(kLingerTime);
+    buffer_.clear();
+    drain();
+  }
+
+  void drain() {
+    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->lingered_bytes_ += n;
+      if (ec || self->lingered_bytes_ >= kLingerBytes) return self->close();
+      self->drain();
+    });
   }
 
   void close() {
@@ -529,26 +460,22 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   beast::tcp_stream stream_;
   HttpServer::Impl& server_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
-  http::request<http::string_body> request_;
-  http::response<http::string_body> response_;
+  exchange::HeadScanner scanner_;
+  std::optional<exchange::Parser> parser_;
+  exchange::Request request_;
+  exchange::ResponseContext context_;
+  exchange::WireResponse response_;
+  exchange::Peer peer_;
   net::steady_timer job_timer_;
-  std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
-  std::string request_id_;
-  std::string remote_addr_;
-  std::uint16_t remote_port_ = 0;
-  std::string local_addr_;
-  std::uint16_t local_port_ = 0;
-  std::string path_;
-  std::string query_;
-  std::string extra_allow_;
-  bool extra_retry_after_ = false;
+  const Clock::time_point accepted_at_;
+  Clock::time_point head_deadline_;
+  Clock::time_point arrived_ = Clock::now();
   std::size_t route_index_ = kNoRoute;
   std::uint64_t job_token_ = 0;
+  std::size_t lingered_bytes_ = 0;
   bool job_pending_ = false;
-  bool keep_alive_ = true;
-  bool head_ = false;
   bool idle_ = false;
+  bool lingering_ = false;
   bool first_request_ = true;
   bool shutting_down_ = false;
   const int native_fd_;
@@ -556,18 +483,41 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
 void HttpServer::Impl::do_accept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
-    if (ec) {
-      if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
-      // Out of file descriptors and the like: log, back off briefly, keep serving.
-      spdlog::warn("accept failed: {}", ec.message());
-      auto timer = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(50));
-      timer->async_wait([this, timer](beast::error_code) { do_accept(); });
-      return;
-    }
+    if (ec) return on_accept_error(ec);
+    accept_backoff = {};
     beast::error_code ignored;
+    if (stats.connections_open.load(std::memory_order_relaxed) >= static_cast<std::int64_t>(config.max_connections)) {
+      // Past --max-connections: closed at once (the client sees the connection
+      // end), counted in /stats and /metrics.
+      stats.connections_rejected.fetch_add(1, std::memory_order_relaxed);
+      socket.close(ignored);
+      return do_accept();
+    }
     socket.set_option(tcp::no_delay(true), ignored);
     std::make_shared<Session>(std::move(socket), *this)->start();
     do_accept();
+  });
+}
+
+// Out of file descriptors (EMFILE/ENFILE) or memory: the connection stays in
+// the kernel's backlog. Retry after a pause that doubles up to a cap, so the
+// acceptor never spins, and log at most every 10 s.
+void HttpServer::Impl::on_accept_error(beast::error_code ec) {
+  if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+  stats.accept_errors.fetch_add(1, std::memory_order_relaxed);
+  accept_backoff = accept_backoff.count() == 0 ? kAcceptBackoffFirst : std::min(accept_backoff * 2, kAcceptBackoffMax);
+  const auto now = std::chrono::steady_clock::now();
+  if (accept_error_logged_at == std::chrono::steady_clock::time_point{} ||
+      now - accept_error_logged_at > std::chrono::seconds(10)) {
+    accept_error_logged_at = now;
+    const bool out_of_fds = ec == net::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system;
+    spdlog::warn("accept failed: {} ({} connections open); retrying until it succeeds{}", ec.message(),
+                 stats.connections_open.load(std::memory_order_relaxed),
+                 out_of_fds ? "; raise the file descriptor limit (ulimit -n) or lower --max-connections" : "");
+  }
+  accept_retry_timer.expires_after(accept_backoff);
+  accept_retry_timer.async_wait([this](beast::error_code e) {
+    if (!e) do_accept();
   });
 }
 
@@ -602,17 +552,21 @@ void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
   beast::error_code ignored;
   acceptor.close(ignored);
+  accept_retry_timer.cancel();
   events.shutdown();
-  {
-    std::lock_guard lock(sessions_mutex);
-    for (Session* s : sessions) {
-      std::weak_ptr<Session> weak = s->weak_from_this();
-      net::post(s->executor(), [weak] {
-        if (auto live = weak.lock()) live->on_shutdown();
-      });
-    }
-  }
+  for_each_session(&Session::on_shutdown);
   shutdown_requested.set_value();
+}
+
+// Posts `action` to every open session, on its own strand.
+void HttpServer::Impl::for_each_session(void (Session::*action)()) {
+  std::lock_guard lock(sessions_mutex);
+  for (Session* s : sessions) {
+    std::weak_ptr<Session> weak = s->weak_from_this();
+    net::post(s->executor(), [weak, action] {
+      if (auto live = weak.lock()) ((*live).*action)();
+    });
+  }
 }
 
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
@@ -653,7 +607,21 @@ HttpServer::Outcome HttpServer::run() {
   // no socket operation is pending (during shutdown, say).
   auto keep_running = net::make_work_guard(s.ioc);
   std::vector<std::thread> io_threads;
-  for (int i = 0; i < s.config.io_threads; ++i) io_threads.emplace_back([&s] { s.ioc.run(); });
+  for (int i = 0; i < s.config.io_threads; ++i) {
+    io_threads.emplace_back([&s] {
+      // Nothing a client or a handler sends may end the process: an exception
+      // that escapes a completion handler (its connection is then dropped) is
+      // logged and the thread goes on serving.
+      for (;;) {
+        try {
+          s.ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("I/O thread: a connection failed and was dropped: {}", e.what());
+        }
+      }
+    });
+  }
   auto stop_io = [&] {
     net::post(s.ioc, [&s] {
       beast::error_code ignored;

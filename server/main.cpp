@@ -2,6 +2,7 @@
 // binary linked to the other libpython if needed), start the strategy, serve.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -39,6 +40,22 @@ std::string other_build_version(const std::string& build) {
   pclose(p);
   while (!first.empty() && (first.back() == '\n' || first.back() == '\r')) first.pop_back();
   return first;
+}
+
+// Raises the soft file descriptor limit to the hard one (as nginx's
+// worker_rlimit_nofile and Go's runtime do): every connection is a descriptor.
+// Returns the limit in force.
+std::size_t raise_fd_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 1024;
+  constexpr rlim_t kEnough = 1 << 20;
+  const rlim_t want = lim.rlim_max == RLIM_INFINITY ? kEnough : std::min(lim.rlim_max, kEnough);
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+    rlimit raised = lim;
+    raised.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  return lim.rlim_cur == RLIM_INFINITY ? kEnough : static_cast<std::size_t>(lim.rlim_cur);
 }
 
 }  // namespace
@@ -87,6 +104,20 @@ int main(int argc, char** argv) {
   }
   unsetenv("GILGAMESH_HANDED_OVER");
 
+  const std::size_t fd_limit = raise_fd_limit();
+  const std::size_t fitting = default_max_connections(fd_limit, config.workers);
+  if (config.max_connections == 0) {
+    config.max_connections = fitting;
+    if (fitting < kDefaultMaxConnections) {
+      spdlog::warn("the file descriptor limit is {}: at most {} connections (raise ulimit -n for more)",
+                   fd_limit, fitting);
+    }
+  } else if (config.max_connections > fitting) {
+    spdlog::warn("--max-connections {} is more than the file descriptor limit {} leaves room for ({}): "
+                 "accept will fail for want of descriptors first (the server backs off and recovers)",
+                 config.max_connections, fd_limit, fitting);
+  }
+
   ExecutorConfig ec;
   ec.strategy = config.strategy;
   ec.workers = config.workers;
@@ -102,6 +133,7 @@ int main(int argc, char** argv) {
   ec.max_abandoned = config.max_abandoned;
   ec.allow_gil = config.allow_gil;
   ec.python_build = config.python_build;
+  ec.debug = config.debug;
 
   // A peer that closes early must not kill the server (threads inherit the mask;
   // SIGINT/SIGTERM are left to the HTTP server's signal_set).

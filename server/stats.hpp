@@ -69,6 +69,8 @@ class ServerStats {
   std::atomic<std::uint64_t> connections_accepted{0};
   // Open client connections, event streams (GET /events) included.
   std::atomic<std::int64_t> connections_open{0};
+  std::atomic<std::uint64_t> connections_rejected{0};  // closed at once: --max-connections reached
+  std::atomic<std::uint64_t> accept_errors{0};         // accept failed (out of descriptors, ...)
   std::atomic<std::int64_t> event_streams_open{0};
   std::atomic<std::uint64_t> rejected_queue_full{0};
   std::atomic<std::uint64_t> deadline_exceeded{0};

@@ -509,14 +509,16 @@ def html_page(results, chart_list, out_dir):
             "<script>%s</script></body></html>\n" % (_CSS, "\n".join(body), _RENDER_CHECK))
 
 
-def write(results, out_dir):
-    chart_list = charts(results, out_dir)
+def write(results, out_dir, charts_of=None, markdown_of=None, html_of=None):
+    """Renders results.json's figures into out_dir: charts, report.md, report.html.
+    The soak report passes its own three renderers."""
+    chart_list = (charts_of or charts)(results, out_dir)
     md_path = os.path.join(out_dir, "report.md")
     html_path = os.path.join(out_dir, "report.html")
     with open(md_path, "w") as f:
-        f.write(markdown(results, chart_list))
+        f.write((markdown_of or markdown)(results, chart_list))
     with open(html_path, "w") as f:
-        f.write(html_page(results, chart_list, out_dir))
+        f.write((html_of or html_page)(results, chart_list, out_dir))
     return {"md": md_path, "html": html_path, "charts": [os.path.join(out_dir, n) for n, _, _ in chart_list]}
 
 

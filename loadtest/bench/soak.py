@@ -19,7 +19,7 @@ import time
 from . import procs, sampling, wrk
 from .workloads import WORKLOADS
 
-BOUND_PCT = 10.0  # PSS at the end within this much of PSS at the baseline: bounded
+BOUND_PCT = 10.0  # PSS at the end at most this much above PSS at the baseline: bounded
 
 
 def default_memory_limit_mib():
@@ -66,7 +66,7 @@ def analyse(samples, baseline_s):
         "recycles": (have_recycles[-1]["recycles"] - r0) if have_recycles else None,
     }
     out["end_vs_baseline_pct"] = 100.0 * (pss_mib[-1] - pss_mib[base_i]) / pss_mib[base_i]
-    out["bounded"] = abs(out["end_vs_baseline_pct"]) <= BOUND_PCT
+    out["bounded"] = out["end_vs_baseline_pct"] <= BOUND_PCT  # shrinking is bounded too
     after = range(base_i, len(s))
     per_s = _slope([times[i] for i in after], [pss_mib[i] for i in after])
     out["growth_mib_per_hour"] = per_s * 3600.0 if per_s is not None else None

@@ -34,7 +34,7 @@ def tables(results):
     out = []
     header = ["strategy", "recycles", "recycles/s", "idle PSS MiB", "PSS at %.0f s MiB" % soak["baseline_s"],
               "PSS at end MiB", "peak MiB", "growth KiB/recycle", "growth MiB/hour",
-              "end vs baseline (bound ±%.0f %%)" % soak["bound_pct"]]
+              "end vs baseline (bound: +%.0f %%)" % soak["bound_pct"]]
     rows = []
     for r in _ordered(results):
         an = r.get("analysis") or {}
@@ -50,7 +50,7 @@ def tables(results):
                 "read from /proc/PID/smaps_rollup, so pages shared between them count once. Growth "
                 "per recycle and per hour: least-squares slopes over the samples from the baseline "
                 "(%.0f s into the load) to the end. A strategy is bounded when PSS at the end is "
-                "within %.0f %% of PSS at the baseline. `threads` and `free-threaded` share one "
+                "at most %.0f %% above PSS at the baseline (less is fine). `threads` and `free-threaded` share one "
                 "interpreter: --max-requests recycles nothing there."
                 % (soak["baseline_s"], soak["bound_pct"]), header, rows))
 
@@ -259,14 +259,7 @@ def html_page(results, chart_list, out_dir):
 
 
 def write(results, out_dir):
-    chart_list = charts(results, out_dir)
-    md_path = os.path.join(out_dir, "report.md")
-    html_path = os.path.join(out_dir, "report.html")
-    with open(md_path, "w") as f:
-        f.write(markdown(results, chart_list))
-    with open(html_path, "w") as f:
-        f.write(html_page(results, chart_list, out_dir))
-    return {"md": md_path, "html": html_path, "charts": [os.path.join(out_dir, n) for n, _, _ in chart_list]}
+    return report.write(results, out_dir, charts, markdown, html_page)
 
 
 if __name__ == "__main__":

@@ -14,42 +14,17 @@ Usage (from the repository root):
 import argparse
 import http.client
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from served import REPO, served
 
 
 def latencies(binary, strategy, app, max_requests, count):
-    port = free_port()
-    cmd = [binary, "--strategy", strategy, "--workers", "1", "--app", app, "--port", str(port),
-           "--log-level", "warn", "--max-requests", str(max_requests)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/readyz")
-                ready = conn.getresponse()
-                ready.read()
-                conn.close()
-                if ready.status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("%s did not become ready: %s" % (" ".join(cmd), proc.stderr.read()[-2000:]))
-            time.sleep(0.02)  # polling interval
+    args = ["--strategy", strategy, "--workers", "1", "--app", app,
+            "--max-requests", str(max_requests)]
+    with served(binary, args) as (_, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         out = []
         for _ in range(count):
@@ -62,13 +37,6 @@ def latencies(binary, strategy, app, max_requests, count):
                 raise SystemExit("unexpected answer %d %r" % (r.status, body[:100]))
         conn.close()
         return out[1:]  # the first request comes before any recycle
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main():

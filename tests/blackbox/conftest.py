@@ -69,13 +69,15 @@ def demo_server(gilgamesh_bin, strategy):
 
 @pytest.fixture
 def start_server(gilgamesh_bin, strategy):
-    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., env=...) -> a running
-    server of this test's strategy, stopped (and killed if need be) when the test ends."""
+    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., env=..., preexec_fn=...)
+    -> a running server of this test's strategy, stopped (and killed if need be) when the test
+    ends."""
     started = []
 
-    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, env=None):
+    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, env=None,
+              preexec_fn=None):
         server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args,
-                                 wsgi=wsgi, env=env)
+                                 wsgi=wsgi, env=env, preexec_fn=preexec_fn)
         started.append(server)
         return server.start()
 

@@ -321,8 +321,10 @@ def build_request(method, path, body=b"", headers=None, version="HTTP/1.1"):
 class GilgameshServer:
     """One running gilgamesh process on a free port of 127.0.0.1."""
 
-    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None, wsgi=None):
+    def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None, wsgi=None,
+                 preexec_fn=None):
         self.strategy = strategy
+        self.preexec_fn = preexec_fn  # run in the child before exec (e.g. to lower a resource limit)
         self.workers = workers
         self.app = app
         self.wsgi = wsgi  # MODULE:CALLABLE: serve this WSGI app instead of `app`
@@ -348,7 +350,8 @@ class GilgameshServer:
         env = dict(os.environ)
         env.update(self.env or {})
         self.process = subprocess.Popen(self.command, cwd=REPO, stdin=subprocess.DEVNULL,
-                                        stdout=self._stdout, stderr=self._stderr, env=env)
+                                        stdout=self._stdout, stderr=self._stderr, env=env,
+                                        preexec_fn=self.preexec_fn)
         RUNNING.add(self)
         return self
 

@@ -3,6 +3,8 @@ converters, 404 for values that do not convert, exact paths before patterns,
 405 with Allow, start-up errors for patterns that cannot be parsed or collide,
 and --max-response for route handlers."""
 
+import time
+
 import pytest
 
 from gilgamesh_harness import APPS_DIR, GilgameshServer, free_port, run_cli
@@ -56,7 +58,12 @@ def test_exact_path_wins_and_methods_choose_the_route(server):
 
 def test_handler_without_the_keyword_is_500_not_a_crash(server):
     r = server.get("/wrong-signature/1")
-    assert r.status == 500 and "TypeError" in r.json()["error"], r
+    assert r.status == 500 and r.json()["error"] == "internal server error", r
+    rid = r.header("X-Request-Id")
+    deadline = time.monotonic() + 5
+    while not any(rid in line and "TypeError" in line for line in server.log().splitlines()):
+        assert time.monotonic() < deadline, "no TypeError logged for %s:\n%s" % (rid, server.log()[-3000:])
+        time.sleep(0.05)  # polling interval: the log is written by another thread
     assert server.get("/items/1").status == 200
 
 

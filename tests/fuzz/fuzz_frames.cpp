@@ -1,0 +1,99 @@
+// Fuzz target 3: the processes strategy's frame decoder (pyworkers/frames.hpp):
+// bytes a worker process could send (a crashed or hostile worker) read back by
+// read_frame() from a real socket, then the metadata decoded as the server
+// (response) and a worker (request) decode it.
+//
+// Checked: nothing throws or reads out of bounds; a frame read is within the
+// limits; a decoded response round-trips through encode/decode unchanged; and
+// a decoded request does too.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
+#include "pyworkers/frames.hpp"
+#include "pyworkers/response.hpp"
+
+namespace {
+
+using namespace gilgamesh;
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "fuzz_frames: %s\n", what);
+  std::abort();
+}
+
+bool same(const HttpResponseData& a, const HttpResponseData& b) {
+  if (a.status != b.status || a.content_type != b.content_type || a.body != b.body ||
+      a.headers.size() != b.headers.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < a.headers.size(); ++i) {
+    if (a.headers[i].name != b.headers[i].name || a.headers[i].value != b.headers[i].value) return false;
+  }
+  return true;
+}
+
+void decode_meta(std::string_view meta) {
+  HttpResponseData response;
+  if (frames::decode_response_meta(meta, response)) {
+    HttpResponseData again;
+    if (!frames::decode_response_meta(frames::encode_response_meta(response), again)) {
+      fail("an encoded response does not decode");
+    }
+    again.body = response.body;
+    if (!same(response, again)) fail("a response changed through encode/decode");
+    (void)response_violation(response);  // what the server checks next: must not throw
+  }
+  std::size_t route = 0;
+  HttpRequestData request;
+  if (frames::decode_request_meta(meta, route, request)) {
+    std::size_t route2 = 0;
+    HttpRequestData again;
+    if (!frames::decode_request_meta(frames::encode_request_meta(route, request), route2, again)) {
+      fail("an encoded request does not decode");
+    }
+    if (route2 != route || again.method != request.method || again.path != request.path ||
+        again.query_string != request.query_string || again.headers.size() != request.headers.size() ||
+        again.path_params.size() != request.path_params.size()) {
+      fail("a request changed through encode/decode");
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  decode_meta(bytes);
+
+  // The same bytes as a worker's socket would carry them (a frame is read
+  // whole before the next is written, so one frame per input).
+  if (size > 128 * 1024) return 0;  // more than the socket buffer holds without a reader
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("socketpair");
+  std::size_t sent = 0;
+  while (sent < size) {
+    const ssize_t n = ::send(fds[0], data + sent, size - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<std::size_t>(n);
+  }
+  ::shutdown(fds[0], SHUT_WR);
+  frames::Frame frame;
+  frames::Limits limits;
+  limits.max_meta = 1 << 20;
+  limits.max_body = 1 << 20;
+  const frames::ReadResult r = frames::read_frame(fds[1], frame, limits);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  if (r.ok()) {
+    if (frame.meta.size() > limits.max_meta || frame.body.size() > limits.max_body) fail("a frame over the limits");
+    decode_meta(frame.meta);
+  } else {
+    (void)r.describe();
+  }
+  return 0;
+}
