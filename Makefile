@@ -18,6 +18,7 @@ SANITIZE_EXCLUDE ?= ^(loadtest|container)$$
 HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
+PREFIX ?= /usr/local
 
 ifeq ($(strip $(GILGAMESH_PYTHON)),)
   PYTHON_BUILDS := default free-threaded
@@ -32,7 +33,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean
+.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean install image image-test
 
 all: build
 
@@ -60,6 +61,19 @@ run: build
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 1800 \
 	  $(if $(SANITIZE),-E '$(SANITIZE_EXCLUDE)') $(if $(CTEST_ARGS),$(CTEST_ARGS),)
+
+# One relocatable tree: PREFIX/bin/gilgamesh[-ft], the two CPython prefixes under
+# PREFIX/lib/gilgamesh/ (stdlib, no tests or headers), PREFIX/share/gilgamesh/handlers.
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX) --strip
+
+# The container image (podman/buildah, no Docker daemon): gilgamesh:latest in local storage.
+image: deps python web
+	bash scripts/image.sh
+
+# Builds the image if needed, then runs it as containers: tests/container.
+image-test: deps python web
+	bash scripts/image-test.sh
 
 bench: build
 	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)

@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <string>
 
 #include "executor.hpp"
 #include "gilgamesh_module.hpp"
@@ -21,6 +23,40 @@ constexpr const char* kPreImports[] = {
     "traceback", "collections.abc", "http", "enum", "re", "socket", "select", "math",
     "random", "hashlib", "_hashlib", "binascii", "struct", "array", "unicodedata",
 };
+
+#ifdef Py_GIL_DISABLED
+constexpr const char* kBuildName = "free-threaded";
+constexpr const char* kAbiThread = "t";
+#else
+constexpr const char* kBuildName = "default";
+constexpr const char* kAbiThread = "";
+#endif
+
+// An installed tree (`make install`, the image): PREFIX/bin/gilgamesh[-ft],
+// PREFIX/share/gilgamesh/ (holding handlers/) and, unless the build embeds the
+// system's own Python, PREFIX/lib/gilgamesh/<build>/ (a CPython prefix). With the
+// latter, Python's home must be that prefix: the one compiled into libpython is the
+// build machine's. The build tree has neither directory and keeps the compiled-in prefix.
+struct InstalledTree {
+  std::string python_home;  // empty: not an installed tree
+  std::string share_dir;    // empty: none
+};
+
+InstalledTree installed_tree() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  const fs::path prefix = exe.parent_path().parent_path();
+  const std::string stdlib = "python" + std::to_string(PY_MAJOR_VERSION) + "." +
+                             std::to_string(PY_MINOR_VERSION) + kAbiThread;
+  InstalledTree tree;
+  const fs::path home = prefix / "lib" / "gilgamesh" / kBuildName;
+  if (fs::exists(home / "lib" / stdlib / "os.py", ec)) tree.python_home = home.string();
+  const fs::path share = prefix / "share" / "gilgamesh";
+  if (fs::is_directory(share / "handlers", ec)) tree.share_dir = share.string();
+  return tree;
+}
 }  // namespace
 
 PythonRuntime::PythonRuntime(bool force_gil_on_free_threaded) {
@@ -37,6 +73,17 @@ PythonRuntime::PythonRuntime(bool force_gil_on_free_threaded) {
   config.parse_argv = 0;
   config.safe_path = 1;                 // no script directory in sys.path; the app adds its own
   PyStatus status = PyConfig_SetString(&config, &config.program_name, L"gilgamesh");
+  const InstalledTree tree = installed_tree();
+  if (!PyStatus_Exception(status) && !tree.python_home.empty() && !getenv("PYTHONHOME")) {
+    status = PyConfig_SetBytesString(&config, &config.home, tree.python_home.c_str());
+  }
+  if (!PyStatus_Exception(status) && !tree.share_dir.empty()) {
+    // After PYTHONPATH, before the stdlib; the app's directories and the working
+    // directory go in front of both (PythonApp::load), so they shadow handlers/.
+    const char* env = getenv("PYTHONPATH");
+    const std::string path = (env && *env ? std::string(env) + ":" : std::string()) + tree.share_dir;
+    status = PyConfig_SetBytesString(&config, &config.pythonpath_env, path.c_str());
+  }
   if (!PyStatus_Exception(status)) status = Py_InitializeFromConfig(&config);
   PyConfig_Clear(&config);
   if (PyStatus_Exception(status)) {

@@ -14,6 +14,7 @@
 # order) to the default build; each says in its header what it fixes and why.
 # The free-threaded build gets none: gilgamesh never ends a sub-interpreter in it.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
 
 VERSION=3.13.5
 CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"
@@ -72,11 +73,7 @@ fetch_source() {
   mkdir -p "$ROOT/src" "$ROOT/apt/lists/partial" "$ROOT/apt/cache/archives/partial"
   # The mirror is the one this system already uses.
   local uri
-  uri="$(grep -hoE '^URIs:[[:space:]]*\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1 | awk '{print $2}' || true)"
-  if [[ -z "$uri" ]]; then
-    uri="$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | awk '{for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)"
-  fi
-  uri="${uri:-http://deb.debian.org/debian}"
+  uri="$(debian_mirror)"
   cat >"$ROOT/apt/trixie.sources" <<SRC
 Types: deb-src
 URIs: $uri

@@ -16,6 +16,8 @@ PKGS=(
   python3-flask
   # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi)
   gunicorn uwsgi uwsgi-plugin-python3
+  # Kubernetes manifests' test (PyYAML)
+  python3-yaml
 )
 if [[ "${GILGAMESH_WITH_BROWSER:-1}" == 1 ]]; then PKGS+=(chromium); fi
 # make fuzz: clang and its libFuzzer/sanitizer runtimes.
@@ -24,6 +26,12 @@ if [[ "${GILGAMESH_WITH_FUZZ:-0}" == 1 ]]; then PKGS+=(clang libclang-rt-dev); f
 # Asked for only when missing, so a Node.js installed another way is kept.
 command -v node >/dev/null || PKGS+=(nodejs)
 command -v npm >/dev/null || PKGS+=(npm)
+# The image and its test (make image, make image-test): podman/buildah build and run
+# it without a daemon, debootstrap makes the base image, nginx fronts two replicas,
+# and a wheel from python3-wheel-whl is the third-party package a user app installs.
+if [[ "${GILGAMESH_WITH_CONTAINER:-1}" == 1 ]]; then
+  PKGS+=(podman buildah debootstrap nginx python3-wheel-whl)
+fi
 if [[ -n "${GILGAMESH_EXTRA_PKGS:-}" ]]; then read -r -a extra <<<"$GILGAMESH_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi
 
 missing=()
@@ -36,5 +44,11 @@ SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# nginx is a tool here (the container test runs its own instances): no system
+# service should start on port 80 because we installed it.
+if [[ " ${missing[*]} " == *" nginx "* && ! -e /usr/sbin/policy-rc.d ]]; then
+  $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

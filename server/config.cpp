@@ -2,10 +2,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <iostream>
-#include <thread>
+
+#include "cpu_limit.hpp"
 
 namespace gilgamesh {
 
@@ -109,7 +112,8 @@ ParseOutcome parse_command_line(int argc, char** argv) {
                  "CPython build to embed: default or free-threaded (default: free-threaded for "
                  "--strategy free-threaded, else default)")
       ->check(one_of({"default", "free-threaded"}));
-  cli.add_option("--workers", c.workers, "Worker count (default: number of CPUs)")
+  cli.add_option("--workers", c.workers,
+                 "Worker count (default: the CPUs this process may use: affinity, cgroup CPU quota)")
       ->check(integer_in(1, 1024));
   cli.add_option("--host", c.host, "Address to listen on")->capture_default_str();
   cli.add_option("--port", c.port, "TCP port to listen on (0: any free port)")
@@ -179,6 +183,16 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->check(one_of({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
 
+  // Every flag can also be set from the environment, as containers and process
+  // managers do: GILGAMESH_<FLAG> (--max-queue: GILGAMESH_MAX_QUEUE). The command line wins.
+  for (CLI::Option* opt : cli.get_options()) {
+    const auto& names = opt->get_lnames();
+    if (names.empty() || names.front() == "help" || names.front() == "version") continue;
+    std::string env = "GILGAMESH_";
+    for (char ch : names.front()) env += ch == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    opt->envname(env);
+  }
+
   try {
     cli.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -200,7 +214,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (version) return {std::nullopt, 0, true};
   c.dashboard = !no_dashboard;
 
-  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cpus = usable_cpus();
   if (c.workers == 0) c.workers = cpus;
   if (c.max_abandoned == 0) c.max_abandoned = 2 * c.workers;
   if (c.io_threads == 0) c.io_threads = std::max(1, cpus / 4);

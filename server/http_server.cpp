@@ -48,6 +48,10 @@ std::chrono::steady_clock::duration seconds(double s) {
   return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
 }
 
+// Beast's string_view as fmt can print it: std::string_view with Boost 1.74
+// (Debian 12), boost::core::string_view with Boost >= 1.81 (trixie, the image).
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
 }  // namespace
 
 class Session;
@@ -305,7 +309,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       decision = exchange::route(request_, context_.request_id,
                                  exchange::RoutingState{server_.router(), view, server_.draining.load()});
     } catch (const std::exception& e) {
-      spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, request_.method_string(),
+      spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, sv(request_.method_string()),
                     path_for_log(), e.what());
       return respond(make_error_response(500, "internal server error", context_.request_id), true);
     }
@@ -376,7 +380,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
-    spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, request_.method_string(),
+    spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, sv(request_.method_string()),
                  path_for_log(), fmt_seconds(server_.config.request_timeout));
     respond(make_error_response(504, "handler did not answer within " + fmt_seconds(server_.config.request_timeout),
                                 context_.request_id),
@@ -398,14 +402,14 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     response_ = exchange::to_wire(std::move(r), context_, problem);
     if (!problem.empty()) {
       spdlog::error("request {}: the response to {} {} breaks a rule and was not sent: {}; answered 500",
-                    context_.request_id, request_.method_string(), path_for_log(), problem);
+                    context_.request_id, sv(request_.method_string()), path_for_log(), problem);
     }
     const int code = response_.result_int();
     const auto latency = Clock::now() - arrived_;
     server_.stats.record_status(code);
     if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
     if (server_.config.access_log) {
-      spdlog::info("{} {} {} {} {:.3f}ms {}", request_.method_string(), request_.target(), code,
+      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code,
                    response_.body().size(), std::chrono::duration<double, std::milli>(latency).count(),
                    context_.request_id);
     }
