@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import gilgamesh_harness as harness
 from gilgamesh_harness import HOST, find_route_entry
 
 STATS_KEYS = ("strategy", "workers", "python_version", "build", "gil_enabled", "uptime_s", "queue_depth",
@@ -111,14 +112,7 @@ def stats_of(server):
 
 
 def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError("%s: not within %.0f s (last: %r)" % (what, timeout, last))
+    return harness.wait_for(predicate, what, timeout)
 
 
 # --- /dashboard --------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gilgamesh_harness import find_route_entry
+from gilgamesh_harness import find_route_entry, wait_for_stats
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -287,13 +287,10 @@ def test_rejections_and_deadlines_are_counted(start_server):
     # One sleeps in the worker, one waits in the queue, the third finds the queue full.
     first = threading.Thread(target=call, args=("/sleep?ms=1500",))
     first.start()
-    deadline = time.monotonic() + 5
-    while server.get("/stats").json()["busy_workers"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_stats(server, lambda s: s["busy_workers"] >= 1, "the first request running")
     second = threading.Thread(target=call, args=("/sleep?ms=10",))
     second.start()
-    while server.get("/stats").json()["queue_depth"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_stats(server, lambda s: s["queue_depth"] >= 1, "the second request queued")
     call("/hello")
     for t in (first, second):
         t.join(timeout=20)
