@@ -197,7 +197,7 @@ def trickle_until_closed(conn, data, pause, limit_s):
             conn.send(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):
             return time.monotonic()
-        _, closed = conn.read_until_closed(pause)
+        _, closed = conn.read_until_closed(pause, scale=False)  # the pace, not a wait
         if closed:
             return time.monotonic()
         if time.monotonic() - started > limit_s:
@@ -212,7 +212,7 @@ def test_header_timeout_counts_from_the_connection_for_its_first_request(start_s
     server = start_server(workers=1, args=["--header-timeout", "2"])
     with server.raw(timeout=10) as conn:
         connected = time.monotonic()
-        _, closed = conn.read_until_closed(1.5)  # a client that waits before its first byte
+        _, closed = conn.read_until_closed(1.5, scale=False)  # a client that waits before its first byte
         assert not closed
         ended = trickle_until_closed(conn, SLOW_HEAD, 0.1, 8.0)
     assert ended is not None, "a trickling client was kept for 8 s"
@@ -224,7 +224,7 @@ def test_header_timeout_counts_from_the_first_byte_on_a_kept_alive_connection(st
     server = start_server(workers=1, args=["--header-timeout", "2", "--keepalive-timeout", "10"])
     with server.raw(timeout=10) as conn:
         assert conn.request("GET", "/hello").status == 200
-        _, closed = conn.read_until_closed(1.0)  # idle within the keep-alive timeout
+        _, closed = conn.read_until_closed(1.0, scale=False)  # idle within the keep-alive timeout
         assert not closed
         first_byte = time.monotonic()
         ended = trickle_until_closed(conn, SLOW_HEAD, 0.1, 8.0)
