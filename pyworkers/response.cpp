@@ -61,6 +61,21 @@ std::string replace_invalid_utf8(std::string_view s) {
   return out;
 }
 
+std::string log_quoted(std::string_view s, std::size_t limit) {
+  std::string out = "'";
+  for (unsigned char c : s.substr(0, limit)) {
+    if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\') {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + (s.size() > limit ? "...'" : "'");
+}
+
 namespace {
 
 // Field values: visible ASCII, obs-text (0x80-0xFF) and SP/HTAB inside.
@@ -71,22 +86,6 @@ bool is_field_value(std::string_view v) {
   return true;
 }
 
-std::string escaped(std::string_view s) {
-  std::string out = "'";
-  for (unsigned char c : s.substr(0, 80)) {
-    if (c < 0x20 || c == 0x7f || c == '\'' || c == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > 80) out += "...";
-  return out + "'";
-}
-
 }  // namespace
 
 std::string response_violation(const HttpResponseData& r) {
@@ -95,13 +94,13 @@ std::string response_violation(const HttpResponseData& r) {
     return "status " + std::to_string(r.status) + " is outside 200..599";
   }
   if (!is_field_value(r.content_type)) {
-    return "content type " + escaped(r.content_type) + " holds a control character";
+    return "content type " + log_quoted(r.content_type) + " holds a control character";
   }
   std::size_t total = r.content_type.size();
   for (const Header& h : r.headers) {
-    if (!is_token(h.name)) return "header name " + escaped(h.name) + " is not an HTTP token";
+    if (!is_token(h.name)) return "header name " + log_quoted(h.name) + " is not an HTTP token";
     if (!is_field_value(h.value)) {
-      return "header " + h.name + " has a value holding a control character: " + escaped(h.value);
+      return "header " + h.name + " has a value holding a control character: " + log_quoted(h.value);
     }
     total += h.name.size() + h.value.size() + 4;
     if (total > kMaxHandlerHeaderBytes) {

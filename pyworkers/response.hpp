@@ -26,6 +26,10 @@ std::string response_violation(const HttpResponseData& response);
 // RFC 9110 token characters (header names, methods).
 bool is_token(std::string_view s);
 
+// `s` in single quotes for a message or log line, cut after `limit` bytes ("..."), with
+// control bytes, bytes >= 0x7f, quotes and backslashes written as \xNN.
+std::string log_quoted(std::string_view s, std::size_t limit = 80);
+
 // `s` with every byte that is not part of a well-formed UTF-8 sequence
 // (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF)
 // replaced by U+FFFD. What Python's surrogateescape makes of a lone surrogate

@@ -50,22 +50,6 @@ std::string_view trim_ows(std::string_view s) {
   return s;
 }
 
-// A value quoted for a message, cut short and with control bytes escaped.
-std::string quoted(std::string_view s) {
-  std::string out = "'";
-  for (unsigned char c : s.substr(0, 60)) {
-    if (c < 0x20 || c >= 0x7f) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + (s.size() > 60 ? "...'" : "'");
-}
-
 Refusal bad_request(std::string message) { return {http::status::bad_request, std::move(message)}; }
 
 // The JSON text of a built-in endpoint; strings that are not UTF-8 are replaced, never thrown on.
@@ -210,19 +194,19 @@ std::optional<Refusal> framing_refusal(const Request& head) {
       rest.remove_prefix(comma + 1);
     }
     if (codings.size() > 1) {
-      return bad_request("Transfer-Encoding must be exactly 'chunked', got " + quoted(te));
+      return bad_request("Transfer-Encoding must be exactly 'chunked', got " + log_quoted(te, 60));
     }
     if (!beast::iequals(codings[0], "chunked")) {
       const std::string_view name = codings[0].substr(0, codings[0].find(';'));
-      if (!is_token(trim_ows(name))) return bad_request("Transfer-Encoding " + quoted(te) + " is malformed");
+      if (!is_token(trim_ows(name))) return bad_request("Transfer-Encoding " + log_quoted(te, 60) + " is malformed");
       return Refusal{http::status::not_implemented,
-                     "transfer coding " + quoted(te) + " is not supported; send the body with "
+                     "transfer coding " + log_quoted(te, 60) + " is not supported; send the body with "
                      "Content-Length or Transfer-Encoding: chunked"};
     }
   }
   if (cl_count > 1) return bad_request("Content-Length is repeated");
   if (cl_count == 1 && (cl.empty() || cl.find_first_not_of("0123456789") != std::string_view::npos)) {
-    return bad_request("Content-Length must be a number, got " + quoted(cl));
+    return bad_request("Content-Length must be a number, got " + log_quoted(cl, 60));
   }
   if (host_count > 1) return bad_request("Host is repeated");
   if (host_count == 0 && head.version() >= 11) return bad_request("an HTTP/1.1 request needs a Host header");
