@@ -14,9 +14,13 @@ from gilgamesh_harness import (APPS_DIR, Gate, concurrent_gets, in_threads, join
 def test_full_queue_answers_503_with_retry_after(start_server):
     server = start_server(workers=1, app="gate", args=["--max-queue", "2", "--pythonpath", str(APPS_DIR)])
     with Gate() as gate:
-        # One request runs (held at the gate), two wait in the queue...
-        held, held_results = in_threads(3, lambda i: server.get(gate.path(i), timeout=30))
+        # One request runs (held at the gate), then two wait in the queue. The first is let
+        # reach the worker before the others are sent: a job the worker has not taken yet
+        # still counts against --max-queue, so three sent at once could fill it.
+        first, first_result = in_threads(1, lambda i: server.get(gate.path(0), timeout=30))
         gate.wait_arrivals(1)
+        queued, queued_results = in_threads(2, lambda i: server.get(gate.path(i + 1), timeout=30))
+        held = first + queued
         wait_for_stats(server, lambda s: s["busy_workers"] == 1 and s["queue_depth"] == 2,
                        "one request running and two queued")
         # ...so every further one is turned away at once.
@@ -26,6 +30,7 @@ def test_full_queue_answers_503_with_retry_after(start_server):
         assert gate.arrivals == 1, "a request past the full queue reached a worker"
         gate.release()
         join_all(held)
+    held_results = first_result + queued_results  # filled in place by the threads
     assert elapsed < 5.0, "503s took %.1f s: not at once" % elapsed
     for r in rejected:
         assert not isinstance(r, Exception), rejected
