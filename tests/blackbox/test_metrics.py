@@ -294,8 +294,12 @@ def test_rejections_and_deadlines_are_counted(start_server):
     call("/hello")
     for t in (first, second):
         t.join(timeout=20)
-    # The queued request passes its deadline behind the sleeping one: 504 as well.
-    assert sorted(results, key=str) == [503, 504, 504], results
+    # The sleeping one gets 504 and /hello 503. The queued one usually passes its deadline
+    # behind the sleeper (504), but where the stuck worker is replaced fast (processes kill
+    # and fork one) it may still run within its own deadline (200): both are right, and
+    # the counters below must match whichever happened.
+    assert len(results) == 3 and results.count(503) == 1 and 1 <= results.count(504) <= 2 \
+        and set(results) <= {200, 503, 504}, results
     families = parse(scrape(server))
     assert value(families, "gilgamesh_rejected_queue_full_total") == results.count(503) == 1
     assert value(families, "gilgamesh_deadline_exceeded_total") == results.count(504) >= 1
