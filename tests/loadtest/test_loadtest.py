@@ -305,7 +305,10 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
         assert cell["load"]["total_pss_kb_peak"] > 0 and cell["load"]["server_rss_kb_peak"] > 0, key
     for strategy in supported:
         fib = cells[(strategy, "fib")]
-        assert 0 < fib["efficiency"] < 1.5, (strategy, fib["efficiency"])
+        # A plausibility bound, not a speed target: --quick measures the single-thread rate in
+        # a fraction of a second, and on a busy machine a low reading lifts the ratio past 1.
+        # A unit slip (ms for s, per-worker for total) lands far outside it.
+        assert 0 < fib["efficiency"] < 3, (strategy, fib["efficiency"])
         assert fib["ideal_per_s"] == pytest.approx(
             fib["cores"] * results["rates"][fib["build"]]["targets"]["/fib?n=25"]["per_s"])
     assert "[%d/%d" % (len(expected), len(expected)) in quick_run["stdout"]  # progress
@@ -396,7 +399,7 @@ def test_own_app_has_goodput_and_efficiency_on_every_strategy_and_peer(app_run):
         sent = cell["wrk"]["sent_by_route"]
         assert set(sent) == {"GET /work?n=17", "POST /echo @body.json"}, sent
         assert sent["GET /work?n=17"] > sent["POST /echo @body.json"], sent  # weight 3 to 1
-        assert cell["efficiency"] is not None and 0 < cell["efficiency"] < 1.5, (server, cell["efficiency"])
+        assert cell["efficiency"] is not None and 0 < cell["efficiency"] < 3, (server, cell["efficiency"])
         rate = results["rates"][cell["build"]]
         assert set(rate["targets"]) == {"GET /work?n=17", "POST /echo @body.json"}, rate
     assert results["meta"]["options"]["wsgi"] == "wsgi_bench:app"
