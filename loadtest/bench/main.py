@@ -440,16 +440,7 @@ class Run:
         except (procs.StartError, wrk.WrkError) as e:
             cell["error"] = str(e)
         finally:
-            if wrk_proc is not None and wrk_proc.poll() is None:  # interrupted: load off first
-                self.owned.stop(wrk_proc, grace=2.0)
-            if self.sampler is not None:
-                self.sampler.stop()
-                self.sampler = None
-            if proc is not None:
-                stop_s, code, leftovers = self.owned.stop(proc)
-                cell["shutdown"] = {"seconds": stop_s, "exit_code": code, "leftover_pids": leftovers}
-                if leftovers:
-                    cell.setdefault("error", "%d worker process(es) outlived the server" % len(leftovers))
+            self.end_cell(cell, proc, wrk_proc)
         self._derive(cell, workload)
         return cell
 
@@ -473,6 +464,20 @@ class Run:
             slowest_ms = ((warm.get("latency_ms") or {}).get("max")) or 0
             time.sleep(min(5.0, max(0.1, 1.5 * slowest_ms / 1000.0)))
         return time.monotonic() - start
+
+    def end_cell(self, cell, proc, wrk_proc):
+        """Stops what one cell (or soak) started, load first, and records the server's
+        shutdown in `cell` ("error" too if processes outlived it)."""
+        if wrk_proc is not None and wrk_proc.poll() is None:  # interrupted: load off first
+            self.owned.stop(wrk_proc, grace=2.0)
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler = None
+        if proc is not None:
+            stop_s, code, leftovers = self.owned.stop(proc)
+            cell["shutdown"] = {"seconds": stop_s, "exit_code": code, "leftover_pids": leftovers}
+            if leftovers:
+                cell.setdefault("error", "%d worker process(es) outlived the server" % len(leftovers))
 
     def _derive(self, cell, workload):
         """Efficiency against the ideal, from the single-thread rates."""

@@ -153,16 +153,7 @@ class Soak:
         except (procs.StartError, wrk.WrkError) as e:
             result["error"] = str(e)
         finally:
-            if wrk_proc is not None and wrk_proc.poll() is None:
-                run.owned.stop(wrk_proc, grace=2.0)
-            if run.sampler is not None:
-                run.sampler.stop()
-                run.sampler = None
-            if proc is not None:
-                stop_s, code, leftovers = run.owned.stop(proc)
-                result["shutdown"] = {"seconds": stop_s, "exit_code": code, "leftover_pids": leftovers}
-                if leftovers:
-                    result.setdefault("error", "%d process(es) outlived the server" % len(leftovers))
+            run.end_cell(result, proc, wrk_proc)
         if result.get("samples"):
             result["analysis"] = analyse(result["samples"], run.results["meta"]["soak"]["baseline_s"])
         return result
