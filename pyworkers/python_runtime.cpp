@@ -24,6 +24,23 @@ constexpr const char* kPreImports[] = {
     "random", "hashlib", "_hashlib", "binascii", "struct", "array", "unicodedata",
 };
 
+// Lazily initialized C state that 3.13.5 sets up without a lock on first use, run
+// once in the main interpreter so that sub-interpreters (or free-threaded threads)
+// doing it for the first time at once find it ready:
+// - _ctypes' field-descriptor table (cfield.c, _ctypes_get_fielddesc): the first
+//   caller sets `initialized` before filling the table, so a second interpreter
+//   defining a ctypes type at that moment reads a NULL ffi_type and crashes
+//   (SIGSEGV in PyCSimpleType_init; caught by test_startup_stress.py).
+constexpr const char* kWarmUp = R"py(
+try:
+    import _ctypes
+    class _c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+    del _c_int, _ctypes
+except Exception:
+    pass
+)py";
+
 #ifdef Py_GIL_DISABLED
 constexpr const char* kBuildName = "free-threaded";
 constexpr const char* kAbiThread = "t";
@@ -96,6 +113,7 @@ PythonRuntime::PythonRuntime(bool force_gil_on_free_threaded) {
       spdlog::debug("pre-import of {} failed: {}", name, py::fetch_error_summary());
     }
   }
+  if (PyRun_SimpleString(kWarmUp) != 0) spdlog::debug("Python warm-up failed");
   main_interp_ = PyInterpreterState_Main();
   main_ts_ = PyEval_SaveThread();
 }
