@@ -253,7 +253,8 @@ class SubinterpreterWorker final : public InProcessWorker {
 class SubinterpreterFactory final : public WorkerFactory {
  public:
   explicit SubinterpreterFactory(const ExecutorConfig& config)
-      : config_(config), runtime_(std::make_unique<PythonRuntime>()) {}
+      : config_(config),
+        runtime_(std::make_unique<PythonRuntime>(PythonConcurrency::kSubinterpreters)) {}
 
   // Recycling (--max-requests) ends a sub-interpreter per recycle. On a CPython
   // that does not free an ended one's arenas (unpatched 3.12/3.13) that grows
@@ -322,8 +323,9 @@ class SharedInterpreterFactory final : public WorkerFactory {
  public:
   explicit SharedInterpreterFactory(const ExecutorConfig& config)
       : config_(config),
-        runtime_(std::make_unique<PythonRuntime>(config.strategy == "threads" &&
-                                                 config.python_build == "free-threaded")) {}
+        runtime_(std::make_unique<PythonRuntime>(
+            config.strategy == "threads" ? PythonConcurrency::kNone : PythonConcurrency::kThreads,
+            config.strategy == "threads" && config.python_build == "free-threaded")) {}
 
   // The app is imported once, in the main interpreter, on this (the main) thread.
   void prepare() override {

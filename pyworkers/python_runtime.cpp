@@ -26,7 +26,8 @@ constexpr const char* kPreImports[] = {
 
 // Lazily initialized C state that 3.13.5 sets up without a lock on first use, run
 // once in the main interpreter so that sub-interpreters (or free-threaded threads)
-// doing it for the first time at once find it ready:
+// doing it for the first time at once find it ready (with a GIL shared by every
+// thread, the first use cannot overlap another):
 // - _ctypes' field-descriptor table (cfield.c, _ctypes_get_fielddesc): the first
 //   caller sets `initialized` before filling the table, so a second interpreter
 //   defining a ctypes type at that moment reads a NULL ffi_type and crashes
@@ -76,7 +77,7 @@ InstalledTree installed_tree() {
 }
 }  // namespace
 
-PythonRuntime::PythonRuntime(bool force_gil_on_free_threaded) {
+PythonRuntime::PythonRuntime(PythonConcurrency concurrency, bool force_gil_on_free_threaded) {
 #ifdef Py_GIL_DISABLED
   if (force_gil_on_free_threaded) setenv("PYTHON_GIL", "1", 1);
 #else
@@ -107,13 +108,17 @@ PythonRuntime::PythonRuntime(bool force_gil_on_free_threaded) {
     throw StartupError(std::string("cannot initialize Python: ") +
                        (status.err_msg ? status.err_msg : "unknown error"));
   }
-  for (const char* name : kPreImports) {
-    py::Ref m = py::Ref::steal(PyImport_ImportModule(name));
-    if (!m) {
-      spdlog::debug("pre-import of {} failed: {}", name, py::fetch_error_summary());
+  if (concurrency == PythonConcurrency::kSubinterpreters) {
+    for (const char* name : kPreImports) {
+      py::Ref m = py::Ref::steal(PyImport_ImportModule(name));
+      if (!m) {
+        spdlog::debug("pre-import of {} failed: {}", name, py::fetch_error_summary());
+      }
     }
   }
-  if (PyRun_SimpleString(kWarmUp) != 0) spdlog::debug("Python warm-up failed");
+  if (concurrency != PythonConcurrency::kNone && PyRun_SimpleString(kWarmUp) != 0) {
+    spdlog::debug("Python warm-up failed");
+  }
   main_interp_ = PyInterpreterState_Main();
   main_ts_ = PyEval_SaveThread();
 }

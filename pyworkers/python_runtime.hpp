@@ -9,13 +9,27 @@
 
 namespace gilgamesh {
 
+// What the workers of a strategy do in parallel, which decides what the main
+// interpreter must set up before any of them starts.
+enum class PythonConcurrency {
+  kNone,             // one thread runs Python at a time: threads (GIL), processes
+  kThreads,          // threads without a GIL in one interpreter: free-threaded
+  kSubinterpreters,  // own-GIL sub-interpreters importing in parallel
+};
+
 class PythonRuntime {
  public:
-  // Initializes Python with the `gilgamesh` module registered, imports the
-  // modules whose concurrent first import in several sub-interpreters crashes
-  // 3.13 (datetime and friends), then releases the main thread's GIL.
+  // Initializes Python with the `gilgamesh` module registered, then releases the
+  // main thread's GIL. With kSubinterpreters it first imports the modules whose
+  // concurrent first import in several sub-interpreters crashes 3.13 (datetime
+  // and friends); with kSubinterpreters or kThreads it runs once the C-level
+  // lazy initializations that 3.13 does without a lock (_ctypes' tables). None
+  // of that is done for the strategies that do not need it: it costs about
+  // 12 MiB and 0.1 s. `force_gil_on_free_threaded`: PYTHON_GIL=1 (the threads
+  // strategy on the free-threaded build).
   // Call on the main thread, before any worker thread exists.
-  explicit PythonRuntime(bool force_gil_on_free_threaded = false);
+  explicit PythonRuntime(PythonConcurrency concurrency = PythonConcurrency::kNone,
+                         bool force_gil_on_free_threaded = false);
   PythonRuntime(const PythonRuntime&) = delete;
   PythonRuntime& operator=(const PythonRuntime&) = delete;
   // Takes the main GIL back and finalizes. Every worker thread state and
