@@ -55,6 +55,9 @@ struct HttpResponseData {
   std::string content_type;      // empty: no Content-Type header
   std::vector<Header> headers;   // extra headers from the handler
   std::string body;
+  // A 504 the server made because --timeout passed (not a handler's own 504):
+  // counted as a deadline exceeded whichever side noticed first.
+  bool deadline_exceeded = false;
 };
 
 struct RouteInfo {

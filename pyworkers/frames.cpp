@@ -159,7 +159,7 @@ bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body
   return true;
 }
 
-ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
+ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile std::sig_atomic_t* stop) {
   // One recv usually brings the whole of a small frame (the sender wrote it
   // with one sendmsg); the rest of a large body is read straight into place.
   // Frames alternate strictly, so a read never takes bytes of the next frame.
@@ -167,6 +167,7 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
   ssize_t got;
   do {
     got = ::recv(fd, first, sizeof first, 0);
+    if (got < 0 && errno == EINTR && stop != nullptr && *stop) return {ReadStatus::failed, EINTR};
   } while (got < 0 && errno == EINTR);
   if (got < 0) return {ReadStatus::failed, errno};
   if (got == 0) return {ReadStatus::closed};

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <csignal>
 #include <string>
 #include <string_view>
 
@@ -58,8 +59,12 @@ struct ReadResult {
 // returns false and sets *error to errno if given.
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body,
                  int* error = nullptr);
-// Reads a whole frame (blocking; EINTR retried).
-ReadResult read_frame(int fd, Frame& out, const Limits& limits = {});
+// Reads a whole frame (blocking; EINTR retried). With `stop`, a signal that
+// interrupts the wait for the frame's first byte while *stop is set ends the
+// read instead: {failed, EINTR}. (A signal that lands just before the wait
+// begins is seen at the next frame or when the peer closes.)
+ReadResult read_frame(int fd, Frame& out, const Limits& limits = {},
+                      const volatile std::sig_atomic_t* stop = nullptr);
 
 // Everything of a request but its body, and back. Decoding rejects (false) any
 // metadata that is short, long, or otherwise not what encoding produced.

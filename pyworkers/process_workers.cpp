@@ -86,8 +86,8 @@ class ProcessWorker final : public Worker {
     out.worker_lost = true;
     const std::string& id = job.request.request_id;
     if (killed_) {
-      out.response = make_error_response(504, "handler did not answer by its deadline; its worker "
-                                              "process was killed", id);
+      out.response = make_deadline_response("handler did not answer by its deadline; its worker "
+                                            "process was killed", id);
       return out;
     }
     if (!sent) {

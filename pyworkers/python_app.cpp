@@ -353,7 +353,7 @@ HttpResponseData PythonApp::error_from_exception(const std::string& request_id,
     // Raised into the handler at its deadline; the pool has logged it, and
     // the client has had its 504.
     PyErr_Clear();
-    return make_error_response(504, "handler interrupted at its deadline", request_id);
+    return make_deadline_response("handler interrupted at its deadline", request_id);
   }
   if (type && PyErr_GivenExceptionMatches(type, http_error_type_.get())) {
     PyObject* exc = PyErr_GetRaisedException();

@@ -14,6 +14,12 @@ HttpResponseData make_error_response(int status, const std::string& message,
   return r;
 }
 
+HttpResponseData make_deadline_response(const std::string& message, const std::string& request_id) {
+  HttpResponseData r = make_error_response(504, message, request_id);
+  r.deadline_exceeded = true;
+  return r;
+}
+
 bool is_token(std::string_view s) {
   if (s.empty()) return false;
   for (unsigned char c : s) {

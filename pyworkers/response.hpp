@@ -16,6 +16,8 @@ constexpr std::size_t kMaxHandlerHeaderBytes = 64 * 1024;
 // the message is replaced, never thrown on.
 HttpResponseData make_error_response(int status, const std::string& message,
                                      const std::string& request_id);
+// The same, 504, marked deadline_exceeded.
+HttpResponseData make_deadline_response(const std::string& message, const std::string& request_id);
 
 // Empty if `response` may go on the wire as it is; else which rule it breaks:
 // status outside 200..599, a header name that is not an RFC 9110 token, a header

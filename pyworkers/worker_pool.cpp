@@ -276,8 +276,8 @@ WorkerPool::After WorkerPool::serve(Run& run, Slot& slot) {
     const auto now = Clock::now();
     if (now >= job->deadline) {
       ++expired_in_queue_;
-      job->complete(make_error_response(504, "request waited past its deadline in the queue",
-                                        job->request.request_id));
+      job->complete(make_deadline_response("request waited past its deadline in the queue",
+                                           job->request.request_id));
       continue;
     }
     // Only a job that waited can have lost its client meanwhile: the peek is a syscall.
@@ -287,12 +287,9 @@ WorkerPool::After WorkerPool::serve(Run& run, Slot& slot) {
                                         job->request.request_id));
       continue;
     }
-    if (can_vanish && !worker.alive()) {
-      // It died before this request reached it: the request waits for the replacement.
-      spdlog::warn("worker {} (pid {}) exited while idle; replacing it", run.slot, run.pid.load());
-      run.carried = std::move(job);
-      return After::restart;
-    }
+    // No liveness check here (it would be a syscall per request): a worker that
+    // died while idle fails to take the job (handle() says job_not_taken) and the
+    // job goes to its replacement below.
 
     const std::uint64_t seq = ++job_seq_;
     {

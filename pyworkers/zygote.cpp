@@ -310,14 +310,11 @@ void Zygote::serve_as_worker(int worker, int sock) {
   limits.max_body = config_.max_body;
   for (;;) {
     if (g_sigterm_received) exit_worker(ts, 0);
-    pollfd p{sock, POLLIN, 0};
-    const int ready = poll(&p, 1, 1000);
-    if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
-    if (ready < 0) exit_worker(ts, 1);
-
+    // One blocking recv per request: SIGTERM (no SA_RESTART) interrupts the wait.
     frames::Frame frame;
-    const frames::ReadResult read = frames::read_frame(sock, frame, limits);
+    const frames::ReadResult read = frames::read_frame(sock, frame, limits, &g_sigterm_received);
     if (read.status == frames::ReadStatus::closed) exit_worker(ts, 0);  // recycled, or shutdown
+    if (read.status == frames::ReadStatus::failed && read.error == EINTR) exit_worker(ts, 0);
     std::size_t route = 0;
     HttpRequestData request;
     if (!read.ok() || frame.kind != frames::Kind::request ||

@@ -365,6 +365,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;  // answered 504 already
     job_pending_ = false;
     job_timer_.cancel();
+    if (r.deadline_exceeded) server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
     respond(std::move(r), false);
   }
 
@@ -382,8 +383,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
     spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, sv(request_.method_string()),
                  path_for_log(), fmt_seconds(server_.config.request_timeout));
-    respond(make_error_response(504, "handler did not answer within " + fmt_seconds(server_.config.request_timeout),
-                                context_.request_id),
+    respond(make_deadline_response("handler did not answer within " + fmt_seconds(server_.config.request_timeout),
+                                   context_.request_id),
             false);
   }
 
