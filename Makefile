@@ -79,7 +79,7 @@ bench: build
 	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 bench-quick: build
-	/usr/bin/python3 loadtest/run --quick --peers gunicorn,gunicorn-gthread,uwsgi --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+	/usr/bin/python3 loadtest/run --quick --peers gunicorn,gunicorn-gthread,uwsgi,nginx --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 # Your own app on every strategy and the peers:
 #   make bench-app WSGI=app:app APP_PATH="src venv/lib/python3.13/site-packages" REQUEST='GET /x'

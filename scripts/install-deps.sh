@@ -14,8 +14,9 @@ PKGS=(
   python3 python3-pytest python3-matplotlib python3-prometheus-client wrk
   # a real WSGI framework, served unchanged by the suite (pure Python; see scripts/pure_python_site.py)
   python3-flask
-  # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi)
-  gunicorn uwsgi uwsgi-plugin-python3
+  # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi,nginx);
+  # nginx is also the image test's load balancer
+  gunicorn uwsgi uwsgi-plugin-python3 nginx
   # Kubernetes manifests' test (PyYAML)
   python3-yaml
 )
@@ -27,10 +28,10 @@ if [[ "${GILGAMESH_WITH_FUZZ:-0}" == 1 ]]; then PKGS+=(clang libclang-rt-dev); f
 command -v node >/dev/null || PKGS+=(nodejs)
 command -v npm >/dev/null || PKGS+=(npm)
 # The image and its test (make image, make image-test): podman/buildah build and run
-# it without a daemon, debootstrap makes the base image, nginx fronts two replicas,
-# and a wheel from python3-wheel-whl is the third-party package a user app installs.
+# it without a daemon, debootstrap makes the base image, nginx (above) fronts two
+# replicas, and a wheel from python3-wheel-whl is the third-party package a user app installs.
 if [[ "${GILGAMESH_WITH_CONTAINER:-1}" == 1 ]]; then
-  PKGS+=(podman buildah debootstrap nginx python3-wheel-whl)
+  PKGS+=(podman buildah debootstrap python3-wheel-whl)
 fi
 if [[ -n "${GILGAMESH_EXTRA_PKGS:-}" ]]; then read -r -a extra <<<"$GILGAMESH_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi
 
@@ -44,8 +45,8 @@ SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# nginx is a tool here (the container test runs its own instances): no system
-# service should start on port 80 because we installed it.
+# nginx is a tool here (the load runner and the container test run their own
+# instances): no system service should start on port 80 because we installed it.
 if [[ " ${missing[*]} " == *" nginx "* && ! -e /usr/sbin/policy-rc.d ]]; then
   $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
   trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT

@@ -23,14 +23,19 @@ import subprocess
 import sys
 import time
 
-from . import custom, procs, rates, report, sampling, soak, soak_report, wrk
+from . import custom, nginx, procs, rates, report, sampling, soak, soak_report, wrk
 from .workloads import WORKLOADS, ideal_rate
 
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
 STRATEGIES = ["subinterpreters", "threads", "free-threaded", "processes"]
 STRATEGY_BUILD = {"free-threaded": "free-threaded"}  # the rest run the default build
-PEERS = {"gunicorn": "/usr/bin/gunicorn", "gunicorn-gthread": "/usr/bin/gunicorn", "uwsgi": "/usr/bin/uwsgi"}
+PEERS = {"gunicorn": "/usr/bin/gunicorn", "gunicorn-gthread": "/usr/bin/gunicorn", "uwsgi": "/usr/bin/uwsgi",
+         "nginx": nginx.BINARY}
+PYTHON_PEERS = ("gunicorn", "gunicorn-gthread", "uwsgi")  # serve the app through wsgi_demo.py
+# The Debian packages a peer needs (scripts/install-deps.sh installs them all).
+PEER_PACKAGES = {"gunicorn": "gunicorn", "gunicorn-gthread": "gunicorn",
+                 "uwsgi": "uwsgi uwsgi-plugin-python3", "nginx": "nginx"}
 # gunicorn's documented setting for keep-alive clients: gthread workers, a thread pool per
 # process, connections kept open (its sync workers close after each response).
 GUNICORN_GTHREAD = ["--worker-class", "gthread", "--threads", "4", "--keep-alive", "5"]
@@ -64,8 +69,12 @@ def parse_args(argv):
                    % ",".join(WORKLOADS))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
                    % (NCPU, NCPU))
-    p.add_argument("--peers", default="", help="comma list of %s, served through loadtest/wsgi_demo.py "
-                   "on Debian's Python 3.11" % ",".join(PEERS))
+    p.add_argument("--peers", default="", help="comma list of %s: %s serve the same app through "
+                   "loadtest/wsgi_demo.py on Debian's Python 3.11; nginx is a reference with no "
+                   "Python at all, a fixed string on GET /hello, so it runs the hello workload only "
+                   "(its other cells are skipped)" % (",".join(PEERS), ", ".join(PYTHON_PEERS)))
+    p.add_argument("--nginx", default=nginx.BINARY, help="nginx for --peers nginx (default: "
+                   "%(default)s, Debian's package nginx)")
     p.add_argument("--duration", type=int, help="measured seconds per cell (default 7; --quick 2)")
     p.add_argument("--warmup", type=int, help="warm-up seconds per cell (default 2; --quick 1)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default: %(default)s)")
@@ -154,6 +163,14 @@ def parse_args(argv):
     args.rate_seconds = pick(args.rate_seconds, 0.5, 0.2)
     args.strategies = _names(args.strategies, STRATEGIES, "strategy") if args.strategies else None
     args.peers = _names(args.peers, PEERS, "peer") if args.peers else []
+    for name in args.peers:
+        binary = _peer_binary(args, name)
+        if not os.access(binary, os.X_OK):
+            p.error("peer %s needs %s, which is missing or not executable: install Debian's %s "
+                    "(`make deps` runs scripts/install-deps.sh, which installs every peer; or "
+                    "`sudo apt-get install %s`)%s" % (
+                        name, binary, PEER_PACKAGES[name], PEER_PACKAGES[name],
+                        ", or pass --nginx PATH" if name == "nginx" else ""))
     pythons = rates.default_pythons()
     if args.python_default:
         pythons["default"] = args.python_default
@@ -162,6 +179,10 @@ def parse_args(argv):
     pythons[PEER_BUILD] = "/usr/bin/python3"
     args.pythons = pythons
     return args
+
+
+def _peer_binary(args, name):
+    return args.nginx if name == "nginx" else PEERS[name]
 
 
 def _names(text, known, what):
@@ -201,18 +222,29 @@ class Run:
             "cells": [],
             "notes": [custom.peer_note(args) or n if n.startswith("Peers") else n for n in NOTES],
         }
+        if "nginx" in args.peers:
+            self.results["notes"].append(
+                "%s is a reference, not a peer: Debian's nginx answering GET /hello with a fixed "
+                "string from its configuration (no Python, no handler), as many worker processes "
+                "as the cell's workers, keep-alive at nginx's defaults, no access log. It shows "
+                "what an HTTP server in C reaches on this machine with the same wrk; it runs the "
+                "hello workload only." % nginx.LABEL)
 
     # -- servers ------------------------------------------------------------
 
     def server_command(self, kind, name, workers, port):
-        """(argv, env, has /stats) to serve the demo with `name` on `port`."""
+        """(argv, env, has /stats, nginx.Instance or None) to serve the demo with `name`
+        on `port`; an nginx instance's folder must be removed once it has exited."""
         a = self.args
         if kind == "gilgamesh":
             cmd = [a.binary] + custom.app_args(a) + ["--strategy", name, "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--timeout", str(a.wrk_timeout)]
             env = dict(os.environ)
             env.update(item.split("=", 1) for item in a.server_env)
-            return cmd + a.server_arg, env, True
+            return cmd + a.server_arg, env, True, None
+        if name == "nginx":
+            instance = nginx.Instance(a.nginx, port, workers, a.connections)
+            return instance.command, dict(os.environ), False, instance
         env = dict(os.environ, GILGAMESH_STANDIN_STRATEGY=name, PYTHONDONTWRITEBYTECODE="1",
                    **custom.peer_env(a))
         if name in ("gunicorn", "gunicorn-gthread"):
@@ -229,7 +261,7 @@ class Run:
                    "--add-header", "Connection: close",
                    "--processes", str(workers), "--master", "--chdir", LOADTEST,
                    "--module", "wsgi_demo:app", "--need-app", "--die-on-term", "--disable-logging"]
-        return cmd, env, False
+        return cmd, env, False, None
 
     def start_server(self, kind, name, workers, log_name, extra_args=()):
         """Starts and waits; returns (proc, port, readiness) or raises StartError
@@ -237,17 +269,24 @@ class Run:
         last_error = None
         for _attempt in range(2):  # a port taken between free_port() and bind: retry once
             port = procs.free_port()
-            cmd, env, has_stats = self.server_command(kind, name, workers, port)
+            cmd, env, has_stats, instance = self.server_command(kind, name, workers, port)
             cmd = cmd + list(extra_args)
             log_path = os.path.join(self.logs, log_name + ".log")
             with open(log_path, "w") as log:
                 log.write("$ %s\n" % shlex.join(cmd))
+                if instance is not None:  # the prefix goes with the instance: keep its configuration
+                    log.write("# %s, removed after the cell:\n" % instance.conf_path)
+                    log.write("".join("#   " + line for line in instance.conf.splitlines(True)))
                 log.flush()
                 started = time.monotonic()
-                proc = self.owned.popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                proc = self.owned.popen(cmd, cleanup=instance.remove if instance else None, cwd=REPO,
+                                        env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
             try:
                 ready = procs.wait_ready(proc, started, port, workers, self.args.start_timeout, has_stats)
+                if instance is not None:
+                    ready.update(procs.wait_children(proc, started, workers, self.args.start_timeout))
+                    ready["prefix"] = instance.prefix
                 ready["command"] = cmd
                 return proc, port, ready
             except procs.StartError as e:
@@ -297,7 +336,7 @@ class Run:
                 "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
                 "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
                 "server_args": a.server_arg, "server_env": a.server_env, "app": a.app, "quick": a.quick,
-                "wsgi": a.wsgi, "pythonpath": a.pythonpath, "requests": a.request,
+                "wsgi": a.wsgi, "pythonpath": a.pythonpath, "requests": a.request, "peers": a.peers,
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params} for name in a.workloads},
@@ -334,13 +373,19 @@ class Run:
             raise SystemExit("loadtest/run: the binary runs none of %s" % ", ".join(wanted))
 
     def check_peers(self):
-        """Peers run the app under Debian's Python: skipped, and said so, where it does not import."""
-        reason = custom.peer_import_error(self.args, self.owned) if self.args.peers else None
+        """Python peers run the app under Debian's Python: skipped, and said so, where it
+        does not import. nginx runs no app: it is only described."""
+        python_peers = [p for p in self.args.peers if p in PYTHON_PEERS]
+        reason = custom.peer_import_error(self.args, self.owned) if python_peers else None
         if reason:
-            for name in self.args.peers:
+            for name in python_peers:
                 print("peer %s skipped: %s" % (name, reason))
                 self.results["peers"][name] = {"skipped": reason}
-            self.args.peers = []
+            self.args.peers = [p for p in self.args.peers if p not in python_peers]
+        if "nginx" in self.args.peers:
+            self.results["peers"]["nginx"] = {
+                "label": nginx.LABEL, "binary": self.args.nginx, "version": nginx.version(self.args.nginx),
+                "workloads": list(nginx.WORKLOADS)}
         if not self.results["strategies"]["supported"] and not self.args.peers:
             raise SystemExit("loadtest/run: nothing to measure (no strategy runs the app, no peer)")
 
@@ -355,7 +400,7 @@ class Run:
         if not targets:
             return
         builds = {self.build_of(s) for s in self.results["strategies"]["supported"]}
-        if self.args.peers:
+        if any(p in PYTHON_PEERS for p in self.args.peers):
             builds.add(PEER_BUILD)
         for build in sorted(builds):
             python = self.args.pythons.get(build)
@@ -383,10 +428,17 @@ class Run:
         a = self.args
         workload = WORKLOADS[workload_name]
         cell_id = "%s-%s-w%d" % (name, workload_name, workers)
-        build = self.build_of(name) if kind == "gilgamesh" else PEER_BUILD
+        build = self.build_of(name) if kind == "gilgamesh" else "nginx" if name == "nginx" else PEER_BUILD
         cell = {"id": cell_id, "kind": kind, "server": name, "workload": workload_name,
                 "workers": workers, "cores": min(workers, NCPU), "build": build}
-        if kind == "peer":
+        if name == "nginx":
+            cell["label"] = nginx.LABEL
+            cell["server_version"] = self.results["peers"]["nginx"]["version"]
+            skipped = nginx.skip_reason(workload_name)
+            if skipped:  # not run, and not a failure: nginx has no such handler
+                cell["skipped"] = skipped
+                return cell
+        elif kind == "peer":
             cell["python_version"] = (self.results["rates"].get(PEER_BUILD) or {}).get(
                 "python_version", platform.python_version())
         proc = wrk_proc = None
@@ -499,17 +551,20 @@ class Run:
         self.measure_rates()
         cells = self.cells()
         total = len(cells)
+        # Cells that will be skipped (nginx on a workload other than hello) take no time.
+        runs = [name != "nginx" or not nginx.skip_reason(workload) for _, name, workload, _ in cells]
         planned = a.warmup + a.duration + 1.5
         print("%d cells: %s x %s x workers %s; about %s" % (
             total, ",".join(self.results["strategies"]["supported"] + a.peers), ",".join(a.workloads),
-            ",".join(map(str, a.workers)), _fmt_time(total * planned)), flush=True)
+            ",".join(map(str, a.workers)), _fmt_time(sum(runs) * planned)), flush=True)
         started = time.monotonic()
         for i, (kind, name, workload, workers) in enumerate(cells, 1):
             in_cells = time.monotonic() - started
-            per_cell = in_cells / (i - 1) if i > 1 else planned
+            done = sum(runs[:i - 1])
+            per_cell = in_cells / done if done else planned
             print("[%2d/%d  %s elapsed, ~%s left] %-15s %-6s workers=%d ... " % (
                 i, total, _fmt_time(time.monotonic() - run_started),
-                _fmt_time(per_cell * (total - i + 1)), name, workload, workers), end="", flush=True)
+                _fmt_time(per_cell * sum(runs[i - 1:])), name, workload, workers), end="", flush=True)
             cell = self.run_cell(kind, name, workload, workers)
             self.results["cells"].append(cell)
             print(_cell_line(cell), flush=True)
@@ -528,6 +583,8 @@ def _sha256(path):
 
 
 def _cell_line(cell):
+    if cell.get("skipped"):
+        return "skipped: %s" % cell["skipped"]
     if cell.get("error") and not cell.get("wrk"):
         return "FAILED: %s" % cell["error"].splitlines()[0]
     w = cell["wrk"]

@@ -95,10 +95,20 @@ class Owned:
 
     def __init__(self):
         self._live = []
+        self._cleanups = {}
 
-    def popen(self, cmd, **kwargs):
-        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_end_with_parent, **kwargs)
+    def popen(self, cmd, cleanup=None, **kwargs):
+        """Starts `cmd`; `cleanup()` (if given) runs once the process and its group
+        are gone (in stop()), or at once if it cannot be started."""
+        try:
+            proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_end_with_parent, **kwargs)
+        except BaseException:
+            if cleanup is not None:
+                cleanup()
+            raise
         self._live.append(proc)
+        if cleanup is not None:
+            self._cleanups[proc] = cleanup
         return proc
 
     def stop(self, proc, grace=15.0):
@@ -138,6 +148,9 @@ class Owned:
                     pass
         if proc in self._live:
             self._live.remove(proc)
+        cleanup = self._cleanups.pop(proc, None)
+        if cleanup is not None:
+            cleanup()
         return seconds, proc.returncode, leftovers
 
     def stop_all(self):
@@ -223,3 +236,19 @@ def wait_ready(proc, started_at, port, workers, timeout, has_stats=True):
             time.sleep(0.01)
     return {"healthz_s": healthz_s, "ready_s": time.monotonic() - start,
             "ready_reported_by_stats": ready_reported, "stats": stats}
+
+
+def wait_children(proc, started_at, count, timeout):
+    """Waits until `proc` has `count` child processes (nginx's workers, which /healthz
+    alone does not count). Returns {"ready_s": seconds from `started_at`, "worker_processes":
+    children seen}. Raises StartError."""
+    deadline = started_at + timeout
+    while True:
+        children = [pid for pid, fields in live_processes() if int(fields[1]) == proc.pid]
+        if len(children) >= count:
+            return {"ready_s": time.monotonic() - started_at, "worker_processes": len(children)}
+        if proc.poll() is not None:
+            raise StartError("exited with status %d before its %d workers ran" % (proc.returncode, count))
+        if time.monotonic() > deadline:
+            raise StartError("%d of %d worker processes after %.0f s" % (len(children), count, timeout))
+        time.sleep(0.01)

@@ -15,21 +15,31 @@ STRATEGY_ORDER = ["subinterpreters", "threads", "free-threaded", "processes"]
 BASELINE = "threads"  # ratios are against the GIL baseline where it ran
 COLORS = {"subinterpreters": "#1f77b4", "threads": "#7f7f7f", "free-threaded": "#2ca02c",
           "processes": "#ff7f0e", "gunicorn": "#9467bd", "gunicorn-gthread": "#c5b0d5",
-          "uwsgi": "#8c564b"}
+          "uwsgi": "#8c564b", "nginx": "#17becf"}
+HATCHES = {"gunicorn": "//", "gunicorn-gthread": "//", "uwsgi": "//", "nginx": "xx"}
+REFERENCE = "nginx"  # a fixed string, no Python: the ceiling for `hello` (bench/nginx.py)
 LATENCY_KEYS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9")]
 
 
 # -- reading the results ------------------------------------------------------
 
-def _servers(results):
-    seen = {c["server"]: c["kind"] for c in results["cells"]}
+def _measured(results):
+    """The cells that ran: not those skipped (nginx on a workload other than hello)."""
+    return [c for c in results["cells"] if not c.get("skipped")]
+
+
+def _servers(results, workload=None):
+    """Servers with a cell that ran (on `workload`, if given): strategies, then peers."""
+    seen = {c["server"]: c["kind"] for c in _measured(results) if workload in (None, c["workload"])}
     gil = [s for s in STRATEGY_ORDER if s in seen] + sorted(s for s, k in seen.items()
                                                             if k == "gilgamesh" and s not in STRATEGY_ORDER)
-    return gil + sorted(s for s, k in seen.items() if k == "peer")
+    return gil + sorted((s for s, k in seen.items() if k == "peer"), key=lambda s: (s == REFERENCE, s))
 
 
 def _label(results, server):
     cell = next(c for c in results["cells"] if c["server"] == server)
+    if cell.get("label"):
+        return cell["label"]
     if cell["kind"] == "peer":
         return "%s (py%s)" % (server, ".".join(str(cell.get("python_version") or "3.11").split(".")[:2]))
     return server
@@ -49,17 +59,17 @@ def _goodput(cell):
 
 
 def _workloads(results):
-    seen = {c["workload"] for c in results["cells"]}
+    seen = {c["workload"] for c in _measured(results)}
     order = results["meta"].get("options", {}).get("workloads") or sorted(seen)
     return [w for w in order if w in seen]
 
 
 def _workers(results):
-    return sorted({c["workers"] for c in results["cells"]})
+    return sorted({c["workers"] for c in _measured(results)})
 
 
 def _baseline(results):
-    servers = _servers(results)
+    servers = [s for s in _servers(results) if s != REFERENCE]
     return BASELINE if BASELINE in servers else (servers[0] if servers else None)
 
 
@@ -109,8 +119,12 @@ def tables(results):
                 row.append(_num(g, "%.1f"))
         rows.append(row)
     out.append(("Headline: goodput at %s workers" % top,
-                "Responses with a 2xx status per second; in brackets the ratio to `%s` in this run."
-                % base, header, rows))
+                "Responses with a 2xx status per second; in brackets the ratio to `%s` in this run.%s"
+                % (base, " %s serves `hello` only (–: not run)." % _label(results, REFERENCE)
+                   if REFERENCE in servers else ""), header, rows))
+    reference = _reference_table(results)
+    if reference:
+        out.append(reference)
 
     header = ["server", "workload", "workers", "goodput/s", "vs %s" % base, "non-2xx",
               "connect", "read", "write", "timeout", "requests/s", "cell"]
@@ -164,7 +178,8 @@ def tables(results):
                 "peak under load: RSS of the server process; PSS of its worker processes (every "
                 "descendant: workers, zygote) summed; total PSS = server + those (shared pages counted "
                 "once). Start-up: from exec until /healthz answers%s." % (
-                    " and /stats reports every worker ready (peers: /healthz only)" if reported else
+                    " and /stats reports every worker ready (peers: /healthz only; nginx: and its "
+                    "worker processes run)" if reported else
                     " (/stats does not report per-worker readiness)"), header, rows))
 
     header = ["server", "workload", "workers", "cores", "build", "single-thread rate/s", "ideal/s",
@@ -201,6 +216,31 @@ def tables(results):
     return out
 
 
+def _reference_table(results):
+    """`hello` of every server as a ratio to nginx's fixed string at the same worker
+    count, or None if nginx did not run."""
+    if REFERENCE not in _servers(results, "hello"):
+        return None
+    servers = [s for s in _servers(results, "hello") if s != REFERENCE]
+    header = ["workers", _label(results, REFERENCE)] + [_label(results, s) for s in servers]
+    rows = []
+    for n in _workers(results):
+        ref_cell = _cell(results, REFERENCE, "hello", n)
+        ref = _goodput(ref_cell)
+        row = [n, _failed(ref_cell) or _num(ref)]
+        for s in servers:
+            c = _cell(results, s, "hello", n)
+            g = _goodput(c)
+            row.append(_failed(c) or ("–" if g is None else
+                                      "%.0f (%.2f×)" % (g, g / ref) if ref else _num(g)))
+        rows.append(row)
+    return ("Headline: hello against %s" % _label(results, REFERENCE),
+            "`hello` goodput (2xx/s) at each worker count; in brackets the ratio to nginx answering "
+            "the same `GET /hello` with a fixed string from its configuration, with as many worker "
+            "processes, in this run: the share of a C server's rate with no Python at all that each "
+            "server keeps.", header, rows)
+
+
 def latency_note(results):
     o = results["meta"].get("options", {})
     return ("wrk is closed-loop (coordinated omission): each of its %s connections waits for a response "
@@ -212,8 +252,8 @@ def latency_note(results):
 def _ordered_cells(results):
     order = {s: i for i, s in enumerate(_servers(results))}
     wl = {w: i for i, w in enumerate(_workloads(results))}
-    return sorted(results["cells"], key=lambda c: (order.get(c["server"], 99), wl.get(c["workload"], 99),
-                                                   c["workers"]))
+    return sorted(_measured(results), key=lambda c: (order.get(c["server"], 99),
+                                                     wl.get(c["workload"], 99), c["workers"]))
 
 
 # -- charts -------------------------------------------------------------------
@@ -230,16 +270,21 @@ def charts(results, out_dir):
     made = []
 
     def grouped(ax, groups, series, value, ylabel, log=False, fmt=None):
-        width = 0.8 / max(1, len(series))
-        for i, s in enumerate(series):
+        # Each group centres the bars it has: a server with no figure there (nginx on a
+        # workload it does not serve) takes no slot.
+        present = {g: [s for s in series if value(s, g) is not None] for g in groups}
+        width = 0.8 / max([1] + [len(v) for v in present.values()])
+        for s in series:
             xs, ys = [], []
             for j, g in enumerate(groups):
-                v = value(s, g)
-                if v is not None:
-                    xs.append(j - 0.4 + width * (i + 0.5))
-                    ys.append(v)
+                if s in present[g]:
+                    k, n = present[g].index(s), len(present[g])
+                    xs.append(j - width * n / 2 + width * (k + 0.5))
+                    ys.append(value(s, g))
+            if not xs:
+                continue
             bars = ax.bar(xs, ys, width, label=_label(results, s), color=COLORS.get(s),
-                          hatch="//" if s in ("gunicorn", "gunicorn-gthread", "uwsgi") else None, edgecolor="white")
+                          hatch=HATCHES.get(s), edgecolor="white")
             if fmt and len(groups) * len(series) <= 16:
                 ax.bar_label(bars, [fmt % y for y in ys], fontsize=7, padding=1)
         ax.set_xticks(range(len(groups)))
@@ -257,13 +302,25 @@ def charts(results, out_dir):
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.grid(axis="y", alpha=0.3)
 
-    def legend_below(fig, ax, note=None):
-        handles, labels = ax.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
-                   frameon=False)
+    def legend_below(fig, axes, note=None):
+        """One legend for every panel: a server that ran one workload only (nginx) is in
+        that panel alone."""
+        handles, labels = [], []
+        for ax in axes:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+        # As many columns as the widest label lets fit across the figure (8-point text:
+        # about 0.065 in a character, 0.6 in for the swatch and gaps), rows below the plots.
+        width, height = fig.get_size_inches()
+        column = 0.6 + 0.065 * max([len(l) for l in labels] or [1])
+        ncol = max(1, min(len(labels), 6, int(width // column)))
+        rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
         if note:
             fig.text(0.5, 0.995, note, ha="center", va="top", fontsize=8, style="italic", wrap=True)
-        fig.tight_layout(rect=(0, 0.07, 1, 0.95 if note else 1))
+        fig.tight_layout(rect=(0, min(0.4, (0.05 + 0.17 * rows) / height), 1, 0.95 if note else 1))
 
     def save(fig, name, title, caption):
         fig.savefig(os.path.join(out_dir, name), dpi=100)
@@ -283,13 +340,15 @@ def charts(results, out_dir):
     # Throughput by strategy and worker count.
     fig, axes = subplots(len(workloads))
     for ax, w in zip(axes, workloads):
-        grouped(ax, workers, servers, lambda s, n: _goodput(_cell(results, s, w, n)), "goodput (2xx/s)",
-                fmt="%.0f")
+        grouped(ax, workers, _servers(results, w), lambda s, n: _goodput(_cell(results, s, w, n)),
+                "goodput (2xx/s)", fmt="%.0f")
         ax.set_xticklabels(["%d worker%s" % (n, "" if n == 1 else "s") for n in workers])
         ax.set_title(w)
-    legend_below(fig, axes[0])
+    legend_below(fig, axes)
     save(fig, "throughput.png", "Throughput by strategy and worker count",
-         "Goodput (2xx responses per second); hatched bars are the peers on Python 3.11.")
+         "Goodput (2xx responses per second); hatched bars are the peers on Python 3.11%s." % (
+             "; cross-hatched, %s, on hello only" % _label(results, REFERENCE)
+             if REFERENCE in servers else ""))
 
     # Latency percentiles at the top worker count.
     fig, axes = subplots(len(workloads))
@@ -298,10 +357,10 @@ def charts(results, out_dir):
             c = _cell(results, s, w, top)
             v = ((c or {}).get("wrk") or {}).get("latency_ms", {}).get(key)
             return v if v else None
-        grouped(ax, [k for k, _ in LATENCY_KEYS], servers, lat, "latency (ms, log)", log=True)
+        grouped(ax, [k for k, _ in LATENCY_KEYS], _servers(results, w), lat, "latency (ms, log)", log=True)
         ax.set_xticklabels([label for _, label in LATENCY_KEYS])
         ax.set_title("%s, %d workers" % (w, top))
-    legend_below(fig, axes[0], "wrk is closed-loop (coordinated omission) and shares the cores "
+    legend_below(fig, axes, "wrk is closed-loop (coordinated omission) and shares the cores "
                                "with the server: percentiles understate an open-loop client's")
     save(fig, "latency.png", "Latency percentiles",
          latency_note(results))
@@ -310,7 +369,7 @@ def charts(results, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.2))
 
     def mem(s, n):
-        values = [(c.get("load") or {}).get("total_pss_kb_peak") for c in results["cells"]
+        values = [(c.get("load") or {}).get("total_pss_kb_peak") for c in _measured(results)
                   if c["server"] == s and c["workers"] == n]
         values = [v for v in values if v]
         return max(values) / 1024.0 if values else None
@@ -318,7 +377,7 @@ def charts(results, out_dir):
     grouped(ax, workers, servers, mem, "total PSS, MiB (peak)", fmt="%.0f")
     ax.set_xticklabels(["%d worker%s" % (n, "" if n == 1 else "s") for n in workers])
     ax.set_title("Memory under load (server + worker processes, highest over workloads)", fontsize=10)
-    legend_below(fig, ax)
+    legend_below(fig, [ax])
     save(fig, "memory.png", "Memory", "PSS of the server and its worker processes, peak while loaded.")
 
     # Efficiency against the ideal, CPU-bound workloads.
@@ -327,7 +386,7 @@ def charts(results, out_dir):
     if cpu:
         fig, axes = subplots(len(cpu))
         for ax, w in zip(axes, cpu):
-            grouped(ax, workers, servers,
+            grouped(ax, workers, _servers(results, w),
                     lambda s, n, w=w: (_cell(results, s, w, n) or {}).get("efficiency"),
                     "goodput / ideal", fmt="%.2f")
             ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
@@ -335,29 +394,32 @@ def charts(results, out_dir):
                                                "" if n == 1 else "s") for n in workers])
             ax.set_title("%s: efficiency vs ideal" % w)
             ax.set_ylim(0, 1.15)
-        legend_below(fig, axes[0])
+        legend_below(fig, axes)
         save(fig, "efficiency.png", "Efficiency against the ideal",
              "Ideal = cores × the single-thread rate of the same handler in the same Python build.")
 
-    # Peers next to the strategies, as ratios to the first peer.
-    peers = [s for s in servers if results["cells"] and
-             next(c for c in results["cells"] if c["server"] == s)["kind"] == "peer"]
+    # Peers next to the strategies, as ratios to the first Python peer (to nginx if it
+    # is the only peer: then on hello alone).
+    peers = [s for s in servers if next(c for c in results["cells"] if c["server"] == s)["kind"] == "peer"]
     if peers:
-        ref = peers[0]
-        fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(workloads) + 2), 4))
+        ref = ([s for s in peers if s != REFERENCE] or peers)[0]
+        groups = [w for w in workloads if _goodput(_cell(results, ref, w, top))]
+        fig, ax = plt.subplots(figsize=(max(9, 1.6 * len(groups) + 2), 4.4))
 
         def ratio(s, w):
             g, r = _goodput(_cell(results, s, w, top)), _goodput(_cell(results, ref, w, top))
             return g / r if g is not None and r else None
 
-        grouped(ax, workloads, servers, ratio, "goodput / %s" % ref, fmt="%.1f")
-        ax.set_xticklabels(workloads)
+        grouped(ax, groups, servers, ratio, "goodput / %s" % ref, fmt="%.1f")
+        ax.set_xticklabels(groups)
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_title("gilgamesh strategies vs peers at %d workers (ratio to %s)" % (top, ref), fontsize=10)
-        legend_below(fig, ax)
+        legend_below(fig, [ax])
         save(fig, "peers.png", "Peers",
-             "Goodput relative to %s at the same worker count. The peers serve the same app "
-             "through loadtest/wsgi_demo.py on Python 3.11; gilgamesh embeds 3.13." % ref)
+             "Goodput relative to %s at the same worker count. The Python peers serve the same app "
+             "through loadtest/wsgi_demo.py on Python 3.11; gilgamesh embeds 3.13.%s" % (
+                 ref, " %s answers hello only, with no Python at all." % _label(results, REFERENCE)
+                 if REFERENCE in peers else ""))
     return made
 
 
@@ -387,6 +449,15 @@ def _context(results):
     ]
     for name, w in m.get("workloads", {}).items():
         lines.append("Workload `%s`: %s." % (name, w["description"]))
+    ref = results.get("peers", {}).get(REFERENCE)
+    if ref and not ref.get("skipped"):
+        skipped = sorted({c["workload"] for c in results["cells"]
+                          if c["server"] == REFERENCE and c.get("skipped")})
+        lines.append("Reference: %s, `%s` (%s), on %s only%s." % (
+            ref.get("label", REFERENCE), ref.get("version") or "version unknown", ref.get("binary"),
+            ", ".join("`%s`" % w for w in ref.get("workloads", [])),
+            "; skipped on %s (no such handler in nginx: not run, not failed)" % ", ".join(
+                "`%s`" % w for w in skipped) if skipped else ""))
     return lines
 
 
@@ -419,6 +490,11 @@ def _problems(results):
     return lines
 
 
+def _headline_count(all_tables):
+    """How many tables lead the report, before the charts."""
+    return sum(1 for title, _, _, _ in all_tables if title.startswith("Headline"))
+
+
 def markdown(results, chart_list):
     parts = ["# gilgamesh load test", ""]
     parts += ["- " + l for l in _context(results)]
@@ -427,12 +503,13 @@ def markdown(results, chart_list):
     if problems:
         parts += ["", "## Problems", ""] + ["- " + p for p in problems]
     all_tables = tables(results)
-    for title, intro, header, rows in all_tables[:1]:
+    lead = _headline_count(all_tables)
+    for title, intro, header, rows in all_tables[:lead]:
         parts += ["", "## " + title, "", intro, "", _md_table(header, rows)]
     parts += ["", "## Charts", ""]
     for name, title, caption in chart_list:
         parts += ["### " + title, "", caption, "", "![%s](%s)" % (title, name), ""]
-    for title, intro, header, rows in all_tables[1:]:
+    for title, intro, header, rows in all_tables[lead:]:
         parts += ["", "## " + title, "", intro, "", _md_table(header, rows)]
     return "\n".join(parts) + "\n"
 
@@ -495,7 +572,8 @@ def html_page(results, chart_list, out_dir):
         body.append("</table>")
 
     all_tables = tables(results)
-    for t in all_tables[:1]:
+    lead = _headline_count(all_tables)
+    for t in all_tables[:lead]:
         table(*t)
     body.append('<h2>Charts</h2><p id="render-check">charts not checked (no JavaScript)</p>')
     for name, title, caption in chart_list:
@@ -503,7 +581,7 @@ def html_page(results, chart_list, out_dir):
             data = base64.b64encode(f.read()).decode()
         body.append('<figure><h3>%s</h3><img class="chart" alt="%s" src="data:image/png;base64,%s">'
                     '<figcaption>%s</figcaption></figure>' % (e(title), e(title), data, e(caption)))
-    for t in all_tables[1:]:
+    for t in all_tables[lead:]:
         table(*t)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>gilgamesh load test</title><style>%s</style></head><body>\n%s\n"

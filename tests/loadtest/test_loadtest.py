@@ -3,7 +3,7 @@
     /usr/bin/python3 -m pytest -q tests/loadtest
 
 Needs the built server (build/gilgamesh, or $GILGAMESH_BINARY), /usr/bin/wrk,
-gunicorn and uWSGI (Debian), /usr/bin/chromium. About a minute and a half on
+gunicorn, uWSGI and nginx (Debian), /usr/bin/chromium. About a minute and a half on
 2 cores.
 """
 
@@ -33,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 PYTHON = "/usr/bin/python3"
 LATENCY_KEYS = ["min", "mean", "p50", "p90", "p99", "p99_9", "max"]
 ALL_STRATEGIES = ["subinterpreters", "threads", "free-threaded", "processes"]
+NGINX_LABEL = "nginx (fixed string, no Python)"
 
 
 def _declared_strategies():
@@ -267,11 +268,12 @@ def _chromium(*args):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """`make bench-quick`, with the results in a temporary folder."""
+    """`make bench-quick`, with the results in a temporary folder (and nginx's fixed
+    string as the reference on hello, skipped on fib)."""
     _require(BINARY)
     results_dir = tmp_path_factory.mktemp("results")
     started = time.monotonic()
-    out = subprocess.run([PYTHON, RUN, "--quick", "--peers", "gunicorn,uwsgi",
+    out = subprocess.run([PYTHON, RUN, "--quick", "--peers", "gunicorn,uwsgi,nginx",
                           "--strategies", ",".join(DECLARED), "--results-dir", str(results_dir)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, "loadtest/run --quick failed (%d):\n%s\n%s" % (
@@ -291,9 +293,13 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
     supported = results["strategies"]["supported"]
     assert supported == DECLARED and results["strategies"]["unsupported"] == {}, results["strategies"]
     expected = {(s, w) for s in supported + ["gunicorn", "uwsgi"] for w in ("hello", "fib")}
+    expected.add(("nginx", "hello"))
     cells = {(c["server"], c["workload"]): c for c in results["cells"]}
-    assert set(cells) == expected
-    for key, cell in cells.items():
+    skipped = {key for key, cell in cells.items() if cell.get("skipped")}
+    assert skipped == {("nginx", "fib")}  # nginx has no fib handler: not run, not failed
+    assert set(cells) - skipped == expected
+    for key in expected:
+        cell = cells[key]
         assert not cell.get("error"), (key, cell["error"])
         assert cell["wrk"]["goodput"] > 0 and cell["wrk"]["goodput_per_s"] > 0, key
         errors = cell["wrk"]["errors"]
@@ -311,12 +317,14 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
         assert 0 < fib["efficiency"] < 3, (strategy, fib["efficiency"])
         assert fib["ideal_per_s"] == pytest.approx(
             fib["cores"] * results["rates"][fib["build"]]["targets"]["/fib?n=25"]["per_s"])
-    assert "[%d/%d" % (len(expected), len(expected)) in quick_run["stdout"]  # progress
+    total = len(expected) + len(skipped)
+    assert "[%d/%d" % (total, total) in quick_run["stdout"]  # progress
     assert quick_run["seconds"] < 150
 
 
 def test_quick_run_left_no_process_behind(quick_run):
-    commands = [c["startup"]["command"] for c in quick_run["results"]["cells"]]
+    # (nginx rewrites its command line: test_nginx_is_the_hello_reference_... looks for its prefix)
+    commands = [c["startup"]["command"] for c in quick_run["results"]["cells"] if not c.get("skipped")]
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -361,6 +369,97 @@ def test_report_html_renders_in_chromium(quick_run):
     rendered = re.findall(r'data-rendered="(\d+)x(\d+)"', out.stdout)
     assert len(rendered) == charts
     assert all(int(w) >= 300 and int(h) >= 200 for w, h in rendered), rendered
+
+
+def _cmdlines():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    yield f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # exited meanwhile
+
+
+def test_nginx_is_the_hello_reference_and_skipped_elsewhere(quick_run):
+    results = quick_run["results"]
+    nginx = {c["workload"]: c for c in results["cells"] if c["server"] == "nginx"}
+    assert set(nginx) == {"hello", "fib"}
+    hello, fib = nginx["hello"], nginx["fib"]
+    assert hello["label"] == NGINX_LABEL and not hello.get("skipped") and not hello.get("error")
+    assert hello["wrk"]["goodput"] > 0 and hello["wrk"]["responses_by_status"].keys() == {"200"}
+    # as many nginx worker processes as the cell's workers, in a prefix of its own, gone after
+    assert hello["startup"]["worker_processes"] == hello["workers"]
+    assert hello["load"]["worker_processes"] == hello["workers"], hello["load"]
+    prefix = hello["startup"]["prefix"]
+    assert hello["startup"]["command"][:3] == ["/usr/sbin/nginx", "-p", prefix]
+    assert not os.path.exists(prefix), "the instance's prefix was left behind"
+    assert not [c for c in _cmdlines() if prefix in c], "an nginx of the run is still running"
+    assert hello["shutdown"]["exit_code"] == 0
+    # fib: recorded as skipped, with the reason, and not as an error
+    assert "hello only" in fib["skipped"] and "'fib'" in fib["skipped"], fib["skipped"]
+    assert "wrk" not in fib and "error" not in fib and "startup" not in fib
+    assert "nginx" in quick_run["stdout"] and "skipped: nginx is a reference" in quick_run["stdout"]
+    assert results["peers"]["nginx"]["version"].startswith("nginx/"), results["peers"]
+
+    # The report: a table of hello against nginx, ratios that are goodput / nginx's goodput.
+    with open(os.path.join(quick_run["folder"], "report.md")) as f:
+        md = f.read()
+    section = md.split("## Headline: hello against %s" % NGINX_LABEL, 1)
+    assert len(section) == 2, "no table of hello against nginx in report.md"
+    table = [l for l in section[1].split("\n## ", 1)[0].splitlines() if l.startswith("|")]
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    assert header[:2] == ["workers", NGINX_LABEL] and "subinterpreters" in header, header
+    [row] = [[v.strip() for v in l.strip("|").split("|")] for l in table[2:]]
+    assert int(row[0]) == hello["workers"]
+    ref = hello["wrk"]["goodput_per_s"]
+    assert float(row[1]) == pytest.approx(ref, abs=0.5)
+    for name, value in zip(header[2:], row[2:]):
+        server = name.split(" (py")[0]  # "gunicorn (py3.11)": the server's name
+        cell = next(c for c in results["cells"] if c["server"] == server and c["workload"] == "hello")
+        ratio = re.fullmatch(r"\d+ \((\d+\.\d\d)×\)", value)
+        assert ratio, (name, value)
+        assert float(ratio.group(1)) == pytest.approx(cell["wrk"]["goodput_per_s"] / ref, abs=0.006)
+    # nginx only where it has figures: a hello row, never a fib row
+    assert re.search(r"^\| %s \| hello \|" % re.escape(NGINX_LABEL), md, re.M)
+    assert not re.search(r"^\| %s \| fib \|" % re.escape(NGINX_LABEL), md, re.M)
+    assert "cells with errors" not in quick_run["stdout"]
+
+
+def test_nginx_instance_serves_the_fixed_string_and_leaves_nothing(tmp_path):
+    """One instance as the runner starts it: /hello and /healthz, nothing else, its
+    workers, SIGTERM, the prefix removed."""
+    sys.path.insert(0, os.path.join(REPO, "loadtest"))
+    try:
+        from bench import main as runner, procs
+    finally:
+        sys.path.pop(0)
+    run = runner.Run(runner.parse_args(["--peers", "nginx", "--results-dir", str(tmp_path)]), str(tmp_path))
+    run.check_peers()
+    proc, port, ready = run.start_server("peer", "nginx", 3, "nginx-probe")
+    try:
+        assert procs.http_get(port, "/hello") == (200, b"hello")
+        assert procs.http_get(port, "/healthz") == (200, b'{"status":"ok"}')
+        assert procs.http_get(port, "/fib?n=25")[0] == 404
+        assert ready["worker_processes"] == 3 and len(procs.descendants(proc.pid)) == 3
+        assert os.path.isfile(os.path.join(ready["prefix"], "nginx.pid"))
+    finally:
+        seconds, code, leftovers = run.owned.stop(proc)
+    assert code == 0 and leftovers == [] and seconds < 5
+    assert not os.path.exists(ready["prefix"])
+    with open(tmp_path / "logs" / "nginx-probe.log") as f:
+        log = f.read()
+    assert "worker_processes 3;" in log and "listen 127.0.0.1:%d;" % port in log
+    assert "[emerg]" not in log and "[alert]" not in log, log
+
+
+def test_missing_nginx_says_how_to_get_it(tmp_path):
+    out = subprocess.run([PYTHON, RUN, "--peers", "nginx", "--nginx", str(tmp_path / "no-nginx"),
+                          "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "install Debian's nginx" in out.stderr and "make deps" in out.stderr, out.stderr
+    assert os.listdir(tmp_path) == [], "the run started anyway"
 
 
 APPS = os.path.join(REPO, "tests", "apps")
