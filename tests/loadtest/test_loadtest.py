@@ -319,7 +319,12 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
             fib["cores"] * results["rates"][fib["build"]]["targets"]["/fib?n=25"]["per_s"])
     total = len(expected) + len(skipped)
     assert "[%d/%d" % (total, total) in quick_run["stdout"]  # progress
-    assert quick_run["seconds"] < 150
+    # --quick is quick by its settings (2 s per cell), not by a wall-clock figure that a busy
+    # machine can miss; the wall bound below only catches a hang.
+    for cell in results["cells"]:
+        if "wrk_command" in cell:
+            assert " -d2s " in cell["wrk_command"], cell["wrk_command"]
+    assert quick_run["seconds"] < 400
 
 
 def test_quick_run_left_no_process_behind(quick_run):
