@@ -13,6 +13,20 @@ sys.path.insert(0, os.path.join(REPO, "loadtest"))
 from bench.procs import free_port, http_get as get  # noqa: E402,F401  (get: for the tools)
 
 
+def wait_ready(proc, port, deadline, pace=0.02):
+    """True once GET /readyz answers 200; False once `proc` has exited or `deadline`
+    (time.monotonic()) has passed."""
+    while True:
+        try:
+            if get(port, "/readyz", timeout=10)[0] == 200:
+                return True
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(pace)  # polling pace
+
+
 @contextlib.contextmanager
 def served(binary, args, ready_timeout=60):
     """Yields (process, port) of `binary --port P --log-level warn *args`, once ready."""
@@ -20,18 +34,10 @@ def served(binary, args, ready_timeout=60):
     cmd = [binary, "--port", str(port), "--log-level", "warn"] + list(args)
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            try:
-                if get(port, "/readyz", timeout=10)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = proc.stderr.read()[-2000:].decode(errors="replace") \
-                    if proc.poll() is not None else "not ready within %d s" % ready_timeout
-                raise SystemExit("%s did not become ready: %s" % (" ".join(cmd), why))
-            time.sleep(0.02)  # polling pace
+        if not wait_ready(proc, port, time.monotonic() + ready_timeout):
+            why = proc.stderr.read()[-2000:].decode(errors="replace") \
+                if proc.poll() is not None else "not ready within %d s" % ready_timeout
+            raise SystemExit("%s did not become ready: %s" % (" ".join(cmd), why))
         yield proc, port
     finally:
         proc.terminate()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from served import REPO, free_port, get
+from served import REPO, free_port, get, wait_ready
 
 READY_RE = re.compile(r"(\d+) workers ready in (\d+) ms")
 
@@ -39,16 +39,8 @@ def one_start(binary, strategy, workers, app, timeout=60):
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        deadline = started + timeout
-        while True:
-            try:
-                if get(port, "/readyz", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("%s: not ready (exit status %r)" % (" ".join(cmd), proc.poll()))
-            time.sleep(0.005)  # polling pace
+        if not wait_ready(proc, port, started + timeout, pace=0.005):
+            raise SystemExit("%s: not ready (exit status %r)" % (" ".join(cmd), proc.poll()))
         ready_ms = (time.monotonic() - started) * 1000.0
         status, _ = get(port, "/hello", timeout=10)
         if status != 200:
