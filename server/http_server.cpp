@@ -365,7 +365,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;  // answered 504 already
     job_pending_ = false;
     job_timer_.cancel();
-    if (r.deadline_exceeded) server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
     respond(std::move(r), false);
   }
 
@@ -380,7 +379,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   void on_job_deadline(std::uint64_t token) {
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
-    server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
     spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, sv(request_.method_string()),
                  path_for_log(), fmt_seconds(server_.config.request_timeout));
     respond(make_deadline_response("handler did not answer within " + fmt_seconds(server_.config.request_timeout),
@@ -398,6 +396,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   // Every response goes out here, built where it was decided; `close` ends
   // the connection after it.
   void respond(HttpResponseData&& r, bool close) {
+    // Counted where it goes out, whichever side (this timer or the pool) made it.
+    if (r.deadline_exceeded) server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
     if (close || server_.shutting_down || shutting_down_) context_.keep_alive = false;
     std::string problem;
     response_ = exchange::to_wire(std::move(r), context_, problem);
