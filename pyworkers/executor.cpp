@@ -36,6 +36,7 @@ nlohmann::json to_json(const ExecutorConfig& c) {
           {"max_queue", c.max_queue},       {"max_body", c.max_body},
           {"max_requests", c.max_requests}, {"max_requests_jitter", c.max_requests_jitter},
           {"max_abandoned", c.max_abandoned}, {"allow_gil", c.allow_gil},
+          {"preload", c.preload},
           {"python_build", c.python_build}, {"debug", c.debug}};
 }
 
@@ -54,6 +55,7 @@ ExecutorConfig executor_config_from_json(const nlohmann::json& j) {
   c.max_requests_jitter = j.at("max_requests_jitter").get<unsigned>();
   c.max_abandoned = j.at("max_abandoned").get<int>();
   c.allow_gil = j.at("allow_gil").get<bool>();
+  c.preload = j.value("preload", false);
   c.python_build = j.at("python_build").get<std::string>();
   c.debug = j.at("debug").get<bool>();
   return c;

@@ -116,6 +116,8 @@ struct ExecutorConfig {
   int max_abandoned = 0;                // handler threads left running past their deadline before
                                         // the pool stops replacing them (0: 2 x workers)
   bool allow_gil = false;               // free-threaded: run even if an extension enabled the GIL
+  bool preload = false;                 // subinterpreters: import the app in the main interpreter first
+  std::string strategy_reason;          // --strategy auto: why this strategy was picked (else empty)
   std::string python_build;             // "default" or "free-threaded" (the one linked in)
   bool debug = false;                   // a handler's unexpected exception: its type, text and
                                         // traceback in the 500 body (else only in the log)
@@ -132,6 +134,7 @@ struct ExecutorInfo {
   std::string python_version;
   std::string build;  // "default" or "free-threaded"
   bool gil_enabled = true;
+  std::string strategy_reason;  // --strategy auto: why `strategy` was picked (else empty)
 };
 
 // Whether the executor can take work now (GET /readyz), and why not.

@@ -158,6 +158,7 @@ _routes = []
 
 def _import_app(name):
     """Import the app; return it with the warnings that say an extension turned the GIL on."""
+    global _last_import_error
     import importlib
     import warnings
     with warnings.catch_warnings(record=True) as caught:
@@ -166,7 +167,8 @@ def _import_app(name):
         try:
             module = importlib.import_module(name)
         except ImportError as e:
-            found = _foreign_extension(e)
+            _last_import_error = (e.name or "", str(e))
+            found = _foreign_extension(e) or _native_library_problem(e)
             if found is None:
                 raise
             raise ImportError("%s; %s" % (e, found), name=e.name, path=e.path) from e
@@ -183,6 +185,160 @@ def _import_app(name):
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return module, gil_warnings
+
+
+# (module name, message) of the last ImportError that ended _import_app: read by the
+# start-up probe (probe.cpp), which names every module that broke the app's import.
+_last_import_error = None
+
+
+def _native_library_problem(error):
+    """If an extension failed to load for want of a native library or of a newer glibc
+    (Debian trixie's builds need glibc 2.38; bookworm has 2.36), a sentence that says so."""
+    import os
+    import re
+    text = str(error)
+    m = re.search(r"version `GLIBC_([0-9.]+)' not found \(required by ([^)]+)\)", text)
+    if m:
+        try:
+            here = os.confstr("CS_GNU_LIBC_VERSION") or "an older glibc"
+        except (ValueError, OSError):
+            here = "an older glibc"
+        return ("%s was built against glibc %s, and this system has %s: it loads only on a "
+                "system with glibc %s or newer (e.g. Debian trixie, or the gilgamesh container "
+                "image), or install a build of that package made for this system"
+                % (m.group(2), m.group(1), here, m.group(1)))
+    m = re.search(r"([^\s:]+\.so[0-9.]*): cannot open shared object file", text)
+    if m:
+        return ("the shared library %s that it needs is not installed on this system"
+                % m.group(1))
+    return None
+
+
+def _trace_imports(fd):
+    """Start-up probe only (probe.cpp): writes one line to file descriptor `fd` as each
+    import begins, "begin NAME\tIMPORTER IMPORTER ...", the innermost importer first, and
+    "failed NAME\tIMPORTERS" once an import is seen to have ended without its module (at
+    the next import's beginning), so that the server can name the import that was under
+    way, or had just failed, if this process dies."""
+    import os
+    import sys
+    open_imports = {}  # name -> its importers, for the imports begun and not seen to end
+
+    def write(kind, name, chain):
+        os.write(fd, ("%s %s\t%s\n" % (kind, name, " ".join(chain))).encode("utf-8", "replace"))
+
+    class _ImportTracer:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            chain = []
+            frame = sys._getframe(1)
+            while frame is not None:
+                code = frame.f_code
+                if code.co_name == "_find_and_load" and code.co_filename.startswith("<frozen"):
+                    outer = frame.f_locals.get("name")
+                    if isinstance(outer, str) and outer != name and outer not in chain:
+                        chain.append(outer)
+                frame = frame.f_back
+            for done in [n for n in open_imports if n not in chain and n != name]:
+                if done not in sys.modules:
+                    write("failed", done, open_imports[done])
+                del open_imports[done]
+            open_imports[name] = chain
+            write("begin", name, chain)
+            return None
+
+    sys.meta_path.insert(0, _ImportTracer)
+
+
+def _extension_modules():
+    """Start-up probe only: the C extension modules loaded in this interpreter, as a JSON
+    list of [name, file]."""
+    import importlib.machinery
+    import sys
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found = []
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if isinstance(origin, str) and origin.endswith(suffixes):
+            found.append([name, origin])
+    return _json.dumps(sorted(found))
+
+
+def _refused_extensions(extensions):
+    """Start-up probe only, in an isolated sub-interpreter, after the main interpreter of
+    this process imported the app: which of `extensions` (JSON from _extension_modules)
+    this interpreter refuses, as a JSON list of [name, CPython's reason]. Only the module
+    objects are created (no package __init__ runs); a single-phase extension that the main
+    interpreter has loaded is refused without its PyInit running again."""
+    import importlib.util
+    refused = []
+    for name, origin in _json.loads(extensions):
+        try:
+            spec = importlib.util.spec_from_file_location(name, origin)
+            if spec is not None:
+                importlib.util.module_from_spec(spec)
+        except ImportError as e:
+            refused.append([name, str(e)])
+        except Exception:
+            pass
+    return _json.dumps(refused)
+
+
+def _module_files():
+    """Start-up probe only: the files of every module imported here (JSON list), whose
+    modification times key the probe's cache."""
+    import sys
+    files = set()
+    for module in list(sys.modules.values()):
+        origin = getattr(module, "__file__", None)
+        if isinstance(origin, str):
+            files.add(origin)
+    return _json.dumps(sorted(files))
+
+
+def _app_modules(before):
+    """Start-up probe only: the modules imported since `before` (a set of names) whose
+    files are the user's own: not the standard library, not site- or dist-packages."""
+    import sys
+    import sysconfig
+    skip = tuple(p for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib",
+                                                                   "purelib", "platlib")} if p)
+    out = []
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if name in before or not isinstance(origin, str) or origin.startswith(skip):
+            continue
+        if "site-packages" in origin or "dist-packages" in origin:
+            continue
+        out.append(module)
+    return out
+
+
+def _globals_snapshot(modules):
+    """Start-up probe only: what each module-level name of `modules` is bound to, and the
+    size of mutable containers, to see which a request changes (state that `threads` and
+    `free-threaded` workers would share)."""
+    import itertools
+    snapshot = {}
+    for module in modules:
+        for key, value in list(vars(module).items()):
+            if key.startswith("__"):
+                continue
+            content = None
+            if isinstance(value, dict):  # what it holds, by identity (an int += 1 is a new object)
+                content = (len(value), hash(tuple(id(v) for v in itertools.islice(
+                    itertools.chain.from_iterable(value.items()), 2000))))
+            elif isinstance(value, (list, set, bytearray)):
+                content = (len(value), hash(tuple(id(v) for v in itertools.islice(value, 1000)))
+                           if not isinstance(value, bytearray) else bytes(value[:1000]))
+            snapshot["%s.%s" % (module.__name__, key)] = (id(value), content)
+    return snapshot
+
+
+def _changed_globals(modules, before):
+    after = _globals_snapshot(modules)
+    return sorted(k for k, v in after.items() if before.get(k) != v)
 
 
 def _foreign_extension(error):

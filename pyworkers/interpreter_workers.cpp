@@ -199,14 +199,7 @@ class SubinterpreterWorker final : public InProcessWorker {
     if (main_ts_ == nullptr) main_ts_ = PyThreadState_New(main_interp_);
     PyEval_RestoreThread(main_ts_);
 
-    PyInterpreterConfig config = {};
-    config.use_main_obmalloc = 0;
-    config.allow_fork = 0;
-    config.allow_exec = 0;
-    config.allow_threads = 1;
-    config.allow_daemon_threads = 0;
-    config.check_multi_interp_extensions = 1;
-    config.gil = PyInterpreterConfig_OWN_GIL;
+    const PyInterpreterConfig config = isolated_interpreter_config();
     PyThreadState* sub = nullptr;
     PyStatus status = Py_NewInterpreterFromConfig(&sub, &config);
     if (PyStatus_Exception(status)) {
@@ -260,10 +253,21 @@ class SubinterpreterFactory final : public WorkerFactory {
   // that does not free an ended one's arenas (unpatched 3.12/3.13) that grows
   // the server without bound: say so once, loudly, before serving.
   void prepare() override {
+    if (config_.preload) preload_app();
     if (config_.max_requests == 0) return;
     const std::string problem = runtime_->subinterpreter_recycling_problem();
     if (!problem.empty()) spdlog::warn("--max-requests {}: {}", config_.max_requests, problem);
   }
+  // --preload: the app is imported once in the main interpreter (and stays in its
+  // sys.modules), so that single-phase C extensions initialize where they may; a
+  // worker's own import then gets CPython's clean ImportError for them, or the
+  // package's pure-Python fallback, instead of running their PyInit in a sub-interpreter.
+  void preload_app() {
+    py::AttachedScope attached(runtime_->main_thread_state());
+    std::unique_ptr<PythonApp> app = PythonApp::load(app_options(config_));
+    app->release();
+  }
+
   std::unique_ptr<Worker> make(int slot) override {
     return std::make_unique<SubinterpreterWorker>(config_, runtime_->main_interpreter(), slot,
                                                   interrupters_);

@@ -139,6 +139,11 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options) {
 
   py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
   if (!api) throw fail("import gilgamesh");
+  if (options.trace_imports_fd >= 0) {
+    py::Ref traced = py::Ref::steal(
+        PyObject_CallMethod(api.get(), "_trace_imports", "i", options.trace_imports_fd));
+    if (!traced) throw fail("tracing imports");
+  }
   py::Ref json = py::Ref::steal(PyImport_ImportModule("json"));
   if (!json) throw fail("import json");
   app->json_dumps_ = py::Ref::steal(PyObject_GetAttrString(json.get(), "dumps"));

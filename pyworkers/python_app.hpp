@@ -25,6 +25,7 @@ struct AppOptions {
   bool multithread = false;            // wsgi.multithread: other threads call the same app object
   bool multiprocess = false;           // wsgi.multiprocess: other workers run their own copy
   bool debug = false;                  // unexpected exceptions: type, text, traceback in the body
+  int trace_imports_fd = -1;           // the start-up probe: each import begun is written here
 };
 
 // What every strategy's worker passes to PythonApp::load.

@@ -77,6 +77,18 @@ InstalledTree installed_tree() {
 }
 }  // namespace
 
+PyInterpreterConfig isolated_interpreter_config() {
+  PyInterpreterConfig config = {};
+  config.use_main_obmalloc = 0;
+  config.allow_fork = 0;
+  config.allow_exec = 0;
+  config.allow_threads = 1;
+  config.allow_daemon_threads = 0;
+  config.check_multi_interp_extensions = 1;
+  config.gil = PyInterpreterConfig_OWN_GIL;
+  return config;
+}
+
 PythonRuntime::PythonRuntime(PythonConcurrency concurrency, bool force_gil_on_free_threaded) {
 #ifdef Py_GIL_DISABLED
   if (force_gil_on_free_threaded) setenv("PYTHON_GIL", "1", 1);
@@ -136,10 +148,7 @@ long allocated_blocks() {  // with the main interpreter's GIL
 // Creates an isolated sub-interpreter from the attached main thread state and
 // ends it; the main thread state is attached again afterwards, also on failure.
 bool create_and_end_subinterpreter(PyThreadState* main_ts) {
-  PyInterpreterConfig config = {};
-  config.use_main_obmalloc = 0;
-  config.check_multi_interp_extensions = 1;
-  config.gil = PyInterpreterConfig_OWN_GIL;
+  const PyInterpreterConfig config = isolated_interpreter_config();
   PyThreadState* sub = nullptr;
   PyStatus status = Py_NewInterpreterFromConfig(&sub, &config);
   if (PyStatus_Exception(status)) return false;  // CPython attached main_ts again

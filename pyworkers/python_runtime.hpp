@@ -17,6 +17,11 @@ enum class PythonConcurrency {
   kSubinterpreters,  // own-GIL sub-interpreters importing in parallel
 };
 
+// The configuration of every sub-interpreter gilgamesh makes (workers and the
+// start-up probe alike): own GIL, own obmalloc (PEP 684), threads allowed,
+// no fork/exec/daemon threads, multi-phase extensions only.
+PyInterpreterConfig isolated_interpreter_config();
+
 class PythonRuntime {
  public:
   // Initializes Python with the `gilgamesh` module registered, then releases the

@@ -517,7 +517,7 @@ bool WorkerPool::stop(Clock::time_point deadline) {
 
 ExecutorInfo WorkerPool::info() const {
   return ExecutorInfo{config_.strategy, config_.workers, factory_->python_version(),
-                      factory_->python_build(), gil_enabled_};
+                      factory_->python_build(), gil_enabled_, config_.strategy_reason};
 }
 
 Readiness WorkerPool::readiness() const {

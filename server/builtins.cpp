@@ -189,6 +189,7 @@ nlohmann::json stats_json(const ServerView& v) {
   nlohmann::json out = {
       {"version", GILGAMESH_VERSION},
       {"strategy", info.strategy},
+      {"strategy_auto", info.strategy_reason.empty() ? nlohmann::json() : nlohmann::json(info.strategy_reason)},
       {"workers", info.workers},
       {"python_version", info.python_version},
       {"build", info.build},

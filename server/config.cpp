@@ -105,8 +105,10 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--pythonpath", c.pythonpath,
                  "Directory to prepend to sys.path (repeatable; the working directory follows)");
-  cli.add_option("--strategy", c.strategy, "How Python runs the handlers")
-      ->check(one_of({"subinterpreters", "threads", "free-threaded", "processes"}))
+  cli.add_option("--strategy", c.strategy,
+                 "How Python runs the handlers (auto: the best one that can load the app, as "
+                 "`gilgamesh check` finds)")
+      ->check(one_of({"subinterpreters", "threads", "free-threaded", "processes", "auto"}))
       ->capture_default_str();
   cli.add_option("--python-build", c.python_build,
                  "CPython build to embed: default or free-threaded (default: free-threaded for "
@@ -173,6 +175,10 @@ ParseOutcome parse_command_line(int argc, char** argv) {
       ->capture_default_str();
   cli.add_flag("--allow-gil", c.allow_gil,
                "free-threaded: serve even if an extension turned the GIL back on");
+  cli.add_flag("--preload", c.preload,
+               "Import the app once in the main interpreter before the workers start (subinterpreters: "
+               "single-phase C extensions then initialize there, and sub-interpreters get a clean "
+               "ImportError or the package's pure-Python fallback; processes and threads always do)");
   cli.add_flag("--access-log", c.access_log, "Log one line per request");
   cli.add_flag("--debug", c.debug,
                "Error bodies of a handler's unexpected exception carry its type, text and traceback "

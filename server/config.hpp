@@ -18,6 +18,7 @@ struct ServerConfig {
   std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
   std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
   std::string strategy = "subinterpreters";    // subinterpreters | threads | free-threaded | processes
+                                               // | auto (gilgamesh check picks, at start-up)
   std::string python_build;                    // default | free-threaded; empty: the strategy's own
   int workers = 0;                             // 0: number of CPUs
   std::string host = "127.0.0.1";
@@ -42,6 +43,8 @@ struct ServerConfig {
   unsigned max_requests = 0;                   // recycle a worker after N requests (0: never)
   unsigned max_requests_jitter = 0;            // + random 0..J per recycle
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back
+  bool preload = false;                        // import the app in the main interpreter before
+                                               // the workers start (gunicorn's --preload)
   bool access_log = false;                     // one info line per request
   bool debug = false;                          // error bodies carry the exception and traceback
   bool dashboard = true;                       // serve GET /dashboard and GET /events

@@ -12,7 +12,9 @@
 #include <iostream>
 
 #include "../pyworkers/executor.hpp"
+#include "../pyworkers/probe.hpp"
 #include "../pyworkers/zygote.hpp"
+#include "check.hpp"
 #include "config.hpp"
 #include "http_server.hpp"
 
@@ -67,6 +69,14 @@ int main(int argc, char** argv) {
     spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
     spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [pid %P] %v");
     zygote_main(argc, argv);
+  }
+  if (argc > 1 && std::strcmp(argv[1], kProbeFlag) == 0) {
+    // The start-up probe's disposable child (pyworkers/probe.hpp).
+    probe_main(argc, argv, router_resolver());
+  }
+  if (argc > 1 && std::strcmp(argv[1], "check") == 0) {
+    spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
+    return check_main(argc, argv);
   }
   const std::string this_build = embedded_python_build();
   ParseOutcome parsed = parse_command_line(argc, argv);
@@ -133,8 +143,24 @@ int main(int argc, char** argv) {
   ec.max_requests_jitter = config.max_requests_jitter;
   ec.max_abandoned = config.max_abandoned;
   ec.allow_gil = config.allow_gil;
+  ec.preload = config.preload;
   ec.python_build = config.python_build;
   ec.debug = config.debug;
+  if (ec.strategy == "auto") {
+    const AutoChoice choice = choose_strategy(ec);
+    spdlog::info("strategy auto -> {}: {}", choice.strategy, choice.reason);
+    ec.strategy = config.strategy = choice.strategy;
+    ec.strategy_reason = choice.reason;
+  }
+  if (ec.strategy == "subinterpreters") {
+    // Proven survivable in a disposable process first: an import that crashes CPython in a
+    // sub-interpreter must end that process, not this one.
+    if (auto refused = guard_subinterpreter_import(ec)) {
+      spdlog::critical("{}", refused->what());
+      if (!refused->detail().empty()) spdlog::error("{}", refused->detail());
+      return 1;
+    }
+  }
 
   // A peer that closes early must not kill the server (threads inherit the mask;
   // SIGINT/SIGTERM are left to the HTTP server's signal_set).

@@ -208,7 +208,7 @@
       ? (s.gil_enabled ? "ON (re-enabled)" : "disabled")
       : { subinterpreters: "one per interpreter", processes: "one per process", threads: "one, shared" }[s.strategy] || "enabled";
     const parts = [
-      ["strategy", s.strategy],
+      ["strategy", s.strategy_auto ? s.strategy + " (auto: " + s.strategy_auto + ")" : s.strategy],
       ["Python", s.python_version + " (" + s.build + " build)"],
       ["GIL", gilText],
       ["workers", String(s.workers)],

@@ -1,0 +1,42 @@
+// What the start-up probe (pyworkers/probe.hpp) is used for on the server side:
+//   - the guard: before `subinterpreters` workers start, the app's import is proven
+//     survivable in a disposable child; a crash or a refusal becomes a clear error;
+//   - `gilgamesh check`: the probe for every strategy and Python build, as a table
+//     with a recommendation (or one JSON document);
+//   - `--strategy auto`: the load part of the check, then the best strategy that
+//     serves the app.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "../pyworkers/executor.hpp"
+#include "../pyworkers/probe.hpp"
+#include "config.hpp"
+
+namespace gilgamesh {
+
+// Maps a request to a route of the loaded app, with the server's own Router.
+RouteResolver router_resolver();
+
+// The binary of a Python build: this one, or its sibling (gilgamesh / gilgamesh-ft);
+// empty if that build was not made.
+std::string build_binary(const std::string& build);
+
+// Under `subinterpreters`: probes the app (cached) and returns the message to refuse
+// the start with when its import crashes CPython or is refused, naming every module
+// and what works; nothing when the workers may start.
+std::optional<StartupError> guard_subinterpreter_import(const ExecutorConfig& config);
+
+// `--strategy auto`: the strategy to serve the app with, and the one line that says why.
+struct AutoChoice {
+  std::string strategy;
+  std::string reason;
+};
+AutoChoice choose_strategy(const ExecutorConfig& config);
+
+// `gilgamesh check ...` (argv[1] is "check"): prints the table or the JSON, returns the
+// exit status (0: some strategy serves the app, 1: none, 2: bad usage).
+int check_main(int argc, char** argv);
+
+}  // namespace gilgamesh
