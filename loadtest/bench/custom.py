@@ -13,12 +13,12 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from .peers import PYTHON as PEER_PYTHON
 from .workloads import WORKLOADS, Workload
 
 NAME = "app"  # the workload's name in cells, tables and charts
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
-PEER_PYTHON = "/usr/bin/python3"
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
 

@@ -44,14 +44,6 @@ http {{
 """
 
 
-def skip_reason(workload):
-    """Why nginx does not run `workload`, or None if it does."""
-    if workload in WORKLOADS:
-        return None
-    return ("nginx is a reference for %s only (a fixed string, no Python); it has no handler "
-            "for '%s'" % (", ".join(WORKLOADS), workload))
-
-
 def config(prefix, port, workers, connections):
     """nginx.conf for an instance in `prefix` on 127.0.0.1:`port`."""
     temp_paths = "\n".join('    %s_temp_path "%s/%s";' % (kind, prefix, kind) for kind in TEMP_PATHS)

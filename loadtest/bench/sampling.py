@@ -135,7 +135,16 @@ class Sampler(threading.Thread):
 
     def stop(self):
         self._done.set()
-        self.join()
+        if self.is_alive():
+            self.join()
+
+    def __enter__(self):
+        """`with Sampler(...) as sampler:` samples for the body's duration, however it ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.stop()
 
     def summary(self):
         s = self.samples

@@ -12,7 +12,6 @@ A strategy whose PSS passes --soak-memory-limit is stopped there (wrk gets
 SIGINT and still reports): a leak must not take the machine down with it.
 """
 
-import json
 import signal
 import time
 
@@ -79,12 +78,11 @@ def analyse(samples, baseline_s):
 
 
 class Soak:
-    """Runs the soak on a main.Run (its server start-up, process ownership and
-    results dict)."""
+    """Runs the soak with a run's servers (bench/servers.py), survey (bench/survey.py)
+    and results dict."""
 
-    def __init__(self, run):
-        self.run = run
-        self.args = run.args
+    def __init__(self, args, servers, survey, results):
+        self.args, self.servers, self.survey, self.results = args, servers, survey, results
 
     def server_args(self):
         a = self.args
@@ -92,10 +90,10 @@ class Soak:
                 "--max-requests-jitter", str(a.soak_jitter)]
 
     def execute(self):
-        a, run = self.args, self.run
+        a = self.args
         run_started = time.monotonic()
-        run.describe_machine()
-        meta = run.results["meta"]
+        self.survey.describe_machine()
+        meta = self.results["meta"]
         meta["soak"] = {
             "seconds": a.soak, "workers": a.soak_workers, "workload": a.soak_workload,
             "max_requests": a.soak_max_requests, "jitter": a.soak_jitter,
@@ -105,57 +103,48 @@ class Soak:
         }
         meta["workloads"] = {a.soak_workload: {"description": WORKLOADS[a.soak_workload].description,
                                                "params": WORKLOADS[a.soak_workload].params}}
-        run.probe_strategies()
-        strategies = run.results["strategies"]["supported"]
+        self.survey.probe_strategies()
+        strategies = self.results["strategies"]["supported"]
         print("soak: %s, %d workers, --max-requests %d --max-requests-jitter %d, %d s each "
               "(memory limit %d MiB)" % (",".join(strategies), a.soak_workers, a.soak_max_requests,
                                          a.soak_jitter, a.soak, a.soak_memory_limit), flush=True)
-        run.results["soak"] = []
+        self.results["soak"] = []
         for i, strategy in enumerate(strategies, 1):
             print("[%d/%d] %-16s ... " % (i, len(strategies), strategy), end="", flush=True)
             result = self.soak_one(strategy)
-            run.results["soak"].append(result)
+            self.results["soak"].append(result)
             print(_line(result), flush=True)
         meta["cells_seconds"] = time.monotonic() - run_started
 
     def soak_one(self, strategy):
-        a, run = self.args, self.run
+        a, servers = self.args, self.servers
         workload = WORKLOADS[a.soak_workload]
-        result = {"strategy": strategy, "workers": a.soak_workers, "build": run.build_of(strategy)}
+        result = {"strategy": strategy, "workers": a.soak_workers, "build": self.survey.build_of(strategy)}
         proc = wrk_proc = None
         try:
-            proc, port, ready = run.start_server("gilgamesh", strategy, a.soak_workers,
-                                                 "soak-" + strategy, extra_args=self.server_args())
+            proc, port, ready = servers.start("gilgamesh", strategy, a.soak_workers,
+                                              "soak-" + strategy, extra_args=self.server_args())
             result["startup"] = {k: v for k, v in ready.items() if k != "stats"}
             result["memory_idle"] = sampling.memory(proc.pid)
             cmd = wrk.command(a.wrk, workload, port, a.soak, a.connections, a.threads, a.wrk_timeout)
             result["wrk_command"] = " ".join(cmd)
-            wrk_proc = wrk.start(run.owned, cmd)
-            run.sampler = sampling.Sampler(proc.pid, wrk_proc.pid, a.sample_interval, port)
-            run.sampler.start()
-            try:
-                result["stopped"] = self.watch(proc, wrk_proc, run.sampler)
-                result["wrk"] = wrk.finish(run.owned, wrk_proc, a.soak)
-            finally:
-                run.sampler.stop()
-            result["samples"] = run.sampler.samples
-            result["load"] = run.sampler.summary()
-            run.sampler = None
+            wrk_proc = wrk.start(servers.owned, cmd)
+            with sampling.Sampler(proc.pid, wrk_proc.pid, a.sample_interval, port) as sampler:
+                result["stopped"] = self.watch(proc, wrk_proc, sampler)
+                result["wrk"] = wrk.finish(servers.owned, wrk_proc, a.soak)
+            result["samples"] = sampler.samples
+            result["load"] = sampler.summary()
             if proc.poll() is not None:
                 result["error"] = "server exited with status %d during the soak" % proc.returncode
             else:
-                try:
-                    status, body = procs.http_get(port, "/stats")
-                    stats = json.loads(body) if status == 200 else {}
-                except (OSError, ValueError):
-                    stats = {}
+                stats = servers.stats(port) or {}
                 result["stats_at_end"] = {k: v for k, v in stats.items() if k != "routes"}
         except (procs.StartError, wrk.WrkError) as e:
             result["error"] = str(e)
         finally:
-            run.end_cell(result, proc, wrk_proc)
+            servers.stop(result, proc, wrk_proc)
         if result.get("samples"):
-            result["analysis"] = analyse(result["samples"], run.results["meta"]["soak"]["baseline_s"])
+            result["analysis"] = analyse(result["samples"], self.results["meta"]["soak"]["baseline_s"])
         return result
 
     def watch(self, proc, wrk_proc, sampler):

@@ -4,13 +4,12 @@ Can be rerun on an old results.json:
     /usr/bin/python3 -m bench.soak_report loadtest/results/<timestamp>-soak   (from loadtest/)
 """
 
-import base64
-import json
 import os
 import sys
 
-from . import report
-from .report import COLORS, STRATEGY_ORDER, _md_table, _num
+from . import page
+from .figures import STRATEGY_ORDER, num as _num
+from .report import COLORS
 
 
 def _ordered(results):
@@ -168,15 +167,7 @@ def charts(results, out_dir):
 
 def _context(results):
     m, soak = results["meta"], results["meta"]["soak"]
-    mach = m.get("machine", {})
-    lines = [
-        "Command: `%s`" % m.get("command", "?"),
-        "Started %s, finished %s%s." % (m.get("started", "?"), m.get("finished", "?"),
-                                        " (INTERRUPTED: partial results)" if m.get("interrupted") else ""),
-        "Machine: %s CPUs (%s), %s GiB memory, Linux %s; load average at start %s." % (
-            mach.get("nproc"), mach.get("cpu_model"), mach.get("memory_gib"), mach.get("kernel"),
-            ", ".join("%.2f" % x for x in mach.get("load_average_at_start", []))),
-        "Server: `%s`: %s." % (m.get("binary"), (m.get("binary_version") or "").replace("\n", "; ")),
+    lines = page.context_head(results) + [
         "Each strategy: %d workers, `--max-requests %d --max-requests-jitter %d`, %d s of wrk (%s "
         "connections, %s threads), memory sampled every %.1f s; stopped early above %d MiB." % (
             soak["workers"], soak["max_requests"], soak["jitter"], soak["seconds"],
@@ -186,16 +177,11 @@ def _context(results):
     extra = m.get("options", {}).get("server_args", []) + m.get("options", {}).get("server_env", [])
     if extra:
         lines.append("Also given to every server: `%s`." % " ".join(extra))
-    for name, w in m.get("workloads", {}).items():
-        lines.append("Workload `%s`: %s." % (name, w["description"]))
-    return lines
+    return lines + page.workload_lines(results)
 
 
 def _problems(results):
-    lines = []
-    for name, reason in results["strategies"].get("unsupported", {}).items():
-        last = reason.strip().splitlines()[-1] if reason.strip() else "?"
-        lines.append("Strategy `%s` not available in this build: %s" % (name, last))
+    lines = page.unavailable_strategies(results)
     for r in _ordered(results):
         if r.get("error"):
             lines.append("`%s`: %s" % (r["strategy"], r["error"].strip().splitlines()[0]))
@@ -210,59 +196,15 @@ def _problems(results):
     return lines
 
 
-def markdown(results, chart_list):
-    parts = ["# gilgamesh soak: memory while workers are recycled", ""]
-    parts += ["- " + l for l in _context(results)]
-    problems = _problems(results)
-    if problems:
-        parts += ["", "## Problems", ""] + ["- " + p for p in problems]
-    all_tables = tables(results)
-    title, intro, header, rows = all_tables[0]
-    parts += ["", "## " + title, "", intro, "", _md_table(header, rows), "", "## Charts", ""]
-    for name, ctitle, caption in chart_list:
-        parts += ["### " + ctitle, "", caption, "", "![%s](%s)" % (ctitle, name), ""]
-    for title, intro, header, rows in all_tables[1:]:
-        parts += ["", "## " + title, "", intro, "", _md_table(header, rows)]
-    return "\n".join(parts) + "\n"
-
-
-def html_page(results, chart_list, out_dir):
-    e = report._inline_code
-    body = ["<h1>gilgamesh soak: memory while workers are recycled</h1>", "<ul>"]
-    body += ["<li>%s</li>" % e(l) for l in _context(results)]
-    body.append("</ul>")
-    problems = _problems(results)
-    if problems:
-        body += (["<h2>Problems</h2><ul>"] + ['<li class="problem">%s</li>' % e(p) for p in problems]
-                 + ["</ul>"])
-
-    def table(title, intro, header, rows):
-        body.append("<h2>%s</h2><p>%s</p><table><tr>%s</tr>" % (
-            e(title), e(intro), "".join("<th>%s</th>" % e(str(h)) for h in header)))
-        for row in rows:
-            body.append("<tr>%s</tr>" % "".join("<td>%s</td>" % e(str(v)) for v in row))
-        body.append("</table>")
-
-    all_tables = tables(results)
-    table(*all_tables[0])
-    body.append('<h2>Charts</h2><p id="render-check">charts not checked (no JavaScript)</p>')
-    for name, title, caption in chart_list:
-        with open(os.path.join(out_dir, name), "rb") as f:
-            data = base64.b64encode(f.read()).decode()
-        body.append('<figure><h3>%s</h3><img class="chart" alt="%s" src="data:image/png;base64,%s">'
-                    '<figcaption>%s</figcaption></figure>' % (e(title), e(title), data, e(caption)))
-    for t in all_tables[1:]:
-        table(*t)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>gilgamesh soak</title><style>%s</style></head><body>\n%s\n"
-            "<script>%s</script></body></html>\n" % (report._CSS, "\n".join(body), report._RENDER_CHECK))
+def soak_page(results):
+    return page.Page(title="gilgamesh soak: memory while workers are recycled", short_title="gilgamesh soak",
+                     context=_context(results), problems=_problems(results), tables=tables(results), lead=1)
 
 
 def write(results, out_dir):
-    return report.write(results, out_dir, charts, markdown, html_page)
+    return page.write(results, out_dir, soak_page, charts)
+
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1]
-    with open(os.path.join(folder, "results.json")) as f:
-        print(write(json.load(f), folder))
+    page.rerender(write, sys.argv[1])

@@ -3,7 +3,7 @@
     /usr/bin/python3 -m pytest -q tests/loadtest
 
 Needs the built server (build/gilgamesh, or $GILGAMESH_BINARY), /usr/bin/wrk,
-gunicorn, uWSGI and nginx (Debian), /usr/bin/chromium. About a minute and a half on
+gunicorn, uWSGI and nginx (Debian), /usr/bin/chromium. About two minutes and a half on
 2 cores.
 """
 
@@ -638,3 +638,252 @@ def test_soak_reports_memory_against_time_and_recycles(tmp_path):
         page = f.read()
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
+
+
+# -- the verdict (issue 25): which strategy and worker count, and why ----------------
+
+def _bench_modules():
+    """bench.check, bench.main, bench.report, bench.survey and bench.procs."""
+    sys.path.insert(0, os.path.join(REPO, "loadtest"))
+    try:
+        from bench import check, main as runner, procs, report, survey
+    finally:
+        sys.path.pop(0)
+    return check, runner, report, survey, procs
+
+
+def _verdict_section(md):
+    """The verdict: report.md's first section, up to the run's context."""
+    match = re.match(r"# gilgamesh load test\n\n## Verdict\n\n\*\*(.+?)\*\*\n\n(.*?)\n\n- Command: ", md, re.S)
+    assert match, "report.md does not open with a verdict:\n" + md[:1500]
+    return match.group(1), match.group(2)
+
+
+def _rate_text(value):
+    return "%.1f" % value if value < 100 else "{:,.0f}".format(value)
+
+
+def test_report_opens_with_a_verdict_from_the_run(quick_run):
+    results = quick_run["results"]
+    with open(os.path.join(quick_run["folder"], "report.md")) as f:
+        headline, points = _verdict_section(f.read())
+    pick = re.fullmatch(r"Serve this app with `([a-z-]+)`, (\d+) workers?\.", headline)
+    assert pick, headline
+    strategy, workers = pick.group(1), int(pick.group(2))
+    assert strategy in DECLARED and workers in results["meta"]["options"]["workers"]
+
+    # The pick has the most goodput over hello and fib (geometric mean of each workload's
+    # ratio to the best strategy there), or is within 5 % of it and uses less memory.
+    cells = {(c["server"], c["workload"], c["workers"]): c for c in results["cells"]}
+    best = {w: max(cells[(s, w, workers)]["wrk"]["goodput_per_s"] for s in DECLARED) for w in ("hello", "fib")}
+
+    def score(s):
+        ratios = [cells[(s, w, workers)]["wrk"]["goodput_per_s"] / best[w] for w in best]
+        return (ratios[0] * ratios[1]) ** 0.5
+
+    top = max(DECLARED, key=score)
+    assert score(strategy) >= 0.95 * score(top), (strategy, {s: score(s) for s in DECLARED})
+
+    # Why: the pick's own figures of this run.
+    lines = points.splitlines()
+    why = lines[0]
+    assert re.match(r"- Why: (the most goodput of the gilgamesh strategies in this run|the least memory of "
+                    r"the strategies within one run's noise of the most goodput \(.*?\)): ", why), why
+    for w in ("hello", "fib"):
+        assert "`%s` %s/s" % (w, _rate_text(cells[(strategy, w, workers)]["wrk"]["goodput_per_s"])) in why, why
+    assert "the only worker count measured" in why  # --quick measures one count
+    # The runner-up and what it costs.
+    if len(DECLARED) > 1:
+        runner_up = re.match(r"- Runner-up: `([a-z-]+)`, \d+ workers?: (.*)", lines[1])
+        assert runner_up and runner_up.group(1) in DECLARED and runner_up.group(1) != strategy, lines[1]
+        assert "goodput" in runner_up.group(2) and "MiB" in runner_up.group(2), lines[1]
+    # What the check found: its answer, or that this binary has none.
+    check = results["check"]
+    assert check["auto"] is False  # --strategies named: all of them measured
+    if check["available"]:
+        assert any(l.startswith("- `gilgamesh check`: ") for l in lines), points
+    else:
+        assert check["exit_code"] == 2, check
+        assert any("`gilgamesh check` unavailable" in l and "every strategy was assumed to load the app" in l
+                   for l in lines), points
+    # fib is CPU-bound (its handler calls spend their time on CPU): no "not CPU-bound" sentence.
+    assert "`fib` is not CPU-bound" not in points
+    rate = results["rates"]["default"]["targets"]["/fib?n=25"]
+    assert 0.25 < rate["cpu_ms_per_call"] / rate["ms_per_call"] < 1.5, rate
+    # The peers, as a share of the pick's goodput; nginx (a reference) is not one of them.
+    peers = [l for l in lines if l.startswith("- Peers at %d workers, as a share of `%s`'s goodput: "
+                                              % (workers, strategy))]
+    assert len(peers) == 1 and "gunicorn (py" in peers[0] and "uwsgi (py" in peers[0], points
+    assert "nginx" not in peers[0]
+    said = re.search(r"gunicorn \(py3\.\d+\) ([0-9.]+)× \(`hello`\)", peers[0])
+    assert said, peers[0]
+    assert float(said.group(1)) == pytest.approx(cells[("gunicorn", "hello", workers)]["wrk"]["goodput_per_s"]
+                                                 / cells[(strategy, "hello", workers)]["wrk"]["goodput_per_s"],
+                                                 abs=0.006)
+
+    # report.html opens with the same verdict, before the run's context and the tables.
+    with open(os.path.join(quick_run["folder"], "report.html")) as f:
+        page = f.read()
+    body = page.split("<body>", 1)[1]
+    assert body.index('<div class="verdict"') < body.index("<li>Command:") < body.index("<table>")
+    assert ("Serve this app with <code>%s</code>, %d worker" % (strategy, workers)) in body.split("</div>", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def sleep_run(tmp_path_factory):
+    """A small run on the sleep workload (the handler waits 10 ms), with gunicorn-gthread:
+    one strategy, one worker count, --quick (seconds)."""
+    _require(BINARY)
+    results_dir = tmp_path_factory.mktemp("sleep-results")
+    out = subprocess.run([PYTHON, RUN, "--quick", "--workloads", "sleep", "--strategies", DECLARED[0],
+                          "--peers", "gunicorn-gthread", "--results-dir", str(results_dir)],
+                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, "loadtest/run (sleep) failed (%d):\n%s\n%s" % (
+        out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    folder = os.path.dirname(re.search(r"^report: (\S+report\.html)$", out.stdout, re.M).group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(folder, "report.md")) as f:
+        return {"folder": folder, "results": results, "md": f.read()}
+
+
+def test_verdict_says_a_waiting_workload_is_not_cpu_bound(sleep_run):
+    _headline, points = _verdict_section(sleep_run["md"])
+    cells = {c["server"]: c for c in sleep_run["results"]["cells"]}
+    cell = cells[DECLARED[0]]
+    match = re.search(r"^- `sleep` is not CPU-bound: the server used ([0-9.]+) ms of CPU per request while "
+                      r"each request held a worker for about ([0-9.]+) ms .*\"Ideal\" \(cores × single-thread "
+                      r"rate\) does not apply to it", points, re.M)
+    assert match, points
+    cpu_ms, held_ms = float(match.group(1)), float(match.group(2))
+    goodput = cell["wrk"]["goodput_per_s"]
+    assert cpu_ms == pytest.approx(1000 * cell["load"]["server_cpu_cores"] / goodput, abs=0.01)
+    connections = sleep_run["results"]["meta"]["options"]["connections"]
+    assert held_ms == pytest.approx(1000 * min(connections, cell["workers"]) / goodput, abs=0.1)
+    assert held_ms >= 10 and cpu_ms < held_ms / 4  # the handler sleeps 10 ms; it is not CPU time
+
+
+def test_verdict_names_a_peer_with_another_concurrency_model(sleep_run):
+    _headline, points = _verdict_section(sleep_run["md"])
+    cells = {c["server"]: c for c in sleep_run["results"]["cells"]}
+    gthread, ours = cells["gunicorn-gthread"], cells[DECLARED[0]]
+    assert gthread["threads_per_worker"] == 4 and ours["threads_per_worker"] == 1
+    n = ours["workers"]
+    line = [l for l in points.splitlines() if l.startswith("- gunicorn-gthread (py")]
+    assert len(line) == 1, points
+    assert ("runs 4 threads in each worker process: %d requests at once at %d workers, where the "
+            "gilgamesh cells hold %d (one request per worker): a different concurrency model" % (4 * n, n, n)
+            ) in line[0], line[0]
+    ratio = re.search(r"It reached ([0-9.]+)× `%s` on `sleep`" % DECLARED[0], line[0])
+    assert ratio, line[0]
+    assert float(ratio.group(1)) == pytest.approx(
+        gthread["wrk"]["goodput_per_s"] / ours["wrk"]["goodput_per_s"], abs=0.006)
+    assert "`sleep`, which waits" in line[0]
+
+
+CHECK_DOCUMENT = {
+    "app": "shop:app", "kind": "wsgi",
+    "rows": [
+        {"strategy": "subinterpreters", "build": "default", "loads": False,
+         "problems": [{"module": "lxml.etree", "why": "single-phase init"}],
+         "import_seconds": 0.12, "worker_memory_bytes": 1234567, "rate_per_second": None, "shared_state": []},
+        {"strategy": "threads", "build": "default", "loads": True, "problems": []},
+        {"strategy": "processes", "build": "default", "loads": True, "problems": []},
+        {"strategy": "processes", "build": "free-threaded", "loads": False,
+         "problems": [{"module": "regex._regex", "why": "GIL re-enabled"}]},
+        {"strategy": "free-threaded", "build": "free-threaded", "loads": False,
+         "problems": [{"module": "regex._regex", "why": "GIL re-enabled"}]},
+    ],
+    "recommendation": {"strategy": "processes", "why": "lxml.etree blocks subinterpreters"},
+}
+
+
+def test_strategies_auto_leaves_out_what_the_check_says_cannot_load(quick_run):
+    check, runner, report, _survey, _procs = _bench_modules()
+    assert runner.parse_args([]).strategies is None  # auto is the default
+    assert runner.parse_args(["--strategies", "auto"]).strategies is None
+    assert runner.parse_args(["--strategies", "threads"]).strategies == ["threads"]
+
+    found = check.interpret({}, 0, json.dumps(CHECK_DOCUMENT), "")
+    assert found["available"] and found["document"] == CHECK_DOCUMENT
+    build = {"free-threaded": "free-threaded"}
+    kept, excluded = check.plan(found, ALL_STRATEGIES, lambda s: build.get(s, "default"))
+    # processes runs the default build, where it loads: its free-threaded row does not count
+    assert kept == ["threads", "processes"]
+    assert excluded == {"subinterpreters": "lxml.etree: single-phase init",
+                        "free-threaded": "regex._regex: GIL re-enabled"}
+    # a strategy the check has no row for is kept: the start-up probe decides
+    assert check.plan(found, ["threads", "no-such"], lambda s: "default") == (["threads", "no-such"], {})
+
+    # The report names them and says why, in the verdict and under Problems.
+    results = json.loads(json.dumps(quick_run["results"]))
+    results["check"] = dict(found, auto=True, excluded=excluded)
+    page = report.report_page(results)
+    assert ("Strategy `subinterpreters` left out: `gilgamesh check` says it cannot load the app "
+            "(lxml.etree: single-phase init).") in page.problems
+    said = [p for p in page.verdict["points"] if p.startswith("`gilgamesh check`: ")]
+    assert len(said) == 1, page.verdict["points"]
+    assert ("`subinterpreters` cannot load the app (lxml.etree: single-phase init), left out of this run"
+            in said[0]) and ("`free-threaded` cannot load the app (regex._regex: GIL re-enabled), left out "
+                             "of this run" in said[0]) and "It recommends `processes`" in said[0], said[0]
+
+    # A binary without `check` (a usage error, exit 2): every strategy stays, and the report says so.
+    old = check.interpret({}, 2, "", "gilgamesh: The following argument was not expected: check (see --help)")
+    assert not old["available"] and "no `check` command" in old["error"], old
+    assert check.plan(old, ALL_STRATEGIES, lambda s: "default") == (ALL_STRATEGIES, {})
+    assert "every strategy was assumed to load the app" in check.summary(old)
+    broken = check.interpret({}, 1, "not json", "boom")
+    assert not broken["available"] and "boom" in broken["error"]
+
+
+def test_strategies_auto_runs_without_the_strategies_that_cannot_load_the_app(tmp_path):
+    """The default, --strategies auto, on an app importing a single-phase extension: the
+    check refuses it under subinterpreters, which is left out (not a failed cell), named
+    in the report with the module and why; the other strategies are measured."""
+    _require(BINARY)
+    out = subprocess.run([PYTHON, RUN, "--quick", "--workers", "1", "--app", "single_phase_ext",
+                          "--pythonpath", APPS, "--request", "GET /extension", "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    folder = os.path.dirname(re.search(r"^report: (\S+report\.html)$", out.stdout, re.M).group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    check = results["check"]
+    measured = {c["server"] for c in results["cells"]}
+    assert not [c["id"] for c in results["cells"] if c.get("error")]
+    assert measured == set(results["strategies"]["supported"]) and "subinterpreters" not in measured
+    assert measured >= set(DECLARED) - {"subinterpreters", "free-threaded"}, measured
+    with open(os.path.join(folder, "report.md")) as f:
+        md = f.read()
+    if not check["available"]:  # a binary without `check`: the start-up probe leaves it out instead
+        assert "subinterpreters" in results["strategies"]["unsupported"], results["strategies"]
+        assert "every strategy was assumed to load the app" in md
+        return
+    assert check["auto"] is True
+    why = check["excluded"]["subinterpreters"]
+    assert "single-phase" in why, why
+    module = why.split(":")[0]
+    assert module and module in md
+    assert "subinterpreters" not in results["strategies"]["unsupported"]  # never started
+    assert "- Strategy `subinterpreters` left out: `gilgamesh check` says it cannot load the app (%s)." % why in md
+    assert "`subinterpreters` cannot load the app (%s), left out of this run" % why in _verdict_section(md)[1]
+    assert "subinterpreters cannot load the app" in out.stdout and "left out" in out.stdout
+
+
+def test_check_on_the_demo_app_keeps_every_declared_strategy():
+    """The runner's reading of the real binary's `check`: a pure-Python app loads everywhere."""
+    _require(BINARY)
+    check, _runner, _report, survey, procs = _bench_modules()
+    owned = procs.Owned()
+    try:
+        found = check.run(owned, BINARY, ["--app", "handlers.demo"], REPO, dict(os.environ))
+    finally:
+        owned.stop_all()
+    if not found["available"]:  # a binary without the command: only a usage error is accepted
+        assert found["exit_code"] == 2 and "no `check` command" in found["error"], found
+        return
+    assert found["exit_code"] == 0, found
+    rows = found["document"]["rows"]
+    assert {r["strategy"] for r in rows} >= set(DECLARED), rows
+    kept, excluded = check.plan(found, DECLARED, lambda s: survey.STRATEGY_BUILD.get(s, "default"))
+    assert kept == DECLARED and excluded == {}, (kept, excluded, rows)
