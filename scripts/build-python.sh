@@ -14,7 +14,7 @@
 # order) to the default build; each says in its header what it fixes and why.
 # The free-threaded build gets none: gilgamesh never ends a sub-interpreter in it.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/trixie-apt.sh"  # and debian-mirror.sh
 
 VERSION=3.13.5
 CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"
@@ -67,26 +67,92 @@ if left > 50:
 "
 }
 
+# Builds tests/ext/pyinit_*.c against the prefix and imports each first in an
+# isolated sub-interpreter, each case in a fresh process: it must be an
+# ImportError, never a dead process. Unpatched 3.13.5 runs the init function
+# in the main interpreter and hands its exception object to the
+# sub-interpreter, which aborts (free(): invalid pointer) or segfaults
+# (0002-subinterpreter-extension-init-errors); it re-enters an init function
+# that imports its own package, and runs one init function on two threads at
+# once (0003-subinterpreter-extension-init-reentry).
+#   pyinit_imports: with the main interpreter able to import json (the init
+#     function succeeds there) and unable to (sys.modules['json'] = None: it
+#     fails there, as markupsafe's does when the main interpreter lacks it);
+#   pyinit_raises: its init function raises, as zstandard's does;
+#   pyinit_reenters (in pyinit_reenters_pkg/, aborts if re-entered): with the
+#     main interpreter able to import the package (nested re-entry), and from
+#     four sub-interpreters on four threads at once.
+subinterpreter_import_errors_clean() {  # $1 prefix
+  local prefix="$1" py="$1/bin/python3.13" ext_dir="$PATCH_DIR/../../tests/ext"
+  local dir suffix include case m how out rc ok=0
+  dir="$(mktemp -d)"
+  suffix="$(LD_LIBRARY_PATH="$prefix/lib" "$py" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+  include="$(LD_LIBRARY_PATH="$prefix/lib" "$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  mkdir "$dir/pyinit_reenters_pkg"
+  echo "from . import pyinit_reenters" >"$dir/pyinit_reenters_pkg/__init__.py"
+  for m in pyinit_imports pyinit_raises pyinit_reenters_pkg/pyinit_reenters; do
+    cc -shared -fPIC -I"$include" "$ext_dir/${m#*/}.c" -o "$dir/$m$suffix" \
+      || { echo "build-python: cannot compile $ext_dir/${m#*/}.c" >&2; rm -rf "$dir"; return 1; }
+  done
+  for case in pyinit_imports:main-has-json pyinit_imports:main-lacks-json pyinit_raises:plain \
+              pyinit_reenters_pkg:main-has-path pyinit_reenters_pkg:four-threads; do
+    m="${case%%:*}" how="${case#*:}"
+    rc=0
+    out="$(LD_LIBRARY_PATH="$prefix/lib" "$py" -I -c "
+import sys, threading, _interpreters
+ext_dir, mod, how = sys.argv[1:4]
+if how == 'main-lacks-json':
+    sys.modules['json'] = None
+if how == 'main-has-path':
+    sys.path.insert(0, ext_dir)
+code = f'''
+import sys
+sys.path.insert(0, {ext_dir!r})
+try:
+    import {mod}
+except ImportError as e:
+    print('ImportError:', e, flush=True)
+else:
+    print('imported, not refused:', {mod}, flush=True)
+'''
+errors = []
+def first_import():
+    interp = _interpreters.create('isolated')
+    err = _interpreters.run_string(interp, code)
+    _interpreters.destroy(interp)
+    if err is not None:
+        errors.append(err)
+threads = [threading.Thread(target=first_import) for _ in range(4 if how == 'four-threads' else 1)]
+for t in threads: t.start()
+for t in threads: t.join()
+if errors:
+    sys.exit('uncaught in the sub-interpreter: %s' % (errors[0],))
+" "$dir" "$m" "$how" 2>&1)" || rc=$?
+    if (( rc == 0 )) && [[ "$out" == ImportError:* ]] && [[ "$out" != *"imported, not refused"* ]]; then
+      echo "build-python: $m ($how), first import in an isolated sub-interpreter: ${out%%$'\n'*}"
+    else
+      (( rc > 128 )) && out="killed by signal $((rc - 128)): $out"
+      echo "build-python: $m ($how), first import in an isolated sub-interpreter, exit $rc: $out" >&2
+      ok=1
+    fi
+  done
+  rm -rf "$dir"
+  return "$ok"
+}
+
 fetch_source() {
   local tarball="$ROOT/src/python3.13_${VERSION}.orig.tar.xz"
   if [[ -s "$tarball" ]] && xz -t "$tarball" 2>/dev/null; then echo "$tarball"; return; fi
-  mkdir -p "$ROOT/src" "$ROOT/apt/lists/partial" "$ROOT/apt/cache/archives/partial"
-  # The mirror is the one this system already uses.
-  local uri
-  uri="$(debian_mirror)"
-  cat >"$ROOT/apt/trixie.sources" <<SRC
-Types: deb-src
-URIs: $uri
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  local opts=(-o "Dir::Etc::sourcelist=$ROOT/apt/trixie.sources" -o Dir::Etc::sourceparts=/nonexistent
-              -o "Dir::State::Lists=$ROOT/apt/lists" -o "Dir::Cache=$ROOT/apt/cache"
-              -o APT::Sandbox::User=root -o Debug::NoLocking=1)
-  echo "build-python: fetching python3.13 source from $uri (trixie)" >&2
-  apt-get "${opts[@]}" update -qq >&2
-  (cd "$ROOT/src" && apt-get "${opts[@]}" source --download-only -qq python3.13 >&2)
+  mkdir -p "$ROOT/src"
+  trixie_apt_init "$ROOT/apt" deb-src
+  echo "build-python: fetching python3.13 source from $(debian_mirror) (trixie)" >&2
+  trixie_apt_update
+  local download=(apt-get "${TRIXIE_APT[@]}" source --download-only -qq python3.13)
+  if ! (cd "$ROOT/src" && "${download[@]}" >&2); then
+    echo "build-python: download failed; updating the index once and retrying" >&2
+    trixie_apt_update 0
+    (cd "$ROOT/src" && "${download[@]}" >&2)
+  fi
   # Only the upstream tarball is used; apt verified it against the signed Sources index.
   [[ -s "$tarball" ]] || { echo "build-python: $tarball not found after download" >&2; exit 1; }
   echo "$tarball"
@@ -129,6 +195,8 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
   if [[ -n "$(patches_for "$name")" ]]; then
     subinterpreters_free_memory "$prefix" \
       || { echo "build-python: $prefix still leaks ended sub-interpreters" >&2; exit 1; }
+    subinterpreter_import_errors_clean "$prefix" \
+      || { echo "build-python: $prefix crashes on a sub-interpreter's first import of a failing extension" >&2; exit 1; }
   fi
   echo "build-python: $name ready at $prefix"
 }
