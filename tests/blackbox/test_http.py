@@ -136,7 +136,7 @@ def test_last_repeated_query_parameter_wins(demo_server):
 
 @pytest.mark.parametrize("path", ["/hello", "/fib?n=10", "/healthz", "/"])
 def test_head_wherever_get_is_routed(demo_server, path):
-    # README: HEAD wherever GET is routed. The answer is the GET answer's head: same
+    # docs/operating.md: HEAD wherever GET is routed. The answer is the GET answer's head: same
     # status and Content-Length, no body.
     get = demo_server.get(path)
     assert get.status == 200, get

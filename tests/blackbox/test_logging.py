@@ -1,5 +1,6 @@
-"""What reaches the server log: a handler's traceback (README: "the traceback goes to
-the server log and the worker keeps serving"), and --access-log's one line per request."""
+"""What reaches the server log: a handler's traceback (docs/handlers.md, "Errors": its type,
+text and traceback go to the server log and the worker keeps serving), and --access-log's one
+line per request."""
 
 import re
 import uuid
