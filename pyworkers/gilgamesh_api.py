@@ -218,12 +218,22 @@ def _native_library_problem(error):
 def _trace_imports(fd):
     """Start-up probe only (probe.cpp): writes one line to file descriptor `fd` as each
     import begins, "begin NAME\tIMPORTER IMPORTER ...", the innermost importer first, and
-    "failed NAME\tIMPORTERS" once an import is seen to have ended without its module (at
-    the next import's beginning), so that the server can name the import that was under
-    way, or had just failed, if this process dies."""
+    "failed NAME\tIMPORTERS" once the import of a C extension is seen to have ended without
+    its module (at the next import's beginning), so that the server can name the import
+    that was under way, and the extension whose import had failed, if this process dies."""
+    import importlib.machinery
     import os
     import sys
     open_imports = {}  # name -> its importers, for the imports begun and not seen to end
+
+    def is_extension(name):
+        parent = name.rpartition(".")[0]
+        path = getattr(sys.modules.get(parent), "__path__", None) if parent else None
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+        except Exception:
+            return False
+        return spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
 
     def write(kind, name, chain):
         os.write(fd, ("%s %s\t%s\n" % (kind, name, " ".join(chain))).encode("utf-8", "replace"))
@@ -241,7 +251,7 @@ def _trace_imports(fd):
                         chain.append(outer)
                 frame = frame.f_back
             for done in [n for n in open_imports if n not in chain and n != name]:
-                if done not in sys.modules:
+                if done not in sys.modules and is_extension(done):
                     write("failed", done, open_imports[done])
                 del open_imports[done]
             open_imports[name] = chain

@@ -549,25 +549,17 @@ ChildRun run_child(const std::string& binary, const std::string& payload, std::c
   return run;
 }
 
-// Which import a dead child was in. The last one begun, unless the process died outside
-// the app's import (its chain does not reach the app's module) after an import had
-// failed: CPython 3.13.5 frees a PyInit's exception wrongly (gh-144601) and dies later,
-// while the error is handled, in whatever that imports (`ast`, for a traceback).
+// Which import a dead child was in: the last one begun; and when the import of a C
+// extension had failed before it, that extension. CPython 3.13.5 mishandles the exception
+// of a failed single-phase PyInit in a sub-interpreter (gh-144601) and dies later, in
+// whatever is imported next (MarkupSafe's fallback after its speedups, `ast` for a
+// traceback): the extension is the one to blame, and the message names both.
 template <typename Events>
-void blame_import(const Events& events, const ProbeRequest& request, ProbeResult& result) {
-  const std::string app_module = request.config.app.substr(0, request.config.app.find(':'));
-  const std::string app_top = app_module.substr(0, app_module.find('.'));
+void blame_import(const Events& events, ProbeResult& result) {
   const auto last_begin = std::find_if(events.rbegin(), events.rend(), [](const auto& e) { return !e.failed; });
   const auto last_failed = std::find_if(events.rbegin(), events.rend(), [](const auto& e) { return e.failed; });
-  auto in_app = [&](const auto& e) {
-    if (e.name == app_module || e.name.rfind(app_top, 0) == 0) return true;
-    for (const auto& n : e.chain) {
-      if (n == app_module || n.rfind(app_top, 0) == 0) return true;
-    }
-    return false;
-  };
   if (last_begin == events.rend()) return;
-  if (last_failed != events.rend() && (last_failed < last_begin || !in_app(*last_begin))) {
+  if (last_failed != events.rend()) {
     result.last_import = last_failed->name;
     result.import_chain = last_failed->chain;
     result.died_importing = last_begin->name;
@@ -702,7 +694,7 @@ ProbeResult probe_app(const std::string& binary, const ProbeRequest& request, st
       result.outcome = run.timed_out ? Outcome::timed_out : Outcome::crashed;
       result.wait_status = run.timed_out ? "timed out after " + std::to_string(timeout.count()) + " s"
                                          : describe_wait_status(run.wait_status);
-      blame_import(events, request, result);
+      blame_import(events, result);
       result.detail = run.output_tail;
     }
   }

@@ -41,8 +41,8 @@ std::string crash_message(const ExecutorConfig& config, const ProbeResult& r,
   if (r.last_import.empty()) {
     msg += " before any import began";
   } else if (!r.died_importing.empty()) {
-    msg += " after the import of " + r.last_import + chain_text(r) + " failed (while importing " +
-           r.died_importing + ")";
+    msg += " during the import of " + r.died_importing + ", after the import of the C extension " +
+           r.last_import + chain_text(r) + " had failed";
   } else {
     msg += " during the import of " + r.last_import + chain_text(r);
   }
@@ -189,7 +189,7 @@ std::string row_problems(const Row& row) {
     case Outcome::timed_out:
       return (r.outcome == Outcome::crashed ? "crashes CPython: " : "hangs: ") +
              (r.last_import.empty() ? std::string("before any import") : r.last_import + chain_text(r)) +
-             (r.died_importing.empty() ? "" : ", after its import failed") + " (" + r.wait_status + ")";
+             (r.died_importing.empty() ? "" : ", whose import failed (the process died importing " + r.died_importing + ")") + " (" + r.wait_status + ")";
     default: break;
   }
   std::string out;

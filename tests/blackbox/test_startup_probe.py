@@ -100,7 +100,8 @@ def test_both_crash_shapes_are_refused_cleanly(gilgamesh_bin, probe_cache, tmp_p
                                 "--strategy", "subinterpreters"], probe_cache)
     assert code == 1, (code, err)
     assert extension in err, err
-    assert "--strategy processes" in err, err
+    if extension == "pyinit_imports":  # loads in the main interpreter; pyinit_raises never loads
+        assert "--strategy processes" in err, err
 
 
 def test_fallback_app_serves_in_subinterpreters_with_and_without_preload(gilgamesh_bin):
