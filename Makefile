@@ -33,7 +33,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean install image image-test
+.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean install image image-test trixie-site
 
 all: build
 
@@ -58,6 +58,14 @@ build: configure
 run: build
 	$(BUILD_DIR)/gilgamesh --app handlers.demo --host $(HOST) --port $(PORT) $(ARGS)
 
+# Debian trixie's python3-* packages (built for Python 3.13, C extensions included) unpacked
+# into a site folder in the cache, for --pythonpath; no PyPI. The real-packages suite's list,
+# or yours: make trixie-site TRIXIE_PACKAGES="python3-flask python3-lxml". Prints the folder.
+TRIXIE_PACKAGES ?=
+trixie-site: deps
+	@GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/fetch-trixie-site.sh $(TRIXIE_PACKAGES)
+
+test: trixie-site
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 1800 \
 	  $(if $(SANITIZE),-E '$(SANITIZE_EXCLUDE)') $(if $(CTEST_ARGS),$(CTEST_ARGS),)

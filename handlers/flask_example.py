@@ -1,7 +1,10 @@
-"""A Flask app with a CPU-heavy route, served unchanged by gilgamesh:
+"""A Flask app with a CPU-heavy route, served unchanged by gilgamesh. Flask 3.1 is
+Debian trixie's, built for Python 3.13 (scripts/fetch-trixie-site.sh unpacks it and
+what it imports into a site folder in the cache and prints the folder):
 
-    /usr/bin/python3 scripts/pure_python_site.py build/site-flask --flask
-    build/gilgamesh --wsgi handlers.flask_example:app --pythonpath build/site-flask \
+    make trixie-site TRIXIE_PACKAGES=python3-flask
+    build/gilgamesh --wsgi handlers.flask_example:app \
+        --pythonpath "$(bash scripts/fetch-trixie-site.sh --print-path python3-flask)" \
         --strategy subinterpreters --workers 2
     curl http://127.0.0.1:8080/fib/25     # {"n": 25, "value": 75025}
 

@@ -1,8 +1,8 @@
 """Test app: a small Flask application, served unchanged (`--wsgi flask_app:app`).
 
-Flask comes from Debian's python3-flask; the suite copies its pure-Python
-distributions into a directory it passes with --pythonpath (see
-scripts/pure_python_site.py).
+Flask 3.1 comes from Debian trixie's python3-flask, built for Python 3.13, with
+what it imports (MarkupSafe's C speedups as shipped): scripts/fetch-trixie-site.sh
+unpacks them into a site folder the suite passes with --pythonpath.
 """
 
 from flask import Flask, abort, jsonify, request

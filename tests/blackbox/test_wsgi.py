@@ -10,14 +10,10 @@ import shutil
 import time
 import uuid
 
-import sys
-
 import pytest
 
-from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, free_port, run_cli, scaled
-
-sys.path.insert(0, str(REPO / "scripts"))
-import pure_python_site  # noqa: E402
+from gilgamesh_harness import APPS_DIR, GilgameshServer, free_port, run_cli, scaled
+from test_real_packages import find_trixie_site
 
 PATTERN_UNIT = bytes(range(256)) * 64
 
@@ -327,8 +323,9 @@ def test_a_str_chunk_still_closes_the_iterable(broken, markers):
 # --- Flask, unchanged ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def flask_deps(tmp_path_factory):
-    return pure_python_site.copy_pure_python(pure_python_site.FLASK, tmp_path_factory.mktemp("flask-deps"))
+def flask_deps():
+    """Debian trixie's Flask 3.1 and what it imports, as shipped (MarkupSafe's speedups too)."""
+    return find_trixie_site(["python3-flask"])
 
 
 @pytest.fixture(scope="module")
@@ -482,7 +479,7 @@ def test_help_lists_the_wsgi_flags(gilgamesh_bin):
 
 
 def test_the_readme_flask_example(gilgamesh_bin, flask_deps):
-    """README, "Serving a WSGI app": handlers/flask_example.py on sub-interpreters."""
+    """docs/wsgi.md, "Your dependencies": handlers/flask_example.py on sub-interpreters."""
     server = GilgameshServer("subinterpreters", workers=2, wsgi="handlers.flask_example:app",
                              args=["--pythonpath", str(flask_deps)]).start()
     try:
