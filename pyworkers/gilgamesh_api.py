@@ -161,6 +161,7 @@ def _import_app(name):
     global _last_import_error
     import importlib
     import warnings
+    _hide_stable_abi_extensions()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         ours = warnings.filters[0]
@@ -187,6 +188,32 @@ def _import_app(name):
     return module, gil_warnings
 
 
+def _hide_stable_abi_extensions():
+    """Free-threaded 3.13 only: stops the path finder from loading `.abi3.so` extensions.
+
+    The stable ABI (abi3) is the default (GIL) build's; 3.13t has none, yet it still lists
+    `.abi3.so` among its extension suffixes, and loading such an extension crashes the
+    process (psutil's and cryptography's did, SIGSEGV). Hidden, they are not found, as
+    `cpython-313` extensions are not: the import fails cleanly, a package with a
+    pure-Python fallback uses it, and _foreign_extension says why."""
+    import importlib.machinery as machinery
+    import sys
+    import sysconfig
+    if not sysconfig.get_config_var("Py_GIL_DISABLED") or ".abi3.so" not in machinery.EXTENSION_SUFFIXES:
+        return
+    if any(getattr(h, "_gilgamesh_no_abi3", False) for h in sys.path_hooks):
+        return
+    extensions = [s for s in machinery.EXTENSION_SUFFIXES if s != ".abi3.so"]
+    hook = machinery.FileFinder.path_hook(
+        (machinery.ExtensionFileLoader, extensions),
+        (machinery.SourceFileLoader, machinery.SOURCE_SUFFIXES),
+        (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES))
+    hook._gilgamesh_no_abi3 = True
+    sys.path_hooks[:] = [hook if getattr(h, "__name__", "") == "path_hook_for_FileFinder" else h
+                         for h in sys.path_hooks]
+    sys.path_importer_cache.clear()
+
+
 # (module name, message) of the last ImportError that ended _import_app: read by the
 # start-up probe (probe.cpp), which names every module that broke the app's import.
 _last_import_error = None
@@ -204,10 +231,11 @@ def _native_library_problem(error):
             here = os.confstr("CS_GNU_LIBC_VERSION") or "an older glibc"
         except (ValueError, OSError):
             here = "an older glibc"
-        return ("%s was built against glibc %s, and this system has %s: it loads only on a "
-                "system with glibc %s or newer (e.g. Debian trixie, or the gilgamesh container "
-                "image), or install a build of that package made for this system"
-                % (m.group(2), m.group(1), here, m.group(1)))
+        who = "%s (%s)" % (error.name, m.group(2)) if error.name else m.group(2)
+        return ("the extension %s was built against glibc %s, and this system has %s: it "
+                "loads only on a system with glibc %s or newer (e.g. Debian trixie, or the "
+                "gilgamesh container image), or install a build of that package made for this "
+                "system" % (who, m.group(1), here, m.group(1)))
     m = re.search(r"([^\s:]+\.so[0-9.]*): cannot open shared object file", text)
     if m:
         return ("the shared library %s that it needs is not installed on this system"
@@ -382,11 +410,15 @@ def _foreign_extension(error):
                 if not (entry.startswith(leaf + ".") and entry.endswith(".so")):
                     continue
                 suffix = entry[len(leaf):]
-                if suffix in suffixes:
+                free_threaded = sysconfig.get_config_var("Py_GIL_DISABLED")
+                if suffix in suffixes and not (free_threaded and suffix == ".abi3.so"):
                     continue
                 tag = suffix[1:-3]
                 m = re.match(r"cpython-(\d)(\d+)(t?)-", tag)
-                if m:
+                if tag == "abi3":
+                    built_for = ("the stable ABI (abi3) of CPython's default (GIL) build, which the "
+                                 "free-threaded build does not have")
+                elif m:
                     built_for = "CPython %s.%s%s" % (m.group(1), m.group(2),
                                                      " (free-threaded)" if m.group(3) else "")
                 else:

@@ -58,7 +58,11 @@ std::string why_refused(const std::string& reason) {
 
 bool is_subinterpreter_refusal(const std::string& text) {
   return text.find("does not support loading in subinterpreters") != std::string::npos ||
-         text.find("not compatible with subinterpreters") != std::string::npos;
+         text.find("not compatible with subinterpreters") != std::string::npos ||
+         // A single-phase init run in the main interpreter for a sub-interpreter (3.13;
+         // the bundled build's patch 0002 words it so): what failed there may only be the
+         // main interpreter's missing path, so the main interpreter's own import decides.
+         text.find("failed in the main interpreter") != std::string::npos;
 }
 
 // --- the child ------------------------------------------------------------------
@@ -297,7 +301,14 @@ void probe_subinterpreter(PythonRuntime& runtime, const ProbeRequest& request, c
         AppOptions quiet = app_options(request.config);
         PythonApp::load(quiet)->release();
         main_loads = true;
-      } catch (const StartupError&) {
+      } catch (const StartupError& e) {
+        // It fails in the main interpreter too: that error is the real one (a missing
+        // glibc version, say), not what the sub-interpreter made of it.
+        result.message = e.what();
+        result.detail = e.detail();
+        if (auto last = last_import_error()) {
+          result.problems = {{last->first, why_refused(last->second + "; " + result.message)}};
+        }
       }
     }
     if (main_loads) {
@@ -420,6 +431,20 @@ std::optional<ProbeResult> cache_lookup(const std::string& dir, const nlohmann::
   }
 }
 
+// The cache keeps the kMaxCacheEntries most recently written entries.
+constexpr std::size_t kMaxCacheEntries = 256;
+
+void prune_cache(const std::string& dir) {
+  std::error_code ec;
+  std::vector<std::pair<fs::file_time_type, fs::path>> entries;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().extension() == ".json") entries.emplace_back(e.last_write_time(ec), e.path());
+  }
+  if (entries.size() <= kMaxCacheEntries) return;
+  std::sort(entries.begin(), entries.end());
+  for (std::size_t i = 0; i + kMaxCacheEntries < entries.size(); ++i) fs::remove(entries[i].second, ec);
+}
+
 void cache_store(const std::string& dir, const nlohmann::json& key, const ProbeResult& result,
                  const std::vector<std::string>& files) {
   if (dir.empty()) return;
@@ -446,6 +471,7 @@ void cache_store(const std::string& dir, const nlohmann::json& key, const ProbeR
     if (!out) return;
   }
   if (std::rename(tmp.c_str(), name.c_str()) != 0) std::remove(tmp.c_str());
+  prune_cache(dir);
 }
 
 std::string tail_of(int fd) {

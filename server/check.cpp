@@ -72,6 +72,20 @@ std::string crash_message(const ExecutorConfig& config, const ProbeResult& r,
   return msg;
 }
 
+// The same, for an import in the main interpreter (threads, free-threaded).
+std::string main_crash_message(const ExecutorConfig& config, const ProbeResult& r) {
+  std::string msg = fmt::format("cannot serve app '{}' under strategy {}: a disposable process importing it "
+                                "{} ({})", config.app, config.strategy,
+                                r.outcome == Outcome::timed_out ? "did not finish" : "died", r.wait_status);
+  msg += r.last_import.empty() ? " before any import began" : " during the import of " + r.last_import + chain_text(r);
+  msg += ". A C extension crashed the interpreter";
+  if (config.strategy == "free-threaded") {
+    msg += " (on the free-threaded build, usually one built for the default build)";
+  }
+  msg += "; `gilgamesh check` shows which strategies and Python builds load the app";
+  return msg;
+}
+
 ProbeRequest probe_request(const ExecutorConfig& config, ProbeMode mode, const std::string& strategy,
                            std::vector<std::string> requests = {}) {
   ProbeRequest request;
@@ -105,11 +119,15 @@ std::string build_binary(const std::string& build) {
   return access(sibling.c_str(), X_OK) == 0 ? sibling.string() : std::string();
 }
 
-std::optional<StartupError> guard_subinterpreter_import(const ExecutorConfig& config) {
-  const ProbeRequest request = probe_request(config, ProbeMode::subinterpreter, "subinterpreters");
+std::optional<StartupError> guard_import(const ExecutorConfig& config) {
+  if (config.strategy == "processes") return std::nullopt;  // the zygote imports it: a crash ends only that
+  const bool sub = config.strategy == "subinterpreters";
+  const ProbeRequest request =
+      probe_request(config, sub ? ProbeMode::subinterpreter : ProbeMode::main_interpreter, config.strategy);
   const ProbeResult r = probe_app(self_binary(), request);
-  spdlog::info("start-up probe: app '{}' {} in a sub-interpreter ({:.0f} ms{})", config.app,
-               ProbeResult::outcome_name(r.outcome), r.probe_seconds * 1000, r.cached ? ", cached" : "");
+  spdlog::info("start-up probe: app '{}' {} in {} ({:.0f} ms{})", config.app, ProbeResult::outcome_name(r.outcome),
+               sub ? "a sub-interpreter" : "the main interpreter", r.probe_seconds * 1000,
+               r.cached ? ", cached" : "");
   switch (r.outcome) {
     case Outcome::loads:
     case Outcome::failed:  // the workers say why, as they always have
@@ -118,6 +136,7 @@ std::optional<StartupError> guard_subinterpreter_import(const ExecutorConfig& co
       return StartupError(r.message, r.detail);
     case Outcome::crashed:
     case Outcome::timed_out: {
+      if (!sub) return StartupError(main_crash_message(config, r));
       std::optional<ProbeResult> with_preload;
       if (!config.preload && r.outcome == Outcome::crashed) {
         ProbeRequest preloaded = request;

@@ -1,5 +1,5 @@
 // What the start-up probe (pyworkers/probe.hpp) is used for on the server side:
-//   - the guard: before `subinterpreters` workers start, the app's import is proven
+//   - the guard: before in-process workers start, the app's import is proven
 //     survivable in a disposable child; a crash or a refusal becomes a clear error;
 //   - `gilgamesh check`: the probe for every strategy and Python build, as a table
 //     with a recommendation (or one JSON document);
@@ -23,10 +23,12 @@ RouteResolver router_resolver();
 // empty if that build was not made.
 std::string build_binary(const std::string& build);
 
-// Under `subinterpreters`: probes the app (cached) and returns the message to refuse
-// the start with when its import crashes CPython or is refused, naming every module
-// and what works; nothing when the workers may start.
-std::optional<StartupError> guard_subinterpreter_import(const ExecutorConfig& config);
+// Before in-process workers start: probes the app's import (cached) as they would make it
+// (`subinterpreters`: in an isolated sub-interpreter; `threads`, `free-threaded`: in the
+// main interpreter) and returns the message to refuse the start with when that import
+// crashes the interpreter or is refused, naming every module and what works; nothing
+// when the workers may start. `processes` needs none: its zygote imports the app.
+std::optional<StartupError> guard_import(const ExecutorConfig& config);
 
 // `--strategy auto`: the strategy to serve the app with, and the one line that says why.
 struct AutoChoice {

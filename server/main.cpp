@@ -152,14 +152,12 @@ int main(int argc, char** argv) {
     ec.strategy = config.strategy = choice.strategy;
     ec.strategy_reason = choice.reason;
   }
-  if (ec.strategy == "subinterpreters") {
-    // Proven survivable in a disposable process first: an import that crashes CPython in a
-    // sub-interpreter must end that process, not this one.
-    if (auto refused = guard_subinterpreter_import(ec)) {
-      spdlog::critical("{}", refused->what());
-      if (!refused->detail().empty()) spdlog::error("{}", refused->detail());
-      return 1;
-    }
+  // Proven survivable in a disposable process first: an import that crashes the interpreter
+  // must end that process, not this one.
+  if (auto refused = guard_import(ec)) {
+    spdlog::critical("{}", refused->what());
+    if (!refused->detail().empty()) spdlog::error("{}", refused->detail());
+    return 1;
   }
 
   // A peer that closes early must not kill the server (threads inherit the mask;
