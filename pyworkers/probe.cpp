@@ -511,14 +511,7 @@ ChildRun run_child(const std::string& binary, const std::string& payload, std::c
   }
   posix_spawn_file_actions_addclosefrom_np(&actions, kProbeFd + 1);
   posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int sig : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  init_spawn_attributes(attr);
   const char* argv[] = {binary.c_str(), kProbeFlag, payload.c_str(), nullptr};
   pid_t pid = 0;
   const int rc = posix_spawn(&pid, binary.c_str(), &actions, &attr, const_cast<char* const*>(argv), environ);

@@ -40,6 +40,17 @@ std::string describe_wait_status(int status) {
   return "wait status " + std::to_string(status);
 }
 
+void init_spawn_attributes(posix_spawnattr_t& attr) {
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+}
+
 namespace {
 
 using namespace std::chrono_literals;

@@ -22,6 +22,7 @@
 
 #include "executor.hpp"
 
+#include <spawn.h>
 #include <sys/types.h>
 
 #include <string>
@@ -39,5 +40,9 @@ constexpr int kZygoteControlFd = 3;
 
 // "exited with status 3", "killed by signal 9 (Killed)": a wait() status in words.
 std::string describe_wait_status(int status);
+
+// posix_spawn attributes for a child of the server (the zygote, the start-up probe): no
+// signal blocked, and the signals the server handles or ignores back to their defaults.
+void init_spawn_attributes(posix_spawnattr_t& attr);
 
 }  // namespace gilgamesh

@@ -80,14 +80,7 @@ bool ZygoteClient::launch(std::string& error, std::string& detail) {
   // once the server closes it to drain; nor do client connections.
   posix_spawn_file_actions_addclosefrom_np(&actions, kZygoteControlFd + 1);
   posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int sig : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  init_spawn_attributes(attr);
   // Every process of this server says whose it is (ps, tests, the app), from its
   // first environment on (/proc/PID/environ shows only that one).
   std::vector<std::string> env_text;

@@ -86,3 +86,10 @@ def start_server(gilgamesh_bin, strategy):
         if server.process is not None and server.process.poll() is None:
             server.stop()
         server.kill()
+
+
+@pytest.fixture
+def probe_cache(tmp_path):
+    """Environment for a start-up probe cache of the test's own, so that no earlier start
+    (or test) answers for it."""
+    return {"GILGAMESH_PROBE_CACHE": str(tmp_path / "probe-cache")}

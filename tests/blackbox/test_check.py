@@ -18,9 +18,6 @@ EXT_DIR = binary_path().parent / "test-ext" / "default"
 FT = "free-threaded" in strategies()
 
 
-@pytest.fixture
-def probe_cache(tmp_path):
-    return {"GILGAMESH_PROBE_CACHE": str(tmp_path / "probe-cache")}
 
 
 def check(args, env=None, timeout=90):

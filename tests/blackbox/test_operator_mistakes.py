@@ -21,7 +21,7 @@ from gilgamesh_harness import HOST, free_port, run_cli
     (["--timeout", "soon"], "--timeout: must be a number of seconds in 0.001..86400, got 'soon'"),
     (["--max-connections", "0"], "--max-connections: must be an integer in 1..10000000, got '0'"),
     (["--strategy", "telepathy"], "--strategy: must be one of subinterpreters, threads, free-threaded, "
-                                  "processes; got 'telepathy'"),
+                                  "processes, auto; got 'telepathy'"),
     (["--workers"], "--workers needs a value"),
 ])
 def test_bad_values_say_what_is_allowed(gilgamesh_bin, args, expected):

@@ -19,10 +19,6 @@ from gilgamesh_harness import (APPS_DIR, REPO, GilgameshServer, assert_no_saniti
 EXT_DIR = binary_path().parent / "test-ext" / "default"
 
 
-@pytest.fixture
-def probe_cache(tmp_path):
-    """A probe cache of this test's own, so that no earlier start answers for it."""
-    return {"GILGAMESH_PROBE_CACHE": str(tmp_path / "probe-cache")}
 
 
 def start_and_fail(args, env=None, timeout=60):
@@ -155,8 +151,16 @@ def test_probe_result_is_cached_until_a_file_changes(gilgamesh_bin, probe_cache,
     assert "cached" not in changed, lines
 
 
-def test_probe_not_run_by_other_strategies(gilgamesh_bin, probe_cache):
+def test_threads_probe_in_the_main_interpreter_and_processes_not_at_all(gilgamesh_bin, probe_cache):
     server = GilgameshServer("threads", workers=1, env=probe_cache)
+    try:
+        server.start()
+        assert "loads in the main interpreter" in probe_log_line(server), server.log()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    # The zygote imports the app in a process of its own: a crash there ends only the zygote.
+    server = GilgameshServer("processes", workers=1, env=probe_cache)
     try:
         server.start()
         assert probe_log_line(server) == "", server.log()
