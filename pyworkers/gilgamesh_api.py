@@ -283,15 +283,20 @@ def _trace_imports(fd):
                     write("failed", done, open_imports[done])
                 del open_imports[done]
             open_imports[name] = chain
+            _importers.setdefault(name, chain[0] if chain else "")
             write("begin", name, chain)
             return None
 
     sys.meta_path.insert(0, _ImportTracer)
 
 
+# Start-up probe only: the module that first imported each module (_trace_imports).
+_importers = {}
+
+
 def _extension_modules():
-    """Start-up probe only: the C extension modules loaded in this interpreter, as a JSON
-    list of [name, file]."""
+    """Start-up probe only: the C extension modules loaded in this interpreter, each with
+    its file and the module that imported it, and sys.path, as JSON."""
     import importlib.machinery
     import sys
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
@@ -299,28 +304,43 @@ def _extension_modules():
     for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None)
         if isinstance(origin, str) and origin.endswith(suffixes):
-            found.append([name, origin])
-    return _json.dumps(sorted(found))
+            found.append([name, origin, _importers.get(name, "")])
+    return _json.dumps({"extensions": sorted(found), "path": list(sys.path)})
 
 
-def _refused_extensions(extensions):
+def _refused_extensions(loaded):
     """Start-up probe only, in an isolated sub-interpreter, after the main interpreter of
-    this process imported the app: which of `extensions` (JSON from _extension_modules)
-    this interpreter refuses, as a JSON list of [name, CPython's reason]. Only the module
-    objects are created (no package __init__ runs); a single-phase extension that the main
-    interpreter has loaded is refused without its PyInit running again."""
+    this process imported the app: which of its extensions (JSON from _extension_modules)
+    this interpreter refuses and the app cannot do without, as a JSON list of [name,
+    CPython's reason]. Only the module objects are created (no package __init__ runs): a
+    single-phase extension that the main interpreter has loaded is refused without its
+    PyInit running again. A refused extension whose importer still imports here (MarkupSafe
+    falls back to pure Python without its speedups) is left out."""
+    import importlib
     import importlib.util
-    refused = []
-    for name, origin in _json.loads(extensions):
+    import sys
+    loaded = _json.loads(loaded)
+    sys.path[:] = loaded["path"]
+    refused = {}
+    for name, origin, importer in loaded["extensions"]:
         try:
             spec = importlib.util.spec_from_file_location(name, origin)
             if spec is not None:
                 importlib.util.module_from_spec(spec)
         except ImportError as e:
-            refused.append([name, str(e)])
+            refused[name] = (str(e), importer)
         except Exception:
             pass
-    return _json.dumps(refused)
+    blocking = []
+    for name, (reason, importer) in sorted(refused.items()):
+        if importer and importer not in refused:
+            try:
+                importlib.import_module(importer)
+                continue  # its importer does without it
+            except BaseException:
+                pass
+        blocking.append([name, reason])
+    return _json.dumps(blocking)
 
 
 def _module_files():

@@ -298,8 +298,9 @@ void probe_subinterpreter(PythonRuntime& runtime, const ProbeRequest& request, c
     bool main_loads = request.config.preload;
     if (!main_loads) {
       try {
-        AppOptions quiet = app_options(request.config);
-        PythonApp::load(quiet)->release();
+        AppOptions traced = app_options(request.config);
+        traced.trace_imports_fd = kProbeFd;  // records who imports each extension
+        PythonApp::load(traced)->release();
         main_loads = true;
       } catch (const StartupError& e) {
         // It fails in the main interpreter too: that error is the real one (a missing
@@ -717,7 +718,7 @@ ProbeResult probe_app(const std::string& binary, const ProbeRequest& request, st
       result.detail = run.output_tail;
     }
   }
-  if (result.outcome == Outcome::loads || result.outcome == Outcome::refused) {
+  if (result.outcome != Outcome::crashed && result.outcome != Outcome::timed_out && run.spawn_error.empty()) {
     cache_store(dir, key, result, files);
   }
   result.probe_seconds = std::chrono::duration<double>(Clock::now() - start).count();

@@ -25,7 +25,7 @@
 //   main_interpreter  the app in the main interpreter: `threads`, `processes`, and
 //                     `free-threaded` (run by the free-threaded binary).
 //
-// Results are cached (loads and refused only; a crash is probed again each time),
+// Results are cached (not a crash or a hang: those are probed again each time),
 // keyed by the binary, its libpython, the request, the working directory and the
 // environment; an entry holds while the path entries and every file the import
 // loaded keep their modification times.
