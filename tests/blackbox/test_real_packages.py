@@ -375,3 +375,22 @@ def test_flask_from_trixie(gilgamesh_bin, strategy, trixie_site, preload):
     finally:
         code = server.stop()
     assert code == 0, "server exited with %r\n%s" % (code, server.log()[-4000:])
+
+
+@pytest.mark.parametrize("name, expected", [("lxml", "processes"), ("flask", "subinterpreters")])
+def test_strategy_auto_with_real_packages(gilgamesh_bin, trixie_site, probe_cache, name, expected):
+    # lxml.etree refuses sub-interpreters (single-phase init): auto serves it with processes,
+    # and says why; Flask (MarkupSafe falls back to pure Python there) stays on sub-interpreters.
+    server = GilgameshServer("auto", workers=2, app="real_packages", args=package_args(trixie_site),
+                             env=dict(probe_cache, GILGAMESH_TEST_PACKAGE=name)).start()
+    try:
+        line = next((l for l in server.log().splitlines() if "strategy auto -> " in l), "")
+        assert "strategy auto -> %s:" % expected in line, server.log()
+        if name == "lxml":
+            assert "lxml.etree (single-phase init)" in line, line
+        r = server.get("/use")
+        assert r.status == 200 and r.json()["result"] == PACKAGES[name][3], r
+        assert server.get("/stats").json()["strategy"] == expected
+    finally:
+        code = server.stop()
+    assert code == 0, "server exited with %r\n%s" % (code, server.log()[-4000:])
