@@ -20,20 +20,25 @@ PORT ?= 8080
 ARGS ?=
 PREFIX ?= /usr/local
 
+# `make run` builds only what serving needs: the default CPython and `gilgamesh`. The
+# free-threaded build (its CPython and gilgamesh-ft) comes when it is asked for: ARGS naming
+# free-threaded, or FT=1. `make build` and `make test` build everything.
+FT ?= $(if $(findstring free-threaded,$(ARGS)),1,)
 ifeq ($(strip $(GILGAMESH_PYTHON)),)
-  PYTHON_BUILDS := default free-threaded
+  BUNDLED_PYTHON := 1
   GILGAMESH_PYTHON := $(PY_ROOT)/default/bin/python3.13
   GILGAMESH_PYTHON_FT ?= $(PY_ROOT)/free-threaded/bin/python3.13t
 else
-  PYTHON_BUILDS :=
+  BUNDLED_PYTHON :=
   GILGAMESH_PYTHON_FT ?=
 endif
 
-CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(GILGAMESH_PYTHON_FT) \
+# Recursively expanded: configure sees the free-threaded Python only once it exists.
+CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(wildcard $(GILGAMESH_PYTHON_FT)) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python web configure build run test fuzz bench bench-quick bench-app soak clean install image image-test trixie-site
+.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-app soak clean install image image-test trixie-site
 
 all: build
 
@@ -47,15 +52,25 @@ web: deps
 	@bash scripts/fetch-web-deps.sh
 
 python: deps
-	@if [ -n "$(PYTHON_BUILDS)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh $(PYTHON_BUILDS); fi
+	@if [ -n "$(BUNDLED_PYTHON)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh default free-threaded; fi
+
+python-serve: deps
+	@if [ -n "$(BUNDLED_PYTHON)" ]; then GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh default $(if $(FT),free-threaded,); fi
 
 configure: setup
+	@cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS) >/dev/null
+
+configure-serve: deps python-serve web
 	@cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS) >/dev/null
 
 build: configure
 	@cmake --build $(BUILD_DIR) -j$$(nproc)
 
-run: build
+# The serving binaries only: no tests, fuzz replays or test extensions.
+build-serve: configure-serve
+	@cmake --build $(BUILD_DIR) -j$$(nproc) --target gilgamesh $(if $(FT),gilgamesh-ft,)
+
+run: build-serve
 	$(BUILD_DIR)/gilgamesh --app handlers.demo --host $(HOST) --port $(PORT) $(ARGS)
 
 # Debian trixie's python3-* packages (built for Python 3.13, C extensions included) unpacked

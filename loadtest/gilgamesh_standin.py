@@ -5,7 +5,7 @@ Two users, both outside the server:
   * wsgi_demo.py serves the same handlers (or WSGI app) under gunicorn and uWSGI.
 
 It runs the server's own Python half of the handler API
-(pyworkers/gilgamesh_api.py: route, Request, Response, HTTPError) and mirrors
+(pyworkers/embedding/gilgamesh_api.py: route, Request, Response, HTTPError) and mirrors
 worker_info() and how the server turns a handler's result into a response. Install it with
 `install()` before importing the app; never put it where the server looks,
 because there the real module must win.
@@ -28,7 +28,7 @@ def _parse_query(query_string):
 
 # route, Request, Response, HTTPError, Headers: the very code the server embeds.
 _API = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
-                    "gilgamesh_api.py")
+                    "embedding", "gilgamesh_api.py")
 with open(_API, encoding="utf-8") as _f:
     exec(compile(_f.read(), _API, "exec"), globals())
 
@@ -39,11 +39,11 @@ def _log(line):
 
 
 def wsgi_adapter():
-    """The server's own Python half of its WSGI adapter (pyworkers/gilgamesh_wsgi.py:
+    """The server's own Python half of its WSGI adapter (pyworkers/apps/gilgamesh_wsgi.py:
     resolve, run, ErrorStream, FileWrapper) as a module. Call install() first."""
     import types
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
-                        "gilgamesh_wsgi.py")
+                        "apps", "gilgamesh_wsgi.py")
     module = types.ModuleType("_gilgamesh_wsgi")
     with open(path, encoding="utf-8") as f:
         exec(compile(f.read(), path, "exec"), module.__dict__)

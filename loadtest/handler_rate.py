@@ -3,7 +3,7 @@
 No HTTP: each handler is called in a loop, one thread, with a Request built
 as the server builds it and the result converted as the server converts it;
 a WSGI app (--wsgi) is called with the environ the server builds, through the
-server's own calling protocol (pyworkers/gilgamesh_wsgi.py).
+server's own calling protocol (pyworkers/apps/gilgamesh_wsgi.py).
 The runner starts this once per Python build, so that efficiency is measured
 against the same build the server embeds:
 
@@ -102,7 +102,7 @@ def wsgi_caller(app, adapter, method, target, ctype, body, root_path):
         environ = dict(base)
         environ["wsgi.input"] = BytesIO(body)
         environ["wsgi.errors"] = adapter.ErrorStream("-")
-        status = adapter.run(app, environ, 1 << 40)[0]
+        status = adapter.run(app, environ, 1 << 40).status
         return int(status[:3]) if status else 500
     return call
 

@@ -1,4 +1,4 @@
-#include "check.hpp"
+#include "server/check.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -10,7 +10,7 @@
 #include <future>
 #include <iostream>
 
-#include "router.hpp"
+#include "server/http/router.hpp"
 
 namespace gilgamesh {
 
@@ -32,12 +32,12 @@ std::string chain_text(const ProbeResult& r) {
 }
 
 // The probe's child died (or hung) importing the app in a sub-interpreter.
-std::string crash_message(const ExecutorConfig& config, const ProbeResult& r,
+std::string crash_message(const ServerConfig& config, const ProbeResult& r,
                           const std::optional<ProbeResult>& with_preload) {
   std::string what = r.outcome == Outcome::timed_out ? "did not finish importing it" : "died";
   std::string msg = fmt::format(
       "cannot serve app '{}' under strategy subinterpreters: a disposable process importing it in a "
-      "sub-interpreter {} ({})", config.app, what, r.wait_status);
+      "sub-interpreter {} ({})", config.app.target, what, r.wait_status);
   if (r.last_import.empty()) {
     msg += " before any import began";
   } else if (!r.died_importing.empty()) {
@@ -73,26 +73,27 @@ std::string crash_message(const ExecutorConfig& config, const ProbeResult& r,
 }
 
 // The same, for an import in the main interpreter (threads, free-threaded).
-std::string main_crash_message(const ExecutorConfig& config, const ProbeResult& r) {
+std::string main_crash_message(const ServerConfig& config, const ProbeResult& r) {
   std::string msg = fmt::format("cannot serve app '{}' under strategy {}: a disposable process importing it "
-                                "{} ({})", config.app, config.strategy,
+                                "{} ({})", config.app.target, strategy_name(config.pool.strategy),
                                 r.outcome == Outcome::timed_out ? "did not finish" : "died", r.wait_status);
   msg += r.last_import.empty() ? " before any import began" : " during the import of " + r.last_import + chain_text(r);
   msg += ". A C extension crashed the interpreter";
-  if (config.strategy == "free-threaded") {
+  if (config.pool.strategy == Strategy::free_threaded) {
     msg += " (on the free-threaded build, usually one built for the default build)";
   }
   msg += "; `gilgamesh check` shows which strategies and Python builds load the app";
   return msg;
 }
 
-ProbeRequest probe_request(const ExecutorConfig& config, ProbeMode mode, const std::string& strategy,
+ProbeRequest probe_request(const ServerConfig& config, ProbeMode mode, Strategy strategy,
                            std::vector<std::string> requests = {}) {
   ProbeRequest request;
   request.mode = mode;
   request.config = config;
-  request.config.strategy = strategy;
-  request.config.python_build = strategy == "free-threaded" ? "free-threaded" : "default";
+  request.config.pool.strategy = strategy;
+  request.config.pool.python_build =
+      strategy == Strategy::free_threaded ? PythonBuild::free_threaded : PythonBuild::standard;
   request.requests = std::move(requests);
   return request;
 }
@@ -111,21 +112,23 @@ RouteResolver router_resolver() {
   };
 }
 
-std::string build_binary(const std::string& build) {
+std::string build_binary(PythonBuild build) {
   const std::string self = self_binary();
   if (build == embedded_python_build()) return self;
   if (self.empty()) return {};
-  auto sibling = std::filesystem::path(self).parent_path() / (build == "free-threaded" ? "gilgamesh-ft" : "gilgamesh");
+  auto sibling = std::filesystem::path(self).parent_path() /
+                 (build == PythonBuild::free_threaded ? "gilgamesh-ft" : "gilgamesh");
   return access(sibling.c_str(), X_OK) == 0 ? sibling.string() : std::string();
 }
 
-std::optional<StartupError> guard_import(const ExecutorConfig& config) {
-  if (config.strategy == "processes") return std::nullopt;  // the zygote imports it: a crash ends only that
-  const bool sub = config.strategy == "subinterpreters";
+std::optional<StartupError> guard_import(const ServerConfig& config) {
+  const Strategy strategy = config.pool.strategy;
+  if (strategy == Strategy::processes) return std::nullopt;  // the zygote imports it: a crash ends only that
+  const bool sub = strategy == Strategy::subinterpreters;
   const ProbeRequest request =
-      probe_request(config, sub ? ProbeMode::subinterpreter : ProbeMode::main_interpreter, config.strategy);
+      probe_request(config, sub ? ProbeMode::subinterpreter : ProbeMode::main_interpreter, strategy);
   const ProbeResult r = probe_app(self_binary(), request);
-  spdlog::info("start-up probe: app '{}' {} in {} ({:.0f} ms{})", config.app, ProbeResult::outcome_name(r.outcome),
+  spdlog::info("start-up probe: app '{}' {} in {} ({:.0f} ms{})", config.app.target, ProbeResult::outcome_name(r.outcome),
                sub ? "a sub-interpreter" : "the main interpreter", r.probe_seconds * 1000,
                r.cached ? ", cached" : "");
   switch (r.outcome) {
@@ -138,9 +141,9 @@ std::optional<StartupError> guard_import(const ExecutorConfig& config) {
     case Outcome::timed_out: {
       if (!sub) return StartupError(main_crash_message(config, r));
       std::optional<ProbeResult> with_preload;
-      if (!config.preload && r.outcome == Outcome::crashed) {
+      if (!config.pool.preload && r.outcome == Outcome::crashed) {
         ProbeRequest preloaded = request;
-        preloaded.config.preload = true;
+        preloaded.config.pool.preload = true;
         with_preload = probe_app(self_binary(), preloaded);
       }
       return StartupError(crash_message(config, r, with_preload));
@@ -149,10 +152,11 @@ std::optional<StartupError> guard_import(const ExecutorConfig& config) {
   return std::nullopt;
 }
 
-AutoChoice choose_strategy(const ExecutorConfig& config) {
-  const ProbeResult sub = probe_app(self_binary(), probe_request(config, ProbeMode::subinterpreter, "subinterpreters"));
+AutoChoice choose_strategy(const ServerConfig& config) {
+  const ProbeResult sub =
+      probe_app(self_binary(), probe_request(config, ProbeMode::subinterpreter, Strategy::subinterpreters));
   if (sub.outcome == Outcome::loads) {
-    return {"subinterpreters", "the app loads in own-GIL sub-interpreters"};
+    return {Strategy::subinterpreters, "the app loads in own-GIL sub-interpreters"};
   }
   std::string why;
   switch (sub.outcome) {
@@ -175,12 +179,13 @@ AutoChoice choose_strategy(const ExecutorConfig& config) {
       break;
     }
   }
-  const ProbeResult main = probe_app(self_binary(), probe_request(config, ProbeMode::main_interpreter, "processes"));
+  const ProbeResult main =
+      probe_app(self_binary(), probe_request(config, ProbeMode::main_interpreter, Strategy::processes));
   if (sub.outcome == Outcome::failed && main.outcome != Outcome::loads) {
     // It fails everywhere: the default strategy's start says why.
-    return {"subinterpreters", "the app does not load under any strategy; its error follows"};
+    return {Strategy::subinterpreters, "the app does not load under any strategy; its error follows"};
   }
-  return {"processes", why};
+  return {Strategy::processes, why};
 }
 
 // --- gilgamesh check ------------------------------------------------------------
@@ -188,8 +193,8 @@ AutoChoice choose_strategy(const ExecutorConfig& config) {
 namespace {
 
 struct Row {
-  std::string strategy;
-  std::string build;
+  Strategy strategy;
+  PythonBuild build;
   std::optional<ProbeResult> result;  // none: this build is not available
   bool shares_app = false;            // threads, free-threaded: one app object for every worker
 };
@@ -201,7 +206,7 @@ bool row_loads(const Row& row) {
 }
 
 std::string row_problems(const Row& row) {
-  if (!row.result) return row.build + " build not available";
+  if (!row.result) return std::string(python_build_name(row.build)) + " build not available";
   const ProbeResult& r = *row.result;
   switch (r.outcome) {
     case Outcome::crashed:
@@ -253,7 +258,7 @@ nlohmann::json row_json(const Row& row) {
   return j;
 }
 
-const Row* find_row(const std::vector<Row>& rows, const std::string& strategy) {
+const Row* find_row(const std::vector<Row>& rows, Strategy strategy) {
   for (const auto& r : rows) {
     if (r.strategy == strategy) return &r;
   }
@@ -264,10 +269,10 @@ const Row* find_row(const std::vector<Row>& rows, const std::string& strategy) {
 // subinterpreters (one process, every core), processes, free-threaded (the GIL must
 // stay off; its single-thread speed is about half), threads (the GIL: one core).
 nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<ProbeResult>& preloaded) {
-  const Row* sub = find_row(rows, "subinterpreters");
-  const Row* proc = find_row(rows, "processes");
-  const Row* ft = find_row(rows, "free-threaded");
-  const Row* thr = find_row(rows, "threads");
+  const Row* sub = find_row(rows, Strategy::subinterpreters);
+  const Row* proc = find_row(rows, Strategy::processes);
+  const Row* ft = find_row(rows, Strategy::free_threaded);
+  const Row* thr = find_row(rows, Strategy::threads);
   auto pick = [](const std::string& s, std::string why, std::string unlock = {}) {
     return nlohmann::json{{"strategy", s}, {"why", std::move(why)}, {"unlock", std::move(unlock)}};
   };
@@ -321,9 +326,9 @@ std::string table_text(const nlohmann::json& doc, const std::vector<Row>& rows) 
     const Row& row = rows[i];
     const nlohmann::json& j = doc["rows"][i];
     std::array<std::string, 7> cells;
-    cells[0] = row.strategy;
-    cells[1] = row.build;
-    cells[2] = j["loads"].get<bool>() ? (row.result && row.result->gil_enabled && row.strategy == "free-threaded"
+    cells[0] = strategy_name(row.strategy);
+    cells[1] = python_build_name(row.build);
+    cells[2] = j["loads"].get<bool>() ? (row.result && row.result->gil_enabled && row.strategy == Strategy::free_threaded
                                              ? "yes, GIL on" : "yes")
                                       : (row.result && row.result->outcome == Outcome::crashed ? "CRASH" : "no");
     cells[3] = j["import_seconds"].is_null() ? "-" : fmt::format("{:.2f} s", j["import_seconds"].get<double>());
@@ -361,6 +366,67 @@ std::string table_text(const nlohmann::json& doc, const std::vector<Row>& rows) 
   return out;
 }
 
+// Every strategy and build, probed side by side (threads reuses the main
+// interpreter's import of processes). `preloaded`: the sub-interpreter probe
+// again with --preload, when without it the import crashed.
+std::vector<Row> probe_rows(const ServerConfig& config, const std::vector<std::string>& requests,
+                            std::optional<ProbeResult>& preloaded) {
+  const std::string default_bin = build_binary(PythonBuild::standard);
+  const std::string ft_bin = build_binary(PythonBuild::free_threaded);
+  auto run = [&](const std::string& bin, ProbeMode mode, Strategy strategy) -> std::optional<ProbeResult> {
+    if (bin.empty()) return std::nullopt;
+    return probe_app(bin, probe_request(config, mode, strategy, requests));
+  };
+  auto sub = std::async(std::launch::async, run, default_bin, ProbeMode::subinterpreter, Strategy::subinterpreters);
+  auto main_default = std::async(std::launch::async, run, default_bin, ProbeMode::main_interpreter, Strategy::processes);
+  auto main_ft = std::async(std::launch::async, run, ft_bin, ProbeMode::main_interpreter, Strategy::free_threaded);
+  std::vector<Row> rows = {{Strategy::subinterpreters, PythonBuild::standard, sub.get(), false},
+                           {Strategy::threads, PythonBuild::standard, std::nullopt, true},
+                           {Strategy::processes, PythonBuild::standard, main_default.get(), false},
+                           {Strategy::free_threaded, PythonBuild::free_threaded, main_ft.get(), true}};
+  rows[1].result = rows[2].result;  // the same import, in the main interpreter
+  if (!config.pool.preload && rows[0].result && rows[0].result->outcome == Outcome::crashed) {
+    ServerConfig with = config;
+    with.pool.preload = true;
+    preloaded = probe_app(default_bin, probe_request(with, ProbeMode::subinterpreter, Strategy::subinterpreters, requests));
+  }
+  return rows;
+}
+
+void print_report(const ServerConfig& config, const nlohmann::json& doc, const std::vector<Row>& rows,
+                  bool with_requests) {
+  std::cout << "gilgamesh check: " << (config.app.kind == AppKind::wsgi ? "WSGI app '" : "app '")
+            << config.app.target << "', Python " << embedded_python_version()
+            << (config.pool.preload ? ", with --preload" : "") << "\n\n";
+  std::cout << table_text(doc, rows) << "\n";
+  for (const auto& row : rows) {
+    const std::string problems = row_problems(row);
+    if (!problems.empty() && row.strategy != Strategy::threads) {
+      std::cout << strategy_name(row.strategy) << ": " << problems << "\n";
+    }
+  }
+  if (with_requests) {
+    for (const auto& row : rows) {
+      if (!row.result || row.strategy == Strategy::threads) continue;
+      for (const auto& r : row.result->rates) {
+        if (!r.error.empty()) std::cout << strategy_name(row.strategy) << ": " << r.request << ": " << r.error << "\n";
+        else if (r.status >= 400) std::cout << strategy_name(row.strategy) << ": " << r.request << " answered " << r.status << "\n";
+      }
+    }
+  }
+  const auto& rec = doc["recommendation"];
+  if (rec["strategy"].get<std::string>().empty()) {
+    std::cout << "\nNo strategy can serve this app: " << rows[2].result.value_or(ProbeResult{}).message << "\n";
+  } else {
+    std::string why = rec["why"].get<std::string>();
+    if (!why.empty()) why[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(why[0])));
+    std::cout << "\nRecommendation: --strategy " << rec["strategy"].get<std::string>() << ". " << why << ".\n";
+    if (!rec["unlock"].get<std::string>().empty()) {
+      std::cout << "To unlock a better one: " << rec["unlock"].get<std::string>() << ".\n";
+    }
+  }
+}
+
 }  // namespace
 
 int check_main(int argc, char** argv) {
@@ -390,41 +456,21 @@ int check_main(int argc, char** argv) {
     std::cerr << "gilgamesh check: give one of --app MODULE or --wsgi MODULE:CALLABLE\n";
     return 2;
   }
-  ExecutorConfig config;
-  config.workers = 2;
-  config.pythonpath = pythonpath;
-  config.preload = preload;
+  ServerConfig config;
+  config.pool.workers = 2;
+  config.pool.preload = preload;
+  config.app.pythonpath = pythonpath;
   if (wsgi_option->count() > 0) {
-    config.app = wsgi.find(':') == std::string::npos ? wsgi + ":application" : wsgi;
-    config.wsgi = true;
+    config.app.target = wsgi.find(':') == std::string::npos ? wsgi + ":application" : wsgi;
+    config.app.kind = AppKind::wsgi;
   } else {
-    config.app = app;
+    config.app.target = app;
   }
   spdlog::set_level(spdlog::level::warn);
 
-  const std::string default_bin = build_binary("default");
-  const std::string ft_bin = build_binary("free-threaded");
-  auto run = [&](const std::string& bin, ProbeMode mode, const std::string& strategy) -> std::optional<ProbeResult> {
-    if (bin.empty()) return std::nullopt;
-    return probe_app(bin, probe_request(config, mode, strategy, requests));
-  };
-  auto sub = std::async(std::launch::async, run, default_bin, ProbeMode::subinterpreter, "subinterpreters");
-  auto main_default = std::async(std::launch::async, run, default_bin, ProbeMode::main_interpreter, "processes");
-  auto main_ft = std::async(std::launch::async, run, ft_bin, ProbeMode::main_interpreter, "free-threaded");
-  std::vector<Row> rows = {{"subinterpreters", "default", sub.get(), false},
-                           {"threads", "default", std::nullopt, true},
-                           {"processes", "default", main_default.get(), false},
-                           {"free-threaded", "free-threaded", main_ft.get(), true}};
-  rows[1].result = rows[2].result;  // the same import, in the main interpreter
   std::optional<ProbeResult> preloaded;
-  if (!preload && rows[0].result && rows[0].result->outcome == Outcome::crashed) {
-    ExecutorConfig with = config;
-    with.preload = true;
-    ProbeRequest request = probe_request(with, ProbeMode::subinterpreter, "subinterpreters", requests);
-    preloaded = probe_app(default_bin, request);
-  }
-
-  nlohmann::json doc = {{"app", config.app}, {"kind", config.wsgi ? "wsgi" : "app"},
+  const std::vector<Row> rows = probe_rows(config, requests, preloaded);
+  nlohmann::json doc = {{"app", config.app.target}, {"kind", config.app.kind == AppKind::wsgi ? "wsgi" : "app"},
                         {"python", embedded_python_version()}, {"pythonpath", pythonpath},
                         {"preload", preload}, {"rows", nlohmann::json::array()}};
   bool any = false;
@@ -436,34 +482,8 @@ int check_main(int argc, char** argv) {
   if (preloaded) doc["with_preload"] = ProbeResult::outcome_name(preloaded->outcome);
   if (json) {
     std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    return any ? 0 : 1;
-  }
-  std::cout << "gilgamesh check: " << (config.wsgi ? "WSGI app '" : "app '") << config.app << "', Python "
-            << embedded_python_version() << (preload ? ", with --preload" : "") << "\n\n";
-  std::cout << table_text(doc, rows) << "\n";
-  for (const auto& row : rows) {
-    const std::string problems = row_problems(row);
-    if (!problems.empty() && !(row.strategy == "threads")) std::cout << row.strategy << ": " << problems << "\n";
-  }
-  if (!requests.empty()) {
-    for (const auto& row : rows) {
-      if (!row.result || row.strategy == "threads") continue;
-      for (const auto& r : row.result->rates) {
-        if (!r.error.empty()) std::cout << row.strategy << ": " << r.request << ": " << r.error << "\n";
-        else if (r.status >= 400) std::cout << row.strategy << ": " << r.request << " answered " << r.status << "\n";
-      }
-    }
-  }
-  const auto& rec = doc["recommendation"];
-  if (rec["strategy"].get<std::string>().empty()) {
-    std::cout << "\nNo strategy can serve this app: " << rows[2].result.value_or(ProbeResult{}).message << "\n";
   } else {
-    std::string why = rec["why"].get<std::string>();
-    if (!why.empty()) why[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(why[0])));
-    std::cout << "\nRecommendation: --strategy " << rec["strategy"].get<std::string>() << ". " << why << ".\n";
-    if (!rec["unlock"].get<std::string>().empty()) {
-      std::cout << "To unlock a better one: " << rec["unlock"].get<std::string>() << ".\n";
-    }
+    print_report(config, doc, rows, !requests.empty());
   }
   return any ? 0 : 1;
 }

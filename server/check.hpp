@@ -1,4 +1,4 @@
-// What the start-up probe (pyworkers/probe.hpp) is used for on the server side:
+// What the start-up probe (pyworkers/embedding/probe.hpp) is used for on the server side:
 //   - the guard: before in-process workers start, the app's import is proven
 //     survivable in a disposable child; a crash or a refusal becomes a clear error;
 //   - `gilgamesh check`: the probe for every strategy and Python build, as a table
@@ -10,9 +10,8 @@
 #include <optional>
 #include <string>
 
-#include "../pyworkers/executor.hpp"
-#include "../pyworkers/probe.hpp"
-#include "config.hpp"
+#include "server/model/executor.hpp"
+#include "pyworkers/embedding/probe.hpp"
 
 namespace gilgamesh {
 
@@ -21,21 +20,21 @@ RouteResolver router_resolver();
 
 // The binary of a Python build: this one, or its sibling (gilgamesh / gilgamesh-ft);
 // empty if that build was not made.
-std::string build_binary(const std::string& build);
+std::string build_binary(PythonBuild build);
 
 // Before in-process workers start: probes the app's import (cached) as they would make it
 // (`subinterpreters`: in an isolated sub-interpreter; `threads`, `free-threaded`: in the
 // main interpreter) and returns the message to refuse the start with when that import
 // crashes the interpreter or is refused, naming every module and what works; nothing
 // when the workers may start. `processes` needs none: its zygote imports the app.
-std::optional<StartupError> guard_import(const ExecutorConfig& config);
+std::optional<StartupError> guard_import(const ServerConfig& config);
 
 // `--strategy auto`: the strategy to serve the app with, and the one line that says why.
 struct AutoChoice {
-  std::string strategy;
+  Strategy strategy;
   std::string reason;
 };
-AutoChoice choose_strategy(const ExecutorConfig& config);
+AutoChoice choose_strategy(const ServerConfig& config);
 
 // `gilgamesh check ...` (argv[1] is "check"): prints the table or the JSON, returns the
 // exit status (0: some strategy serves the app, 1: none, 2: bad usage).

@@ -57,8 +57,9 @@ def parse_args(argv):
                    help="comma list of %s, or auto (the default): every one the binary supports "
                    "except those `gilgamesh check` says cannot load the app (the report names them "
                    "and says why); one named here that cannot run fails the run" % ",".join(STRATEGIES))
-    p.add_argument("--workloads", help="comma list of %s (default: all; --quick: hello,fib)"
-                   % ",".join(WORKLOADS))
+    p.add_argument("--workloads", help="comma list of %s (default: all but %s; --quick: hello,fib); "
+                   "sleep-tN runs every server at N threads per worker" % (
+                       ",".join(WORKLOADS), ",".join(n for n, w in WORKLOADS.items() if not w.in_default)))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
                    % (NCPU, NCPU))
     p.add_argument("--peers", default="", help="comma list of %s: %s serve the same app through "
@@ -150,7 +151,8 @@ def parse_args(argv):
     if args.requests and args.workloads:
         p.error("--workloads and --request are exclusive: --request makes the one workload '%s'" % custom.NAME)
     args.workloads = [custom.NAME] if args.requests else \
-        _names(pick(args.workloads, ",".join(WORKLOADS), "hello,fib"), WORKLOADS, "workload")
+        _names(pick(args.workloads, ",".join(n for n, w in WORKLOADS.items() if w.in_default),
+                    "hello,fib"), WORKLOADS, "workload")
     args.workers = [int(x) for x in pick(args.workers, "1,%d" % NCPU, str(NCPU)).split(",") if x]
     args.workers = sorted(set(args.workers))
     if not args.workers or min(args.workers) < 1:

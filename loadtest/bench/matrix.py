@@ -57,9 +57,12 @@ class Matrix:
         """The cell's record before it runs: what it is, and which server build."""
         cell = {"id": "%s-%s-w%d" % (name, workload_name, workers), "kind": kind, "server": name,
                 "workload": workload_name, "workers": workers, "cores": min(workers, NCPU)}
+        threads = WORKLOADS[workload_name].threads
+        if threads:  # every server of the cell at the workload's threads per worker
+            cell["connections"] = max(self.args.connections, workers * threads)
         if kind == "gilgamesh":
             cell["build"] = self.survey.build_of(name)
-            cell["threads_per_worker"] = _threads_option(self.args.server_arg) or 1
+            cell["threads_per_worker"] = threads or _threads_option(self.args.server_arg) or 1
             try:  # which build of the binary this cell runs, should it be rebuilt
                 st = os.stat(self.args.binary)
                 cell["binary_stat"] = [st.st_ino, st.st_size, st.st_mtime_ns]
@@ -67,7 +70,7 @@ class Matrix:
                 pass
             return cell
         peer = PEERS[name]
-        cell["threads_per_worker"] = peer.threads_per_worker
+        cell["threads_per_worker"] = threads if threads and peer.threads_args else peer.threads_per_worker
         if peer.serves_app:
             cell["build"] = PEER_BUILD
             cell["python_version"] = (self.results["rates"].get(PEER_BUILD) or {}).get(
@@ -87,7 +90,8 @@ class Matrix:
         workload = WORKLOADS[workload_name]
         proc = self.load = None
         try:
-            proc, port, ready = self.servers.start(kind, name, workers, cell["id"])
+            proc, port, ready = self.servers.start(kind, name, workers, cell["id"],
+                                                   self.threads_args(kind, name, workload))
             stats = ready.pop("stats") or {}
             cell["startup"] = ready
             cell["stats_at_start"] = stats
@@ -107,12 +111,22 @@ class Matrix:
         self.derive(cell, workload)
         return cell
 
+    @staticmethod
+    def threads_args(kind, name, workload):
+        """The arguments that give the server the workload's threads per worker, if it sets any."""
+        if not workload.threads:
+            return []
+        if kind == "gilgamesh":
+            return ["--threads", str(workload.threads)]
+        return PEERS[name].threads_args(workload.threads)
+
     def warm_up(self, cell, kind, workload, port):
         a = self.args
         if a.warmup <= 0:
             return
         self.load = wrk.start(self.servers.owned, wrk.command(
-            a.wrk, workload, port, a.warmup, a.connections, a.threads, a.wrk_timeout))
+            a.wrk, workload, port, a.warmup, cell.get("connections") or a.connections, a.threads,
+            a.wrk_timeout))
         warm = wrk.finish(self.servers.owned, self.load, a.warmup)
         cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status", "errors")}
         cell["warmup"]["drain_s"] = self.servers.drain(kind == "gilgamesh", port, warm)
@@ -120,7 +134,8 @@ class Matrix:
     def measure(self, cell, kind, workload, proc, port):
         """wrk for the cell's duration, the server sampled meanwhile; then /stats."""
         a = self.args
-        cmd = wrk.command(a.wrk, workload, port, a.duration, a.connections, a.threads, a.wrk_timeout)
+        cmd = wrk.command(a.wrk, workload, port, a.duration, cell.get("connections") or a.connections,
+                          a.threads, a.wrk_timeout)
         cell["wrk_command"] = shlex.join(cmd)
         self.load = wrk.start(self.servers.owned, cmd)
         with sampling.Sampler(proc.pid, self.load.pid, a.sample_interval,

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from . import nginx
+from .workloads import WORKLOADS
 
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"  # Debian's: the Python peers embed it
@@ -57,6 +58,8 @@ class Peer:
     label: str = ""                # its name in tables and charts; empty: "<name> (py3.11)"
     workloads: tuple = ()          # the workloads it has a handler for; empty: every one
     threads_per_worker: int = 1    # requests one worker process serves at once
+    threads_args: object = None    # n -> argv for n threads per worker, for the workloads that set
+                                   # threads (sleep-tN); None: it has none, those are skipped
     binary_option: str = ""        # the runner's flag that names another executable
     command: object = None         # (binary, port, workers, timeout_s) -> argv, for app servers
     instance: object = None        # (binary, port, workers, connections) -> an instance with its
@@ -67,7 +70,11 @@ class Peer:
 
     def skip_reason(self, workload):
         """Why this peer does not run `workload`, or None if it does."""
+        threads = getattr(WORKLOADS.get(workload), "threads", 0)
         if not self.workloads or workload in self.workloads:
+            if threads and self.threads_args is None:
+                return ("%s has no threads per worker; '%s' runs %d in each" % (
+                    self.name, workload, threads))
             return None
         return ("%s is a reference for %s only (a fixed string, no Python); it has no handler "
                 "for '%s'" % (self.name, ", ".join(self.workloads), workload))
@@ -76,8 +83,10 @@ class Peer:
 PEERS = {p.name: p for p in (
     Peer("gunicorn", "/usr/bin/gunicorn", "gunicorn", "#9467bd", "//", command=_gunicorn([])),
     Peer("gunicorn-gthread", "/usr/bin/gunicorn", "gunicorn", "#c5b0d5", "//",
-         command=_gunicorn(GUNICORN_GTHREAD), threads_per_worker=GTHREAD_THREADS),
-    Peer("uwsgi", "/usr/bin/uwsgi", "uwsgi uwsgi-plugin-python3", "#8c564b", "//", command=_uwsgi),
+         command=_gunicorn(GUNICORN_GTHREAD), threads_per_worker=GTHREAD_THREADS,
+         threads_args=lambda n: ["--threads", str(n)]),  # after GUNICORN_GTHREAD's: the last wins
+    Peer("uwsgi", "/usr/bin/uwsgi", "uwsgi uwsgi-plugin-python3", "#8c564b", "//", command=_uwsgi,
+         threads_args=lambda n: ["--threads", str(n)]),
     Peer("nginx", nginx.BINARY, "nginx", "#17becf", "xx", serves_app=False, in_ratios=False,
          label=nginx.LABEL, workloads=nginx.WORKLOADS, binary_option="--nginx",
          instance=nginx.Instance, version=nginx.version,

@@ -81,7 +81,8 @@ class Survey:
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params,
-                                 "cpu_mix": WORKLOADS[name].cpu_mix} for name in a.workloads},
+                                 "cpu_mix": WORKLOADS[name].cpu_mix,
+                                 "threads": WORKLOADS[name].threads} for name in a.workloads},
         }
 
     def check_app(self):

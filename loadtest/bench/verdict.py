@@ -168,10 +168,14 @@ def cpu_bound(results, workload):
     if not cells:
         return True, None
     c = max(cells, key=f.goodput)
-    connections = (results["meta"].get("options") or {}).get("connections") or c["workers"]
-    slots = min(connections, c["workers"] * (c.get("threads_per_worker") or 1))
-    shares = [(x["load"]["server_cpu_cores"] / min(connections, x["workers"] * (x.get("threads_per_worker") or 1)))
-              for x in cells]
+    run_connections = (results["meta"].get("options") or {}).get("connections")
+
+    def slots_of(x):  # a cell of a threaded workload opens more connections (matrix.py)
+        return min(x.get("connections") or run_connections or x["workers"],
+                   x["workers"] * (x.get("threads_per_worker") or 1))
+
+    slots = slots_of(c)
+    shares = [x["load"]["server_cpu_cores"] / slots_of(x) for x in cells]
     if max(shares) < WAITS_SERVER:
         g = f.goodput(c)
         return False, ("the server used %.2f ms of CPU per request while each request held a "

@@ -18,6 +18,10 @@ class Workload:
     # is cores / sum(weight_i * seconds_i) * sum(weight_i). None: no ideal.
     cpu_mix: dict | None = None
     profile: str = ""  # profiles/<profile>.lua; empty: the workload's name
+    # Requests one worker serves at once, the same on every server of the cell (gilgamesh
+    # --threads N, a peer's threads_args); 0: each server at its own default.
+    threads: int = 0
+    in_default: bool = True  # run when --workloads is not given
 
     @property
     def profile_name(self):
@@ -26,6 +30,8 @@ class Workload:
     def profile_args(self):
         return ["%s=%s" % (k, v) for k, v in sorted(self.params.items())]
 
+
+THREAD_COUNTS = (1, 4, 16)  # the sleep-tN workloads
 
 _MIXED = {"w_hello": 50, "w_fib": 20, "w_primes": 15, "w_mandelbrot": 10, "w_nbody": 5,
           "fib_n": 22, "primes_limit": 100000, "mandelbrot_size": 32, "nbody_steps": 200}
@@ -46,6 +52,12 @@ WORKLOADS = {
                   "/nbody?steps=%d" % _MIXED["nbody_steps"]: _MIXED["w_nbody"]}),
         Workload("json", "POST /json with a 50-record JSON body (about 4 KB)", {"items": 50}),
         Workload("sleep", "GET /sleep?ms=10: the handler sleeps, I/O-bound", {"ms": 10}),
+        # The same wait at N threads per worker on every server (peers without threads are
+        # skipped); wrk opens at least workers x N connections. Not in the default run.
+        *(Workload("sleep-t%d" % n, "GET /sleep?ms=10 at %d thread(s) per worker: gilgamesh "
+                   "--threads %d, gunicorn gthread and uWSGI --threads %d" % (n, n, n),
+                   {"ms": 10}, profile="sleep", threads=n, in_default=False)
+          for n in THREAD_COUNTS),
     )
 }
 

@@ -8,17 +8,17 @@ import pytest
 from gilgamesh_harness import (ALL_STRATEGIES, APPS_DIR, REPO, GilgameshServer, free_port,
                                run_cli, strategies)
 
-CONFIG_CPP = REPO / "server" / "config.cpp"
+CONFIG_CPP = REPO / "server" / "cli.cpp"
 README = REPO / "README.md"
 OPERATING = REPO / "docs" / "operating.md"  # the README's Command line section moved here
 
 
 def declared_flags():
-    """Every --flag server/config.cpp declares (add_option, add_flag, set_help_flag)."""
+    """Every --flag server/cli.cpp declares (add_option, add_flag, set_help_flag)."""
     source = CONFIG_CPP.read_text()
     names = re.findall(r'(?:add_option|add_flag|set_help_flag)\(\s*"([^"]+)"', source)
     flags = sorted({part for name in names for part in name.split(",") if part.startswith("--")})
-    # A floor, so that a change in how config.cpp declares options cannot empty this list.
+    # A floor, so that a change in how cli.cpp declares options cannot empty this list.
     assert {"--app", "--wsgi", "--strategy", "--workers", "--help", "--version"} <= set(flags), flags
     return flags
 

@@ -1,4 +1,4 @@
-"""The start-up probe (pyworkers/probe.hpp): before `subinterpreters` workers start, the
+"""The start-up probe (pyworkers/embedding/probe.hpp): before `subinterpreters` workers start, the
 app is imported in a disposable process, so that an import that crashes CPython ends
 that process and not the server; a refused app is named with every module it needs
 that sub-interpreters refuse; the result is cached; `--preload` imports the app in the

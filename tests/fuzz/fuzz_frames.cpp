@@ -1,4 +1,4 @@
-// Fuzz target 3: the processes strategy's frame decoder (pyworkers/frames.hpp):
+// Fuzz target 3: the processes strategy's frame decoder (pyworkers/processes/frames.hpp):
 // bytes a worker process could send (a crashed or hostile worker) read back by
 // read_frame() from a real socket, then the metadata decoded as the server
 // (response) and a worker (request) decode it.
@@ -14,8 +14,8 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "pyworkers/frames.hpp"
-#include "pyworkers/response.hpp"
+#include "pyworkers/processes/frames.hpp"
+#include "server/model/response.hpp"
 
 namespace {
 

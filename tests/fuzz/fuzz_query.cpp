@@ -1,4 +1,4 @@
-// Fuzz target 2: query-string and percent decoding (pyworkers/query.hpp), as
+// Fuzz target 2: query-string and percent decoding (server/model/query.hpp), as
 // the router (path) and the handlers' request.query (query) use them.
 //
 // Checked: nothing throws or reads out of bounds; decoding never grows the
@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "pyworkers/query.hpp"
+#include "server/model/query.hpp"
 
 namespace {
 [[noreturn]] void fail(const char* what, std::string_view input) {

@@ -1,5 +1,5 @@
 // Fuzz target 1: raw request bytes -> the response bytes, through what the
-// session (server/http_server.cpp) runs on a connection: the head scanner,
+// session (server/http/http_server.cpp) runs on a connection: the head scanner,
 // Beast's parser with the server's limits, the framing rules, the router (the
 // built-ins and Python-like routes), a trivial in-process executor, and the
 // one place a response becomes wire bytes. Pipelined requests are served in
@@ -24,10 +24,10 @@
 #include <utility>
 #include <vector>
 
-#include "pyworkers/query.hpp"
-#include "pyworkers/response.hpp"
-#include "server/exchange.hpp"
-#include "server/stats.hpp"
+#include "server/model/query.hpp"
+#include "server/model/response.hpp"
+#include "server/http/exchange.hpp"
+#include "server/observation/stats.hpp"
 
 namespace {
 
@@ -66,8 +66,8 @@ class EchoExecutor final : public Executor {
     return SubmitResult::accepted;
   }
   bool stop(Clock::time_point) override { return true; }
-  ExecutorInfo info() const override { return {"fuzz", 1, "3.13", "default", true}; }
-  nlohmann::json stats() const override { return {{"busy_workers", 0}, {"queue_depth", 0}}; }
+  ExecutorInfo info() const override { return {Strategy::threads, 1, "3.13", PythonBuild::standard, true, ""}; }
+  PoolStats stats() const override { return {}; }
   Readiness readiness() const override { return {Readiness::State::ready, ""}; }
 
  private:

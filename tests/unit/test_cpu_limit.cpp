@@ -7,7 +7,7 @@
 #include <fstream>
 #include <string>
 
-#include "server/cpu_limit.hpp"
+#include "server/http/cpu_limit.hpp"
 
 namespace fs = std::filesystem;
 using gilgamesh::cgroup_cpu_quota;

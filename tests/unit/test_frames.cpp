@@ -9,7 +9,7 @@
 #include <string>
 #include <thread>
 
-#include "pyworkers/frames.hpp"
+#include "pyworkers/processes/frames.hpp"
 
 using namespace gilgamesh;
 using namespace gilgamesh::frames;
@@ -276,26 +276,28 @@ TEST(Frames, RequestMetaWithABadConverterOrPortIsRejected) {
   }
 }
 
-// The processes strategy's zygote gets the executor config as JSON on its command line.
-TEST(ExecutorConfigJson, RoundTripsEveryField) {
-  gilgamesh::ExecutorConfig c;
-  c.strategy = "processes";
-  c.workers = 7;
-  c.app = "mod:app";
-  c.wsgi = true;
-  c.root_path = "/api";
-  c.max_response = 12345;
-  c.pythonpath = {"/a", "/b c"};
-  c.max_queue = 9;
-  c.max_body = 99;
-  c.max_requests = 5;
-  c.max_requests_jitter = 2;
-  c.max_abandoned = 3;
-  c.allow_gil = true;
-  c.python_build = "free-threaded";
-  const auto back = gilgamesh::executor_config_from_json(nlohmann::json::parse(gilgamesh::to_json(c).dump()));
-  EXPECT_EQ(gilgamesh::to_json(back), gilgamesh::to_json(c));
-  EXPECT_EQ(back.pythonpath, c.pythonpath);
-  EXPECT_EQ(back.root_path, "/api");
-  EXPECT_TRUE(back.wsgi);
+// The processes strategy's zygote gets the options as JSON on its command line.
+TEST(ServerConfigJson, RoundTripsEveryField) {
+  gilgamesh::ServerConfig c;
+  c.pool.strategy = gilgamesh::Strategy::processes;
+  c.pool.workers = 7;
+  c.app.target = "mod:app";
+  c.app.kind = gilgamesh::AppKind::wsgi;
+  c.app.root_path = "/api";
+  c.app.max_response = 12345;
+  c.app.pythonpath = {"/a", "/b c"};
+  c.pool.max_queue = 9;
+  c.http.max_body = 99;
+  c.pool.max_requests = 5;
+  c.pool.max_requests_jitter = 2;
+  c.pool.max_abandoned = 3;
+  c.pool.allow_gil = true;
+  c.pool.python_build = gilgamesh::PythonBuild::free_threaded;
+  const nlohmann::json sent = c;
+  const auto back = nlohmann::json::parse(sent.dump()).get<gilgamesh::ServerConfig>();
+  EXPECT_EQ(nlohmann::json(back), sent);
+  EXPECT_EQ(back.app.pythonpath, c.app.pythonpath);
+  EXPECT_EQ(back.app.root_path, "/api");
+  EXPECT_EQ(back.app.kind, gilgamesh::AppKind::wsgi);
+  EXPECT_EQ(back.pool.python_build, gilgamesh::PythonBuild::free_threaded);
 }

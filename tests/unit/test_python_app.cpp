@@ -2,9 +2,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "pyworkers/python_app.hpp"
-#include "pyworkers/python_runtime.hpp"
-#include "pyworkers/response.hpp"
+#include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/embedding/python_runtime.hpp"
+#include "server/model/response.hpp"
 
 using namespace gilgamesh;
 
@@ -15,7 +15,10 @@ class PythonEnvironment : public ::testing::Environment {
   void SetUp() override {
     runtime = std::make_unique<PythonRuntime>();
     py::AttachedScope attached(runtime->main_thread_state());
-    app = PythonApp::load({"conversion_app", {GILGAMESH_UNIT_APP_DIR}, "unit-test"});
+    AppOptions options;
+    options.target = "conversion_app";
+    options.pythonpath = {GILGAMESH_UNIT_APP_DIR};
+    app = PythonApp::load(options, LoadContext{});
   }
   void TearDown() override {
     {
@@ -188,7 +191,9 @@ TEST(RequestConversion, PathParamsArriveConvertedAsKeywordArgumentsAndOnTheReque
 TEST(PythonApp, MissingModuleIsAStartupErrorNamingIt) {
   py::AttachedScope attached(PythonEnvironment::runtime->main_thread_state());
   try {
-    PythonApp::load({"no_such_module_xyz", {}, "threads"});
+    AppOptions options;
+    options.target = "no_such_module_xyz";
+    PythonApp::load(options, LoadContext{.strategy = Strategy::threads});
     FAIL() << "expected StartupError";
   } catch (const StartupError& e) {
     EXPECT_NE(std::string(e.what()).find("no_such_module_xyz"), std::string::npos);

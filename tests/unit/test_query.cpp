@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "pyworkers/query.hpp"
+#include "server/model/query.hpp"
 
 using gilgamesh::parse_query;
 using gilgamesh::percent_decode;

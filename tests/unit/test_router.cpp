@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "server/router.hpp"
+#include "server/http/router.hpp"
 
 using gilgamesh::Builtin;
 using gilgamesh::RouteInfo;

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "server/stats.hpp"
+#include "server/observation/stats.hpp"
 
 using gilgamesh::LatencyHistogram;
 using namespace std::chrono_literals;

@@ -1,0 +1,166 @@
+"""The Python half of gilgamesh's WSGI adapter (PEP 3333).
+
+The server embeds this file as the module `_gilgamesh_wsgi` (built into the
+binary; see gilgamesh_module.cpp). The C++ half (wsgi_app.cpp) builds the
+environ and calls run(); this half speaks the calling protocol: start_response
+with exc_info, write(), the result iterable and its close(). The response is
+collected whole (the server sends it with a Content-Length), so "headers sent"
+below means: the app has produced body bytes.
+"""
+import gilgamesh as _gilgamesh
+
+
+def resolve(module, expression):
+    """The WSGI callable named by `expression` in `module`: 'app', 'a.b', or 'factory()'."""
+    factory = expression.endswith("()")
+    path = expression[:-2] if factory else expression
+    parts = path.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise ValueError("%r is not an attribute name or a factory call such as create_app()"
+                         % expression)
+    target = module
+    for part in parts:
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AttributeError("module %r has no attribute %r" % (module.__name__, path)) from None
+    if factory:
+        target = target()
+    if not callable(target):
+        raise TypeError("%s:%s is a %s, not a WSGI callable"
+                        % (module.__name__, expression, type(target).__name__))
+    return target
+
+
+class ErrorStream:
+    """wsgi.errors: text written here goes to the server log, a line at a time,
+    each line tagged with the request id."""
+
+    __slots__ = ("_prefix", "_pending")
+
+    def __init__(self, request_id):
+        self._prefix = "request %s: " % request_id
+        self._pending = ""
+
+    def write(self, text):
+        if type(text) is not str:
+            raise TypeError("wsgi.errors.write() takes str, not %s" % type(text).__name__)
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            _gilgamesh._log(self._prefix + line)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        if self._pending:
+            _gilgamesh._log(self._prefix + self._pending)
+            self._pending = ""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file-like object in blocks and closes it."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class _Exchange:
+    """One call of the app: what start_response and write() were given."""
+
+    __slots__ = ("status", "headers", "chunks", "size", "limit")
+
+    def __init__(self, limit):
+        self.status = None
+        self.headers = None
+        self.chunks = []
+        self.size = 0
+        self.limit = limit
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.size:  # body already produced: too late to change the status
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response() was called a second time without exc_info")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data):
+        if not isinstance(data, bytes):
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if data:
+            self.size += len(data)
+            if self.size <= self.limit:  # past the limit: counted, not kept
+                self.chunks.append(data)
+
+
+class Result:
+    """What the app answered, as it gave it: the C++ half (wsgi_app.cpp) reads these."""
+    __slots__ = ("status", "headers", "chunks")
+
+    def __init__(self, status, headers, chunks):
+        self.status = status    # str, e.g. "200 OK"
+        self.headers = headers  # list of (str, str)
+        self.chunks = chunks    # list of bytes
+
+
+class ResponseTooLarge(Exception):
+    """The body grew past the limit (--max-response); `size` is what was seen by then."""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.size = size
+
+
+def run(app, environ, limit):
+    """Calls the app. Returns a Result, or raises ResponseTooLarge once the body
+    grew past `limit` bytes. Raises what the app raised, and AssertionError or
+    TypeError when it breaks the protocol."""
+    exchange = _Exchange(limit)
+    errors = environ["wsgi.errors"]
+    try:
+        result = app(environ, exchange.start_response)
+        try:
+            if type(result) is FileWrapper and result.blksize < 1 << 20:
+                result.blksize = 1 << 20  # read a file in large blocks: the whole body is kept anyway
+            for chunk in result:
+                if not isinstance(chunk, bytes):
+                    raise TypeError("the app's response iterable yielded %s, not bytes"
+                                    % type(chunk).__name__)
+                if chunk:
+                    if exchange.status is None:
+                        raise AssertionError("the app yielded body bytes before calling start_response()")
+                    exchange.write(chunk)
+                    if exchange.size > limit:
+                        break
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    finally:
+        errors.flush()
+    if exchange.status is None:
+        raise AssertionError("the app returned without calling start_response()")
+    if exchange.size > limit:
+        raise ResponseTooLarge(exchange.size)
+    return Result(exchange.status, exchange.headers, exchange.chunks)

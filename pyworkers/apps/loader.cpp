@@ -1,0 +1,105 @@
+// Loading the app, once for every kind: sys.path (--pythonpath, then the
+// working directory), the .pth files of the directories given, `gilgamesh`,
+// the import itself (traced for the start-up probe), and an error that names
+// the module, the strategy and what would work.
+#include <spdlog/spdlog.h>
+
+#include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/apps/route_app.hpp"
+#include "pyworkers/apps/wsgi_app.hpp"
+
+namespace gilgamesh {
+
+namespace {
+
+py::Ref str_from(const std::string& s) {
+  return py::Ref::steal(
+      PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape"));
+}
+
+StartupError load_error(const AppOptions& options, const LoadContext& context, const std::string& what,
+                        const std::string& reason, std::string traceback = {}) {
+  std::string msg = "cannot load app '" + options.target + "' under strategy " +
+                    std::string(strategy_name(context.strategy)) +
+                    ": " + what + (reason.empty() ? "" : ": " + reason);
+  if (reason.find("does not support loading in subinterpreters") != std::string::npos ||
+      reason.find("not compatible with subinterpreters") != std::string::npos) {
+    msg += "\n  it imports a single-phase-init C extension, which sub-interpreters cannot load;"
+           " run it with --strategy processes or --strategy threads";
+  }
+  return StartupError(msg, std::move(traceback));
+}
+
+}  // namespace
+
+std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const LoadContext& context) {
+  // A WSGI app is named MODULE:CALLABLE; the module is imported like a route module.
+  const std::string module_name = options.target.substr(0, options.target.find(':'));
+  // The pending exception becomes the reason.
+  auto fail = [&](const std::string& what) -> StartupError {
+    std::string reason = py::fetch_error_summary();
+    return load_error(options, context, what, reason);
+  };
+
+  // sys.path: the --pythonpath directories first, then the working directory.
+  py::Ref sys_path = py::Ref::borrow(PySys_GetObject("path"));
+  if (!sys_path) throw fail("sys.path is missing");
+  Py_ssize_t at = 0;
+  for (const auto& dir : options.pythonpath) {
+    py::Ref entry = str_from(dir);
+    if (!entry || PyList_Insert(sys_path.get(), at++, entry.get()) < 0) throw fail("sys.path");
+  }
+  {
+    py::Ref cwd = str_from("");
+    if (!cwd || PyList_Insert(sys_path.get(), at, cwd.get()) < 0) throw fail("sys.path");
+  }
+  // A venv's site-packages given with --pythonpath works as in the venv: its .pth
+  // files (editable installs, namespace packages) add their paths too.
+  if (!options.pythonpath.empty()) {
+    py::Ref site = py::Ref::steal(PyImport_ImportModule("site"));
+    if (!site) throw fail("import site");
+    for (const auto& dir : options.pythonpath) {
+      py::Ref done = py::Ref::steal(PyObject_CallMethod(site.get(), "addsitedir", "s", dir.c_str()));
+      if (!done) throw fail("reading the .pth files of " + dir);
+    }
+  }
+
+  py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
+  if (!api) throw fail("import gilgamesh");
+  if (context.trace_imports_fd >= 0) {
+    py::Ref traced = py::Ref::steal(
+        PyObject_CallMethod(api.get(), "_trace_imports", "i", context.trace_imports_fd));
+    if (!traced) throw fail("tracing imports");
+  }
+  ErrorTypes errors;
+  errors.http_error = py::Ref::steal(PyObject_GetAttrString(api.get(), "HTTPError"));
+  errors.handler_timeout = py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout"));
+  errors.debug = options.debug;
+  if (!errors.http_error || !errors.handler_timeout) throw fail("gilgamesh module is incomplete");
+
+  py::Ref imported = py::Ref::steal(
+      PyObject_CallMethod(api.get(), "_import_app", "s", module_name.c_str()));
+  if (!imported) {
+    py::ErrorText error = py::fetch_error();
+    throw load_error(options, context, "import failed", error.summary, error.traceback);
+  }
+  // _import_app returns (module, [GIL warnings]).
+  std::unique_ptr<PythonApp> app;
+  switch (options.kind) {
+    case AppKind::routes:
+      app = RouteApp::create(options, api.get(), std::move(errors));
+      break;
+    case AppKind::wsgi:
+      app = WsgiApp::create(options, context, PyTuple_GET_ITEM(imported.get(), 0), std::move(errors));
+      if (!app) throw fail("no WSGI application");
+      break;
+  }
+  PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gil_warnings); ++i) {
+    app->gil_warnings_.push_back(py::to_string(PyList_GET_ITEM(gil_warnings, i)));
+  }
+  return app;
+}
+
+
+}  // namespace gilgamesh

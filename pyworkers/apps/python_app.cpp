@@ -1,0 +1,100 @@
+#include "pyworkers/apps/python_app.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+LoadContext load_context(const ServerConfig& config, bool shares_app_object) {
+  LoadContext c;
+  c.strategy = config.pool.strategy;
+  c.multithread = shares_app_object && config.pool.workers > 1;
+  c.multiprocess = !shares_app_object && config.pool.workers > 1;
+  return c;
+}
+
+PythonApp::PythonApp(const AppOptions& options, ErrorTypes errors)
+    : max_response_(options.max_response), target_(options.target), errors_(std::move(errors)) {}
+
+HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestData& request) {
+  const std::string& where = route_index < routes_.size() ? routes_[route_index].path : target_;
+  std::optional<HttpResponseData> response = respond(route_index, request);
+  if (!response) return error_response(request.request_id, where);
+  if (response->body.size() > max_response_) return too_large(request, where, response->body.size());
+  return std::move(*response);
+}
+
+HttpResponseData PythonApp::too_large(const HttpRequestData& request, const std::string& where,
+                                      std::size_t size) const {
+  spdlog::error("request {}: {} made a response body of {} bytes or more, over --max-response {}; "
+                "answered 500", request.request_id, where, size, max_response_);
+  return make_error_response(500, "the response is larger than the server allows (" +
+                                      std::to_string(max_response_) + " bytes)", request.request_id);
+}
+
+HttpResponseData PythonApp::error_response(const std::string& request_id, const std::string& where) {
+  PyObject* type = PyErr_Occurred();
+  if (type && PyErr_GivenExceptionMatches(type, errors_.handler_timeout.get())) {
+    // Raised into the handler at its deadline (or at the drain's): the pool has
+    // logged it, and answers for it (the connection's 504, or a 503).
+    PyErr_Clear();
+    return make_error_response(503, "handler interrupted", request_id);
+  }
+  if (type && PyErr_GivenExceptionMatches(type, errors_.http_error.get())) {
+    PyObject* exc = PyErr_GetRaisedException();
+    py::Ref held = py::Ref::steal(exc);
+    py::Ref status = py::Ref::steal(PyObject_GetAttrString(exc, "status"));
+    py::Ref message = py::Ref::steal(PyObject_GetAttrString(exc, "message"));
+    long code = status ? PyLong_AsLong(status.get()) : -1;
+    if (code >= 400 && code <= 599 && message) {
+      return make_error_response(static_cast<int>(code), py::to_string(message.get()), request_id);
+    }
+    PyErr_Clear();
+  }
+  py::ErrorText error = PyErr_Occurred()
+                            ? py::fetch_error()
+                            : py::ErrorText{"SystemError: handler failed without an exception", {}};
+  spdlog::error("request {}: handler for {} raised {}\n{}", request_id, where, error.summary,
+                error.traceback);
+  // The type and text can hold what a client must not see (paths, keys,
+  // values): the log has them; the body, only with --debug.
+  HttpResponseData response = make_error_response(500, "internal server error", request_id);
+  if (errors_.debug) {
+    response.body = nlohmann::json{{"error", "internal server error"}, {"request_id", request_id},
+                                   {"exception", error.summary}, {"traceback", error.traceback}}
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  return response;
+}
+
+bool PythonApp::gil_enabled() {
+#ifdef Py_GIL_DISABLED
+  py::Ref sys = py::Ref::steal(PyImport_ImportModule("sys"));
+  if (!sys) {
+    PyErr_Clear();
+    return true;
+  }
+  py::Ref fn = py::Ref::steal(PyObject_GetAttrString(sys.get(), "_is_gil_enabled"));
+  if (!fn) {
+    PyErr_Clear();
+    return true;
+  }
+  py::Ref r = py::Ref::steal(PyObject_CallNoArgs(fn.get()));
+  if (!r) {
+    PyErr_Clear();
+    return true;
+  }
+  return PyObject_IsTrue(r.get()) == 1;
+#else
+  return true;
+#endif
+}
+
+void PythonApp::release() {
+  release_kind();
+  errors_.http_error.reset();
+  errors_.handler_timeout.reset();
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,90 @@
+// The App seam: the user's app as loaded in one interpreter, behind one small
+// interface that every strategy's worker calls. Each kind of app is one
+// implementation in its own file:
+//   route_app.cpp   @gilgamesh.route handlers (gilgamesh_api.py is its Python half)
+//   wsgi_app.cpp    a PEP 3333 application (gilgamesh_wsgi.py is its Python half)
+// Loading (sys.path, .pth files, the import, its diagnostics) is loader.cpp's,
+// once for every kind. Nothing here outlives, or is shared with, another
+// interpreter.
+#pragma once
+
+#include "pyworkers/embedding/py_ref.hpp"
+#include "server/model/executor.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gilgamesh {
+
+// Where the app is loaded, beside what the user asked for (AppOptions).
+struct LoadContext {
+  Strategy strategy = Strategy::subinterpreters;  // named in error messages
+  bool multithread = false;   // wsgi.multithread: other threads call the same app object
+  bool multiprocess = false;  // wsgi.multiprocess: other workers run their own copy
+  int trace_imports_fd = -1;  // the start-up probe: each import begun is written here
+};
+
+// A worker's context under `config`. shares_app_object: every worker calls the
+// one app object (the strategy's traits say so); otherwise each has its own copy.
+LoadContext load_context(const ServerConfig& config, bool shares_app_object);
+
+// The exception types of the `gilgamesh` module that decide an answer, and
+// whether error bodies carry the traceback (--debug). Shared by every kind.
+struct ErrorTypes {
+  py::Ref http_error;       // gilgamesh.HTTPError: its status and message
+  py::Ref handler_timeout;  // gilgamesh.HandlerTimeout: raised at the deadline
+  bool debug = false;
+};
+
+class PythonApp {
+ public:
+  // Imports `gilgamesh` and the app in the current interpreter and makes the
+  // app of options.kind. Precondition: this interpreter's GIL is held (thread
+  // state attached). Throws StartupError (kind app) naming module and reason.
+  static std::unique_ptr<PythonApp> load(const AppOptions& options, const LoadContext& context);
+
+  // Whether the interpreter runs with a GIL (false only on a free-threaded
+  // build with the GIL still off after the app's imports). With the GIL.
+  static bool gil_enabled();
+
+  virtual ~PythonApp() = default;
+
+  const std::vector<RouteInfo>& routes() const { return routes_; }
+  // CPython's warnings, during the app's import, that an extension module
+  // turned the GIL back on (free-threaded build); each names the module.
+  const std::vector<std::string>& gil_warnings() const { return gil_warnings_; }
+
+  // Answers one request with routes()[route_index] (a WSGI app has the one
+  // route "*"). Precondition: the GIL of the interpreter that loaded this app
+  // is held. Never throws for Python errors: HTTPError becomes its status,
+  // anything else 500 (traceback logged), and so does a body over max_response.
+  HttpResponseData handle(std::size_t route_index, const HttpRequestData& request);
+
+  // Releases every Python reference. Precondition: the GIL is held. Called
+  // before the interpreter ends; the destructor then does nothing Python.
+  void release();
+
+ protected:
+  PythonApp(const AppOptions& options, ErrorTypes errors);
+  // The kind's answer; nullopt with a Python exception pending when the app
+  // raised or broke its protocol.
+  virtual std::optional<HttpResponseData> respond(std::size_t route_index,
+                                                  const HttpRequestData& request) = 0;
+  virtual void release_kind() = 0;
+  // The pending Python exception as the answer (HTTPError, HandlerTimeout, or a 500).
+  HttpResponseData error_response(const std::string& request_id, const std::string& where);
+  // The 500 of a body over --max-response, logged once, whoever noticed it.
+  HttpResponseData too_large(const HttpRequestData& request, const std::string& where,
+                             std::size_t size) const;
+
+  std::vector<RouteInfo> routes_;
+  const std::size_t max_response_;
+  const std::string target_;  // what --app/--wsgi named, for log lines
+
+ private:
+  std::vector<std::string> gil_warnings_;
+  ErrorTypes errors_;
+};
+
+}  // namespace gilgamesh

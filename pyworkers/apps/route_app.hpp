@@ -1,0 +1,36 @@
+// @gilgamesh.route handlers. The contract with the Python half
+// (embedding/gilgamesh_api.py):
+//   - gilgamesh._routes is a list of (path, methods tuple, handler, doc) in
+//     registration order;
+//   - each request is a gilgamesh.Request(method, path, query_string, headers
+//     tuple of (name, value), body bytes, request_id, path params dict or None);
+//   - a handler returns dict/list (JSON), str, bytes-like, None (204) or a
+//     gilgamesh.Response(body, status, headers, content_type), and raises
+//     gilgamesh.HTTPError(status, message) for an error answer.
+#pragma once
+
+#include "pyworkers/apps/python_app.hpp"
+
+namespace gilgamesh {
+
+class RouteApp final : public PythonApp {
+ public:
+  // Reads gilgamesh._routes from `api` (the gilgamesh module) after the app's
+  // import. With the GIL. Throws StartupError.
+  static std::unique_ptr<RouteApp> create(const AppOptions& options, PyObject* api, ErrorTypes errors);
+
+ private:
+  RouteApp(const AppOptions& options, ErrorTypes errors) : PythonApp(options, std::move(errors)) {}
+  std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request) override;
+  void release_kind() override;
+  // A handler's return value as a response; false with a Python exception set.
+  bool convert_result(PyObject* result, HttpResponseData& out);
+  bool convert_body(PyObject* body, HttpResponseData& out);
+
+  std::vector<py::Ref> handlers_;
+  py::Ref request_type_;
+  py::Ref response_type_;
+  py::Ref json_dumps_;
+};
+
+}  // namespace gilgamesh

@@ -1,0 +1,112 @@
+// What a strategy implements: one Worker (a sub-interpreter, a thread state of
+// the shared interpreter, or a worker process) and a WorkerFactory that makes
+// them. Everything else (queue, deadlines, recycling, replacement, drain,
+// stats) is the WorkerPool's, once for every strategy.
+//
+// Threading contract: the pool drives one Worker from one OS thread, its
+// "slot thread": start(), handle() for each job, end(), and the destructor, all
+// on that thread (a sub-interpreter must be created, used and ended on the same
+// thread). interrupt() is the only call made from another thread (the pool's
+// supervisor), possibly while handle() runs; it must not block.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "server/model/executor.hpp"
+
+namespace gilgamesh {
+
+struct HandleResult {
+  HttpResponseData response;
+  // The worker cannot serve another job (its process died or was killed): the
+  // pool ends it and starts a fresh one in its slot.
+  bool worker_lost = false;
+  // With worker_lost: the job never reached a handler (the worker was gone
+  // before it had the request), so it goes to the replacement instead.
+  bool job_not_taken = false;
+};
+
+enum class InterruptAction {
+  none,         // the job had already finished
+  interrupted,  // an exception is being raised in the handler's thread
+  killed,       // the worker process was killed
+};
+
+// What /stats shows about a worker (where the strategy knows it).
+struct WorkerDescription {
+  long pid = 0;                              // the process that runs the handlers
+  std::optional<std::int64_t> interpreter_id;
+};
+
+// What a strategy is, as the pool and the app loader need to know it; each
+// WorkerFactory declares its own. Nothing below the command line asks for a
+// strategy by name.
+struct StrategyTraits {
+  bool owns_interpreters = false;      // each worker has an interpreter of its own, ended with it
+  bool shares_app_object = false;      // every worker calls the one app object (wsgi.multithread)
+  bool workers_are_processes = false;  // a worker is a process: killed, not abandoned, when stuck
+};
+
+class Worker {
+ public:
+  virtual ~Worker() = default;
+
+  // Brings the worker up (interpreter, thread state or process) with the app
+  // loaded, and returns the app's routes. Throws StartupError.
+  virtual std::vector<RouteInfo> start() = 0;
+  // Runs job `seq` (a number unique within the pool). Never throws.
+  virtual HandleResult handle(const Job& job, std::uint64_t seq) = 0;
+  // From another thread: stop job `seq` if it still runs. Never blocks. The
+  // pool calls it again now and then until the job ends or is abandoned.
+  virtual InterruptAction interrupt(std::uint64_t seq) = 0;
+  // Ends what start() made. start() may be called again afterwards.
+  virtual void end() = 0;
+
+  // end() + start() gives a fresh interpreter or process (recycling is worth it).
+  virtual bool recyclable() const = 0;
+  // A stuck handler's thread can be left to finish on its own while a new
+  // Worker takes the slot (in-process strategies). A process is killed instead.
+  virtual bool abandonable() const = 0;
+  // Between jobs: whether the worker is still there. Workers that can vanish
+  // while idle (processes) say so, and the pool asks now and then.
+  virtual bool can_vanish_while_idle() const { return false; }
+  virtual bool alive() { return true; }
+  // Safe to call from any thread while the worker is started.
+  virtual WorkerDescription describe() const = 0;
+};
+
+class WorkerFactory {
+ public:
+  virtual ~WorkerFactory() = default;
+  // Once, on the thread that starts the pool, before any worker: what every
+  // worker shares (the embedded runtime, an app loaded in the main interpreter,
+  // the zygote). Throws StartupError.
+  virtual void prepare() = 0;
+  virtual std::unique_ptr<Worker> make(int slot) = 0;
+  // After prepare(): whether the GIL is enabled where the handlers run.
+  virtual bool gil_enabled() const = 0;
+  // The Python the workers run: "3.13.5", and its build.
+  virtual std::string python_version() const = 0;
+  virtual PythonBuild python_build() const = 0;
+  virtual StrategyTraits traits() const = 0;
+  // Why new workers cannot be started now (the zygote is gone), or nothing.
+  virtual std::optional<std::string> unavailable() const { return std::nullopt; }
+  // The pool is stopping: a start() that waits for something (a new process)
+  // should give up rather than wait its full time. From any thread.
+  virtual void stopping() {}
+  // Strategy-wide figures for /stats (the zygote's pid, say).
+  virtual void add_stats(PoolStats&) const {}
+  // After every worker has ended (or been abandoned). `clean` is false when a
+  // handler thread still runs: nothing that thread may use can be torn down.
+  virtual void shutdown(bool clean) = 0;
+};
+
+std::unique_ptr<WorkerFactory> make_subinterpreter_factory(const ServerConfig& config);
+std::unique_ptr<WorkerFactory> make_shared_interpreter_factory(const ServerConfig& config);
+std::unique_ptr<WorkerFactory> make_process_factory(const ServerConfig& config);
+
+}  // namespace gilgamesh

@@ -1,0 +1,626 @@
+#include "pyworkers/pool/worker_pool.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <random>
+
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kClientCheckAfter = 2ms;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Resident and proportional set size of another process, from /proc.
+void add_memory(WorkerStats& out, long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  // The first line names the range ("55a2...-7ffc... ---p 00000000 00:00 0 [rollup]"),
+  // not a "Key: value kB" pair: reading it as one would stop the loop at once.
+  in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "Rss:") out.rss_bytes = kib * 1024;
+    if (key == "Pss:") out.pss_bytes = kib * 1024;
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+}
+
+bool same_routes(const std::vector<RouteInfo>& a, const std::vector<RouteInfo>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i].path != b[i].path || a[i].methods != b[i].methods) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// One thread's tenure of a slot. A slot gets a new Run when its handler thread
+// is abandoned; otherwise one Run serves it (recycling and replacing workers)
+// until the pool stops.
+struct WorkerPool::Run {
+  Run(int s, bool first) : slot(s), initial(first) {}
+  const int slot;
+  const bool initial;  // started by start(): its first start-up is the pool's
+  std::thread thread;
+  std::unique_ptr<Worker> worker;  // made, used and destroyed on `thread`
+  std::atomic<WorkerState> state{WorkerState::starting};
+  std::atomic<long> pid{0};
+  std::atomic<std::int64_t> interpreter_id{-1};
+  std::atomic<bool> finished{false};
+  std::optional<Job> carried;  // taken from the queue when the worker turned out to be gone
+
+  // What the supervisor needs of the job in progress. Guarded by `mutex`;
+  // worker->interrupt() is called only under it, and only while job_seq != 0.
+  std::mutex mutex;
+  std::uint64_t job_seq = 0;  // 0: no job running
+  Clock::time_point job_started{};
+  Clock::time_point job_deadline{};
+  std::string job_what;
+  bool interrupted = false;
+  Clock::time_point interrupted_at{};
+  Clock::time_point last_interrupt{};
+  bool stuck = false;      // counted in stuck_slots_: past grace, but the abandon limit is reached
+  bool abandoned = false;  // a new Run serves the slot; this one ends when its handler returns
+};
+
+struct WorkerPool::Slot {
+  std::shared_ptr<Run> run;  // the run serving the slot now; guarded by WorkerPool::mutex_
+  std::atomic<std::uint64_t> requests{0}, recycles{0}, replacements{0};
+};
+
+WorkerPool::WorkerPool(const ServerConfig& config, std::unique_ptr<WorkerFactory> factory,
+                       PoolTiming timing)
+    : config_(config),
+      timing_(timing),
+      factory_(std::move(factory)),
+      queue_(config.pool.max_queue, config.pool.worker_spin()),
+      slots_(std::make_unique<Slot[]>(static_cast<std::size_t>(config.pool.workers))),
+      max_abandoned_(config.pool.abandoned_limit()) {}
+
+WorkerPool::~WorkerPool() {
+  if (!stopped_) stop(Clock::now());
+}
+
+void WorkerPool::start() {
+  factory_->prepare();
+  gil_enabled_ = factory_->gil_enabled();
+  for (int i = 0; i < config_.pool.workers; ++i) launch(i);
+  std::unique_lock lock(mutex_);
+  cv_.wait(lock, [&] { return reported_ >= config_.pool.workers || !startup_error_.empty(); });
+  if (!startup_error_.empty()) throw StartupError(startup_error_, startup_error_detail_);
+  started_ = true;
+  supervisor_ = std::thread([this] { supervise(); });
+}
+
+void WorkerPool::launch(int slot) {
+  std::lock_guard lock(mutex_);
+  auto run = std::make_shared<Run>(slot, !started_);
+  slots_[static_cast<std::size_t>(slot)].run = run;
+  runs_.push_back(run);
+  run->thread = std::thread([this, run] { run_main(run); });
+}
+
+void WorkerPool::report_start(int slot, const std::vector<RouteInfo>* routes,
+                              const StartupError* error) {
+  std::lock_guard lock(mutex_);
+  if (error != nullptr) {
+    if (startup_error_.empty()) {
+      // A pool-wide failure (the app does not import) reads the same from every
+      // worker: the first one is reported, once.
+      const std::string what = error->what();
+      startup_error_ = error->kind() == StartupError::Kind::app
+                           ? what
+                           : "worker " + std::to_string(slot) + " failed to start: " + what;
+      startup_error_detail_ = error->detail();
+    }
+  } else if (routes_.empty()) {
+    routes_ = *routes;
+  } else if (!same_routes(routes_, *routes) && startup_error_.empty()) {
+    startup_error_ = "worker " + std::to_string(slot) +
+                     " registered different routes than the first worker: the app must register "
+                     "the same routes, in the same order, every time it is imported";
+  }
+  ++reported_;
+  cv_.notify_all();
+}
+
+unsigned WorkerPool::next_recycle_limit() {
+  if (config_.pool.max_requests == 0) return 0;
+  if (config_.pool.max_requests_jitter == 0) return config_.pool.max_requests;
+  thread_local std::mt19937 rng{std::random_device{}()};
+  std::uniform_int_distribution<unsigned> jitter(0, config_.pool.max_requests_jitter);
+  return config_.pool.max_requests + jitter(rng);
+}
+
+std::string WorkerPool::describe_job(const Job& job) const {
+  return job.request.method + " " + job.request.path + " (request " + job.request.request_id + ")";
+}
+
+void WorkerPool::wait_backoff(unsigned failures) {
+  // first, 2x first, ... up to the maximum, while replacements keep failing.
+  const auto delay = std::min(timing_.backoff_first * (1u << std::min(failures - 1, 16u)),
+                              timing_.backoff_max);
+  std::unique_lock lock(mutex_);
+  cv_.wait_for(lock, delay, [&] { return stopping_.load(); });
+}
+
+void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
+  Slot& slot = slots_[static_cast<std::size_t>(run->slot)];
+  unsigned failures = 0;
+  bool up = bring_up(*run, failures);
+  while (up) {
+    const After after = serve(*run, slot);
+    run->worker->end();
+    ++workers_ended_;
+    if (after == After::drained || after == After::abandoned) break;
+    if (after == After::restart) {
+      ++replacements_;
+      ++slot.replacements;
+    }
+    up = bring_up(*run, failures);
+  }
+  run->worker.reset();  // on this thread: a sub-interpreter's thread states belong to it
+  run->state = WorkerState::stopped;
+  if (run->carried) {
+    Job job = std::move(*run->carried);
+    run->carried.reset();
+    job.complete(make_error_response(503, "no worker could take the request: the server is shutting down",
+                                     job.request.request_id));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    run->finished = true;
+    cv_.notify_all();
+  }
+  if (run->abandoned) {
+    --abandoned_live_;
+    spdlog::info("worker {}: the abandoned handler thread has finished ({} abandoned thread(s) left)",
+                 run->slot, abandoned_live_.load());
+  }
+}
+
+// Makes (or remakes) the run's worker. False when the run should end: the
+// pool's own start-up failed, or the pool stops.
+bool WorkerPool::bring_up(Run& run, unsigned& failures) {
+  const bool first_start = !run.worker;
+  for (;;) {
+    if (hard_stop_ || (stopping_ && queue_.depth() == 0 && !run.carried)) return false;
+    if (!run.worker) run.worker = factory_->make(run.slot);
+    if (run.state != WorkerState::recycling) {
+      run.state = first_start && run.initial ? WorkerState::starting : WorkerState::replacing;
+    }
+    std::optional<StartupError> error;
+    try {
+      std::vector<RouteInfo> routes = run.worker->start();
+      ++workers_started_;
+      const WorkerDescription d = run.worker->describe();
+      run.pid = d.pid;
+      run.interpreter_id = d.interpreter_id.value_or(-1);
+      if (!(run.initial && first_start) && !same_routes(routes_, routes)) {
+        run.worker->end();
+        ++workers_ended_;
+        throw StartupError("the app registered different routes than at start-up");
+      }
+      failures = 0;
+      run.state = WorkerState::idle;
+      if (run.initial && first_start) report_start(run.slot, &routes, nullptr);
+      return true;
+    } catch (const StartupError& e) {
+      error.emplace(e);
+    } catch (const std::exception& e) {
+      error.emplace(e.what());
+    }
+    if (run.initial && first_start) {
+      report_start(run.slot, nullptr, &*error);
+      return false;
+    }
+    ++failures;
+    {
+      std::lock_guard lock(mutex_);
+      last_start_error_ = error->what();
+    }
+    if (stopping_) return false;  // the other workers drain the queue, or it is answered 503
+    spdlog::error("worker {}: replacement failed to start ({}); retry {} after back-off", run.slot,
+                  error->what(), failures);
+    if (!error->detail().empty()) spdlog::debug("{}", error->detail());
+    wait_backoff(failures);
+  }
+}
+
+WorkerPool::After WorkerPool::serve(Run& run, Slot& slot) {
+  Worker& worker = *run.worker;
+  const unsigned limit = next_recycle_limit();
+  std::uint64_t served = 0;
+  for (;;) {
+    run.state = WorkerState::idle;
+    std::optional<Job> job = next_job(run);
+    if (!job) {
+      if (queue_.closed() && queue_.depth() == 0) return After::drained;
+      if (worker.can_vanish_while_idle() && !worker.alive()) {
+        spdlog::warn("worker {} (pid {}) exited while idle; replacing it", run.slot, run.pid.load());
+        return After::restart;
+      }
+      continue;
+    }
+    if (const std::optional<After> after = run_job(run, slot, *job)) return *after;
+    if (limit != 0 && ++served >= limit && worker.recyclable()) {
+      run.state = WorkerState::recycling;
+      spdlog::info("worker {}: recycling after {} requests", run.slot, served);
+      ++recycles_;
+      ++slot.recycles;
+      return After::recycle;
+    }
+  }
+}
+
+// The next job worth running: the one carried over from a lost worker, else
+// the queue's. A job past its deadline is counted and left to its connection
+// (which answers 504 at the deadline: the one writer of 504s); a job whose
+// client left while it waited is answered 499. Nothing: the queue had none
+// (closed, or the idle check of a worker that can vanish is due).
+std::optional<Job> WorkerPool::next_job(Run& run) {
+  for (;;) {
+    std::optional<Job> job = std::exchange(run.carried, std::nullopt);
+    if (!job) {
+      job = run.worker->can_vanish_while_idle() ? queue_.pop_until(Clock::now() + timing_.idle_check)
+                                                : queue_.pop();
+    }
+    if (!job) return std::nullopt;
+    const auto now = Clock::now();
+    if (now >= job->deadline) {
+      ++expired_in_queue_;
+      continue;
+    }
+    // Only a job that waited can have lost its client meanwhile: the peek is a syscall.
+    if (now - job->queued_at >= kClientCheckAfter && job->client_gone()) {
+      ++dropped_disconnected_;
+      job->complete(make_error_response(499, "the client closed the connection before the handler ran",
+                                        job->request.request_id));
+      continue;
+    }
+    return job;
+  }
+}
+
+// Runs one job on the run's worker and completes it. No liveness check before
+// (it would be a syscall per request): a worker that died while idle fails to
+// take the job (handle() says job_not_taken) and the job goes to its
+// replacement. Returns why serve() must return, if it must.
+std::optional<WorkerPool::After> WorkerPool::run_job(Run& run, Slot& slot, Job& job) {
+  const std::uint64_t seq = ++job_seq_;
+  {
+    std::lock_guard lock(run.mutex);
+    run.job_seq = seq;
+    run.job_started = Clock::now();
+    run.job_deadline = job.deadline;
+    run.job_what = describe_job(job);
+    run.interrupted = false;
+  }
+  run.state = WorkerState::busy;
+  ++busy_;
+  HandleResult result = run.worker->handle(job, seq);
+  bool abandoned, interrupted;
+  {
+    std::lock_guard lock(run.mutex);
+    run.job_seq = 0;
+    abandoned = run.abandoned;
+    interrupted = run.interrupted;
+    if (run.stuck) {
+      run.stuck = false;
+      --stuck_slots_;
+    }
+  }
+  --busy_;
+  if (result.worker_lost && result.job_not_taken && !hard_stop_ && !abandoned) {
+    spdlog::warn("worker {} (pid {}) was gone before it took {}; it goes to the replacement",
+                 run.slot, run.pid.load(), describe_job(job));
+    run.carried = std::move(job);
+    return After::restart;
+  }
+  ++slot.requests;
+  complete(run, job, std::move(result), interrupted);
+  if (abandoned) return After::abandoned;
+  if (result.worker_lost) return After::restart;
+  return std::nullopt;
+}
+
+void WorkerPool::complete(const Run& run, Job& job, HandleResult&& result, bool interrupted) {
+  if (interrupted && Clock::now() >= job.deadline) {
+    // Stopped at its deadline: not completed, the connection has answered (or now
+    // answers) 504 itself, whatever the interrupted handler or the killed worker left.
+    return;
+  }
+  if ((result.worker_lost || interrupted) && hard_stop_) {
+    result.response = make_error_response(503, "server is shutting down", job.request.request_id);
+  }
+  if (result.worker_lost && !interrupted && !hard_stop_) {
+    spdlog::error("worker {}: {} failed: {}", run.slot, describe_job(job), result.response.body);
+  }
+  job.complete(std::move(result.response));
+}
+
+void WorkerPool::supervise() {
+  std::unique_lock lock(mutex_);
+  while (!supervisor_stop_) {
+    cv_.wait_for(lock, timing_.supervisor_tick, [&] { return supervisor_stop_; });
+    if (supervisor_stop_) break;
+    std::vector<std::shared_ptr<Run>> current;
+    current.reserve(static_cast<std::size_t>(config_.pool.workers));
+    for (int i = 0; i < config_.pool.workers; ++i) current.push_back(slots_[static_cast<std::size_t>(i)].run);
+    // Abandoned runs whose handler finished can be joined now.
+    for (auto it = runs_.begin(); it != runs_.end();) {
+      if ((*it)->finished && (*it)->abandoned) {
+        if ((*it)->thread.joinable()) (*it)->thread.join();
+        it = runs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    lock.unlock();
+    const auto now = Clock::now();
+    for (auto& run : current) check_deadline(*run, now);
+    lock.lock();
+  }
+}
+
+// At a job's deadline: interrupt it. After the grace: abandon its thread and
+// give the slot a new worker (in-process strategies), within the limit.
+void WorkerPool::check_deadline(Run& run, Clock::time_point now) {
+  bool replace = false;
+  {
+    std::lock_guard lock(run.mutex);
+    if (run.job_seq == 0 || run.abandoned) return;
+    if (!run.interrupted) {
+      if (now < run.job_deadline || hard_stop_) return;
+      const InterruptAction action = run.worker->interrupt(run.job_seq);
+      run.interrupted = true;
+      run.interrupted_at = now;
+      run.last_interrupt = now;
+      run.state = WorkerState::interrupting;
+      const double ran = seconds_between(run.job_started, now);
+      if (action == InterruptAction::killed) {
+        ++killed_;
+        spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; killed worker "
+                     "process {} (a new one takes the slot)",
+                     run.slot, run.job_what, ran, run.pid.load());
+      } else if (action == InterruptAction::interrupted) {
+        ++interrupted_;
+        spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; interrupted "
+                     "(gilgamesh.HandlerTimeout raised in the handler)",
+                     run.slot, run.job_what, ran);
+      }
+      return;
+    }
+    if (now < run.interrupted_at + timing_.interrupt_grace) {
+      // Again, quietly: one exception may have been swallowed (`except BaseException`).
+      if (now >= run.last_interrupt + timing_.reinterrupt_every) {
+        run.last_interrupt = now;
+        run.worker->interrupt(run.job_seq);
+      }
+      return;
+    }
+    if (!run.worker->abandonable()) return;
+    // Still running: blocked in C (time.sleep, a socket read) or it swallowed the exception.
+    if (abandoned_live_ >= max_abandoned_) {
+      if (!run.stuck) {
+        run.stuck = true;
+        ++stuck_slots_;
+        spdlog::error("worker {}: {} is stuck {:.1f} s past its deadline, and {} handler thread(s) "
+                      "are abandoned already (--max-abandoned {}): not replacing it; the server "
+                      "reports not ready",
+                      run.slot, run.job_what, seconds_between(run.job_deadline, now),
+                      abandoned_live_.load(), max_abandoned_);
+      }
+      return;
+    }
+    if (run.stuck) {
+      run.stuck = false;
+      --stuck_slots_;
+    }
+    run.abandoned = true;
+    ++abandoned_live_;
+    ++abandoned_total_;
+    ++replacements_;
+    ++slots_[static_cast<std::size_t>(run.slot)].replacements;
+    spdlog::error("worker {}: {} did not return {:.1f} s after its interrupt; abandoned its thread "
+                  "({} abandoned, limit {}), a fresh worker takes the slot",
+                  run.slot, run.job_what, seconds_between(run.interrupted_at, now),
+                  abandoned_live_.load(), max_abandoned_);
+    replace = true;
+  }
+  if (replace && !stopping_) launch(run.slot);
+}
+
+bool WorkerPool::stop(Clock::time_point deadline) {
+  if (stopped_) return true;
+  stopped_ = true;
+  stopping_ = true;
+  factory_->stopping();
+  queue_.close();
+  bool done = drain(deadline);
+  // What the workers could not take before the deadline is answered, not lost.
+  for (Job& job : queue_.take_all()) {
+    job.complete(make_error_response(503, "server is shutting down", job.request.request_id));
+  }
+  if (!done) done = cut_off();
+  {
+    std::lock_guard lock(mutex_);
+    supervisor_stop_ = true;
+    cv_.notify_all();
+  }
+  if (supervisor_.joinable()) supervisor_.join();
+  const bool clean = join_runs();
+  factory_->shutdown(clean);
+  return clean;
+}
+
+bool WorkerPool::current_runs_finished() const {
+  for (int i = 0; i < config_.pool.workers; ++i) {
+    const auto& run = slots_[static_cast<std::size_t>(i)].run;
+    if (run && !run->finished) return false;
+  }
+  return true;
+}
+
+// Waits until every current run has finished, or the deadline passes, or only
+// handlers already past their job's deadline are left (their clients have had
+// the 504: they do not hold the drain up). True when every run finished.
+bool WorkerPool::drain(Clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  cv_.notify_all();
+  auto only_overdue_left = [&] {
+    const auto now = Clock::now();
+    for (int i = 0; i < config_.pool.workers; ++i) {
+      const auto& run = slots_[static_cast<std::size_t>(i)].run;
+      if (!run || run->finished) continue;
+      std::lock_guard run_lock(run->mutex);
+      if (run->job_seq == 0 || now < run->job_deadline) return false;
+    }
+    return true;
+  };
+  bool done = false;
+  while (!(done = current_runs_finished()) && Clock::now() < deadline && !only_overdue_left()) {
+    cv_.wait_until(lock, std::min(deadline, Clock::now() + 50ms));
+  }
+  return done;
+}
+
+// Past the drain deadline: interrupts what still runs and gives it the stop
+// grace. True when every run finished within it.
+bool WorkerPool::cut_off() {
+  hard_stop_ = true;
+  std::vector<std::shared_ptr<Run>> current;
+  {
+    std::lock_guard lock(mutex_);
+    for (int i = 0; i < config_.pool.workers; ++i) current.push_back(slots_[static_cast<std::size_t>(i)].run);
+  }
+  int running = 0;
+  for (auto& run : current) {
+    if (!run) continue;
+    std::lock_guard run_lock(run->mutex);
+    if (run->job_seq != 0 && !run->abandoned) {
+      ++running;
+      run->worker->interrupt(run->job_seq);
+    }
+  }
+  spdlog::warn("{} handler(s) still running at the graceful deadline; interrupted", running);
+  std::unique_lock lock(mutex_);
+  return cv_.wait_for(lock, timing_.stop_grace, [this] { return current_runs_finished(); });
+}
+
+// Joins every run's thread that has finished and leaves the others (a handler
+// still runs there; the thread keeps its run alive). False if one was left.
+bool WorkerPool::join_runs() {
+  std::vector<std::shared_ptr<Run>> runs;
+  {
+    std::lock_guard lock(mutex_);
+    runs = std::move(runs_);
+  }
+  bool clean = true;
+  for (auto& run : runs) {
+    if (!run->thread.joinable()) continue;
+    if (run->finished) {
+      run->thread.join();
+    } else {
+      run->thread.detach();
+      clean = false;
+    }
+  }
+  if (!clean) spdlog::warn("a handler thread is still running: leaving it (Python will not be finalized)");
+  return clean;
+}
+
+ExecutorInfo WorkerPool::info() const {
+  return ExecutorInfo{config_.pool.strategy, config_.pool.workers, factory_->python_version(),
+                      factory_->python_build(), gil_enabled_, config_.pool.strategy_reason};
+}
+
+Readiness WorkerPool::readiness() const {
+  using State = Readiness::State;
+  if (stopping_) return {State::stopping, "the server is shutting down"};
+  if (!started_) return {State::starting, "workers are starting"};
+  if (const int stuck = stuck_slots_.load(); stuck > 0) {
+    return {State::degraded, std::to_string(stuck) + " worker(s) stuck in a handler past its deadline, "
+                                                     "and the abandoned-worker limit (" +
+                                 std::to_string(max_abandoned_) + ") is reached"};
+  }
+  if (auto why = factory_->unavailable()) return {State::degraded, *why};
+  std::lock_guard lock(mutex_);
+  for (int i = 0; i < config_.pool.workers; ++i) {
+    const WorkerState s = slots_[static_cast<std::size_t>(i)].run->state;
+    // A planned recycle and an interrupt are short: the slot counts as up meanwhile
+    // (a handler that does not stop is abandoned and replaced, or counted stuck).
+    if (s == WorkerState::idle || s == WorkerState::busy || s == WorkerState::recycling ||
+        s == WorkerState::interrupting) {
+      return {State::ready, {}};
+    }
+  }
+  return {State::degraded,
+          "no worker is up" + (last_start_error_.empty() ? std::string() : ": " + last_start_error_)};
+}
+
+PoolStats WorkerPool::stats() const {
+  PoolStats out;
+  const long self = getpid();
+  const auto now = Clock::now();
+  {
+    std::lock_guard lock(mutex_);
+    for (int i = 0; i < config_.pool.workers; ++i) {
+      const Slot& slot = slots_[static_cast<std::size_t>(i)];
+      Run* run = slot.run.get();
+      WorkerStats w;
+      w.worker = i;
+      w.state = run ? run->state.load() : WorkerState::stopped;
+      w.requests = slot.requests.load();
+      w.recycles = slot.recycles.load();
+      w.replacements = slot.replacements.load();
+      w.pid = run ? run->pid.load() : 0;
+      if (const std::int64_t interp = run ? run->interpreter_id.load() : -1; interp >= 0) w.interpreter_id = interp;
+      if (w.state == WorkerState::idle || w.state == WorkerState::busy) ++out.ready_workers;
+      if (run && w.busy()) {
+        std::lock_guard run_lock(run->mutex);
+        if (run->job_seq != 0) w.busy_ms = std::round(seconds_between(run->job_started, now) * 1e4) / 10.0;
+      }
+      if (w.pid > 0 && w.pid != self) {
+        add_memory(w, w.pid);
+        out.worker_pids.push_back(w.pid);
+      }
+      out.workers.push_back(std::move(w));
+    }
+  }
+  const bool own_interpreters = factory_->traits().owns_interpreters;
+  out.queue_depth = queue_.depth();
+  out.max_queue = config_.pool.max_queue;
+  out.busy_workers = busy_.load();
+  out.replacements_total = replacements_.load();
+  out.interrupted_total = interrupted_.load();
+  out.killed_total = killed_.load();
+  out.abandoned_total = abandoned_total_.load();
+  out.abandoned_live = abandoned_live_.load();
+  out.max_abandoned = max_abandoned_;
+  out.recycles_total = recycles_.load();
+  out.dropped_disconnected_total = dropped_disconnected_.load();
+  out.expired_in_queue_total = expired_in_queue_.load();
+  out.interpreters_created = own_interpreters ? workers_started_.load() : 1;
+  out.interpreters_ended = own_interpreters ? workers_ended_.load() : 0;
+  factory_->add_stats(out);
+  return out;
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,344 @@
+#include "pyworkers/processes/frames.hpp"
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace gilgamesh::frames {
+
+namespace {
+
+constexpr std::size_t kHeaderSize = 16;
+
+// --- metadata encoding: u32/u64 in host order, strings as u32 length + bytes ---
+
+void put_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
+void put_u64(std::string& out, std::uint64_t v) { out.append(reinterpret_cast<const char*>(&v), 8); }
+void put_str(std::string& out, std::string_view s) {
+  put_u32(out, static_cast<std::uint32_t>(s.size()));
+  out.append(s);
+}
+void put_headers(std::string& out, const std::vector<Header>& headers) {
+  put_u32(out, static_cast<std::uint32_t>(headers.size()));
+  for (const Header& h : headers) {
+    put_str(out, h.name);
+    put_str(out, h.value);
+  }
+}
+
+class MetaReader {
+ public:
+  explicit MetaReader(std::string_view data) : data_(data) {}
+  bool u32(std::uint32_t& v) { return take(&v, 4); }
+  bool u64(std::uint64_t& v) { return take(&v, 8); }
+  bool str(std::string& s) {
+    std::uint32_t n = 0;
+    if (!u32(n) || n > data_.size()) return false;
+    s.assign(data_.substr(0, n));
+    data_.remove_prefix(n);
+    return true;
+  }
+  bool headers(std::vector<Header>& out) {
+    std::uint32_t n = 0;
+    // Each header takes at least 8 bytes: a count beyond that is garbage.
+    if (!u32(n) || n > data_.size() / 8) return false;
+    out.resize(n);
+    for (Header& h : out) {
+      if (!str(h.name) || !str(h.value)) return false;
+    }
+    return true;
+  }
+  bool params(std::vector<PathParam>& out) {
+    std::uint32_t n = 0;
+    // Each parameter takes at least 12 bytes: a count beyond that is garbage.
+    if (!u32(n) || n > data_.size() / 12) return false;
+    out.resize(n);
+    for (PathParam& p : out) {
+      std::uint32_t converter = 0;
+      if (!str(p.name) || !str(p.value) || !u32(converter) ||
+          converter > static_cast<std::uint32_t>(PathParam::Converter::path)) {
+        return false;
+      }
+      p.converter = static_cast<PathParam::Converter>(converter);
+    }
+    return true;
+  }
+  bool port(std::uint16_t& v) {
+    std::uint32_t n = 0;
+    if (!u32(n) || n > 65535) return false;
+    v = static_cast<std::uint16_t>(n);
+    return true;
+  }
+  bool done() const { return data_.empty(); }
+
+ private:
+  bool take(void* v, std::size_t n) {
+    if (data_.size() < n) return false;
+    std::memcpy(v, data_.data(), n);
+    data_.remove_prefix(n);
+    return true;
+  }
+  std::string_view data_;
+};
+
+// Reads exactly n bytes. Returns n, fewer at end of stream, or -1 (errno set).
+ssize_t read_exact(int fd, char* buf, std::size_t n) {
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::recv(fd, buf + got, n - got, 0);
+    if (r > 0) {
+      got += static_cast<std::size_t>(r);
+    } else if (r == 0) {
+      break;
+    } else if (errno != EINTR) {
+      return -1;
+    }
+  }
+  return static_cast<ssize_t>(got);
+}
+
+}  // namespace
+
+std::string ReadResult::describe() const {
+  switch (status) {
+    case ReadStatus::ok: return "ok";
+    case ReadStatus::closed: return "connection closed";
+    case ReadStatus::truncated: return "connection closed in the middle of a frame";
+    case ReadStatus::failed: return std::string("socket error: ") + std::strerror(error);
+    case ReadStatus::invalid: return "malformed frame";
+  }
+  return "?";
+}
+
+bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
+  char header[kHeaderSize];
+  const auto k = static_cast<std::uint32_t>(kind);
+  const auto meta_len = static_cast<std::uint32_t>(meta.size());
+  const auto body_len = static_cast<std::uint64_t>(body.size());
+  std::memcpy(header, &k, 4);
+  std::memcpy(header + 4, &meta_len, 4);
+  std::memcpy(header + 8, &body_len, 8);
+
+  iovec iov[3] = {{header, kHeaderSize},
+                  {const_cast<char*>(meta.data()), meta.size()},
+                  {const_cast<char*>(body.data()), body.size()}};
+  iovec* next = iov;
+  int left = 3;
+  while (left > 0) {
+    if (next->iov_len == 0) {
+      ++next;
+      --left;
+      continue;
+    }
+    msghdr msg{};
+    msg.msg_iov = next;
+    msg.msg_iovlen = static_cast<std::size_t>(left);
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (error) *error = errno;
+      return false;
+    }
+    auto sent = static_cast<std::size_t>(n);
+    while (left > 0 && sent >= next->iov_len) {
+      sent -= next->iov_len;
+      ++next;
+      --left;
+    }
+    if (left > 0) {
+      next->iov_base = static_cast<char*>(next->iov_base) + sent;
+      next->iov_len -= sent;
+    }
+  }
+  return true;
+}
+
+ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile std::sig_atomic_t* stop) {
+  // One recv usually brings the whole of a small frame (the sender wrote it
+  // with one sendmsg); the rest of a large body is read straight into place.
+  // Frames alternate strictly, so a read never takes bytes of the next frame.
+  char first[16 * 1024];
+  ssize_t got;
+  do {
+    got = ::recv(fd, first, sizeof first, 0);
+    if (got < 0 && errno == EINTR && stop != nullptr && *stop) return {ReadStatus::failed, EINTR};
+  } while (got < 0 && errno == EINTR);
+  if (got < 0) return {ReadStatus::failed, errno};
+  if (got == 0) return {ReadStatus::closed};
+  if (static_cast<std::size_t>(got) < kHeaderSize) {
+    const ssize_t more = read_exact(fd, first + got, kHeaderSize - static_cast<std::size_t>(got));
+    if (more < 0) return {ReadStatus::failed, errno};
+    got += more;
+    if (static_cast<std::size_t>(got) < kHeaderSize) return {ReadStatus::truncated};
+  }
+
+  std::uint32_t kind = 0, meta_len = 0;
+  std::uint64_t body_len = 0;
+  std::memcpy(&kind, first, 4);
+  std::memcpy(&meta_len, first + 4, 4);
+  std::memcpy(&body_len, first + 8, 8);
+  if (kind < 1 || kind > 3 || meta_len > limits.max_meta || body_len > limits.max_body ||
+      body_len > std::numeric_limits<std::size_t>::max() - kHeaderSize - meta_len ||
+      static_cast<std::uint64_t>(got) > kHeaderSize + meta_len + body_len) {
+    return {ReadStatus::invalid};
+  }
+  out.kind = static_cast<Kind>(kind);
+  try {
+    out.meta.resize(meta_len);
+    out.body.resize(static_cast<std::size_t>(body_len));
+  } catch (const std::bad_alloc&) {
+    return {ReadStatus::failed, ENOMEM};
+  }
+  std::string_view received(first + kHeaderSize, static_cast<std::size_t>(got) - kHeaderSize);
+  for (std::string* part : {&out.meta, &out.body}) {
+    const std::size_t have = std::min(received.size(), part->size());
+    std::memcpy(part->data(), received.data(), have);
+    received.remove_prefix(have);
+    const std::size_t missing = part->size() - have;
+    if (missing == 0) continue;
+    const ssize_t n = read_exact(fd, part->data() + have, missing);
+    if (n < 0) return {ReadStatus::failed, errno};
+    if (static_cast<std::size_t>(n) < missing) return {ReadStatus::truncated};
+  }
+  return {ReadStatus::ok};
+}
+
+std::string encode_request_meta(std::size_t route_index, const HttpRequestData& r) {
+  std::string out;
+  out.reserve(128 + r.method.size() + r.path.size() + r.query_string.size() + r.request_id.size() +
+              r.target.size() + r.headers.size() * 48 + r.path_params.size() * 32);
+  put_u64(out, route_index);
+  put_str(out, r.method);
+  put_str(out, r.path);
+  put_str(out, r.query_string);
+  put_str(out, r.request_id);
+  put_headers(out, r.headers);
+  put_u32(out, static_cast<std::uint32_t>(r.path_params.size()));
+  for (const PathParam& p : r.path_params) {
+    put_str(out, p.name);
+    put_str(out, p.value);
+    put_u32(out, static_cast<std::uint32_t>(p.converter));
+  }
+  put_str(out, r.target);
+  put_str(out, r.http_version);
+  put_str(out, r.remote_addr);
+  put_u32(out, r.remote_port);
+  put_str(out, r.server_addr);
+  put_u32(out, r.server_port);
+  return out;
+}
+
+bool decode_request_meta(std::string_view meta, std::size_t& route_index, HttpRequestData& out) {
+  MetaReader in(meta);
+  std::uint64_t route = 0;
+  if (!in.u64(route) || !in.str(out.method) || !in.str(out.path) || !in.str(out.query_string) ||
+      !in.str(out.request_id) || !in.headers(out.headers) || !in.params(out.path_params) ||
+      !in.str(out.target) || !in.str(out.http_version) || !in.str(out.remote_addr) ||
+      !in.port(out.remote_port) || !in.str(out.server_addr) || !in.port(out.server_port)) {
+    return false;
+  }
+  route_index = static_cast<std::size_t>(route);
+  return in.done();
+}
+
+std::string encode_response_meta(const HttpResponseData& r) {
+  std::string out;
+  out.reserve(16 + r.content_type.size() + r.headers.size() * 48);
+  put_u32(out, static_cast<std::uint32_t>(r.status));
+  put_str(out, r.content_type);
+  put_headers(out, r.headers);
+  return out;
+}
+
+bool decode_response_meta(std::string_view meta, HttpResponseData& out) {
+  MetaReader in(meta);
+  std::uint32_t status = 0;
+  if (!in.u32(status) || !in.str(out.content_type) || !in.headers(out.headers)) return false;
+  // Carried as sent (bounded to an int): the HTTP layer refuses a bad status for
+  // every strategy alike, with a 500, rather than treating it as a broken worker.
+  out.status = static_cast<int>(std::min<std::uint32_t>(status, 1000));
+  return in.done();
+}
+
+bool send_control(int fd, const nlohmann::json& body, int pass_fd) {
+  const std::string text = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > kMaxControlMessage) {
+    errno = EMSGSIZE;
+    return false;
+  }
+  iovec iov{const_cast<char*>(text.data()), text.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (pass_fd >= 0) {
+    std::memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  for (;;) {
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<std::size_t>(n) == text.size();
+    if (errno != EINTR) return false;
+  }
+}
+
+bool receive_control(int fd, ControlMessage& out, std::string* error) {
+  std::string buf(kMaxControlMessage, '\0');
+  iovec iov{buf.data(), buf.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (error) *error = std::strerror(errno);
+    return false;
+  }
+  out.fd = -1;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (out.fd < 0) {
+        out.fd = received;
+      } else {
+        ::close(received);  // one descriptor per message, by contract
+      }
+    }
+  }
+  if (n == 0) {
+    if (error) *error = "end of stream";
+    return false;
+  }
+  auto fail = [&](const char* why) {
+    if (out.fd >= 0) ::close(out.fd);
+    out.fd = -1;
+    if (error) *error = why;
+    return false;
+  };
+  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return fail("control message truncated");
+  out.body = nlohmann::json::parse(buf.data(), buf.data() + n, nullptr, false);
+  if (!out.body.is_object()) return fail("control message is not a JSON object");
+  return true;
+}
+
+}  // namespace gilgamesh::frames

@@ -1,0 +1,48 @@
+// The child side of `processes`: the zygote and the worker processes it forks.
+//
+// The server starts the zygote by executing its own binary again with
+// kZygoteFlag (zygote_client.hpp), the control socket as fd kZygoteControlFd.
+// The zygote is single-threaded: it initializes Python, imports the app once,
+// and then forks a worker (copy-on-write: the app is already imported) whenever
+// the server asks, reaping every child it made. It dies with the server
+// (PR_SET_PDEATHSIG). Workers do not die with the zygote: a worker leaves when
+// its socket to the server closes, so a zygote that dies costs no request.
+// Python never runs in the server process.
+//
+// Control protocol (frames::send_control / receive_control, JSON objects):
+//   zygote -> server  {"type":"route","path","methods","doc"} for each route, then
+//                     {"type":"ready","gil_enabled"}, or {"type":"failed","error","detail"}
+//                     {"type":"spawned","worker","pid"} + the server's end of the worker socket
+//                     {"type":"spawn_failed","worker","error"}
+//                     {"type":"exited","worker","pid","status"} for each child reaped
+//   server -> zygote  {"type":"spawn","worker"}
+//                     {"type":"stop","grace_ms"}: end every worker, reap, exit
+// End of stream on the control socket means the same as stop with no grace.
+#pragma once
+
+#include "server/model/executor.hpp"
+
+#include <spawn.h>
+#include <sys/types.h>
+
+#include <string>
+
+namespace gilgamesh {
+
+// argv[1] of the zygote's command line; then the control fd, the server's pid
+// and {"config": ServerConfig, "log_level": ...} as JSON.
+constexpr const char* kZygoteFlag = "--internal-zygote";
+constexpr int kZygoteControlFd = 3;
+
+// The zygote process's main(), for a command line that starts with kZygoteFlag.
+// Never returns.
+[[noreturn]] void zygote_main(int argc, char** argv);
+
+// "exited with status 3", "killed by signal 9 (Killed)": a wait() status in words.
+std::string describe_wait_status(int status);
+
+// posix_spawn attributes for a child of the server (the zygote, the start-up probe): no
+// signal blocked, and the signals the server handles or ignores back to their defaults.
+void init_spawn_attributes(posix_spawnattr_t& attr);
+
+}  // namespace gilgamesh

@@ -1,0 +1,406 @@
+// The in-process strategies as Workers:
+//   subinterpreters  one own-GIL sub-interpreter (PEP 684) per worker thread,
+//                    created, used and ended on that thread;
+//   threads /        one thread state of the main interpreter per worker
+//   free-threaded    thread (the app is imported once, in the main interpreter).
+// No PyGILState_* anywhere: a worker thread makes its own thread states and
+// attaches them with py::AttachedScope.
+//
+// Interrupting a handler (the pool's supervisor, at the job's deadline): a
+// helper thread attaches a thread state of the handler's interpreter and
+// raises gilgamesh.HandlerTimeout (a BaseException, so `except Exception` does
+// not swallow it) in the handler's thread with PyThreadState_SetAsyncExc. It
+// runs on its own thread because attaching can wait for a GIL that a handler
+// busy in C holds. InterruptTarget keeps it from hitting the wrong job: the
+// helper checks the running job and sets the exception under `mutex`, and the
+// worker clears the running job under the same mutex before it takes another;
+// neither side ever waits for that mutex while attached, so a stop-the-world
+// pause (free-threaded build) cannot deadlock on it.
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <shared_mutex>
+
+#include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/embedding/python_runtime.hpp"
+#include "pyworkers/pool/worker.hpp"
+#include "pyworkers/embedding/worker_identity.hpp"
+
+namespace gilgamesh {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// A handler's thread, as the interrupting helper sees it.
+struct InterruptTarget {
+  InterruptTarget(PyInterpreterState* i, unsigned long t) : interp(i), thread_id(t) {}
+  PyInterpreterState* const interp;
+  const unsigned long thread_id;
+  std::atomic<std::uint64_t> running{0};  // the job being handled; 0: none
+  std::mutex mutex;                       // taken only while detached
+  bool raised = false;                    // an exception was set and may still be pending
+  bool ended = false;                     // the interpreter is gone, or going
+  std::atomic<bool> helper_active{false};  // one helper at a time per handler thread
+};
+
+// The helper threads, counted so the runtime is never finalized under one.
+// Shared with them: a helper may outlive the strategy that launched it.
+class Interrupters : public std::enable_shared_from_this<Interrupters> {
+ public:
+  void launch(std::shared_ptr<InterruptTarget> target, std::uint64_t seq) {
+    {
+      std::lock_guard lock(mutex_);
+      ++active_;
+    }
+    std::thread([self = shared_from_this(), target = std::move(target), seq] {
+      raise_in(*target, seq);
+      target->helper_active = false;
+      std::lock_guard lock(self->mutex_);
+      --self->active_;
+      self->idle_.notify_all();
+    }).detach();
+  }
+
+  // False if a helper is still waiting (for a GIL a stuck handler holds).
+  bool wait_idle(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return idle_.wait_for(lock, timeout, [&] { return active_ == 0; });
+  }
+
+ private:
+  static void raise_in(InterruptTarget& target, std::uint64_t seq) {
+    std::lock_guard lock(target.mutex);
+    if (target.ended || target.running.load() != seq) return;
+    PyThreadState* ts = PyThreadState_New(target.interp);
+    PyEval_RestoreThread(ts);
+    py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
+    py::Ref timeout = api ? py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout")) : py::Ref();
+    if (timeout) {
+      if (PyThreadState_SetAsyncExc(target.thread_id, timeout.get()) > 0) target.raised = true;
+    } else {
+      spdlog::error("cannot interrupt a handler: {}", py::fetch_error_summary());
+    }
+    timeout.reset();
+    api.reset();
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+  }
+
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  int active_ = 0;
+};
+
+// What the in-process workers share: handle() with the interrupt protocol.
+class InProcessWorker : public Worker {
+ public:
+  InProcessWorker(Strategy strategy, int slot, std::shared_ptr<Interrupters> interrupters)
+      : strategy_(strategy), slot_(slot), interrupters_(std::move(interrupters)) {}
+
+  HandleResult handle(const Job& job, std::uint64_t seq) override {
+    HandleResult out;
+    {
+      py::AttachedScope attached(ts_);
+      target_->running = seq;
+      out.response = app_->handle(job.route_index, job.request);
+    }
+    bool raised;
+    {
+      std::lock_guard lock(target_->mutex);
+      target_->running = 0;
+      raised = std::exchange(target_->raised, false);
+    }
+    if (raised) {
+      // Set, but maybe not raised yet: it must not fire in the next job.
+      py::AttachedScope attached(ts_);
+      PyThreadState_SetAsyncExc(target_->thread_id, nullptr);
+    }
+    return out;
+  }
+
+  // May be called again while the handler runs on (a handler can swallow one
+  // exception); a helper still waiting for the GIL is not doubled.
+  InterruptAction interrupt(std::uint64_t seq) override {
+    if (!target_ || target_->running.load() != seq) return InterruptAction::none;
+    if (!target_->helper_active.exchange(true)) interrupters_->launch(target_, seq);
+    return InterruptAction::interrupted;
+  }
+
+  bool abandonable() const override { return true; }
+
+  WorkerDescription describe() const override {
+    WorkerDescription d;
+    d.pid = getpid();
+    d.interpreter_id = interpreter_id_;
+    return d;
+  }
+
+ protected:
+  // On the worker thread, attached to `ts` (the worker's thread state).
+  void attach_target(PyThreadState* ts) {
+    ts_ = ts;
+    target_ = std::make_shared<InterruptTarget>(PyThreadState_GetInterpreter(ts), PyThread_get_thread_ident());
+    interpreter_id_ = PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts));
+    current_worker() = {strategy_name(strategy_).data(), slot_};
+  }
+  // On the worker thread, detached: no helper attaches to the interpreter after this.
+  void detach_target() {
+    if (!target_) return;
+    std::lock_guard lock(target_->mutex);
+    target_->ended = true;
+  }
+
+  const Strategy strategy_;
+  const int slot_;
+  std::shared_ptr<Interrupters> interrupters_;
+  PyThreadState* ts_ = nullptr;
+  PythonApp* app_ = nullptr;
+  std::shared_ptr<InterruptTarget> target_;
+  std::int64_t interpreter_id_ = -1;
+};
+
+// --- subinterpreters ---------------------------------------------------------
+
+// Interpreters are created in parallel (3.13's new_interpreter() detaches the
+// calling main-interpreter thread state at once and initializes the new
+// interpreter under its own GIL), but never while one is being ended: creation
+// takes this lock shared; ending one (and dropping a worker's main-interpreter
+// thread state) takes it exclusive.
+// The app imports that follow run in parallel too: 3.13 corrupts its heap when
+// several sub-interpreters import some extension modules (datetime and friends)
+// for the first time at once, which PythonRuntime prevents by importing those in
+// the main interpreter first (test_startup_stress.py keeps both honest).
+std::shared_mutex& interpreter_lifecycle_mutex() {
+  static std::shared_mutex m;
+  return m;
+}
+
+class SubinterpreterWorker final : public InProcessWorker {
+ public:
+  SubinterpreterWorker(const ServerConfig& config, PyInterpreterState* main_interp, int slot,
+                       std::shared_ptr<Interrupters> interrupters)
+      : InProcessWorker(config.pool.strategy, slot, std::move(interrupters)),
+        options_(config.app),
+        context_(load_context(config, false)),
+        main_interp_(main_interp) {}
+
+  ~SubinterpreterWorker() override {
+    end();
+    if (main_ts_ == nullptr) return;
+    std::lock_guard lock(interpreter_lifecycle_mutex());
+    PyEval_RestoreThread(main_ts_);
+    PyThreadState_Clear(main_ts_);
+    PyThreadState_DeleteCurrent();
+  }
+
+  std::vector<RouteInfo> start() override {
+    std::shared_lock lock(interpreter_lifecycle_mutex());
+    if (main_ts_ == nullptr) main_ts_ = PyThreadState_New(main_interp_);
+    PyEval_RestoreThread(main_ts_);
+
+    const PyInterpreterConfig config = isolated_interpreter_config();
+    PyThreadState* sub = nullptr;
+    PyStatus status = Py_NewInterpreterFromConfig(&sub, &config);
+    if (PyStatus_Exception(status)) {
+      PyEval_SaveThread();
+      throw StartupError(StartupError::Kind::worker, std::string("cannot create a sub-interpreter: ") +
+                                                         (status.err_msg ? status.err_msg : "unknown error"));
+    }
+    // Now `sub` is current and holds its own GIL; the main GIL is released.
+    lock.unlock();
+    try {
+      app_holder_ = PythonApp::load(options_, context_);
+    } catch (...) {
+      std::lock_guard ending(interpreter_lifecycle_mutex());
+      Py_EndInterpreter(sub);  // leaves no thread state current
+      throw;
+    }
+    app_ = app_holder_.get();
+    attach_target(sub);
+    PyEval_SaveThread();
+    return app_->routes();
+  }
+
+  void end() override {
+    if (ts_ == nullptr) return;
+    detach_target();
+    std::lock_guard lock(interpreter_lifecycle_mutex());
+    PyEval_RestoreThread(ts_);
+    app_holder_->release();
+    app_holder_.reset();
+    app_ = nullptr;
+    Py_EndInterpreter(ts_);  // leaves no thread state current, no GIL held
+    ts_ = nullptr;
+  }
+
+  bool recyclable() const override { return true; }
+
+ private:
+  const AppOptions options_;
+  const LoadContext context_;
+  PyInterpreterState* main_interp_;
+  PyThreadState* main_ts_ = nullptr;
+  std::unique_ptr<PythonApp> app_holder_;
+};
+
+class SubinterpreterFactory final : public WorkerFactory {
+ public:
+  explicit SubinterpreterFactory(const ServerConfig& config)
+      : config_(config),
+        runtime_(std::make_unique<PythonRuntime>(PythonConcurrency::kSubinterpreters)) {}
+
+  // Recycling (--max-requests) ends a sub-interpreter per recycle. On a CPython
+  // that does not free an ended one's arenas (unpatched 3.12/3.13) that grows
+  // the server without bound: say so once, loudly, before serving.
+  void prepare() override {
+    if (config_.pool.preload) preload_app();
+    if (config_.pool.max_requests == 0) return;
+    const std::string problem = runtime_->subinterpreter_recycling_problem();
+    if (!problem.empty()) spdlog::warn("--max-requests {}: {}", config_.pool.max_requests, problem);
+  }
+  // --preload: the app is imported once in the main interpreter (and stays in its
+  // sys.modules), so that single-phase C extensions initialize where they may; a
+  // worker's own import then gets CPython's clean ImportError for them, or the
+  // package's pure-Python fallback, instead of running their PyInit in a sub-interpreter.
+  void preload_app() {
+    py::AttachedScope attached(runtime_->main_thread_state());
+    std::unique_ptr<PythonApp> app = PythonApp::load(config_.app, load_context(config_, false));
+    app->release();
+  }
+
+  std::unique_ptr<Worker> make(int slot) override {
+    return std::make_unique<SubinterpreterWorker>(config_, runtime_->main_interpreter(), slot,
+                                                  interrupters_);
+  }
+  std::string python_version() const override { return embedded_python_version(); }
+  PythonBuild python_build() const override { return embedded_python_build(); }
+  bool gil_enabled() const override { return true; }
+  StrategyTraits traits() const override {
+    return {.owns_interpreters = true, .shares_app_object = false, .workers_are_processes = false};
+  }
+
+  void shutdown(bool clean) override {
+    if (clean && interrupters_->wait_idle(2s)) {
+      runtime_.reset();  // finalizes
+    } else {
+      (void)runtime_.release();  // something may still use the interpreter: never finalize
+    }
+  }
+
+ private:
+  const ServerConfig config_;
+  std::unique_ptr<PythonRuntime> runtime_;
+  std::shared_ptr<Interrupters> interrupters_ = std::make_shared<Interrupters>();
+};
+
+// --- threads / free-threaded ---------------------------------------------------
+
+class SharedInterpreterWorker final : public InProcessWorker {
+ public:
+  SharedInterpreterWorker(Strategy strategy, PyInterpreterState* interp, PythonApp* app, int slot,
+                          std::shared_ptr<Interrupters> interrupters)
+      : InProcessWorker(strategy, slot, std::move(interrupters)), interp_(interp) {
+    app_ = app;
+  }
+  ~SharedInterpreterWorker() override { end(); }
+
+  std::vector<RouteInfo> start() override {
+    PyThreadState* ts = PyThreadState_New(interp_);  // bound to this thread
+    attach_target(ts);
+    return app_->routes();
+  }
+
+  void end() override {
+    if (ts_ == nullptr) return;
+    detach_target();
+    PyEval_RestoreThread(ts_);
+    PyThreadState_Clear(ts_);
+    PyThreadState_DeleteCurrent();
+    ts_ = nullptr;
+  }
+
+  // One interpreter for every worker: end() + start() would change nothing.
+  bool recyclable() const override { return false; }
+
+ private:
+  PyInterpreterState* interp_;
+};
+
+class SharedInterpreterFactory final : public WorkerFactory {
+ public:
+  explicit SharedInterpreterFactory(const ServerConfig& config)
+      : config_(config),
+        runtime_(std::make_unique<PythonRuntime>(
+            gil_wanted() ? PythonConcurrency::kNone : PythonConcurrency::kThreads,
+            gil_wanted() && config.pool.python_build == PythonBuild::free_threaded)) {}
+
+  // The app is imported once, in the main interpreter, on this (the main) thread.
+  void prepare() override {
+    py::AttachedScope attached(runtime_->main_thread_state());
+    app_ = PythonApp::load(config_.app, load_context(config_, true));
+    gil_enabled_ = PythonApp::gil_enabled();
+    if (!gil_wanted() && gil_enabled_) {
+      std::string msg = "the GIL is enabled after importing app '" + config_.app.target + "'";
+      if (app_->gil_warnings().empty()) {
+        msg += ": a C extension it imports does not declare free-threading support (Py_mod_gil)";
+      }
+      for (const auto& w : app_->gil_warnings()) msg += ": " + w;
+      if (!config_.pool.allow_gil) {
+        app_->release();
+        app_.reset();
+        throw StartupError(msg + " (pass --allow-gil to run anyway, with the GIL)");
+      }
+      spdlog::warn("{} (running anyway: --allow-gil; handlers will not run in parallel)", msg);
+    }
+  }
+
+  std::unique_ptr<Worker> make(int slot) override {
+    return std::make_unique<SharedInterpreterWorker>(config_.pool.strategy, runtime_->main_interpreter(),
+                                                     app_.get(), slot, interrupters_);
+  }
+  std::string python_version() const override { return embedded_python_version(); }
+  PythonBuild python_build() const override { return embedded_python_build(); }
+  bool gil_enabled() const override { return gil_enabled_; }
+  StrategyTraits traits() const override {
+    return {.owns_interpreters = false, .shares_app_object = true, .workers_are_processes = false};
+  }
+
+  void shutdown(bool clean) override {
+    if (clean && interrupters_->wait_idle(2s)) {
+      if (app_) {
+        py::AttachedScope attached(runtime_->main_thread_state());
+        app_->release();
+      }
+      app_.reset();
+      runtime_.reset();  // finalizes
+    } else {
+      // A handler thread still runs in the main interpreter: leave everything to it.
+      (void)app_.release();
+      (void)runtime_.release();
+    }
+  }
+
+ private:
+  // threads keeps (or, on a free-threaded build, turns on) the GIL; free-threaded runs without it.
+  bool gil_wanted() const { return config_.pool.strategy == Strategy::threads; }
+
+  const ServerConfig config_;
+  std::unique_ptr<PythonRuntime> runtime_;
+  std::unique_ptr<PythonApp> app_;
+  bool gil_enabled_ = true;
+  std::shared_ptr<Interrupters> interrupters_ = std::make_shared<Interrupters>();
+};
+
+}  // namespace
+
+std::unique_ptr<WorkerFactory> make_subinterpreter_factory(const ServerConfig& config) {
+  return std::make_unique<SubinterpreterFactory>(config);
+}
+
+std::unique_ptr<WorkerFactory> make_shared_interpreter_factory(const ServerConfig& config) {
+  return std::make_unique<SharedInterpreterFactory>(config);
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,319 @@
+#include "server/cli.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "server/http/cpu_limit.hpp"
+
+namespace gilgamesh {
+
+namespace {
+
+std::string shown(const std::string& s) { return "'" + s.substr(0, 60) + (s.size() > 60 ? "...'" : "'"); }
+
+// A value check that says what is allowed ("--port: must be an integer in
+// 0..65535, got '99999'"), run before CLI11 converts the text.
+CLI::Validator integer_in(long long lo, long long hi) {
+  const std::string range = std::to_string(lo) + ".." + std::to_string(hi);
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        long long v = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
+          return "must be an integer in " + range + ", got " + shown(text);
+        }
+        return {};
+      },
+      "INT in " + range);
+}
+
+CLI::Validator seconds_in(double lo, double hi) {
+  auto fmt = [](double x) {
+    std::string s = std::to_string(x);
+    s.erase(s.find_last_not_of('0') + 1);
+    if (!s.empty() && s.back() == '.') s.pop_back();
+    return s;
+  };
+  const std::string range = fmt(lo) + ".." + fmt(hi);
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        std::size_t used = 0;
+        double v = 0;
+        try {
+          v = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (text.empty() || used != text.size() || !std::isfinite(v) || v < lo || v > hi) {
+          return "must be a number of seconds in " + range + ", got " + shown(text);
+        }
+        return {};
+      },
+      "SECONDS in " + range);
+}
+
+CLI::Validator one_of(std::vector<std::string> names) {
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  return CLI::Validator(
+      [names, list](std::string& text) -> std::string {
+        for (const auto& n : names) {
+          if (text == n) return {};
+        }
+        return "must be one of " + list + "; got " + shown(text);
+      },
+      "one of " + list);
+}
+
+// The flags that are not fields of the option structs: converted after parsing.
+struct RawFlags {
+  bool version = false;
+  bool no_dashboard = false;
+  std::string wsgi;
+  std::string strategy;
+  std::string python_build;
+};
+
+void add_app_options(CLI::App& cli, AppOptions& app, RawFlags& raw) {
+  cli.add_option("--app", app.target, "Python module whose @gilgamesh.route handlers to serve")
+      ->capture_default_str();
+  cli.add_option("--wsgi", raw.wsgi,
+                 "PEP 3333 application to serve instead, as MODULE:CALLABLE (CALLABLE defaults to "
+                 "'application'; 'factory()' calls a factory)");
+  cli.add_option("--root-path", app.root_path,
+                 "WSGI: the URL prefix the app is mounted at (its SCRIPT_NAME; stripped from "
+                 "PATH_INFO when the path starts with it)");
+  cli.add_option("--max-response", app.max_response,
+                 "Largest response body in bytes; a handler or app that makes a larger one gets 500")
+      ->check(integer_in(1, 1LL << 34))
+      ->capture_default_str();
+  cli.add_option("--pythonpath", app.pythonpath,
+                 "Directory to prepend to sys.path (repeatable; the working directory follows)");
+  cli.add_flag("--debug", app.debug,
+               "Error bodies of a handler's unexpected exception carry its type, text and traceback "
+               "(for development: without it they say only 'internal server error')");
+}
+
+void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
+  raw.strategy = strategy_name(pool.strategy);
+  cli.add_option("--strategy", raw.strategy,
+                 "How Python runs the handlers (auto: the best one that can load the app, as "
+                 "`gilgamesh check` finds)")
+      ->check(one_of(strategy_names()))
+      ->capture_default_str();
+  cli.add_option("--python-build", raw.python_build,
+                 "CPython build to embed: default or free-threaded (default: free-threaded for "
+                 "--strategy free-threaded, else default)")
+      ->check(one_of({"default", "free-threaded"}));
+  cli.add_option("--workers", pool.workers,
+                 "Worker count (default: the CPUs this process may use: affinity, cgroup CPU quota)")
+      ->check(integer_in(1, 1024));
+  cli.add_option("--worker-spin", pool.worker_spin_us,
+                 "Microseconds an idle worker keeps watching the queue before it sleeps: saves a "
+                 "wake-up per request when requests come close together, costs CPU while idle "
+                 "(default: 50 when workers + I/O threads <= CPUs, else 0)")
+      ->check(integer_in(0, 10000));
+  cli.add_option("--max-queue", pool.max_queue, "Requests queued for workers before 503")
+      ->check(integer_in(1, 1LL << 24))
+      ->capture_default_str();
+  cli.add_option("--max-abandoned", pool.max_abandoned,
+                 "Handler threads stuck past --timeout that may be left running while a fresh "
+                 "worker takes their slot; past it the slot is not replaced and /readyz says 503 "
+                 "(in-process strategies; default: 2 x workers)")
+      ->check(integer_in(1, 100000));
+  cli.add_option("--max-requests", pool.max_requests,
+                 "Recycle a worker after this many requests (0: never)")
+      ->check(integer_in(0, 4294967295LL))
+      ->capture_default_str();
+  cli.add_option("--max-requests-jitter", pool.max_requests_jitter,
+                 "Add 0..J random requests to --max-requests per worker")
+      ->check(integer_in(0, 4294967295LL))
+      ->capture_default_str();
+  cli.add_flag("--allow-gil", pool.allow_gil,
+               "free-threaded: serve even if an extension turned the GIL back on");
+  cli.add_flag("--preload", pool.preload,
+               "Import the app once in the main interpreter before the workers start (subinterpreters: "
+               "single-phase C extensions then initialize there, and sub-interpreters get a clean "
+               "ImportError or the package's pure-Python fallback; processes and threads always do)");
+}
+
+void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
+  cli.add_option("--host", h.host, "Address to listen on")->capture_default_str();
+  cli.add_option("--port", h.port, "TCP port to listen on (0: any free port)")
+      ->check(integer_in(0, 65535))
+      ->capture_default_str();
+  cli.add_option("--io-threads", h.io_threads, "HTTP I/O threads (default: 1 per 4 CPUs, at least 1)")
+      ->check(integer_in(1, 256));
+  cli.add_option("--max-body", h.max_body, "Largest request body in bytes (larger: 413)")
+      ->check(integer_in(0, 1LL << 34))
+      ->capture_default_str();
+  cli.add_option("--max-connections", h.max_connections,
+                 "Open connections; past it new ones are closed at once and counted (default: " +
+                     std::to_string(kDefaultMaxConnections) + ", less if the file descriptor limit is lower)")
+      ->check(integer_in(1, 10000000));
+  cli.add_option("--header-timeout", h.header_timeout,
+                 "Seconds a client has to send the request headers")
+      ->check(seconds_in(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--keepalive-timeout", h.keepalive_timeout,
+                 "Seconds an idle keep-alive connection stays open")
+      ->check(seconds_in(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--graceful-timeout", h.graceful_timeout,
+                 "Seconds to finish in-flight requests after SIGTERM/SIGINT")
+      ->check(seconds_in(0.0, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--timeout", h.request_timeout,
+                 "Seconds from a request's arrival to its response, else 504; a handler still "
+                 "running then is interrupted (its worker replaced if it does not stop)")
+      ->check(seconds_in(0.001, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--shutdown-delay", h.shutdown_delay,
+                 "Seconds after SIGTERM during which /readyz answers 503 and the listener still "
+                 "accepts, before the drain starts (let a load balancer take the replica out first)")
+      ->check(seconds_in(0.0, 3600.0))
+      ->capture_default_str();
+  cli.add_flag("--access-log", h.access_log, "Log one line per request");
+  cli.add_flag("--no-dashboard", raw.no_dashboard,
+               "Do not serve the live dashboard (GET /dashboard) and its event stream (GET /events)");
+}
+
+// Every flag can also be set from the environment, as containers and process
+// managers do: GILGAMESH_<FLAG> (--max-queue: GILGAMESH_MAX_QUEUE). The command line wins.
+void add_environment_names(CLI::App& cli) {
+  for (CLI::Option* opt : cli.get_options()) {
+    const auto& names = opt->get_lnames();
+    if (names.empty() || names.front() == "help" || names.front() == "version") continue;
+    std::string env = "GILGAMESH_";
+    for (char ch : names.front()) env += ch == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    opt->envname(env);
+  }
+}
+
+// Parses argv into what `cli` is bound to; on --help or a bad flag, prints
+// and returns the exit code.
+std::optional<int> parse_flags(CLI::App& cli, int argc, char** argv) {
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << cli.help();
+    return 0;
+  } catch (const CLI::ArgumentMismatch& e) {
+    // "--workers: 1 required INT in 1..1024 missing": say it plainly.
+    std::string what = e.what();
+    std::cerr << "gilgamesh: " << what.substr(0, what.find(':')) << " needs a value (see --help)\n";
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    for (char& ch : what) {
+      if (ch == '\n') ch = ' ';
+    }
+    std::cerr << "gilgamesh: " << what << " (see --help)\n";
+    return 2;
+  }
+  return std::nullopt;
+}
+
+// The 0 (and -1) defaults that depend on the CPUs this process may use.
+void resolve_defaults(ServerConfig& c) {
+  const int cpus = usable_cpus();
+  if (c.pool.workers == 0) c.pool.workers = cpus;
+  if (c.http.io_threads == 0) c.http.io_threads = std::max(1, cpus / 4);
+  // Spinning helps only on a core nobody else wants; on a full machine it steals the I/O thread's.
+  if (c.pool.worker_spin_us < 0) c.pool.worker_spin_us = c.pool.workers + c.http.io_threads <= cpus ? 50 : 0;
+}
+
+// --strategy and --python-build; false (after saying why) if they do not go together.
+bool resolve_strategy(PoolOptions& pool, const RawFlags& raw) {
+  pool.strategy = *parse_strategy(raw.strategy);
+  const bool free_threaded = pool.strategy == Strategy::free_threaded;
+  pool.python_build = raw.python_build.empty()
+                          ? (free_threaded ? PythonBuild::free_threaded : PythonBuild::standard)
+                          : *parse_python_build(raw.python_build);
+  if (free_threaded && pool.python_build != PythonBuild::free_threaded) {
+    std::cerr << "gilgamesh: --strategy free-threaded needs --python-build free-threaded (see --help)\n";
+    return false;
+  }
+  return true;
+}
+
+// --app or --wsgi, and --root-path; false (after saying why) if they are not usable.
+bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
+  const bool wsgi_given = cli.count("--wsgi") > 0;
+  if (cli.count("--app") > 0 && wsgi_given) {
+    std::cerr << "gilgamesh: --app and --wsgi are exclusive: --app serves @gilgamesh.route handlers, "
+                 "--wsgi a WSGI callable (see --help)\n";
+    return false;
+  }
+  if (wsgi_given) {
+    const std::string& wsgi = raw.wsgi;
+    const auto colon = wsgi.find(':');
+    if (wsgi.empty() || colon == 0 || colon + 1 == wsgi.size()) {
+      std::cerr << "gilgamesh: --wsgi takes MODULE:CALLABLE, got '" << wsgi << "' (see --help)\n";
+      return false;
+    }
+    app.target = colon == std::string::npos ? wsgi + ":application" : wsgi;
+    app.kind = AppKind::wsgi;
+  } else if (app.target.find(':') != std::string::npos) {
+    std::cerr << "gilgamesh: --app takes a module of @gilgamesh.route handlers; for the WSGI "
+                 "callable '" << app.target << "' use --wsgi " << app.target << "\n";
+    return false;
+  }
+  if (app.target.empty()) {
+    std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
+    return false;
+  }
+  if (!app.root_path.empty()) {
+    if (app.root_path.front() != '/') {
+      std::cerr << "gilgamesh: --root-path must start with '/', e.g. /api (see --help)\n";
+      return false;
+    }
+    while (!app.root_path.empty() && app.root_path.back() == '/') app.root_path.pop_back();
+  }
+  return true;
+}
+
+}  // namespace
+
+std::size_t default_max_connections(std::size_t fd_limit, int workers) {
+  // Descriptors the rest of the server may hold: the listener, logs, the
+  // workers' sockets and pipes, what the app itself opens.
+  const std::size_t reserve = 128 + 8 * static_cast<std::size_t>(std::max(workers, 1));
+  if (fd_limit <= reserve + 32) return std::max<std::size_t>(16, fd_limit / 2);
+  return std::min(kDefaultMaxConnections, fd_limit - reserve);
+}
+
+ParseOutcome parse_command_line(int argc, char** argv) {
+  ServerConfig c;
+  RawFlags raw;
+  CLI::App cli{"gilgamesh: an HTTP server that runs Python request handlers on every core.", "gilgamesh"};
+  cli.set_help_flag("-h,--help", "Print this help and exit");
+  cli.add_flag("--version", raw.version, "Print the gilgamesh and embedded Python versions and exit");
+  add_app_options(cli, c.app, raw);
+  add_pool_options(cli, c.pool, raw);
+  add_http_options(cli, c.http, raw);
+  cli.add_option("--log-level", c.log_level, "Log level")
+      ->check(one_of({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  add_environment_names(cli);
+
+  if (const auto exit_code = parse_flags(cli, argc, argv)) return {std::nullopt, *exit_code, false};
+  if (raw.version) return {std::nullopt, 0, true};
+  c.http.dashboard = !raw.no_dashboard;
+  resolve_defaults(c);
+  if (!resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) return {std::nullopt, 2, false};
+  return {c, 0, false};
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,168 @@
+// One HTTP/1.1 exchange's decisions, as plain functions of bytes and state:
+// where a request head ends and whether its bytes are acceptable, whether its
+// framing (Content-Length / Transfer-Encoding) is unambiguous, what each parse
+// error answers, where a request goes (a built-in answer or a Python route),
+// and how a response becomes a Beast message. The session (http_server.cpp)
+// calls them with sockets and timers around them; the request fuzz target
+// (tests/fuzz/fuzz_request.cpp) calls the same functions on raw bytes.
+//
+// What a request may look like (RFC 9112), and what is refused:
+//   - the head ends at the first empty line and is at most kHeaderLimit bytes
+//     (431); every line ends with CRLF: a bare LF or CR is 400, and so is a
+//     header line starting with whitespace (obsolete line folding). Empty lines
+//     before the request line are skipped.
+//   - Transfer-Encoding is accepted only as one field whose value is exactly
+//     `chunked` (any case), on HTTP/1.1, without Content-Length: a coding the
+//     server does not implement is 501, a list, a repeat, HTTP/1.0 or a
+//     Content-Length beside it is 400.
+//   - Content-Length is one field of digits (a repeat, even of the same
+//     value, or a list is 400); an HTTP/1.1 request has exactly one Host.
+// A refused request is answered and the connection then closed: what follows
+// it on the wire cannot be trusted to start a new request (request smuggling).
+#pragma once
+
+#include <boost/beast/http.hpp>
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "server/model/executor.hpp"
+#include "server/http/router.hpp"
+#include "server/observation/metrics.hpp"
+
+namespace gilgamesh::exchange {
+
+namespace http = boost::beast::http;
+using Request = http::request<http::string_body>;
+using Parser = http::request_parser<http::string_body>;
+using WireResponse = http::response<http::string_body>;
+
+// Request line and headers, in bytes.
+constexpr std::size_t kHeaderLimit = 8 * 1024;
+
+struct Limits {
+  std::size_t header_limit = kHeaderLimit;
+  std::size_t max_body = 1024 * 1024;
+};
+
+// A request answered without being routed; the connection closes after it.
+struct Refusal {
+  http::status status = http::status::bad_request;
+  std::string message;
+};
+
+// Finds the end of a request head in the bytes received so far and refuses
+// the line breaks Beast's parser would accept but a proxy in front may read
+// differently. Scans each byte once however the head arrives.
+class HeadScanner {
+ public:
+  explicit HeadScanner(std::size_t limit = kHeaderLimit) : limit_(limit) {}
+  enum class Result { need_more, complete, refused };
+  // `received`: every byte buffered for this request so far (a prefix that
+  // grows between calls).
+  Result scan(std::string_view received);
+  // Empty lines before the request line (skipped, not parsed).
+  std::size_t blank_prefix() const { return blank_prefix_; }
+  // Once complete: where the head ends, after its empty line.
+  std::size_t end() const { return end_; }
+  // Once refused: the answer.
+  const Refusal& refusal() const { return refusal_; }
+  // True once a byte of the request line has arrived (not counting empty lines).
+  bool started() const { return pos_ > blank_prefix_ || in_head_; }
+
+ private:
+  Result refuse(http::status status, std::string message);
+  std::size_t limit_;
+  std::size_t pos_ = 0;           // next byte to look at
+  std::size_t blank_prefix_ = 0;
+  std::size_t end_ = 0;
+  bool in_head_ = false;          // past the empty lines before the request line
+  bool line_start_ = true;        // pos_ begins a line
+  bool first_line_ = true;        // that line is the request line
+  Refusal refusal_;
+};
+
+// Sets the limits on a fresh parser: where the data enters.
+void prepare(Parser& parser, const Limits& limits);
+
+// Parses a complete head (as found by HeadScanner, without the blank prefix).
+// Errors are Beast's (see refusal_for).
+boost::system::error_code parse_head(Parser& parser, std::string_view head);
+
+// The framing and Host rules Beast's parser leaves open (see the top of this
+// file); nothing if the parsed head may be served.
+std::optional<Refusal> framing_refusal(const Request& head);
+
+// The one place a read or parse error becomes an answer: a refusal, or
+// nothing when the connection should just close (the client left, or was too
+// slow to send its request).
+std::optional<Refusal> refusal_for(boost::system::error_code ec, const Limits& limits);
+
+// The request id: the client's X-Request-Id if it is short and printable, else a new one.
+std::string request_id_for(const Request& request);
+std::string new_request_id();
+
+// What routing reads of the server.
+struct RoutingState {
+  const Router& router;
+  const ServerView& view;  // the built-in endpoints' snapshot; view.executor answers /readyz
+  bool draining = false;   // the listener has closed: /healthz answers 503
+};
+
+// The server's own answer: a built-in endpoint, 404, 405 (with Allow), 503
+// while starting (with Retry-After), 400 for a target that is not a path.
+struct Answer {
+  HttpResponseData response;
+  bool close = false;  // the connection ends after it
+  // GET /events: the session hands its socket to the event streams (events.hpp)
+  // instead of writing `response`.
+  bool event_stream = false;
+};
+
+// A request for a Python route.
+struct Dispatch {
+  std::size_t route_index = 0;
+  std::vector<PathParam> params;
+  std::string path;    // percent-decoded, without the query
+  std::string query;   // raw, after '?'
+  std::string target;  // as received, without '#...'
+};
+
+// Where a parsed request goes. Pure: reads `state`, changes nothing.
+std::variant<Answer, Dispatch> route(const Request& request, const std::string& request_id,
+                                     const RoutingState& state);
+
+// Where a request came in, for the job (WSGI's environ).
+struct Peer {
+  std::string remote_addr;
+  std::uint16_t remote_port = 0;
+  std::string local_addr;
+  std::uint16_t local_port = 0;
+};
+
+// The plain-data request a worker gets; takes the body out of `request`.
+HttpRequestData job_request(Request& request, Dispatch&& dispatch, const std::string& request_id,
+                            const Peer& peer);
+
+// What the response depends on besides itself.
+struct ResponseContext {
+  unsigned version = 11;   // the request's (10 or 11)
+  bool head = false;       // a HEAD request: no body, the GET body's Content-Length
+  bool keep_alive = false;
+  std::string request_id;
+};
+
+// The one place a response becomes a Beast message, for the server's own
+// answers and for a handler's alike. A response that breaks a rule of
+// response_violation() (server/model/response.hpp), or that Beast refuses to
+// hold, is replaced by a 500 error, and `problem` says why; nothing here
+// throws (but std::bad_alloc). Server, Date, X-Request-Id and Content-Length
+// are set here; Content-Length, Transfer-Encoding, Connection and Keep-Alive
+// from `response` are dropped (framing is the server's).
+WireResponse to_wire(HttpResponseData&& response, const ResponseContext& context, std::string& problem);
+
+}  // namespace gilgamesh::exchange

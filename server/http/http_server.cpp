@@ -1,0 +1,683 @@
+#include "server/http/http_server.hpp"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_set>
+#include <variant>
+
+#include "server/model/response.hpp"
+#include "server/http/builtins.hpp"
+#include "server/http/exchange.hpp"
+#include "server/observation/dashboard.hpp"
+#include "server/observation/events.hpp"
+#include "server/http/router.hpp"
+#include "server/observation/stats.hpp"
+
+namespace gilgamesh {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+constexpr auto kWriteTimeout = std::chrono::seconds(60);  // a client that stops reading is dropped
+constexpr std::size_t kReadSize = 16 * 1024;
+// A lingering close: after the last response, stop sending and read (and
+// drop) what the client still sends, so that closing the socket with unread
+// bytes does not reset the connection before the client has read the
+// response (a 413 sent while a body is still arriving).
+constexpr auto kLingerTime = std::chrono::seconds(5);
+constexpr std::size_t kLingerBytes = 8 * 1024 * 1024;
+// Accept failing for want of descriptors or memory: retry after a pause that
+// doubles up to the maximum, never in a busy loop.
+constexpr auto kAcceptBackoffFirst = std::chrono::milliseconds(10);
+constexpr auto kAcceptBackoffMax = std::chrono::milliseconds(250);
+
+std::chrono::steady_clock::duration seconds(double s) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+}
+
+// Beast's string_view as fmt can print it: std::string_view with Boost 1.74
+// (Debian 12), boost::core::string_view with Boost >= 1.81 (trixie, the image).
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+}  // namespace
+
+class Session;
+
+struct HttpServer::Impl {
+  Impl(const ServerConfig& c, Executor& e)
+      : config(c),
+        limits{exchange::kHeaderLimit, c.http.max_body},
+        executor(e),
+        startup_router(std::vector<RouteInfo>{}, c.http.dashboard),
+        started_at(std::chrono::steady_clock::now()),
+        events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); },
+               c.http.access_log),
+        ioc(c.http.io_threads),
+        acceptor(ioc),
+        signals(ioc, SIGINT, SIGTERM),
+        shutdown_delay_timer(ioc),
+        accept_retry_timer(ioc) {}
+
+  void do_accept();
+  void on_accept_error(beast::error_code ec);
+  void on_signal(int signo);
+  void begin_drain();
+  void for_each_session(void (Session::*action)());
+  ServerView view() const {
+    return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
+  }
+  // The full router once the workers are up; before that, only the built-ins.
+  const Router& router() const {
+    const Router* r = app_router.load(std::memory_order_acquire);
+    return r ? *r : startup_router;
+  }
+  bool routes_ready() const { return app_router.load(std::memory_order_acquire) != nullptr; }
+
+  ServerConfig config;
+  exchange::Limits limits;
+  Executor& executor;
+  Router startup_router;
+  std::unique_ptr<Router> app_router_holder;
+  std::atomic<const Router*> app_router{nullptr};
+  ServerStats stats;
+  std::chrono::steady_clock::time_point started_at;
+  EventStreams events;  // GET /events; like the sessions below, outlives the io_context
+  std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
+  std::atomic<bool> draining{false};       // the listener is closed; connections finish
+  int signals_received = 0;                // on the signal handler's strand only
+  std::promise<void> shutdown_requested;   // the drain begins
+  // Sessions unregister in their destructors, which may run while the
+  // io_context below is destroyed: these members must outlive it.
+  std::mutex sessions_mutex;
+  std::unordered_set<Session*> sessions;
+
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
+  net::signal_set signals;
+  net::steady_timer shutdown_delay_timer;
+  // Accept errors: the acceptor's chain only (one accept is pending at a time).
+  net::steady_timer accept_retry_timer;
+  std::chrono::milliseconds accept_backoff{0};
+  std::chrono::steady_clock::time_point accept_error_logged_at{};
+};
+
+// One connection, the Beast advanced-server way. Its chain reads top to bottom:
+//   next_request -> do_read -> on_read -> (head complete) on_head -> [read_body]
+//   -> handle -> respond -> do_write -> on_write -> next_request
+// with a Python job between handle and respond for a Python route. Read and
+// parse errors all go through fail(); what the server refuses goes through
+// refuse() and ends the connection with a lingering close. The decisions
+// themselves (head rules, framing, routing, the wire form of a response) are
+// exchange.hpp's, shared with the fuzz target. Every handler runs on the
+// connection's executor: a strand with several I/O threads, the one I/O thread otherwise.
+class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket&& socket, HttpServer::Impl& server)
+      : stream_(std::move(socket)),
+        server_(server),
+        job_timer_(stream_.get_executor()),
+        accepted_at_(std::chrono::steady_clock::now()),
+        native_fd_(stream_.socket().native_handle()) {
+    beast::error_code ec;
+    if (auto remote = stream_.socket().remote_endpoint(ec); !ec) {
+      peer_.remote_addr = remote.address().to_string();
+      peer_.remote_port = remote.port();
+    }
+    if (auto local = stream_.socket().local_endpoint(ec); !ec) {
+      peer_.local_addr = local.address().to_string();
+      peer_.local_port = local.port();
+    }
+    server_.stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
+    server_.stats.connections_open.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard lock(server_.sessions_mutex);
+    server_.sessions.insert(this);
+  }
+  ~Session() {
+    server_.stats.connections_open.fetch_sub(1, std::memory_order_relaxed);
+    std::lock_guard lock(server_.sessions_mutex);
+    server_.sessions.erase(this);
+  }
+
+  void start() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->next_request(); });
+  }
+
+  // Posted by the server on SIGTERM: idle connections close now, busy ones
+  // after their current response.
+  void on_shutdown() {
+    shutting_down_ = true;
+    if (idle_ || lingering_) close();
+  }
+
+  net::any_io_executor executor() { return stream_.get_executor(); }
+
+  // JobOwner, from a worker thread: hand the answer to the connection's executor.
+  void job_done(std::uint64_t token, HttpResponseData&& r) override {
+    net::post(stream_.get_executor(), [self = shared_from_this(), token, r = std::move(r)]() mutable {
+      self->on_job_done(token, std::move(r));
+    });
+  }
+
+  // JobOwner, from a worker thread, for a job that waited in the queue: a peek
+  // that finds end of stream (or a reset) means the client left. The socket is
+  // not closed while a job is pending, so the descriptor is still this one's.
+  bool client_gone() const override {
+    char c;
+    const ssize_t n = ::recv(native_fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  // A new request: its head may already be buffered (pipelining); else wait
+  // for its first byte. The keep-alive timeout bounds that wait; the header
+  // timeout counts once, from the first byte of the request (from the accept
+  // for a connection's first request) to the end of its head.
+  void next_request() {
+    if (shutting_down_) return close();
+    scanner_ = exchange::HeadScanner(server_.limits.header_limit);
+    parser_.reset();
+    request_ = {};
+    context_ = {};
+    route_index_ = kNoRoute;
+    if (buffer_.size() > 0) {
+      head_deadline_ = Clock::now() + seconds(server_.config.http.header_timeout);
+      stream_.expires_at(head_deadline_);
+      return scan();
+    }
+    idle_ = true;
+    if (first_request_) {
+      head_deadline_ = accepted_at_ + seconds(server_.config.http.header_timeout);
+      stream_.expires_at(head_deadline_);
+    } else {
+      stream_.expires_after(seconds(server_.config.http.keepalive_timeout));
+    }
+    do_read();
+  }
+
+  void do_read() {
+    stream_.async_read_some(buffer_.prepare(kReadSize),
+                            [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                              self->on_read(ec, n);
+                            });
+  }
+
+  void on_read(beast::error_code ec, std::size_t n) {
+    buffer_.commit(n);
+    if (ec) return fail(ec);
+    if (idle_) {
+      idle_ = false;
+      if (!first_request_) {
+        head_deadline_ = Clock::now() + seconds(server_.config.http.header_timeout);
+        stream_.expires_at(head_deadline_);
+      }
+    }
+    scan();
+  }
+
+  void scan() {
+    const auto* data = static_cast<const char*>(buffer_.data().data());
+    switch (scanner_.scan(std::string_view(data, buffer_.size()))) {
+      case exchange::HeadScanner::Result::need_more:
+        return do_read();  // same deadline
+      case exchange::HeadScanner::Result::refused:
+        return refuse(scanner_.refusal());
+      case exchange::HeadScanner::Result::complete:
+        return on_head();
+    }
+  }
+
+  void on_head() {
+    first_request_ = false;
+    const auto* data = static_cast<const char*>(buffer_.data().data());
+    parser_.emplace();
+    exchange::prepare(*parser_, server_.limits);
+    const beast::error_code ec = exchange::parse_head(
+        *parser_, std::string_view(data + scanner_.blank_prefix(), scanner_.end() - scanner_.blank_prefix()));
+    buffer_.consume(scanner_.end());
+    if (ec) return fail(ec);
+    arrived_ = Clock::now();
+    if (auto refusal = exchange::framing_refusal(parser_->get())) return refuse(*refusal);
+    if (parser_->is_done()) return handle();
+    // curl and others wait for "100 Continue" before sending a large body.
+    auto& req = parser_->get();
+    if (beast::iequals(req[http::field::expect], "100-continue") && req.version() >= 11) {
+      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+      stream_.expires_after(kWriteTimeout);
+      http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code wec, std::size_t) {
+        if (wec) return self->close();
+        self->read_body();
+      });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    // The body has its own deadline, counted from the end of the head.
+    stream_.expires_after(seconds(std::max(server_.config.http.header_timeout, 30.0)));
+    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->fail(ec);
+      self->handle();
+    });
+  }
+
+  // The one place every read and parse error ends up: an answer the client
+  // can read (then a lingering close), or a plain close when it left or was
+  // too slow.
+  void fail(beast::error_code ec) {
+    std::optional<exchange::Refusal> refusal = exchange::refusal_for(ec, server_.limits);
+    if (!refusal) return close();
+    refuse(*refusal);
+  }
+
+  // Answers a request the server will not route, and ends the connection
+  // after it: what follows on the wire cannot be trusted to be a request.
+  void refuse(const exchange::Refusal& refusal) {
+    first_request_ = false;
+    context_.request_id = parser_ && parser_->is_header_done() ? exchange::request_id_for(parser_->get())
+                                                               : exchange::new_request_id();
+    context_.head = false;
+    respond(make_error_response(static_cast<int>(refusal.status), refusal.message, context_.request_id), true);
+  }
+
+  void handle() {
+    request_ = parser_->release();
+    parser_.reset();
+    context_.request_id = exchange::request_id_for(request_);
+    context_.version = request_.version();
+    context_.head = request_.method() == http::verb::head;
+    context_.keep_alive = request_.keep_alive();
+    std::variant<exchange::Answer, exchange::Dispatch> decision;
+    try {
+      const ServerView view = server_.view();
+      decision = exchange::route(request_, context_.request_id,
+                                 exchange::RoutingState{server_.router(), view, server_.draining.load()});
+    } catch (const std::exception& e) {
+      spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, sv(request_.method_string()),
+                    path_for_log(), e.what());
+      return respond(make_error_response(500, "internal server error", context_.request_id), true);
+    }
+    if (auto* answer = std::get_if<exchange::Answer>(&decision)) {
+      if (answer->event_stream) {
+        if (shutting_down_) {
+          return respond(make_error_response(503, "server is shutting down", context_.request_id), true);
+        }
+        // The stream takes the connection over; this session ends here.
+        return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id);
+      }
+      return respond(std::move(answer->response), answer->close);
+    }
+    submit(std::get<exchange::Dispatch>(std::move(decision)));
+  }
+
+  void submit(exchange::Dispatch&& dispatch) {
+    route_index_ = dispatch.route_index;
+    Job job;
+    job.route_index = dispatch.route_index;
+    const auto deadline = arrived_ + seconds(server_.config.http.request_timeout);
+    job.deadline = deadline;
+    job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_);
+    const std::uint64_t token = ++job_token_;
+    job.owner = shared_from_this();
+    job.token = token;
+    stream_.expires_never();  // the job deadline, not the socket, bounds the wait
+    switch (server_.executor.submit(job)) {
+      case SubmitResult::accepted:
+        job_pending_ = true;
+        job_timer_.expires_at(deadline);
+        job_timer_.async_wait([self = shared_from_this(), token](beast::error_code ec) {
+          if (!ec) self->on_job_deadline(token);
+        });
+        return;
+      case SubmitResult::queue_full: {
+        server_.stats.rejected_queue_full.fetch_add(1, std::memory_order_relaxed);
+        HttpResponseData r = make_error_response(
+            503, "server is at capacity (" + std::to_string(server_.config.pool.max_queue) + " requests queued); retry later",
+            context_.request_id);
+        r.headers.push_back({"Retry-After", "1"});
+        return respond(std::move(r), false);
+      }
+      case SubmitResult::stopping: {
+        HttpResponseData r = make_error_response(503, "server is shutting down", context_.request_id);
+        r.headers.push_back({"Retry-After", "1"});
+        return respond(std::move(r), true);
+      }
+    }
+  }
+
+  void on_job_done(std::uint64_t token, HttpResponseData&& r) {
+    if (token != job_token_ || !job_pending_) return;  // answered 504 already
+    job_pending_ = false;
+    job_timer_.cancel();
+    respond(std::move(r), false);
+  }
+
+  // The route's pattern as registered (for logs), else the decoded path.
+  std::string path_for_log() const {
+    if (route_index_ != kNoRoute && route_index_ < server_.executor.routes().size() && server_.routes_ready()) {
+      return server_.executor.routes()[route_index_].path;
+    }
+    return std::string(request_.target().substr(0, 200));
+  }
+
+  void on_job_deadline(std::uint64_t token) {
+    if (token != job_token_ || !job_pending_) return;
+    job_pending_ = false;
+    spdlog::warn("request {}: {} {} got no answer within {}; 504", context_.request_id, sv(request_.method_string()),
+                 path_for_log(), fmt_seconds(server_.config.http.request_timeout));
+    server_.stats.deadline_exceeded.fetch_add(1, std::memory_order_relaxed);
+    respond(make_error_response(504, "handler did not answer within " + fmt_seconds(server_.config.http.request_timeout),
+                                context_.request_id),
+            false);
+  }
+
+  static std::string fmt_seconds(double s) {
+    std::string out = std::to_string(s);
+    out.erase(out.find_last_not_of('0') + 1);
+    if (!out.empty() && out.back() == '.') out.pop_back();
+    return out + " s";
+  }
+
+  // Every response goes out here, built where it was decided; `close` ends
+  // the connection after it.
+  void respond(HttpResponseData&& r, bool close) {
+    if (close || server_.shutting_down || shutting_down_) context_.keep_alive = false;
+    std::string problem;
+    response_ = exchange::to_wire(std::move(r), context_, problem);
+    if (!problem.empty()) {
+      spdlog::error("request {}: the response to {} {} breaks a rule and was not sent: {}; answered 500",
+                    context_.request_id, sv(request_.method_string()), path_for_log(), problem);
+    }
+    const int code = response_.result_int();
+    const auto latency = Clock::now() - arrived_;
+    server_.stats.record_status(code);
+    if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
+    if (server_.config.http.access_log) {
+      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code,
+                   response_.body().size(), std::chrono::duration<double, std::milli>(latency).count(),
+                   context_.request_id);
+    }
+    do_write();
+  }
+
+  void do_write() {
+    stream_.expires_after(kWriteTimeout);
+    http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->on_write(ec);
+    });
+  }
+
+  void on_write(beast::error_code ec) {
+    if (ec) return close();
+    if (!context_.keep_alive) return linger();
+    next_request();
+  }
+
+  // A lingering close (see kLingerTime): no more sending, read and drop what
+  // still comes, close at end of stream or at the bounds.
+  void linger() {
+    if (shutting_down_) return close();
+    lingering_ = true;
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(kLingerTime);
+    buffer_.clear();
+    drain();
+  }
+
+  void drain() {
+    stream_.async_read_some(buffer_.prepare(kReadSize), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->lingered_bytes_ += n;
+      if (ec || self->lingered_bytes_ >= kLingerBytes) return self->close();
+      self->drain();
+    });
+  }
+
+  void close() {
+    job_timer_.cancel();
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.close();
+  }
+
+  static constexpr std::size_t kNoRoute = static_cast<std::size_t>(-1);
+
+  beast::tcp_stream stream_;
+  HttpServer::Impl& server_;
+  beast::flat_buffer buffer_;
+  exchange::HeadScanner scanner_;
+  std::optional<exchange::Parser> parser_;
+  exchange::Request request_;
+  exchange::ResponseContext context_;
+  exchange::WireResponse response_;
+  exchange::Peer peer_;
+  net::steady_timer job_timer_;
+  const Clock::time_point accepted_at_;
+  Clock::time_point head_deadline_;
+  Clock::time_point arrived_ = Clock::now();
+  std::size_t route_index_ = kNoRoute;
+  std::uint64_t job_token_ = 0;
+  std::size_t lingered_bytes_ = 0;
+  bool job_pending_ = false;
+  bool idle_ = false;
+  bool lingering_ = false;
+  bool first_request_ = true;
+  bool shutting_down_ = false;
+  const int native_fd_;
+};
+
+void HttpServer::Impl::do_accept() {
+  // With one I/O thread every handler already runs on it: a strand per connection would
+  // only add a second queue (and a second post) to each completion from a worker.
+  const net::any_io_executor connection_executor =
+      config.http.io_threads == 1 ? net::any_io_executor(ioc.get_executor()) : net::any_io_executor(net::make_strand(ioc));
+  acceptor.async_accept(connection_executor, [this](beast::error_code ec, tcp::socket socket) {
+    if (ec) return on_accept_error(ec);
+    accept_backoff = {};
+    beast::error_code ignored;
+    if (stats.connections_open.load(std::memory_order_relaxed) >= static_cast<std::int64_t>(config.http.max_connections)) {
+      // Past --max-connections: closed at once (the client sees the connection
+      // end), counted in /stats and /metrics.
+      stats.connections_rejected.fetch_add(1, std::memory_order_relaxed);
+      socket.close(ignored);
+      return do_accept();
+    }
+    socket.set_option(tcp::no_delay(true), ignored);
+    std::make_shared<Session>(std::move(socket), *this)->start();
+    do_accept();
+  });
+}
+
+// Out of file descriptors (EMFILE/ENFILE) or memory: the connection stays in
+// the kernel's backlog. Retry after a pause that doubles up to a cap, so the
+// acceptor never spins, and log at most every 10 s.
+void HttpServer::Impl::on_accept_error(beast::error_code ec) {
+  if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+  stats.accept_errors.fetch_add(1, std::memory_order_relaxed);
+  accept_backoff = accept_backoff.count() == 0 ? kAcceptBackoffFirst : std::min(accept_backoff * 2, kAcceptBackoffMax);
+  const auto now = std::chrono::steady_clock::now();
+  if (accept_error_logged_at == std::chrono::steady_clock::time_point{} ||
+      now - accept_error_logged_at > std::chrono::seconds(10)) {
+    accept_error_logged_at = now;
+    const bool out_of_fds = ec == net::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system;
+    spdlog::warn("accept failed: {} ({} connections open); retrying until it succeeds{}", ec.message(),
+                 stats.connections_open.load(std::memory_order_relaxed),
+                 out_of_fds ? "; raise the file descriptor limit (ulimit -n) or lower --max-connections" : "");
+  }
+  accept_retry_timer.expires_after(accept_backoff);
+  accept_retry_timer.async_wait([this](beast::error_code e) {
+    if (!e) do_accept();
+  });
+}
+
+// First SIGTERM/SIGINT: /readyz says 503 at once; the listener stays open for
+// --shutdown-delay (a load balancer sees the replica leave before connections
+// are refused), then the drain begins. A second signal ends the drain at once.
+void HttpServer::Impl::on_signal(int signo) {
+  const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+  if (++signals_received > 1) {
+    // The operator wants it gone: no drain, no finalization. Sockets close with
+    // the process; the zygote dies with it and idle workers leave on end of stream.
+    spdlog::warn("received {} again: exiting now, without waiting for in-flight requests", name);
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  shutting_down = true;
+  spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
+               "to stop at once)",
+               name, config.http.shutdown_delay, config.http.graceful_timeout);
+  signals.async_wait([this](beast::error_code ec, int again) {
+    if (!ec) on_signal(again);
+  });
+  if (config.http.shutdown_delay <= 0 || !routes_ready()) return begin_drain();
+  shutdown_delay_timer.expires_after(seconds(config.http.shutdown_delay));
+  shutdown_delay_timer.async_wait([this](beast::error_code ec) {
+    if (!ec) begin_drain();
+  });
+}
+
+void HttpServer::Impl::begin_drain() {
+  if (draining.exchange(true)) return;
+  beast::error_code ignored;
+  acceptor.close(ignored);
+  accept_retry_timer.cancel();
+  events.shutdown();
+  for_each_session(&Session::on_shutdown);
+  shutdown_requested.set_value();
+}
+
+// Posts `action` to every open session, on its own executor.
+void HttpServer::Impl::for_each_session(void (Session::*action)()) {
+  std::lock_guard lock(sessions_mutex);
+  for (Session* s : sessions) {
+    std::weak_ptr<Session> weak = s->weak_from_this();
+    net::post(s->executor(), [weak, action] {
+      if (auto live = weak.lock()) ((*live).*action)();
+    });
+  }
+}
+
+HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
+    : impl_(std::make_unique<Impl>(config, executor)) {
+  auto& a = impl_->acceptor;
+  const std::string where = config.http.host + ":" + std::to_string(config.http.port);
+  beast::error_code ec;
+  const auto address = net::ip::make_address(config.http.host, ec);
+  if (ec) throw ListenError("cannot listen on " + where + ": '" + config.http.host + "' is not an IP address");
+  tcp::endpoint endpoint(address, config.http.port);
+  a.open(endpoint.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(endpoint, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec == net::error::address_in_use) {
+    throw ListenError(where + " is already in use (is another server running there?)");
+  }
+  if (ec == boost::system::errc::address_not_available) {
+    throw ListenError("cannot listen on " + where + ": no network interface has that address");
+  }
+  if (ec == net::error::access_denied) {
+    throw ListenError("cannot listen on " + where + ": permission denied (ports below 1024 need privileges)");
+  }
+  if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
+  impl_->bound_port = a.local_endpoint(ec).port();
+  if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
+}
+
+HttpServer::~HttpServer() = default;
+
+unsigned short HttpServer::port() const { return impl_->bound_port; }
+
+HttpServer::Outcome HttpServer::run() {
+  Impl& s = *impl_;
+  s.signals.async_wait([&s](beast::error_code ec, int signo) {
+    if (!ec) s.on_signal(signo);
+  });
+  s.do_accept();
+  // Completions of Python jobs arrive by post(): keep run() going even when
+  // no socket operation is pending (during shutdown, say).
+  auto keep_running = net::make_work_guard(s.ioc);
+  std::vector<std::thread> io_threads;
+  for (int i = 0; i < s.config.http.io_threads; ++i) {
+    io_threads.emplace_back([&s] {
+      // Nothing a client or a handler sends may end the process: an exception
+      // that escapes a completion handler (its connection is then dropped) is
+      // logged and the thread goes on serving.
+      for (;;) {
+        try {
+          s.ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("I/O thread: a connection failed and was dropped: {}", e.what());
+        }
+      }
+    });
+  }
+  auto stop_io = [&] {
+    net::post(s.ioc, [&s] {
+      beast::error_code ignored;
+      s.acceptor.close(ignored);
+    });
+    keep_running.reset();
+    s.ioc.stop();
+    for (auto& t : io_threads) t.join();
+  };
+
+  // The workers start while the listener already answers: /healthz 200,
+  // /readyz 503 "starting", Python routes 503 until the workers are up.
+  spdlog::info("listening on http://{}:{}; starting {} {} workers for {}", s.config.http.host, port(),
+               s.config.pool.workers, strategy_name(s.executor.info().strategy), s.config.app.target);
+  try {
+    const auto t0 = std::chrono::steady_clock::now();
+    s.executor.start();
+    const ExecutorInfo info = s.executor.info();
+    spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                 python_build_name(info.build), info.python_version, info.gil_enabled ? "enabled" : "disabled");
+    s.app_router_holder = std::make_unique<Router>(s.executor.routes(), s.config.http.dashboard);
+  } catch (...) {
+    stop_io();
+    throw;
+  }
+  s.stats.init_routes(s.executor.routes().size());
+  s.app_router.store(s.app_router_holder.get(), std::memory_order_release);
+  spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app.target,
+               s.config.http.host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
+
+  s.shutdown_requested.get_future().wait();
+  const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.http.graceful_timeout);
+  auto sessions_left = [&s] {
+    std::lock_guard lock(s.sessions_mutex);
+    return s.sessions.size() + s.events.open();
+  };
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const bool clean = s.executor.stop(deadline);
+  // Responses the executor just answered (503 for what it could not run) still need writing.
+  const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop_io();
+  spdlog::info("stopped");
+  return clean ? Outcome::stopped : Outcome::handlers_left_running;
+}
+
+}  // namespace gilgamesh

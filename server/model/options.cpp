@@ -1,0 +1,27 @@
+#include "server/model/options.hpp"
+
+namespace gilgamesh {
+
+// Missing keys keep their defaults, so a field added above needs only its name here.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, io_threads, max_body,
+                                                max_connections, header_timeout, keepalive_timeout,
+                                                graceful_timeout, request_timeout, shutdown_delay,
+                                                access_log, dashboard)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
+                                                workers, worker_spin_us, max_queue, max_abandoned,
+                                                max_requests, max_requests_jitter, allow_gil, preload)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, root_path, max_response,
+                                                pythonpath, debug)
+
+void to_json(nlohmann::json& j, const ServerConfig& c) {
+  j = {{"http", c.http}, {"pool", c.pool}, {"app", c.app}, {"log_level", c.log_level}};
+}
+
+void from_json(const nlohmann::json& j, ServerConfig& c) {
+  j.at("http").get_to(c.http);
+  j.at("pool").get_to(c.pool);
+  j.at("app").get_to(c.app);
+  c.log_level = j.value("log_level", c.log_level);
+}
+
+}  // namespace gilgamesh

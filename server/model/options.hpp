@@ -1,0 +1,97 @@
+// Every option an operator tunes, defined once: one struct per concern, each
+// field with its default beside it. server/cli.cpp fills them from the command
+// line (and GILGAMESH_* variables); the HTTP layer reads HttpOptions, the pool
+// PoolOptions, the app loader AppOptions, and the zygote of the processes
+// strategy gets the same structs as JSON. A new flag is one field here, one
+// line in cli.cpp and one line in docs/operating.md.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "server/model/strategy.hpp"
+
+namespace gilgamesh {
+
+// The listener and its connections.
+struct HttpOptions {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
+  std::size_t max_body = 1024 * 1024;          // bytes; larger request bodies get 413
+  std::size_t max_connections = 0;             // open connections; past it new ones are closed
+                                               // at once (0: 4096, less if the fd limit is lower)
+  double header_timeout = 10.0;                // s from a request's first byte to its last header
+  double keepalive_timeout = 5.0;              // s an idle keep-alive connection is kept
+  double graceful_timeout = 30.0;              // s to finish in-flight requests on SIGTERM
+  double request_timeout = 30.0;               // s from arrival to response, else 504 (and the
+                                               // handler is interrupted, or its worker replaced)
+  double shutdown_delay = 0.0;                 // s after SIGTERM with /readyz 503 before the
+                                               // listener closes and the drain starts
+  bool access_log = false;                     // one info line per request
+  bool dashboard = true;                       // serve GET /dashboard and GET /events
+};
+
+// The workers: how many, on which strategy, and how they are replaced.
+struct PoolOptions {
+  Strategy strategy = Strategy::subinterpreters;
+  std::string strategy_reason;                 // --strategy auto: why this one was picked
+  PythonBuild python_build = PythonBuild::standard;  // the CPython build that runs the workers
+  int workers = 0;                             // 0: number of CPUs
+  int worker_spin_us = -1;                     // µs an idle worker watches the queue before it
+                                               // sleeps; -1: 50 when workers + I/O threads
+                                               // <= CPUs, else 0
+  std::size_t max_queue = 1024;                // queued jobs before 503
+  int max_abandoned = 0;                       // stuck handler threads left running before the
+                                               // pool stops replacing them (0: 2 x workers)
+  unsigned max_requests = 0;                   // recycle a worker after N requests (0: never)
+  unsigned max_requests_jitter = 0;            // + random 0..J per recycle
+  bool allow_gil = false;                      // free-threaded: run even if the GIL came back
+  bool preload = false;                        // import the app in the main interpreter before
+                                               // the workers start (gunicorn's --preload)
+
+  std::chrono::microseconds worker_spin() const { return std::chrono::microseconds(worker_spin_us > 0 ? worker_spin_us : 0); }
+  int abandoned_limit() const { return max_abandoned > 0 ? max_abandoned : 2 * workers; }
+};
+
+// What to serve, and how its answers are bounded.
+enum class AppKind { routes, wsgi };
+struct AppOptions {
+  std::string target = "handlers.demo";        // routes: the module of @gilgamesh.route handlers;
+                                               // wsgi: MODULE:CALLABLE
+  AppKind kind = AppKind::routes;
+  std::string root_path;                       // the URL prefix the app is mounted at (WSGI
+                                               // SCRIPT_NAME)
+  std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
+  std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
+  bool debug = false;                          // error bodies carry the exception and traceback
+};
+
+struct ServerConfig {
+  HttpOptions http;
+  PoolOptions pool;
+  AppOptions app;
+  std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
+};
+
+// As JSON (the zygote's options, the probe's cache key): the names of the command line.
+NLOHMANN_JSON_SERIALIZE_ENUM(Strategy, {{Strategy::subinterpreters, "subinterpreters"},
+                                        {Strategy::threads, "threads"},
+                                        {Strategy::free_threaded, "free-threaded"},
+                                        {Strategy::processes, "processes"},
+                                        {Strategy::automatic, "auto"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(PythonBuild, {{PythonBuild::standard, "default"},
+                                           {PythonBuild::free_threaded, "free-threaded"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(AppKind, {{AppKind::routes, "routes"}, {AppKind::wsgi, "wsgi"}})
+
+// For the processes strategy's zygote, started by executing the binary again:
+// the options travel as JSON on its command line. Every field, by its name.
+void to_json(nlohmann::json& j, const ServerConfig& c);
+void from_json(const nlohmann::json& j, ServerConfig& c);
+
+}  // namespace gilgamesh

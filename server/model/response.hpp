@@ -1,0 +1,39 @@
+// What the HTTP layer and the workers both need to say about a response: the
+// JSON error body, and the rules a handler's response must keep before any of
+// it reaches the wire. Compiled into the HTTP layer; no Python here.
+#pragma once
+
+#include <string>
+
+#include "server/model/executor.hpp"
+
+namespace gilgamesh {
+
+// Largest total size of the headers a handler may set (names + values).
+constexpr std::size_t kMaxHandlerHeaderBytes = 64 * 1024;
+
+// {"error": message, "request_id": id} as an HttpResponseData. Invalid UTF-8 in
+// the message is replaced, never thrown on.
+HttpResponseData make_error_response(int status, const std::string& message,
+                                     const std::string& request_id);
+
+// Empty if `response` may go on the wire as it is; else which rule it breaks:
+// status outside 200..599, a header name that is not an RFC 9110 token, a header
+// value or content type holding CR, LF, NUL or another control character (HTAB
+// is allowed), or headers over kMaxHandlerHeaderBytes in total.
+std::string response_violation(const HttpResponseData& response);
+
+// RFC 9110 token characters (header names, methods).
+bool is_token(std::string_view s);
+
+// `s` in single quotes for a message or log line, cut after `limit` bytes ("..."), with
+// control bytes, bytes >= 0x7f, quotes and backslashes written as \xNN.
+std::string log_quoted(std::string_view s, std::size_t limit = 80);
+
+// `s` with every byte that is not part of a well-formed UTF-8 sequence
+// (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF)
+// replaced by U+FFFD. What Python's surrogateescape makes of a lone surrogate
+// comes out as U+FFFD.
+std::string replace_invalid_utf8(std::string_view s);
+
+}  // namespace gilgamesh
