@@ -119,6 +119,11 @@ void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
   cli.add_option("--workers", pool.workers,
                  "Worker count (default: the CPUs this process may use: affinity, cgroup CPU quota)")
       ->check(integer_in(1, 1024));
+  cli.add_option("--threads", pool.threads,
+                 "Requests each worker serves at once, each on a thread of its own: for handlers that "
+                 "wait (a database, another service), as gunicorn's --threads")
+      ->check(integer_in(1, 256))
+      ->capture_default_str();
   cli.add_option("--worker-spin", pool.worker_spin_us,
                  "Microseconds an idle worker keeps watching the queue before it sleeps: saves a "
                  "wake-up per request when requests come close together, costs CPU while idle "

@@ -9,7 +9,7 @@ namespace gilgamesh {
 LoadContext load_context(const ServerConfig& config, bool shares_app_object) {
   LoadContext c;
   c.strategy = config.pool.strategy;
-  c.multithread = shares_app_object && config.pool.workers > 1;
+  c.multithread = (shares_app_object && config.pool.workers > 1) || config.pool.threads > 1;
   c.multiprocess = !shares_app_object && config.pool.workers > 1;
   return c;
 }

@@ -3,11 +3,13 @@
 // them. Everything else (queue, deadlines, recycling, replacement, drain,
 // stats) is the WorkerPool's, once for every strategy.
 //
-// Threading contract: the pool drives one Worker from one OS thread, its
-// "slot thread": start(), handle() for each job, end(), and the destructor, all
-// on that thread (a sub-interpreter must be created, used and ended on the same
-// thread). interrupt() is the only call made from another thread (the pool's
-// supervisor), possibly while handle() runs; it must not block.
+// Threading contract: the pool drives one Worker from its "lanes", one OS
+// thread each (--threads; one by default). Lane 0's thread calls start(),
+// end() and the destructor (a sub-interpreter must be created and ended on the
+// same thread); every lane's thread calls handle() for its jobs, at the same
+// time as the others, between its enter_lane() and leave_lane(). interrupt() is
+// the only call made from another thread (the pool's supervisor), possibly
+// while handle() runs; it must not block.
 #pragma once
 
 #include <cstdint>
@@ -58,8 +60,14 @@ class Worker {
   // Brings the worker up (interpreter, thread state or process) with the app
   // loaded, and returns the app's routes. Throws StartupError.
   virtual std::vector<RouteInfo> start() = 0;
-  // Runs job `seq` (a number unique within the pool). Never throws.
-  virtual HandleResult handle(const Job& job, std::uint64_t seq) = 0;
+  // Runs job `seq` (a number unique within the pool) on lane `lane`'s thread.
+  // Lanes call it at the same time. Never throws.
+  virtual HandleResult handle(const Job& job, std::uint64_t seq, int lane) = 0;
+  // With --threads N, lanes 1..N-1 get threads of their own: each calls
+  // enter_lane() once after start() and leave_lane() before end(), on its own
+  // thread (lane 0 is start()'s thread, set up by start() itself).
+  virtual void enter_lane(int) {}
+  virtual void leave_lane(int) {}
   // From another thread: stop job `seq` if it still runs. Never blocks. The
   // pool calls it again now and then until the job ends or is abandoned.
   virtual InterruptAction interrupt(std::uint64_t seq) = 0;

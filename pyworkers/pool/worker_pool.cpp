@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <fstream>
 #include <limits>
 #include <optional>
@@ -53,21 +54,10 @@ bool same_routes(const std::vector<RouteInfo>& a, const std::vector<RouteInfo>& 
 // One thread's tenure of a slot. A slot gets a new Run when its handler thread
 // is abandoned; otherwise one Run serves it (recycling and replacing workers)
 // until the pool stops.
-struct WorkerPool::Run {
-  Run(int s, bool first) : slot(s), initial(first) {}
-  const int slot;
-  const bool initial;  // started by start(): its first start-up is the pool's
-  std::thread thread;
-  std::unique_ptr<Worker> worker;  // made, used and destroyed on `thread`
-  std::atomic<WorkerState> state{WorkerState::starting};
-  std::atomic<long> pid{0};
-  std::atomic<std::int64_t> interpreter_id{-1};
-  std::atomic<bool> finished{false};
-  std::optional<Job> carried;  // taken from the queue when the worker turned out to be gone
-
-  // What the supervisor needs of the job in progress. Guarded by `mutex`;
-  // worker->interrupt() is called only under it, and only while job_seq != 0.
-  std::mutex mutex;
+// One of a worker's threads (--threads), as the supervisor sees it. Guarded by
+// the run's mutex; worker->interrupt() is called only under it, and only while
+// job_seq != 0.
+struct WorkerPool::Lane {
   std::uint64_t job_seq = 0;  // 0: no job running
   Clock::time_point job_started{};
   Clock::time_point job_deadline{};
@@ -75,8 +65,28 @@ struct WorkerPool::Run {
   bool interrupted = false;
   Clock::time_point interrupted_at{};
   Clock::time_point last_interrupt{};
-  bool stuck = false;      // counted in stuck_slots_: past grace, but the abandon limit is reached
-  bool abandoned = false;  // a new Run serves the slot; this one ends when its handler returns
+  bool stuck = false;  // counted in stuck_slots_: past grace, but the abandon limit is reached
+};
+
+struct WorkerPool::Run {
+  Run(int s, bool first, int threads) : slot(s), initial(first), lanes(static_cast<std::size_t>(threads)) {}
+  const int slot;
+  const bool initial;  // started by start(): its first start-up is the pool's
+  std::thread thread;  // lane 0's: makes, starts, ends and destroys the worker
+  std::unique_ptr<Worker> worker;
+  std::atomic<WorkerState> state{WorkerState::starting};  // its life: starting, idle, recycling, ...
+  std::atomic<long> pid{0};
+  std::atomic<std::int64_t> interpreter_id{-1};
+  std::atomic<bool> finished{false};
+  std::atomic<int> busy_lanes{0};
+  std::atomic<unsigned> served{0};  // since the worker last started
+  unsigned recycle_limit = 0;       // for this start (0: never)
+
+  std::mutex mutex;  // guards what follows
+  std::vector<Lane> lanes;
+  std::optional<After> after;  // set by the first lane that saw the worker must go; the others follow
+  std::deque<Job> carried;     // taken from the queue when the worker turned out to be gone
+  bool abandoned = false;      // a new Run serves the slot; this one ends when its handlers return
 };
 
 struct WorkerPool::Slot {
@@ -88,6 +98,7 @@ WorkerPool::WorkerPool(const ServerConfig& config, std::unique_ptr<WorkerFactory
                        PoolTiming timing)
     : config_(config),
       timing_(timing),
+      threads_(std::max(1, config.pool.threads)),
       factory_(std::move(factory)),
       queue_(config.pool.max_queue, config.pool.worker_spin()),
       slots_(std::make_unique<Slot[]>(static_cast<std::size_t>(config.pool.workers))),
@@ -110,7 +121,7 @@ void WorkerPool::start() {
 
 void WorkerPool::launch(int slot) {
   std::lock_guard lock(mutex_);
-  auto run = std::make_shared<Run>(slot, !started_);
+  auto run = std::make_shared<Run>(slot, !started_, threads_);
   slots_[static_cast<std::size_t>(slot)].run = run;
   runs_.push_back(run);
   run->thread = std::thread([this, run] { run_main(run); });
@@ -165,7 +176,7 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   unsigned failures = 0;
   bool up = bring_up(*run, failures);
   while (up) {
-    const After after = serve(*run, slot);
+    const After after = serve_lanes(*run, slot);
     run->worker->end();
     ++workers_ended_;
     if (after == After::drained || after == After::abandoned) break;
@@ -177,12 +188,15 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   }
   run->worker.reset();  // on this thread: a sub-interpreter's thread states belong to it
   run->state = WorkerState::stopped;
-  if (run->carried) {
-    Job job = std::move(*run->carried);
-    run->carried.reset();
-    job.complete(make_error_response(503, "no worker could take the request: the server is shutting down",
-                                     job.request.request_id));
+  // Jobs a lane took just as the run ended (abandoned, or the pool stops): back to
+  // the queue for the other workers, or answered if it is closed.
+  for (Job& job : run->carried) {
+    if (queue_.push(job) != SubmitResult::accepted) {
+      job.complete(make_error_response(503, "no worker could take the request: the server is shutting down",
+                                       job.request.request_id));
+    }
   }
+  run->carried.clear();
   {
     std::lock_guard lock(mutex_);
     run->finished = true;
@@ -200,7 +214,7 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
 bool WorkerPool::bring_up(Run& run, unsigned& failures) {
   const bool first_start = !run.worker;
   for (;;) {
-    if (hard_stop_ || (stopping_ && queue_.depth() == 0 && !run.carried)) return false;
+    if (hard_stop_ || (stopping_ && queue_.depth() == 0 && run.carried.empty())) return false;
     if (!run.worker) run.worker = factory_->make(run.slot);
     if (run.state != WorkerState::recycling) {
       run.state = first_start && run.initial ? WorkerState::starting : WorkerState::replacing;
@@ -243,44 +257,93 @@ bool WorkerPool::bring_up(Run& run, unsigned& failures) {
   }
 }
 
-WorkerPool::After WorkerPool::serve(Run& run, Slot& slot) {
+// Serves with every lane of the worker until one of them sees it must go
+// (drained, recycle, restart, abandoned); the others finish the job they run,
+// then follow. Lane 0 is this thread; lanes 1.. get threads of their own,
+// entered into the worker (a thread state of its interpreter) and left again.
+WorkerPool::After WorkerPool::serve_lanes(Run& run, Slot& slot) {
+  {
+    std::lock_guard lock(run.mutex);
+    run.after.reset();
+  }
+  run.served = 0;
+  run.recycle_limit = next_recycle_limit();
+  std::vector<std::thread> others;
+  for (int lane = 1; lane < threads_; ++lane) {
+    others.emplace_back([this, &run, &slot, lane] {
+      run.worker->enter_lane(lane);
+      serve(run, slot, lane);
+      run.worker->leave_lane(lane);
+    });
+  }
+  serve(run, slot, 0);
+  for (auto& t : others) t.join();
+  std::lock_guard lock(run.mutex);
+  return run.after.value_or(After::drained);
+}
+
+// The first lane to decide wins; true when this lane's reason was taken.
+bool WorkerPool::leave(Run& run, After why) {
+  std::lock_guard lock(run.mutex);
+  if (run.after) return false;
+  run.after = why;
+  return true;
+}
+
+std::optional<WorkerPool::After> WorkerPool::leaving(Run& run) {
+  std::lock_guard lock(run.mutex);
+  return run.after;
+}
+
+void WorkerPool::serve(Run& run, Slot& slot, int lane) {
   Worker& worker = *run.worker;
-  const unsigned limit = next_recycle_limit();
-  std::uint64_t served = 0;
-  for (;;) {
-    run.state = WorkerState::idle;
+  while (!leaving(run)) {
     std::optional<Job> job = next_job(run);
     if (!job) {
-      if (queue_.closed() && queue_.depth() == 0) return After::drained;
-      if (worker.can_vanish_while_idle() && !worker.alive()) {
-        spdlog::warn("worker {} (pid {}) exited while idle; replacing it", run.slot, run.pid.load());
-        return After::restart;
+      if (queue_.closed() && queue_.depth() == 0) {
+        leave(run, After::drained);
+      } else if (lane == 0 && worker.can_vanish_while_idle() && !worker.alive()) {
+        if (leave(run, After::restart)) {
+          spdlog::warn("worker {} (pid {}) exited while idle; replacing it", run.slot, run.pid.load());
+        }
       }
       continue;
     }
-    if (const std::optional<After> after = run_job(run, slot, *job)) return *after;
-    if (limit != 0 && ++served >= limit && worker.recyclable()) {
+    if (const auto why = leaving(run); why && *why != After::drained) {
+      // Taken just as the worker is going: the next start runs it (or, when the run
+      // ends, the queue takes it back). A draining worker still runs what it took.
+      std::lock_guard lock(run.mutex);
+      run.carried.push_back(std::move(*job));
+      return;
+    }
+    run_job(run, slot, lane, *job);
+    if (run.recycle_limit != 0 && ++run.served >= run.recycle_limit && worker.recyclable() &&
+        leave(run, After::recycle)) {
       run.state = WorkerState::recycling;
-      spdlog::info("worker {}: recycling after {} requests", run.slot, served);
+      spdlog::info("worker {}: recycling after {} requests", run.slot, run.served.load());
       ++recycles_;
       ++slot.recycles;
-      return After::recycle;
     }
   }
 }
 
-// The next job worth running: the one carried over from a lost worker, else
-// the queue's. A job past its deadline is counted and left to its connection
+// The next job worth running: one carried over from a lost worker, else the
+// queue's. A job past its deadline is counted and left to its connection
 // (which answers 504 at the deadline: the one writer of 504s); a job whose
 // client left while it waited is answered 499. Nothing: the queue had none
-// (closed, or the idle check of a worker that can vanish is due).
+// (closed, or a lane's periodic look at whether its worker must go is due).
 std::optional<Job> WorkerPool::next_job(Run& run) {
+  const bool must_look_up = threads_ > 1 || run.worker->can_vanish_while_idle();
   for (;;) {
-    std::optional<Job> job = std::exchange(run.carried, std::nullopt);
-    if (!job) {
-      job = run.worker->can_vanish_while_idle() ? queue_.pop_until(Clock::now() + timing_.idle_check)
-                                                : queue_.pop();
+    std::optional<Job> job;
+    {
+      std::lock_guard lock(run.mutex);
+      if (!run.carried.empty()) {
+        job = std::move(run.carried.front());
+        run.carried.pop_front();
+      }
     }
+    if (!job) job = must_look_up ? queue_.pop_until(Clock::now() + timing_.idle_check) : queue_.pop();
     if (!job) return std::nullopt;
     const auto now = Clock::now();
     if (now >= job->deadline) {
@@ -298,46 +361,50 @@ std::optional<Job> WorkerPool::next_job(Run& run) {
   }
 }
 
-// Runs one job on the run's worker and completes it. No liveness check before
-// (it would be a syscall per request): a worker that died while idle fails to
-// take the job (handle() says job_not_taken) and the job goes to its
-// replacement. Returns why serve() must return, if it must.
-std::optional<WorkerPool::After> WorkerPool::run_job(Run& run, Slot& slot, Job& job) {
+// Runs one job on one lane of the run's worker and completes it. No liveness
+// check before (it would be a syscall per request): a worker that died while
+// idle fails to take the job (handle() says job_not_taken) and the job goes to
+// its replacement.
+void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
   const std::uint64_t seq = ++job_seq_;
   {
     std::lock_guard lock(run.mutex);
-    run.job_seq = seq;
-    run.job_started = Clock::now();
-    run.job_deadline = job.deadline;
-    run.job_what = describe_job(job);
-    run.interrupted = false;
+    Lane& l = run.lanes[static_cast<std::size_t>(lane)];
+    l.job_seq = seq;
+    l.job_started = Clock::now();
+    l.job_deadline = job.deadline;
+    l.job_what = describe_job(job);
+    l.interrupted = false;
   }
-  run.state = WorkerState::busy;
+  ++run.busy_lanes;
   ++busy_;
-  HandleResult result = run.worker->handle(job, seq);
+  HandleResult result = run.worker->handle(job, seq, lane);
   bool abandoned, interrupted;
   {
     std::lock_guard lock(run.mutex);
-    run.job_seq = 0;
+    Lane& l = run.lanes[static_cast<std::size_t>(lane)];
+    l.job_seq = 0;
     abandoned = run.abandoned;
-    interrupted = run.interrupted;
-    if (run.stuck) {
-      run.stuck = false;
+    interrupted = l.interrupted;
+    if (l.stuck) {
+      l.stuck = false;
       --stuck_slots_;
     }
   }
   --busy_;
+  --run.busy_lanes;
   if (result.worker_lost && result.job_not_taken && !hard_stop_ && !abandoned) {
     spdlog::warn("worker {} (pid {}) was gone before it took {}; it goes to the replacement",
                  run.slot, run.pid.load(), describe_job(job));
-    run.carried = std::move(job);
-    return After::restart;
+    std::lock_guard lock(run.mutex);
+    run.carried.push_back(std::move(job));
+    if (!run.after) run.after = After::restart;
+    return;
   }
   ++slot.requests;
   complete(run, job, std::move(result), interrupted);
-  if (abandoned) return After::abandoned;
-  if (result.worker_lost) return After::restart;
-  return std::nullopt;
+  if (abandoned) leave(run, After::abandoned);
+  if (result.worker_lost) leave(run, After::restart);
 }
 
 void WorkerPool::complete(const Run& run, Job& job, HandleResult&& result, bool interrupted) {
@@ -379,72 +446,85 @@ void WorkerPool::supervise() {
   }
 }
 
-// At a job's deadline: interrupt it. After the grace: abandon its thread and
-// give the slot a new worker (in-process strategies), within the limit.
+// At a job's deadline: interrupt it. After the grace: abandon the worker (its
+// other lanes finish what they run, then leave) and give the slot a new one
+// (in-process strategies), within the limit.
 void WorkerPool::check_deadline(Run& run, Clock::time_point now) {
   bool replace = false;
   {
     std::lock_guard lock(run.mutex);
-    if (run.job_seq == 0 || run.abandoned) return;
-    if (!run.interrupted) {
-      if (now < run.job_deadline || hard_stop_) return;
-      const InterruptAction action = run.worker->interrupt(run.job_seq);
-      run.interrupted = true;
-      run.interrupted_at = now;
-      run.last_interrupt = now;
-      run.state = WorkerState::interrupting;
-      const double ran = seconds_between(run.job_started, now);
-      if (action == InterruptAction::killed) {
-        ++killed_;
-        spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; killed worker "
-                     "process {} (a new one takes the slot)",
-                     run.slot, run.job_what, ran, run.pid.load());
-      } else if (action == InterruptAction::interrupted) {
-        ++interrupted_;
-        spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; interrupted "
-                     "(gilgamesh.HandlerTimeout raised in the handler)",
-                     run.slot, run.job_what, ran);
+    if (run.abandoned) return;
+    for (Lane& lane : run.lanes) {
+      if (lane.job_seq == 0) continue;
+      if (!lane.interrupted) {
+        interrupt_at_deadline(run, lane, now);
+      } else if (now < lane.interrupted_at + timing_.interrupt_grace) {
+        // Again, quietly: one exception may have been swallowed (`except BaseException`).
+        if (now >= lane.last_interrupt + timing_.reinterrupt_every) {
+          lane.last_interrupt = now;
+          run.worker->interrupt(lane.job_seq);
+        }
+      } else if (run.worker->abandonable() && abandon(run, lane, now)) {
+        replace = true;
+        break;
       }
-      return;
     }
-    if (now < run.interrupted_at + timing_.interrupt_grace) {
-      // Again, quietly: one exception may have been swallowed (`except BaseException`).
-      if (now >= run.last_interrupt + timing_.reinterrupt_every) {
-        run.last_interrupt = now;
-        run.worker->interrupt(run.job_seq);
-      }
-      return;
-    }
-    if (!run.worker->abandonable()) return;
-    // Still running: blocked in C (time.sleep, a socket read) or it swallowed the exception.
-    if (abandoned_live_ >= max_abandoned_) {
-      if (!run.stuck) {
-        run.stuck = true;
-        ++stuck_slots_;
-        spdlog::error("worker {}: {} is stuck {:.1f} s past its deadline, and {} handler thread(s) "
-                      "are abandoned already (--max-abandoned {}): not replacing it; the server "
-                      "reports not ready",
-                      run.slot, run.job_what, seconds_between(run.job_deadline, now),
-                      abandoned_live_.load(), max_abandoned_);
-      }
-      return;
-    }
-    if (run.stuck) {
-      run.stuck = false;
-      --stuck_slots_;
-    }
-    run.abandoned = true;
-    ++abandoned_live_;
-    ++abandoned_total_;
-    ++replacements_;
-    ++slots_[static_cast<std::size_t>(run.slot)].replacements;
-    spdlog::error("worker {}: {} did not return {:.1f} s after its interrupt; abandoned its thread "
-                  "({} abandoned, limit {}), a fresh worker takes the slot",
-                  run.slot, run.job_what, seconds_between(run.interrupted_at, now),
-                  abandoned_live_.load(), max_abandoned_);
-    replace = true;
   }
   if (replace && !stopping_) launch(run.slot);
+}
+
+// With run.mutex held.
+void WorkerPool::interrupt_at_deadline(Run& run, Lane& lane, Clock::time_point now) {
+  if (now < lane.job_deadline || hard_stop_) return;
+  const InterruptAction action = run.worker->interrupt(lane.job_seq);
+  lane.interrupted = true;
+  lane.interrupted_at = now;
+  lane.last_interrupt = now;
+  const double ran = seconds_between(lane.job_started, now);
+  if (action == InterruptAction::killed) {
+    ++killed_;
+    spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; killed worker "
+                 "process {} (a new one takes the slot)",
+                 run.slot, lane.job_what, ran, run.pid.load());
+  } else if (action == InterruptAction::interrupted) {
+    ++interrupted_;
+    spdlog::warn("worker {}: {} still running after {:.1f} s, past its deadline; interrupted "
+                 "(gilgamesh.HandlerTimeout raised in the handler)",
+                 run.slot, lane.job_what, ran);
+  }
+}
+
+// A handler still running after its interrupt's grace: blocked in C
+// (time.sleep, a socket read) or it swallowed the exception. With run.mutex
+// held. True when the run was abandoned (a new one must take the slot).
+bool WorkerPool::abandon(Run& run, Lane& lane, Clock::time_point now) {
+  if (abandoned_live_ >= max_abandoned_) {
+    if (!lane.stuck) {
+      lane.stuck = true;
+      ++stuck_slots_;
+      spdlog::error("worker {}: {} is stuck {:.1f} s past its deadline, and {} handler thread(s) "
+                    "are abandoned already (--max-abandoned {}): not replacing it; the server "
+                    "reports not ready",
+                    run.slot, lane.job_what, seconds_between(lane.job_deadline, now),
+                    abandoned_live_.load(), max_abandoned_);
+    }
+    return false;
+  }
+  if (lane.stuck) {
+    lane.stuck = false;
+    --stuck_slots_;
+  }
+  run.abandoned = true;
+  if (!run.after) run.after = After::abandoned;
+  ++abandoned_live_;
+  ++abandoned_total_;
+  ++replacements_;
+  ++slots_[static_cast<std::size_t>(run.slot)].replacements;
+  spdlog::error("worker {}: {} did not return {:.1f} s after its interrupt; abandoned its thread "
+                "({} abandoned, limit {}), a fresh worker takes the slot",
+                run.slot, lane.job_what, seconds_between(lane.interrupted_at, now),
+                abandoned_live_.load(), max_abandoned_);
+  return true;
 }
 
 bool WorkerPool::stop(Clock::time_point deadline) {
@@ -490,7 +570,10 @@ bool WorkerPool::drain(Clock::time_point deadline) {
       const auto& run = slots_[static_cast<std::size_t>(i)].run;
       if (!run || run->finished) continue;
       std::lock_guard run_lock(run->mutex);
-      if (run->job_seq == 0 || now < run->job_deadline) return false;
+      for (const Lane& lane : run->lanes) {
+        if (lane.job_seq != 0 && now < lane.job_deadline) return false;
+      }
+      if (run->busy_lanes == 0) return false;  // between jobs: it leaves at once
     }
     return true;
   };
@@ -514,9 +597,11 @@ bool WorkerPool::cut_off() {
   for (auto& run : current) {
     if (!run) continue;
     std::lock_guard run_lock(run->mutex);
-    if (run->job_seq != 0 && !run->abandoned) {
+    if (run->abandoned) continue;
+    for (const Lane& lane : run->lanes) {
+      if (lane.job_seq == 0) continue;
       ++running;
-      run->worker->interrupt(run->job_seq);
+      run->worker->interrupt(lane.job_seq);
     }
   }
   spdlog::warn("{} handler(s) still running at the graceful deadline; interrupted", running);
@@ -566,13 +651,29 @@ Readiness WorkerPool::readiness() const {
     const WorkerState s = slots_[static_cast<std::size_t>(i)].run->state;
     // A planned recycle and an interrupt are short: the slot counts as up meanwhile
     // (a handler that does not stop is abandoned and replaced, or counted stuck).
-    if (s == WorkerState::idle || s == WorkerState::busy || s == WorkerState::recycling ||
-        s == WorkerState::interrupting) {
+    if (s == WorkerState::idle || s == WorkerState::recycling) {
       return {State::ready, {}};
     }
   }
   return {State::degraded,
           "no worker is up" + (last_start_error_.empty() ? std::string() : ": " + last_start_error_)};
+}
+
+// A serving worker is busy while a lane runs a job, interrupting while one
+// is past its deadline; the longest-running job gives busy_ms.
+void WorkerPool::describe_lanes(Run& run, Clock::time_point now, WorkerStats& w) {
+  std::lock_guard lock(run.mutex);
+  bool interrupting = false;
+  for (const Lane& lane : run.lanes) {
+    if (lane.job_seq == 0) continue;
+    ++w.busy_threads;
+    interrupting = interrupting || lane.interrupted;
+    const double ms = std::round(seconds_between(lane.job_started, now) * 1e4) / 10.0;
+    w.busy_ms = std::max(w.busy_ms.value_or(0.0), ms);
+  }
+  if (w.state == WorkerState::idle && w.busy_threads > 0) {
+    w.state = interrupting ? WorkerState::interrupting : WorkerState::busy;
+  }
 }
 
 PoolStats WorkerPool::stats() const {
@@ -592,11 +693,10 @@ PoolStats WorkerPool::stats() const {
       w.replacements = slot.replacements.load();
       w.pid = run ? run->pid.load() : 0;
       if (const std::int64_t interp = run ? run->interpreter_id.load() : -1; interp >= 0) w.interpreter_id = interp;
-      if (w.state == WorkerState::idle || w.state == WorkerState::busy) ++out.ready_workers;
-      if (run && w.busy()) {
-        std::lock_guard run_lock(run->mutex);
-        if (run->job_seq != 0) w.busy_ms = std::round(seconds_between(run->job_started, now) * 1e4) / 10.0;
-      }
+      if (w.state == WorkerState::idle) ++out.ready_workers;
+      w.threads = threads_;
+      if (run) describe_lanes(*run, now, w);
+      if (w.busy()) ++out.busy_workers;
       if (w.pid > 0 && w.pid != self) {
         add_memory(w, w.pid);
         out.worker_pids.push_back(w.pid);
@@ -607,7 +707,8 @@ PoolStats WorkerPool::stats() const {
   const bool own_interpreters = factory_->traits().owns_interpreters;
   out.queue_depth = queue_.depth();
   out.max_queue = config_.pool.max_queue;
-  out.busy_workers = busy_.load();
+  out.busy_threads = busy_.load();
+  out.threads_per_worker = threads_;
   out.replacements_total = replacements_.load();
   out.interrupted_total = interrupted_.load();
   out.killed_total = killed_.load();

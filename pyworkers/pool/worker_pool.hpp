@@ -73,30 +73,38 @@ class WorkerPool final : public Executor {
 
 
  private:
+  struct Lane;
   struct Run;
   struct Slot;
-  enum class After { drained, restart, recycle, abandoned };  // why serve() returned
+  enum class After { drained, restart, recycle, abandoned };  // why a worker's lanes stopped serving
 
   void launch(int slot);
   void run_main(const std::shared_ptr<Run>& run);
   bool bring_up(Run& run, unsigned& failures);
-  After serve(Run& run, Slot& slot);
+  After serve_lanes(Run& run, Slot& slot);
+  void serve(Run& run, Slot& slot, int lane);
+  bool leave(Run& run, After why);
+  std::optional<After> leaving(Run& run);
   std::optional<Job> next_job(Run& run);
-  std::optional<After> run_job(Run& run, Slot& slot, Job& job);
+  void run_job(Run& run, Slot& slot, int lane, Job& job);
   void complete(const Run& run, Job& job, HandleResult&& result, bool interrupted);
+  void report_start(int slot, const std::vector<RouteInfo>* routes, const StartupError* error);
+  void supervise();
+  void check_deadline(Run& run, Clock::time_point now);
+  void interrupt_at_deadline(Run& run, Lane& lane, Clock::time_point now);
+  bool abandon(Run& run, Lane& lane, Clock::time_point now);
+  static void describe_lanes(Run& run, Clock::time_point now, WorkerStats& w);
   bool current_runs_finished() const;  // with mutex_ held
   bool drain(Clock::time_point deadline);
   bool cut_off();
   bool join_runs();
-  void report_start(int slot, const std::vector<RouteInfo>* routes, const StartupError* error);
-  void supervise();
-  void check_deadline(Run& run, Clock::time_point now);
   unsigned next_recycle_limit();
   std::string describe_job(const Job& job) const;
   void wait_backoff(unsigned failures);
 
   const ServerConfig config_;
   const PoolTiming timing_;
+  const int threads_;  // lanes per worker (--threads)
   std::unique_ptr<WorkerFactory> factory_;
   JobQueue queue_;
   std::unique_ptr<Slot[]> slots_;

@@ -69,7 +69,7 @@ class ProcessWorker final : public Worker {
                                         : " " + how + " before it was ready"));
   }
 
-  HandleResult handle(const Job& job, std::uint64_t seq) override {
+  HandleResult handle(const Job& job, std::uint64_t seq, int) override {
     HandleResult out;
     running_ = seq;
     const bool sent = frames::write_frame(fd_, frames::Kind::request,

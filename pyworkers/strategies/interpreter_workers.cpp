@@ -93,29 +93,32 @@ class Interrupters : public std::enable_shared_from_this<Interrupters> {
   int active_ = 0;
 };
 
-// What the in-process workers share: handle() with the interrupt protocol.
+// What the in-process workers share: handle() with the interrupt protocol, on
+// each lane (--threads) its own thread state of the worker's interpreter.
 class InProcessWorker : public Worker {
  public:
-  InProcessWorker(Strategy strategy, int slot, std::shared_ptr<Interrupters> interrupters)
-      : strategy_(strategy), slot_(slot), interrupters_(std::move(interrupters)) {}
+  InProcessWorker(Strategy strategy, int slot, int threads, std::shared_ptr<Interrupters> interrupters)
+      : strategy_(strategy), slot_(slot), interrupters_(std::move(interrupters)),
+        lanes_(static_cast<std::size_t>(threads)) {}
 
-  HandleResult handle(const Job& job, std::uint64_t seq) override {
+  HandleResult handle(const Job& job, std::uint64_t seq, int lane) override {
+    Lane& l = lanes_[static_cast<std::size_t>(lane)];
     HandleResult out;
     {
-      py::AttachedScope attached(ts_);
-      target_->running = seq;
+      py::AttachedScope attached(l.ts);
+      l.target->running = seq;
       out.response = app_->handle(job.route_index, job.request);
     }
     bool raised;
     {
-      std::lock_guard lock(target_->mutex);
-      target_->running = 0;
-      raised = std::exchange(target_->raised, false);
+      std::lock_guard lock(l.target->mutex);
+      l.target->running = 0;
+      raised = std::exchange(l.target->raised, false);
     }
     if (raised) {
       // Set, but maybe not raised yet: it must not fire in the next job.
-      py::AttachedScope attached(ts_);
-      PyThreadState_SetAsyncExc(target_->thread_id, nullptr);
+      py::AttachedScope attached(l.ts);
+      PyThreadState_SetAsyncExc(l.target->thread_id, nullptr);
     }
     return out;
   }
@@ -123,9 +126,29 @@ class InProcessWorker : public Worker {
   // May be called again while the handler runs on (a handler can swallow one
   // exception); a helper still waiting for the GIL is not doubled.
   InterruptAction interrupt(std::uint64_t seq) override {
-    if (!target_ || target_->running.load() != seq) return InterruptAction::none;
-    if (!target_->helper_active.exchange(true)) interrupters_->launch(target_, seq);
-    return InterruptAction::interrupted;
+    for (Lane& l : lanes_) {
+      const std::shared_ptr<InterruptTarget> target = std::atomic_load(&l.shared_target);
+      if (!target || target->running.load() != seq) continue;
+      if (!target->helper_active.exchange(true)) interrupters_->launch(target, seq);
+      return InterruptAction::interrupted;
+    }
+    return InterruptAction::none;
+  }
+
+  // Lanes 1..: a thread state of the worker's interpreter for this thread.
+  void enter_lane(int lane) override {
+    PyThreadState* ts = PyThreadState_New(interp_);  // bound to this thread
+    set_lane(lane, ts);
+  }
+
+  void leave_lane(int lane) override {
+    Lane& l = lanes_[static_cast<std::size_t>(lane)];
+    if (l.ts == nullptr) return;
+    end_target(l);
+    PyEval_RestoreThread(l.ts);
+    PyThreadState_Clear(l.ts);
+    PyThreadState_DeleteCurrent();
+    l.ts = nullptr;
   }
 
   bool abandonable() const override { return true; }
@@ -138,27 +161,45 @@ class InProcessWorker : public Worker {
   }
 
  protected:
-  // On the worker thread, attached to `ts` (the worker's thread state).
+  struct Lane {
+    PyThreadState* ts = nullptr;
+    std::shared_ptr<InterruptTarget> target;         // the lane's own thread's view
+    std::shared_ptr<InterruptTarget> shared_target;  // the supervisor's (atomic_load/store)
+  };
+
+  // On lane 0's thread, attached to `ts` (the worker's first thread state).
   void attach_target(PyThreadState* ts) {
-    ts_ = ts;
-    target_ = std::make_shared<InterruptTarget>(PyThreadState_GetInterpreter(ts), PyThread_get_thread_ident());
-    interpreter_id_ = PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts));
-    current_worker() = {strategy_name(strategy_).data(), slot_};
+    interp_ = PyThreadState_GetInterpreter(ts);
+    interpreter_id_ = PyInterpreterState_GetID(interp_);
+    set_lane(0, ts);
   }
-  // On the worker thread, detached: no helper attaches to the interpreter after this.
-  void detach_target() {
-    if (!target_) return;
-    std::lock_guard lock(target_->mutex);
-    target_->ended = true;
-  }
+  // On lane 0's thread, detached: no helper attaches to the interpreter after this.
+  void detach_target() { end_target(lanes_[0]); }
+  PyThreadState* lane0_ts() const { return lanes_[0].ts; }
+  void clear_lane0() { lanes_[0].ts = nullptr; }
 
   const Strategy strategy_;
   const int slot_;
   std::shared_ptr<Interrupters> interrupters_;
-  PyThreadState* ts_ = nullptr;
   PythonApp* app_ = nullptr;
-  std::shared_ptr<InterruptTarget> target_;
+  PyInterpreterState* interp_ = nullptr;
   std::int64_t interpreter_id_ = -1;
+
+ private:
+  void set_lane(int lane, PyThreadState* ts) {
+    Lane& l = lanes_[static_cast<std::size_t>(lane)];
+    l.ts = ts;
+    l.target = std::make_shared<InterruptTarget>(interp_, PyThread_get_thread_ident());
+    std::atomic_store(&l.shared_target, l.target);
+    current_worker() = {strategy_name(strategy_).data(), slot_};
+  }
+  static void end_target(Lane& l) {
+    if (!l.target) return;
+    std::lock_guard lock(l.target->mutex);
+    l.target->ended = true;
+  }
+
+  std::vector<Lane> lanes_;
 };
 
 // --- subinterpreters ---------------------------------------------------------
@@ -181,7 +222,7 @@ class SubinterpreterWorker final : public InProcessWorker {
  public:
   SubinterpreterWorker(const ServerConfig& config, PyInterpreterState* main_interp, int slot,
                        std::shared_ptr<Interrupters> interrupters)
-      : InProcessWorker(config.pool.strategy, slot, std::move(interrupters)),
+      : InProcessWorker(config.pool.strategy, slot, config.pool.threads, std::move(interrupters)),
         options_(config.app),
         context_(load_context(config, false)),
         main_interp_(main_interp) {}
@@ -224,15 +265,16 @@ class SubinterpreterWorker final : public InProcessWorker {
   }
 
   void end() override {
-    if (ts_ == nullptr) return;
+    PyThreadState* ts = lane0_ts();
+    if (ts == nullptr) return;
     detach_target();
     std::lock_guard lock(interpreter_lifecycle_mutex());
-    PyEval_RestoreThread(ts_);
+    PyEval_RestoreThread(ts);
     app_holder_->release();
     app_holder_.reset();
     app_ = nullptr;
-    Py_EndInterpreter(ts_);  // leaves no thread state current, no GIL held
-    ts_ = nullptr;
+    Py_EndInterpreter(ts);  // leaves no thread state current, no GIL held (the lanes left first)
+    clear_lane0();
   }
 
   bool recyclable() const override { return true; }
@@ -300,32 +342,33 @@ class SubinterpreterFactory final : public WorkerFactory {
 class SharedInterpreterWorker final : public InProcessWorker {
  public:
   SharedInterpreterWorker(Strategy strategy, PyInterpreterState* interp, PythonApp* app, int slot,
-                          std::shared_ptr<Interrupters> interrupters)
-      : InProcessWorker(strategy, slot, std::move(interrupters)), interp_(interp) {
+                          int threads, std::shared_ptr<Interrupters> interrupters)
+      : InProcessWorker(strategy, slot, threads, std::move(interrupters)), main_interp_(interp) {
     app_ = app;
   }
   ~SharedInterpreterWorker() override { end(); }
 
   std::vector<RouteInfo> start() override {
-    PyThreadState* ts = PyThreadState_New(interp_);  // bound to this thread
+    PyThreadState* ts = PyThreadState_New(main_interp_);  // bound to this thread
     attach_target(ts);
     return app_->routes();
   }
 
   void end() override {
-    if (ts_ == nullptr) return;
+    PyThreadState* ts = lane0_ts();
+    if (ts == nullptr) return;
     detach_target();
-    PyEval_RestoreThread(ts_);
-    PyThreadState_Clear(ts_);
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
-    ts_ = nullptr;
+    clear_lane0();
   }
 
   // One interpreter for every worker: end() + start() would change nothing.
   bool recyclable() const override { return false; }
 
  private:
-  PyInterpreterState* interp_;
+  PyInterpreterState* main_interp_;
 };
 
 class SharedInterpreterFactory final : public WorkerFactory {
@@ -358,7 +401,7 @@ class SharedInterpreterFactory final : public WorkerFactory {
 
   std::unique_ptr<Worker> make(int slot) override {
     return std::make_unique<SharedInterpreterWorker>(config_.pool.strategy, runtime_->main_interpreter(),
-                                                     app_.get(), slot, interrupters_);
+                                                     app_.get(), slot, config_.pool.threads, interrupters_);
   }
   std::string python_version() const override { return embedded_python_version(); }
   PythonBuild python_build() const override { return embedded_python_build(); }

@@ -129,11 +129,13 @@ struct WorkerStats {
   std::uint64_t replacements = 0;
   long pid = 0;
   std::optional<std::int64_t> interpreter_id;
-  std::optional<double> busy_ms;               // how long the current job has run
+  int threads = 1;                             // lanes (--threads)
+  int busy_threads = 0;                        // lanes running a job now
+  std::optional<double> busy_ms;               // how long the longest-running job has run
   std::optional<std::uint64_t> rss_bytes;      // a worker that is its own process
   std::optional<std::uint64_t> pss_bytes;
 
-  bool busy() const { return state == WorkerState::busy || state == WorkerState::interrupting; }
+  bool busy() const { return busy_threads > 0; }
 };
 
 // The pool's live figures: /stats renders them as JSON, /metrics as gauges and
@@ -141,8 +143,10 @@ struct WorkerStats {
 struct PoolStats {
   std::size_t queue_depth = 0;
   std::size_t max_queue = 0;
-  int busy_workers = 0;
+  int busy_workers = 0;                        // workers with at least one busy thread
   int ready_workers = 0;
+  int threads_per_worker = 1;
+  int busy_threads = 0;
   std::uint64_t replacements_total = 0;
   std::uint64_t interrupted_total = 0;
   std::uint64_t killed_total = 0;

@@ -8,7 +8,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, io_thre
                                                 graceful_timeout, request_timeout, shutdown_delay,
                                                 access_log, dashboard)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
-                                                workers, worker_spin_us, max_queue, max_abandoned,
+                                                workers, threads, worker_spin_us, max_queue, max_abandoned,
                                                 max_requests, max_requests_jitter, allow_gil, preload)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, root_path, max_response,
                                                 pythonpath, debug)

@@ -43,6 +43,8 @@ struct PoolOptions {
   std::string strategy_reason;                 // --strategy auto: why this one was picked
   PythonBuild python_build = PythonBuild::standard;  // the CPython build that runs the workers
   int workers = 0;                             // 0: number of CPUs
+  int threads = 1;                             // requests a worker serves at once, each on a
+                                               // thread of its own (gunicorn's --threads)
   int worker_spin_us = -1;                     // µs an idle worker watches the queue before it
                                                // sleeps; -1: 50 when workers + I/O threads
                                                // <= CPUs, else 0

@@ -237,7 +237,11 @@ void connection_metrics(PrometheusText& m, const ServerStats& s) {
 void pool_metrics(PrometheusText& m, const ExecutorInfo& info, const PoolStats& p) {
   m.single("gilgamesh_workers", "gauge", "Python workers configured (--workers).", std::int64_t{info.workers});
   m.single("gilgamesh_ready_workers", "gauge", "Workers started and able to take a job.", std::int64_t{p.ready_workers});
-  m.single("gilgamesh_busy_workers", "gauge", "Workers running a handler now.", std::int64_t{p.busy_workers});
+  m.single("gilgamesh_busy_workers", "gauge", "Workers running at least one handler now.", std::int64_t{p.busy_workers});
+  m.single("gilgamesh_worker_threads", "gauge", "Threads per worker: requests a worker serves at once (--threads).",
+           std::int64_t{p.threads_per_worker});
+  m.single("gilgamesh_busy_threads", "gauge", "Worker threads running a handler now, every worker together.",
+           std::int64_t{p.busy_threads});
   m.single("gilgamesh_queue_depth", "gauge", "Requests waiting for a worker.", std::uint64_t{p.queue_depth});
   m.single("gilgamesh_queue_capacity", "gauge", "Requests that may wait before new ones get 503 (--max-queue).",
            std::uint64_t{p.max_queue});

@@ -85,7 +85,7 @@ class TestWorker final : public Worker {
     return {{"/ok", {"GET"}, ""}};
   }
 
-  HandleResult handle(const Job& job, std::uint64_t seq) override {
+  HandleResult handle(const Job& job, std::uint64_t seq, int) override {
     ++shared_.handled;
     running_ = seq;
     interrupted_ = false;
@@ -550,4 +550,43 @@ TEST(JobQueue, PopUntilGivesUpAtItsDeadlineAndSeesALateJob) {
   ASSERT_TRUE(job);
   EXPECT_EQ(job->token, 7u);
   EXPECT_EQ(queue.depth(), 0u);
+}
+
+TEST(WorkerPool, AWorkerWithThreadsRunsThatManyJobsAtOnce) {
+  ServerConfig c = with_workers(1);
+  c.pool.threads = 3;
+  Fixture f(c);
+  f.pool->start();
+  std::vector<std::uint64_t> stuck;
+  for (int i = 0; i < 3; ++i) stuck.push_back(f.submit("/stuck"));
+  ASSERT_TRUE(f.eventually([](const nlohmann::json& s) {
+    return s["busy_threads"] == 3 && s["busy_workers"] == 1 && s["worker_details"][0]["busy_threads"] == 3;
+  }));
+  const auto queued = f.submit("/ok");
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(f.answers.calls(queued), 0);  // every lane is busy: it waits its turn
+  f.shared.release();
+  for (auto t : stuck) ASSERT_TRUE(f.answers.wait(t)) << t;
+  ASSERT_TRUE(f.answers.wait(queued));
+  EXPECT_EQ(f.shared.made, 1);  // one worker, three lanes
+  EXPECT_EQ(f.stats()["threads_per_worker"], 3);
+}
+
+TEST(WorkerPool, RecyclingAWorkerWithThreadsDrainsItsLanesFirst) {
+  ServerConfig c = with_workers(1);
+  c.pool.threads = 2;
+  c.pool.max_requests = 4;
+  Fixture f(c);
+  f.pool->start();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back(f.submit("/ok"));
+  for (auto t : tokens) {
+    auto r = f.answers.wait(t);
+    ASSERT_TRUE(r) << t;
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["recycles_total"] >= 4; }));
+  EXPECT_EQ(f.shared.started, f.shared.ended + 1);  // each start ended before the next
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  for (auto t : tokens) EXPECT_EQ(f.answers.calls(t), 1) << t;
 }

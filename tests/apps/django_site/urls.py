@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("item/<int:item_id>/", views.item),
+    path("hello/", views.hello),
+]

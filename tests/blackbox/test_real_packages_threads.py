@@ -1,0 +1,79 @@
+"""A real app with threads per worker: Django 4.2 from Debian trixie's python3-django
+(scripts/fetch-trixie-site.sh) with a sqlite database (tests/apps/django_site/), served
+with --wsgi at --threads 4 on the in-process strategies: requests that wait in the view overlap in one
+worker, each thread with its own database connection.
+
+Skipped when the trixie site does not hold python3-django (`make trixie-site` fetches it)
+and in the sanitized pass (as test_real_packages.py)."""
+
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gilgamesh_harness import APPS_DIR, REPO, TIME_SCALE, concurrent_gets
+
+if os.environ.get("GILGAMESH_SANITIZED"):
+    pytest.skip("not in the sanitized pass (see test_real_packages.py)", allow_module_level=True)
+
+WAIT_S = 0.5  # what the view sleeps before its query
+
+
+@pytest.fixture(scope="module")
+def django_site():
+    """The trixie site folder holding python3-django, or skip."""
+    given = os.environ.get("GILGAMESH_TRIXIE_SITE")
+    if given:
+        site = Path(given)
+    else:
+        result = subprocess.run(["bash", str(REPO / "scripts" / "fetch-trixie-site.sh"),
+                                 "--print-path", "python3-django"],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            pytest.skip("Debian trixie's python3-django is not fetched: run `make trixie-site` (%s)"
+                        % result.stderr.strip())
+        site = Path(result.stdout.strip())
+    if not (site / "django").is_dir():
+        pytest.skip("%s holds no django: run `make trixie-site`" % site)
+    return site
+
+
+@pytest.fixture
+def database(tmp_path):
+    path = tmp_path / "django.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        db.executemany("INSERT INTO items VALUES (?, ?)", [(i, "item-%d" % i) for i in range(1, 9)])
+    return path
+
+
+def test_django_view_waits_overlap_at_threads_4(start_server, strategy, django_site, database):
+    if strategy == "processes":
+        pytest.skip("--threads is not built for the processes strategy yet (issue 22; "
+                    "test_threads.py proves the refusal)")
+    server = start_server(workers=1, wsgi="django_site.wsgi:application",
+                          args=["--pythonpath", str(APPS_DIR), "--pythonpath", str(django_site),
+                                "--threads", "4"],
+                          env={"GILGAMESH_TEST_DJANGO_DB": str(database)})
+    r = server.get("/hello/")
+    assert r.status == 200 and r.body == b"hello from django", r
+    warm = concurrent_gets(server, ["/item/%d/?wait=0.05" % i for i in range(1, 5)])
+    assert [getattr(x, "status", x) for x in warm] == [200] * 4, warm
+    started = time.monotonic()
+    results = concurrent_gets(server, ["/item/%d/" % i for i in range(1, 5)])
+    elapsed = time.monotonic() - started
+    assert [getattr(x, "status", x) for x in results] == [200] * 4, results
+    answers = [x.json() for x in results]
+    assert [(a["id"], a["name"]) for a in answers] == [(i, "item-%d" % i) for i in range(1, 5)], answers
+    assert all(a["multithread"] is True for a in answers), answers
+    assert len({a["pid"] for a in answers}) == 1, answers  # one worker ...
+    assert len({a["thread"] for a in answers}) == 4, answers  # ... four threads at once
+    # Serially 4 x 0.5 s = 2 s; overlapped about 0.5 s.
+    assert elapsed < WAIT_S + 0.6 * TIME_SCALE, (
+        "4 Django requests that each wait %.1f s took %.2f s on 1 worker x 4 threads"
+        % (WAIT_S, elapsed))
+    missing = server.get("/item/99/")
+    assert missing.status == 404, missing
