@@ -16,6 +16,11 @@ py::Ref latin1(std::string_view s) {
 
 py::Ref interned(const char* s) { return py::Ref::steal(PyUnicode_InternFromString(s)); }
 
+// environ[key] = value; false with a Python exception set (also when value is empty).
+bool put_item(PyObject* env, const py::Ref& key, py::Ref value) {
+  return value && PyDict_SetItem(env, key.get(), value.get()) == 0;
+}
+
 // The bytes of a str that PEP 3333 says must be latin-1 ("native strings"). With the GIL.
 bool native_bytes(PyObject* s, std::string& out, const char* what) {
   if (!PyUnicode_Check(s)) {
@@ -121,9 +126,7 @@ py::Ref WsgiApp::environ_for(const HttpRequestData& r) {
   py::Ref environ = py::Ref::steal(PyDict_Copy(template_.get()));
   if (!environ) return {};
   PyObject* env = environ.get();
-  auto put = [env](const py::Ref& key, py::Ref value) {
-    return value && PyDict_SetItem(env, key.get(), value.get()) == 0;
-  };
+  auto put = [env](const py::Ref& key, py::Ref value) { return put_item(env, key, std::move(value)); };
 
   // --root-path: a path under the prefix loses it (a proxy that does not strip
   // it); any other path is taken as already relative to the prefix.
@@ -159,9 +162,7 @@ py::Ref WsgiApp::environ_for(const HttpRequestData& r) {
 
 // HTTP_* entries (and CONTENT_TYPE, CONTENT_LENGTH) from the request headers.
 bool WsgiApp::add_request_headers(PyObject* env, const HttpRequestData& r) {
-  auto put = [env](const py::Ref& key, py::Ref value) {
-    return value && PyDict_SetItem(env, key.get(), value.get()) == 0;
-  };
+  auto put = [env](const py::Ref& key, py::Ref value) { return put_item(env, key, std::move(value)); };
   bool length_given = false;
   std::string key;
   for (const Header& h : r.headers) {

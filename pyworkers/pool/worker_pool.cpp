@@ -78,7 +78,6 @@ struct WorkerPool::Run {
   std::atomic<long> pid{0};
   std::atomic<std::int64_t> interpreter_id{-1};
   std::atomic<bool> finished{false};
-  std::atomic<int> busy_lanes{0};
   std::atomic<unsigned> served{0};  // since the worker last started
   unsigned recycle_limit = 0;       // for this start (0: never)
 
@@ -376,7 +375,6 @@ void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
     l.job_what = describe_job(job);
     l.interrupted = false;
   }
-  ++run.busy_lanes;
   ++busy_;
   HandleResult result = run.worker->handle(job, seq, lane);
   bool abandoned, interrupted;
@@ -392,7 +390,6 @@ void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
     }
   }
   --busy_;
-  --run.busy_lanes;
   if (result.worker_lost && result.job_not_taken && !hard_stop_ && !abandoned) {
     spdlog::warn("worker {} (pid {}) was gone before it took {}; it goes to the replacement",
                  run.slot, run.pid.load(), describe_job(job));
@@ -570,10 +567,12 @@ bool WorkerPool::drain(Clock::time_point deadline) {
       const auto& run = slots_[static_cast<std::size_t>(i)].run;
       if (!run || run->finished) continue;
       std::lock_guard run_lock(run->mutex);
+      bool busy = false;
       for (const Lane& lane : run->lanes) {
         if (lane.job_seq != 0 && now < lane.job_deadline) return false;
+        busy = busy || lane.job_seq != 0;
       }
-      if (run->busy_lanes == 0) return false;  // between jobs: it leaves at once
+      if (!busy) return false;  // between jobs: it leaves at once
     }
     return true;
   };
