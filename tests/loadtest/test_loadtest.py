@@ -562,7 +562,9 @@ def test_ctrl_c_stops_everything(tmp_path):
                              "0.1", "--rate-repeat", "1", "--results-dir", str(tmp_path)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60  # until the cell is under load: wrk is running
+        # until the cell is under load: wrk and the server both running (the runner also
+        # starts a short-lived `wrk --version` before any server)
+        deadline = time.monotonic() + 60
         children, names = [], []
         while time.monotonic() < deadline and proc.poll() is None:
             children = _descendants(proc.pid)
@@ -573,7 +575,7 @@ def test_ctrl_c_stops_everything(tmp_path):
                         names.append(f.read().strip())
                 except OSError:
                     pass  # exited meanwhile
-            if "wrk" in names:
+            if "wrk" in names and "gilgamesh" in names:
                 break
             time.sleep(0.1)  # polling interval
         assert "wrk" in names and "gilgamesh" in names, names
