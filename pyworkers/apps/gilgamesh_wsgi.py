@@ -3,9 +3,10 @@
 The server embeds this file as the module `_gilgamesh_wsgi` (built into the
 binary; see gilgamesh_module.cpp). The C++ half (wsgi_app.cpp) builds the
 environ and calls run(); this half speaks the calling protocol: start_response
-with exc_info, write(), the result iterable and its close(). The response is
-collected whole (the server sends it with a Content-Length), so "headers sent"
-below means: the app has produced body bytes.
+with exc_info, write(), the result iterable and its close(). An answer either
+streams (its head goes out with the first body bytes, then each piece as it
+comes) or is collected whole and sent with a Content-Length: run() says which.
+"Headers sent" below means: the app has produced body bytes.
 """
 import gilgamesh as _gilgamesh
 
@@ -80,22 +81,34 @@ class FileWrapper:
         raise StopIteration
 
 
+class ClientDisconnected(OSError):
+    """write() after the client closed the connection: the answer cannot be delivered."""
+
+
 class _Exchange:
-    """One call of the app: what start_response and write() were given."""
+    """One call of the app: what start_response and write() were given, and where
+    the body goes: collected in `chunks`, or, once `opened`, out through `_push`
+    piece by piece (see run())."""
 
-    __slots__ = ("status", "headers", "chunks", "size", "limit")
+    __slots__ = ("status", "headers", "chunks", "size", "limit", "_start", "_push",
+                 "collect", "opened", "stopped")
 
-    def __init__(self, limit):
+    def __init__(self, limit, start, push):
         self.status = None
         self.headers = None
         self.chunks = []
         self.size = 0
         self.limit = limit
+        self._start = start
+        self._push = push
+        self.collect = start is None  # decided at the first body bytes otherwise
+        self.opened = False   # the head went out: each piece follows as it comes
+        self.stopped = False  # the client left (or the head was refused): stop producing
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info is not None:
             try:
-                if self.size:  # body already produced: too late to change the status
+                if self.size or self.opened:  # body already produced: too late to change the status
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # no reference cycle through the traceback
@@ -108,10 +121,37 @@ class _Exchange:
     def write(self, data):
         if not isinstance(data, bytes):
             raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if self.stopped:
+            raise ClientDisconnected("the client closed the connection")
         if data:
-            self.size += len(data)
-            if self.size <= self.limit:  # past the limit: counted, not kept
-                self.chunks.append(data)
+            self.body(data)
+
+    def body(self, data):
+        """A non-empty piece of the body."""
+        if self.opened:
+            if not self._push(data):
+                self.stopped = True
+            return
+        if not self.collect and not self._length_within_limit():
+            self.opened = True
+            if not self._start(self.status, self.headers) or not self._push(data):
+                self.stopped = True
+            return
+        self.collect = True
+        self.size += len(data)
+        if self.size <= self.limit:  # past the limit: counted, not kept
+            self.chunks.append(data)
+
+    def _length_within_limit(self):
+        """Whether the app gave a Content-Length the body may be collected in."""
+        if type(self.headers) is not list:
+            return False
+        for header in self.headers:
+            if type(header) is tuple and len(header) == 2 and type(header[0]) is str \
+                    and header[0].lower() == "content-length":
+                value = header[1]
+                return type(value) is str and value.isdigit() and int(value) <= self.limit
+        return False
 
 
 class Result:
@@ -132,17 +172,31 @@ class ResponseTooLarge(Exception):
         self.size = size
 
 
-def run(app, environ, limit):
-    """Calls the app. Returns a Result, or raises ResponseTooLarge once the body
-    grew past `limit` bytes. Raises what the app raised, and AssertionError or
-    TypeError when it breaks the protocol."""
-    exchange = _Exchange(limit)
+def run(app, environ, limit, start, push):
+    """Calls the app. Returns a Result for an answer collected whole, or raises
+    ResponseTooLarge once such a body grew past `limit` bytes. An answer that
+    streams goes out through start(status, headers) and push(bytes) instead
+    (`start` is None: nothing may stream), and None is returned. Raises what
+    the app raised, and AssertionError or TypeError when it breaks the protocol.
+
+    Streams: a body that is not a list or tuple, unless the app gave a
+    Content-Length of at most `limit`."""
+    exchange = _Exchange(limit, start, push)
     errors = environ["wsgi.errors"]
     try:
-        result = app(environ, exchange.start_response)
         try:
-            if type(result) is FileWrapper and result.blksize < 1 << 20:
-                result.blksize = 1 << 20  # read a file in large blocks: the whole body is kept anyway
+            result = app(environ, exchange.start_response)
+        except ClientDisconnected:
+            if not exchange.stopped:
+                raise
+            return None
+        try:
+            kind = type(result)
+            if kind is list or kind is tuple:
+                if not exchange.opened:
+                    exchange.collect = True  # the whole body is there already
+            elif kind is FileWrapper and result.blksize < 1 << 16:
+                result.blksize = 1 << 16
             for chunk in result:
                 if not isinstance(chunk, bytes):
                     raise TypeError("the app's response iterable yielded %s, not bytes"
@@ -150,8 +204,8 @@ def run(app, environ, limit):
                 if chunk:
                     if exchange.status is None:
                         raise AssertionError("the app yielded body bytes before calling start_response()")
-                    exchange.write(chunk)
-                    if exchange.size > limit:
+                    exchange.body(chunk)
+                    if exchange.stopped or exchange.size > limit:
                         break
         finally:
             close = getattr(result, "close", None)
@@ -159,6 +213,8 @@ def run(app, environ, limit):
                 close()
     finally:
         errors.flush()
+    if exchange.opened:
+        return None
     if exchange.status is None:
         raise AssertionError("the app returned without calling start_response()")
     if exchange.size > limit:

@@ -17,11 +17,66 @@ LoadContext load_context(const ServerConfig& config, bool shares_app_object) {
 PythonApp::PythonApp(const AppOptions& options, ErrorTypes errors)
     : max_response_(options.max_response), target_(options.target), errors_(std::move(errors)) {}
 
-HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestData& request) {
+bool StreamWriter::start(HttpResponseData&& head) {
+  started_ = true;
+  if (!sink_) {
+    head_ = std::move(head);
+    return true;
+  }
+  if (!response_violation(head).empty()) {
+    refused_ = true;  // answered as a collected answer is: the rule's 500, logged
+    head_ = std::move(head);
+    return false;
+  }
+  bool open;
+  Py_BEGIN_ALLOW_THREADS
+  open = sink_->open(std::move(head));
+  Py_END_ALLOW_THREADS
+  return open;
+}
+
+bool StreamWriter::push(std::string_view piece) {
+  if (piece.empty()) return true;
+  size_ += piece.size();
+  if (!sink_) {
+    if (size_ > max_response_) return false;  // counted, not kept: handle() answers 500
+    head_.body.append(piece);
+    return true;
+  }
+  bool more;
+  Py_BEGIN_ALLOW_THREADS
+  more = sink_->push(piece);
+  Py_END_ALLOW_THREADS
+  return more;
+}
+
+void StreamWriter::finish(bool ok) {
+  if (finished_ || !sink_ || !started_ || refused_) return;
+  finished_ = true;
+  Py_BEGIN_ALLOW_THREADS
+  sink_->finish(ok);
+  Py_END_ALLOW_THREADS
+}
+
+HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestData& request,
+                                   ResponseSink* sink) {
   const std::string& where = route_index < routes_.size() ? routes_[route_index].path : target_;
-  std::optional<HttpResponseData> response = respond(route_index, request);
+  StreamWriter writer(sink, max_response_);
+  std::optional<HttpResponseData> response = respond(route_index, request, writer);
+  if (writer.started() && writer.streaming() && !writer.refused()) {
+    // The head has gone out: an exception can only cut the body short.
+    if (!response) {
+      py::ErrorText error = PyErr_Occurred() ? py::fetch_error()
+                                             : py::ErrorText{"SystemError: handler failed without an exception", {}};
+      spdlog::error("request {}: handler for {} raised after the head was sent; the connection is closed "
+                    "with the body cut short: {}\n{}", request.request_id, where, error.summary, error.traceback);
+    }
+    writer.finish(response.has_value());
+    return {};
+  }
   if (!response) return error_response(request.request_id, where);
-  if (response->body.size() > max_response_) return too_large(request, where, response->body.size());
+  const std::size_t size = std::max(response->body.size(), writer.collected_size());
+  if (size > max_response_) return too_large(request, where, size);
   return std::move(*response);
 }
 

@@ -37,6 +37,45 @@ struct ErrorTypes {
   bool debug = false;
 };
 
+// One answer whose body the app produces piece by piece (a WSGI iterable or
+// write(), a route handler's generator), as the app kinds write it. With a
+// sink, the head goes out with the first body bytes and each piece follows as
+// it comes; without one (nowhere to stream to), the pieces are collected into
+// one answer, capped by --max-response like any other. With the GIL held,
+// except that push() releases it while the client is slow.
+class StreamWriter {
+ public:
+  StreamWriter(ResponseSink* sink, std::size_t max_response) : sink_(sink), max_response_(max_response) {}
+
+  // The head, before the first body bytes. False: stop producing, because the
+  // client is gone or the head breaks a response rule (refused(): answered
+  // with the clean 500 of a collected answer, nothing has been sent).
+  bool start(HttpResponseData&& head);
+  // A piece of the body. False: stop producing (the client is gone, or a
+  // collected body passed --max-response).
+  bool push(std::string_view piece);
+  // The body is over: whole, or broken off by an exception (after the head,
+  // the connection closes without ending the body).
+  void finish(bool ok);
+  bool finished() const { return finished_; }
+
+  bool started() const { return started_; }
+  bool streaming() const { return sink_ != nullptr; }
+  bool refused() const { return refused_; }
+  // The answer when nothing streamed: the head with the collected body.
+  HttpResponseData& collected() { return head_; }
+  std::size_t collected_size() const { return size_; }
+
+ private:
+  ResponseSink* sink_;
+  const std::size_t max_response_;
+  HttpResponseData head_;  // without a sink, and a refused head
+  std::size_t size_ = 0;
+  bool started_ = false;
+  bool refused_ = false;
+  bool finished_ = false;
+};
+
 class PythonApp {
  public:
   // Imports `gilgamesh` and the app in the current interpreter and makes the
@@ -59,7 +98,10 @@ class PythonApp {
   // route "*"). Precondition: the GIL of the interpreter that loaded this app
   // is held. Never throws for Python errors: HTTPError becomes its status,
   // anything else 500 (traceback logged), and so does a body over max_response.
-  HttpResponseData handle(std::size_t route_index, const HttpRequestData& request);
+  // An answer that streams goes to `sink` (when given) and the answer returned
+  // is then empty and unused (sink->opened() says so).
+  HttpResponseData handle(std::size_t route_index, const HttpRequestData& request,
+                          ResponseSink* sink = nullptr);
 
   // Releases every Python reference. Precondition: the GIL is held. Called
   // before the interpreter ends; the destructor then does nothing Python.
@@ -70,7 +112,8 @@ class PythonApp {
   // The kind's answer; nullopt with a Python exception pending when the app
   // raised or broke its protocol.
   virtual std::optional<HttpResponseData> respond(std::size_t route_index,
-                                                  const HttpRequestData& request) = 0;
+                                                  const HttpRequestData& request,
+                                                  StreamWriter& writer) = 0;
   virtual void release_kind() = 0;
   // The pending Python exception as the answer (HTTPError, HandlerTimeout, or a 500).
   HttpResponseData error_response(const std::string& request_id, const std::string& where);

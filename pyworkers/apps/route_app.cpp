@@ -145,7 +145,8 @@ py::Ref path_params_dict(const std::vector<PathParam>& params) {
 
 }  // namespace
 
-std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const HttpRequestData& r) {
+std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const HttpRequestData& r,
+                                                  StreamWriter& writer) {
   py::Ref headers = py::Ref::steal(PyTuple_New(static_cast<Py_ssize_t>(r.headers.size())));
   if (!headers) return std::nullopt;
   for (std::size_t i = 0; i < r.headers.size(); ++i) {
@@ -180,11 +181,72 @@ std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const
     if (positional) result = py::Ref::steal(PyObject_Call(handlers_[route_index].get(), positional.get(), argv[6]));
   }
   HttpResponseData out;
-  if (!result || !convert_result(result.get(), out)) return std::nullopt;
+  py::Ref pieces;
+  if (!result || !convert_result(result.get(), out, pieces)) return std::nullopt;
+  if (pieces) return stream(pieces.get(), std::move(out), writer);
   return out;
 }
 
-bool RouteApp::convert_body(PyObject* body, HttpResponseData& out) {
+namespace {
+
+// Calls `iterator`.close() if it has one. With the GIL; a pending exception is
+// kept (and wins over one that close() raises, which is then dropped).
+bool close_iterator(PyObject* iterator) {
+  PyObject* pending = PyErr_GetRaisedException();
+  bool ok = true;
+  py::Ref close = py::Ref::steal(PyObject_GetAttrString(iterator, "close"));
+  if (!close) {
+    PyErr_Clear();
+  } else {
+    py::Ref r = py::Ref::steal(PyObject_CallNoArgs(close.get()));
+    ok = static_cast<bool>(r);
+  }
+  if (pending) {
+    if (!ok) PyErr_Clear();
+    PyErr_SetRaisedException(pending);
+    return false;
+  }
+  return ok;
+}
+
+}  // namespace
+
+std::optional<HttpResponseData> RouteApp::stream(PyObject* pieces, HttpResponseData&& head, StreamWriter& writer) {
+  const bool typed = !head.content_type.empty();
+  bool failed = false;
+  for (;;) {
+    py::Ref piece = py::Ref::steal(PyIter_Next(pieces));
+    if (!piece) {
+      failed = PyErr_Occurred() != nullptr;
+      break;
+    }
+    const bool text = PyUnicode_Check(piece.get());
+    if (!text && !PyBytes_Check(piece.get()) && !PyByteArray_Check(piece.get()) &&
+        !PyMemoryView_Check(piece.get())) {
+      PyErr_Format(PyExc_TypeError, "the handler's generator yielded %.100s; yield str or bytes",
+                   Py_TYPE(piece.get())->tp_name);
+      failed = true;
+      break;
+    }
+    std::string bytes;
+    if (!body_bytes(piece.get(), bytes)) {
+      failed = true;
+      break;
+    }
+    if (bytes.empty()) continue;
+    if (!writer.started()) {
+      if (!typed) head.content_type = text ? "text/plain; charset=utf-8" : "application/octet-stream";
+      if (!writer.start(std::move(head))) break;
+    }
+    if (!writer.push(bytes)) break;
+  }
+  if (!close_iterator(pieces) || failed) return std::nullopt;
+  if (!writer.started()) return std::move(head);  // nothing but empty pieces: an empty body
+  if (writer.streaming() && !writer.refused()) return HttpResponseData{};
+  return std::move(writer.collected());
+}
+
+bool RouteApp::convert_body(PyObject* body, HttpResponseData& out, py::Ref& pieces) {
   if (PyDict_Check(body) || PyList_Check(body)) {
     PyObject* argv[1] = {body};
     py::Ref text = py::Ref::steal(PyObject_Vectorcall(json_dumps_.get(), argv, 1, nullptr));
@@ -201,19 +263,24 @@ bool RouteApp::convert_body(PyObject* body, HttpResponseData& out) {
     out.content_type = "application/octet-stream";
     return body_bytes(body, out.body);
   }
+  if (PyIter_Check(body)) {
+    pieces = py::Ref::borrow(body);
+    return true;
+  }
   PyErr_Format(PyExc_TypeError,
-               "handler returned %.100s; return dict, list, str, bytes, None or gilgamesh.Response",
+               "handler returned %.100s; return dict, list, str, bytes, an iterator of str or bytes, None "
+               "or gilgamesh.Response",
                Py_TYPE(body)->tp_name);
   return false;
 }
 
-bool RouteApp::convert_result(PyObject* result, HttpResponseData& out) {
+bool RouteApp::convert_result(PyObject* result, HttpResponseData& out, py::Ref& pieces) {
   if (result == Py_None) {
     out.status = 204;
     return true;
   }
   if (!PyObject_TypeCheck(result, reinterpret_cast<PyTypeObject*>(response_type_.get()))) {
-    return convert_body(result, out);
+    return convert_body(result, out, pieces);
   }
   py::Ref body = py::Ref::steal(PyObject_GetAttrString(result, "body"));
   py::Ref status = py::Ref::steal(PyObject_GetAttrString(result, "status"));
@@ -223,7 +290,7 @@ bool RouteApp::convert_result(PyObject* result, HttpResponseData& out) {
   long code = PyLong_AsLong(status.get());
   if (code == -1 && PyErr_Occurred()) return false;
   if (code < 0 || code > 999) code = -1;  // out of range: refused where it would reach the wire
-  if (body.get() != Py_None && !convert_body(body.get(), out)) {
+  if (body.get() != Py_None && !convert_body(body.get(), out, pieces)) {
     return false;
   }
   out.status = static_cast<int>(code);

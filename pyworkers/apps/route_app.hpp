@@ -6,7 +6,12 @@
 //     tuple of (name, value), body bytes, request_id, path params dict or None);
 //   - a handler returns dict/list (JSON), str, bytes-like, None (204) or a
 //     gilgamesh.Response(body, status, headers, content_type), and raises
-//     gilgamesh.HTTPError(status, message) for an error answer.
+//     gilgamesh.HTTPError(status, message) for an error answer;
+//   - a handler (or a Response's body) may be an iterator, a generator say, of
+//     str or bytes-like pieces: the answer streams (StreamWriter), each piece
+//     sent as it comes; its content type, unless given, is text/plain for str
+//     pieces and application/octet-stream for bytes. The iterator's close() is
+//     called however the iteration ends (a client that left stops it).
 #pragma once
 
 #include "pyworkers/apps/python_app.hpp"
@@ -21,11 +26,16 @@ class RouteApp final : public PythonApp {
 
  private:
   RouteApp(const AppOptions& options, ErrorTypes errors) : PythonApp(options, std::move(errors)) {}
-  std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request) override;
+  std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request,
+                                          StreamWriter& writer) override;
   void release_kind() override;
   // A handler's return value as a response; false with a Python exception set.
-  bool convert_result(PyObject* result, HttpResponseData& out);
-  bool convert_body(PyObject* body, HttpResponseData& out);
+  // An iterator body is left in `pieces` for stream() (the head in `out`).
+  bool convert_result(PyObject* result, HttpResponseData& out, py::Ref& pieces);
+  bool convert_body(PyObject* body, HttpResponseData& out, py::Ref& pieces);
+  // Sends what `pieces` yields through `writer`, then closes it. nullopt with a
+  // Python exception set when the iteration (or close()) raised.
+  std::optional<HttpResponseData> stream(PyObject* pieces, HttpResponseData&& head, StreamWriter& writer);
 
   std::vector<py::Ref> handlers_;
   py::Ref request_type_;

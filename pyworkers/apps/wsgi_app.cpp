@@ -50,7 +50,47 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// The answer the calling thread's run() streams (one request per thread at a
+// time), for the two functions the Python half calls.
+thread_local StreamWriter* current_writer = nullptr;
+
+class WriterScope {
+ public:
+  explicit WriterScope(StreamWriter& w) : previous_(std::exchange(current_writer, &w)) {}
+  ~WriterScope() { current_writer = previous_; }
+
+ private:
+  StreamWriter* previous_;
+};
+
+PyObject* no_writer() {
+  PyErr_SetString(PyExc_RuntimeError, "the response can only be streamed from the request's own thread");
+  return nullptr;
+}
+
 }  // namespace
+
+// _start(status, headers) -> bool: the head of an answer that streams. False:
+// stop producing (the client is gone, or the head breaks a response rule).
+PyObject* WsgiApp::stream_start(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return PyErr_Format(PyExc_TypeError, "_start() takes 2 arguments");
+  if (!current_writer) return no_writer();
+  PyObject* empty = PyList_New(0);
+  if (!empty) return nullptr;
+  HttpResponseData head;
+  const bool ok = convert(args[0], args[1], empty, head);
+  Py_DECREF(empty);
+  if (!ok) return nullptr;
+  return PyBool_FromLong(current_writer->start(std::move(head)));
+}
+
+// _push(data) -> bool: a piece of the body. False: stop producing.
+PyObject* WsgiApp::stream_push(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1 || !PyBytes_Check(args[0])) return PyErr_Format(PyExc_TypeError, "_push() takes one bytes");
+  if (!current_writer) return no_writer();
+  return PyBool_FromLong(current_writer->push(
+      std::string_view(PyBytes_AS_STRING(args[0]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[0])))));
+}
 
 std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadContext& context,
                                          PyObject* module, ErrorTypes errors) {
@@ -71,6 +111,13 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadCo
   py::Ref file_wrapper = py::Ref::steal(PyObject_GetAttrString(adapter.get(), "FileWrapper"));
   w->bytes_io_ = py::Ref::steal(PyObject_GetAttrString(io.get(), "BytesIO"));
   w->limit_ = py::Ref::steal(PyLong_FromSize_t(options.max_response));
+  static PyMethodDef start_def{"_start", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_start)),
+                               METH_FASTCALL, nullptr};
+  static PyMethodDef push_def{"_push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_push)),
+                              METH_FASTCALL, nullptr};
+  w->start_ = py::Ref::steal(PyCFunction_New(&start_def, nullptr));
+  w->push_ = py::Ref::steal(PyCFunction_New(&push_def, nullptr));
+  if (!w->start_ || !w->push_) return nullptr;
   if (!w->run_ || !w->too_large_type_ || !w->error_stream_ || !file_wrapper || !w->bytes_io_ || !w->limit_) return nullptr;
 
   struct Key {
@@ -114,11 +161,17 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadCo
   return w;
 }
 
-std::optional<HttpResponseData> WsgiApp::respond(std::size_t, const HttpRequestData& r) {
+std::optional<HttpResponseData> WsgiApp::respond(std::size_t, const HttpRequestData& r, StreamWriter& writer) {
   py::Ref environ = environ_for(r);
   if (!environ) return std::nullopt;
-  PyObject* run_args[3] = {app_.get(), environ.get(), limit_.get()};
-  py::Ref result = py::Ref::steal(PyObject_Vectorcall(run_.get(), run_args, 3, nullptr));
+  WriterScope scope(writer);
+  PyObject* run_args[5] = {app_.get(), environ.get(), limit_.get(), writer.streaming() ? start_.get() : Py_None,
+                           push_.get()};
+  py::Ref result = py::Ref::steal(PyObject_Vectorcall(run_.get(), run_args, 5, nullptr));
+  if (result && writer.started()) {
+    if (writer.refused()) return std::move(writer.collected());
+    return HttpResponseData{};  // it went out through the sink
+  }
   return from_result(result.get(), r);
 }
 
@@ -266,7 +319,7 @@ bool WsgiApp::convert(PyObject* status, PyObject* headers, PyObject* chunks, Htt
 }
 
 std::vector<py::Ref*> WsgiApp::references() {
-  return {&app_, &run_, &too_large_type_, &bytes_io_, &error_stream_, &limit_, &template_, &k_method_,
+  return {&app_, &run_, &start_, &push_, &too_large_type_, &bytes_io_, &error_stream_, &limit_, &template_, &k_method_,
                        &k_path_info_, &k_query_string_, &k_content_type_, &k_content_length_,
                        &k_server_name_, &k_server_port_, &k_server_protocol_, &k_remote_addr_,
                        &k_remote_port_, &k_request_uri_, &k_raw_uri_, &k_input_, &k_errors_, &k_request_id_};

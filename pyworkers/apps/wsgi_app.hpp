@@ -2,15 +2,24 @@
 // from plain C++ data, calls the Python half, and turns what the app gave back
 // into plain C++ data. The contract with the Python half (apps/gilgamesh_wsgi.py):
 //   - resolve(module, expression) -> the callable (MODULE:CALLABLE, or a factory());
-//   - run(app, environ, limit) speaks start_response / write / the iterable /
-//     close(), and returns a gilgamesh_wsgi.Result with .status (str), .headers
-//     (list of (str, str)) and .chunks (list of bytes), exactly as the app gave
-//     them; a body past `limit` bytes raises gilgamesh_wsgi.ResponseTooLarge
-//     (.size), anything the app raised or a protocol error propagates.
+//   - run(app, environ, limit, start, push) speaks start_response / write /
+//     the iterable / close(). An answer that streams (below) goes out through
+//     start(status, headers) -> bool and push(bytes) -> bool (False: stop,
+//     the client is gone), C functions of this file that reach the calling
+//     thread's StreamWriter; `start` is None when nothing may stream. An
+//     answer collected whole comes back as a gilgamesh_wsgi.Result with
+//     .status (str), .headers (list of (str, str)) and .chunks (list of
+//     bytes), exactly as the app gave them; a body past `limit` bytes raises
+//     gilgamesh_wsgi.ResponseTooLarge (.size); anything the app raised or a
+//     protocol error propagates.
+//
+// Which answers stream: those whose body is not a list or tuple, unless the
+// app gave a Content-Length of at most `limit` (--max-response). Those are
+// collected whole, and so is every answer without a sink.
 //
 // The status and headers are handed on as the app gave them: the HTTP layer's
 // response_violation() refuses what may not go on the wire, as for route
-// handlers. The body is collected whole, up to max_response bytes.
+// handlers.
 #pragma once
 
 #include "pyworkers/apps/python_app.hpp"
@@ -36,7 +45,10 @@ class WsgiApp final : public PythonApp {
   WsgiApp(const AppOptions& options, ErrorTypes errors) : PythonApp(options, std::move(errors)) {}
   // Calls the app for one request. With the GIL. nullopt: the app raised or
   // broke the protocol, and that Python exception is pending.
-  std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request) override;
+  std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request,
+                                          StreamWriter& writer) override;
+  static PyObject* stream_start(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* stream_push(PyObject*, PyObject* const* args, Py_ssize_t nargs);
   void release_kind() override;
   std::optional<HttpResponseData> from_result(PyObject* result, const HttpRequestData& request);
   // The request's environ; empty with a Python exception set when it cannot be made.
@@ -50,6 +62,7 @@ class WsgiApp final : public PythonApp {
   std::string root_path_;
   py::Ref app_;
   py::Ref run_;
+  py::Ref start_, push_;     // the Python half's way out for an answer that streams
   py::Ref too_large_type_;  // gilgamesh_wsgi.ResponseTooLarge
   py::Ref bytes_io_;       // io.BytesIO: wsgi.input
   py::Ref error_stream_;   // _gilgamesh_wsgi.ErrorStream: wsgi.errors

@@ -50,7 +50,7 @@ struct WorkerDescription {
 struct StrategyTraits {
   bool owns_interpreters = false;      // each worker has an interpreter of its own, ended with it
   bool shares_app_object = false;      // every worker calls the one app object (wsgi.multithread)
-  bool workers_are_processes = false;  // a worker is a process: killed, not abandoned, when stuck
+  bool workers_are_processes = false;  // a worker is a process (stuck: killed, or abandoned then killed)
 };
 
 class Worker {
@@ -77,8 +77,14 @@ class Worker {
   // end() + start() gives a fresh interpreter or process (recycling is worth it).
   virtual bool recyclable() const = 0;
   // A stuck handler's thread can be left to finish on its own while a new
-  // Worker takes the slot (in-process strategies). A process is killed instead.
+  // Worker takes the slot (in-process strategies, and processes with several
+  // lanes). A process with one lane is killed instead (interrupt()).
   virtual bool abandonable() const = 0;
+  // The pool has abandoned this worker (a new one serves the slot): no lane
+  // gets another job; each finishes what it runs, then leaves. From the
+  // supervisor, with the pool's lock for this worker held: must not block. A
+  // worker process ends itself here once its other lanes have answered.
+  virtual void abandoned() {}
   // Between jobs: whether the worker is still there. Workers that can vanish
   // while idle (processes) say so, and the pool asks now and then.
   virtual bool can_vanish_while_idle() const { return false; }

@@ -66,6 +66,11 @@ struct WorkerPool::Lane {
   Clock::time_point interrupted_at{};
   Clock::time_point last_interrupt{};
   bool stuck = false;  // counted in stuck_slots_: past grace, but the abandon limit is reached
+  // The job's answer is streaming (its head went out): no deadline applies any
+  // more, and a stop cancels the stream (a producer waiting for a slow client
+  // sees no interrupt).
+  bool streaming = false;
+  std::shared_ptr<BodyStream> stream;  // the producer's end, while the body is open
 };
 
 struct WorkerPool::Run {
@@ -360,6 +365,50 @@ std::optional<Job> WorkerPool::next_job(Run& run) {
   }
 }
 
+// A job's ResponseSink: the head goes to the connection at once, with the
+// stream its body then comes through. From then on the job has no deadline:
+// the client's pace, not --timeout, bounds a streamed body (a 504 can no
+// longer be sent, and a producer blocked on a slow client holds no Python lock).
+class WorkerPool::LaneSink final : public ResponseSink {
+ public:
+  LaneSink(Run& run, int lane, Job& job) : run_(run), lane_(lane), job_(job) {}
+  ~LaneSink() override {
+    if (stream_) finish(false);  // the worker never said how the body ended
+  }
+
+  bool open(HttpResponseData&& head) override {
+    BodyStream::Ends ends = BodyStream::make();
+    head.stream = std::move(ends.consumer);
+    stream_ = std::move(ends.producer);
+    {
+      std::lock_guard lock(run_.mutex);
+      Lane& l = run_.lanes[static_cast<std::size_t>(lane_)];
+      l.streaming = true;
+      l.stream = stream_;
+    }
+    opened_ = true;
+    // An owner that is gone drops the head, and with it the consumer's end:
+    // the stream is cancelled and the first push() says so.
+    return job_.complete(std::move(head));
+  }
+  bool push(std::string_view chunk) override { return stream_ && stream_->push(std::string(chunk)); }
+  void finish(bool ok) override {
+    if (!stream_) return;
+    stream_->finish(ok);
+    stream_.reset();
+    std::lock_guard lock(run_.mutex);
+    run_.lanes[static_cast<std::size_t>(lane_)].stream.reset();
+  }
+  bool opened() const override { return opened_; }
+
+ private:
+  Run& run_;
+  const int lane_;
+  Job& job_;
+  std::shared_ptr<BodyStream> stream_;
+  bool opened_ = false;
+};
+
 // Runs one job on one lane of the run's worker and completes it. No liveness
 // check before (it would be a syscall per request): a worker that died while
 // idle fails to take the job (handle() says job_not_taken) and the job goes to
@@ -376,12 +425,17 @@ void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
     l.interrupted = false;
   }
   ++busy_;
+  LaneSink sink(run, lane, job);
+  job.sink = &sink;
   HandleResult result = run.worker->handle(job, seq, lane);
+  job.sink = nullptr;
+  sink.finish(false);  // a no-op after the worker's own finish()
   bool abandoned, interrupted;
   {
     std::lock_guard lock(run.mutex);
     Lane& l = run.lanes[static_cast<std::size_t>(lane)];
     l.job_seq = 0;
+    l.streaming = false;
     abandoned = run.abandoned;
     interrupted = l.interrupted;
     if (l.stuck) {
@@ -399,7 +453,7 @@ void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
     return;
   }
   ++slot.requests;
-  complete(run, job, std::move(result), interrupted);
+  if (!sink.opened()) complete(run, job, std::move(result), interrupted);
   if (abandoned) leave(run, After::abandoned);
   if (result.worker_lost) leave(run, After::restart);
 }
@@ -452,7 +506,7 @@ void WorkerPool::check_deadline(Run& run, Clock::time_point now) {
     std::lock_guard lock(run.mutex);
     if (run.abandoned) return;
     for (Lane& lane : run.lanes) {
-      if (lane.job_seq == 0) continue;
+      if (lane.job_seq == 0 || lane.streaming) continue;
       if (!lane.interrupted) {
         interrupt_at_deadline(run, lane, now);
       } else if (now < lane.interrupted_at + timing_.interrupt_grace) {
@@ -513,6 +567,7 @@ bool WorkerPool::abandon(Run& run, Lane& lane, Clock::time_point now) {
   }
   run.abandoned = true;
   if (!run.after) run.after = After::abandoned;
+  run.worker->abandoned();
   ++abandoned_live_;
   ++abandoned_total_;
   ++replacements_;
@@ -569,7 +624,7 @@ bool WorkerPool::drain(Clock::time_point deadline) {
       std::lock_guard run_lock(run->mutex);
       bool busy = false;
       for (const Lane& lane : run->lanes) {
-        if (lane.job_seq != 0 && now < lane.job_deadline) return false;
+        if (lane.job_seq != 0 && (now < lane.job_deadline || lane.streaming)) return false;
         busy = busy || lane.job_seq != 0;
       }
       if (!busy) return false;  // between jobs: it leaves at once
@@ -600,6 +655,7 @@ bool WorkerPool::cut_off() {
     for (const Lane& lane : run->lanes) {
       if (lane.job_seq == 0) continue;
       ++running;
+      if (lane.stream) lane.stream->cancel();
       run->worker->interrupt(lane.job_seq);
     }
   }

@@ -75,6 +75,7 @@ class WorkerPool final : public Executor {
  private:
   struct Lane;
   struct Run;
+  class LaneSink;
   struct Slot;
   enum class After { drained, restart, recycle, abandoned };  // why a worker's lanes stopped serving
 

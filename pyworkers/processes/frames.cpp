@@ -103,6 +103,28 @@ ssize_t read_exact(int fd, char* buf, std::size_t n) {
   return static_cast<ssize_t>(got);
 }
 
+// A frame's 16-byte header: checked against `limits`, and `out` sized for the
+// meta and body that follow.
+ReadResult take_header(const char* header, const Limits& limits, Frame& out) {
+  std::uint32_t kind = 0, meta_len = 0;
+  std::uint64_t body_len = 0;
+  std::memcpy(&kind, header, 4);
+  std::memcpy(&meta_len, header + 4, 4);
+  std::memcpy(&body_len, header + 8, 8);
+  if (kind < 1 || kind > kLastKind || meta_len > limits.max_meta || body_len > limits.max_body ||
+      body_len > std::numeric_limits<std::size_t>::max() - kHeaderSize - meta_len) {
+    return {ReadStatus::invalid};
+  }
+  out.kind = static_cast<Kind>(kind);
+  try {
+    out.meta.resize(meta_len);
+    out.body.resize(static_cast<std::size_t>(body_len));
+  } catch (const std::bad_alloc&) {
+    return {ReadStatus::failed, ENOMEM};
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string ReadResult::describe() const {
@@ -178,22 +200,10 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile s
     if (static_cast<std::size_t>(got) < kHeaderSize) return {ReadStatus::truncated};
   }
 
-  std::uint32_t kind = 0, meta_len = 0;
-  std::uint64_t body_len = 0;
-  std::memcpy(&kind, first, 4);
-  std::memcpy(&meta_len, first + 4, 4);
-  std::memcpy(&body_len, first + 8, 8);
-  if (kind < 1 || kind > 3 || meta_len > limits.max_meta || body_len > limits.max_body ||
-      body_len > std::numeric_limits<std::size_t>::max() - kHeaderSize - meta_len ||
-      static_cast<std::uint64_t>(got) > kHeaderSize + meta_len + body_len) {
+  if (ReadResult header = take_header(first, limits, out); !header.ok()) return header;
+  // Frames alternate strictly: a recv that took bytes past this frame found a peer out of step.
+  if (static_cast<std::size_t>(got) > kHeaderSize + out.meta.size() + out.body.size()) {
     return {ReadStatus::invalid};
-  }
-  out.kind = static_cast<Kind>(kind);
-  try {
-    out.meta.resize(meta_len);
-    out.body.resize(static_cast<std::size_t>(body_len));
-  } catch (const std::bad_alloc&) {
-    return {ReadStatus::failed, ENOMEM};
   }
   std::string_view received(first + kHeaderSize, static_cast<std::size_t>(got) - kHeaderSize);
   for (std::string* part : {&out.meta, &out.body}) {
@@ -207,6 +217,31 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile s
     if (static_cast<std::size_t>(n) < missing) return {ReadStatus::truncated};
   }
   return {ReadStatus::ok};
+}
+
+ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits) {
+  char buf[64 * 1024];
+  while (carry.size() < kHeaderSize) {
+    const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return {ReadStatus::failed, errno};
+    if (got == 0) return {carry.empty() ? ReadStatus::closed : ReadStatus::truncated};
+    carry.append(buf, static_cast<std::size_t>(got));
+  }
+  if (ReadResult header = take_header(carry.data(), limits, out); !header.ok()) return header;
+  std::size_t pos = kHeaderSize;
+  for (std::string* part : {&out.meta, &out.body}) {
+    const std::size_t have = std::min(carry.size() - pos, part->size());
+    std::memcpy(part->data(), carry.data() + pos, have);
+    pos += have;
+    if (have == part->size()) continue;
+    // `carry` is used up: the rest of this part comes straight from the socket.
+    const ssize_t more = read_exact(fd, part->data() + have, part->size() - have);
+    if (more < 0) return {ReadStatus::failed, errno};
+    if (static_cast<std::size_t>(more) < part->size() - have) return {ReadStatus::truncated};
+  }
+  carry.erase(0, pos);
+  return {};
 }
 
 std::string encode_request_meta(std::size_t route_index, const HttpRequestData& r) {
@@ -266,26 +301,31 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out) {
   return in.done();
 }
 
-bool send_control(int fd, const nlohmann::json& body, int pass_fd) {
-  const std::string text = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  if (text.size() > kMaxControlMessage) {
-    errno = EMSGSIZE;
-    return false;
-  }
+void ControlMessage::close_fds() {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
+}
+
+namespace {
+
+constexpr const char* kFdsType = "fds";  // a message that only carries descriptors ahead
+
+bool send_one_control(int fd, const std::string& text, std::span<const int> pass_fds) {
   iovec iov{const_cast<char*>(text.data()), text.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (pass_fd >= 0) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  if (!pass_fds.empty()) {
+    const std::size_t bytes = sizeof(int) * pass_fds.size();
     std::memset(control, 0, sizeof control);
     msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
+    msg.msg_controllen = CMSG_SPACE(bytes);
     cmsghdr* c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    c->cmsg_len = CMSG_LEN(bytes);
+    std::memcpy(CMSG_DATA(c), pass_fds.data(), bytes);
   }
   for (;;) {
     ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
@@ -294,51 +334,98 @@ bool send_control(int fd, const nlohmann::json& body, int pass_fd) {
   }
 }
 
-bool receive_control(int fd, ControlMessage& out, std::string* error) {
-  std::string buf(kMaxControlMessage, '\0');
-  iovec iov{buf.data(), buf.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (error) *error = std::strerror(errno);
+}  // namespace
+
+bool send_control(int fd, const nlohmann::json& body, std::span<const int> pass_fds) {
+  const std::string text = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > kMaxControlMessage) {
+    errno = EMSGSIZE;
     return false;
   }
-  out.fd = -1;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int received;
-      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (out.fd < 0) {
-        out.fd = received;
-      } else {
-        ::close(received);  // one descriptor per message, by contract
+  // What does not fit in the message itself goes ahead, in messages of its own.
+  static const std::string fds_text = nlohmann::json{{"type", kFdsType}}.dump();
+  while (pass_fds.size() > kMaxFdsPerMessage) {
+    if (!send_one_control(fd, fds_text, pass_fds.first(kMaxFdsPerMessage))) return false;
+    pass_fds = pass_fds.subspan(kMaxFdsPerMessage);
+  }
+  return send_one_control(fd, text, pass_fds);
+}
+
+bool receive_control(int fd, ControlMessage& out, std::string* error) {
+  out.fds.clear();
+  std::string buf(kMaxControlMessage, '\0');
+  for (;;) {
+    iovec iov{buf.data(), buf.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n;
+    do {
+      n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    auto fail = [&](const std::string& why) {
+      out.close_fds();
+      if (error) *error = why;
+      return false;
+    };
+    if (n < 0) return fail(std::strerror(errno));
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int received;
+        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        out.fds.push_back(received);
       }
     }
+    if (n == 0) return fail("end of stream");
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return fail("control message truncated");
+    out.body = nlohmann::json::parse(buf.data(), buf.data() + n, nullptr, false);
+    if (!out.body.is_object()) return fail("control message is not a JSON object");
+    if (out.body.size() == 1 && out.body.value("type", "") == kFdsType) continue;  // more to come
+    return true;
   }
-  if (n == 0) {
-    if (error) *error = "end of stream";
-    return false;
-  }
-  auto fail = [&](const char* why) {
-    if (out.fd >= 0) ::close(out.fd);
-    out.fd = -1;
-    if (error) *error = why;
-    return false;
-  };
-  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return fail("control message truncated");
-  out.body = nlohmann::json::parse(buf.data(), buf.data() + n, nullptr, false);
-  if (!out.body.is_object()) return fail("control message is not a JSON object");
+}
+
+std::string encode_worker_control(const WorkerControl& m) {
+  std::string out;
+  out.reserve(kWorkerControlSize);
+  put_u32(out, static_cast<std::uint32_t>(m.kind));
+  put_u32(out, m.lane);
+  put_u64(out, m.number);
+  return out;
+}
+
+bool decode_worker_control(std::string_view bytes, WorkerControl& out) {
+  if (bytes.size() != kWorkerControlSize) return false;
+  MetaReader in(bytes);
+  std::uint32_t kind = 0;
+  if (!in.u32(kind) || !in.u32(out.lane) || !in.u64(out.number) || !in.done()) return false;
+  if (kind != static_cast<std::uint32_t>(WorkerControlKind::interrupt) || out.number == 0) return false;
+  out.kind = static_cast<WorkerControlKind>(kind);
   return true;
+}
+
+bool send_worker_control(int fd, const WorkerControl& message) {
+  const std::string bytes = encode_worker_control(message);
+  for (;;) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return static_cast<std::size_t>(n) == bytes.size();
+    if (errno != EINTR) return false;
+  }
+}
+
+bool receive_worker_control(int fd, WorkerControl& out) {
+  for (;;) {
+    char buf[kWorkerControlSize + 1];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    if (decode_worker_control(std::string_view(buf, static_cast<std::size_t>(n)), out)) return true;
+  }
 }
 
 }  // namespace gilgamesh::frames

@@ -1,13 +1,28 @@
 // The wire between the server and its worker processes (`processes`).
 //
-// Worker sockets (SOCK_STREAM socketpairs) carry frames, strictly one request
-// then one response per worker: a 16-byte header {u32 kind, u32 meta length,
+// A worker process has one lane socket per thread (--threads N: N lanes), and,
+// with N > 1, one worker control socket.
+//
+// Lane sockets (SOCK_STREAM socketpairs) carry frames, strictly one request
+// then one response (or one streamed answer: head, chunks, end) per lane: a 16-byte header {u32 kind, u32 meta length,
 // u64 body length} in host byte order, the metadata (everything but the body,
 // encoded below), then the body bytes. Each side reads a whole frame before
-// it writes, so bodies of any allowed size pass without deadlock.
+// it writes, so bodies of any allowed size pass without deadlock; the one
+// exception, a streamed answer, is read by the server as it comes
+// (read_frame_buffered), and the worker only peeks for a `cancel` between chunks. Lanes are
+// independent: answers come back per lane, in any order across lanes. Both
+// ends number the requests of a lane 1, 2, ... in the order they pass (the
+// request number: what an interrupt names, so it never hits the next request).
+//
+// The worker control socket (SOCK_SEQPACKET, server -> worker process only)
+// carries fixed 16-byte messages {u32 kind, u32 lane, u64 request number}:
+// today only "interrupt": raise gilgamesh.HandlerTimeout in that lane's
+// handler if it still runs that request. The server never waits to send one.
 //
 // The zygote's control socket (SOCK_SEQPACKET) carries one JSON object per
-// message, optionally with one file descriptor (SCM_RIGHTS).
+// message, optionally with file descriptors (SCM_RIGHTS; any number: more than
+// fit in one message go ahead in messages of their own, which the receiver
+// gathers into the one that follows).
 #pragma once
 
 #include "server/model/executor.hpp"
@@ -17,8 +32,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <csignal>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace gilgamesh::frames {
 
@@ -26,7 +43,15 @@ enum class Kind : std::uint32_t {
   hello = 1,     // worker -> server once, when it is ready: meta is its pid
   request = 2,   // server -> worker: encode_request_meta + request body
   response = 3,  // worker -> server: encode_response_meta + response body
+  // An answer that streams (server/model/body_stream.hpp), instead of `response`:
+  head = 4,      // worker -> server: encode_response_meta of the head, no body
+  chunk = 5,     // worker -> server: a piece of the body
+  end = 6,       // worker -> server: the body is over; meta "1" whole, "0" broken off
+  cancel = 7,    // server -> worker, only while its answer streams: the client left, stop.
+                 // The worker looks for it after each chunk; one that comes after the end
+                 // is skipped before the next request.
 };
+constexpr std::uint32_t kLastKind = 7;
 
 struct Frame {
   Kind kind = Kind::hello;
@@ -65,6 +90,10 @@ bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body
 // begins is seen at the next frame or when the peer closes.)
 ReadResult read_frame(int fd, Frame& out, const Limits& limits = {},
                       const volatile std::sig_atomic_t* stop = nullptr);
+// As read_frame, from a peer that may send frames back to back (a worker's
+// streamed answer: head, chunks, end): bytes received past this frame are kept
+// in `carry` and the next call with the same `carry` starts with them.
+ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits = {});
 
 // Everything of a request but its body, and back. Decoding rejects (false) any
 // metadata that is short, long, or otherwise not what encoding produced.
@@ -76,16 +105,41 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out);
 // One control message, as sent or received.
 struct ControlMessage {
   nlohmann::json body;
-  int fd = -1;  // a descriptor that came with it (close-on-exec), owned by the receiver
+  std::vector<int> fds;  // descriptors that came with it (close-on-exec), owned by the receiver
+  void close_fds();
 };
 
 // Largest control message; longer strings should be cut by the sender.
 constexpr std::size_t kMaxControlMessage = 128 * 1024;
+// Descriptors per SEQPACKET message (the kernel allows 253); more go ahead in
+// {"type":"fds"} messages of their own.
+constexpr std::size_t kMaxFdsPerMessage = 64;
 
-// Sends `body` (and `pass_fd` when >= 0, which stays open here) as one message.
-bool send_control(int fd, const nlohmann::json& body, int pass_fd = -1);
-// Blocks for the next message. False at end of stream or on error (*error
-// says which), or for a message that is not a JSON object.
+// Sends `body` with `pass_fds` (which stay open here). Blocking.
+bool send_control(int fd, const nlohmann::json& body, std::span<const int> pass_fds = {});
+// Blocks for the next message, with every descriptor sent with it. False at
+// end of stream or on error (*error says which), or for a message that is not
+// a JSON object; then no descriptor is left open.
 bool receive_control(int fd, ControlMessage& out, std::string* error = nullptr);
+
+// The worker control socket's messages (server -> worker process).
+enum class WorkerControlKind : std::uint32_t {
+  interrupt = 1,  // raise gilgamesh.HandlerTimeout in `lane` if it still runs request `number`
+};
+struct WorkerControl {
+  WorkerControlKind kind = WorkerControlKind::interrupt;
+  std::uint32_t lane = 0;
+  std::uint64_t number = 0;  // the lane's request number (1, 2, ...)
+};
+constexpr std::size_t kWorkerControlSize = 16;
+std::string encode_worker_control(const WorkerControl& message);
+// False for anything but a well-formed message (size, kind, number > 0).
+bool decode_worker_control(std::string_view bytes, WorkerControl& out);
+// Never blocks: false when the socket's buffer is full (the receiver is behind)
+// or the peer is gone (errno says which).
+bool send_worker_control(int fd, const WorkerControl& message);
+// Blocks for the next message; EINTR retried. False at end of stream or on a
+// socket error; a malformed message is skipped.
+bool receive_worker_control(int fd, WorkerControl& out);
 
 }  // namespace gilgamesh::frames

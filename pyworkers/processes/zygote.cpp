@@ -18,6 +18,9 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "pyworkers/processes/frames.hpp"
 #include "pyworkers/embedding/py_ref.hpp"
@@ -53,14 +56,74 @@ void init_spawn_attributes(posix_spawnattr_t& attr) {
 
 namespace {
 
+// A worker process's side of an answer that streams: the head, each chunk and
+// the end go to the server as frames on the lane's socket (frames.hpp). A
+// full socket holds the handler back (the server's buffer is full: its client
+// is slow). After each chunk a `cancel` from the server (the client left) is
+// looked for without waiting. Called with no thread state attached.
+class FrameSink final : public ResponseSink {
+ public:
+  explicit FrameSink(int sock) : sock_(sock) {}
+
+  bool open(HttpResponseData&& head) override {
+    opened_ = true;
+    return write(frames::Kind::head, frames::encode_response_meta(head), {});
+  }
+  bool push(std::string_view chunk) override {
+    if (cancelled_ || !write(frames::Kind::chunk, {}, chunk)) return false;
+    pollfd p{sock_, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) return true;
+    frames::Frame frame;
+    frames::Limits limits;
+    limits.max_body = 0;
+    const frames::ReadResult read = frames::read_frame(sock_, frame, limits);
+    if (!read.ok() || frame.kind != frames::Kind::cancel) broken_ = true;  // the server left, or garbage
+    cancelled_ = true;
+    return false;
+  }
+  void finish(bool ok) override {
+    // After a cancel too: the server reads (and drops) what comes until the end.
+    if (opened_ && !ended_) write(frames::Kind::end, ok ? "1" : "0", {});
+    ended_ = true;
+  }
+  bool opened() const override { return opened_; }
+  // The socket can no longer be trusted: the lane must go.
+  bool broken() const { return broken_; }
+
+ private:
+  bool write(frames::Kind kind, std::string_view meta, std::string_view body) {
+    if (broken_) return false;
+    if (!frames::write_frame(sock_, kind, meta, body)) broken_ = true;
+    return !broken_;
+  }
+
+  const int sock_;
+  bool opened_ = false;
+  bool ended_ = false;
+  bool cancelled_ = false;
+  bool broken_ = false;
+};
+
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
 constexpr std::size_t kMaxErrorText = 64 * 1024;
 constexpr std::size_t kMaxDocText = 4 * 1024;
 
+// A worker's lane sockets, for its SIGTERM handler: shut for reading, each
+// lane's wait for its next request ends (end of stream) and the server's next
+// write there fails. Set before the handler is installed.
+constexpr int kMaxLanes = 1024;
+int g_lane_fds[kMaxLanes];
+int g_lane_count = 0;
+
 volatile std::sig_atomic_t g_sigterm_received = 0;
-extern "C" void note_sigterm(int) { g_sigterm_received = 1; }
+extern "C" void note_sigterm(int) {
+  const int saved = errno;
+  g_sigterm_received = 1;
+  for (int i = 0; i < g_lane_count; ++i) ::shutdown(g_lane_fds[i], SHUT_RD);
+  errno = saved;
+}
 
 // The zygote and its workers never finalize Python: they leave with _exit,
 // after writing out what is buffered.
@@ -106,9 +169,13 @@ class Zygote {
   void reap();
   [[noreturn]] void stop(milliseconds grace);
   void wait_children(Clock::time_point until);
-  [[noreturn]] void serve_as_worker(int worker, int sock);
+  struct Lane;
+  [[noreturn]] void serve_as_worker(int worker, const std::vector<int>& lane_fds, int control);
+  bool serve_lane(int worker, Lane& lane);
+  void serve_control(int control, std::vector<Lane>& lanes, PyInterpreterState* interp,
+                     PyObject* handler_timeout);
   [[noreturn]] static void exit_worker(PyThreadState* ts, int code);
-  void send(const nlohmann::json& message, int pass_fd = -1);
+  void send(const nlohmann::json& message, std::span<const int> pass_fds = {});
 
   const ServerConfig& config_;
   int control_fd_;
@@ -120,8 +187,8 @@ class Zygote {
   std::map<pid_t, int> children_;     // live workers: pid -> worker index
 };
 
-void Zygote::send(const nlohmann::json& message, int pass_fd) {
-  if (!frames::send_control(control_fd_, message, pass_fd)) {
+void Zygote::send(const nlohmann::json& message, std::span<const int> pass_fds) {
+  if (!frames::send_control(control_fd_, message, pass_fds)) {
     spdlog::debug("zygote: cannot send {} to the server: {}", message.value("type", "?"),
                   std::strerror(errno));
   }
@@ -159,7 +226,7 @@ void Zygote::run() {
       spdlog::debug("zygote: control socket: {}; stopping", error);
       stop(0ms);  // the server is gone, or done with us
     }
-    if (message.fd >= 0) ::close(message.fd);
+    message.close_fds();
     const std::string type = message.body.value("type", "");
     if (type == "spawn") {
       spawn(message.body.value("worker", -1));
@@ -208,11 +275,27 @@ void Zygote::spawn(int worker) {
     spdlog::warn("zygote: asked to spawn worker {}, which does not exist", worker);
     return;
   }
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-    send({{"type", "spawn_failed"}, {"worker", worker},
-          {"error", std::string("socketpair: ") + std::strerror(errno)}});
-    return;
+  // One socket per lane, and a control socket when there are several lanes:
+  // ours[i] goes to the server, theirs[i] stays in the worker.
+  const int lanes = std::clamp(config_.pool.threads, 1, kMaxLanes);
+  std::vector<int> ours, theirs;
+  auto close_all = [](std::vector<int>& fds) {
+    for (int fd : fds) ::close(fd);
+    fds.clear();
+  };
+  for (int i = 0; i < lanes + (lanes > 1 ? 1 : 0); ++i) {
+    int sv[2];
+    const int type = i < lanes ? SOCK_STREAM : SOCK_SEQPACKET;
+    if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) {
+      const int error = errno;
+      close_all(ours);
+      close_all(theirs);
+      send({{"type", "spawn_failed"}, {"worker", worker},
+            {"error", std::string("socketpair: ") + std::strerror(error)}});
+      return;
+    }
+    ours.push_back(sv[0]);
+    theirs.push_back(sv[1]);
   }
   std::fflush(nullptr);
   spdlog::default_logger()->flush();
@@ -225,9 +308,11 @@ void Zygote::spawn(int worker) {
     pid = fork();
     if (pid == 0) {
       PyOS_AfterFork_Child();
-      ::close(sv[0]);
+      close_all(ours);
+      const int control = lanes > 1 ? theirs.back() : -1;
+      if (lanes > 1) theirs.pop_back();
       try {
-        serve_as_worker(worker, sv[1]);
+        serve_as_worker(worker, theirs, control);
       } catch (const std::exception& e) {
         // Never unwind into the zygote's code in a worker.
         spdlog::critical("worker {}: {}", worker, e.what());
@@ -237,18 +322,18 @@ void Zygote::spawn(int worker) {
     fork_errno = errno;
     PyOS_AfterFork_Parent();
   }
-  ::close(sv[1]);
+  close_all(theirs);
   if (pid < 0) {
-    ::close(sv[0]);
+    close_all(ours);
     send({{"type", "spawn_failed"}, {"worker", worker},
           {"error", std::string("fork: ") + std::strerror(fork_errno)}});
     return;
   }
   children_[pid] = worker;
-  // The server gets its end; a worker whose end could not be delivered sees
-  // end of stream once it is closed here, and exits.
-  send({{"type", "spawned"}, {"worker", worker}, {"pid", pid}}, sv[0]);
-  ::close(sv[0]);
+  // The server gets its ends; a worker whose ends could not be delivered sees
+  // end of stream once they are closed here, and exits.
+  send({{"type", "spawned"}, {"worker", worker}, {"pid", pid}, {"lanes", lanes}}, ours);
+  close_all(ours);
 }
 
 void Zygote::reap() {
@@ -300,53 +385,169 @@ void Zygote::exit_worker(PyThreadState* ts, int code) {
   leave(code);
 }
 
+// One lane of a worker process, as its own thread and the control thread see it.
+struct Zygote::Lane {
+  int index = 0;
+  int sock = -1;
+  PyThreadState* ts = nullptr;  // this lane's thread's own; detached while it waits
+  unsigned long thread_id = 0;  // for PyThreadState_SetAsyncExc
+  std::uint64_t received = 0;   // requests read so far (the lane's thread only)
+  bool failed = false;          // it left because its answer could not be written
+  // The control thread holds it while it raises; the lane's thread takes it only
+  // detached, so neither waits for it while holding the GIL.
+  std::mutex mutex;
+  std::uint64_t running = 0;  // the request number being handled; 0: none
+  bool raised = false;        // HandlerTimeout was set in this lane's thread and may be pending
+};
+
 // In the freshly forked worker, with the GIL held, after PyOS_AfterFork_Child.
-// Not tied to the zygote's life: it leaves when its socket to the server closes.
-void Zygote::serve_as_worker(int worker, int sock) {
+// Not tied to the zygote's life: it leaves when its sockets to the server close.
+void Zygote::serve_as_worker(int worker, const std::vector<int>& lane_fds, int control) {
   prctl(PR_SET_NAME, ("gilg-worker-" + std::to_string(worker)).c_str());  // for ps/top
   ::close(control_fd_);
   ::close(sigchld_fd_);
+  std::vector<Lane> lanes(lane_fds.size());
+  for (std::size_t i = 0; i < lanes.size(); ++i) {
+    lanes[i].index = static_cast<int>(i);
+    lanes[i].sock = lane_fds[i];
+    g_lane_fds[i] = lane_fds[i];
+  }
+  g_lane_count = static_cast<int>(lanes.size());
   // SIGTERM between requests ends the worker cleanly; during one, after it.
   struct sigaction term{};
   term.sa_handler = note_sigterm;
   sigemptyset(&term.sa_mask);
   sigaction(SIGTERM, &term, nullptr);
-  sigprocmask(SIG_SETMASK, &worker_mask_, nullptr);
   current_worker() = {strategy_name(Strategy::processes).data(), worker};
-  const std::size_t route_count = app_->routes().size();
-  PyThreadState* ts = PyEval_SaveThread();
+  PyObject* handler_timeout = nullptr;  // kept for the process's life
+  if (control >= 0) {
+    py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
+    handler_timeout = api ? PyObject_GetAttrString(api.get(), "HandlerTimeout") : nullptr;
+    if (handler_timeout == nullptr) {
+      spdlog::error("worker {}: cannot find gilgamesh.HandlerTimeout ({}): --timeout will not "
+                    "interrupt its handlers", worker, py::fetch_error_summary());
+    }
+  }
+  PyInterpreterState* interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+  lanes[0].ts = PyEval_SaveThread();
+  lanes[0].thread_id = PyThread_get_thread_ident();
 
-  if (!frames::write_frame(sock, frames::Kind::hello, std::to_string(getpid()), {})) exit_worker(ts, 1);
+  // The other lanes and the control thread take no signal: SIGTERM reaches the
+  // main thread (lane 0), whose wait it interrupts, as with one lane.
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, nullptr);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < lanes.size(); ++i) {
+    threads.emplace_back([this, worker, interp, &lane = lanes[i]] {
+      lane.ts = PyThreadState_New(interp);  // bound to this thread
+      lane.thread_id = PyThread_get_thread_ident();
+      current_worker() = {strategy_name(Strategy::processes).data(), worker};
+      if (!serve_lane(worker, lane)) exit_worker(lane.ts, 1);
+      // Its thread state stays: the process leaves with _exit, never finalizing.
+    });
+  }
+  if (control >= 0) {
+    // Detached: it waits on the control socket until the process exits.
+    std::thread([this, control, &lanes, interp, handler_timeout] {
+      serve_control(control, lanes, interp, handler_timeout);
+    }).detach();
+  }
+  sigprocmask(SIG_SETMASK, &worker_mask_, nullptr);
+
+  if (!frames::write_frame(lanes[0].sock, frames::Kind::hello, std::to_string(getpid()), {})) {
+    exit_worker(lanes[0].ts, 1);
+  }
+  if (!serve_lane(worker, lanes[0])) exit_worker(lanes[0].ts, 1);
+  // Lane 0 is done (its socket closed, or SIGTERM): the others finish what they hold.
+  for (auto& t : threads) t.join();
+  bool failed = false;
+  for (const Lane& lane : lanes) failed = failed || lane.failed;
+  exit_worker(lanes[0].ts, failed ? 1 : 0);
+}
+
+// Serves one lane until its socket closes (the server ended the worker, or
+// SIGTERM shut it). No thread state attached on entry and exit. False: the
+// server sent something that is not a request (the process must go).
+bool Zygote::serve_lane(int worker, Lane& lane) {
+  const std::size_t route_count = app_->routes().size();
   frames::Limits limits;
   limits.max_body = config_.http.max_body;
   for (;;) {
-    if (g_sigterm_received) exit_worker(ts, 0);
-    // One blocking recv per request: SIGTERM (no SA_RESTART) interrupts the wait.
+    if (g_sigterm_received) return true;
+    // One blocking recv per request: SIGTERM (no SA_RESTART) interrupts lane 0's
+    // wait, and shuts every lane's socket for reading.
     frames::Frame frame;
-    const frames::ReadResult read = frames::read_frame(sock, frame, limits, &g_sigterm_received);
-    if (read.status == frames::ReadStatus::closed) exit_worker(ts, 0);  // recycled, or shutdown
-    if (read.status == frames::ReadStatus::failed && read.error == EINTR) exit_worker(ts, 0);
+    const frames::ReadResult read = frames::read_frame(lane.sock, frame, limits, &g_sigterm_received);
+    if (read.status == frames::ReadStatus::closed) return true;  // recycled, or shutdown
+    if (read.status == frames::ReadStatus::failed && read.error == EINTR) return true;
+    if (read.ok() && frame.kind == frames::Kind::cancel) continue;  // for an answer already over
     std::size_t route = 0;
     HttpRequestData request;
     if (!read.ok() || frame.kind != frames::Kind::request ||
         !frames::decode_request_meta(frame.meta, route, request)) {
-      spdlog::error("worker {}: bad request frame from the server ({}); exiting", worker,
-                    read.ok() ? "malformed" : read.describe());
-      exit_worker(ts, 1);
+      spdlog::error("worker {}: bad request frame from the server on lane {} ({}); exiting", worker,
+                    lane.index, read.ok() ? "malformed" : read.describe());
+      return false;
     }
     request.body = std::move(frame.body);
+    const std::uint64_t number = ++lane.received;
+    {
+      std::lock_guard lock(lane.mutex);
+      lane.running = number;
+    }
     HttpResponseData response;
+    FrameSink sink(lane.sock);
     if (route >= route_count) {
       response = make_error_response(500, "no route #" + std::to_string(route), request.request_id);
     } else {
-      py::AttachedScope attached(ts);
-      response = app_->handle(route, request);
+      py::AttachedScope attached(lane.ts);
+      response = app_->handle(route, request, &sink);
     }
-    if (!frames::write_frame(sock, frames::Kind::response, frames::encode_response_meta(response),
+    bool raised;
+    {
+      std::lock_guard lock(lane.mutex);
+      lane.running = 0;
+      raised = std::exchange(lane.raised, false);
+    }
+    if (raised) {
+      // Set, but maybe not raised yet: it must not fire in the next request.
+      py::AttachedScope attached(lane.ts);
+      PyThreadState_SetAsyncExc(lane.thread_id, nullptr);
+    }
+    if (sink.opened()) {
+      sink.finish(false);  // a no-op after the handler's own end
+      if (!sink.broken()) continue;
+      lane.failed = true;
+      return true;
+    }
+    if (!frames::write_frame(lane.sock, frames::Kind::response, frames::encode_response_meta(response),
                              response.body)) {
-      exit_worker(ts, 1);  // the server closed the socket (shutdown deadline passed)
+      lane.failed = true;  // the server closed the socket (shutdown deadline passed)
+      return true;
     }
   }
+}
+
+// The worker control socket's reader (lanes > 1): raises HandlerTimeout in the
+// lane named, if it still runs the request named. It may wait for the GIL
+// (a handler busy in C holds it); the server never waits for it.
+void Zygote::serve_control(int control, std::vector<Lane>& lanes, PyInterpreterState* interp,
+                           PyObject* handler_timeout) {
+  PyThreadState* ts = PyThreadState_New(interp);  // bound to this thread
+  frames::WorkerControl message;
+  while (frames::receive_worker_control(control, message)) {
+    if (message.kind != frames::WorkerControlKind::interrupt || message.lane >= lanes.size() ||
+        handler_timeout == nullptr) {
+      continue;
+    }
+    Lane& lane = lanes[message.lane];
+    std::lock_guard lock(lane.mutex);
+    if (lane.running != message.number) continue;  // that request has answered
+    py::AttachedScope attached(ts);
+    if (PyThreadState_SetAsyncExc(lane.thread_id, handler_timeout) > 0) lane.raised = true;
+  }
+  // End of stream: the server has ended this worker; the lanes see it too.
 }
 
 }  // namespace

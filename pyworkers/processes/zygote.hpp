@@ -6,13 +6,25 @@
 // and then forks a worker (copy-on-write: the app is already imported) whenever
 // the server asks, reaping every child it made. It dies with the server
 // (PR_SET_PDEATHSIG). Workers do not die with the zygote: a worker leaves when
-// its socket to the server closes, so a zygote that dies costs no request.
+// its sockets to the server close, so a zygote that dies costs no request.
 // Python never runs in the server process.
+//
+// A worker process with --threads N serves N lanes, one OS thread each (the
+// main thread is lane 0), each blocked on its own socket with no thread state
+// attached and attaching its own to run a handler. With N > 1 a control thread
+// reads the worker control socket and raises gilgamesh.HandlerTimeout in one
+// lane's thread (PyThreadState_SetAsyncExc, as the in-process strategies do),
+// so a stuck request is stopped while the process's other lanes answer on.
+// SIGTERM stops every lane from taking another request (their sockets are shut
+// for reading; the server's next write there fails, and the request goes to a
+// replacement); the process exits once each lane has answered what it holds.
 //
 // Control protocol (frames::send_control / receive_control, JSON objects):
 //   zygote -> server  {"type":"route","path","methods","doc"} for each route, then
 //                     {"type":"ready","gil_enabled"}, or {"type":"failed","error","detail"}
-//                     {"type":"spawned","worker","pid"} + the server's end of the worker socket
+//                     {"type":"spawned","worker","pid","lanes"} + the server's ends of the
+//                     worker's sockets: `lanes` lane sockets (--threads), then, when lanes > 1,
+//                     the worker control socket (frames.hpp)
 //                     {"type":"spawn_failed","worker","error"}
 //                     {"type":"exited","worker","pid","status"} for each child reaped
 //   server -> zygote  {"type":"spawn","worker"}

@@ -131,7 +131,7 @@ bool ZygoteClient::read_start_messages(std::string& error, std::string& detail) 
       error = "the zygote process ended while importing app '" + config_.app.target + "'";
       return false;
     }
-    if (message.fd >= 0) ::close(message.fd);
+    message.close_fds();
     const nlohmann::json& m = message.body;
     const std::string type = m.value("type", "");
     if (type == "route") {
@@ -176,7 +176,8 @@ void ZygoteClient::thread_main() {
     if (n > 0) {
       frames::ControlMessage message;
       if (frames::receive_control(control_fd_, message)) {
-        on_message(message.fd, message.body);
+        on_message(message.fds, message.body);
+        message.close_fds();
       } else {
         // End of stream: the zygote is gone (told to stop, or it died).
         int status = 0;
@@ -244,7 +245,7 @@ void ZygoteClient::zygote_ended(int status) {
   cv_.notify_all();
 }
 
-void ZygoteClient::on_message(int fd, const nlohmann::json& m) {
+void ZygoteClient::on_message(std::vector<int>& fds, const nlohmann::json& m) {
   const std::string type = m.value("type", "");
   if (type == "spawned" || type == "spawn_failed") {
     const int slot = m.value("worker", -1);
@@ -256,17 +257,24 @@ void ZygoteClient::on_message(int fd, const nlohmann::json& m) {
       spawn_waits_.erase(it);
       w->answered = true;
       w->result.pid = m.value("pid", 0);
-      w->result.fd = type == "spawned" ? fd : -1;
-      if (type == "spawned" && fd < 0) w->result.error = "no socket came with the zygote's answer";
-      if (type == "spawn_failed") w->result.error = m.value("error", std::string("spawn failed"));
-      fd = -1;
+      const int lanes = m.value("lanes", 1);
+      const std::size_t expected = static_cast<std::size_t>(lanes) + (lanes > 1 ? 1 : 0);
+      if (type == "spawn_failed") {
+        w->result.error = m.value("error", std::string("spawn failed"));
+      } else if (lanes != std::max(1, config_.pool.threads) || fds.size() != expected) {
+        w->result.error = "the zygote's answer came with " + std::to_string(fds.size()) +
+                          " socket(s) for " + std::to_string(lanes) + " lane(s); expected " +
+                          std::to_string(std::max(1, config_.pool.threads)) + " lane(s)";
+      } else {
+        w->result.fds = std::move(fds);
+        fds.clear();
+      }
       cv_.notify_all();
     }
   } else if (type == "exited") {
     record_exit(m.value("pid", 0), m.value("status", ""));
   }
-  // A worker nobody waits for any more sees end of stream, and exits.
-  if (fd >= 0) ::close(fd);
+  // A worker nobody waits for any more sees end of stream, and exits (the caller closes them).
 }
 
 void ZygoteClient::record_exit(pid_t pid, std::string how) {
@@ -302,7 +310,7 @@ ZygoteClient::Spawned ZygoteClient::spawn(int slot) {
   {
     std::unique_lock lock(mutex_);
     if (!cv_.wait_for(lock, kZygoteUpTimeout, [&] { return up_ || cancel_; }) || cancel_) {
-      return {-1, 0, cancel_ ? "the server is shutting down" : down_reason_};
+      return {{}, 0, cancel_ ? "the server is shutting down" : down_reason_};
     }
     wait.seq = ++spawn_seq_;
     spawn_waits_.push_back(&wait);
@@ -310,13 +318,13 @@ ZygoteClient::Spawned ZygoteClient::spawn(int slot) {
   if (!send({{"type", "spawn"}, {"worker", slot}})) {
     std::lock_guard lock(mutex_);
     std::erase(spawn_waits_, &wait);
-    return {-1, 0, std::string("cannot reach the zygote process: ") + std::strerror(errno)};
+    return {{}, 0, std::string("cannot reach the zygote process: ") + std::strerror(errno)};
   }
   std::unique_lock lock(mutex_);
   cv_.wait_for(lock, kSpawnTimeout, [&] { return wait.answered || cancel_; });
   if (!wait.answered) {
     std::erase(spawn_waits_, &wait);
-    return {-1, 0, cancel_ ? "the server is shutting down" : "the zygote process did not answer"};
+    return {{}, 0, cancel_ ? "the server is shutting down" : "the zygote process did not answer"};
   }
   return wait.result;
 }

@@ -42,9 +42,12 @@ class ZygoteClient {
   bool gil_enabled() const { return gil_enabled_; }
 
   struct Spawned {
-    int fd = -1;  // the server's end of the worker's socket (close-on-exec), owned by the caller
+    // The server's ends of the worker's sockets (close-on-exec), owned by the
+    // caller: one per lane (--threads), then the worker control socket when
+    // there are several lanes (zygote.hpp). Empty on failure.
+    std::vector<int> fds;
     pid_t pid = 0;
-    std::string error;  // set when fd < 0
+    std::string error;  // set when fds is empty
   };
   // A new worker process for `slot`. While a new zygote is being started this
   // waits for it (bounded); from any thread.
@@ -66,7 +69,7 @@ class ZygoteClient {
   void thread_main();
   bool launch(std::string& error, std::string& detail);
   bool read_start_messages(std::string& error, std::string& detail);
-  void on_message(int fd, const nlohmann::json& message);
+  void on_message(std::vector<int>& fds, const nlohmann::json& message);
   void zygote_ended(int status);
   void reap_children();
   void record_exit(pid_t pid, std::string how);

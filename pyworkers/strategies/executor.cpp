@@ -38,13 +38,6 @@ std::unique_ptr<Executor> make_executor(const ServerConfig& config) {
       factory = make_shared_interpreter_factory(config);
       break;
     case Strategy::processes:
-      if (config.pool.threads > 1) {
-        throw StartupError(StartupError::Kind::environment,
-                           "--threads " + std::to_string(config.pool.threads) +
-                               " is not available with --strategy processes yet: each worker process "
-                               "serves one request at a time (add processes with --workers, or use "
-                               "--strategy subinterpreters or threads)");
-      }
       factory = make_process_factory(config);
       break;
     case Strategy::free_threaded:

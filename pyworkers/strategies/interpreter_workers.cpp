@@ -107,7 +107,7 @@ class InProcessWorker : public Worker {
     {
       py::AttachedScope attached(l.ts);
       l.target->running = seq;
-      out.response = app_->handle(job.route_index, job.request);
+      out.response = app_->handle(job.route_index, job.request, job.sink);
     }
     bool raised;
     {

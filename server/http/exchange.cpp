@@ -56,6 +56,18 @@ Answer error_answer(http::status status, const std::string& message, const std::
   return Answer{make_error_response(static_cast<int>(status), message, request_id), false};
 }
 
+// The Content-Length a handler gave, when it is one decimal number.
+std::optional<std::uint64_t> given_length(const std::vector<Header>& headers) {
+  for (const Header& h : headers) {
+    if (!beast::iequals(h.name, "content-length")) continue;
+    if (h.value.empty() || h.value.size() > 18 || h.value.find_first_not_of("0123456789") != std::string::npos) {
+      return std::nullopt;
+    }
+    return std::stoull(h.value);
+  }
+  return std::nullopt;
+}
+
 WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
   WireResponse out;
   out.version(c.version == 10 ? 10 : 11);
@@ -327,6 +339,47 @@ WireResponse to_wire(HttpResponseData&& response, const ResponseContext& context
     }
   }
   return build(make_error_response(500, "internal server error", context.request_id), context);
+}
+
+std::string length_mismatch(const HttpResponseData& response, const ResponseContext& context) {
+  if (context.head && response.body.empty()) return {};  // a HEAD answer's length is the GET body's
+  const auto length = given_length(response.headers);
+  if (!length || *length == response.body.size()) return {};
+  return "its Content-Length says " + std::to_string(*length) + " bytes, its body has " +
+         std::to_string(response.body.size());
+}
+
+std::optional<StreamHead> to_wire_head(HttpResponseData&& head, const ResponseContext& context,
+                                       std::string& problem) {
+  const std::optional<std::uint64_t> length = given_length(head.headers);
+  const int code = head.status;
+  const bool bodiless = code == 204 || code == 304 || (code >= 100 && code < 200);
+  head.body.clear();
+  head.stream.reset();
+  StreamHead out;
+  try {
+    WireResponse whole = build(std::move(head), context);
+    out.message = http::response<http::empty_body>(std::move(whole.base()));
+    out.message.erase(http::field::content_length);
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    problem = std::string("the server could not put it on the wire: ") + e.what();
+    return std::nullopt;
+  }
+  if (length && !bodiless) {
+    out.framing = StreamHead::Framing::length;
+    out.length = *length;
+    out.message.content_length(*length);
+  } else if (context.version >= 11 && !bodiless) {
+    out.framing = StreamHead::Framing::chunked;
+    out.message.chunked(true);
+  } else if (!bodiless) {
+    out.framing = StreamHead::Framing::close;
+    out.message.keep_alive(false);
+  }
+  if (context.head || bodiless) out.framing = StreamHead::Framing::none;
+  return out;
 }
 
 }  // namespace gilgamesh::exchange

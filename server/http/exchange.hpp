@@ -165,4 +165,27 @@ struct ResponseContext {
 // from `response` are dropped (framing is the server's).
 WireResponse to_wire(HttpResponseData&& response, const ResponseContext& context, std::string& problem);
 
+// Empty, or why the Content-Length a handler gave does not match the body it
+// gave (answered 500, and the connection closed: the handler's idea of the
+// body is not to be trusted).
+std::string length_mismatch(const HttpResponseData& response, const ResponseContext& context);
+
+// The head of an answer that streams (HttpResponseData::stream), and how its
+// body is framed on the wire:
+//   length   the handler gave a Content-Length: that many bytes, no more
+//            (the rest is cut and the connection closed), no fewer (closed);
+//   chunked  HTTP/1.1 without one: Transfer-Encoding: chunked;
+//   close    HTTP/1.0 without one: the body ends where the connection does;
+//   none     no body goes out (HEAD, 204, 304).
+struct StreamHead {
+  enum class Framing { length, chunked, close, none };
+  http::response<http::empty_body> message;
+  Framing framing = Framing::chunked;
+  std::uint64_t length = 0;  // with Framing::length
+};
+// As to_wire(), for the head alone: nullopt, with `problem` set, when Beast
+// refuses it (response_violation() was checked where the head was made).
+std::optional<StreamHead> to_wire_head(HttpResponseData&& head, const ResponseContext& context,
+                                       std::string& problem);
+
 }  // namespace gilgamesh::exchange

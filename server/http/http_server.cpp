@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <atomic>
 #include <future>
 #include <mutex>
@@ -362,10 +363,143 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   }
 
   void on_job_done(std::uint64_t token, HttpResponseData&& r) {
-    if (token != job_token_ || !job_pending_) return;  // answered 504 already
+    // Answered 504 already: a stream's head is dropped, and its producer told to stop.
+    if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     job_timer_.cancel();
+    if (r.stream) return stream_answer(std::move(r));
     respond(std::move(r), false);
+  }
+
+  // --- an answer that streams: the head, then each chunk as the handler makes it --------
+  //   stream_answer -> (head written) pump -> [wait for the producer] -> write_chunks
+  //   -> pump ... -> end_body -> on_write
+  // The handler's thread is held back by the stream's bounded buffer; the connection
+  // takes what is there whenever the last write is done.
+  void stream_answer(HttpResponseData&& r) {
+    if (server_.shutting_down || shutting_down_) context_.keep_alive = false;
+    body_ = std::move(r.stream);
+    std::string problem;
+    std::optional<exchange::StreamHead> head = exchange::to_wire_head(std::move(r), context_, problem);
+    if (!head) {
+      body_.reset();  // the producer stops
+      spdlog::error("request {}: the streamed response to {} {} breaks a rule and was not sent: {}; answered 500",
+                    context_.request_id, sv(request_.method_string()), path_for_log(), problem);
+      return respond(make_error_response(500, "internal server error", context_.request_id), true);
+    }
+    stream_head_ = std::make_unique<exchange::StreamHead>(std::move(*head));
+    context_.keep_alive = stream_head_->message.keep_alive();
+    body_sent_ = 0;
+    record(stream_head_->message.result_int(), "streamed");
+    head_serializer_ = std::make_unique<http::response_serializer<http::empty_body>>(stream_head_->message);
+    stream_.expires_after(kWriteTimeout);
+    http::async_write_header(stream_, *head_serializer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->close();
+      if (self->stream_head_->framing == exchange::StreamHead::Framing::none) {
+        self->body_.reset();  // HEAD, 204, 304: no body; the handler is told to stop
+        return self->end_stream();
+      }
+      self->pump();
+    });
+  }
+
+  void pump() {
+    if (!body_) return;
+    // The callback holds the session while it waits for the producer (nothing
+    // else does then); the stream drops it once called, finished or cancelled.
+    BodyStream::Taken taken = body_->take([self = shared_from_this()] {
+      net::post(self->stream_.get_executor(), [self] { self->pump(); });
+    });
+    if (taken.chunks.empty()) {
+      switch (taken.state) {
+        case BodyStream::State::more:
+          stream_.expires_never();  // the producer's pace is the handler's business
+          return;
+        case BodyStream::State::finished:
+          return end_body();
+        case BodyStream::State::failed:
+        case BodyStream::State::cancelled:
+          return close();  // logged where it failed; the client sees the body cut short
+      }
+    }
+    write_chunks(std::move(taken));
+  }
+
+  void write_chunks(BodyStream::Taken&& taken) {
+    using Framing = exchange::StreamHead::Framing;
+    const bool chunked = stream_head_->framing == Framing::chunked;
+    bool overrun = false;
+    writing_ = std::move(taken.chunks);
+    chunk_sizes_.clear();
+    chunk_sizes_.reserve(writing_.size());  // never reallocated: buffers_ point into it
+    buffers_.clear();
+    for (const std::string& c : writing_) {
+      std::size_t n = c.size();
+      if (stream_head_->framing == Framing::length && n > stream_head_->length - body_sent_) {
+        n = static_cast<std::size_t>(stream_head_->length - body_sent_);
+        overrun = true;
+      }
+      if (n > 0) {
+        if (chunked) {
+          char size[24];
+          const int len = std::snprintf(size, sizeof size, "%zx\r\n", n);
+          chunk_sizes_.emplace_back(size, static_cast<std::size_t>(len));
+          buffers_.push_back(net::buffer(chunk_sizes_.back()));
+        }
+        buffers_.push_back(net::buffer(c.data(), n));
+        if (chunked) buffers_.push_back(net::buffer("\r\n", 2));
+        body_sent_ += n;
+      }
+      if (overrun) break;
+    }
+    // The last chunks and the end together, when the producer is done already.
+    const bool last = taken.state == BodyStream::State::finished && !overrun;
+    const bool terminated = last && chunked;
+    if (terminated) buffers_.push_back(net::buffer("0\r\n\r\n", 5));
+    stream_.expires_after(kWriteTimeout);
+    net::async_write(stream_, buffers_, [self = shared_from_this(), overrun, last, terminated,
+                                         state = taken.state](beast::error_code ec, std::size_t) {
+      self->writing_.clear();
+      if (ec) return self->close();
+      if (overrun) {
+        spdlog::error("request {}: the handler for {} sent more than its Content-Length of {} bytes; "
+                      "the rest was not sent and the connection is closed",
+                      self->context_.request_id, self->path_for_log(), self->stream_head_->length);
+        return self->close();
+      }
+      if (terminated) return self->end_stream();
+      if (last) return self->end_body();
+      if (state == BodyStream::State::failed || state == BodyStream::State::cancelled) return self->close();
+      self->pump();
+    });
+  }
+
+  // The producer finished: end the body as its framing says.
+  void end_body() {
+    using Framing = exchange::StreamHead::Framing;
+    if (stream_head_->framing == Framing::length && body_sent_ < stream_head_->length) {
+      spdlog::error("request {}: the handler for {} ended its body after {} bytes, short of its "
+                    "Content-Length of {}; the connection is closed",
+                    context_.request_id, path_for_log(), body_sent_,
+                    stream_head_->length);
+      return close();
+    }
+    if (stream_head_->framing == Framing::chunked) {
+      stream_.expires_after(kWriteTimeout);
+      net::async_write(stream_, net::buffer("0\r\n\r\n", 5), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+        if (ec) return self->close();
+        self->end_stream();
+      });
+      return;
+    }
+    end_stream();
+  }
+
+  void end_stream() {
+    body_.reset();
+    head_serializer_.reset();
+    stream_head_.reset();
+    on_write({});
   }
 
   // The route's pattern as registered (for logs), else the decoded path.
@@ -397,6 +531,12 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   // Every response goes out here, built where it was decided; `close` ends
   // the connection after it.
   void respond(HttpResponseData&& r, bool close) {
+    if (std::string mismatch = exchange::length_mismatch(r, context_); !mismatch.empty()) {
+      spdlog::error("request {}: the response to {} {} was not sent: {}; answered 500 and closed the connection",
+                    context_.request_id, sv(request_.method_string()), path_for_log(), mismatch);
+      r = make_error_response(500, "internal server error", context_.request_id);
+      close = true;
+    }
     if (close || server_.shutting_down || shutting_down_) context_.keep_alive = false;
     std::string problem;
     response_ = exchange::to_wire(std::move(r), context_, problem);
@@ -404,16 +544,19 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       spdlog::error("request {}: the response to {} {} breaks a rule and was not sent: {}; answered 500",
                     context_.request_id, sv(request_.method_string()), path_for_log(), problem);
     }
-    const int code = response_.result_int();
+    record(response_.result_int(), std::to_string(response_.body().size()));
+    do_write();
+  }
+
+  // Counts the answer (status, route latency) and writes its access log line.
+  void record(int code, const std::string& size) {
     const auto latency = Clock::now() - arrived_;
     server_.stats.record_status(code);
     if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
     if (server_.config.http.access_log) {
-      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code,
-                   response_.body().size(), std::chrono::duration<double, std::milli>(latency).count(),
-                   context_.request_id);
+      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code, size,
+                   std::chrono::duration<double, std::milli>(latency).count(), context_.request_id);
     }
-    do_write();
   }
 
   void do_write() {
@@ -451,6 +594,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   void close() {
     job_timer_.cancel();
+    body_.reset();  // a handler still producing is told to stop
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream_.close();
@@ -466,6 +610,14 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   exchange::Request request_;
   exchange::ResponseContext context_;
   exchange::WireResponse response_;
+  // An answer that streams: the consumer's end of its body, its head and how much went out.
+  std::shared_ptr<BodyStream> body_;
+  std::unique_ptr<exchange::StreamHead> stream_head_;
+  std::unique_ptr<http::response_serializer<http::empty_body>> head_serializer_;
+  std::vector<std::string> writing_;      // the chunks being written
+  std::vector<std::string> chunk_sizes_;  // their chunk-size lines
+  std::vector<net::const_buffer> buffers_;
+  std::uint64_t body_sent_ = 0;
   exchange::Peer peer_;
   net::steady_timer job_timer_;
   const Clock::time_point accepted_at_;

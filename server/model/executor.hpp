@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "server/model/body_stream.hpp"
 #include "server/model/options.hpp"
 
 namespace gilgamesh {
@@ -58,6 +59,9 @@ struct HttpResponseData {
   std::string content_type;      // empty: no Content-Type header
   std::vector<Header> headers;   // extra headers from the handler
   std::string body;
+  // Set on the head of an answer that streams (body_stream.hpp): the body comes
+  // from here, chunk by chunk, and `body` is empty.
+  std::shared_ptr<BodyStream> stream;
 };
 
 struct RouteInfo {
@@ -90,9 +94,15 @@ struct Job {
   // its connection alive. A job whose owner is gone completes into nothing.
   std::weak_ptr<JobOwner> owner;
   std::uint64_t token = 0;
+  // Where an answer that streams goes (set by the pool for the job's run; not
+  // owned). Null: every answer is collected whole.
+  ResponseSink* sink = nullptr;
 
-  void complete(HttpResponseData&& response) {
-    if (auto o = owner.lock()) o->job_done(token, std::move(response));
+  // False when the owner is gone (nobody will send the answer).
+  bool complete(HttpResponseData&& response) {
+    auto o = owner.lock();
+    if (o) o->job_done(token, std::move(response));
+    return o != nullptr;
   }
   bool client_gone() const {
     auto o = owner.lock();

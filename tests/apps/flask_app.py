@@ -5,7 +5,9 @@ what it imports (MarkupSafe's C speedups as shipped): scripts/fetch-trixie-site.
 unpacks them into a site folder the suite passes with --pythonpath.
 """
 
-from flask import Flask, abort, jsonify, request
+import time
+
+from flask import Flask, Response, abort, jsonify, request, stream_with_context
 
 app = Flask(__name__)
 
@@ -55,3 +57,17 @@ def url():
 @app.route("/boom")
 def boom():
     raise RuntimeError("flask handler failed")
+
+
+@app.route("/stream")
+def stream():
+    """A streamed answer, as Flask's docs write one: lines from a generator, `delay_ms` apart."""
+    chunks = request.args.get("chunks", 3, type=int)
+    delay_s = request.args.get("delay_ms", 300, type=int) / 1000.0
+
+    def lines():
+        for i in range(chunks):
+            if i:
+                time.sleep(delay_s)
+            yield "line %d of %s\n" % (i, request.path)  # the request, still there mid-stream
+    return Response(stream_with_context(lines()), mimetype="text/plain")

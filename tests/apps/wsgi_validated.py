@@ -7,7 +7,8 @@ Routes (by PATH_INFO):
   .../environ...       the str entries of the environ and the wsgi.* flags, as JSON
   /echo                POST: the body read with read(CONTENT_LENGTH), and its sha256
   /lines               POST: readline(), readline(2), readlines(), iteration, read past the end
-  /big?size=N&chunk=K  N bytes from a generator in chunks of K (a pattern you can check)
+  /big?size=N&chunk=K  N bytes from a generator in chunks of K (a pattern you can check): streams
+  /list?size=N         N bytes of the same pattern as a list, with its length: collected whole
   /close?token=T       an iterable whose close() leaves a marker file closed-T
   /fail-midway?token=T an iterable that raises after one chunk; close() leaves closed-T
   /write               body given through write() and through the iterable
@@ -121,6 +122,11 @@ def app(environ, start_response):
         data = _pattern(size)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (data[i:i + chunk] for i in range(0, size, chunk))
+    if path == "/list":
+        data = _pattern(int(q.get("size", "1000")))
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(data)))])
+        return [data]
     if path == "/close":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return ClosingIterable([b"a", b"", b"b", b"c"], q["token"])

@@ -51,9 +51,6 @@ def database(tmp_path):
 
 
 def test_django_view_waits_overlap_at_threads_4(start_server, strategy, django_site, database):
-    if strategy == "processes":
-        pytest.skip("--threads is not built for the processes strategy yet (issue 22; "
-                    "test_threads.py proves the refusal)")
     server = start_server(workers=1, wsgi="django_site.wsgi:application",
                           args=["--pythonpath", str(APPS_DIR), "--pythonpath", str(django_site),
                                 "--threads", "4"],

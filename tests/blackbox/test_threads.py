@@ -1,27 +1,25 @@
 """--threads N: a worker serves up to N requests at once, each on its own OS thread, on
-the in-process strategies (tests/apps/concurrency.py, tests/apps/wsgi_streaming.py): sleeping
+every strategy (tests/apps/concurrency.py, tests/apps/wsgi_streaming.py): sleeping
 requests overlap inside one worker; a request past --timeout gets its 504 while the
 worker's other threads answer on; recycling (--max-requests) drains a worker under load
-without losing a request; /stats and /metrics count busy threads; wsgi.multithread."""
+without losing a request; /stats and /metrics count busy threads; wsgi.multithread.
+And for worker processes with threads: a handler stuck in C is abandoned with its process
+only once the process's other threads have answered, and a process that dies costs only
+the requests it was running."""
 
+import json
+import os
 import re
+import signal
 import threading
 import time
 
 import pytest
 
-from gilgamesh_harness import (APPS_DIR, TIME_SCALE, concurrent_gets, in_threads, join_all,
-                               run_cli, scaled, server_stats, wait_for_stats)
+from gilgamesh_harness import (APPS_DIR, TIME_SCALE, GilgameshServer, concurrent_gets, in_threads,
+                               join_all, run_cli, scaled, server_stats, wait_for, wait_for_stats)
 
 RECYCLING = ("subinterpreters", "processes")
-NOT_YET = "--threads is not built for the processes strategy yet (issue 22): " \
-          "test_processes_refuse_threads_by_name proves the refusal"
-
-
-@pytest.fixture(autouse=True)
-def in_process_only(request):
-    if "strategy" in request.fixturenames and request.getfixturevalue("strategy") == "processes":
-        pytest.skip(NOT_YET)
 
 
 def concurrency_server(start_server, workers, threads, args=(), **kw):
@@ -185,11 +183,116 @@ def test_threads_must_be_a_positive_number(gilgamesh_bin, bad):
     assert len(lines) == 1 and "threads" in lines[0], result.stderr
 
 
-def test_processes_refuse_threads_by_name(gilgamesh_bin):
-    """Until a worker process serves several requests at once, the start is refused with
-    what to do instead, not served one at a time behind a flag that promised more."""
-    result = run_cli(["--app", "handlers.demo", "--strategy", "processes", "--workers", "1",
-                      "--threads", "4", "--port", "0"], timeout=60)
-    assert result.returncode == 1, result
-    assert "--threads 4 is not available with --strategy processes" in result.stderr, result.stderr
-    assert "--workers" in result.stderr, result.stderr
+# --- processes with threads ------------------------------------------------------------
+
+@pytest.fixture
+def processes_server(gilgamesh_bin):
+    """Factory: processes_server(workers=, threads=, args=) -> a running `processes` server of
+    tests/apps/concurrency.py (whatever GILGAMESH_STRATEGIES says), stopped when the test ends."""
+    started = []
+
+    def start(workers, threads, args=()):
+        server = GilgameshServer("processes", workers=workers, app="concurrency",
+                                 args=["--pythonpath", str(APPS_DIR), "--threads", str(threads), *args])
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.alive():
+            server.stop()
+        server.kill()
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_processes_a_thread_stuck_in_c_goes_with_its_process_after_the_others_answer(processes_server):
+    """time.sleep cannot be interrupted: past the grace the process is abandoned. A fresh
+    process takes the slot at once, and the old one is killed only once its other threads
+    have answered what they held: nothing but the stuck request is lost."""
+    server = processes_server(workers=1, threads=4, args=["--timeout", "4"])
+    old_pid = server.get("/sleep?s=0").json()["pid"]
+    stuck = {}
+
+    def stuck_once():
+        try:
+            stuck["r"] = server.get("/sleep?s=60", timeout=30)
+        except Exception as e:  # asserted below
+            stuck["r"] = e
+        stuck["at"] = time.monotonic()
+
+    began = time.monotonic()
+    stuck_thread = threading.Thread(target=stuck_once)
+    stuck_thread.start()
+    wait_for_stats(server, lambda s: s["busy_threads"] >= 1, "the stuck request running")
+    # Started 2.5 s in, sleeping 3 s: still running when the stuck one is abandoned (its
+    # deadline 4 s + the 1 s grace), answered well before its own deadline.
+    time.sleep(max(0.0, began + 2.5 - time.monotonic()))
+    overlapping = server.get("/sleep?s=3", timeout=30)
+    stuck_thread.join(scaled(30))
+    assert not stuck_thread.is_alive(), "the stuck request got no answer"
+    assert getattr(stuck["r"], "status", None) == 504, stuck["r"]
+    assert stuck["at"] - began < 4 + scaled(3), "the 504 came %.1f s in" % (stuck["at"] - began)
+    assert overlapping.status == 200 and overlapping.json()["pid"] == old_pid, overlapping
+    # The slot was refilled by a new process; the old one is gone with its stuck thread.
+    wait_for(lambda: not pid_alive(old_pid), "the abandoned process to be killed")
+    after = server.get("/sleep?s=0")
+    assert after.status == 200 and after.json()["pid"] != old_pid, after
+    s = wait_for_stats(server, lambda s: s["abandoned_live"] == 0, "the abandoned run to end")
+    assert s["abandoned_total"] == 1 and s["replacements_total"] == 1, s
+    assert s["killed_total"] == 0 and s["interrupted_total"] >= 1, s
+    log = server.log()
+    assert "abandoned" in log and "killed its abandoned process %d" % old_pid in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_processes_interrupt_hits_only_the_stuck_thread(processes_server):
+    """A pure-Python loop past --timeout gets HandlerTimeout in its own thread: the same
+    process (pid) answers the requests on its other threads, before and after."""
+    server = processes_server(workers=1, threads=3, args=["--timeout", "2"])
+    pid = server.get("/sleep?s=0").json()["pid"]
+    # The spin's deadline is 2 s in; the sleeps run from 1.5 s to 2.5 s, across it.
+    paths = ["/spin?s=30", "/sleep?s=1", "/sleep?s=1"]
+    threads, results = in_threads(3, lambda i: (time.sleep(1.5 if i else 0),
+                                                server.get(paths[i], timeout=20))[1])
+    join_all(threads, timeout=30)
+    assert getattr(results[0], "status", None) == 504, results[0]
+    assert [getattr(r, "status", r) for r in results[1:]] == [200, 200], results
+    assert {r.json()["pid"] for r in results[1:]} == {pid}, [r.json() for r in results[1:]]
+    s = wait_for_stats(server, lambda s: s["busy_threads"] == 0, "the interrupted thread to return")
+    assert s["interrupted_total"] == 1 and s["killed_total"] == 0 and s["abandoned_total"] == 0, s
+    after = server.get("/sleep?s=0")
+    assert after.status == 200 and after.json()["pid"] == pid, after
+
+
+@pytest.mark.slow
+def test_processes_a_killed_worker_costs_its_running_requests_only(processes_server):
+    """SIGKILL from outside while three of a process's four threads run a request: each
+    of the three gets a 502 naming the process and the signal, and a new process takes
+    the slot."""
+    server = processes_server(workers=1, threads=4)
+    victim = server.get("/sleep?s=0").json()["pid"]
+    threads, results = in_threads(3, lambda i: server.get("/sleep?s=30", timeout=20))
+    try:
+        wait_for_stats(server, lambda s: s["busy_threads"] == 3, "three requests running")
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        join_all(threads, timeout=30)
+    assert [getattr(r, "status", r) for r in results] == [502] * 3, results
+    for r in results:
+        error = json.loads(r.body)["error"]
+        assert "pid %d" % victim in error and "SIGKILL" in error, error
+    s = wait_for_stats(server, lambda s: s["worker_details"][0]["state"] == "idle"
+                       and s["worker_pids"] and s["worker_pids"][0] != victim, "a new worker process")
+    assert s["replacements_total"] >= 1, s
+    answers = concurrent_gets(server, ["/sleep?s=0.3"] * 4)
+    assert [getattr(r, "status", r) for r in answers] == [200] * 4, answers
+    assert {r.json()["pid"] for r in answers} == {s["worker_pids"][0]}, [r.json() for r in answers]
+    assert not pid_alive(victim)

@@ -139,7 +139,11 @@ def test_large_bodies_both_ways(validated):
     r = validated.post("/echo", body)
     assert r.status == 200 and r.body == body, r.status
     size = 20_000_000
-    r = validated.get("/big?size=%d&chunk=65536" % size, timeout=60)
+    r = validated.get("/big?size=%d&chunk=65536" % size, timeout=60)  # a generator: streams
+    assert r.status == 200, r
+    assert r.header("Content-Length") is None and r.header("Transfer-Encoding") == "chunked", r.header_pairs
+    assert hashlib.sha256(r.body).digest() == hashlib.sha256(pattern(size)).digest()
+    r = validated.get("/list?size=%d" % size, timeout=60)  # a list: collected, with its length
     assert r.status == 200, r
     assert int(r.header("Content-Length")) == size
     assert hashlib.sha256(r.body).digest() == hashlib.sha256(pattern(size)).digest()
@@ -170,11 +174,29 @@ def test_iterable_close_is_called(validated, markers):
     assert (markers / ("closed-" + token)).exists()
 
 
+def _cut_short(server, path):
+    """GET `path`, whose app raises after its first body bytes went out: the head (200,
+    chunked) and those bytes arrive, then the connection closes without the last chunk.
+    Returns (request id, body bytes received)."""
+    with server.raw() as conn:
+        conn.send(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
+        data, closed = conn.read_until_closed(10)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), data[:300]
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    assert closed, "the connection stays open after the app raised mid-body"
+    assert not body.endswith(b"0\r\n\r\n"), "a failed body ended as if it were whole: %r" % body
+    rid = [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+           if line.lower().startswith(b"x-request-id:")][0]
+    return rid, body
+
+
 def test_close_is_called_when_the_iterable_fails(validated, markers):
     token = uuid.uuid4().hex
-    r = validated.get("/fail-midway?token=" + token)
-    assert_json_error(r, 500)
-    assert (markers / ("closed-" + token)).exists()
+    rid, body = _cut_short(validated, "/fail-midway?token=" + token)
+    assert b"first" in body and b"second" not in body, body
+    wait_for(lambda: (markers / ("closed-" + token)).exists(), what="close() of the failed iterable")
+    wait_for(lambda: "request %s" % rid in validated.log(), what="the traceback logged with the request id")
     assert "failed midway on purpose" in validated.log()
     assert validated.get("/hello").status == 200
 
@@ -197,12 +219,12 @@ def test_exc_info_before_the_body_replaces_the_status(validated):
 
 
 def test_exc_info_after_the_body_is_reraised(validated):
-    r = validated.get("/exc-after-body")
-    body = assert_json_error(r, 500)
-    assert body["error"] == "internal server error", body  # the exception's text is for the log only
-    wait_for(lambda: "request %s" % r.header("X-Request-Id") in validated.log(), what="traceback logged")
+    # write() streamed "partial body" already: the status cannot change, the exception is
+    # re-raised, the body is cut short and the traceback logged.
+    rid, body = _cut_short(validated, "/exc-after-body")
+    assert b"partial body" in body and b"never sent" not in body, body
+    wait_for(lambda: "request %s" % rid in validated.log(), what="traceback logged")
     assert "went wrong after the body began" in validated.log()
-    assert b"partial body" not in r.body
     assert validated.get("/hello").status == 200  # the worker keeps serving
 
 
@@ -256,16 +278,20 @@ def test_root_path_sets_script_name(gilgamesh_bin, strategy):
 
 
 def test_max_response_is_500_with_a_log_line(gilgamesh_bin, strategy):
-    server = serve(strategy, "wsgi_validated:application", args=["--max-response", "100000"], workers=1)
+    # The app without wsgiref's validator around it: its lists stay lists (collected whole).
+    server = serve(strategy, "wsgi_validated:app", args=["--max-response", "100000"], workers=1)
     try:
-        assert server.get("/big?size=100000").status == 200
-        r = server.get("/big?size=100001&chunk=1000")
+        assert server.get("/list?size=100000").status == 200
+        r = server.get("/list?size=100001")  # collected whole: capped
         body = assert_json_error(r, 500)
         assert "100000" in body["error"]
         rid = r.header("X-Request-Id")
         wait_for(lambda: "request %s" % rid in server.log(), what="log line")
         assert "over --max-response 100000" in server.log()
-        assert server.get("/file?size=200000").status == 500
+        # A streamed body is never held whole: not capped (the client's pace bounds it).
+        r = server.get("/big?size=200000&chunk=1000")
+        assert r.status == 200 and len(r.body) == 200000, r
+        assert server.get("/file?size=200000").status == 200
         assert server.get("/hello").status == 200
     finally:
         assert server.stop() == 0
@@ -284,11 +310,8 @@ def broken(gilgamesh_bin, strategy, markers):
     ("/no-start-response", "before calling start_response"),
     ("/no-start-response-empty", "without calling start_response"),
     ("/twice", "a second time without exc_info"),
-    ("/str-chunk", "yielded str, not bytes"),
     ("/str-write", "write() takes bytes, not str"),
     ("/raise", "ValueError: the app failed"),
-    ("/raise-in-iterable", "KeyError"),
-    ("/close-raises", "close failed"),
     ("/bad-status-text", "such as '200 OK'"),
     ("/status-not-str", "the status must be a str"),
     ("/status-1xx", "status 103 is outside 200..599"),
@@ -314,10 +337,25 @@ def test_a_broken_app_gets_500_and_the_worker_keeps_serving(broken, path, logged
     assert broken.get("/ok").body == b"ok"
 
 
+@pytest.mark.parametrize("path,logged", [
+    ("/str-chunk", "yielded str, not bytes"),
+    ("/raise-in-iterable", "KeyError"),
+    ("/close-raises", "close failed"),
+])
+def test_a_broken_app_after_its_first_bytes_cuts_the_body_short(broken, path, logged):
+    # The head and the first bytes went out already (the body streams): the status cannot
+    # change any more, so the connection closes with the body cut short, and the log says why.
+    rid, _body = _cut_short(broken, path)
+    wait_for(lambda: rid in broken.log(), what="a log line for %s" % path)
+    tail = broken.log()[broken.log().index(rid):]
+    assert logged in tail, tail[:3000]
+    assert broken.get("/ok").body == b"ok"
+
+
 def test_a_str_chunk_still_closes_the_iterable(broken, markers):
     (markers / "closed-str-chunk").unlink(missing_ok=True)
-    assert broken.get("/str-chunk").status == 500
-    assert (markers / "closed-str-chunk").exists()
+    _cut_short(broken, "/str-chunk")
+    wait_for(lambda: (markers / "closed-str-chunk").exists(), what="close() of the iterable")
 
 
 # --- Flask, unchanged ----------------------------------------------------------
@@ -344,6 +382,29 @@ def test_flask_routes(flask_server):
     assert flask_server.get("/fib/x").status == 404  # Flask's own converter says no
     assert flask_server.get("/fib/31").status == 400
     assert flask_server.get("/nowhere").status == 404
+
+
+def test_a_streaming_flask_route_sends_its_first_chunk_at_once(flask_server):
+    delay = 0.5  # between 3 lines: the handler runs 1 s in all
+    with flask_server.raw() as conn:
+        started = time.monotonic()
+        conn.send(b"GET /stream?chunks=3&delay_ms=%d HTTP/1.1\r\nHost: h\r\n\r\n" % (delay * 1000))
+        first = b""
+        while b"line 0" not in first:
+            got = conn.sock.recv(65536)
+            assert got, "closed before the first line: %r" % first
+            first += got
+        first_at = time.monotonic() - started
+        conn.buffer = first
+        r = conn.read_response()
+    took = time.monotonic() - started
+    assert r.status == 200, r
+    assert r.header("Transfer-Encoding") == "chunked" and r.header("Content-Length") is None, r.header_pairs
+    assert r.body == b"line 0 of /stream\nline 1 of /stream\nline 2 of /stream\n", r.body
+    assert took >= 2 * delay * 0.9, took
+    assert first_at < delay, (
+        "the first line came %.2f s after the request, the handler ended at %.2f s: collected, "
+        "not streamed" % (first_at, took))
 
 
 def test_flask_json_query_and_upload(flask_server):

@@ -1,11 +1,13 @@
 // Fuzz target 3: the processes strategy's frame decoder (pyworkers/processes/frames.hpp):
 // bytes a worker process could send (a crashed or hostile worker) read back by
 // read_frame() from a real socket, then the metadata decoded as the server
-// (response) and a worker (request) decode it.
+// (response) and a worker (request) decode it; and the same bytes as a worker
+// control message (what a worker process's control thread decodes).
 //
 // Checked: nothing throws or reads out of bounds; a frame read is within the
 // limits; a decoded response round-trips through encode/decode unchanged; and
-// a decoded request does too.
+// a decoded request does too; a decoded worker control message re-encodes to
+// the same bytes.
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,6 +71,10 @@ void decode_meta(std::string_view meta) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   decode_meta(bytes);
+  frames::WorkerControl control;
+  if (frames::decode_worker_control(bytes, control) && frames::encode_worker_control(control) != bytes) {
+    fail("a worker control message changed through decode/encode");
+  }
 
   // The same bytes as a worker's socket would carry them (a frame is read
   // whole before the next is written, so one frame per input).

@@ -1,13 +1,19 @@
 // The wire of `--strategy processes`: metadata encoding, whole frames over a
-// socketpair (small, 8 MiB, cut off, oversized), control messages with a fd.
+// socketpair (small, 8 MiB, cut off, oversized), control messages with
+// descriptors (one, and more than fit in one message), worker control messages.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
+#include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "pyworkers/processes/frames.hpp"
 
@@ -162,6 +168,39 @@ TEST(Frames, EightMebibyteBodiesBothWays) {
   EXPECT_TRUE(back.body == body);
 }
 
+TEST(Frames, AStreamedAnswerIsReadFrameByFrameWhateverArrivesTogether) {
+  SocketPair s;
+  // A worker's streamed answer, written back to back before the server reads any of it:
+  // small frames that one recv takes together, and a large chunk that straddles reads.
+  const std::string big(300 * 1024, 'x');
+  Peer peer(s.b, s.a, [&] {
+    ASSERT_TRUE(write_frame(s.b, Kind::head, "head-meta", ""));
+    ASSERT_TRUE(write_frame(s.b, Kind::chunk, "", "one"));
+    ASSERT_TRUE(write_frame(s.b, Kind::chunk, "", big));
+    ASSERT_TRUE(write_frame(s.b, Kind::chunk, "", "three"));
+    ASSERT_TRUE(write_frame(s.b, Kind::end, "1", ""));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // all of it waits in the socket
+  std::string carry;
+  Frame f;
+  const std::pair<Kind, std::string> expected[] = {
+      {Kind::head, ""}, {Kind::chunk, "one"}, {Kind::chunk, big}, {Kind::chunk, "three"}, {Kind::end, ""}};
+  for (const auto& [kind, body] : expected) {
+    ASSERT_TRUE(read_frame_buffered(s.a, f, carry).ok());
+    EXPECT_EQ(f.kind, kind);
+    EXPECT_TRUE(f.body == body);
+  }
+  EXPECT_EQ(f.meta, "1");
+  EXPECT_TRUE(carry.empty());
+  peer.join();
+  EXPECT_EQ(read_frame_buffered(s.a, f, carry).status, ReadStatus::closed);
+  // The unbuffered reader refuses a peer that sends frames back to back.
+  SocketPair t;
+  ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "a"));
+  ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "b"));
+  EXPECT_EQ(read_frame(t.a, f).status, ReadStatus::invalid);
+}
+
 TEST(Frames, EndOfStreamAtAndInsideAFrame) {
   {
     SocketPair s;
@@ -203,15 +242,17 @@ TEST(Frames, ControlMessageCarriesJsonAndADescriptor) {
   SocketPair s(SOCK_SEQPACKET);
   int pipe_fds[2];
   ASSERT_EQ(pipe(pipe_fds), 0);
-  ASSERT_TRUE(send_control(s.a, {{"type", "spawned"}, {"worker", 3}, {"pid", 1234}}, pipe_fds[1]));
+  const int pass[] = {pipe_fds[1]};
+  ASSERT_TRUE(send_control(s.a, {{"type", "spawned"}, {"worker", 3}, {"pid", 1234}}, pass));
   close(pipe_fds[1]);
   ControlMessage m;
   ASSERT_TRUE(receive_control(s.b, m));
   EXPECT_EQ(m.body.value("type", ""), "spawned");
   EXPECT_EQ(m.body.value("worker", -1), 3);
-  ASSERT_GE(m.fd, 0);
-  ASSERT_EQ(write(m.fd, "hi", 2), 2);  // the received descriptor is the pipe's write end
-  close(m.fd);
+  ASSERT_EQ(m.fds.size(), 1u);
+  ASSERT_EQ(write(m.fds[0], "hi", 2), 2);  // the received descriptor is the pipe's write end
+  EXPECT_EQ(fcntl(m.fds[0], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  m.close_fds();
   char got[2];
   ASSERT_EQ(read(pipe_fds[0], got, 2), 2);
   EXPECT_EQ(std::string(got, 2), "hi");
@@ -219,12 +260,112 @@ TEST(Frames, ControlMessageCarriesJsonAndADescriptor) {
 
   ASSERT_TRUE(send_control(s.a, {{"type", "stop"}}));
   ASSERT_TRUE(receive_control(s.b, m));
-  EXPECT_EQ(m.fd, -1);
+  EXPECT_TRUE(m.fds.empty());
   close(s.a);
   s.a = -1;
   std::string error;
   EXPECT_FALSE(receive_control(s.b, m, &error));
   EXPECT_EQ(error, "end of stream");
+}
+
+// A worker with --threads 256 has 257 sockets: more than one SEQPACKET message
+// may carry (the kernel's limit is 253). They arrive together, in order.
+TEST(Frames, ControlMessageCarriesMoreDescriptorsThanOneMessageHolds) {
+  SocketPair s(SOCK_SEQPACKET);
+  const std::size_t count = 2 * kMaxFdsPerMessage + 7;
+  std::vector<int> read_ends, write_ends;
+  for (std::size_t i = 0; i < count; ++i) {
+    int p[2];
+    ASSERT_EQ(pipe(p), 0);
+    read_ends.push_back(p[0]);
+    write_ends.push_back(p[1]);
+  }
+  std::thread sender([&] {
+    EXPECT_TRUE(send_control(s.a, {{"type", "spawned"}, {"lanes", count}}, write_ends));
+    EXPECT_TRUE(send_control(s.a, {{"type", "exited"}}));
+  });
+  ControlMessage m;
+  ASSERT_TRUE(receive_control(s.b, m));
+  sender.join();
+  EXPECT_EQ(m.body.value("type", ""), "spawned");
+  ASSERT_EQ(m.fds.size(), count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const char c = static_cast<char>('a' + i % 26);
+    ASSERT_EQ(write(m.fds[i], &c, 1), 1);
+    char got = 0;
+    ASSERT_EQ(read(read_ends[i], &got, 1), 1);
+    EXPECT_EQ(got, c) << "descriptor " << i << " is not the one sent in that place";
+  }
+  m.close_fds();
+  ASSERT_TRUE(receive_control(s.b, m));  // the next message is whole, and carries none
+  EXPECT_EQ(m.body.value("type", ""), "exited");
+  EXPECT_TRUE(m.fds.empty());
+  for (int fd : read_ends) close(fd);
+  for (int fd : write_ends) close(fd);
+}
+
+// Descriptors that went ahead of a message that never came are closed, not leaked.
+TEST(Frames, DescriptorsAheadOfALostMessageAreClosed) {
+  auto open_fds = [] {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) n += e.is_symlink() ? 1 : 0;
+    return n;
+  };
+  SocketPair s(SOCK_SEQPACKET);
+  const int before = open_fds();
+  std::vector<int> fds;
+  for (std::size_t i = 0; i < 3; ++i) fds.push_back(dup(0));
+  ASSERT_TRUE(send_control(s.a, {{"type", "fds"}}, fds));  // "more to come", then nothing
+  for (int fd : fds) close(fd);
+  close(s.a);
+  s.a = -1;
+  ControlMessage m;
+  std::string error;
+  EXPECT_FALSE(receive_control(s.b, m, &error));
+  EXPECT_EQ(error, "end of stream");
+  EXPECT_TRUE(m.fds.empty());
+  EXPECT_EQ(open_fds(), before - 1);  // the closed s.a; none of the three left open
+}
+
+TEST(Frames, WorkerControlRoundTripsAndRejectsGarbage) {
+  const WorkerControl in{WorkerControlKind::interrupt, 7, 123456789012345ull};
+  const std::string bytes = encode_worker_control(in);
+  ASSERT_EQ(bytes.size(), kWorkerControlSize);
+  WorkerControl out;
+  ASSERT_TRUE(decode_worker_control(bytes, out));
+  EXPECT_EQ(out.kind, WorkerControlKind::interrupt);
+  EXPECT_EQ(out.lane, 7u);
+  EXPECT_EQ(out.number, 123456789012345ull);
+  EXPECT_FALSE(decode_worker_control(bytes.substr(0, 15), out));
+  EXPECT_FALSE(decode_worker_control(bytes + "x", out));
+  std::string bad_kind = bytes;
+  bad_kind[0] = 9;
+  EXPECT_FALSE(decode_worker_control(bad_kind, out));
+  EXPECT_FALSE(decode_worker_control(encode_worker_control({WorkerControlKind::interrupt, 1, 0}), out));
+
+  SocketPair s(SOCK_SEQPACKET);
+  ASSERT_EQ(send(s.a, "garbage", 7, 0), 7);  // skipped by the reader
+  ASSERT_TRUE(send_worker_control(s.a, in));
+  ASSERT_TRUE(receive_worker_control(s.b, out));
+  EXPECT_EQ(out.lane, 7u);
+  EXPECT_EQ(out.number, in.number);
+  close(s.a);
+  s.a = -1;
+  EXPECT_FALSE(receive_worker_control(s.b, out));
+}
+
+// The pool's supervisor sends interrupts: it must never wait for a worker whose
+// control thread is behind.
+TEST(Frames, SendingWorkerControlNeverBlocks) {
+  SocketPair s(SOCK_SEQPACKET);
+  int sent = 0;
+  while (send_worker_control(s.a, {WorkerControlKind::interrupt, 0, 1}) && sent < 1000000) ++sent;
+  EXPECT_GT(sent, 0);
+  EXPECT_LT(sent, 1000000);
+  EXPECT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK) << std::strerror(errno);
+  WorkerControl out;
+  ASSERT_TRUE(receive_worker_control(s.b, out));  // the ones sent are whole
+  EXPECT_EQ(out.number, 1u);
 }
 
 TEST(Frames, PathParamsAndConnectionRoundTrip) {

@@ -1,0 +1,64 @@
+#include "server/model/body_stream.hpp"
+
+namespace gilgamesh {
+
+BodyStream::Ends BodyStream::make(std::size_t capacity) {
+  Ends ends;
+  ends.producer = std::make_shared<BodyStream>(capacity);
+  ends.consumer = std::shared_ptr<BodyStream>(ends.producer.get(),
+                                              [keep = ends.producer](BodyStream* s) { s->cancel(); });
+  return ends;
+}
+
+bool BodyStream::push(std::string&& chunk) {
+  std::unique_lock lock(mutex_);
+  space_.wait(lock, [&] { return queued_bytes_ < capacity_ || state_ != State::more; });
+  if (state_ != State::more) return false;
+  if (chunk.empty()) return true;
+  queued_bytes_ += chunk.size();
+  queued_.push_back(std::move(chunk));
+  if (auto ready = notify_locked(lock)) ready();
+  return true;
+}
+
+void BodyStream::finish(bool ok) {
+  std::unique_lock lock(mutex_);
+  if (state_ != State::more) return;
+  state_ = ok ? State::finished : State::failed;
+  if (auto ready = notify_locked(lock)) ready();
+}
+
+// The consumer's callback, taken out to be called after `lock` is released.
+std::function<void()> BodyStream::notify_locked(std::unique_lock<std::mutex>& lock) {
+  std::function<void()> ready = std::move(ready_);
+  ready_ = nullptr;
+  lock.unlock();
+  return ready;
+}
+
+BodyStream::Taken BodyStream::take(std::function<void()> ready) {
+  Taken out;
+  std::lock_guard lock(mutex_);
+  out.state = state_;
+  if (queued_.empty()) {
+    if (state_ == State::more) ready_ = std::move(ready);
+    return out;
+  }
+  out.chunks.reserve(queued_.size());
+  for (std::string& c : queued_) out.chunks.push_back(std::move(c));
+  queued_.clear();
+  queued_bytes_ = 0;
+  space_.notify_all();
+  return out;
+}
+
+void BodyStream::cancel() {
+  std::unique_lock lock(mutex_);
+  if (state_ == State::more || !queued_.empty()) state_ = State::cancelled;  // never a cut body posing as whole
+  queued_.clear();
+  queued_bytes_ = 0;
+  space_.notify_all();
+  if (auto ready = notify_locked(lock)) ready();  // a consumer waiting learns it is over
+}
+
+}  // namespace gilgamesh
