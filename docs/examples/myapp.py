@@ -25,3 +25,15 @@ ITEMS = {1: "apple", 2: "pear"}
 def item(request, item_id):
     """One item by id; an unknown id is a bug here (a KeyError), so a 500."""
     return {"id": item_id, "name": ITEMS[item_id]}
+
+
+@gilgamesh.route("/countdown")
+def countdown(request):
+    """Counts down from ?from= (3 by default), a line at a time: an answer that streams."""
+    start = int(request.query.get("from", "3"))
+
+    def lines():
+        for n in range(start, 0, -1):
+            yield "%d\n" % n  # sent at once, before the next line is made
+        yield "liftoff\n"
+    return lines()

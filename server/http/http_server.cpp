@@ -407,8 +407,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (!body_) return;
     // The callback holds the session while it waits for the producer (nothing
     // else does then); the stream drops it once called, finished or cancelled.
-    BodyStream::Taken taken = body_->take([self = shared_from_this()] {
-      net::post(self->stream_.get_executor(), [self] { self->pump(); });
+    BodyStream::Taken taken = body_->take([self = shared_from_this(), executor = stream_.get_executor()] {
+      net::post(executor, [self] { self->pump(); });
     });
     if (taken.chunks.empty()) {
       switch (taken.state) {

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, GilgameshServer, free_port, run_cli, scaled
+from gilgamesh_harness import APPS_DIR, TIME_SCALE, GilgameshServer, free_port, run_cli, scaled
 from test_real_packages import find_trixie_site
 
 PATTERN_UNIT = bytes(range(256)) * 64
@@ -385,7 +385,7 @@ def test_flask_routes(flask_server):
 
 
 def test_a_streaming_flask_route_sends_its_first_chunk_at_once(flask_server):
-    delay = 0.5  # between 3 lines: the handler runs 1 s in all
+    delay = 0.5 * TIME_SCALE  # between 3 lines: the handler runs 1 s in all (stretched when sanitized)
     with flask_server.raw() as conn:
         started = time.monotonic()
         conn.send(b"GET /stream?chunks=3&delay_ms=%d HTTP/1.1\r\nHost: h\r\n\r\n" % (delay * 1000))

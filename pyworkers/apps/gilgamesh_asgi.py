@@ -1,0 +1,418 @@
+"""The Python half of gilgamesh's ASGI adapter (ASGI 3, HTTP and lifespan).
+
+WORK IN PROGRESS (issue 23): not embedded in the binary yet; the C++ half
+(an AsgiWorker with a feeder thread, a mailbox and an eventfd) is still to be
+written. tests/unit/asgi_protocol_test.py drives this file with a fake mailbox.
+
+One Worker per gilgamesh worker: it owns an asyncio event loop on the worker's
+loop thread. The C++ half talks to it through a `mailbox` object:
+
+  mailbox.take() -> list of events, each a tuple:
+      ("request", rid, Request, seconds_left)  a new request; its deadline is
+                                               seconds_left from now
+      ("room", rid)                            the answer's buffer has room again
+      ("gone", rid)                            the client left
+      ("stop",)                                take no more; end when all are done
+  mailbox.respond(rid, status, headers, body) -> bool
+                                               a whole answer (one hand-off)
+  mailbox.open(rid, status, headers) -> bool   the head of an answer that streams
+  mailbox.push(rid, data) -> 0 | 1 | 2         a piece of it: 0 taken, 1 taken but
+                                               the buffer is full (wait for "room"),
+                                               2 the client is gone
+  mailbox.finish(rid, ok)                      the streamed body is over (ok) or cut
+  mailbox.fail(rid, summary, traceback)        the app raised or broke the protocol
+                                               before anything was sent: log, 500
+  mailbox.cut(rid, summary, traceback)         the same after the head went out:
+                                               log, close the connection
+  mailbox.timed_out(rid)                       cancelled at its deadline: the
+                                               connection answers 504 itself
+  mailbox.done(rid)                            the request's slot is free again
+
+The head of an answer is held until its first body message, so that a protocol
+error before any body is still a clean 500, and a one-message body goes out
+with its head in one hand-off.
+"""
+
+import asyncio
+import os as _os
+import traceback as _traceback
+
+ASGI = {"version": "3.0", "spec_version": "2.4"}
+RECEIVE_CHUNK = 64 * 1024  # a request body reaches receive() in pieces of this size
+PUSH_OK, PUSH_FULL, PUSH_GONE = 0, 1, 2
+
+
+class ProtocolError(RuntimeError):
+    """The app broke the ASGI message rules; the text says which."""
+
+
+class ClientDisconnected(OSError):
+    """send() after the client left (ASGI spec 2.4)."""
+
+
+class Request:
+    """One HTTP request as the C++ half hands it over."""
+
+    __slots__ = ("method", "path", "raw_path", "query_string", "headers", "body",
+                 "http_version", "client", "server", "request_id")
+
+    def __init__(self, method, path, raw_path, query_string, headers, body, http_version,
+                 client, server, request_id):
+        self.method = method              # str, upper case
+        self.path = path                  # str, percent-decoded
+        self.raw_path = raw_path          # bytes, as received, without the query
+        self.query_string = query_string  # bytes, after '?'
+        self.headers = headers            # list of (lower-case bytes, bytes), in order
+        self.body = body                  # bytes, read whole by the server
+        self.http_version = http_version  # "1.1" or "1.0"
+        self.client = client              # (host, port)
+        self.server = server              # (host, port)
+        self.request_id = request_id      # str
+
+
+def _error_text(exc):
+    summary = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+    return summary, "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _check_headers(headers):
+    out = []
+    for pair in headers:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise ProtocolError("a response header must be a [name, value] pair, not %r" % (pair,))
+        if not isinstance(name, (bytes, bytearray)) or not isinstance(value, (bytes, bytearray)):
+            raise ProtocolError("response header names and values must be bytes, not %s and %s"
+                                % (type(name).__name__, type(value).__name__))
+        out.append((bytes(name), bytes(value)))
+    return out
+
+
+class _Exchange:
+    """One request: its receive() and send(), the message rules and the answer's state."""
+
+    START, STARTED, OPEN, DONE = range(4)
+
+    def __init__(self, worker, rid, request):
+        self.worker = worker
+        self.mailbox = worker.mailbox
+        self.rid = rid
+        self.request = request
+        self.state = self.START
+        self.status = None
+        self.headers = None
+        self.body_offset = 0
+        self.body_messages = 0
+        self.gone = False
+        self.over = asyncio.Event()  # the client left or the response ended: receive() says so
+        self.room_waiter = None      # the future a send() on a full buffer waits on
+        self.task = None
+        self.deadline = None    # the TimerHandle that cancels the task
+        self.timed_out = False
+
+    # --- the app's callables ---
+
+    async def receive(self):
+        body = self.request.body
+        if self.body_messages == 0 or self.body_offset < len(body):
+            piece = body[self.body_offset:self.body_offset + RECEIVE_CHUNK]
+            self.body_offset += len(piece)
+            self.body_messages += 1
+            return {"type": "http.request", "body": piece, "more_body": self.body_offset < len(body)}
+        await self.over.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "http.response.start":
+            self._start(message)
+        elif kind == "http.response.body":
+            await self._body(message)
+        elif kind in ("http.response.trailers", "http.response.pathsend"):
+            raise ProtocolError("%s is not advertised in scope['extensions']" % kind)
+        else:
+            raise ProtocolError("unknown message type %r" % (kind,))
+
+    # --- the rules ---
+
+    def _start(self, message):
+        if self.state == self.DONE:
+            raise ProtocolError("http.response.start after the response ended")
+        if self.state != self.START:
+            raise ProtocolError("http.response.start twice")
+        status = message.get("status")
+        if type(status) is not int:
+            raise ProtocolError("the status must be an int, not %s" % type(status).__name__)
+        self.status = status
+        self.headers = _check_headers(message.get("headers", ()))
+        self.state = self.STARTED
+
+    async def _body(self, message):
+        if self.state == self.START:
+            raise ProtocolError("http.response.body before http.response.start")
+        if self.state == self.DONE:
+            raise ProtocolError("http.response.body after the response ended")
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ProtocolError("the body of http.response.body must be bytes, not %s" % type(body).__name__)
+        body = bytes(body)
+        more = bool(message.get("more_body", False))
+        if self.state == self.STARTED:
+            if not more:
+                self.state = self.DONE
+                self._no_deadline()
+                if not self.mailbox.respond(self.rid, self.status, self.headers, body):
+                    self._client_gone()
+                self.over.set()
+                return
+            self.state = self.OPEN
+            self._no_deadline()  # the head goes out: the client's pace bounds the body
+            if not self.mailbox.open(self.rid, self.status, self.headers):
+                self._client_gone()
+                raise ClientDisconnected("the client has gone")
+        if body:
+            result = self.mailbox.push(self.rid, body)
+            if result == PUSH_FULL:
+                self.room_waiter = self.worker.loop.create_future()
+                await self.room_waiter  # "room", or the client left
+            if result == PUSH_GONE or self.gone:
+                self._client_gone()
+                raise ClientDisconnected("the client has gone")
+        if not more:
+            self.state = self.DONE
+            self.mailbox.finish(self.rid, True)
+            self.over.set()
+
+    # --- events from the server ---
+
+    def room(self):
+        waiter, self.room_waiter = self.room_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _client_gone(self):
+        self.gone = True
+        self.over.set()
+        self.room()
+
+    def _no_deadline(self):
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _cancel_at_deadline(self):
+        self.timed_out = True
+        if self.task is not None:
+            self.task.cancel()
+
+    # --- the request's task ---
+
+    async def run(self, app, scope):
+        try:
+            await app(scope, self.receive, self.send)
+            if self.state == self.START:
+                raise ProtocolError("the app returned without sending http.response.start")
+            if self.state != self.DONE:
+                raise ProtocolError("the app returned before the response ended")
+        except asyncio.CancelledError:
+            self._stopped()
+        except ClientDisconnected:
+            if self.state == self.OPEN:
+                self.mailbox.finish(self.rid, False)
+        except Exception as exc:
+            self._failed(*_error_text(exc))
+        except BaseException as exc:
+            if self.worker.handler_timeout is None or not isinstance(exc, self.worker.handler_timeout):
+                raise
+            self._stopped()  # raised into a loop that a handler kept busy past its deadline
+        finally:
+            self._no_deadline()
+            self.state = self.DONE
+            self.over.set()
+            self.worker._finished(self)
+
+    def _stopped(self):
+        """Cancelled at its deadline (or by a stop): the connection answers 504 itself
+        unless the head went out, when the body is cut short."""
+        if self.state == self.OPEN:
+            self.mailbox.finish(self.rid, False)
+        elif self.state != self.DONE:
+            self.mailbox.timed_out(self.rid)
+
+    def _failed(self, summary, text):
+        """The app raised or broke the rules: a 500 if nothing went out yet (logged either
+        way), a body cut short if the head did."""
+        if self.state == self.OPEN:
+            self.mailbox.cut(self.rid, summary, text)
+        else:
+            self.mailbox.fail(self.rid, summary, text)
+
+
+class Worker:
+    """One worker's ASGI app on its own event loop."""
+
+    def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None):
+        if lifespan not in ("auto", "on", "off"):
+            raise ValueError("lifespan must be auto, on or off")
+        self.app = app
+        self.mailbox = mailbox
+        self.lifespan = lifespan
+        self.root_path = root_path
+        self.handler_timeout = handler_timeout  # gilgamesh.HandlerTimeout: ends the request, not the loop
+        self.state = {}
+        self.loop = asyncio.new_event_loop()
+        self.exchanges = {}
+        self.stopping = False
+        self.stopped = None
+        self._lifespan_task = None
+        self._lifespan_queue = None
+        self._lifespan_reply = None
+        self._lifespan_received = False
+
+    # --- lifespan ---
+
+    def startup(self):
+        """Runs the app's lifespan startup. None, or why the server must not start."""
+        if self.lifespan == "off":
+            return None
+        return self.loop.run_until_complete(self._startup())
+
+    async def _startup(self):
+        self._lifespan_queue = asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": dict(ASGI), "state": self.state}
+        self._lifespan_reply = self.loop.create_future()
+
+        async def receive():
+            message = await self._lifespan_queue.get()
+            self._lifespan_received = True
+            return message
+
+        async def send(message):
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind in ("lifespan.startup.complete", "lifespan.startup.failed",
+                        "lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                if not self._lifespan_reply.done():
+                    self._lifespan_reply.set_result(message)
+            else:
+                raise ProtocolError("unknown lifespan message type %r" % (kind,))
+
+        async def run():
+            await self.app(scope, receive, send)
+
+        self._lifespan_task = self.loop.create_task(run())
+        await self._lifespan_queue.put({"type": "lifespan.startup"})
+        await asyncio.wait([self._lifespan_task, self._lifespan_reply], return_when=asyncio.FIRST_COMPLETED)
+        if self._lifespan_reply.done():
+            reply = self._lifespan_reply.result()
+            if reply["type"] == "lifespan.startup.complete":
+                return None
+            message = reply.get("message", "")
+            return "lifespan startup failed" + (": %s" % message if message else "")
+        exc = self._lifespan_task.exception()
+        self._lifespan_task = None
+        if not self._lifespan_received:
+            # Raised (or returned) before it read lifespan.startup: no lifespan support.
+            if self.lifespan == "on":
+                why = "%s: %s" % (type(exc).__name__, exc) if exc else "it returned at once"
+                return "--lifespan on, but the app does not support lifespan (%s)" % why
+            return None
+        if exc is None:
+            return "the app's lifespan returned before it sent lifespan.startup.complete"
+        return "lifespan startup raised %s: %s" % (type(exc).__name__, exc)
+
+    def shutdown(self, timeout=30.0):
+        """Runs the app's lifespan shutdown (after startup completed). None, or what failed."""
+        if self._lifespan_task is None or self._lifespan_task.done():
+            return None
+        return self.loop.run_until_complete(self._shutdown(timeout))
+
+    async def _shutdown(self, timeout):
+        self._lifespan_reply = self.loop.create_future()
+        await self._lifespan_queue.put({"type": "lifespan.shutdown"})
+        done, _ = await asyncio.wait([self._lifespan_task, self._lifespan_reply], timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._lifespan_reply.done():
+            reply = self._lifespan_reply.result()
+            if reply["type"] == "lifespan.shutdown.failed":
+                return "lifespan shutdown failed: %s" % reply.get("message", "")
+            return None
+        if not done:
+            self._lifespan_task.cancel()
+            return "lifespan shutdown did not finish within %.0f s" % timeout
+        exc = self._lifespan_task.exception()
+        return "lifespan shutdown raised %s: %s" % (type(exc).__name__, exc) if exc else None
+
+    # --- requests ---
+
+    def serve(self, doorbell_fd):
+        """Serves until the mailbox says stop and every request has finished. The C++
+        half rings `doorbell_fd` (an eventfd) whenever mailbox.take() has something."""
+        self.stopped = self.loop.create_future()
+        self.loop.add_reader(doorbell_fd, self._ring, doorbell_fd)
+        try:
+            self._take()  # what came before the reader was there
+            self.loop.run_until_complete(self.stopped)
+        finally:
+            self.loop.remove_reader(doorbell_fd)
+
+    def _ring(self, fd):
+        try:
+            _os.read(fd, 8)
+        except BlockingIOError:
+            pass
+        self._take()
+
+    def _take(self):
+        for event in self.mailbox.take():
+            kind = event[0]
+            if kind == "request":
+                self._begin(event[1], event[2], event[3])
+            elif kind == "room":
+                exchange = self.exchanges.get(event[1])
+                if exchange is not None:
+                    exchange.room()
+            elif kind == "gone":
+                exchange = self.exchanges.get(event[1])
+                if exchange is not None:
+                    exchange._client_gone()
+            elif kind == "stop":
+                self.stopping = True
+        self._maybe_stopped()
+
+    def scope_for(self, request):
+        return {
+            "type": "http",
+            "asgi": dict(ASGI),
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": "http",
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "root_path": self.root_path,
+            "headers": request.headers,
+            "client": request.client,
+            "server": request.server,
+            "state": self.state.copy(),
+        }
+
+    def _begin(self, rid, request, seconds_left):
+        exchange = _Exchange(self, rid, request)
+        self.exchanges[rid] = exchange
+        exchange.task = self.loop.create_task(exchange.run(self.app, self.scope_for(request)))
+        exchange.deadline = self.loop.call_later(max(seconds_left, 0.0), exchange._cancel_at_deadline)
+
+    def _finished(self, exchange):
+        self.exchanges.pop(exchange.rid, None)
+        self.mailbox.done(exchange.rid)
+        self._maybe_stopped()
+
+    def _maybe_stopped(self):
+        if self.stopping and not self.exchanges and self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def close(self):
+        self.loop.close()
