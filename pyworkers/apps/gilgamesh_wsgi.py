@@ -172,11 +172,12 @@ class ResponseTooLarge(Exception):
         self.size = size
 
 
-def run(app, environ, limit, start, push):
+def run(app, environ, limit, start=None, push=None):
     """Calls the app. Returns a Result for an answer collected whole, or raises
     ResponseTooLarge once such a body grew past `limit` bytes. An answer that
     streams goes out through start(status, headers) and push(bytes) instead
-    (`start` is None: nothing may stream), and None is returned. Raises what
+    (`start` is None, as for loadtest/handler_rate.py: nothing may stream), and
+    None is returned. Raises what
     the app raised, and AssertionError or TypeError when it breaks the protocol.
 
     Streams: a body that is not a list or tuple, unless the app gave a
