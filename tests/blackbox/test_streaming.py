@@ -401,7 +401,9 @@ def test_a_slow_reader_of_256_mib_keeps_the_server_small(served, close_log):
     assert received < 256 * MIB
     lines = wait_for(lambda: closed_lines(close_log, token), "close() of /big after the client left", 10)
     growth = peak - baseline
-    assert growth <= 64 * MIB, (
+    # Under ASan the RSS says nothing about the server (freed blocks wait in its quarantine,
+    # 256 MiB by default): there the produced count below proves the backpressure alone.
+    assert growth <= 64 * MIB or os.environ.get("GILGAMESH_SANITIZED") == "1", (
         "the server's RSS (its process and children) grew by %.1f MiB while a client read %.1f MiB "
         "of 256 MiB slowly: the body is buffered, not held back (baseline %.1f MiB, peak %.1f MiB)"
         % (growth / MIB, received / MIB, baseline / MIB, peak / MIB))
