@@ -60,7 +60,7 @@ def worker_info():
 def find_handler(method, path):
     """The handler for (method, path), or an HTTPError 404/405 like the server's."""
     allowed = False
-    for route_path, methods, handler, _doc in _routes:
+    for route_path, methods, handler, _doc, *_ in _routes:
         if route_path == path:
             if method in methods or (method == "HEAD" and "GET" in methods):
                 return handler

@@ -185,6 +185,10 @@ AutoChoice choose_strategy(const ServerConfig& config) {
     // It fails everywhere: the default strategy's start says why.
     return {Strategy::subinterpreters, "the app does not load under any strategy; its error follows"};
   }
+  if (config.app.kind == AppKind::asgi) {
+    // An ASGI app runs on an event loop in the server's process: threads, not processes.
+    return {Strategy::threads, why + "; an ASGI app runs on threads (processes does not serve ASGI yet)"};
+  }
   return {Strategy::processes, why};
 }
 

@@ -81,6 +81,8 @@ struct RawFlags {
   bool version = false;
   bool no_dashboard = false;
   std::string wsgi;
+  std::string asgi;
+  std::string lifespan = "auto";
   std::string strategy;
   std::string python_build;
 };
@@ -91,9 +93,16 @@ void add_app_options(CLI::App& cli, AppOptions& app, RawFlags& raw) {
   cli.add_option("--wsgi", raw.wsgi,
                  "PEP 3333 application to serve instead, as MODULE:CALLABLE (CALLABLE defaults to "
                  "'application'; 'factory()' calls a factory)");
+  cli.add_option("--asgi", raw.asgi,
+                 "ASGI 3 application to serve instead, as MODULE:APP ('factory()' calls a factory); "
+                 "each worker runs it on an asyncio event loop of its own");
+  cli.add_option("--lifespan", raw.lifespan,
+                 "ASGI lifespan events: auto (run them if the app supports them), on (the app must), off")
+      ->check(one_of({"auto", "on", "off"}))
+      ->capture_default_str();
   cli.add_option("--root-path", app.root_path,
-                 "WSGI: the URL prefix the app is mounted at (its SCRIPT_NAME; stripped from "
-                 "PATH_INFO when the path starts with it)");
+                 "The URL prefix the app is mounted at: WSGI's SCRIPT_NAME (stripped from PATH_INFO "
+                 "when the path starts with it), ASGI's root_path");
   cli.add_option("--max-response", app.max_response,
                  "Largest response body in bytes; a handler or app that makes a larger one gets 500")
       ->check(integer_in(1, 1LL << 34))
@@ -123,6 +132,11 @@ void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
                  "Requests each worker serves at once, each on a thread of its own: for handlers that "
                  "wait (a database, another service), as gunicorn's --threads")
       ->check(integer_in(1, 256))
+      ->capture_default_str();
+  cli.add_option("--worker-connections", pool.worker_connections,
+                 "ASGI: requests each worker's event loop holds at once; past it they wait in the "
+                 "queue, then get 503 (gunicorn's --worker-connections, uvicorn's --limit-concurrency)")
+      ->check(integer_in(1, 1000000))
       ->capture_default_str();
   cli.add_option("--worker-spin", pool.worker_spin_us,
                  "Microseconds an idle worker keeps watching the queue before it sleeps: saves a "
@@ -253,28 +267,36 @@ bool resolve_strategy(PoolOptions& pool, const RawFlags& raw) {
   return true;
 }
 
-// --app or --wsgi, and --root-path; false (after saying why) if they are not usable.
+// --app, --wsgi or --asgi, and --root-path; false (after saying why) if they are not usable.
 bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
   const bool wsgi_given = cli.count("--wsgi") > 0;
-  if (cli.count("--app") > 0 && wsgi_given) {
-    std::cerr << "gilgamesh: --app and --wsgi are exclusive: --app serves @gilgamesh.route handlers, "
-                 "--wsgi a WSGI callable (see --help)\n";
+  const bool asgi_given = cli.count("--asgi") > 0;
+  const int kinds = (cli.count("--app") > 0) + wsgi_given + asgi_given;
+  if (kinds > 1) {
+    std::cerr << "gilgamesh: --app, --wsgi and --asgi are exclusive (given: "
+              << (cli.count("--app") > 0 ? "--app " : "") << (wsgi_given ? "--wsgi " : "")
+              << (asgi_given ? "--asgi" : "")
+              << "): --app serves @gilgamesh.route handlers, --wsgi a WSGI callable, --asgi an ASGI "
+                 "app (see --help)\n";
     return false;
   }
-  if (wsgi_given) {
-    const std::string& wsgi = raw.wsgi;
-    const auto colon = wsgi.find(':');
-    if (wsgi.empty() || colon == 0 || colon + 1 == wsgi.size()) {
-      std::cerr << "gilgamesh: --wsgi takes MODULE:CALLABLE, got '" << wsgi << "' (see --help)\n";
+  if (wsgi_given || asgi_given) {
+    const std::string& given = wsgi_given ? raw.wsgi : raw.asgi;
+    const char* flag = wsgi_given ? "--wsgi" : "--asgi";
+    const auto colon = given.find(':');
+    if (given.empty() || colon == 0 || colon + 1 == given.size() || (asgi_given && colon == std::string::npos)) {
+      std::cerr << "gilgamesh: " << flag << " takes " << (wsgi_given ? "MODULE:CALLABLE" : "MODULE:APP")
+                << ", got '" << given << "' (see --help)\n";
       return false;
     }
-    app.target = colon == std::string::npos ? wsgi + ":application" : wsgi;
-    app.kind = AppKind::wsgi;
+    app.target = colon == std::string::npos ? given + ":application" : given;
+    app.kind = wsgi_given ? AppKind::wsgi : AppKind::asgi;
   } else if (app.target.find(':') != std::string::npos) {
     std::cerr << "gilgamesh: --app takes a module of @gilgamesh.route handlers; for the WSGI "
-                 "callable '" << app.target << "' use --wsgi " << app.target << "\n";
+                 "callable '" << app.target << "' use --wsgi " << app.target << " (an ASGI app: --asgi)\n";
     return false;
   }
+  app.lifespan = raw.lifespan == "on" ? Lifespan::on : raw.lifespan == "off" ? Lifespan::off : Lifespan::automatic;
   if (app.target.empty()) {
     std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
     return false;
@@ -318,6 +340,11 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   c.http.dashboard = !raw.no_dashboard;
   resolve_defaults(c);
   if (!resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) return {std::nullopt, 2, false};
+  if (c.app.kind == AppKind::asgi && c.pool.threads > 1) {
+    std::cerr << "gilgamesh: --threads is for WSGI apps and route handlers; an ASGI worker serves "
+                 "--worker-connections requests at once on its event loop (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
   return {c, 0, false};
 }
 

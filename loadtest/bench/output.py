@@ -48,10 +48,12 @@ def finish(results, args, out_dir, interrupted):
         print("        %s" % paths["md"])
     if interrupted:
         return 130
-    failed = [c["id"] for c in results["cells"] if c.get("error")]
-    failed += ["soak-" + r["strategy"] for r in results.get("soak", []) if r.get("error")]
-    if failed:
-        print("cells with errors: %s" % ", ".join(failed))
+    errors = [(c["id"], c["error"]) for c in results["cells"] if c.get("error")]
+    errors += [("soak-" + r["strategy"], r["error"]) for r in results.get("soak", []) if r.get("error")]
+    if errors:
+        print("cells with errors: %s" % ", ".join(name for name, _ in errors))
+        for name, error in errors:  # whole, with the server log's tail the progress line left out
+            print("  %s: %s" % (name, error.replace("\n", "\n    ")))
         return 1
     return 0
 

@@ -67,7 +67,9 @@ class Servers:
         """Starts and waits; returns (proc, port, readiness) or raises StartError
         with the log's tail in the message. `extra_args` go to a gilgamesh server."""
         last_error = None
-        for _attempt in range(2):  # a port taken between free_port() and bind: retry once
+        # Retried once: a port taken between free_port() and bind, or a start that failed
+        # (said on the console with the server's log, so that it is seen, not hidden).
+        for attempt in range(2):
             port = procs.free_port()
             cmd, env, has_stats, instance = self.command(kind, name, workers, port)
             cmd = cmd + list(extra_args)
@@ -91,9 +93,12 @@ class Servers:
                 return proc, port, ready
             except procs.StartError as e:
                 self.owned.stop(proc, grace=5.0)
-                last_error = procs.StartError("%s\n%s" % (e, log_tail(log_path)))
-                if "address" not in log_tail(log_path).lower():
-                    break
+                tail = log_tail(log_path, lines=20)
+                last_error = procs.StartError("%s\n%s" % (e, tail))
+                if attempt == 0 and "address" not in tail.lower():
+                    print("\n  %s %s failed to start (%s); its log:\n    %s\n  retrying once"
+                          % (kind, name, e, tail.replace("\n", "\n    ")), flush=True)
+                    os.replace(log_path, log_path + ".first")
         raise last_error
 
     def drain(self, has_stats, port, warm):

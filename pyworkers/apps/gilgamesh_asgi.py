@@ -1,8 +1,8 @@
 """The Python half of gilgamesh's ASGI adapter (ASGI 3, HTTP and lifespan).
 
-WORK IN PROGRESS (issue 23): not embedded in the binary yet; the C++ half
-(an AsgiWorker with a feeder thread, a mailbox and an eventfd) is still to be
-written. tests/unit/asgi_protocol_test.py drives this file with a fake mailbox.
+The server embeds this file as the module `_gilgamesh_asgi`; its C++ half is
+pyworkers/apps/asgi_app.cpp (AsgiLoop: the loop's thread, the mailbox, the
+eventfd). tests/unit/asgi_protocol_test.py drives this file with a fake mailbox.
 
 One Worker per gilgamesh worker: it owns an asyncio event loop on the worker's
 loop thread. The C++ half talks to it through a `mailbox` object:
@@ -12,6 +12,8 @@ loop thread. The C++ half talks to it through a `mailbox` object:
                                                seconds_left from now
       ("room", rid)                            the answer's buffer has room again
       ("gone", rid)                            the client left
+      ("call", rid, coroutine, seconds_left)   an `async def` route handler's call
+                                               to run (a route app's loop)
       ("stop",)                                take no more; end when all are done
   mailbox.respond(rid, status, headers, body) -> bool
                                                a whole answer (one hand-off)
@@ -26,6 +28,8 @@ loop thread. The C++ half talks to it through a `mailbox` object:
                                                log, close the connection
   mailbox.timed_out(rid)                       cancelled at its deadline: the
                                                connection answers 504 itself
+  mailbox.result(rid, value)                   what a route handler's call returned
+  mailbox.error(rid, exception)                what it raised instead
   mailbox.done(rid)                            the request's slot is free again
 
 The head of an answer is held until its first body message, so that a protocol
@@ -36,10 +40,33 @@ with its head in one hand-off.
 import asyncio
 import os as _os
 import traceback as _traceback
+import types as _types
+
+try:
+    from _gilgamesh_wsgi import resolve as _resolve
+except ImportError:  # the protocol tests, outside the server
+    _resolve = None
 
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 RECEIVE_CHUNK = 64 * 1024  # a request body reaches receive() in pieces of this size
 PUSH_OK, PUSH_FULL, PUSH_GONE = 0, 1, 2
+
+
+def resolve(module, expression):
+    """The ASGI app named by `expression` in `module`: 'app', 'a.b', or 'factory()'."""
+    return _resolve(module, expression, "ASGI")
+
+
+def run_alone(coroutine):
+    """An `async def` route handler's call to its end on a loop of its own: a strategy
+    whose workers have no event loop (processes) runs them so."""
+    return asyncio.run(coroutine)
+
+
+def mailbox(**functions):
+    """The C++ half's functions (take, respond, open, push, finish, fail, cut, timed_out,
+    done) as the one object a Worker talks to."""
+    return _types.SimpleNamespace(**functions)
 
 
 class ProtocolError(RuntimeError):
@@ -251,8 +278,49 @@ class _Exchange:
             self.mailbox.fail(self.rid, summary, text)
 
 
+class _Call:
+    """One `async def` route handler's call on the loop; its answer goes out whole."""
+
+    def __init__(self, worker, rid):
+        self.worker = worker
+        self.mailbox = worker.mailbox
+        self.rid = rid
+        self.task = None
+        self.deadline = None
+
+    def room(self):
+        pass
+
+    def _client_gone(self):
+        pass  # the answer is sent whole, when the call returns
+
+    def _cancel_at_deadline(self):
+        if self.task is not None:
+            self.task.cancel()
+
+    async def run(self, coroutine):
+        try:
+            result = await coroutine
+        except asyncio.CancelledError:
+            self.mailbox.timed_out(self.rid)
+        except BaseException as exc:
+            timeout = self.worker.handler_timeout
+            if timeout is not None and isinstance(exc, timeout):
+                self.mailbox.timed_out(self.rid)  # the loop was blocked past the deadline
+            elif isinstance(exc, Exception):
+                self.mailbox.error(self.rid, exc)
+            else:
+                raise
+        else:
+            self.mailbox.result(self.rid, result)
+        finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            self.worker._finished(self)
+
+
 class Worker:
-    """One worker's ASGI app on its own event loop."""
+    """One worker's ASGI app (or `async def` route handlers) on its own event loop."""
 
     def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None):
         if lifespan not in ("auto", "on", "off"):
@@ -350,7 +418,8 @@ class Worker:
     def serve(self, doorbell_fd):
         """Serves until the mailbox says stop and every request has finished. The C++
         half rings `doorbell_fd` (an eventfd) whenever mailbox.take() has something."""
-        self.stopped = self.loop.create_future()
+        if self.stopped is None:  # serve() is entered again after a HandlerTimeout hit the loop
+            self.stopped = self.loop.create_future()
         self.loop.add_reader(doorbell_fd, self._ring, doorbell_fd)
         try:
             self._take()  # what came before the reader was there
@@ -370,6 +439,8 @@ class Worker:
             kind = event[0]
             if kind == "request":
                 self._begin(event[1], event[2], event[3])
+            elif kind == "call":
+                self._call(event[1], event[2], event[3])
             elif kind == "room":
                 exchange = self.exchanges.get(event[1])
                 if exchange is not None:
@@ -404,6 +475,12 @@ class Worker:
         self.exchanges[rid] = exchange
         exchange.task = self.loop.create_task(exchange.run(self.app, self.scope_for(request)))
         exchange.deadline = self.loop.call_later(max(seconds_left, 0.0), exchange._cancel_at_deadline)
+
+    def _call(self, rid, coroutine, seconds_left):
+        call = _Call(self, rid)
+        self.exchanges[rid] = call
+        call.task = self.loop.create_task(call.run(coroutine))
+        call.deadline = self.loop.call_later(max(seconds_left, 0.0), call._cancel_at_deadline)
 
     def _finished(self, exchange):
         self.exchanges.pop(exchange.rid, None)

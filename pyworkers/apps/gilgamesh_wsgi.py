@@ -11,8 +11,9 @@ comes) or is collected whole and sent with a Content-Length: run() says which.
 import gilgamesh as _gilgamesh
 
 
-def resolve(module, expression):
-    """The WSGI callable named by `expression` in `module`: 'app', 'a.b', or 'factory()'."""
+def resolve(module, expression, kind="WSGI"):
+    """The `kind` (WSGI, ASGI) callable named by `expression` in `module`: 'app', 'a.b',
+    or 'factory()'."""
     factory = expression.endswith("()")
     path = expression[:-2] if factory else expression
     parts = path.split(".")
@@ -28,8 +29,8 @@ def resolve(module, expression):
     if factory:
         target = target()
     if not callable(target):
-        raise TypeError("%s:%s is a %s, not a WSGI callable"
-                        % (module.__name__, expression, type(target).__name__))
+        raise TypeError("%s:%s is a %s, not a %s callable"
+                        % (module.__name__, expression, type(target).__name__, kind))
     return target
 
 

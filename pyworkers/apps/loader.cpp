@@ -4,6 +4,7 @@
 // the module, the strategy and what would work.
 #include <spdlog/spdlog.h>
 
+#include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/apps/route_app.hpp"
 #include "pyworkers/apps/wsgi_app.hpp"
@@ -33,7 +34,7 @@ StartupError load_error(const AppOptions& options, const LoadContext& context, c
 }  // namespace
 
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const LoadContext& context) {
-  // A WSGI app is named MODULE:CALLABLE; the module is imported like a route module.
+  // A WSGI or ASGI app is named MODULE:CALLABLE; the module is imported like a route module.
   const std::string module_name = options.target.substr(0, options.target.find(':'));
   // The pending exception becomes the reason.
   auto fail = [&](const std::string& what) -> StartupError {
@@ -92,6 +93,10 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const Load
     case AppKind::wsgi:
       app = WsgiApp::create(options, context, PyTuple_GET_ITEM(imported.get(), 0), std::move(errors));
       if (!app) throw fail("no WSGI application");
+      break;
+    case AppKind::asgi:
+      app = AsgiApp::create(options, PyTuple_GET_ITEM(imported.get(), 0), std::move(errors));
+      if (!app) throw fail("no ASGI application");
       break;
   }
   PyObject* gil_warnings = PyTuple_GET_ITEM(imported.get(), 1);

@@ -80,6 +80,20 @@ HttpResponseData PythonApp::handle(std::size_t route_index, const HttpRequestDat
   return std::move(*response);
 }
 
+py::Ref PythonApp::start_call(std::size_t, const HttpRequestData&) {
+  PyErr_SetString(PyExc_RuntimeError, "this app has no route that runs on the event loop");
+  return {};
+}
+
+HttpResponseData PythonApp::finish_call(std::size_t route_index, const HttpRequestData& request, PyObject*) {
+  PyErr_SetString(PyExc_RuntimeError, "this app has no route that runs on the event loop");
+  return error_answer(route_index, request);
+}
+
+HttpResponseData PythonApp::error_answer(std::size_t route_index, const HttpRequestData& request) {
+  return error_response(request.request_id, route_index < routes_.size() ? routes_[route_index].path : target_);
+}
+
 HttpResponseData PythonApp::too_large(const HttpRequestData& request, const std::string& where,
                                       std::size_t size) const {
   spdlog::error("request {}: {} made a response body of {} bytes or more, over --max-response {}; "

@@ -107,6 +107,21 @@ class PythonApp {
   // before the interpreter ends; the destructor then does nothing Python.
   void release();
 
+  // --- what runs on a worker's event loop (asgi_app.hpp) ---
+  // Whether requests for this route are answered on the worker's event loop
+  // (an ASGI app's, an `async def` route handler's) instead of on a lane.
+  virtual bool on_loop(std::size_t /*route_index*/) const { return false; }
+  virtual bool needs_loop() const { return false; }
+  // On the loop, with the GIL: the coroutine that answers `request` (an async
+  // route handler called, not yet run); empty with a Python exception set.
+  virtual py::Ref start_call(std::size_t route_index, const HttpRequestData& request);
+  // What that coroutine returned, as the answer (a body that iterates is collected).
+  virtual HttpResponseData finish_call(std::size_t route_index, const HttpRequestData& request, PyObject* result);
+  // The pending Python exception as the answer: HTTPError's status, else a logged 500.
+  HttpResponseData error_answer(std::size_t route_index, const HttpRequestData& request);
+  PyObject* handler_timeout_type() const { return errors_.handler_timeout.get(); }
+  bool debug() const { return errors_.debug; }
+
  protected:
   PythonApp(const AppOptions& options, ErrorTypes errors);
   // The kind's answer; nullopt with a Python exception pending when the app

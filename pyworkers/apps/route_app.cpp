@@ -1,5 +1,7 @@
 #include "pyworkers/apps/route_app.hpp"
 
+#include <algorithm>
+
 #include "server/model/response.hpp"
 
 #include <set>
@@ -108,6 +110,12 @@ std::unique_ptr<RouteApp> RouteApp::create(const AppOptions& options, PyObject* 
     info.doc = py::to_string(PyTuple_GET_ITEM(entry, 3));
     app->routes_.push_back(std::move(info));
     app->handlers_.push_back(py::Ref::borrow(PyTuple_GET_ITEM(entry, 2)));
+    app->is_async_.push_back(PyTuple_GET_SIZE(entry) > 4 && PyObject_IsTrue(PyTuple_GET_ITEM(entry, 4)) == 1);
+  }
+  if (app->needs_loop()) {
+    py::Ref adapter = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));
+    if (adapter) app->run_alone_ = py::Ref::steal(PyObject_GetAttrString(adapter.get(), "run_alone"));
+    if (!app->run_alone_) throw fail("the async adapter is missing");
   }
   if (app->routes_.empty()) {
     throw StartupError("cannot load app '" + options.target +
@@ -145,14 +153,50 @@ py::Ref path_params_dict(const std::vector<PathParam>& params) {
 
 }  // namespace
 
+bool RouteApp::needs_loop() const {
+  return std::find(is_async_.begin(), is_async_.end(), true) != is_async_.end();
+}
+
+py::Ref RouteApp::start_call(std::size_t route_index, const HttpRequestData& request) {
+  return call(route_index, request);
+}
+
+HttpResponseData RouteApp::finish_call(std::size_t route_index, const HttpRequestData& request, PyObject* result) {
+  HttpResponseData out;
+  py::Ref pieces;
+  if (!convert_result(result, out, pieces)) return error_answer(route_index, request);
+  if (pieces) {
+    StreamWriter collect(nullptr, max_response_);
+    std::optional<HttpResponseData> whole = stream(pieces.get(), std::move(out), collect);
+    if (!whole) return error_answer(route_index, request);
+    if (collect.collected_size() > max_response_) return too_large(request, routes_[route_index].path, collect.collected_size());
+    return std::move(*whole);
+  }
+  if (out.body.size() > max_response_) return too_large(request, routes_[route_index].path, out.body.size());
+  return out;
+}
+
 std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const HttpRequestData& r,
                                                   StreamWriter& writer) {
+  py::Ref result = call(route_index, r);
+  if (result && is_async_[route_index]) {
+    // Off the worker's loop (a strategy without one): the coroutine runs to its end here.
+    result = py::Ref::steal(PyObject_CallOneArg(run_alone_.get(), result.get()));
+  }
+  HttpResponseData out;
+  py::Ref pieces;
+  if (!result || !convert_result(result.get(), out, pieces)) return std::nullopt;
+  if (pieces) return stream(pieces.get(), std::move(out), writer);
+  return out;
+}
+
+py::Ref RouteApp::call(std::size_t route_index, const HttpRequestData& r) {
   py::Ref headers = py::Ref::steal(PyTuple_New(static_cast<Py_ssize_t>(r.headers.size())));
-  if (!headers) return std::nullopt;
+  if (!headers) return {};
   for (std::size_t i = 0; i < r.headers.size(); ++i) {
     PyObject* pair = Py_BuildValue("(NN)", str_from(r.headers[i].name).release(),
                                    str_from(r.headers[i].value).release());
-    if (!pair) return std::nullopt;
+    if (!pair) return {};
     PyTuple_SET_ITEM(headers.get(), static_cast<Py_ssize_t>(i), pair);
   }
   py::Ref params = r.path_params.empty() ? py::Ref::borrow(Py_None) : path_params_dict(r.path_params);
@@ -166,11 +210,11 @@ std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const
       std::move(params)};
   PyObject* argv[7];
   for (int i = 0; i < 7; ++i) {
-    if (!args[i]) return std::nullopt;
+    if (!args[i]) return {};
     argv[i] = args[i].get();
   }
   py::Ref request = py::Ref::steal(PyObject_Vectorcall(request_type_.get(), argv, 7, nullptr));
-  if (!request) return std::nullopt;
+  if (!request) return {};
 
   py::Ref result;
   if (r.path_params.empty()) {
@@ -180,11 +224,7 @@ std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const
     py::Ref positional = py::Ref::steal(PyTuple_Pack(1, request.get()));
     if (positional) result = py::Ref::steal(PyObject_Call(handlers_[route_index].get(), positional.get(), argv[6]));
   }
-  HttpResponseData out;
-  py::Ref pieces;
-  if (!result || !convert_result(result.get(), out, pieces)) return std::nullopt;
-  if (pieces) return stream(pieces.get(), std::move(out), writer);
-  return out;
+  return result;
 }
 
 namespace {
@@ -307,6 +347,7 @@ bool RouteApp::convert_result(PyObject* result, HttpResponseData& out, py::Ref& 
 
 void RouteApp::release_kind() {
   handlers_.clear();
+  run_alone_.reset();
   request_type_.reset();
   response_type_.reset();
   json_dumps_.reset();

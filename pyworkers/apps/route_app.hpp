@@ -24,10 +24,19 @@ class RouteApp final : public PythonApp {
   // import. With the GIL. Throws StartupError.
   static std::unique_ptr<RouteApp> create(const AppOptions& options, PyObject* api, ErrorTypes errors);
 
+  // `async def` handlers run on the worker's event loop (asgi_app.hpp); off a
+  // loop (processes) each call runs to its end on a loop of its own.
+  bool on_loop(std::size_t route_index) const override { return is_async_.at(route_index); }
+  bool needs_loop() const override;
+  py::Ref start_call(std::size_t route_index, const HttpRequestData& request) override;
+  HttpResponseData finish_call(std::size_t route_index, const HttpRequestData& request, PyObject* result) override;
+
  private:
   RouteApp(const AppOptions& options, ErrorTypes errors) : PythonApp(options, std::move(errors)) {}
   std::optional<HttpResponseData> respond(std::size_t route_index, const HttpRequestData& request,
                                           StreamWriter& writer) override;
+  // handler(request[, **path_params]); empty with a Python exception set.
+  py::Ref call(std::size_t route_index, const HttpRequestData& request);
   void release_kind() override;
   // A handler's return value as a response; false with a Python exception set.
   // An iterator body is left in `pieces` for stream() (the head in `out`).
@@ -38,6 +47,8 @@ class RouteApp final : public PythonApp {
   std::optional<HttpResponseData> stream(PyObject* pieces, HttpResponseData&& head, StreamWriter& writer);
 
   std::vector<py::Ref> handlers_;
+  std::vector<bool> is_async_;  // per route: an `async def` handler
+  py::Ref run_alone_;           // _gilgamesh_asgi.run_alone: a coroutine to its end, off a loop
   py::Ref request_type_;
   py::Ref response_type_;
   py::Ref json_dumps_;

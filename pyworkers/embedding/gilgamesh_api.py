@@ -465,7 +465,9 @@ def route(path, methods=("GET",)):
 
     def decorator(handler):
         doc = (handler.__doc__ or "").strip().splitlines()
-        _routes.append((path, methods, handler, doc[0].strip() if doc else ""))
+        # An `async def` handler (CO_COROUTINE) runs on the worker's event loop.
+        is_async = bool(getattr(getattr(handler, "__code__", None), "co_flags", 0) & 0x80)
+        _routes.append((path, methods, handler, doc[0].strip() if doc else "", is_async))
         return handler
 
     return decorator

@@ -6,7 +6,7 @@
 
 namespace gilgamesh {
 
-// Registers `gilgamesh` and the WSGI adapter's `_gilgamesh_wsgi` with
+// Registers `gilgamesh` and the adapters' `_gilgamesh_wsgi` and `_gilgamesh_asgi` with
 // PyImport_AppendInittab. Call before Py_Initialize.
 void register_gilgamesh_module();
 

@@ -416,7 +416,7 @@ nlohmann::json cache_key(const std::string& binary, const ProbeRequest& request)
           {"mode", mode_name(request.mode)},
           {"strategy", request.config.pool.strategy},
           {"app", request.config.app.target},
-          {"wsgi", request.config.app.kind == AppKind::wsgi},
+          {"kind", request.config.app.kind},
           {"preload", request.config.pool.preload},
           {"pythonpath", request.config.app.pythonpath},
           {"requests", request.requests},

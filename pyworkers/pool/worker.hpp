@@ -85,6 +85,20 @@ class Worker {
   // supervisor, with the pool's lock for this worker held: must not block. A
   // worker process ends itself here once its other lanes have answered.
   virtual void abandoned() {}
+  // A worker whose event loop holds its requests (ASGI) takes `job` over and
+  // completes it later from its own thread: true, and the pool forgets the job.
+  // Other workers run each job in handle(): false.
+  virtual bool defer(Job&) { return false; }
+  // Before a lane takes a job: waits until the worker can hold one more
+  // (an ASGI loop holds --worker-connections), at most until `until`. False:
+  // still full.
+  virtual bool wait_for_room(Clock::time_point) { return true; }
+  // Requests the worker holds beyond its lanes' (an ASGI loop's), for /stats.
+  virtual int held() const { return 0; }
+  // From the supervisor, every tick, while the worker exists (between jobs
+  // too): what a worker watches for itself (an ASGI loop: clients that left, a
+  // loop blocked past a deadline). Must not block.
+  virtual void supervise(Clock::time_point) {}
   // Between jobs: whether the worker is still there. Workers that can vanish
   // while idle (processes) say so, and the pool asks now and then.
   virtual bool can_vanish_while_idle() const { return false; }

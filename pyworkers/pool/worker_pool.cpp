@@ -190,7 +190,12 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
     }
     up = bring_up(*run, failures);
   }
-  run->worker.reset();  // on this thread: a sub-interpreter's thread states belong to it
+  std::unique_ptr<Worker> worker;
+  {
+    std::lock_guard lock(run->mutex);  // the supervisor looks at run->worker under it
+    worker = std::move(run->worker);
+  }
+  worker.reset();  // on this thread: a sub-interpreter's thread states belong to it
   run->state = WorkerState::stopped;
   // Jobs a lane took just as the run ended (abandoned, or the pool stops): back to
   // the queue for the other workers, or answered if it is closed.
@@ -219,7 +224,11 @@ bool WorkerPool::bring_up(Run& run, unsigned& failures) {
   const bool first_start = !run.worker;
   for (;;) {
     if (hard_stop_ || (stopping_ && queue_.depth() == 0 && run.carried.empty())) return false;
-    if (!run.worker) run.worker = factory_->make(run.slot);
+    if (!run.worker) {
+      std::unique_ptr<Worker> made = factory_->make(run.slot);
+      std::lock_guard lock(run.mutex);
+      run.worker = std::move(made);
+    }
     if (run.state != WorkerState::recycling) {
       run.state = first_start && run.initial ? WorkerState::starting : WorkerState::replacing;
     }
@@ -302,6 +311,7 @@ std::optional<WorkerPool::After> WorkerPool::leaving(Run& run) {
 void WorkerPool::serve(Run& run, Slot& slot, int lane) {
   Worker& worker = *run.worker;
   while (!leaving(run)) {
+    if (!worker.wait_for_room(Clock::now() + timing_.idle_check)) continue;
     std::optional<Job> job = next_job(run);
     if (!job) {
       if (queue_.closed() && queue_.depth() == 0) {
@@ -414,6 +424,10 @@ class WorkerPool::LaneSink final : public ResponseSink {
 // idle fails to take the job (handle() says job_not_taken) and the job goes to
 // its replacement.
 void WorkerPool::run_job(Run& run, Slot& slot, int lane, Job& job) {
+  if (run.worker->defer(job)) {  // an event loop holds it now, and answers it
+    ++slot.requests;
+    return;
+  }
   const std::uint64_t seq = ++job_seq_;
   {
     std::lock_guard lock(run.mutex);
@@ -492,7 +506,11 @@ void WorkerPool::supervise() {
     }
     lock.unlock();
     const auto now = Clock::now();
-    for (auto& run : current) check_deadline(*run, now);
+    for (auto& run : current) {
+      check_deadline(*run, now);
+      std::lock_guard run_lock(run->mutex);
+      if (run->worker) run->worker->supervise(now);
+    }
     lock.lock();
   }
 }
@@ -726,7 +744,8 @@ void WorkerPool::describe_lanes(Run& run, Clock::time_point now, WorkerStats& w)
     const double ms = std::round(seconds_between(lane.job_started, now) * 1e4) / 10.0;
     w.busy_ms = std::max(w.busy_ms.value_or(0.0), ms);
   }
-  if (w.state == WorkerState::idle && w.busy_threads > 0) {
+  if (run.worker) w.held = run.worker->held();
+  if (w.state == WorkerState::idle && (w.busy_threads > 0 || w.held > 0)) {
     w.state = interrupting ? WorkerState::interrupting : WorkerState::busy;
   }
 }
@@ -752,6 +771,7 @@ PoolStats WorkerPool::stats() const {
       w.threads = threads_;
       if (run) describe_lanes(*run, now, w);
       if (w.busy()) ++out.busy_workers;
+      out.held += w.held;
       if (w.pid > 0 && w.pid != self) {
         add_memory(w, w.pid);
         out.worker_pids.push_back(w.pid);

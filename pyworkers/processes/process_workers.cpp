@@ -325,9 +325,17 @@ class ProcessWorker final : public Worker {
 
 class ProcessFactory final : public WorkerFactory {
  public:
-  explicit ProcessFactory(const ServerConfig& config) : threads_(config.pool.threads), zygote_(config) {}
+  explicit ProcessFactory(const ServerConfig& config)
+      : threads_(config.pool.threads), asgi_(config.app.kind == AppKind::asgi), zygote_(config) {}
 
-  void prepare() override { zygote_.start(); }
+  void prepare() override {
+    if (asgi_) {
+      throw StartupError(StartupError::Kind::environment,
+                         "--asgi: the processes strategy does not serve ASGI apps yet; use --strategy "
+                         "subinterpreters, threads or free-threaded");
+    }
+    zygote_.start();
+  }
   std::unique_ptr<Worker> make(int slot) override {
     return std::make_unique<ProcessWorker>(zygote_, slot, threads_);
   }
@@ -347,6 +355,7 @@ class ProcessFactory final : public WorkerFactory {
 
  private:
   const int threads_;
+  const bool asgi_;
   ZygoteClient zygote_;
 };
 

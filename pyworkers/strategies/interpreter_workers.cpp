@@ -22,6 +22,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/embedding/python_runtime.hpp"
 #include "pyworkers/pool/worker.hpp"
@@ -153,6 +154,31 @@ class InProcessWorker : public Worker {
 
   bool abandonable() const override { return true; }
 
+  // --- an ASGI app: the worker's event loop holds the requests ---
+
+  bool defer(Job& job) override {
+    if (!asgi_ || !app_->on_loop(job.route_index)) return false;
+    asgi_->submit(job);
+    return true;
+  }
+  bool wait_for_room(Clock::time_point until) override { return !asgi_ || asgi_->wait_for_room(until); }
+  int held() const override {
+    std::shared_ptr<AsgiLoop> loop = current_loop();
+    return loop ? static_cast<int>(loop->in_flight()) : 0;
+  }
+  // A loop blocked past a request's deadline (a handler spinning in CPU code)
+  // gets HandlerTimeout raised in its thread, as a handler on a lane would.
+  void supervise(Clock::time_point now) override {
+    std::shared_ptr<AsgiLoop> loop = current_loop();
+    if (!loop || !loop->supervise(now)) return;
+    const std::shared_ptr<InterruptTarget> target = std::atomic_load(&loop_target_);
+    if (target && !target->helper_active.exchange(true)) {
+      spdlog::warn("worker {}: the ASGI event loop is still busy past a request's deadline; interrupting it",
+                   slot_);
+      interrupters_->launch(target, kLoopSeq);
+    }
+  }
+
   WorkerDescription describe() const override {
     WorkerDescription d;
     d.pid = getpid();
@@ -166,6 +192,34 @@ class InProcessWorker : public Worker {
     std::shared_ptr<InterruptTarget> target;         // the lane's own thread's view
     std::shared_ptr<InterruptTarget> shared_target;  // the supervisor's (atomic_load/store)
   };
+
+  // After start() loaded the app, without the GIL: an ASGI app gets its event
+  // loop (lifespan startup included). Throws StartupError.
+  void start_loop(const ServerConfig& config) {
+    if (!app_->needs_loop()) return;
+    AsgiLoop::Hooks hooks;
+    hooks.entered = [this] {
+      auto target = std::make_shared<InterruptTarget>(interp_, PyThread_get_thread_ident());
+      target->running = kLoopSeq;
+      std::atomic_store(&loop_target_, target);
+    };
+    hooks.leaving = [this] {
+      const std::shared_ptr<InterruptTarget> target = std::atomic_exchange(&loop_target_, {});
+      if (target) end_target_of(*target);
+    };
+    auto loop = std::make_shared<AsgiLoop>(interp_, *app_, config, std::move(hooks));
+    loop->start();
+    std::lock_guard lock(loop_mutex_);
+    asgi_ = std::move(loop);
+  }
+  // Before the app is released, without the GIL: the loop lets its requests
+  // finish, runs the lifespan shutdown and ends.
+  void stop_loop() {
+    if (!asgi_) return;
+    asgi_->stop();
+    std::lock_guard lock(loop_mutex_);
+    asgi_.reset();
+  }
 
   // On lane 0's thread, attached to `ts` (the worker's first thread state).
   void attach_target(PyThreadState* ts) {
@@ -194,12 +248,24 @@ class InProcessWorker : public Worker {
     current_worker() = {strategy_name(strategy_).data(), slot_};
   }
   static void end_target(Lane& l) {
-    if (!l.target) return;
-    std::lock_guard lock(l.target->mutex);
-    l.target->ended = true;
+    if (l.target) end_target_of(*l.target);
+  }
+  static void end_target_of(InterruptTarget& target) {
+    std::lock_guard lock(target.mutex);
+    target.ended = true;
+  }
+  std::shared_ptr<AsgiLoop> current_loop() const {
+    std::lock_guard lock(loop_mutex_);
+    return asgi_;
   }
 
+  // The loop's thread runs no numbered job: its interrupts carry this number.
+  static constexpr std::uint64_t kLoopSeq = ~std::uint64_t{0};
+
   std::vector<Lane> lanes_;
+  mutable std::mutex loop_mutex_;      // guards asgi_ (the supervisor reads it)
+  std::shared_ptr<AsgiLoop> asgi_;     // an ASGI app's event loop, while started
+  std::shared_ptr<InterruptTarget> loop_target_;  // its thread (atomic_load/store)
 };
 
 // --- subinterpreters ---------------------------------------------------------
@@ -223,6 +289,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   SubinterpreterWorker(const ServerConfig& config, PyInterpreterState* main_interp, int slot,
                        std::shared_ptr<Interrupters> interrupters)
       : InProcessWorker(config.pool.strategy, slot, config.pool.threads, std::move(interrupters)),
+        config_(config),
         options_(config.app),
         context_(load_context(config, false)),
         main_interp_(main_interp) {}
@@ -261,12 +328,19 @@ class SubinterpreterWorker final : public InProcessWorker {
     app_ = app_holder_.get();
     attach_target(sub);
     PyEval_SaveThread();
+    try {
+      start_loop(config_);
+    } catch (...) {
+      end();
+      throw;
+    }
     return app_->routes();
   }
 
   void end() override {
     PyThreadState* ts = lane0_ts();
     if (ts == nullptr) return;
+    stop_loop();
     detach_target();
     std::lock_guard lock(interpreter_lifecycle_mutex());
     PyEval_RestoreThread(ts);
@@ -280,6 +354,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   bool recyclable() const override { return true; }
 
  private:
+  const ServerConfig& config_;  // the factory's, which outlives its workers
   const AppOptions options_;
   const LoadContext context_;
   PyInterpreterState* main_interp_;
@@ -341,9 +416,11 @@ class SubinterpreterFactory final : public WorkerFactory {
 
 class SharedInterpreterWorker final : public InProcessWorker {
  public:
-  SharedInterpreterWorker(Strategy strategy, PyInterpreterState* interp, PythonApp* app, int slot,
-                          int threads, std::shared_ptr<Interrupters> interrupters)
-      : InProcessWorker(strategy, slot, threads, std::move(interrupters)), main_interp_(interp) {
+  SharedInterpreterWorker(const ServerConfig& config, PyInterpreterState* interp, PythonApp* app, int slot,
+                          std::shared_ptr<Interrupters> interrupters)
+      : InProcessWorker(config.pool.strategy, slot, config.pool.threads, std::move(interrupters)),
+        config_(config),
+        main_interp_(interp) {
     app_ = app;
   }
   ~SharedInterpreterWorker() override { end(); }
@@ -351,12 +428,19 @@ class SharedInterpreterWorker final : public InProcessWorker {
   std::vector<RouteInfo> start() override {
     PyThreadState* ts = PyThreadState_New(main_interp_);  // bound to this thread
     attach_target(ts);
+    try {
+      start_loop(config_);
+    } catch (...) {
+      end();
+      throw;
+    }
     return app_->routes();
   }
 
   void end() override {
     PyThreadState* ts = lane0_ts();
     if (ts == nullptr) return;
+    stop_loop();
     detach_target();
     PyEval_RestoreThread(ts);
     PyThreadState_Clear(ts);
@@ -368,6 +452,7 @@ class SharedInterpreterWorker final : public InProcessWorker {
   bool recyclable() const override { return false; }
 
  private:
+  const ServerConfig& config_;  // the factory's, which outlives its workers
   PyInterpreterState* main_interp_;
 };
 
@@ -400,8 +485,8 @@ class SharedInterpreterFactory final : public WorkerFactory {
   }
 
   std::unique_ptr<Worker> make(int slot) override {
-    return std::make_unique<SharedInterpreterWorker>(config_.pool.strategy, runtime_->main_interpreter(),
-                                                     app_.get(), slot, config_.pool.threads, interrupters_);
+    return std::make_unique<SharedInterpreterWorker>(config_, runtime_->main_interpreter(), app_.get(), slot,
+                                                     interrupters_);
   }
   std::string python_version() const override { return embedded_python_version(); }
   PythonBuild python_build() const override { return embedded_python_build(); }

@@ -170,6 +170,54 @@ boost::system::error_code parse_head(Parser& parser, std::string_view head) {
   return ec;
 }
 
+namespace {
+
+// Calls `f(name)` for each field line of `head`, in order, while it returns true.
+template <typename F>
+void each_sent_name(std::string_view head, F&& f) {
+  for (std::size_t at = head.find('\n'); at != std::string_view::npos;) {
+    const std::size_t end = head.find('\n', at + 1);
+    if (end == std::string_view::npos) return;
+    std::string_view line = head.substr(at + 1, end - at - 1);
+    at = end;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) return;
+    const std::size_t colon = line.find(':');
+    if (colon != std::string_view::npos && !f(line.substr(0, colon))) return;
+  }
+}
+
+}  // namespace
+
+std::vector<std::size_t> wire_order(std::string_view head, const Request& request) {
+  // The common case, without allocating: the fields come out as they were sent.
+  auto it = request.begin();
+  bool same = true;
+  each_sent_name(head, [&](std::string_view name) {
+    same = it != request.end() && beast::iequals(it->name_string(), name);
+    if (same) ++it;
+    return same;
+  });
+  if (same && it == request.end()) return {};
+  std::vector<std::string_view> kept;
+  for (const auto& field : request) kept.push_back(field.name_string());
+  std::vector<std::size_t> order;
+  std::vector<bool> taken(kept.size(), false);
+  bool matched = true;
+  each_sent_name(head, [&](std::string_view name) {
+    std::size_t j = 0;
+    while (j < kept.size() && (taken[j] || !beast::iequals(kept[j], name))) ++j;
+    matched = j < kept.size();
+    if (matched) {
+      taken[j] = true;
+      order.push_back(j);
+    }
+    return matched;
+  });
+  if (!matched || order.size() != kept.size()) return {};
+  return order;
+}
+
 std::optional<Refusal> framing_refusal(const Request& head) {
   std::size_t te_count = 0, cl_count = 0, host_count = 0;
   std::string_view te, cl;
@@ -304,7 +352,8 @@ std::variant<Answer, Dispatch> route(const Request& request, const std::string& 
   return d;
 }
 
-HttpRequestData job_request(Request& request, Dispatch&& d, const std::string& request_id, const Peer& peer) {
+HttpRequestData job_request(Request& request, Dispatch&& d, const std::string& request_id, const Peer& peer,
+                            const std::vector<std::size_t>& order) {
   HttpRequestData out;
   out.method = std::string(request.method_string());
   out.path = std::move(d.path);
@@ -313,6 +362,12 @@ HttpRequestData job_request(Request& request, Dispatch&& d, const std::string& r
   out.headers.reserve(16);
   for (const auto& field : request) {
     out.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+  }
+  if (!order.empty()) {
+    std::vector<Header> as_sent;
+    as_sent.reserve(order.size());
+    for (std::size_t i : order) as_sent.push_back(std::move(out.headers[i]));
+    out.headers = std::move(as_sent);
   }
   out.body = std::move(request.body());
   out.path_params = std::move(d.params);

@@ -93,6 +93,11 @@ void prepare(Parser& parser, const Limits& limits);
 // Errors are Beast's (see refusal_for).
 boost::system::error_code parse_head(Parser& parser, std::string_view head);
 
+// Beast keeps fields of the same name together; the app sees them as they came
+// (ASGI's headers are "in order"). The order of `request`'s fields (as iterated)
+// that `head` sent them in, or nothing when that is the iteration's own order.
+std::vector<std::size_t> wire_order(std::string_view head, const Request& request);
+
 // The framing and Host rules Beast's parser leaves open (see the top of this
 // file); nothing if the parsed head may be served.
 std::optional<Refusal> framing_refusal(const Request& head);
@@ -145,8 +150,9 @@ struct Peer {
 };
 
 // The plain-data request a worker gets; takes the body out of `request`.
+// `order`: wire_order()'s, for the headers.
 HttpRequestData job_request(Request& request, Dispatch&& dispatch, const std::string& request_id,
-                            const Peer& peer);
+                            const Peer& peer, const std::vector<std::size_t>& order = {});
 
 // What the response depends on besides itself.
 struct ResponseContext {

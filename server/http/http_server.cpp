@@ -248,8 +248,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     const auto* data = static_cast<const char*>(buffer_.data().data());
     parser_.emplace();
     exchange::prepare(*parser_, server_.limits);
-    const beast::error_code ec = exchange::parse_head(
-        *parser_, std::string_view(data + scanner_.blank_prefix(), scanner_.end() - scanner_.blank_prefix()));
+    const std::string_view head(data + scanner_.blank_prefix(), scanner_.end() - scanner_.blank_prefix());
+    const beast::error_code ec = exchange::parse_head(*parser_, head);
+    if (!ec) header_order_ = exchange::wire_order(head, parser_->get());
     buffer_.consume(scanner_.end());
     if (ec) return fail(ec);
     arrived_ = Clock::now();
@@ -333,7 +334,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job.route_index = dispatch.route_index;
     const auto deadline = arrived_ + seconds(server_.config.http.request_timeout);
     job.deadline = deadline;
-    job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_);
+    job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     const std::uint64_t token = ++job_token_;
     job.owner = shared_from_this();
     job.token = token;
@@ -607,6 +608,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   beast::flat_buffer buffer_;
   exchange::HeadScanner scanner_;
   std::optional<exchange::Parser> parser_;
+  std::vector<std::size_t> header_order_;  // exchange::wire_order() of the request's head
   exchange::Request request_;
   exchange::ResponseContext context_;
   exchange::WireResponse response_;

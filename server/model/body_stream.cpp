@@ -21,6 +21,19 @@ bool BodyStream::push(std::string&& chunk) {
   return true;
 }
 
+BodyStream::Offer BodyStream::offer(std::string&& chunk, std::function<void()> room) {
+  std::unique_lock lock(mutex_);
+  if (state_ != State::more) return Offer::cancelled;
+  if (!chunk.empty()) {
+    queued_bytes_ += chunk.size();
+    queued_.push_back(std::move(chunk));
+  }
+  const bool full = queued_bytes_ >= capacity_;
+  if (full) room_ = std::move(room);
+  if (auto ready = notify_locked(lock)) ready();
+  return full ? Offer::full : Offer::taken;
+}
+
 void BodyStream::finish(bool ok) {
   std::unique_lock lock(mutex_);
   if (state_ != State::more) return;
@@ -38,7 +51,7 @@ std::function<void()> BodyStream::notify_locked(std::unique_lock<std::mutex>& lo
 
 BodyStream::Taken BodyStream::take(std::function<void()> ready) {
   Taken out;
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
   out.state = state_;
   if (queued_.empty()) {
     if (state_ == State::more) ready_ = std::move(ready);
@@ -49,6 +62,10 @@ BodyStream::Taken BodyStream::take(std::function<void()> ready) {
   queued_.clear();
   queued_bytes_ = 0;
   space_.notify_all();
+  std::function<void()> room = std::move(room_);
+  room_ = nullptr;
+  lock.unlock();
+  if (room) room();
   return out;
 }
 
@@ -58,7 +75,10 @@ void BodyStream::cancel() {
   queued_.clear();
   queued_bytes_ = 0;
   space_.notify_all();
+  std::function<void()> room = std::move(room_);
+  room_ = nullptr;
   if (auto ready = notify_locked(lock)) ready();  // a consumer waiting learns it is over
+  if (room) room();
 }
 
 }  // namespace gilgamesh

@@ -47,6 +47,13 @@ class BodyStream {
   // bytes are already queued. False once the consumer has cancelled: the
   // client is gone, stop producing.
   bool push(std::string&& chunk);
+  // push() for a producer that must never wait (an ASGI worker's event loop):
+  // `chunk` is queued at once, even past the capacity. `full`: the capacity is
+  // reached, produce no more until `room` is called (once, from the consumer's
+  // thread when it took what was queued, or from cancel()). `cancelled`: the
+  // client is gone, nothing was queued.
+  enum class Offer { taken, full, cancelled };
+  Offer offer(std::string&& chunk, std::function<void()> room);
   // The body is whole (ok) or broke off after the head (!ok: the connection
   // closes without ending the body, so the client sees it truncated).
   void finish(bool ok);
@@ -75,6 +82,7 @@ class BodyStream {
   std::size_t queued_bytes_ = 0;
   State state_ = State::more;
   std::function<void()> ready_;
+  std::function<void()> room_;  // offer()'s producer, waiting for the queue to drain
 };
 
 // Where a handler's thread sends an answer that streams. Called in order:

@@ -141,11 +141,12 @@ struct WorkerStats {
   std::optional<std::int64_t> interpreter_id;
   int threads = 1;                             // lanes (--threads)
   int busy_threads = 0;                        // lanes running a job now
+  int held = 0;                                // requests on the worker's event loop (ASGI)
   std::optional<double> busy_ms;               // how long the longest-running job has run
   std::optional<std::uint64_t> rss_bytes;      // a worker that is its own process
   std::optional<std::uint64_t> pss_bytes;
 
-  bool busy() const { return busy_threads > 0; }
+  bool busy() const { return busy_threads > 0 || held > 0; }
 };
 
 // The pool's live figures: /stats renders them as JSON, /metrics as gauges and
@@ -157,6 +158,7 @@ struct PoolStats {
   int ready_workers = 0;
   int threads_per_worker = 1;
   int busy_threads = 0;
+  int held = 0;                                // requests on the workers' event loops (ASGI)
   std::uint64_t replacements_total = 0;
   std::uint64_t interrupted_total = 0;
   std::uint64_t killed_total = 0;

@@ -9,8 +9,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, io_thre
                                                 access_log, dashboard)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
                                                 workers, threads, worker_spin_us, max_queue, max_abandoned,
-                                                max_requests, max_requests_jitter, allow_gil, preload)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, root_path, max_response,
+                                                max_requests, max_requests_jitter, allow_gil, preload,
+                                                worker_connections)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, lifespan, root_path, max_response,
                                                 pythonpath, debug)
 
 void to_json(nlohmann::json& j, const ServerConfig& c) {

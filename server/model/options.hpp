@@ -56,19 +56,25 @@ struct PoolOptions {
   bool allow_gil = false;                      // free-threaded: run even if the GIL came back
   bool preload = false;                        // import the app in the main interpreter before
                                                // the workers start (gunicorn's --preload)
+  int worker_connections = 1000;               // ASGI: requests a worker's event loop holds at
+                                               // once; past it they wait in the queue (gunicorn's
+                                               // --worker-connections, uvicorn's --limit-concurrency)
 
   std::chrono::microseconds worker_spin() const { return std::chrono::microseconds(worker_spin_us > 0 ? worker_spin_us : 0); }
   int abandoned_limit() const { return max_abandoned > 0 ? max_abandoned : 2 * workers; }
 };
 
 // What to serve, and how its answers are bounded.
-enum class AppKind { routes, wsgi };
+enum class AppKind { routes, wsgi, asgi };
+// ASGI lifespan: auto runs it when the app supports it; on requires it; off skips it.
+enum class Lifespan { automatic, on, off };
 struct AppOptions {
   std::string target = "handlers.demo";        // routes: the module of @gilgamesh.route handlers;
-                                               // wsgi: MODULE:CALLABLE
+                                               // wsgi, asgi: MODULE:CALLABLE
   AppKind kind = AppKind::routes;
+  Lifespan lifespan = Lifespan::automatic;     // asgi
   std::string root_path;                       // the URL prefix the app is mounted at (WSGI
-                                               // SCRIPT_NAME)
+                                               // SCRIPT_NAME, ASGI root_path)
   std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
   std::vector<std::string> pythonpath;         // prepended to sys.path (the working dir follows)
   bool debug = false;                          // error bodies carry the exception and traceback
@@ -89,7 +95,10 @@ NLOHMANN_JSON_SERIALIZE_ENUM(Strategy, {{Strategy::subinterpreters, "subinterpre
                                         {Strategy::automatic, "auto"}})
 NLOHMANN_JSON_SERIALIZE_ENUM(PythonBuild, {{PythonBuild::standard, "default"},
                                            {PythonBuild::free_threaded, "free-threaded"}})
-NLOHMANN_JSON_SERIALIZE_ENUM(AppKind, {{AppKind::routes, "routes"}, {AppKind::wsgi, "wsgi"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(AppKind, {{AppKind::routes, "routes"}, {AppKind::wsgi, "wsgi"},
+                                       {AppKind::asgi, "asgi"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(Lifespan, {{Lifespan::automatic, "auto"}, {Lifespan::on, "on"},
+                                        {Lifespan::off, "off"}})
 
 // For the processes strategy's zygote, started by executing the binary again:
 // the options travel as JSON on its command line. Every field, by its name.

@@ -1,4 +1,4 @@
-"""Test app: a raw ASGI 3 application, no framework (tests/pending/test_asgi.py).
+"""Test app: a raw ASGI 3 application, no framework (tests/blackbox/test_asgi.py).
 `--asgi asgi_conformance:app` (or the factory `asgi_conformance:create_app()`).
 
 It reports what the server gives it (the scope, the request body's messages) and breaks the

@@ -1,5 +1,5 @@
 """Test app: a small Starlette application (Starlette 0.46 from Debian trixie, with
-scripts/fetch-trixie-site.sh), for tests/pending/test_asgi.py. `--asgi asgi_starlette:app`.
+scripts/fetch-trixie-site.sh), for tests/blackbox/test_asgi.py. `--asgi asgi_starlette:app`.
 
 Routes:
   GET  /                      JSON {"hello": "starlette"}

@@ -1,5 +1,5 @@
 """Test app: `async def` route handlers under @gilgamesh.route, next to a synchronous one
-(tests/pending/test_asgi.py). `--app async_routes`.
+(tests/blackbox/test_asgi.py). `--app async_routes`.
 
 Routes:
   /sync/hello                "hello" from a plain def (today's path)

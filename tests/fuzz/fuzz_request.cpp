@@ -168,12 +168,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     exchange::Parser parser;
     exchange::prepare(parser, world.limits);
-    auto ec = exchange::parse_head(
-        parser, rest.substr(scanner.blank_prefix(), scanner.end() - scanner.blank_prefix()));
+    const std::string_view head = rest.substr(scanner.blank_prefix(), scanner.end() - scanner.blank_prefix());
+    auto ec = exchange::parse_head(parser, head);
+    std::vector<std::size_t> order;
+    if (!ec) order = exchange::wire_order(head, parser.get());
     rest.remove_prefix(scanner.end());
     if (ec) {
       if (auto refusal = exchange::refusal_for(ec, world.limits)) wire += answer_refusal(*refusal);
       return 0;
+    }
+    if (!order.empty()) {  // a permutation of the parsed fields, each index once
+      std::vector<bool> seen(order.size(), false);
+      std::size_t fields = 0;
+      for (const auto& f : parser.get()) (void)f, ++fields;
+      if (order.size() != fields) fail("wire_order is not a permutation of the fields", "");
+      for (std::size_t i : order) {
+        if (i >= seen.size() || seen[i]) fail("wire_order is not a permutation of the fields", "");
+        seen[i] = true;
+      }
     }
     if (auto refusal = exchange::framing_refusal(parser.get())) {
       wire += answer_refusal(*refusal);
@@ -216,7 +228,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       job.route_index = dispatch.route_index;
       auto owner = std::make_shared<Owner>();
       job.owner = owner;
-      job.request = exchange::job_request(request, std::move(dispatch), context.request_id, exchange::Peer{});
+      job.request = exchange::job_request(request, std::move(dispatch), context.request_id, exchange::Peer{}, order);
       world.executor.submit(job);
       if (!owner->done) fail("the executor did not answer", "");
       response = std::move(owner->response);

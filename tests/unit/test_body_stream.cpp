@@ -89,3 +89,28 @@ TEST(BodyStream, CancellingWakesAWaitingConsumerAndNeverPosesAsWhole) {
   other.producer->cancel();
   EXPECT_TRUE(called);
 }
+
+// offer(): the event loop's push, which never waits.
+TEST(BodyStream, OfferNeverWaitsAndCallsRoomOnceTheConsumerTook) {
+  BodyStream::Ends ends = BodyStream::make(10);
+  int rooms = 0;
+  EXPECT_EQ(ends.producer->offer("abc", [&] { ++rooms; }), BodyStream::Offer::taken);
+  // Past the capacity it is still queued (never lost), and the producer is told to wait.
+  EXPECT_EQ(ends.producer->offer(std::string(20, 'x'), [&] { ++rooms; }), BodyStream::Offer::full);
+  EXPECT_EQ(rooms, 0);
+  BodyStream::Taken t = ends.consumer->take(nullptr);
+  ASSERT_EQ(t.chunks.size(), 2u);
+  EXPECT_EQ(t.chunks[1].size(), 20u);
+  EXPECT_EQ(rooms, 1) << "room was not called when the consumer took what was queued";
+  ends.consumer->take(nullptr);
+  EXPECT_EQ(rooms, 1) << "room is called once per full offer";
+}
+
+TEST(BodyStream, OfferAfterTheClientLeftSaysSoAndAPendingRoomIsCalled) {
+  BodyStream::Ends ends = BodyStream::make(4);
+  int rooms = 0;
+  EXPECT_EQ(ends.producer->offer("abcdef", [&] { ++rooms; }), BodyStream::Offer::full);
+  ends.consumer.reset();  // the connection dropped the answer: cancelled
+  EXPECT_EQ(rooms, 1) << "a producer waiting for room must learn the client left";
+  EXPECT_EQ(ends.producer->offer("more", [&] { ++rooms; }), BodyStream::Offer::cancelled);
+}

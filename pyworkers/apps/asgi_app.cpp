@@ -1,0 +1,656 @@
+#include "pyworkers/apps/asgi_app.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// How late past its deadline a request may still be on the loop before the loop
+// counts as blocked (it cancels the request's task at the deadline itself), how
+// often a blocked loop is interrupted again, and how often clients are looked at.
+constexpr auto kBlockedAfter = 500ms;
+constexpr auto kInterruptEvery = 200ms;
+constexpr auto kClientCheckEvery = 250ms;
+constexpr const char* kCapsuleName = "gilgamesh.asgi_loop";
+
+py::Ref bytes_of(std::string_view s) {
+  return py::Ref::steal(PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())));
+}
+
+py::Ref str_of(std::string_view s) {
+  return py::Ref::steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+}
+
+py::Ref host_port(const std::string& host, std::uint16_t port) {
+  py::Ref h = str_of(host);
+  if (!h) return {};
+  return py::Ref::steal(Py_BuildValue("(Oi)", h.get(), static_cast<int>(port)));
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+// A status and [(name, value)] of bytes (the Python half checked the types) as a head.
+bool head_from(PyObject* status, PyObject* headers, HttpResponseData& out) {
+  const long code = PyLong_AsLong(status);
+  if (code == -1 && PyErr_Occurred()) return false;
+  out.status = static_cast<int>(code < 0 || code > 100000 ? 0 : code);
+  py::Ref seq = py::Ref::steal(PySequence_Fast(headers, "the headers must be a sequence"));
+  if (!seq) return false;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
+  out.headers.reserve(static_cast<std::size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* pair = PySequence_Fast_GET_ITEM(seq.get(), i);
+    PyObject* name = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 ? PyTuple_GET_ITEM(pair, 0) : nullptr;
+    PyObject* value = name ? PyTuple_GET_ITEM(pair, 1) : nullptr;
+    if (!name || !PyBytes_Check(name) || !PyBytes_Check(value)) {
+      PyErr_SetString(PyExc_TypeError, "a response header must be a (bytes, bytes) tuple");
+      return false;
+    }
+    out.headers.push_back({std::string(PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))),
+                           std::string(PyBytes_AS_STRING(value), static_cast<std::size_t>(PyBytes_GET_SIZE(value)))});
+  }
+  return true;
+}
+
+std::uint64_t rid_of(PyObject* o) { return PyLong_AsUnsignedLongLong(o); }
+
+}  // namespace
+
+// --- AsgiApp ---------------------------------------------------------------------------------
+
+std::unique_ptr<AsgiApp> AsgiApp::create(const AppOptions& options, PyObject* module, ErrorTypes errors) {
+  std::unique_ptr<AsgiApp> a(new AsgiApp(options, std::move(errors)));
+  a->routes_.push_back({"*", {}, "ASGI application " + options.target});
+  const std::string expression = options.target.substr(options.target.find(':') + 1);
+  py::Ref adapter = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));
+  if (!adapter) return nullptr;
+  a->app_ = py::Ref::steal(PyObject_CallMethod(adapter.get(), "resolve", "Os", module, expression.c_str()));
+  if (!a->app_) return nullptr;
+  return a;
+}
+
+AsgiApp::~AsgiApp() {
+  // Without the GIL references can only be dropped on the floor; release() must have run.
+  (void)app_.release();
+}
+
+std::optional<HttpResponseData> AsgiApp::respond(std::size_t, const HttpRequestData&, StreamWriter&) {
+  PyErr_SetString(PyExc_RuntimeError, "an ASGI app is served by its worker's event loop");
+  return std::nullopt;
+}
+
+
+// --- the loop's inbox ------------------------------------------------------------------------
+
+// What the server tells the loop, in order; the eventfd rings when the inbox
+// turns non-empty. Shared with the room callbacks of the streams, which may
+// outlive the loop.
+struct AsgiLoop::Inbox {
+  enum class Kind { request, room, gone, stop };
+  struct Event {
+    Kind kind;
+    std::uint64_t rid;
+  };
+
+  Inbox() : fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd < 0) throw StartupError(StartupError::Kind::worker, "eventfd failed for an ASGI worker's loop");
+  }
+  ~Inbox() { ::close(fd); }
+
+  void post(Kind kind, std::uint64_t rid = 0) {
+    bool ring;
+    {
+      std::lock_guard lock(mutex);
+      events.push_back({kind, rid});
+      ring = !std::exchange(rung, true);
+    }
+    if (ring) {
+      const std::uint64_t one = 1;
+      (void)!::write(fd, &one, sizeof one);
+    }
+  }
+  std::vector<Event> take() {
+    std::lock_guard lock(mutex);
+    rung = false;
+    return std::exchange(events, {});
+  }
+
+  const int fd;
+  std::mutex mutex;
+  std::vector<Event> events;
+  bool rung = false;
+};
+
+// A request the loop holds, from submit() to the loop's done().
+struct AsgiLoop::Pending {
+  Job job;
+  std::shared_ptr<BodyStream> stream;  // the producer's end, while a streamed body is open
+  bool answered = false;               // the head went out (or the 504 is the connection's)
+  bool gone_told = false;              // the loop was told the client left
+};
+
+AsgiLoop::Pending* AsgiLoop::find(std::uint64_t rid) {
+  std::lock_guard lock(mutex_);
+  auto it = pending_.find(rid);
+  return it == pending_.end() ? nullptr : it->second.get();
+}
+
+// --- the mailbox: what the Python half calls, on the loop's thread, with its GIL ---------------
+
+class AsgiLoop::Mailbox {
+ public:
+  static PyObject* make(AsgiLoop* loop, PyObject* module);
+
+ private:
+  static AsgiLoop* loop_of(PyObject* capsule) {
+    return static_cast<AsgiLoop*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+  }
+  // The request behind `rid`, or nullptr (it was done already).
+  static Pending* pending(PyObject* capsule, PyObject* rid, AsgiLoop** loop = nullptr) {
+    AsgiLoop* l = loop_of(capsule);
+    if (loop) *loop = l;
+    const std::uint64_t id = rid_of(rid);
+    if (PyErr_Occurred()) return nullptr;
+    return l ? l->find(id) : nullptr;
+  }
+  static void mark_answered(AsgiLoop* loop, Pending* p) {
+    std::lock_guard lock(loop->mutex_);
+    p->answered = true;
+  }
+  // Hands `response` to the connection, the GIL released (the connection's side
+  // takes locks of its own). False: the connection is gone.
+  static bool complete(Pending* p, HttpResponseData&& response) {
+    bool delivered;
+    Py_BEGIN_ALLOW_THREADS
+    delivered = p->job.complete(std::move(response));
+    Py_END_ALLOW_THREADS
+    return delivered;
+  }
+  // The head as the app gave it, or (logged) the 500 of a head that breaks a rule.
+  static bool checked(AsgiLoop* loop, Pending* p, HttpResponseData& head) {
+    const std::string why = response_violation(head);
+    if (why.empty()) return true;
+    spdlog::error("request {}: ASGI app {} sent a response that breaks a rule: {}; answered 500",
+                  p->job.request.request_id, loop->target_, why);
+    head = make_error_response(500, "internal server error", p->job.request.request_id);
+    return false;
+  }
+
+  static PyObject* take(PyObject* self, PyObject*);
+  static PyObject* respond(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* open(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* push(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* finish(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* fail(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* cut(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* timed_out(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* done(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* result(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* error(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static py::Ref request_object(AsgiLoop* loop, const HttpRequestData& r);
+};
+
+py::Ref AsgiLoop::Mailbox::request_object(AsgiLoop* loop, const HttpRequestData& r) {
+  const std::string_view target(r.target);
+  const std::string_view raw_path = target.substr(0, target.find('?'));
+  py::Ref headers = py::Ref::steal(PyList_New(static_cast<Py_ssize_t>(r.headers.size())));
+  if (!headers) return {};
+  for (std::size_t i = 0; i < r.headers.size(); ++i) {
+    PyObject* pair = Py_BuildValue("(y#y#)", lower(r.headers[i].name).c_str(),
+                                   static_cast<Py_ssize_t>(r.headers[i].name.size()), r.headers[i].value.data(),
+                                   static_cast<Py_ssize_t>(r.headers[i].value.size()));
+    if (!pair) return {};
+    PyList_SET_ITEM(headers.get(), static_cast<Py_ssize_t>(i), pair);
+  }
+  const std::string_view version = r.http_version == "HTTP/1.0" ? "1.0" : "1.1";
+  py::Ref method = str_of(r.method), path = str_of(r.path), raw = bytes_of(raw_path),
+          query = bytes_of(r.query_string), body = bytes_of(r.body), http_version = str_of(version),
+          client = host_port(r.remote_addr, r.remote_port), server = host_port(r.server_addr, r.server_port),
+          request_id = str_of(r.request_id);
+  if (!method || !path || !raw || !query || !body || !http_version || !client || !server || !request_id) return {};
+  return py::Ref::steal(PyObject_CallFunctionObjArgs(loop->request_type_, method.get(), path.get(), raw.get(),
+                                                     query.get(), headers.get(), body.get(), http_version.get(),
+                                                     client.get(), server.get(), request_id.get(), nullptr));
+}
+
+// take() -> [("request", rid, Request, seconds_left) | ("room", rid) | ("gone", rid) | ("stop",)]
+PyObject* AsgiLoop::Mailbox::take(PyObject* self, PyObject*) {
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  const std::vector<Inbox::Event> events = loop->inbox_->take();
+  py::Ref out = py::Ref::steal(PyList_New(0));
+  if (!out) return nullptr;
+  const auto now = Clock::now();
+  for (const Inbox::Event& e : events) {
+    py::Ref item;
+    switch (e.kind) {
+      case Inbox::Kind::request: {
+        Pending* p = loop->find(e.rid);
+        if (!p) continue;
+        const double left = std::chrono::duration<double>(p->job.deadline - now).count();
+        if (loop->asgi_ == nullptr) {  // an `async def` route handler: its coroutine
+          py::Ref call = loop->app_.start_call(p->job.route_index, p->job.request);
+          if (!call) {
+            loop->answer_now(e.rid, loop->app_.error_answer(p->job.route_index, p->job.request));
+            continue;
+          }
+          item = py::Ref::steal(Py_BuildValue("(sKOd)", "call", static_cast<unsigned long long>(e.rid),
+                                              call.get(), left));
+          break;
+        }
+        py::Ref request = request_object(loop, p->job.request);
+        if (!request) return nullptr;
+        item = py::Ref::steal(Py_BuildValue("(sKOd)", "request", static_cast<unsigned long long>(e.rid),
+                                            request.get(), left));
+        break;
+      }
+      case Inbox::Kind::room:
+        item = py::Ref::steal(Py_BuildValue("(sK)", "room", static_cast<unsigned long long>(e.rid)));
+        break;
+      case Inbox::Kind::gone:
+        item = py::Ref::steal(Py_BuildValue("(sK)", "gone", static_cast<unsigned long long>(e.rid)));
+        break;
+      case Inbox::Kind::stop:
+        item = py::Ref::steal(Py_BuildValue("(s)", "stop"));
+        break;
+    }
+    if (!item || PyList_Append(out.get(), item.get()) < 0) return nullptr;
+  }
+  return out.release();
+}
+
+// respond(rid, status, headers, body) -> bool: a whole answer, in one hand-off.
+PyObject* AsgiLoop::Mailbox::respond(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 || !PyBytes_Check(args[3])) return PyErr_Format(PyExc_TypeError, "respond(rid, status, headers, body)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_False);
+  HttpResponseData response;
+  if (!head_from(args[1], args[2], response)) return nullptr;
+  response.body.assign(PyBytes_AS_STRING(args[3]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[3])));
+  checked(loop, p, response);
+  mark_answered(loop, p);
+  return PyBool_FromLong(complete(p, std::move(response)));
+}
+
+// open(rid, status, headers) -> bool: the head of an answer whose body streams.
+// False: the client is gone, or the head broke a rule (answered 500).
+PyObject* AsgiLoop::Mailbox::open(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "open(rid, status, headers)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_False);
+  HttpResponseData head;
+  if (!head_from(args[1], args[2], head)) return nullptr;
+  const bool valid = checked(loop, p, head);
+  if (valid) {
+    BodyStream::Ends ends = BodyStream::make();
+    head.stream = std::move(ends.consumer);
+    p->stream = std::move(ends.producer);
+  }
+  mark_answered(loop, p);
+  const bool delivered = complete(p, std::move(head));
+  return PyBool_FromLong(valid && delivered);
+}
+
+// push(rid, data) -> 0 taken | 1 taken, but wait for ("room", rid) | 2 the client is gone
+PyObject* AsgiLoop::Mailbox::push(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyBytes_Check(args[1])) return PyErr_Format(PyExc_TypeError, "push(rid, bytes)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p || !p->stream) return PyErr_Occurred() ? nullptr : PyLong_FromLong(2);
+  const std::uint64_t rid = rid_of(args[0]);
+  std::weak_ptr<Inbox> inbox = loop->inbox_;
+  const BodyStream::Offer offered = p->stream->offer(
+      std::string(PyBytes_AS_STRING(args[1]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[1]))),
+      [inbox, rid] {
+        if (auto in = inbox.lock()) in->post(Inbox::Kind::room, rid);
+      });
+  switch (offered) {
+    case BodyStream::Offer::taken: return PyLong_FromLong(0);
+    case BodyStream::Offer::full: return PyLong_FromLong(1);
+    case BodyStream::Offer::cancelled: break;
+  }
+  return PyLong_FromLong(2);
+}
+
+// finish(rid, ok): the streamed body is whole, or broke off.
+PyObject* AsgiLoop::Mailbox::finish(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return PyErr_Format(PyExc_TypeError, "finish(rid, ok)");
+  Pending* p = pending(self, args[0]);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  if (p->stream) {
+    p->stream->finish(PyObject_IsTrue(args[1]) == 1);
+    p->stream.reset();
+  }
+  Py_RETURN_NONE;
+}
+
+// fail(rid, summary, traceback): the app raised or broke the protocol before
+// anything was sent: logged with the request id, answered 500.
+PyObject* AsgiLoop::Mailbox::fail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "fail(rid, summary, traceback)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  const std::string summary = py::to_string(args[1]), traceback = py::to_string(args[2]);
+  const std::string& id = p->job.request.request_id;
+  spdlog::error("request {}: ASGI app {} raised {}\n{}", id, loop->target_, summary, traceback);
+  HttpResponseData response = make_error_response(500, "internal server error", id);
+  if (loop->app_.debug()) {
+    response.body = nlohmann::json{{"error", "internal server error"}, {"request_id", id},
+                                   {"exception", summary}, {"traceback", traceback}}
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  mark_answered(loop, p);
+  complete(p, std::move(response));
+  Py_RETURN_NONE;
+}
+
+// cut(rid, summary, traceback): the same after the head went out: logged, and
+// the body ends without its last chunk (the connection closes).
+PyObject* AsgiLoop::Mailbox::cut(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "cut(rid, summary, traceback)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  spdlog::error("request {}: ASGI app {} raised after the head was sent; the connection is closed with the "
+                "body cut short: {}\n{}", p->job.request.request_id, loop->target_, py::to_string(args[1]),
+                py::to_string(args[2]));
+  if (p->stream) {
+    p->stream->finish(false);
+    p->stream.reset();
+  }
+  Py_RETURN_NONE;
+}
+
+// timed_out(rid): cancelled at its deadline; the connection answers 504 itself.
+PyObject* AsgiLoop::Mailbox::timed_out(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1) return PyErr_Format(PyExc_TypeError, "timed_out(rid)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  mark_answered(loop, p);
+  Py_RETURN_NONE;
+}
+
+// result(rid, value): what an `async def` route handler returned, answered as a
+// handler's return value is.
+PyObject* AsgiLoop::Mailbox::result(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return PyErr_Format(PyExc_TypeError, "result(rid, value)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  HttpResponseData response = loop->app_.finish_call(p->job.route_index, p->job.request, args[1]);
+  mark_answered(loop, p);
+  complete(p, std::move(response));
+  Py_RETURN_NONE;
+}
+
+// error(rid, exception): what it raised instead (HTTPError's status, else a logged 500).
+PyObject* AsgiLoop::Mailbox::error(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyExceptionInstance_Check(args[1])) return PyErr_Format(PyExc_TypeError, "error(rid, exception)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  PyErr_SetRaisedException(Py_NewRef(args[1]));
+  HttpResponseData response = loop->app_.error_answer(p->job.route_index, p->job.request);
+  mark_answered(loop, p);
+  complete(p, std::move(response));
+  Py_RETURN_NONE;
+}
+
+// done(rid): the request's task has ended; its place on the loop is free.
+PyObject* AsgiLoop::Mailbox::done(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1) return PyErr_Format(PyExc_TypeError, "done(rid)");
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  const std::uint64_t rid = rid_of(args[0]);
+  if (PyErr_Occurred()) return nullptr;
+  std::unique_ptr<Pending> p;
+  {
+    std::lock_guard lock(loop->mutex_);
+    auto it = loop->pending_.find(rid);
+    if (it == loop->pending_.end()) Py_RETURN_NONE;
+    p = std::move(it->second);
+    loop->pending_.erase(it);
+  }
+  loop->changed_.notify_all();
+  Py_BEGIN_ALLOW_THREADS
+  if (p->stream) p->stream->finish(false);  // never said how it ended: cut, not whole
+  if (!p->answered) {
+    p->job.complete(make_error_response(500, "the ASGI app ended without an answer", p->job.request.request_id));
+  }
+  p.reset();  // a Job's destructor takes no Python lock, but may take the connection's
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
+  static PyMethodDef defs[] = {
+      {"take", reinterpret_cast<PyCFunction>(&take), METH_NOARGS, nullptr},
+      {"respond", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&respond)), METH_FASTCALL, nullptr},
+      {"open", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&open)), METH_FASTCALL, nullptr},
+      {"push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&push)), METH_FASTCALL, nullptr},
+      {"finish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&finish)), METH_FASTCALL, nullptr},
+      {"fail", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fail)), METH_FASTCALL, nullptr},
+      {"cut", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cut)), METH_FASTCALL, nullptr},
+      {"timed_out", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&timed_out)), METH_FASTCALL,
+       nullptr},
+      {"done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&done)), METH_FASTCALL, nullptr},
+      {"result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&result)), METH_FASTCALL, nullptr},
+      {"error", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&error)), METH_FASTCALL, nullptr},
+  };
+  py::Ref capsule = py::Ref::steal(PyCapsule_New(loop, kCapsuleName, nullptr));
+  py::Ref kwargs = py::Ref::steal(PyDict_New());
+  if (!capsule || !kwargs) return nullptr;
+  for (PyMethodDef& def : defs) {
+    py::Ref fn = py::Ref::steal(PyCFunction_New(&def, capsule.get()));
+    if (!fn || PyDict_SetItemString(kwargs.get(), def.ml_name, fn.get()) < 0) return nullptr;
+  }
+  py::Ref factory = py::Ref::steal(PyObject_GetAttrString(module, "mailbox"));
+  py::Ref no_args = py::Ref::steal(PyTuple_New(0));
+  if (!factory || !no_args) return nullptr;
+  return PyObject_Call(factory.get(), no_args.get(), kwargs.get());
+}
+
+// --- AsgiLoop --------------------------------------------------------------------------------
+
+AsgiLoop::AsgiLoop(PyInterpreterState* interp, PythonApp& app, const ServerConfig& config, Hooks hooks)
+    : interp_(interp),
+      app_(app),
+      asgi_(dynamic_cast<AsgiApp*>(&app) ? dynamic_cast<AsgiApp&>(app).callable() : nullptr),
+      target_(config.app.target),
+      limit_(static_cast<std::size_t>(std::max(1, config.pool.worker_connections))),
+      lifespan_(asgi_ == nullptr || config.app.lifespan == Lifespan::off ? "off"
+                : config.app.lifespan == Lifespan::on                  ? "on"
+                                                                       : "auto"),
+      root_path_(config.app.root_path),
+      hooks_(std::move(hooks)),
+      inbox_(std::make_shared<Inbox>()) {}
+
+AsgiLoop::~AsgiLoop() { stop(); }
+
+void AsgiLoop::start() {
+  thread_ = std::thread([this] { thread_main(); });
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return start_reported_; });
+  if (start_error_.empty()) return;
+  const std::string error = start_error_;
+  lock.unlock();
+  thread_.join();
+  throw StartupError("cannot start ASGI app '" + target_ + "': " + error);
+}
+
+void AsgiLoop::started(std::string error) {
+  {
+    std::lock_guard lock(mutex_);
+    if (start_reported_) return;
+    start_reported_ = true;
+    start_error_ = std::move(error);
+  }
+  changed_.notify_all();
+}
+
+void AsgiLoop::thread_main() {
+  PyThreadState* ts = PyThreadState_New(interp_);
+  PyEval_RestoreThread(ts);
+  if (hooks_.entered) hooks_.entered();
+  {
+    py::Ref module = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));
+    if (!module || !run_python(module.get())) {
+      started("the ASGI adapter failed: " + py::fetch_error_summary());
+    }
+    Py_CLEAR(request_type_);
+  }
+  PyEval_SaveThread();
+  if (hooks_.leaving) hooks_.leaving();
+  PyEval_RestoreThread(ts);
+  PyThreadState_Clear(ts);
+  PyThreadState_DeleteCurrent();
+  // What the loop left unanswered (it failed to start, or its Python broke).
+  std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> left;
+  {
+    std::lock_guard lock(mutex_);
+    left.swap(pending_);
+  }
+  changed_.notify_all();
+  for (auto& [rid, p] : left) {
+    if (p->stream) p->stream->finish(false);
+    if (!p->answered) {
+      p->job.complete(make_error_response(503, "the worker's event loop has stopped", p->job.request.request_id));
+    }
+  }
+}
+
+// With the loop thread's GIL. False with a Python exception set when the adapter
+// itself broke; the app's own failures are reported through started().
+bool AsgiLoop::run_python(PyObject* module) {
+  request_type_ = PyObject_GetAttrString(module, "Request");
+  py::Ref worker_type = py::Ref::steal(PyObject_GetAttrString(module, "Worker"));
+  if (!request_type_ || !worker_type) return false;
+  py::Ref mailbox = py::Ref::steal(Mailbox::make(this, module));
+  if (!mailbox) return false;
+  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssO", asgi_ ? asgi_ : Py_None,
+                                                        mailbox.get(), lifespan_.c_str(), root_path_.c_str(),
+                                                        app_.handler_timeout_type()));
+  if (!worker) return false;
+  py::Ref problem = py::Ref::steal(PyObject_CallMethod(worker.get(), "startup", nullptr));
+  if (!problem) {
+    py::ErrorText error = py::fetch_error();
+    spdlog::debug("{}", error.traceback);
+    started("lifespan startup raised " + error.summary);
+  } else if (problem.get() != Py_None) {
+    started(py::to_string(problem.get()));
+  }
+  if (problem && problem.get() == Py_None) {
+    started({});
+    for (;;) {
+      py::Ref served = py::Ref::steal(PyObject_CallMethod(worker.get(), "serve", "i", inbox_->fd));
+      if (served) break;
+      // Raised out of the loop itself: a HandlerTimeout that hit the loop's own code
+      // rather than a handler (the loop serves on), or a fault of the adapter.
+      const bool timeout = PyErr_ExceptionMatches(app_.handler_timeout_type());
+      py::ErrorText error = py::fetch_error();
+      if (timeout) continue;
+      spdlog::error("ASGI app {}: the event loop raised {}; it serves on\n{}", target_, error.summary,
+                    error.traceback);
+    }
+    py::Ref shutdown = py::Ref::steal(PyObject_CallMethod(worker.get(), "shutdown", nullptr));
+    if (!shutdown) {
+      spdlog::error("ASGI app {}: lifespan shutdown raised {}", target_, py::fetch_error_summary());
+    } else if (shutdown.get() != Py_None) {
+      spdlog::error("ASGI app {}: {}", target_, py::to_string(shutdown.get()));
+    }
+  }
+  py::Ref closed = py::Ref::steal(PyObject_CallMethod(worker.get(), "close", nullptr));
+  if (!closed) PyErr_Clear();
+  return true;
+}
+
+void AsgiLoop::answer_now(std::uint64_t rid, HttpResponseData&& response) {
+  std::unique_ptr<Pending> p;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = pending_.find(rid);
+    if (it == pending_.end()) return;
+    p = std::move(it->second);
+    pending_.erase(it);
+  }
+  changed_.notify_all();
+  Py_BEGIN_ALLOW_THREADS
+  p->job.complete(std::move(response));
+  p.reset();
+  Py_END_ALLOW_THREADS
+}
+
+void AsgiLoop::submit(Job& job) {
+  auto p = std::make_unique<Pending>();
+  p->job = std::move(job);
+  p->job.sink = nullptr;
+  std::uint64_t rid;
+  {
+    std::lock_guard lock(mutex_);
+    rid = ++next_rid_;
+    pending_.emplace(rid, std::move(p));
+  }
+  inbox_->post(Inbox::Kind::request, rid);
+}
+
+bool AsgiLoop::wait_for_room(Clock::time_point until) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_until(lock, until, [&] { return pending_.size() < limit_; });
+}
+
+std::size_t AsgiLoop::in_flight() const {
+  std::lock_guard lock(mutex_);
+  return pending_.size();
+}
+
+bool AsgiLoop::supervise(Clock::time_point now) {
+  std::vector<std::uint64_t> gone;
+  bool blocked = false;
+  {
+    std::lock_guard lock(mutex_);
+    const bool look_at_clients = now >= next_client_check_;
+    if (look_at_clients) next_client_check_ = now + kClientCheckEvery;
+    for (auto& [rid, p] : pending_) {
+      if (p->answered) continue;
+      if (now > p->job.deadline + kBlockedAfter) blocked = true;
+      if (look_at_clients && !p->gone_told && p->job.client_gone()) {
+        p->gone_told = true;
+        gone.push_back(rid);
+      }
+    }
+    if (blocked) {
+      if (now < last_interrupt_ + kInterruptEvery) {
+        blocked = false;
+      } else {
+        last_interrupt_ = now;
+      }
+    }
+  }
+  for (std::uint64_t rid : gone) inbox_->post(Inbox::Kind::gone, rid);
+  return blocked;
+}
+
+void AsgiLoop::stop() {
+  if (!thread_.joinable()) return;
+  inbox_->post(Inbox::Kind::stop);
+  thread_.join();
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,136 @@
+// The C++ half of the ASGI adapter (ASGI 3: HTTP and lifespan). The Python
+// half (apps/gilgamesh_asgi.py, embedded as `_gilgamesh_asgi`) runs the
+// protocol on an asyncio event loop; this file gives it its thread and its
+// requests, and takes its answers back to the connections.
+//
+//   AsgiApp   the app as loaded (PythonApp::load, like every kind): the ASGI
+//             callable that `--asgi MODULE:APP` names. Its requests never go
+//             through PythonApp::handle.
+//   AsgiLoop  one worker's event loop, on a thread of its own with a thread
+//             state of the worker's interpreter: it runs the lifespan startup,
+//             then serves every request the worker holds (up to
+//             --worker-connections at once), then the lifespan shutdown. A
+//             route app's `async def` handlers run on such a loop too.
+//
+// How a request travels, with no Python on any other thread and no polling:
+// the pool's lane hands the Job over (submit: it joins `pending_` and a
+// "request" event goes to the inbox), the inbox rings an eventfd the loop
+// watches with add_reader, and the loop takes the events (mailbox.take()).
+// The loop answers through the mailbox's other functions (gilgamesh_asgi.py's
+// docstring lists them): a whole answer in one hand-off, or a head and then a
+// body through a BodyStream that never blocks the loop (offer(): when its
+// buffer is full, a "room" event comes once the client took it). A client that
+// leaves is seen by the pool's supervisor (supervise(): a "gone" event), or by
+// the stream. At a request's deadline the loop cancels its task itself; a loop
+// that stays blocked past a deadline (a handler spinning in CPU code) is what
+// supervise() reports, so that the worker interrupts the loop's thread.
+#pragma once
+
+#include "pyworkers/apps/python_app.hpp"
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace gilgamesh {
+
+class AsgiApp final : public PythonApp {
+ public:
+  // Finds the app named after the ':' of options.target in `module`. With the
+  // GIL. nullptr with a Python exception set when it is missing or not callable.
+  static std::unique_ptr<AsgiApp> create(const AppOptions& options, PyObject* module, ErrorTypes errors);
+  ~AsgiApp() override;
+
+  PyObject* callable() const { return app_.get(); }  // borrowed
+  bool on_loop(std::size_t) const override { return true; }
+  bool needs_loop() const override { return true; }
+
+ private:
+  AsgiApp(const AppOptions& options, ErrorTypes errors) : PythonApp(options, std::move(errors)) {}
+  // Never called: an AsgiLoop serves the requests. Answers 500 if it were.
+  std::optional<HttpResponseData> respond(std::size_t, const HttpRequestData&, StreamWriter&) override;
+  void release_kind() override { app_.reset(); }
+
+  py::Ref app_;
+};
+
+class AsgiLoop {
+ public:
+  // Called on the loop's thread with its thread state attached, once it exists
+  // (entered) and before it is deleted (leaving, detached): the worker keeps
+  // what it needs to interrupt that thread.
+  struct Hooks {
+    std::function<void()> entered;
+    std::function<void()> leaving;
+  };
+
+  // `interp` is the interpreter that loaded `app`; both outlive the loop. An
+  // AsgiApp's loop runs its ASGI callable for every request; another app's (a
+  // route app with `async def` handlers) runs the calls of those handlers.
+  AsgiLoop(PyInterpreterState* interp, PythonApp& app, const ServerConfig& config, Hooks hooks);
+  ~AsgiLoop();
+  AsgiLoop(const AsgiLoop&) = delete;
+  AsgiLoop& operator=(const AsgiLoop&) = delete;
+
+  // Starts the thread and waits for the lifespan startup. Throws StartupError
+  // (the app's message) when it failed. No Python lock may be held.
+  void start();
+  // Takes the job over: the loop answers it. From a lane's thread.
+  void submit(Job& job);
+  // Waits until the loop holds fewer than --worker-connections requests, or
+  // until `until`. False: still full.
+  bool wait_for_room(Clock::time_point until);
+  // Requests on the loop now.
+  std::size_t in_flight() const;
+  // From the pool's supervisor, now and then: tells the loop about clients that
+  // left, and says whether the loop is blocked (a request it should have
+  // cancelled at its deadline is still there), so that it must be interrupted.
+  // Never blocks on Python.
+  bool supervise(Clock::time_point now);
+  // Takes no more requests, lets those it holds finish (each is bounded by its
+  // deadline), runs the lifespan shutdown and joins the thread. No Python lock
+  // may be held.
+  void stop();
+
+ private:
+  struct Pending;
+  struct Inbox;
+  class Mailbox;
+
+  void thread_main();
+  bool run_python(PyObject* asgi_module);
+  void started(std::string error);
+  Pending* find(std::uint64_t rid);
+  // Answers `rid` now and frees its place (a route call that failed to start).
+  void answer_now(std::uint64_t rid, HttpResponseData&& response);
+
+  PyInterpreterState* const interp_;
+  PythonApp& app_;
+  PyObject* const asgi_;  // the ASGI callable (borrowed), or null: route calls
+  const std::string target_;
+  const std::size_t limit_;
+  const std::string lifespan_;
+  const std::string root_path_;
+  const Hooks hooks_;
+  std::shared_ptr<Inbox> inbox_;  // shared with the streams' room callbacks
+  std::thread thread_;
+  PyObject* request_type_ = nullptr;  // _gilgamesh_asgi.Request; the loop's thread only
+
+  mutable std::mutex mutex_;  // guards what follows
+  std::condition_variable changed_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
+  std::uint64_t next_rid_ = 0;
+  bool start_reported_ = false;
+  std::string start_error_;
+  Clock::time_point next_client_check_{};
+  Clock::time_point last_interrupt_{};
+};
+
+}  // namespace gilgamesh
