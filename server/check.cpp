@@ -272,9 +272,10 @@ const Row* find_row(const std::vector<Row>& rows, Strategy strategy) {
 // Which strategy to serve with, in the order docs/benchmarks.md supports:
 // subinterpreters (one process, every core), processes, free-threaded (the GIL must
 // stay off; its single-thread speed is about half), threads (the GIL: one core).
-nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<ProbeResult>& preloaded) {
+// `asgi`: processes does not serve ASGI apps yet, so it is never the answer for one.
+nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<ProbeResult>& preloaded, bool asgi) {
   const Row* sub = find_row(rows, Strategy::subinterpreters);
-  const Row* proc = find_row(rows, Strategy::processes);
+  const Row* proc = asgi ? nullptr : find_row(rows, Strategy::processes);
   const Row* ft = find_row(rows, Strategy::free_threaded);
   const Row* thr = find_row(rows, Strategy::threads);
   auto pick = [](const std::string& s, std::string why, std::string unlock = {}) {
@@ -287,7 +288,7 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
       why += fmt::format(", at about {} per extra worker against {} for a process worker",
                          mib(sub->result->memory_bytes), mib(proc->result->memory_bytes));
     }
-    return pick("subinterpreters", why + "; runner-up: processes");
+    return pick("subinterpreters", why + (asgi ? "; runner-up: threads" : "; runner-up: processes"));
   }
   if (sub && sub->result && sub->result->outcome == Outcome::crashed && preloaded &&
       preloaded->outcome == Outcome::loads) {
@@ -313,6 +314,15 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
              "slower (docs/benchmarks.md)";
     }
     return pick("processes", why, unlock);
+  }
+  if (asgi && ft && row_loads(*ft) && !ft->result->gil_enabled) {
+    return pick("free-threaded", "subinterpreters cannot serve it (" + blocked + "); the free-threaded build "
+                "runs the workers' event loops in parallel with the GIL off (processes does not serve ASGI yet)",
+                unlock);
+  }
+  if (asgi && thr && row_loads(*thr)) {
+    return pick("threads", "subinterpreters cannot serve it (" + blocked + "); threads run the workers' event "
+                "loops under one GIL (processes does not serve ASGI yet)", unlock);
   }
   if (ft && row_loads(*ft)) return pick("free-threaded", "only the free-threaded build loads it", unlock);
   if (thr && row_loads(*thr)) return pick("threads", "only threads load it (one core: the GIL)", unlock);
@@ -399,7 +409,10 @@ std::vector<Row> probe_rows(const ServerConfig& config, const std::vector<std::s
 
 void print_report(const ServerConfig& config, const nlohmann::json& doc, const std::vector<Row>& rows,
                   bool with_requests) {
-  std::cout << "gilgamesh check: " << (config.app.kind == AppKind::wsgi ? "WSGI app '" : "app '")
+  std::cout << "gilgamesh check: "
+            << (config.app.kind == AppKind::wsgi   ? "WSGI app '"
+                : config.app.kind == AppKind::asgi ? "ASGI app '"
+                                                   : "app '")
             << config.app.target << "', Python " << embedded_python_version()
             << (config.pool.preload ? ", with --preload" : "") << "\n\n";
   std::cout << table_text(doc, rows) << "\n";
@@ -408,6 +421,9 @@ void print_report(const ServerConfig& config, const nlohmann::json& doc, const s
     if (!problems.empty() && row.strategy != Strategy::threads) {
       std::cout << strategy_name(row.strategy) << ": " << problems << "\n";
     }
+  }
+  if (config.app.kind == AppKind::asgi) {
+    std::cout << "processes: does not serve ASGI apps yet (the server refuses --asgi there)\n";
   }
   if (with_requests) {
     for (const auto& row : rows) {
@@ -437,11 +453,12 @@ int check_main(int argc, char** argv) {
   CLI::App cli{"gilgamesh check: which strategies can serve this app, and why. The app is imported in a "
                "disposable process per strategy and Python build, as the server would import it.",
                "gilgamesh check"};
-  std::string app, wsgi;
+  std::string app, wsgi, asgi;
   std::vector<std::string> pythonpath, requests;
   bool json = false, preload = false;
   auto* app_option = cli.add_option("--app", app, "Python module whose @gilgamesh.route handlers to check");
   auto* wsgi_option = cli.add_option("--wsgi", wsgi, "PEP 3333 application, as MODULE:CALLABLE");
+  auto* asgi_option = cli.add_option("--asgi", asgi, "ASGI 3 application, as MODULE:APP");
   cli.add_option("--pythonpath", pythonpath, "Directory to prepend to sys.path (repeatable)");
   cli.add_option("--request", requests,
                  "'METHOD /path?query' to call in-process for a single-thread rate (repeatable)");
@@ -456,8 +473,18 @@ int check_main(int argc, char** argv) {
     std::cerr << "gilgamesh check: " << e.what() << " (see gilgamesh check --help)\n";
     return 2;
   }
-  if ((app_option->count() > 0) == (wsgi_option->count() > 0)) {
-    std::cerr << "gilgamesh check: give one of --app MODULE or --wsgi MODULE:CALLABLE\n";
+  if ((app_option->count() > 0) + (wsgi_option->count() > 0) + (asgi_option->count() > 0) != 1) {
+    std::cerr << "gilgamesh check: give one of --app MODULE, --wsgi MODULE:CALLABLE or --asgi MODULE:APP\n";
+    return 2;
+  }
+  if (asgi_option->count() > 0 && (asgi.find(':') == std::string::npos || asgi.front() == ':' ||
+                                   asgi.back() == ':')) {
+    std::cerr << "gilgamesh check: --asgi takes MODULE:APP, got '" << asgi << "'\n";
+    return 2;
+  }
+  if (asgi_option->count() > 0 && !requests.empty()) {
+    std::cerr << "gilgamesh check: --request is not measured for ASGI apps yet (it calls the app "
+                 "outside an event loop); check the import without it\n";
     return 2;
   }
   ServerConfig config;
@@ -467,6 +494,9 @@ int check_main(int argc, char** argv) {
   if (wsgi_option->count() > 0) {
     config.app.target = wsgi.find(':') == std::string::npos ? wsgi + ":application" : wsgi;
     config.app.kind = AppKind::wsgi;
+  } else if (asgi_option->count() > 0) {
+    config.app.target = asgi;
+    config.app.kind = AppKind::asgi;
   } else {
     config.app.target = app;
   }
@@ -474,7 +504,10 @@ int check_main(int argc, char** argv) {
 
   std::optional<ProbeResult> preloaded;
   const std::vector<Row> rows = probe_rows(config, requests, preloaded);
-  nlohmann::json doc = {{"app", config.app.target}, {"kind", config.app.kind == AppKind::wsgi ? "wsgi" : "app"},
+  nlohmann::json doc = {{"app", config.app.target},
+                        {"kind", config.app.kind == AppKind::wsgi   ? "wsgi"
+                                 : config.app.kind == AppKind::asgi ? "asgi"
+                                                                    : "app"},
                         {"python", embedded_python_version()}, {"pythonpath", pythonpath},
                         {"preload", preload}, {"rows", nlohmann::json::array()}};
   bool any = false;
@@ -482,7 +515,7 @@ int check_main(int argc, char** argv) {
     doc["rows"].push_back(row_json(row));
     any = any || row_loads(row);
   }
-  doc["recommendation"] = recommend(rows, preloaded);
+  doc["recommendation"] = recommend(rows, preloaded, config.app.kind == AppKind::asgi);
   if (preloaded) doc["with_preload"] = ProbeResult::outcome_name(preloaded->outcome);
   if (json) {
     std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

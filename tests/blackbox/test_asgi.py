@@ -953,6 +953,23 @@ def test_processes_refuses_asgi_by_name(gilgamesh_bin, tmp_path):
     assert "subinterpreters, threads or free-threaded" in result.stderr, result.stderr[-2000:]
 
 
+def test_pydantic_core_is_named_with_both_reasons(gilgamesh_bin, strategy):
+    """FastAPI's pydantic-core under subinterpreters: refused by design (pydantic#12452), and
+    on a host older than trixie Debian's build needs glibc 2.38 too; the message says both."""
+    if strategy != "subinterpreters":
+        pytest.skip("pydantic-core refuses sub-interpreters only")
+    site = find_trixie_site(["python3-pydantic", "python3-pydantic-core"])
+    result = run_cli_env(asgi_args(strategy, "asgi_pydantic:app", "--pythonpath", str(site)), {})
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    critical = [line for line in result.stderr.splitlines() if "cannot load app" in line]
+    assert critical and "asgi_pydantic:app" in critical[0], result.stderr[-3000:]
+    text = result.stderr
+    assert "pydantic_core" in text and "pydantic#12452" in text and "--strategy threads" in text, text[-3000:]
+    glibc = tuple(int(x) for x in os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[:2])
+    if glibc < (2, 38):
+        assert "glibc 2.38" in text, text[-3000:]
+
+
 @pytest.mark.parametrize("spec, mentions", [
     ("asgi_conformance:nope", "has no attribute 'nope'"),
     ("no_such_asgi_module:app", "no_such_asgi_module"),

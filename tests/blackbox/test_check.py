@@ -148,6 +148,24 @@ def test_unknown_route_in_request_is_reported(gilgamesh_bin, probe_cache):
 def test_check_usage_errors(gilgamesh_bin):
     assert check([]).returncode == 2
     assert check(["--app", "a", "--wsgi", "b:c"]).returncode == 2
+    assert check(["--asgi", "a:b", "--wsgi", "b:c"]).returncode == 2
+    assert check(["--asgi", "a"]).returncode == 2
+    assert check(["--asgi", "asgi_conformance:app", "--request", "GET /"]).returncode == 2
+
+
+def test_an_asgi_app_is_never_recommended_processes(gilgamesh_bin, probe_cache):
+    code, doc = check_json(["--asgi", "asgi_conformance:app"], probe_cache)
+    assert code == 0, doc
+    assert doc["kind"] == "asgi" and rows(doc)["subinterpreters"]["loads"] is True, doc
+    assert doc["recommendation"]["strategy"] == "subinterpreters", doc["recommendation"]
+    assert "processes" not in doc["recommendation"]["why"], doc["recommendation"]
+    # One that sub-interpreters refuse (a single-phase extension) goes to threads, not processes.
+    code, doc = check_json(["--asgi", "asgi_single_phase:app"], probe_cache)
+    assert code == 0, doc
+    assert rows(doc)["subinterpreters"]["loads"] is False, doc
+    assert doc["recommendation"]["strategy"] in ("free-threaded", "threads"), doc["recommendation"]
+    text = check(["--asgi", "asgi_single_phase:app"], probe_cache).stdout
+    assert "processes: does not serve ASGI apps yet" in text, text
 
 
 def test_check_is_fast_when_cached(gilgamesh_bin, probe_cache):

@@ -245,3 +245,31 @@ def test_sigterm_readyz_503_while_shutdown_delay_keeps_serving(container):
 def readyz_if_503(port):
     r = get(port, "/readyz", timeout=5)
     return r if r.status == 503 else None
+
+
+def trixie_site():
+    """The dist-packages of Debian trixie's packages (`make trixie-site`), on the host."""
+    cache = os.environ.get("GILGAMESH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gilgamesh")
+    site = os.path.join(cache, "trixie-site", "root", "usr", "lib", "python3", "dist-packages")
+    if not os.path.isdir(os.path.join(site, "fastapi")):
+        pytest.fail("%s has no fastapi: run `make trixie-site`" % site, pytrace=False)
+    return site
+
+
+def test_fastapi_from_trixie_serves_on_threads_and_is_refused_by_name_on_subinterpreters(container):
+    """FastAPI (Debian trixie's, with pydantic-core, which needs the image's glibc 2.41):
+    served under threads; refused under subinterpreters, naming pydantic_core and why."""
+    apps = str(harness.REPO / "tests" / "apps")
+    volumes = [(apps, "/app", "ro"), (trixie_site(), "/site", "ro")]
+    args = ["--asgi", "fastapi_app:app", "--pythonpath", "/app", "--pythonpath", "/site", "--workers", "2"]
+    c = container().start(args + ["--strategy", "threads"], volumes=volumes).wait_ready()
+    r = get(c.port, "/items/7?q=x")
+    assert r.status == 200 and r.json()["item_id"] == 7 and r.json()["q"] == "x", r
+    assert get(c.port, "/items/nope").status == 422  # pydantic's validation answered
+    assert c.stop() == 0, c.log()[-3000:]
+
+    c = container().start(args + ["--strategy", "subinterpreters"], volumes=volumes)
+    assert c.wait(timeout=120) == 1, c.log()[-3000:]
+    log = c.log()
+    assert "pydantic_core" in log and "pydantic#12452" in log and "--strategy threads" in log, log[-3000:]
