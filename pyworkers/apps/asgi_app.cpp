@@ -18,6 +18,9 @@ namespace {
 constexpr auto kBlockedAfter = 500ms;
 constexpr auto kInterruptEvery = 200ms;
 constexpr auto kClientCheckEvery = 250ms;
+// Interrupts one overdue request may cause: an app that swallows them (or its
+// cancellation) is not interrupted without end, wherever its loop happens to be.
+constexpr unsigned kMaxInterrupts = 3;
 constexpr const char* kCapsuleName = "gilgamesh.asgi_loop";
 
 py::Ref bytes_of(std::string_view s) {
@@ -140,6 +143,7 @@ struct AsgiLoop::Pending {
   std::shared_ptr<BodyStream> stream;  // the producer's end, while a streamed body is open
   bool answered = false;               // the head went out (or the 504 is the connection's)
   bool gone_told = false;              // the loop was told the client left
+  unsigned interrupts = 0;             // the loop was interrupted for it, overdue
 };
 
 AsgiLoop::Pending* AsgiLoop::find(std::uint64_t rid) {
@@ -622,6 +626,7 @@ std::size_t AsgiLoop::in_flight() const {
 
 bool AsgiLoop::supervise(Clock::time_point now) {
   std::vector<std::uint64_t> gone;
+  std::vector<Pending*> overdue;
   bool blocked = false;
   {
     std::lock_guard lock(mutex_);
@@ -629,18 +634,16 @@ bool AsgiLoop::supervise(Clock::time_point now) {
     if (look_at_clients) next_client_check_ = now + kClientCheckEvery;
     for (auto& [rid, p] : pending_) {
       if (p->answered) continue;
-      if (now > p->job.deadline + kBlockedAfter) blocked = true;
+      if (now > p->job.deadline + kBlockedAfter && p->interrupts < kMaxInterrupts) overdue.push_back(p.get());
       if (look_at_clients && !p->gone_told && p->job.client_gone()) {
         p->gone_told = true;
         gone.push_back(rid);
       }
     }
-    if (blocked) {
-      if (now < last_interrupt_ + kInterruptEvery) {
-        blocked = false;
-      } else {
-        last_interrupt_ = now;
-      }
+    if (!overdue.empty() && now >= last_interrupt_ + kInterruptEvery) {
+      blocked = true;
+      last_interrupt_ = now;
+      for (Pending* p : overdue) ++p->interrupts;
     }
   }
   for (std::uint64_t rid : gone) inbox_->post(Inbox::Kind::gone, rid);
