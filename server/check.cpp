@@ -407,12 +407,18 @@ std::vector<Row> probe_rows(const ServerConfig& config, const std::vector<std::s
   return rows;
 }
 
+// "WSGI", "ASGI": as the report names an app of `kind` (not routes).
+std::string kind_name(AppKind kind) {
+  std::string name = nlohmann::json(kind).get<std::string>();
+  for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
 void print_report(const ServerConfig& config, const nlohmann::json& doc, const std::vector<Row>& rows,
                   bool with_requests) {
   std::cout << "gilgamesh check: "
-            << (config.app.kind == AppKind::wsgi   ? "WSGI app '"
-                : config.app.kind == AppKind::asgi ? "ASGI app '"
-                                                   : "app '")
+            << (config.app.kind == AppKind::routes ? std::string("app '")
+                                                   : kind_name(config.app.kind) + " app '")
             << config.app.target << "', Python " << embedded_python_version()
             << (config.pool.preload ? ", with --preload" : "") << "\n\n";
   std::cout << table_text(doc, rows) << "\n";
@@ -505,9 +511,8 @@ int check_main(int argc, char** argv) {
   std::optional<ProbeResult> preloaded;
   const std::vector<Row> rows = probe_rows(config, requests, preloaded);
   nlohmann::json doc = {{"app", config.app.target},
-                        {"kind", config.app.kind == AppKind::wsgi   ? "wsgi"
-                                 : config.app.kind == AppKind::asgi ? "asgi"
-                                                                    : "app"},
+                        {"kind", config.app.kind == AppKind::routes ? std::string("app")
+                                                                    : nlohmann::json(config.app.kind).get<std::string>()},
                         {"python", embedded_python_version()}, {"pythonpath", pythonpath},
                         {"preload", preload}, {"rows", nlohmann::json::array()}};
   bool any = false;

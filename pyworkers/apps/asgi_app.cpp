@@ -174,6 +174,12 @@ class AsgiLoop::Mailbox {
     std::lock_guard lock(loop->mutex_);
     p->answered = true;
   }
+  // The answer is the loop's last word on `p`: no deadline or client check applies
+  // any more, and it goes to the connection. False: the connection is gone.
+  static bool answer(AsgiLoop* loop, Pending* p, HttpResponseData&& response) {
+    mark_answered(loop, p);
+    return complete(p, std::move(response));
+  }
   // Hands `response` to the connection, the GIL released (the connection's side
   // takes locks of its own). False: the connection is gone.
   static bool complete(Pending* p, HttpResponseData&& response) {
@@ -286,8 +292,7 @@ PyObject* AsgiLoop::Mailbox::respond(PyObject* self, PyObject* const* args, Py_s
   if (!head_from(args[1], args[2], response)) return nullptr;
   response.body.assign(PyBytes_AS_STRING(args[3]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[3])));
   checked(loop, p, response);
-  mark_answered(loop, p);
-  return PyBool_FromLong(complete(p, std::move(response)));
+  return PyBool_FromLong(answer(loop, p, std::move(response)));
 }
 
 // open(rid, status, headers) -> bool: the head of an answer whose body streams.
@@ -305,8 +310,7 @@ PyObject* AsgiLoop::Mailbox::open(PyObject* self, PyObject* const* args, Py_ssiz
     head.stream = std::move(ends.consumer);
     p->stream = std::move(ends.producer);
   }
-  mark_answered(loop, p);
-  const bool delivered = complete(p, std::move(head));
+  const bool delivered = answer(loop, p, std::move(head));
   return PyBool_FromLong(valid && delivered);
 }
 
@@ -359,8 +363,7 @@ PyObject* AsgiLoop::Mailbox::fail(PyObject* self, PyObject* const* args, Py_ssiz
                                    {"exception", summary}, {"traceback", traceback}}
                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
-  mark_answered(loop, p);
-  complete(p, std::move(response));
+  answer(loop, p, std::move(response));
   Py_RETURN_NONE;
 }
 
@@ -399,8 +402,7 @@ PyObject* AsgiLoop::Mailbox::result(PyObject* self, PyObject* const* args, Py_ss
   Pending* p = pending(self, args[0], &loop);
   if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   HttpResponseData response = loop->app_.finish_call(p->job.route_index, p->job.request, args[1]);
-  mark_answered(loop, p);
-  complete(p, std::move(response));
+  answer(loop, p, std::move(response));
   Py_RETURN_NONE;
 }
 
@@ -412,8 +414,7 @@ PyObject* AsgiLoop::Mailbox::error(PyObject* self, PyObject* const* args, Py_ssi
   if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   PyErr_SetRaisedException(Py_NewRef(args[1]));
   HttpResponseData response = loop->app_.error_answer(p->job.route_index, p->job.request);
-  mark_answered(loop, p);
-  complete(p, std::move(response));
+  answer(loop, p, std::move(response));
   Py_RETURN_NONE;
 }
 

@@ -109,67 +109,33 @@ int asgi_module_exec(PyObject* module) {
   return run_source(module, kAsgiSource, "<gilgamesh: pyworkers/gilgamesh_asgi.py>");
 }
 
-PyModuleDef_Slot kSlots[] = {
-    {Py_mod_exec, reinterpret_cast<void*>(module_exec)},
+// Every embedded module: multi-phase init running `Exec`, one instance per
+// interpreter, per-interpreter-GIL support, and no need for the GIL.
+template <int (*Exec)(PyObject*)>
+PyModuleDef_Slot kSlotsOf[] = {
+    {Py_mod_exec, reinterpret_cast<void*>(Exec)},
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #ifdef Py_mod_gil
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, nullptr}};
 
-PyModuleDef kModule = {
-    PyModuleDef_HEAD_INIT,
-    "gilgamesh",
-    "The gilgamesh handler API: route, Request, Response, HTTPError, worker_info.",
-    0,
-    kMethods,
-    kSlots,
-    nullptr,
-    nullptr,
-    nullptr};
+PyModuleDef module_def(const char* name, const char* doc, PyMethodDef* methods, PyModuleDef_Slot* slots) {
+  return {PyModuleDef_HEAD_INIT, name, doc, 0, methods, slots, nullptr, nullptr, nullptr};
+}
+
+PyModuleDef kModule = module_def("gilgamesh",
+                                 "The gilgamesh handler API: route, Request, Response, HTTPError, worker_info.",
+                                 kMethods, kSlotsOf<module_exec>);
+PyModuleDef kWsgiModule =
+    module_def("_gilgamesh_wsgi", "gilgamesh's WSGI adapter: the calling protocol (start_response, write, close).",
+               nullptr, kSlotsOf<wsgi_module_exec>);
+PyModuleDef kAsgiModule = module_def(
+    "_gilgamesh_asgi", "gilgamesh's ASGI adapter: one event loop per worker, the HTTP and lifespan protocols.",
+    nullptr, kSlotsOf<asgi_module_exec>);
 
 PyObject* init_gilgamesh() { return PyModuleDef_Init(&kModule); }
-
-PyModuleDef_Slot kWsgiSlots[] = {
-    {Py_mod_exec, reinterpret_cast<void*>(wsgi_module_exec)},
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, nullptr}};
-
-PyModuleDef kWsgiModule = {
-    PyModuleDef_HEAD_INIT,
-    "_gilgamesh_wsgi",
-    "gilgamesh's WSGI adapter: the calling protocol (start_response, write, close).",
-    0,
-    nullptr,
-    kWsgiSlots,
-    nullptr,
-    nullptr,
-    nullptr};
-
 PyObject* init_gilgamesh_wsgi() { return PyModuleDef_Init(&kWsgiModule); }
-
-PyModuleDef_Slot kAsgiSlots[] = {
-    {Py_mod_exec, reinterpret_cast<void*>(asgi_module_exec)},
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, nullptr}};
-
-PyModuleDef kAsgiModule = {
-    PyModuleDef_HEAD_INIT,
-    "_gilgamesh_asgi",
-    "gilgamesh's ASGI adapter: one event loop per worker, the HTTP and lifespan protocols.",
-    0,
-    nullptr,
-    kAsgiSlots,
-    nullptr,
-    nullptr,
-    nullptr};
-
 PyObject* init_gilgamesh_asgi() { return PyModuleDef_Init(&kAsgiModule); }
 
 }  // namespace
