@@ -250,7 +250,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     exchange::prepare(*parser_, server_.limits);
     const std::string_view head(data + scanner_.blank_prefix(), scanner_.end() - scanner_.blank_prefix());
     const beast::error_code ec = exchange::parse_head(*parser_, head);
-    if (!ec) header_order_ = exchange::wire_order(head, parser_->get());
+    // Only an ASGI app is promised its headers in wire order: nothing else pays the scan.
+    header_order_.clear();
+    if (!ec && server_.config.app.kind == AppKind::asgi) header_order_ = exchange::wire_order(head, parser_->get());
     buffer_.consume(scanner_.end());
     if (ec) return fail(ec);
     arrived_ = Clock::now();
