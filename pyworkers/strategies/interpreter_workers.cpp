@@ -270,11 +270,9 @@ class InProcessWorker : public Worker {
 
 // --- subinterpreters ---------------------------------------------------------
 
-// Interpreters are created in parallel (3.13's new_interpreter() detaches the
-// calling main-interpreter thread state at once and initializes the new
-// interpreter under its own GIL), but never while one is being ended: creation
-// takes this lock shared; ending one (and dropping a worker's main-interpreter
-// thread state) takes it exclusive.
+// Interpreters are created one at a time (creating two at once intermittently fails
+// with "Failed to import encodings module" on 3.13), and never while one is being
+// ended: creation and ending both take this lock exclusively.
 // The app imports that follow run in parallel too: 3.13 corrupts its heap when
 // several sub-interpreters import some extension modules (datetime and friends)
 // for the first time at once, which PythonRuntime prevents by importing those in
@@ -304,7 +302,9 @@ class SubinterpreterWorker final : public InProcessWorker {
   }
 
   std::vector<RouteInfo> start() override {
-    std::shared_lock lock(interpreter_lifecycle_mutex());
+    // One creation at a time: two at once intermittently fail with "Failed to import encodings
+    // module" (seen in a fresh-clone make test and, as a worker that failed to start, in CI).
+    std::unique_lock lock(interpreter_lifecycle_mutex());
     if (main_ts_ == nullptr) main_ts_ = PyThreadState_New(main_interp_);
     PyEval_RestoreThread(main_ts_);
 
