@@ -17,6 +17,9 @@ PKGS=(
   # peers the load runner compares against (loadtest/run --peers gunicorn,uwsgi,nginx);
   # nginx is also the image test's load balancer
   gunicorn uwsgi uwsgi-plugin-python3 nginx
+  # ASGI peers (loadtest/run --asgi: uvicorn with uvloop and httptools, Hypercorn) and the
+  # bookworm Starlette they serve; python3-websockets is the WebSocket suite's real client
+  python3-uvicorn python3-uvloop python3-httptools python3-hypercorn python3-starlette python3-websockets
   # Kubernetes manifests' test (PyYAML)
   python3-yaml
 )
