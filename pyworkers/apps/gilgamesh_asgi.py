@@ -1,4 +1,4 @@
-"""The Python half of gilgamesh's ASGI adapter (ASGI 3, HTTP and lifespan).
+"""The Python half of gilgamesh's ASGI adapter (ASGI 3: HTTP, WebSocket, lifespan).
 
 The server embeds this file as the module `_gilgamesh_asgi`; its C++ half is
 pyworkers/apps/asgi_app.cpp (AsgiLoop: the loop's thread, the mailbox, the
@@ -35,9 +35,63 @@ loop thread. The C++ half talks to it through a `mailbox` object:
 The head of an answer is held until its first body message, so that a protocol
 error before any body is still a clean 500, and a one-message body goes out
 with its head in one hand-off.
+
+WebSockets (issue 24; the C++ half does not send these yet). A WebSocket is a
+request too: one rid from its upgrade request to its end, on the same loop,
+answered with the same done(rid). The C++ half reads the upgrade request,
+holds the handshake until the app decides, and owns the frames (fragments
+joined, UTF-8 of text checked, pings and pongs, the close handshake, limits):
+
+  ("ws_connect", rid, Request, seconds_left)   an upgrade request (GET, empty
+                                               body); seconds_left bounds the
+                                               time to ws_accept or ws_close
+  ("ws_message", rid, is_text, data)           one whole message: data is bytes
+                                               (is_text: valid UTF-8). The C++
+                                               half reads the next one from that
+                                               client only after ws_more(rid)
+  ("ws_closed", rid, code, reason)             the socket is over: the client's
+                                               close frame (code 1005 when it had
+                                               none), or the server closed it (1001
+                                               going away, 1002 protocol error,
+                                               1007 bad UTF-8, 1009 too big), or
+                                               the connection broke or stopped
+                                               answering pings (1006), also before
+                                               the handshake; once per socket
+  ("room", rid)                                the socket's send buffer has room
+  mailbox.ws_accept(rid, subprotocol, headers) -> bool
+                                               completes the handshake (101) with
+                                               subprotocol (str or None: the
+                                               Sec-WebSocket-Protocol answer, one
+                                               the client offered) and headers
+                                               ([(bytes, bytes)], none of the
+                                               handshake's own); False: the client
+                                               is gone. Then the C++ half reads
+                                               the first message by itself
+  mailbox.ws_send(rid, is_text, data) -> 0 | 1 | 2
+                                               one message (data: bytes, UTF-8
+                                               when is_text), as push(): 0 taken,
+                                               1 taken but the buffer is full
+                                               (wait for "room"), 2 the socket is
+                                               closed
+  mailbox.ws_more(rid)                         read the next message: once per
+                                               "ws_message", at once while fewer
+                                               than WS_RECEIVE_WINDOW bytes wait for
+                                               the app's receive(), else when
+                                               receive() takes them
+  mailbox.ws_close(rid, code, reason)          before ws_accept: refuse the
+                                               handshake with 403 (code and reason
+                                               unused); after it: the close
+                                               handshake with this code (int) and
+                                               reason (str, at most 123 bytes of
+                                               UTF-8)
+  fail(rid, ...) before ws_accept or ws_close: log, answer 500; cut(rid, ...)
+  after either: log, close with 1011 unless the socket is closed (or refused)
+  already; timed_out(rid) before either: the connection answers 504. After
+  ws_accept no deadline applies.
 """
 
 import asyncio
+import collections as _collections
 import os as _os
 import traceback as _traceback
 import types as _types
@@ -48,8 +102,20 @@ except ImportError:  # the protocol tests, outside the server
     _resolve = None
 
 ASGI = {"version": "3.0", "spec_version": "2.4"}
+# 2.5 adds only the disconnect's `reason`, a WebSocket key: the websocket scope claims it.
+WEBSOCKET_ASGI = {"version": "3.0", "spec_version": "2.5"}
 RECEIVE_CHUNK = 64 * 1024  # a request body reaches receive() in pieces of this size
 PUSH_OK, PUSH_FULL, PUSH_GONE = 0, 1, 2
+# Received WebSocket bytes that may wait for the app's receive() before the C++ half stops
+# reading that client (one message more at most: a slow app holds the client back).
+WS_RECEIVE_WINDOW = 64 * 1024
+# Close codes an app may send (RFC 6455 7.4 and IANA's registry): 1004-1006 and 1015 are
+# never sent on the wire, 1016-2999 are reserved.
+WS_CLOSE_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+WS_MAX_REASON = 123  # bytes of UTF-8 in a close frame after its code
+# Response headers the WebSocket handshake owns (ASGI: use `subprotocol` instead of the first).
+WS_OWN_HEADERS = frozenset((b"sec-websocket-protocol", b"sec-websocket-accept", b"sec-websocket-extensions",
+                            b"upgrade", b"connection"))
 
 
 def resolve(module, expression):
@@ -65,7 +131,8 @@ def run_alone(coroutine):
 
 def mailbox(**functions):
     """The C++ half's functions (take, respond, open, push, finish, fail, cut, timed_out,
-    done) as the one object a Worker talks to."""
+    done, result, error, and for WebSockets ws_accept, ws_send, ws_more, ws_close) as the
+    one object a Worker talks to."""
     return _types.SimpleNamespace(**functions)
 
 
@@ -319,6 +386,256 @@ class _Call:
             self.worker._finished(self)
 
 
+def _subprotocols(headers):
+    """The subprotocols the client offered, in order: every Sec-WebSocket-Protocol field,
+    split at its commas."""
+    out = []
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            out.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+    return out
+
+
+class _WebSocket:
+    """One WebSocket: its receive() and send(), the message rules and the socket's state."""
+
+    CONNECTING, OPEN, CLOSED = range(3)  # the app's side: before accept, accepted, app closed
+
+    def __init__(self, worker, rid, request, subprotocols):
+        self.worker = worker
+        self.mailbox = worker.mailbox
+        self.rid = rid
+        self.request = request
+        self.subprotocols = subprotocols
+        self.state = self.CONNECTING
+        self.connect_given = False    # receive() returned websocket.connect
+        self.received = _collections.deque()  # (message, size) waiting for receive()
+        self.waiting_bytes = 0        # their sizes together
+        self.reading = False          # the C++ half may read the next message
+        self.arrived = asyncio.Event()  # a message came, or the socket closed
+        self.gone = False             # the socket is closed (ws_closed came)
+        self.disconnect = None        # the websocket.disconnect receive() gives
+        self.room_waiter = None       # the future a send() on a full buffer waits on
+        self.task = None
+        self.deadline = None          # the TimerHandle that cancels the task before accept
+        self.timed_out = False
+
+    # --- the app's callables ---
+
+    async def receive(self):
+        if not self.connect_given:
+            self.connect_given = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self.received:
+                message, size = self.received.popleft()
+                self.waiting_bytes -= size
+                self._read_more()
+                return message
+            if self.disconnect is not None:
+                return dict(self.disconnect)
+            self.arrived.clear()
+            await self.arrived.wait()
+
+    async def send(self, message):
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.send":
+            await self._send(message)
+        elif kind == "websocket.close":
+            self._close(message)
+        elif kind in ("websocket.http.response.start", "websocket.http.response.body"):
+            raise ProtocolError("%s is not advertised in scope['extensions'] "
+                                "(websocket.http.response)" % kind)
+        else:
+            raise ProtocolError("unknown message type %r" % (kind,))
+
+    # --- the rules ---
+
+    def _accept(self, message):
+        if self.state == self.OPEN:
+            raise ProtocolError("websocket.accept twice")
+        if self.state == self.CLOSED:
+            raise ProtocolError("websocket.accept after websocket.close")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            if not isinstance(subprotocol, str):
+                raise ProtocolError("the subprotocol must be a str or None, not %s"
+                                    % type(subprotocol).__name__)
+            if subprotocol not in self.subprotocols:
+                raise ProtocolError("subprotocol %r was not offered by the client (it offered %r)"
+                                    % (subprotocol, self.subprotocols))
+        headers = _check_headers(message.get("headers") or ())
+        for name, _ in headers:
+            if name.lower() in WS_OWN_HEADERS:
+                hint = "; use 'subprotocol'" if name.lower() == b"sec-websocket-protocol" else ""
+                raise ProtocolError("websocket.accept may not set %s (the handshake's own%s)"
+                                    % (name.decode("latin-1"), hint))
+        self.state = self.OPEN
+        self._no_deadline()  # accepted: no deadline applies any more
+        if not self.mailbox.ws_accept(self.rid, subprotocol, headers):
+            self._closed(1006, "")
+            raise ClientDisconnected("the client has gone")
+        self.reading = True
+
+    async def _send(self, message):
+        if self.state == self.CONNECTING:
+            raise ProtocolError("websocket.send before websocket.accept")
+        if self.state == self.CLOSED:
+            raise ProtocolError("websocket.send after websocket.close")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        text, data = message.get("text"), message.get("bytes")
+        if (text is None) == (data is None):
+            raise ProtocolError("websocket.send needs exactly one of 'text' and 'bytes'")
+        if text is not None:
+            if not isinstance(text, str):
+                raise ProtocolError("the text of websocket.send must be a str, not %s" % type(text).__name__)
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ProtocolError("the text of websocket.send is not valid Unicode: %s" % e) from None
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data)
+        else:
+            raise ProtocolError("the bytes of websocket.send must be bytes, not %s" % type(data).__name__)
+        result = self.mailbox.ws_send(self.rid, text is not None, data)
+        if result == PUSH_FULL and not self.gone:
+            self.room_waiter = self.worker.loop.create_future()
+            await self.room_waiter  # "room", or the socket closed
+        if result == PUSH_GONE or self.gone:
+            raise ClientDisconnected("the client has gone")
+
+    def _close(self, message):
+        if self.state == self.CLOSED:
+            raise ProtocolError("websocket.close twice")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        code = message.get("code", 1000)
+        if code is None:
+            code = 1000
+        reason = message.get("reason") or ""
+        if type(code) is not int:
+            raise ProtocolError("the close code must be an int, not %s" % type(code).__name__)
+        if code not in WS_CLOSE_CODES:
+            raise ProtocolError("close code %d may not be sent (RFC 6455: 1000-1003, 1007-1014, "
+                                "3000-4999)" % code)
+        if not isinstance(reason, str):
+            raise ProtocolError("the close reason must be a str, not %s" % type(reason).__name__)
+        try:
+            size = len(reason.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise ProtocolError("the close reason is not valid Unicode: %s" % e) from None
+        if size > WS_MAX_REASON:
+            raise ProtocolError("the close reason is %d bytes of UTF-8, more than %d" % (size, WS_MAX_REASON))
+        accepted = self.state == self.OPEN
+        self.state = self.CLOSED
+        self._no_deadline()
+        self.mailbox.ws_close(self.rid, code, reason)
+        # receive() says so from now on; before accept the handshake was refused (403),
+        # which a browser shows as 1006.
+        self.disconnect = {"type": "websocket.disconnect", "code": code if accepted else 1006,
+                           "reason": reason if accepted else ""}
+        self.received.clear()
+        self.arrived.set()
+
+    # --- events from the server ---
+
+    def message(self, is_text, data):
+        self.reading = False
+        if self.state == self.CLOSED or self.gone:
+            return  # the app closed: what was on its way is dropped
+        data = bytes(data)
+        if is_text:
+            # Valid UTF-8 by contract (the C++ half checked it); never raise in the dispatcher.
+            message = {"type": "websocket.receive", "text": data.decode("utf-8", "replace")}
+        else:
+            message = {"type": "websocket.receive", "bytes": data}
+        self.received.append((message, len(data)))
+        self.waiting_bytes += len(data)
+        self._read_more()
+        self.arrived.set()
+
+    def _read_more(self):
+        if not self.reading and self.state == self.OPEN and not self.gone \
+                and self.waiting_bytes < WS_RECEIVE_WINDOW:
+            self.reading = True
+            self.mailbox.ws_more(self.rid)
+
+    def _closed(self, code, reason):
+        self.gone = True
+        if self.disconnect is None:
+            self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason or ""}
+        self.arrived.set()
+        self.room()
+
+    def room(self):
+        waiter, self.room_waiter = self.room_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _client_gone(self):
+        if not self.gone:
+            self._closed(1006, "")
+
+    def _no_deadline(self):
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _cancel_at_deadline(self):
+        if self.state != self.CONNECTING:
+            return
+        self.timed_out = True
+        if self.task is not None:
+            self.task.cancel()
+
+    # --- the socket's task ---
+
+    async def run(self, app, scope):
+        try:
+            await app(scope, self.receive, self.send)
+            if self.state == self.CONNECTING and not self.gone:
+                raise ProtocolError("the app returned without sending websocket.accept or websocket.close")
+            if self.state == self.OPEN and not self.gone:
+                self.state = self.CLOSED
+                self.mailbox.ws_close(self.rid, 1000, "")  # the app is over: so is its socket
+        except asyncio.CancelledError:
+            self._stopped()
+        except ClientDisconnected:
+            pass
+        except Exception as exc:
+            self._failed(*_error_text(exc))
+        except BaseException as exc:
+            if self.worker.handler_timeout is None or not isinstance(exc, self.worker.handler_timeout):
+                raise
+            self._stopped()  # raised into a loop that a handler kept busy past its deadline
+        finally:
+            self._no_deadline()
+            self.worker._finished(self)
+
+    def _stopped(self):
+        """Cancelled at its deadline (or by a stop): before accept the connection answers
+        504 itself; an accepted socket closes with 1011."""
+        if self.state == self.CONNECTING and not self.gone:
+            self.mailbox.timed_out(self.rid)
+        elif self.state == self.OPEN and not self.gone:
+            self.state = self.CLOSED
+            self.mailbox.ws_close(self.rid, 1011, "")
+
+    def _failed(self, summary, text):
+        """The app raised or broke the rules: a 500 before it accepted or refused the
+        handshake, else logged and the socket closed with 1011 (if it is still open)."""
+        if self.state == self.CONNECTING:
+            self.mailbox.fail(self.rid, summary, text)
+        else:
+            self.state = self.CLOSED
+            self.mailbox.cut(self.rid, summary, text)
+
+
 class Worker:
     """One worker's ASGI app (or `async def` route handlers) on its own event loop."""
 
@@ -441,6 +758,16 @@ class Worker:
                 self._begin(event[1], event[2], event[3])
             elif kind == "call":
                 self._call(event[1], event[2], event[3])
+            elif kind == "ws_connect":
+                self._begin_websocket(event[1], event[2], event[3])
+            elif kind == "ws_message":
+                websocket = self.exchanges.get(event[1])
+                if websocket is not None:
+                    websocket.message(event[2], event[3])
+            elif kind == "ws_closed":
+                websocket = self.exchanges.get(event[1])
+                if websocket is not None:
+                    websocket._closed(event[2], event[3])
             elif kind == "room":
                 exchange = self.exchanges.get(event[1])
                 if exchange is not None:
@@ -470,11 +797,36 @@ class Worker:
             "state": self.state.copy(),
         }
 
+    def websocket_scope_for(self, request, subprotocols):
+        return {
+            "type": "websocket",
+            "asgi": dict(WEBSOCKET_ASGI),
+            "http_version": request.http_version,
+            "scheme": "ws",
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "root_path": self.root_path,
+            "headers": request.headers,
+            "client": request.client,
+            "server": request.server,
+            "subprotocols": list(subprotocols),
+            "state": self.state.copy(),
+        }
+
     def _begin(self, rid, request, seconds_left):
         exchange = _Exchange(self, rid, request)
         self.exchanges[rid] = exchange
         exchange.task = self.loop.create_task(exchange.run(self.app, self.scope_for(request)))
         exchange.deadline = self.loop.call_later(max(seconds_left, 0.0), exchange._cancel_at_deadline)
+
+    def _begin_websocket(self, rid, request, seconds_left):
+        subprotocols = _subprotocols(request.headers)
+        websocket = _WebSocket(self, rid, request, subprotocols)
+        self.exchanges[rid] = websocket
+        scope = self.websocket_scope_for(request, subprotocols)
+        websocket.task = self.loop.create_task(websocket.run(self.app, scope))
+        websocket.deadline = self.loop.call_later(max(seconds_left, 0.0), websocket._cancel_at_deadline)
 
     def _call(self, rid, coroutine, seconds_left):
         call = _Call(self, rid)

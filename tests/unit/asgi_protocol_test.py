@@ -26,6 +26,8 @@ class Mailbox:
         self.lock = threading.Lock()
         self.fd = os.eventfd(0, os.EFD_NONBLOCK)
         self.push_results = []  # what push() answers next (default PUSH_OK)
+        self.ws_send_results = []  # what ws_send() answers next (default PUSH_OK)
+        self.inbound = {}  # rid -> [(is_text, data)]: what the client sent, read on ws_more()
 
     def ring(self, *events):
         with self.lock:
@@ -53,6 +55,25 @@ class Mailbox:
     cut = record("cut")
     timed_out = record("timed_out")
     done = record("done")
+    ws_close = record("ws_close")
+
+    def ws_accept(self, *args):
+        """As the C++ half: completes the handshake, then reads the first message."""
+        self.calls.append(("ws_accept",) + args)
+        rid = args[0]
+        if self.inbound.get(rid):
+            self.ring(("ws_message", rid) + self.inbound[rid].pop(0))
+        return True
+
+    def ws_send(self, *args):
+        self.calls.append(("ws_send",) + args)
+        return self.ws_send_results.pop(0) if self.ws_send_results else asgi.PUSH_OK
+
+    def ws_more(self, rid):
+        """As the C++ half: reads the next message of `rid` (from `inbound`) only now."""
+        self.calls.append(("ws_more", rid))
+        if self.inbound.get(rid):
+            self.ring(("ws_message", rid) + self.inbound[rid].pop(0))
 
     def named(self, name):
         return [c for c in self.calls if c[0] == name]
@@ -323,3 +344,348 @@ def test_an_app_without_lifespan(mode, refused):
     assert (why is not None) == refused, why
     if refused:
         assert "does not support lifespan" in why and "no lifespan here" in why
+
+
+# --- WebSockets ---
+
+def upgrade(path="/ws", protocols=(b"chat, superchat", b"v2")):
+    headers = [(b"host", b"h"), (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+               (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"sec-websocket-version", b"13")]
+    headers += [(b"sec-websocket-protocol", p) for p in protocols]
+    return asgi.Request("GET", path, path.encode(), b"q=1", headers, b"", "1.1", ("127.0.0.1", 5001),
+                        ("127.0.0.1", 8080), "rid-ws")
+
+
+def connect(rid=1, seconds_left=5.0, **kw):
+    return ("ws_connect", rid, upgrade(**kw), seconds_left)
+
+
+def serve_ws(app, *events, inbound=(), closed=None, seconds_left=5.0, handler_timeout=None):
+    """Serves one WebSocket (rid 1) with `app`: the client sends `inbound` [(is_text, data)] as
+    the C++ half would (one message per ws_more, the first after ws_accept), then closes with
+    `closed` (code, reason) once the app read all of it. Returns the mailbox."""
+    box = Mailbox()
+    box.inbound[1] = list(inbound)
+    worker = asgi.Worker(app, box, lifespan="off", root_path="/mnt", handler_timeout=handler_timeout)
+    box.events.extend(events or [connect(seconds_left=seconds_left)])
+    if closed is not None:
+        def close_when_read():
+            deadline = time.monotonic() + 5
+            while (box.inbound[1] or not box.named("ws_accept")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)
+            box.ring(("ws_closed", 1) + tuple(closed))
+        threading.Thread(target=close_when_read, daemon=True).start()
+    box.events.append(("stop",))
+    worker.serve(box.fd)
+    worker.close()
+    return box
+
+
+async def echo(scope, receive, send):
+    assert (await receive()) == {"type": "websocket.connect"}
+    await send({"type": "websocket.accept", "subprotocol": "superchat", "headers": [(b"x-app", b"yes")]})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            scope["state"]["disconnect"] = message
+            return
+        await send(dict(message, type="websocket.send"))
+
+
+def test_websocket_scope_has_every_key_with_its_type():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope)
+        await receive()
+        await send({"type": "websocket.close"})
+
+    serve_ws(app)
+    assert set(seen) == {"type", "asgi", "http_version", "scheme", "path", "raw_path", "query_string",
+                         "root_path", "headers", "client", "server", "subprotocols", "state"}
+    assert seen["type"] == "websocket" and seen["asgi"] == {"version": "3.0", "spec_version": "2.5"}
+    assert seen["http_version"] == "1.1" and seen["scheme"] == "ws"
+    assert seen["path"] == "/ws" and seen["raw_path"] == b"/ws" and seen["query_string"] == b"q=1"
+    assert seen["root_path"] == "/mnt" and seen["state"] == {}
+    assert seen["headers"][1] == (b"upgrade", b"websocket") and len(seen["headers"]) == 7
+    assert seen["client"] == ("127.0.0.1", 5001) and seen["server"] == ("127.0.0.1", 8080)
+    # Every Sec-WebSocket-Protocol field, split at its commas, in order.
+    assert seen["subprotocols"] == ["chat", "superchat", "v2"]
+
+
+def test_websocket_echo_accept_messages_and_the_clients_close():
+    state = {}
+
+    async def app(scope, receive, send):
+        scope["state"] = state  # where echo() leaves the disconnect
+        await echo(scope, receive, send)
+
+    box = serve_ws(app, inbound=[(True, "h\u00e9".encode()), (False, b"\x00\xff")], closed=(4000, "bye"))
+    assert box.named("ws_accept") == [("ws_accept", 1, "superchat", [(b"x-app", b"yes")])]
+    assert box.named("ws_send") == [("ws_send", 1, True, "h\u00e9".encode()), ("ws_send", 1, False, b"\x00\xff")]
+    assert len(box.named("ws_more")) == 2, box.calls  # one per message, none before accept
+    assert state["disconnect"] == {"type": "websocket.disconnect", "code": 4000, "reason": "bye"}
+    # The client closed: nothing more to close; the request's slot is free.
+    assert not box.named("ws_close") and not box.named("fail") and box.named("done") == [("done", 1)]
+
+
+def test_websocket_text_arrives_as_str_and_bytes_as_bytes_one_key_each():
+    got = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+        got.append(await receive())
+        await send({"type": "websocket.close"})
+
+    serve_ws(app, inbound=[(True, b"text"), (False, b"bin")])
+    assert got == [{"type": "websocket.receive", "text": "text"}, {"type": "websocket.receive", "bytes": b"bin"}]
+
+
+def test_websocket_close_before_accept_refuses_the_handshake():
+    after = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.close", "code": 4003})
+        after.append(await receive())
+
+    box = serve_ws(app)
+    assert box.named("ws_close") == [("ws_close", 1, 4003, "")]  # the C++ half answers 403
+    assert not box.named("ws_accept") and not box.named("fail")
+    assert after == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]
+
+
+def test_websocket_the_apps_close_with_code_and_reason_then_receive_says_disconnect():
+    after = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4001, "reason": "caf\u00e9"})
+        after.append(await receive())
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except RuntimeError as e:
+            after.append(str(e))
+
+    box = serve_ws(app, inbound=[(True, b"dropped: the app closed")])
+    assert box.named("ws_close") == [("ws_close", 1, 4001, "caf\u00e9")]
+    assert after == [{"type": "websocket.disconnect", "code": 4001, "reason": "caf\u00e9"},
+                     "websocket.send after websocket.close"]
+    assert not box.named("ws_send")
+
+
+def test_websocket_a_close_without_a_code_is_1000_and_returning_after_accept_closes():
+    async def closes(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": None, "reason": None})
+
+    async def returns(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    assert serve_ws(closes).named("ws_close") == [("ws_close", 1, 1000, "")]
+    box = serve_ws(returns)
+    assert box.named("ws_close") == [("ws_close", 1, 1000, "")] and not box.named("fail")
+
+
+ACCEPT = {"type": "websocket.accept"}
+TEXT = {"type": "websocket.send", "text": "x"}
+CLOSE = {"type": "websocket.close"}
+
+
+@pytest.mark.parametrize("messages, text, decided", [
+    ([TEXT], "websocket.send before websocket.accept", False),
+    ([ACCEPT, ACCEPT], "websocket.accept twice", True),
+    ([CLOSE, ACCEPT], "websocket.accept after websocket.close", True),
+    ([ACCEPT, CLOSE, CLOSE], "websocket.close twice", True),
+    ([ACCEPT, {"type": "websocket.send", "text": "a", "bytes": b"a"}], "exactly one of 'text' and 'bytes'", True),
+    ([ACCEPT, {"type": "websocket.send"}], "exactly one of 'text' and 'bytes'", True),
+    ([ACCEPT, {"type": "websocket.send", "text": b"x"}], "must be a str", True),
+    ([ACCEPT, {"type": "websocket.send", "bytes": "x"}], "must be bytes", True),
+    ([ACCEPT, {"type": "websocket.send", "text": "\ud800"}], "not valid Unicode", True),
+    ([ACCEPT, {"type": "websocket.close", "code": 1005}], "close code 1005 may not be sent", True),
+    ([ACCEPT, {"type": "websocket.close", "code": 2000}], "close code 2000 may not be sent", True),
+    ([ACCEPT, {"type": "websocket.close", "code": "1000"}], "the close code must be an int", True),
+    ([ACCEPT, {"type": "websocket.close", "reason": "x" * 124}], "more than 123", True),
+    ([ACCEPT, {"type": "websocket.close", "reason": b"bye"}], "the close reason must be a str", True),
+    ([{"type": "websocket.accept", "subprotocol": "nope"}], "'nope' was not offered", False),
+    ([{"type": "websocket.accept", "subprotocol": b"chat"}], "must be a str or None", False),
+    ([{"type": "websocket.accept", "headers": [(b"sec-websocket-protocol", b"chat")]}], "use 'subprotocol'",
+     False),
+    ([{"type": "websocket.accept", "headers": [("x-a", "1")]}], "must be bytes", False),
+    ([{"type": "websocket.http.response.start", "status": 401}], "not advertised", False),
+    ([{"type": "websocket.bogus"}], "unknown message type 'websocket.bogus'", False),
+    ([], "returned without sending websocket.accept or websocket.close", False),
+])
+def test_websocket_a_broken_rule_is_a_500_before_the_handshake_and_a_1011_after(messages, text, decided):
+    """`decided`: the app had accepted or refused the handshake before it broke the rule."""
+    async def app(scope, receive, send):
+        await receive()
+        for m in messages:
+            await send(m)
+
+    box = serve_ws(app)
+    reported, other = ("cut", "fail") if decided else ("fail", "cut")
+    assert len(box.named(reported)) == 1 and text in box.named(reported)[0][2], box.calls
+    assert "ProtocolError" in box.named(reported)[0][2] and "Traceback" in box.named(reported)[0][3]
+    assert not box.named(other) and box.named("done") == [("done", 1)]
+    assert len(box.named("ws_accept")) == (messages[:1] == [ACCEPT])
+
+
+def test_websocket_send_after_the_client_left_raises_an_oserror_and_is_not_logged():
+    seen = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        seen.append(await receive())
+        try:
+            await send(TEXT)
+        except OSError as e:
+            seen.append(type(e).__name__)
+            raise
+
+    box = serve_ws(app, closed=(1006, ""))
+    assert seen == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}, "ClientDisconnected"]
+    assert not box.named("fail") and not box.named("cut") and not box.named("ws_close")
+
+
+def test_websocket_a_client_gone_before_accept_makes_accept_raise():
+    seen = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await asyncio.sleep(0.2)
+        try:
+            await send(ACCEPT)
+        except OSError as e:
+            seen.append(type(e).__name__)
+
+    box = Mailbox()
+    worker = asgi.Worker(app, box, lifespan="off")
+    box.events.extend([connect(), ("ws_closed", 1, 1006, ""), ("stop",)])
+    worker.serve(box.fd)
+    assert seen == ["ClientDisconnected"] and not box.named("ws_accept") and not box.named("fail")
+
+
+def test_websocket_a_full_buffer_holds_send_until_there_is_room_and_a_close_frees_it():
+    order = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        await send(TEXT)
+        order.append("sent 1")
+        await send(TEXT)
+        order.append("sent 2")
+        try:
+            await send(TEXT)
+        except OSError:
+            order.append("gone")
+
+    def later(box):
+        time.sleep(0.2)
+        order.append("room")
+        box.ring(("room", 1))
+        time.sleep(0.2)
+        order.append("closed")
+        box.ring(("ws_closed", 1, 1001, ""), ("stop",))
+
+    box = Mailbox()
+    box.ws_send_results = [asgi.PUSH_FULL, asgi.PUSH_OK, asgi.PUSH_FULL]
+    worker = asgi.Worker(app, box, lifespan="off")
+    box.events.append(connect())
+    threading.Thread(target=later, args=(box,), daemon=True).start()
+    worker.serve(box.fd)
+    assert order == ["room", "sent 1", "sent 2", "closed", "gone"], order
+
+
+def test_websocket_a_slow_app_stops_the_reading_and_gets_every_message_in_order():
+    messages = [(False, bytes([i]) * 20000) for i in range(12)]  # 240 kB, the window is 64 KiB
+    got, more_before = [], []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        await asyncio.sleep(0.3)  # receives nothing meanwhile
+        more_before.append(len(box.named("ws_more")))
+        for _ in messages:
+            got.append((await receive())["bytes"])
+        await send(CLOSE)
+
+    box = Mailbox()
+    box.inbound[1] = list(messages)
+    worker = asgi.Worker(app, box, lifespan="off")
+    box.events.extend([connect(), ("stop",)])
+    worker.serve(box.fd)
+    # The first read came with the accept; three more, then four messages (80 kB, past the
+    # 64 KiB window) waited unread and the C++ half was told to read no more.
+    assert more_before == [3], (more_before, asgi.WS_RECEIVE_WINDOW)
+    assert got == [m[1] for m in messages]
+    assert len(box.named("ws_more")) == len(messages)
+
+
+def test_websocket_the_deadline_applies_until_accept_only():
+    seen = []
+
+    async def slow_accept(scope, receive, send):
+        await receive()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    box = serve_ws(slow_accept, seconds_left=0.1)
+    assert seen == ["cancelled"] and box.named("timed_out") == [("timed_out", 1)]
+
+    async def accepted_then_idle(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        await asyncio.sleep(0.3)
+        await send(TEXT)
+        await send(CLOSE)
+
+    box = serve_ws(accepted_then_idle, seconds_left=0.1)
+    assert not box.named("timed_out") and len(box.named("ws_send")) == 1, box.calls
+
+
+def test_websocket_an_exception_after_accept_is_cut_with_its_traceback():
+    async def app(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        raise ValueError("on purpose")
+
+    box = serve_ws(app)
+    cuts = box.named("cut")
+    assert len(cuts) == 1 and cuts[0][2] == "ValueError: on purpose" and "Traceback" in cuts[0][3]
+    assert not box.named("ws_close")  # the C++ half closes with 1011
+
+
+def test_websocket_a_handler_timeout_closes_an_accepted_socket_with_1011():
+    class HandlerTimeout(BaseException):
+        pass
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(ACCEPT)
+        raise HandlerTimeout()
+
+    box = serve_ws(app, handler_timeout=HandlerTimeout)
+    assert box.named("ws_close") == [("ws_close", 1, 1011, "")] and not box.named("cut")
+
+
+def test_websocket_and_http_share_the_loop():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            return await hello(scope, receive, send)
+        await echo(scope, receive, send)
+
+    box = serve_ws(app, connect(), get(rid=2), inbound=[(True, b"one")], closed=(1000, ""))
+    assert len(box.named("respond")) == 1 and box.named("ws_send") == [("ws_send", 1, True, b"one")]
+    assert sorted(box.named("done")) == [("done", 1), ("done", 2)]
