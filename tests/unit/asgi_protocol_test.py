@@ -423,7 +423,8 @@ def test_websocket_echo_accept_messages_and_the_clients_close():
 
     box = serve_ws(app, inbound=[(True, "h\u00e9".encode()), (False, b"\x00\xff")], closed=(4000, "bye"))
     assert box.named("ws_accept") == [("ws_accept", 1, "superchat", [(b"x-app", b"yes")])]
-    assert box.named("ws_send") == [("ws_send", 1, True, "h\u00e9".encode()), ("ws_send", 1, False, b"\x00\xff")]
+    assert box.named("ws_send") == [("ws_send", 1, True, "h\u00e9".encode()),
+                                    ("ws_send", 1, False, b"\x00\xff")]
     assert len(box.named("ws_more")) == 2, box.calls  # one per message, none before accept
     assert state["disconnect"] == {"type": "websocket.disconnect", "code": 4000, "reason": "bye"}
     # The client closed: nothing more to close; the request's slot is free.
@@ -441,7 +442,8 @@ def test_websocket_text_arrives_as_str_and_bytes_as_bytes_one_key_each():
         await send({"type": "websocket.close"})
 
     serve_ws(app, inbound=[(True, b"text"), (False, b"bin")])
-    assert got == [{"type": "websocket.receive", "text": "text"}, {"type": "websocket.receive", "bytes": b"bin"}]
+    assert got == [{"type": "websocket.receive", "text": "text"},
+                   {"type": "websocket.receive", "bytes": b"bin"}]
 
 
 def test_websocket_close_before_accept_refuses_the_handshake():
@@ -503,7 +505,8 @@ CLOSE = {"type": "websocket.close"}
     ([ACCEPT, ACCEPT], "websocket.accept twice", True),
     ([CLOSE, ACCEPT], "websocket.accept after websocket.close", True),
     ([ACCEPT, CLOSE, CLOSE], "websocket.close twice", True),
-    ([ACCEPT, {"type": "websocket.send", "text": "a", "bytes": b"a"}], "exactly one of 'text' and 'bytes'", True),
+    ([ACCEPT, {"type": "websocket.send", "text": "a", "bytes": b"a"}], "exactly one of 'text' and 'bytes'",
+     True),
     ([ACCEPT, {"type": "websocket.send"}], "exactly one of 'text' and 'bytes'", True),
     ([ACCEPT, {"type": "websocket.send", "text": b"x"}], "must be a str", True),
     ([ACCEPT, {"type": "websocket.send", "bytes": "x"}], "must be bytes", True),
