@@ -40,10 +40,12 @@ docstring is the mailbox contract; tests/unit/asgi_protocol_test.py drives it):
      timed_out -> 504 (--timeout bounds the time to the app's decision, nothing after it).
   2. Stream settings: read_message_max(--ws-max-message) (Beast closes 1009 itself),
      auto_fragment off, UTF-8 checking is Beast's (1007), masking and reserved bits Beast's
-     (1002); stream_base::timeout{handshake, idle = --ws-ping-interval, keep_alive_pings =
-     true} or an own timer (ping every interval; no pong within --ws-ping-timeout: drop and
-     send ("ws_closed", rid, 1006, "")). A socket counts as a connection (--max-connections,
-     connections_open) and in a new websockets_open gauge (/stats, /metrics, dashboard).
+     (1002). Keepalive: Beast's stream_base::timeout (keep_alive_pings: a ping at half the
+     idle timeout) only approximates the two flags; an own timer per socket is exact (ping
+     every interval; no pong within --ws-ping-timeout: drop, ("ws_closed", rid, 1006, "")).
+     A socket counts as a connection (--max-connections, connections_open), in a new
+     websockets_open gauge (/stats, /metrics, dashboard), and holds one of its worker's
+     --worker-connections for its life.
   3. Messages in: async_read one whole message into a flat_buffer; hand it over as
      ("ws_message", rid, is_text, bytes) and read the next only after ws_more(rid) (the loop's
      64 KiB receive window: a client the app does not keep up with is not read, TCP holds it
