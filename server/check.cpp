@@ -185,10 +185,6 @@ AutoChoice choose_strategy(const ServerConfig& config) {
     // It fails everywhere: the default strategy's start says why.
     return {Strategy::subinterpreters, "the app does not load under any strategy; its error follows"};
   }
-  if (config.app.kind == AppKind::asgi) {
-    // An ASGI app runs on an event loop in the server's process: threads, not processes.
-    return {Strategy::threads, why + "; an ASGI app runs on threads (processes does not serve ASGI yet)"};
-  }
   return {Strategy::processes, why};
 }
 
@@ -272,10 +268,9 @@ const Row* find_row(const std::vector<Row>& rows, Strategy strategy) {
 // Which strategy to serve with, in the order docs/benchmarks.md supports:
 // subinterpreters (one process, every core), processes, free-threaded (the GIL must
 // stay off; its single-thread speed is about half), threads (the GIL: one core).
-// `asgi`: processes does not serve ASGI apps yet, so it is never the answer for one.
-nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<ProbeResult>& preloaded, bool asgi) {
+nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<ProbeResult>& preloaded) {
   const Row* sub = find_row(rows, Strategy::subinterpreters);
-  const Row* proc = asgi ? nullptr : find_row(rows, Strategy::processes);
+  const Row* proc = find_row(rows, Strategy::processes);
   const Row* ft = find_row(rows, Strategy::free_threaded);
   const Row* thr = find_row(rows, Strategy::threads);
   auto pick = [](const std::string& s, std::string why, std::string unlock = {}) {
@@ -288,7 +283,7 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
       why += fmt::format(", at about {} per extra worker against {} for a process worker",
                          mib(sub->result->memory_bytes), mib(proc->result->memory_bytes));
     }
-    return pick("subinterpreters", why + (asgi ? "; runner-up: threads" : "; runner-up: processes"));
+    return pick("subinterpreters", why + "; runner-up: processes");
   }
   if (sub && sub->result && sub->result->outcome == Outcome::crashed && preloaded &&
       preloaded->outcome == Outcome::loads) {
@@ -314,15 +309,6 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
              "slower (docs/benchmarks.md)";
     }
     return pick("processes", why, unlock);
-  }
-  if (asgi && ft && row_loads(*ft) && !ft->result->gil_enabled) {
-    return pick("free-threaded", "subinterpreters cannot serve it (" + blocked + "); the free-threaded build "
-                "runs the workers' event loops in parallel with the GIL off (processes does not serve ASGI yet)",
-                unlock);
-  }
-  if (asgi && thr && row_loads(*thr)) {
-    return pick("threads", "subinterpreters cannot serve it (" + blocked + "); threads run the workers' event "
-                "loops under one GIL (processes does not serve ASGI yet)", unlock);
   }
   if (ft && row_loads(*ft)) return pick("free-threaded", "only the free-threaded build loads it", unlock);
   if (thr && row_loads(*thr)) return pick("threads", "only threads load it (one core: the GIL)", unlock);
@@ -428,9 +414,6 @@ void print_report(const ServerConfig& config, const nlohmann::json& doc, const s
       std::cout << strategy_name(row.strategy) << ": " << problems << "\n";
     }
   }
-  if (config.app.kind == AppKind::asgi) {
-    std::cout << "processes: does not serve ASGI apps yet (the server refuses --asgi there)\n";
-  }
   if (with_requests) {
     for (const auto& row : rows) {
       if (!row.result || row.strategy == Strategy::threads) continue;
@@ -520,7 +503,7 @@ int check_main(int argc, char** argv) {
     doc["rows"].push_back(row_json(row));
     any = any || row_loads(row);
   }
-  doc["recommendation"] = recommend(rows, preloaded, config.app.kind == AppKind::asgi);
+  doc["recommendation"] = recommend(rows, preloaded);
   if (preloaded) doc["with_preload"] = ProbeResult::outcome_name(preloaded->outcome);
   if (json) {
     std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

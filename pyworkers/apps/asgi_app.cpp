@@ -21,6 +21,8 @@ constexpr auto kClientCheckEvery = 250ms;
 // Interrupts one overdue request may cause: an app that swallows them (or its
 // cancellation) is not interrupted without end, wherever its loop happens to be.
 constexpr unsigned kMaxInterrupts = 3;
+// Past its deadline by this much, after every interrupt, a request means the loop is stuck.
+constexpr auto kStuckAfter = 5s;
 constexpr const char* kCapsuleName = "gilgamesh.asgi_loop";
 
 py::Ref bytes_of(std::string_view s) {
@@ -439,7 +441,7 @@ PyObject* AsgiLoop::Mailbox::done(PyObject* self, PyObject* const* args, Py_ssiz
   if (!p->answered) {
     p->job.complete(make_error_response(500, "the ASGI app ended without an answer", p->job.request.request_id));
   }
-  p.reset();  // a Job's destructor takes no Python lock, but may take the connection's
+  loop->release(std::move(p));  // a Job's destructor takes no Python lock, but may take the connection's
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
@@ -538,6 +540,7 @@ void AsgiLoop::thread_main() {
     if (!p->answered) {
       p->job.complete(make_error_response(503, "the worker's event loop has stopped", p->job.request.request_id));
     }
+    release(std::move(p));
   }
 }
 
@@ -598,8 +601,13 @@ void AsgiLoop::answer_now(std::uint64_t rid, HttpResponseData&& response) {
   changed_.notify_all();
   Py_BEGIN_ALLOW_THREADS
   p->job.complete(std::move(response));
-  p.reset();
+  release(std::move(p));
   Py_END_ALLOW_THREADS
+}
+
+void AsgiLoop::release(std::unique_ptr<Pending> p) {
+  if (hooks_.released) hooks_.released(p->job);
+  p.reset();
 }
 
 void AsgiLoop::submit(Job& job) {
@@ -649,6 +657,14 @@ bool AsgiLoop::supervise(Clock::time_point now) {
   }
   for (std::uint64_t rid : gone) inbox_->post(Inbox::Kind::gone, rid);
   return blocked;
+}
+
+bool AsgiLoop::stuck(Clock::time_point now) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& [rid, p] : pending_) {
+    if (!p->answered && p->interrupts >= kMaxInterrupts && now > p->job.deadline + kStuckAfter) return true;
+  }
+  return false;
 }
 
 void AsgiLoop::stop() {

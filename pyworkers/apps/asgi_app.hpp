@@ -66,9 +66,12 @@ class AsgiLoop {
   // Called on the loop's thread with its thread state attached, once it exists
   // (entered) and before it is deleted (leaving, detached): the worker keeps
   // what it needs to interrupt that thread.
+  // `released`: a request has left the loop (answered or not; its Job is
+  // about to go), called without a Python lock from whichever thread let it go.
   struct Hooks {
     std::function<void()> entered;
     std::function<void()> leaving;
+    std::function<void(const Job&)> released;
   };
 
   // `interp` is the interpreter that loaded `app`; both outlive the loop. An
@@ -94,6 +97,10 @@ class AsgiLoop {
   // cancelled at its deadline is still there), so that it must be interrupted.
   // Never blocks on Python.
   bool supervise(Clock::time_point now);
+  // Whether the loop is stuck: a request is still unanswered well past its
+  // deadline although it was interrupted as often as it will be (a handler
+  // blocked in C, or one that swallows HandlerTimeout). Never blocks on Python.
+  bool stuck(Clock::time_point now) const;
   // Takes no more requests, lets those it holds finish (each is bounded by its
   // deadline), runs the lifespan shutdown and joins the thread. No Python lock
   // may be held.
@@ -110,6 +117,8 @@ class AsgiLoop {
   Pending* find(std::uint64_t rid);
   // Answers `rid` now and frees its place (a route call that failed to start).
   void answer_now(std::uint64_t rid, HttpResponseData&& response);
+  // Lets `p` go (no Python lock held): its place is free.
+  void release(std::unique_ptr<Pending> p);
 
   PyInterpreterState* const interp_;
   PythonApp& app_;

@@ -26,13 +26,13 @@ StartupError load_error(const AppOptions& options, const LoadContext& context, c
   if (reason.find("does not support loading in subinterpreters") != std::string::npos ||
       reason.find("not compatible with subinterpreters") != std::string::npos) {
     msg += "\n  it imports a single-phase-init C extension, which sub-interpreters cannot load;"
-           " run it with " + strategies_instead(options.kind);
+           " run it with " + strategies_instead();
   }
   if (context.strategy == Strategy::subinterpreters) {
     // Whatever the first error says (a glibc too old for the build, say), such a module
     // would refuse a sub-interpreter next.
-    std::string hint = known_refusal_hint(reason, options.kind);
-    if (hint.empty()) hint = known_refusal_hint(traceback, options.kind);
+    std::string hint = known_refusal_hint(reason);
+    if (hint.empty()) hint = known_refusal_hint(traceback);
     msg += hint;
   }
   return StartupError(msg, std::move(traceback));
@@ -40,15 +40,12 @@ StartupError load_error(const AppOptions& options, const LoadContext& context, c
 
 }  // namespace
 
-std::string strategies_instead(AppKind kind) {
-  return kind == AppKind::asgi ? "--strategy threads or --strategy free-threaded"
-                               : "--strategy processes or --strategy threads";
-}
+std::string strategies_instead() { return "--strategy processes or --strategy threads"; }
 
-std::string known_refusal_hint(std::string_view text, AppKind kind) {
+std::string known_refusal_hint(std::string_view text) {
   if (text.find("pydantic_core") == std::string_view::npos) return {};
   return "\n  pydantic_core (pydantic 2, FastAPI) is a PyO3 extension that refuses sub-interpreters by "
-         "design (pydantic#12452): serve the app with " + strategies_instead(kind);
+         "design (pydantic#12452): serve the app with " + strategies_instead();
 }
 
 std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const LoadContext& context) {

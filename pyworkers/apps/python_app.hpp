@@ -30,11 +30,10 @@ struct LoadContext {
 LoadContext load_context(const ServerConfig& config, bool shares_app_object);
 
 // For a message saying that sub-interpreters refused (or failed) the app's import: the
-// strategies that load such an app of `kind` ("--strategy processes or --strategy threads";
-// an ASGI app: threads or free-threaded), and what is known of a module `text` names
-// (pydantic-core refuses sub-interpreters by design), or nothing.
-std::string strategies_instead(AppKind kind);
-std::string known_refusal_hint(std::string_view text, AppKind kind);
+// strategies that load such an app ("--strategy processes or --strategy threads"), and what
+// is known of a module `text` names (pydantic-core refuses sub-interpreters by design), or nothing.
+std::string strategies_instead();
+std::string known_refusal_hint(std::string_view text);
 
 // The exception types of the `gilgamesh` module that decide an answer, and
 // whether error bodies carry the traceback (--debug). Shared by every kind.

@@ -243,9 +243,8 @@ std::string refusal_message(const ProbeRequest& request, const std::vector<Modul
   const bool one = problems.size() == 1;
   msg += one ? ": a single-phase-init C extension, which sub-interpreters refuse"
              : ": single-phase-init C extensions, which sub-interpreters refuse";
-  const AppKind kind = request.config.app.kind;
-  msg += (one ? "; it loads under " : "; they load under ") + strategies_instead(kind);
-  return msg + known_refusal_hint(problem_modules(problems), kind);
+  msg += (one ? "; it loads under " : "; they load under ") + strategies_instead();
+  return msg + known_refusal_hint(problem_modules(problems));
 }
 
 // The probe's context: the strategy's, with every import begun written to the probe's fd.

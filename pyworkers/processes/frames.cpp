@@ -301,6 +301,82 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out) {
   return in.done();
 }
 
+std::string tag(std::uint64_t id, std::string_view rest) {
+  std::string out;
+  out.reserve(8 + rest.size());
+  put_u64(out, id);
+  out.append(rest);
+  return out;
+}
+
+bool untag(std::string_view& meta, std::uint64_t& id) {
+  if (meta.size() < 8) return false;
+  std::memcpy(&id, meta.data(), 8);
+  meta.remove_prefix(8);
+  return true;
+}
+
+std::string encode_asgi_request(std::uint64_t id, std::chrono::microseconds left, std::size_t route_index,
+                                const HttpRequestData& request) {
+  std::string out = tag(id);
+  put_u64(out, static_cast<std::uint64_t>(left.count()));
+  out += encode_request_meta(route_index, request);
+  return out;
+}
+
+bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::microseconds& left,
+                         std::size_t& route_index, HttpRequestData& out) {
+  std::uint64_t micros = 0;
+  if (!untag(meta, id) || !untag(meta, micros)) return false;
+  left = std::chrono::microseconds(static_cast<std::int64_t>(micros));
+  return decode_request_meta(meta, route_index, out);
+}
+
+Outbox::Outbox(int fd) : fd_(fd), thread_([this] { run(); }) {}
+
+Outbox::~Outbox() { close(); }
+
+void Outbox::post(Kind kind, std::string meta, std::string body) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closing_ || failed_) return;
+    queue_.push_back({kind, std::move(meta), std::move(body)});
+  }
+  wake_.notify_one();
+}
+
+void Outbox::close() {
+  {
+    std::lock_guard lock(mutex_);
+    closing_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+bool Outbox::failed() const {
+  std::lock_guard lock(mutex_);
+  return failed_;
+}
+
+void Outbox::run() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // closing, and everything is written
+    Item item = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    const bool written = write_frame(fd_, item.kind, item.meta, item.body);
+    lock.lock();
+    if (!written) {
+      failed_ = true;
+      queue_.clear();
+      return;
+    }
+  }
+}
+
 void ControlMessage::close_fds() {
   for (int fd : fds) ::close(fd);
   fds.clear();

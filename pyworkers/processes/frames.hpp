@@ -14,6 +14,15 @@
 // ends number the requests of a lane 1, 2, ... in the order they pass (the
 // request number: what an interrupt names, so it never hits the next request).
 //
+// An ASGI app (--asgi) has one socket per worker process instead of lanes: the
+// process's event loop holds many requests at once (--worker-connections), so
+// frames of different requests interleave, each side writing whole frames
+// back to back (both read with read_frame_buffered). Every such frame's meta
+// starts with the request id (u64, the server's numbering), see tag()/untag().
+// A streamed answer's chunks flow one at a time: after each `asgi_chunk` the
+// worker waits for `asgi_room` (the server's buffer for that client has room),
+// so one slow client never fills the socket the others share.
+//
 // The worker control socket (SOCK_SEQPACKET, server -> worker process only)
 // carries fixed 16-byte messages {u32 kind, u32 lane, u64 request number}:
 // today only "interrupt": raise gilgamesh.HandlerTimeout in that lane's
@@ -29,9 +38,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <csignal>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,8 +64,21 @@ enum class Kind : std::uint32_t {
   cancel = 7,    // server -> worker, only while its answer streams: the client left, stop.
                  // The worker looks for it after each chunk; one that comes after the end
                  // is skipped before the next request.
+  // The ASGI socket (above); the meta of each starts with the request id.
+  asgi_request = 8,   // server -> worker: id, u64 microseconds to the deadline, then
+                      // encode_request_meta; body: the request body
+  asgi_room = 9,      // server -> worker: the last chunk was taken; send the next
+  asgi_gone = 10,     // server -> worker: the client left
+  asgi_stop = 11,     // server -> worker (id 0): take no more requests, finish those held,
+                      // run the lifespan shutdown and exit
+  asgi_response = 12, // worker -> server: a whole answer: id, encode_response_meta; body
+  asgi_head = 13,     // worker -> server: the head of an answer that streams
+  asgi_chunk = 14,    // worker -> server: one piece of its body (then it waits for asgi_room)
+  asgi_end = 15,      // worker -> server: id, then "1" the body is whole, "0" broken off
+  asgi_done = 16,     // worker -> server: the request has left the loop (its place is free)
+  refused = 17,       // worker -> server instead of `hello`: it cannot serve; meta says why
 };
-constexpr std::uint32_t kLastKind = 7;
+constexpr std::uint32_t kLastKind = 17;
 
 struct Frame {
   Kind kind = Kind::hello;
@@ -101,6 +128,49 @@ std::string encode_request_meta(std::size_t route_index, const HttpRequestData& 
 bool decode_request_meta(std::string_view meta, std::size_t& route_index, HttpRequestData& out);
 std::string encode_response_meta(const HttpResponseData& response);
 bool decode_response_meta(std::string_view meta, HttpResponseData& out);
+
+// The request id in front of an ASGI frame's meta, and back: untag() strips it
+// from `meta`; false when the meta is too short to hold one.
+std::string tag(std::uint64_t id, std::string_view rest = {});
+bool untag(std::string_view& meta, std::uint64_t& id);
+// An asgi_request's meta: id, the time left to its deadline, the request.
+std::string encode_asgi_request(std::uint64_t id, std::chrono::microseconds left, std::size_t route_index,
+                                const HttpRequestData& request);
+bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::microseconds& left,
+                         std::size_t& route_index, HttpRequestData& out);
+
+// Writes frames to a socket from a thread of its own, in the order posted:
+// post() never blocks (an event loop, a connection's thread and the pool's
+// supervisor all post). After a write fails (the peer is gone) the rest are
+// dropped. Held by shared_ptr: a callback that may outlive the socket's owner
+// keeps a weak_ptr.
+class Outbox {
+ public:
+  explicit Outbox(int fd);
+  ~Outbox();  // close()
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  void post(Kind kind, std::string meta, std::string body = {});
+  // Writes what is queued, then ends the thread. Idempotent.
+  void close();
+  bool failed() const;
+
+ private:
+  struct Item {
+    Kind kind;
+    std::string meta, body;
+  };
+  void run();
+
+  const int fd_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Item> queue_;
+  bool closing_ = false;
+  bool failed_ = false;
+  std::thread thread_;
+};
 
 // One control message, as sent or received.
 struct ControlMessage {

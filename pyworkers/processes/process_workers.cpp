@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "pyworkers/processes/frames.hpp"
+#include "pyworkers/processes/process_start.hpp"
 #include "server/model/response.hpp"
 #include "pyworkers/pool/worker.hpp"
 #include "pyworkers/processes/zygote.hpp"
@@ -60,6 +61,31 @@ bool wait_readable(int fd, milliseconds timeout) {
   }
 }
 
+}  // namespace
+
+StartedProcess start_worker_process(ZygoteClient& zygote, int slot, milliseconds timeout) {
+  ZygoteClient::Spawned spawned = zygote.spawn(slot);
+  if (spawned.fds.empty()) throw StartupError(StartupError::Kind::worker, spawned.error);
+  StartedProcess out{std::move(spawned.fds), spawned.pid};
+  const int fd = out.fds[0];
+  frames::Frame first;
+  frames::ReadResult read{frames::ReadStatus::failed, ETIMEDOUT};
+  frames::Limits limits;
+  limits.max_meta = 64 * 1024;
+  limits.max_body = 0;
+  if (wait_readable(fd, timeout)) read = frames::read_frame(fd, first, limits);
+  if (read.ok() && first.kind == frames::Kind::hello) return out;
+  for (int f : out.fds) ::close(f);
+  if (read.ok() && first.kind == frames::Kind::refused) throw StartupError(first.meta);
+  const std::string how = zygote.exit_status(out.pid, kExitStatusWait);
+  throw StartupError(StartupError::Kind::worker,
+                     "worker process " + std::to_string(out.pid) +
+                         (how.empty() ? " did not become ready: " + read.describe()
+                                      : " " + how + " before it was ready"));
+}
+
+namespace {
+
 class ProcessWorker final : public Worker {
  public:
   ProcessWorker(ZygoteClient& zygote, int slot, int threads)
@@ -67,32 +93,15 @@ class ProcessWorker final : public Worker {
   ~ProcessWorker() override { end(); }
 
   std::vector<RouteInfo> start() override {
-    ZygoteClient::Spawned spawned = zygote_.spawn(slot_);
-    if (spawned.fds.empty()) throw StartupError(StartupError::Kind::worker, spawned.error);
-    {
-      std::lock_guard lock(mutex_);
-      for (std::size_t i = 0; i < lanes_.size(); ++i) lanes_[i] = LaneState{.fd = spawned.fds[i]};
-      control_fd_ = several_lanes() ? spawned.fds.back() : -1;
-      pid_ = spawned.pid;
-      killed_ = false;
-      abandoned_ = false;
-    }
     // Its first frame (on lane 0) says it is ready; a worker that dies first died at start-up.
-    const int fd = lanes_[0].fd;
-    frames::Frame hello;
-    frames::ReadResult read{frames::ReadStatus::failed, ETIMEDOUT};
-    frames::Limits limits;
-    limits.max_meta = 64;
-    limits.max_body = 0;
-    if (wait_readable(fd, kHelloTimeout)) read = frames::read_frame(fd, hello, limits);
-    if (read.ok() && hello.kind == frames::Kind::hello) return zygote_.routes();
-    const pid_t pid = pid_;
-    end();
-    const std::string how = zygote_.exit_status(pid, kExitStatusWait);
-    throw StartupError(StartupError::Kind::worker,
-                       "worker process " + std::to_string(pid) +
-                           (how.empty() ? " did not become ready: " + read.describe()
-                                        : " " + how + " before it was ready"));
+    StartedProcess started = start_worker_process(zygote_, slot_, kHelloTimeout);
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < lanes_.size(); ++i) lanes_[i] = LaneState{.fd = started.fds[i]};
+    control_fd_ = several_lanes() ? started.fds.back() : -1;
+    pid_ = started.pid;
+    killed_ = false;
+    abandoned_ = false;
+    return zygote_.routes();
   }
 
   HandleResult handle(const Job& job, std::uint64_t seq, int lane) override {
@@ -326,17 +335,11 @@ class ProcessWorker final : public Worker {
 class ProcessFactory final : public WorkerFactory {
  public:
   explicit ProcessFactory(const ServerConfig& config)
-      : threads_(config.pool.threads), asgi_(config.app.kind == AppKind::asgi), zygote_(config) {}
+      : config_(config), threads_(config.pool.threads), asgi_(config.app.kind == AppKind::asgi), zygote_(config) {}
 
-  void prepare() override {
-    if (asgi_) {
-      throw StartupError(StartupError::Kind::environment,
-                         "--asgi: the processes strategy does not serve ASGI apps yet; use --strategy "
-                         "subinterpreters, threads or free-threaded");
-    }
-    zygote_.start();
-  }
+  void prepare() override { zygote_.start(); }
   std::unique_ptr<Worker> make(int slot) override {
+    if (asgi_) return make_asgi_process_worker(zygote_, slot, config_);
     return std::make_unique<ProcessWorker>(zygote_, slot, threads_);
   }
   std::string python_version() const override { return embedded_python_version(); }
@@ -354,6 +357,7 @@ class ProcessFactory final : public WorkerFactory {
   void shutdown(bool) override { zygote_.stop(); }
 
  private:
+  const ServerConfig config_;
   const int threads_;
   const bool asgi_;
   ZygoteClient zygote_;

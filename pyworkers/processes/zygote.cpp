@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -22,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "pyworkers/processes/asgi_child.hpp"
 #include "pyworkers/processes/frames.hpp"
 #include "pyworkers/embedding/py_ref.hpp"
 #include "pyworkers/apps/python_app.hpp"
@@ -117,11 +119,18 @@ constexpr int kMaxLanes = 1024;
 int g_lane_fds[kMaxLanes];
 int g_lane_count = 0;
 
+// An ASGI worker's wake-up (an eventfd its socket reader polls), or -1.
+int g_wake_fd = -1;
+
 volatile std::sig_atomic_t g_sigterm_received = 0;
 extern "C" void note_sigterm(int) {
   const int saved = errno;
   g_sigterm_received = 1;
   for (int i = 0; i < g_lane_count; ++i) ::shutdown(g_lane_fds[i], SHUT_RD);
+  if (g_wake_fd >= 0) {
+    const std::uint64_t one = 1;
+    (void)!::write(g_wake_fd, &one, sizeof one);
+  }
   errno = saved;
 }
 
@@ -171,6 +180,7 @@ class Zygote {
   void wait_children(Clock::time_point until);
   struct Lane;
   [[noreturn]] void serve_as_worker(int worker, const std::vector<int>& lane_fds, int control);
+  [[noreturn]] void serve_asgi(int worker, int sock);
   bool serve_lane(int worker, Lane& lane);
   void serve_control(int control, std::vector<Lane>& lanes, PyInterpreterState* interp,
                      PyObject* handler_timeout);
@@ -406,6 +416,7 @@ void Zygote::serve_as_worker(int worker, const std::vector<int>& lane_fds, int c
   prctl(PR_SET_NAME, ("gilg-worker-" + std::to_string(worker)).c_str());  // for ps/top
   ::close(control_fd_);
   ::close(sigchld_fd_);
+  if (config_.app.kind == AppKind::asgi) serve_asgi(worker, lane_fds.at(0));
   std::vector<Lane> lanes(lane_fds.size());
   for (std::size_t i = 0; i < lanes.size(); ++i) {
     lanes[i].index = static_cast<int>(i);
@@ -464,6 +475,25 @@ void Zygote::serve_as_worker(int worker, const std::vector<int>& lane_fds, int c
   bool failed = false;
   for (const Lane& lane : lanes) failed = failed || lane.failed;
   exit_worker(lanes[0].ts, failed ? 1 : 0);
+}
+
+// An ASGI app's worker: one event loop, one socket (asgi_child.hpp). SIGTERM
+// wakes its reader, which lets the loop finish what it holds.
+void Zygote::serve_asgi(int worker, int sock) {
+  g_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (g_wake_fd < 0) {
+    spdlog::critical("worker {}: eventfd: {}", worker, std::strerror(errno));
+    leave(1);
+  }
+  struct sigaction term{};
+  term.sa_handler = note_sigterm;
+  sigemptyset(&term.sa_mask);
+  sigaction(SIGTERM, &term, nullptr);
+  sigprocmask(SIG_SETMASK, &worker_mask_, nullptr);
+  current_worker() = {strategy_name(Strategy::processes).data(), worker};
+  PyThreadState* ts = PyEval_SaveThread();
+  const int code = serve_asgi_socket(worker, sock, *app_, config_, g_wake_fd, &g_sigterm_received);
+  exit_worker(ts, code);
 }
 
 // Serves one lane until its socket closes (the server ended the worker, or

@@ -35,6 +35,8 @@ Routes (by scope["path"], with scope["root_path"] taken off the front when it is
   /spin?s=30&token=T             logs "spin-start T <worker>", then a pure-Python busy loop of s
                                  seconds on the event loop; stopped by an exception, logs
                                  "spin-stopped T <exception type name>" and re-raises
+  /block?s=30&token=T            logs "block-start T <worker> <pid>", then time.sleep(s) on the event
+                                 loop: blocked in C, where no HandlerTimeout reaches it
   /state?token=T                 JSON about scope["state"]: has_state, type, keys, worker, pid,
                                  pid_now, hits (the length of the shared list after appending),
                                  leaked (what an earlier request set at the top level: must be
@@ -296,6 +298,15 @@ async def r_spin(scope, receive, send, q):
     await respond_json(send, dict(whoami(scope), spun_s=s, loops=n))
 
 
+async def r_block(scope, receive, send, q):
+    s = float(q.get("s", "30"))
+    token = q.get("token", "")
+    event("block-start", token, worker_of(scope), os.getpid())
+    time.sleep(s)  # blocks the loop in C: no exception can be raised until it returns
+    event("block-end", token)
+    await respond_json(send, dict(whoami(scope), blocked_s=s))
+
+
 async def r_state(scope, receive, send, q):
     state = scope.get("state")
     out = {"has_state": "state" in scope, "type": type(state).__name__, "pid_now": os.getpid()}
@@ -423,7 +434,7 @@ async def r_violation(scope, receive, send, q):
 ROUTES = {
     "hello": r_hello, "whoami": r_whoami, "scope": r_scope, "body": r_body, "stream": r_stream,
     "big": r_big, "sleep": r_sleep, "wait-disconnect": r_wait_disconnect,
-    "after-response": r_after_response, "spin": r_spin, "state": r_state, "ext": r_ext,
+    "after-response": r_after_response, "spin": r_spin, "block": r_block, "state": r_state, "ext": r_ext,
     "violation": r_violation,
 }
 

@@ -1,5 +1,5 @@
-"""ASGI apps and async route handlers (issue 23), on the in-process strategies; processes
-refuses --asgi by name (it does not serve ASGI apps yet).
+"""ASGI apps and async route handlers (issue 23), on every strategy (under processes each
+worker process runs the event loop and talks to the server over one socket).
 
   - tests/apps/asgi_conformance.py, a raw ASGI 3 app: every scope key and its type; the
     request body in http.request messages; streamed answers; each message-order rule broken
@@ -40,7 +40,6 @@ MIB = 1024 * 1024
 ROOT = "/mnt"  # --root-path of the conformance server
 SPEC_VERSIONS = ("2.3", "2.4", "2.5")  # the ASGI HTTP spec versions a server may claim here
 RECYCLING = ("subinterpreters", "processes")  # as tests/blackbox/test_recycling.py
-IN_PROCESS = ("subinterpreters", "threads", "free-threaded")
 DEADLINE_S = 3  # --timeout of the deadline server
 
 
@@ -91,19 +90,7 @@ class Events:
                         % (count, kind, token, self.path, self.lines()[-10:]), timeout)
 
 
-NOT_YET = "processes does not serve ASGI apps yet (it refuses --asgi by name: see " \
-          "test_processes_refuses_asgi_by_name)"
-
-
-def asgi_strategy(strategy):
-    """The strategy, for a test that serves an ASGI app: skipped where none is served yet."""
-    if strategy == "processes":
-        pytest.skip(NOT_YET)
-    return strategy
-
-
 def serve(strategy, spec, events, workers=2, args=(), env=None, pythonpath=(APPS_DIR,)):
-    asgi_strategy(strategy)
     paths = [a for p in pythonpath for a in ("--pythonpath", str(p))]
     return AsgiServer(strategy, spec, workers=workers, args=paths + [str(a) for a in args],
                       env=dict(env or {}, ASGI_TEST_EVENTS=str(events.path))).start()
@@ -345,7 +332,6 @@ def run_cli_env(args, env, timeout=60.0):
 
 
 def asgi_args(strategy, spec, *extra):
-    asgi_strategy(strategy)
     return ["--asgi", spec, "--strategy", strategy, "--workers", "2", "--host", HOST,
             "--port", str(free_port()), "--pythonpath", str(APPS_DIR), *extra]
 
@@ -665,16 +651,12 @@ def test_a_handler_that_spins_the_loop_is_interrupted_and_the_worker_serves_agai
     r, took = spin_result[0]
     assert_json_error(r, 504)
     assert took < DEADLINE_S + scaled(3), "the 504 came %.1f s in" % took
-    if strategy in IN_PROCESS:
-        # HandlerTimeout stopped the loop's spin. CPython 3.13 may raise it past the spinning
-        # frame's own `except` (python/cpython#139622: an asynchronous exception raised at a
-        # loop's back edge skips its handlers), so the app's line is checked when it came.
-        stopped = deadline_events.lines("spin-stopped", token)
-        assert all(line[2] == "HandlerTimeout" for line in stopped), stopped
-    else:  # processes: interrupted (HandlerTimeout), or the process killed and a new one started
-        wait_for(lambda: deadline_events.lines("spin-stopped", token)
-                 or len(deadline_events.lines("startup")) > startups,
-                 "HandlerTimeout in the spinning handler, or its process replaced", 10)
+    # HandlerTimeout stopped the loop's spin (under processes, raised by the worker process
+    # itself). CPython 3.13 may raise it past the spinning frame's own `except`
+    # (python/cpython#139622: an asynchronous exception raised at a loop's back edge skips its
+    # handlers), so the app's line is checked when it came.
+    stopped = deadline_events.lines("spin-stopped", token)
+    assert all(line[2] == "HandlerTimeout" for line in stopped), stopped
     # Both workers answer again, two requests each at once (--worker-connections 2).
     def all_serve():
         answers = [a for a in concurrent_sleeps(deadline, 4, 0.5)]
@@ -824,6 +806,63 @@ def test_recycling_lets_in_flight_requests_finish(gilgamesh_bin, strategy, tmp_p
         stop_cleanly(server)
 
 
+# --- processes: a worker process that dies -----------------------------------------------------
+
+def test_a_worker_process_that_dies_costs_only_what_its_loop_held(gilgamesh_bin, strategy, tmp_path):
+    """processes: the requests on a killed process's loop are answered 502 at once (not left to
+    their deadline), a new process takes its place, and the other worker never stops serving."""
+    if strategy != "processes":
+        pytest.skip("only a process worker can be killed on its own")
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_conformance:app", events, workers=2, args=["--timeout", 30])
+    try:
+        events.wait("startup", count=2)
+        token = uuid.uuid4().hex
+        sleepers, results = in_threads(3, lambda i: timed_get(server, "/sleep?s=20&token=%s%d" % (token, i)))
+        started = wait_for(lambda: len(events.lines("sleep-start")) >= 3 and events.lines("sleep-start"),
+                           "three sleeping requests", 10)
+        # Kill the process that holds the most of them.
+        pids = collections.Counter()
+        for line in events.lines("startup"):
+            pids[line[1]] = int(line[2])
+        victim_worker = collections.Counter(line[2] for line in started).most_common(1)[0][0]
+        os.kill(pids[victim_worker], 9)
+        join_all(sleepers, timeout=30)
+        held = [r for r in results if not isinstance(r, Exception) and r[0].status == 502]
+        assert held, results
+        assert all(took < scaled(5) for _, took in held), results
+        assert all("died" in r.body.decode() or "killed" in r.body.decode() for r, _ in held), held
+        # A new process takes the slot; both workers serve again.
+        events.wait("startup", count=3, timeout=15)
+        wait_for(lambda: len({a.json()["worker"] for a in concurrent_sleeps(server, 4, 0.2)
+                              if not isinstance(a, Exception) and a.status == 200}) == 2,
+                 "both workers to serve again", 15)
+    finally:
+        stop_cleanly(server)
+
+
+@pytest.mark.slow
+def test_a_loop_stuck_in_c_ends_its_process_and_a_new_one_serves(gilgamesh_bin, strategy, tmp_path):
+    """processes: a loop blocked in C (time.sleep on the loop) cannot be interrupted; once it
+    has been interrupted in vain well past the deadline, its process exits and is replaced."""
+    if strategy != "processes":
+        pytest.skip("in-process loops stuck in C are interrupted, never abandoned (docs/asgi.md)")
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_conformance:app", events, workers=2, args=["--timeout", 2])
+    try:
+        events.wait("startup", count=2)
+        token = uuid.uuid4().hex
+        r, took = timed_get(server, "/block?s=120&token=" + token)
+        assert_json_error(r, 504)
+        assert took < scaled(4), took
+        events.wait("startup", count=3, timeout=20)
+        assert events.lines("block-end", token) == []
+        wait_for(lambda: "event loop is stuck" in server.log(), "the stuck loop's log line", 10)
+        assert server.get("/hello").status == 200
+    finally:
+        stop_cleanly(server)
+
+
 # --- Starlette (Debian trixie) ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -942,15 +981,6 @@ def test_help_lists_the_asgi_flags(gilgamesh_bin):
     out = run_cli(["--help"]).stdout
     for flag in ("--asgi", "--lifespan", "--worker-connections"):
         assert flag in out, out
-
-
-def test_processes_refuses_asgi_by_name(gilgamesh_bin, tmp_path):
-    result = run_cli_env(["--asgi", "asgi_conformance:app", "--strategy", "processes", "--workers", "1",
-                          "--host", HOST, "--port", str(free_port()), "--pythonpath", str(APPS_DIR)],
-                         {"ASGI_TEST_EVENTS": str(tmp_path / "events.log")})
-    assert result.returncode == 1, result
-    assert "processes" in result.stderr and "ASGI" in result.stderr, result.stderr[-2000:]
-    assert "subinterpreters, threads or free-threaded" in result.stderr, result.stderr[-2000:]
 
 
 def test_pydantic_core_is_named_with_both_reasons(gilgamesh_bin, strategy):

@@ -153,19 +153,18 @@ def test_check_usage_errors(gilgamesh_bin):
     assert check(["--asgi", "asgi_conformance:app", "--request", "GET /"]).returncode == 2
 
 
-def test_an_asgi_app_is_never_recommended_processes(gilgamesh_bin, probe_cache):
+def test_an_asgi_app_is_recommended_like_any_other(gilgamesh_bin, probe_cache):
     code, doc = check_json(["--asgi", "asgi_conformance:app"], probe_cache)
     assert code == 0, doc
     assert doc["kind"] == "asgi" and rows(doc)["subinterpreters"]["loads"] is True, doc
     assert doc["recommendation"]["strategy"] == "subinterpreters", doc["recommendation"]
-    assert "processes" not in doc["recommendation"]["why"], doc["recommendation"]
-    # One that sub-interpreters refuse (a single-phase extension) goes to threads, not processes.
+    assert "runner-up: processes" in doc["recommendation"]["why"], doc["recommendation"]
+    # One that sub-interpreters refuse (a single-phase extension) goes to processes: each
+    # process runs its own event loop, in parallel on every core.
     code, doc = check_json(["--asgi", "asgi_single_phase:app"], probe_cache)
     assert code == 0, doc
     assert rows(doc)["subinterpreters"]["loads"] is False, doc
-    assert doc["recommendation"]["strategy"] in ("free-threaded", "threads"), doc["recommendation"]
-    text = check(["--asgi", "asgi_single_phase:app"], probe_cache).stdout
-    assert "processes: does not serve ASGI apps yet" in text, text
+    assert doc["recommendation"]["strategy"] == "processes", doc["recommendation"]
 
 
 def test_check_is_fast_when_cached(gilgamesh_bin, probe_cache):

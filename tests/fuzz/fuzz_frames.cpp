@@ -40,6 +40,23 @@ bool same(const HttpResponseData& a, const HttpResponseData& b) {
 }
 
 void decode_meta(std::string_view meta) {
+  {
+    std::uint64_t id = 0;
+    std::chrono::microseconds left{};
+    std::size_t route = 0;
+    HttpRequestData request;
+    if (frames::decode_asgi_request(meta, id, left, route, request)) {
+      std::uint64_t id2 = 0;
+      std::chrono::microseconds left2{};
+      std::size_t route2 = 0;
+      HttpRequestData again;
+      if (!frames::decode_asgi_request(frames::encode_asgi_request(id, left, route, request), id2, left2, route2,
+                                       again) ||
+          id2 != id || left2 != left || route2 != route || again.target != request.target) {
+        fail("an ASGI request changed through encode/decode");
+      }
+    }
+  }
   HttpResponseData response;
   if (frames::decode_response_meta(meta, response)) {
     HttpResponseData again;

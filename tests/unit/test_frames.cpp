@@ -201,6 +201,70 @@ TEST(Frames, AStreamedAnswerIsReadFrameByFrameWhateverArrivesTogether) {
   EXPECT_EQ(read_frame(t.a, f).status, ReadStatus::invalid);
 }
 
+TEST(Frames, AnAsgiRequestCarriesItsIdAndTimeLeft) {
+  HttpRequestData r;
+  r.method = "POST";
+  r.path = "/x";
+  r.target = "/x?a=1";
+  r.query_string = "a=1";
+  r.headers = {{"b", "2"}, {"a", "1"}, {"b", "3"}};
+  const std::string meta = encode_asgi_request(77, std::chrono::microseconds(1500000), 0, r);
+  std::uint64_t id = 0;
+  std::chrono::microseconds left{};
+  std::size_t route = 9;
+  HttpRequestData back;
+  ASSERT_TRUE(decode_asgi_request(meta, id, left, route, back));
+  EXPECT_EQ(id, 77u);
+  EXPECT_EQ(left.count(), 1500000);
+  EXPECT_EQ(route, 0u);
+  EXPECT_EQ(back.target, "/x?a=1");
+  ASSERT_EQ(back.headers.size(), 3u);  // in their order, duplicates kept
+  EXPECT_EQ(back.headers[2].value, "3");
+  // Anything cut short is refused.
+  for (std::size_t n = 0; n < meta.size(); n += 7) {
+    EXPECT_FALSE(decode_asgi_request(std::string_view(meta).substr(0, n), id, left, route, back)) << n;
+  }
+  std::string_view tagged = "";
+  EXPECT_FALSE(untag(tagged, id));
+  const std::string t = tag(5, "rest");
+  std::string_view view = t;
+  ASSERT_TRUE(untag(view, id));
+  EXPECT_EQ(id, 5u);
+  EXPECT_EQ(view, "rest");
+}
+
+TEST(Frames, AnOutboxWritesInOrderWithoutBlockingThePoster) {
+  SocketPair s;
+  auto outbox = std::make_shared<Outbox>(s.a);
+  const std::string big(2 * 1024 * 1024, 'b');  // more than the socket holds: post() returns anyway
+  const auto started = std::chrono::steady_clock::now();
+  outbox->post(Kind::asgi_chunk, tag(1), big);
+  for (std::uint64_t i = 2; i <= 50; ++i) outbox->post(Kind::asgi_done, tag(i));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(500));
+  std::string carry;
+  Frame f;
+  ASSERT_TRUE(read_frame_buffered(s.b, f, carry).ok());
+  EXPECT_EQ(f.kind, Kind::asgi_chunk);
+  EXPECT_TRUE(f.body == big);
+  for (std::uint64_t i = 2; i <= 50; ++i) {
+    ASSERT_TRUE(read_frame_buffered(s.b, f, carry).ok());
+    std::string_view meta = f.meta;
+    std::uint64_t id = 0;
+    ASSERT_TRUE(untag(meta, id));
+    EXPECT_EQ(id, i);
+  }
+  outbox->close();
+  EXPECT_FALSE(outbox->failed());
+  // A peer that is gone: the write fails, later posts are dropped, close() returns.
+  SocketPair t;
+  auto lost = std::make_shared<Outbox>(t.a);
+  close(t.b);
+  t.b = -1;
+  for (int i = 0; i < 10; ++i) lost->post(Kind::asgi_done, tag(1));
+  lost->close();
+  EXPECT_TRUE(lost->failed());
+}
+
 TEST(Frames, EndOfStreamAtAndInsideAFrame) {
   {
     SocketPair s;
@@ -233,7 +297,7 @@ TEST(Frames, OversizedOrUnknownFramesAreInvalid) {
   EXPECT_EQ(read_frame(s.b, f, limits).status, ReadStatus::invalid);
 
   SocketPair t;
-  const char header[16] = {9, 0, 0, 0};  // kind 9
+  const char header[16] = {static_cast<char>(kLastKind + 1), 0, 0, 0};  // a kind past the last
   ASSERT_EQ(send(t.a, header, sizeof header, 0), 16);
   EXPECT_EQ(read_frame(t.b, f).status, ReadStatus::invalid);
 }

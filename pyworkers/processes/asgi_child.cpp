@@ -1,0 +1,370 @@
+#include "pyworkers/processes/asgi_child.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "pyworkers/apps/asgi_app.hpp"
+#include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/processes/frames.hpp"
+#include "server/model/body_stream.hpp"
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+namespace {
+
+using namespace std::chrono_literals;
+using frames::Kind;
+
+constexpr auto kSuperviseEvery = 50ms;
+
+// A thread that takes no signal: SIGTERM is for the main thread's wait.
+template <class F>
+std::thread quiet_thread(F&& f) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread t(std::forward<F>(f));
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
+
+class AsgiChild {
+ public:
+  AsgiChild(int worker, int sock, PythonApp& app, const ServerConfig& config, int wake_fd,
+            const volatile std::sig_atomic_t* sigterm)
+      : worker_(worker), sock_(sock), wake_fd_(wake_fd), sigterm_(sigterm), app_(app), config_(config),
+        outbox_(std::make_shared<frames::Outbox>(sock)) {}
+
+  int run();
+
+ private:
+  // The loop's view of the server's request: its owner, so that the answer goes
+  // back as frames and "the client left" comes from the server.
+  struct Remote final : JobOwner {
+    Remote(AsgiChild& c, std::uint64_t i) : child(c), id(i) {}
+    void job_done(std::uint64_t, HttpResponseData&& response) override { child.answer(id, std::move(response)); }
+    bool client_gone() const override { return gone.load(); }
+    AsgiChild& child;
+    const std::uint64_t id;
+    std::atomic<bool> gone{false};
+  };
+  // An answer whose body streams: its consumer end, read here and sent one
+  // chunk frame per asgi_room.
+  struct Stream {
+    std::shared_ptr<BodyStream> consumer;
+    bool credit = true;  // the server may take the next chunk
+  };
+
+  bool start_loop();
+  void read_socket();
+  bool on_frame(frames::Frame& frame);
+  void submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route, HttpRequestData&& request);
+  void answer(std::uint64_t id, HttpResponseData&& response);
+  void pump(std::uint64_t id);
+  void room(std::uint64_t id);
+  void gone(std::uint64_t id);
+  void released(const Job& job);
+  void begin_stop();
+  void supervise();
+  void interrupt_loop();
+  void wake() {
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
+
+  const int worker_;
+  const int sock_;
+  const int wake_fd_;
+  const volatile std::sig_atomic_t* const sigterm_;
+  PythonApp& app_;
+  const ServerConfig& config_;
+  std::shared_ptr<frames::Outbox> outbox_;
+  std::unique_ptr<AsgiLoop> loop_;
+
+  std::mutex mutex_;  // guards remotes_ and streams_
+  std::unordered_map<std::uint64_t, std::shared_ptr<Remote>> remotes_;
+  std::unordered_map<std::uint64_t, Stream> streams_;
+
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};  // the loop has ended
+  std::thread stopper_;
+  std::atomic<bool> supervising_{true};
+  std::thread supervisor_;
+
+  // The loop's thread, for interrupts: set while it exists.
+  std::mutex target_mutex_;  // taken only while detached
+  std::atomic<bool> interrupting_{false};
+  unsigned long loop_thread_ = 0;
+  bool loop_alive_ = false;
+};
+
+int AsgiChild::run() {
+  if (!start_loop()) {
+    outbox_->close();
+    return 1;
+  }
+  outbox_->post(Kind::hello, std::to_string(getpid()));
+  supervisor_ = quiet_thread([this] { supervise(); });
+  read_socket();
+  if (stopper_.joinable()) stopper_.join();
+  supervising_ = false;
+  supervisor_.join();
+  outbox_->close();
+  return 0;
+}
+
+bool AsgiChild::start_loop() {
+  AsgiLoop::Hooks hooks;
+  hooks.entered = [this] {
+    std::lock_guard lock(target_mutex_);
+    loop_thread_ = PyThread_get_thread_ident();
+    loop_alive_ = true;
+  };
+  hooks.leaving = [this] {
+    std::lock_guard lock(target_mutex_);
+    loop_alive_ = false;
+  };
+  hooks.released = [this](const Job& job) { released(job); };
+  loop_ = std::make_unique<AsgiLoop>(PyInterpreterState_Main(), app_, config_, std::move(hooks));
+  try {
+    // Its thread takes no signal either.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    struct Restore {
+      sigset_t mask;
+      ~Restore() { pthread_sigmask(SIG_SETMASK, &mask, nullptr); }
+    } restore{old};
+    loop_->start();
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::error("worker {}: {}", worker_, e.what());
+    outbox_->post(Kind::refused, e.what());
+    return false;
+  }
+}
+
+// Until the loop has ended: frames from the server, and the wake-ups (SIGTERM,
+// the loop's end). The server's end of the socket closing stops the loop too.
+void AsgiChild::read_socket() {
+  frames::Limits limits;
+  limits.max_body = config_.http.max_body;
+  std::string carry;
+  bool open = true;
+  while (!stopped_) {
+    if (*sigterm_) begin_stop();
+    pollfd fds[2] = {{open ? sock_ : -1, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    if (carry.empty() && poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents != 0) {
+      std::uint64_t n;
+      (void)!::read(wake_fd_, &n, sizeof n);
+    }
+    if (!open || (carry.empty() && fds[0].revents == 0)) continue;
+    frames::Frame frame;
+    const frames::ReadResult read = frames::read_frame_buffered(sock_, frame, carry, limits);
+    if (read.ok() && on_frame(frame)) continue;
+    if (!read.ok() && read.status != frames::ReadStatus::closed) {
+      spdlog::error("worker {}: the server's socket failed ({}); stopping", worker_, read.describe());
+    }
+    // The server is gone (or broke the protocol): nobody takes an answer now.
+    open = false;
+    carry.clear();
+    std::vector<std::shared_ptr<BodyStream>> cancelled;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, r] : remotes_) r->gone = true;
+      for (auto& [id, s] : streams_) cancelled.push_back(s.consumer);
+      streams_.clear();
+    }
+    for (auto& c : cancelled) c->cancel();
+    begin_stop();
+  }
+}
+
+// False: the frame breaks the protocol.
+bool AsgiChild::on_frame(frames::Frame& frame) {
+  std::string_view meta = frame.meta;
+  std::uint64_t id = 0;
+  if (frame.kind == Kind::asgi_request) {
+    std::chrono::microseconds left{};
+    std::size_t route = 0;
+    HttpRequestData request;
+    if (!frames::decode_asgi_request(meta, id, left, route, request)) return false;
+    request.body = std::move(frame.body);
+    submit(id, left, route, std::move(request));
+    return true;
+  }
+  if (!frames::untag(meta, id)) return false;
+  switch (frame.kind) {
+    case Kind::asgi_room: room(id); return true;
+    case Kind::asgi_gone: gone(id); return true;
+    case Kind::asgi_stop: begin_stop(); return true;
+    default: return false;
+  }
+}
+
+void AsgiChild::submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route,
+                       HttpRequestData&& request) {
+  if (stopping_) {
+    // Between the server's last request and its stop: it is answered, not lost.
+    HttpResponseData response = make_error_response(503, "the worker is stopping; retry", request.request_id);
+    outbox_->post(Kind::asgi_response, frames::tag(id, frames::encode_response_meta(response)),
+                  std::move(response.body));
+    outbox_->post(Kind::asgi_done, frames::tag(id));
+    return;
+  }
+  auto remote = std::make_shared<Remote>(*this, id);
+  {
+    std::lock_guard lock(mutex_);
+    remotes_[id] = remote;
+  }
+  Job job;
+  job.request = std::move(request);
+  job.route_index = route;
+  job.queued_at = Clock::now();
+  job.deadline = job.queued_at + left;
+  job.owner = remote;
+  job.token = id;
+  loop_->submit(job);
+}
+
+// From the loop's thread (no Python lock held): a whole answer, or a head whose
+// body follows through its stream.
+void AsgiChild::answer(std::uint64_t id, HttpResponseData&& response) {
+  std::shared_ptr<BodyStream> consumer = std::move(response.stream);
+  response.stream.reset();
+  const Kind kind = consumer ? Kind::asgi_head : Kind::asgi_response;
+  outbox_->post(kind, frames::tag(id, frames::encode_response_meta(response)), std::move(response.body));
+  if (!consumer) return;
+  {
+    std::lock_guard lock(mutex_);
+    streams_[id] = Stream{std::move(consumer)};
+  }
+  pump(id);
+}
+
+// Sends what the stream has queued as one chunk, when the server has room for
+// it, and the end once the body is over. From any thread; `ready` calls it
+// again from the loop's thread when there is something new.
+void AsgiChild::pump(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = streams_.find(id);
+  if (it == streams_.end() || !it->second.credit) return;
+  BodyStream::Taken taken = it->second.consumer->take([this, id] { pump(id); });
+  std::string data;
+  for (std::string& c : taken.chunks) data += c;
+  if (!data.empty()) {
+    outbox_->post(Kind::asgi_chunk, frames::tag(id), std::move(data));
+    it->second.credit = false;
+  }
+  if (taken.state == BodyStream::State::more) return;
+  if (taken.state != BodyStream::State::cancelled) {
+    outbox_->post(Kind::asgi_end, frames::tag(id, taken.state == BodyStream::State::finished ? "1" : "0"));
+  }
+  streams_.erase(it);
+}
+
+void AsgiChild::room(std::uint64_t id) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    it->second.credit = true;
+  }
+  pump(id);
+}
+
+// The client left: the loop hears it from its supervise() (client_gone), and a
+// body that streams stops at the app's next send.
+void AsgiChild::gone(std::uint64_t id) {
+  std::shared_ptr<BodyStream> consumer;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = remotes_.find(id); it != remotes_.end()) it->second->gone = true;
+    if (auto it = streams_.find(id); it != streams_.end()) {
+      consumer = std::move(it->second.consumer);
+      streams_.erase(it);
+    }
+  }
+  if (consumer) consumer->cancel();  // outside the lock: it may call pump()
+}
+
+// A request has left the loop: the server may give it another.
+void AsgiChild::released(const Job& job) {
+  {
+    std::lock_guard lock(mutex_);
+    remotes_.erase(job.token);
+  }
+  outbox_->post(Kind::asgi_done, frames::tag(job.token));
+}
+
+// Once: the loop takes no more requests, finishes those it holds and ends.
+void AsgiChild::begin_stop() {
+  if (stopping_.exchange(true)) return;
+  stopper_ = quiet_thread([this] {
+    loop_->stop();
+    stopped_ = true;
+    wake();
+  });
+}
+
+void AsgiChild::supervise() {
+  while (supervising_) {
+    std::this_thread::sleep_for(kSuperviseEvery);
+    const auto now = Clock::now();
+    if (loop_->supervise(now)) interrupt_loop();
+    if (loop_->stuck(now)) {
+      spdlog::critical("worker {} (pid {}): the ASGI event loop is stuck past a request's deadline after every "
+                       "interrupt (a handler blocked in C code, or one that swallows HandlerTimeout); the "
+                       "process exits, and its requests are answered 502", worker_, getpid());
+      spdlog::default_logger()->flush();
+      _exit(3);
+    }
+  }
+}
+
+// HandlerTimeout in the loop's thread, as the in-process strategies raise it:
+// from a helper thread, since attaching waits for the GIL that a loop blocked
+// in C holds (the supervisor must stay free to see the loop stuck). One at a time.
+void AsgiChild::interrupt_loop() {
+  if (interrupting_.exchange(true)) return;
+  spdlog::warn("worker {}: the ASGI event loop is still busy past a request's deadline; interrupting it",
+               worker_);
+  quiet_thread([this] {
+    {
+      std::lock_guard lock(target_mutex_);
+      if (loop_alive_) {
+        PyThreadState* ts = PyThreadState_New(PyInterpreterState_Main());
+        PyEval_RestoreThread(ts);
+        PyThreadState_SetAsyncExc(loop_thread_, app_.handler_timeout_type());
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+      }
+    }
+    interrupting_ = false;
+  }).detach();
+}
+
+}  // namespace
+
+int serve_asgi_socket(int worker, int sock, PythonApp& app, const ServerConfig& config, int wake_fd,
+                      const volatile std::sig_atomic_t* sigterm) {
+  // Never deleted: an interrupting helper may still wait for the GIL when the
+  // process leaves (with _exit, right after this returns).
+  auto* child = new AsgiChild(worker, sock, app, config, wake_fd, sigterm);
+  return child->run();
+}
+
+}  // namespace gilgamesh

@@ -1,0 +1,372 @@
+// `processes` serving an ASGI app: the server's side of one worker process
+// whose event loop holds many requests at once (asgi_child.hpp is the other
+// side; frames.hpp, "the ASGI socket", the wire between them).
+//
+// The pool hands each job over with defer(): it gets an id, joins `held_` and
+// goes out as an asgi_request frame (from the Outbox's thread: nothing here
+// waits on the socket but the reader). The reader thread completes jobs as
+// their answers come back; a streamed body goes into a BodyStream with offer()
+// (never blocking the reader, which serves every request of the process), and
+// each chunk is acknowledged with asgi_room once the client's buffer has room,
+// which is when the worker sends the next. A client that leaves is told to the
+// worker (asgi_gone) by supervise() or by the stream. --worker-connections
+// bounds the requests on the loop (wait_for_room); the pool's queue and its
+// 503 come after. Deadlines: the connection answers 504 itself, the worker's
+// loop cancels the request's task, and a loop that stays stuck ends its process
+// (asgi_child.cpp): the reader then answers what it held with 502, and the
+// pool starts a new process.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "pyworkers/pool/worker.hpp"
+#include "pyworkers/processes/frames.hpp"
+#include "pyworkers/processes/process_start.hpp"
+#include "pyworkers/processes/zygote_client.hpp"
+#include "server/model/body_stream.hpp"
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+namespace {
+
+using namespace std::chrono_literals;
+using frames::Kind;
+
+constexpr auto kStartTimeout = 60s;         // the app's lifespan startup runs before `hello`
+constexpr auto kClientCheckEvery = 250ms;
+constexpr auto kExitStatusWait = 2s;
+constexpr auto kLongestWait = std::chrono::hours(24 * 365);  // "no deadline", as a duration
+
+class AsgiProcessWorker final : public Worker {
+ public:
+  AsgiProcessWorker(ZygoteClient& zygote, int slot, const ServerConfig& config)
+      : zygote_(zygote),
+        slot_(slot),
+        limit_(static_cast<std::size_t>(std::max(1, config.pool.worker_connections))),
+        stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::duration<double>(config.http.graceful_timeout) + 1s)) {}
+  ~AsgiProcessWorker() override { end(); }
+
+  std::vector<RouteInfo> start() override {
+    StartedProcess started = start_worker_process(zygote_, slot_, kStartTimeout);
+    for (std::size_t i = 1; i < started.fds.size(); ++i) ::close(started.fds[i]);
+    std::lock_guard lock(mutex_);
+    fd_ = started.fds[0];
+    pid_ = started.pid;
+    dead_ = false;
+    stopping_ = false;
+    outbox_ = std::make_shared<frames::Outbox>(fd_);
+    reader_ = std::thread([this] { read_socket(); });
+    return zygote_.routes();
+  }
+
+  // Only when the process is gone (defer() refused the job): the pool starts a
+  // new one, and the job waits for it.
+  HandleResult handle(const Job& job, std::uint64_t, int) override {
+    HandleResult out;
+    out.worker_lost = true;
+    out.job_not_taken = true;
+    out.response = make_error_response(503, "the worker process was gone before it took the request",
+                                       job.request.request_id);
+    return out;
+  }
+
+  bool defer(Job& job) override {
+    std::string meta, body;
+    std::shared_ptr<frames::Outbox> outbox;
+    {
+      std::lock_guard lock(mutex_);
+      if (dead_ || stopping_ || !outbox_) return false;
+      outbox = outbox_;
+      const std::uint64_t id = ++next_id_;
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+          std::clamp<Clock::duration>(job.deadline - Clock::now(), Clock::duration::zero(), kLongestWait));
+      meta = frames::encode_asgi_request(id, left, job.route_index, job.request);
+      body = std::move(job.request.body);
+      Held& h = held_[id];
+      h.job = std::move(job);
+      h.job.sink = nullptr;
+      ++on_loop_;
+    }
+    outbox->post(Kind::asgi_request, std::move(meta), std::move(body));
+    return true;
+  }
+
+  bool wait_for_room(Clock::time_point until) override {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_until(lock, until, [&] { return dead_ || on_loop_ < limit_; });
+  }
+
+  int held() const override {
+    std::lock_guard lock(mutex_);
+    return static_cast<int>(on_loop_);
+  }
+
+  // Clients that left, told to the worker's loop. Never blocks.
+  void supervise(Clock::time_point now) override {
+    std::vector<std::uint64_t> gone;
+    std::shared_ptr<frames::Outbox> outbox;
+    {
+      std::lock_guard lock(mutex_);
+      if (now < next_client_check_ || !outbox_) return;
+      next_client_check_ = now + kClientCheckEvery;
+      outbox = outbox_;
+      for (auto& [id, h] : held_) {
+        if (h.answered || h.gone_told || !h.job.client_gone()) continue;
+        h.gone_told = true;
+        gone.push_back(id);
+      }
+    }
+    for (std::uint64_t id : gone) outbox->post(Kind::asgi_gone, frames::tag(id));
+  }
+
+  InterruptAction interrupt(std::uint64_t) override { return InterruptAction::none; }
+
+  // The loop finishes what it holds, runs the lifespan shutdown and the process
+  // exits; past the graceful timeout it is killed.
+  void end() override {
+    std::shared_ptr<frames::Outbox> outbox;
+    pid_t pid;
+    {
+      std::unique_lock lock(mutex_);
+      if (!outbox_) return;
+      outbox = outbox_;
+      pid = pid_;
+      stopping_ = true;
+      outbox->post(Kind::asgi_stop, frames::tag(0));
+      if (!cv_.wait_for(lock, stop_wait_, [&] { return dead_; })) {
+        spdlog::warn("worker {} (pid {}): its event loop did not finish within the graceful timeout; killing it",
+                     slot_, pid);
+        ::kill(pid, SIGKILL);
+      }
+    }
+    reader_.join();
+    outbox->close();
+    std::lock_guard lock(mutex_);
+    outbox_.reset();
+    ::close(fd_);
+    fd_ = -1;
+    pid_ = 0;
+  }
+
+  bool recyclable() const override { return true; }
+  bool abandonable() const override { return false; }
+  bool can_vanish_while_idle() const override { return true; }
+  bool alive() override {
+    std::lock_guard lock(mutex_);
+    return outbox_ && !dead_;
+  }
+
+  WorkerDescription describe() const override {
+    WorkerDescription d;
+    d.pid = pid_;
+    return d;
+  }
+
+ private:
+  // A request the worker's loop holds, from defer() to its asgi_done (and to
+  // the end of its streamed body).
+  struct Held {
+    Job job;  // until it is answered
+    bool answered = false;
+    bool on_loop = true;
+    bool gone_told = false;
+    std::shared_ptr<BodyStream> producer;  // while its body streams
+  };
+
+  void read_socket();
+  bool on_frame(frames::Frame& frame);
+  void deliver(std::uint64_t id, HttpResponseData&& response, std::shared_ptr<BodyStream> producer = nullptr);
+  void chunk(std::uint64_t id, std::string&& data);
+  void end_body(std::uint64_t id, bool ok);
+  void done(std::uint64_t id);
+  void lost(const std::string& why);
+  // With mutex_: forgets `it` once nothing more can come for it.
+  void forget_if_over(std::unordered_map<std::uint64_t, Held>::iterator it) {
+    if (!it->second.on_loop && !it->second.producer) held_.erase(it);
+  }
+
+  ZygoteClient& zygote_;
+  const int slot_;
+  const std::size_t limit_;
+  const std::chrono::milliseconds stop_wait_;
+  std::thread reader_;
+  int fd_ = -1;  // set by start(), closed by end(); the reader's and the outbox's meanwhile
+
+  mutable std::mutex mutex_;  // guards what follows
+  std::condition_variable cv_;
+  std::shared_ptr<frames::Outbox> outbox_;
+  std::atomic<pid_t> pid_{0};
+  std::unordered_map<std::uint64_t, Held> held_;
+  std::size_t on_loop_ = 0;
+  std::uint64_t next_id_ = 0;
+  bool dead_ = false;      // the process has ended (or broke the protocol)
+  bool stopping_ = false;  // end() has asked it to finish
+  Clock::time_point next_client_check_{};
+};
+
+void AsgiProcessWorker::read_socket() {
+  std::string carry;
+  std::string why;
+  for (;;) {
+    frames::Frame frame;
+    const frames::ReadResult read = frames::read_frame_buffered(fd_, frame, carry);
+    if (!read.ok()) {
+      if (read.status != frames::ReadStatus::closed) why = read.describe();
+      break;
+    }
+    if (!on_frame(frame)) {
+      why = "sent a malformed frame";
+      ::kill(pid_, SIGKILL);
+      break;
+    }
+  }
+  lost(why);
+}
+
+// False: the frame breaks the protocol.
+bool AsgiProcessWorker::on_frame(frames::Frame& frame) {
+  std::string_view meta = frame.meta;
+  std::uint64_t id = 0;
+  if (!frames::untag(meta, id)) return false;
+  switch (frame.kind) {
+    case Kind::asgi_response:
+    case Kind::asgi_head: {
+      HttpResponseData response;
+      if (!frames::decode_response_meta(meta, response)) return false;
+      if (frame.kind == Kind::asgi_response) {
+        response.body = std::move(frame.body);
+        deliver(id, std::move(response));
+        return true;
+      }
+      BodyStream::Ends ends = BodyStream::make();
+      response.stream = std::move(ends.consumer);
+      deliver(id, std::move(response), std::move(ends.producer));
+      return true;
+    }
+    case Kind::asgi_chunk: chunk(id, std::move(frame.body)); return true;
+    case Kind::asgi_end: end_body(id, meta == "1"); return true;
+    case Kind::asgi_done: done(id); return true;
+    default: return false;
+  }
+}
+
+void AsgiProcessWorker::deliver(std::uint64_t id, HttpResponseData&& response, std::shared_ptr<BodyStream> producer) {
+  Job job;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    if (it == held_.end() || it->second.answered) return;
+    it->second.answered = true;
+    it->second.producer = std::move(producer);
+    job = std::move(it->second.job);
+  }
+  // A connection gone already drops the consumer's end: the next chunk's offer says so.
+  job.complete(std::move(response));
+}
+
+void AsgiProcessWorker::chunk(std::uint64_t id, std::string&& data) {
+  std::shared_ptr<BodyStream> producer;
+  std::shared_ptr<frames::Outbox> outbox;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    if (it == held_.end() || !it->second.producer) return;
+    producer = it->second.producer;
+    outbox = outbox_;
+  }
+  std::weak_ptr<frames::Outbox> weak = outbox;
+  const BodyStream::Offer offered = producer->offer(std::move(data), [weak, id] {
+    if (auto o = weak.lock()) o->post(Kind::asgi_room, frames::tag(id));
+  });
+  if (offered == BodyStream::Offer::taken) {
+    outbox->post(Kind::asgi_room, frames::tag(id));
+  } else if (offered == BodyStream::Offer::cancelled) {
+    {
+      std::lock_guard lock(mutex_);
+      auto it = held_.find(id);
+      if (it != held_.end()) {
+        it->second.producer.reset();
+        forget_if_over(it);
+      }
+    }
+    outbox->post(Kind::asgi_gone, frames::tag(id));
+  }
+}
+
+void AsgiProcessWorker::end_body(std::uint64_t id, bool ok) {
+  std::shared_ptr<BodyStream> producer;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    if (it == held_.end()) return;
+    producer = std::move(it->second.producer);
+    forget_if_over(it);
+  }
+  if (producer) producer->finish(ok);
+}
+
+// The request has left the loop. One the loop never answered was cancelled at
+// its deadline: its connection has answered 504.
+void AsgiProcessWorker::done(std::uint64_t id) {
+  Job unanswered;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    if (it == held_.end() || !it->second.on_loop) return;
+    it->second.on_loop = false;
+    --on_loop_;
+    unanswered = std::move(it->second.job);
+    forget_if_over(it);
+  }
+  cv_.notify_all();
+}
+
+// The process has ended (or must: it broke the protocol). What it held and had
+// not answered is answered 502; bodies it was streaming are cut short.
+void AsgiProcessWorker::lost(const std::string& why) {
+  std::vector<Job> orphans;
+  std::vector<std::shared_ptr<BodyStream>> streams;
+  bool expected;
+  pid_t pid;
+  {
+    std::lock_guard lock(mutex_);
+    dead_ = true;
+    expected = stopping_;
+    pid = pid_;
+    for (auto& [id, h] : held_) {
+      if (!h.answered) orphans.push_back(std::move(h.job));
+      if (h.producer) streams.push_back(std::move(h.producer));
+    }
+    held_.clear();
+    on_loop_ = 0;
+  }
+  cv_.notify_all();
+  for (auto& s : streams) s->finish(false);
+  if (orphans.empty() && streams.empty() && why.empty()) return;
+  std::string how = zygote_.exit_status(pid, kExitStatusWait);
+  if (how.empty()) how = why.empty() ? "closed its socket" : why;
+  const std::string what =
+      "worker " + std::to_string(slot_) + " (pid " + std::to_string(pid) + ") " + how;
+  if (!expected || !orphans.empty()) {
+    spdlog::error("{} while its event loop held {} request(s); they are answered 502", what,
+                  orphans.size() + streams.size());
+  }
+  for (Job& job : orphans) {
+    job.complete(make_error_response(502, what + " while handling the request", job.request.request_id));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Worker> make_asgi_process_worker(ZygoteClient& zygote, int slot, const ServerConfig& config) {
+  return std::make_unique<AsgiProcessWorker>(zygote, slot, config);
+}
+
+}  // namespace gilgamesh
