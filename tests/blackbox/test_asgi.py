@@ -808,15 +808,22 @@ def test_recycling_lets_in_flight_requests_finish(gilgamesh_bin, strategy, tmp_p
 
 # --- processes: a worker process that dies -----------------------------------------------------
 
+def serve_two_processes(strategy, tmp_path, timeout, why_not):
+    """The conformance app on two worker processes with --timeout `timeout`, both started;
+    other strategies skip, saying `why_not`."""
+    if strategy != "processes":
+        pytest.skip(why_not)
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_conformance:app", events, workers=2, args=["--timeout", timeout])
+    events.wait("startup", count=2)
+    return server, events
+
+
 def test_a_worker_process_that_dies_costs_only_what_its_loop_held(gilgamesh_bin, strategy, tmp_path):
     """processes: the requests on a killed process's loop are answered 502 at once (not left to
     their deadline), a new process takes its place, and the other worker never stops serving."""
-    if strategy != "processes":
-        pytest.skip("only a process worker can be killed on its own")
-    events = Events(tmp_path / "events.log")
-    server = serve(strategy, "asgi_conformance:app", events, workers=2, args=["--timeout", 30])
+    server, events = serve_two_processes(strategy, tmp_path, 30, "only a process worker can be killed on its own")
     try:
-        events.wait("startup", count=2)
         token = uuid.uuid4().hex
         sleepers, results = in_threads(3, lambda i: timed_get(server, "/sleep?s=20&token=%s%d" % (token, i)))
         started = wait_for(lambda: len(events.lines("sleep-start")) >= 3 and events.lines("sleep-start"),
@@ -845,12 +852,9 @@ def test_a_worker_process_that_dies_costs_only_what_its_loop_held(gilgamesh_bin,
 def test_a_loop_stuck_in_c_ends_its_process_and_a_new_one_serves(gilgamesh_bin, strategy, tmp_path):
     """processes: a loop blocked in C (time.sleep on the loop) cannot be interrupted; once it
     has been interrupted in vain well past the deadline, its process exits and is replaced."""
-    if strategy != "processes":
-        pytest.skip("in-process loops stuck in C are interrupted, never abandoned (docs/asgi.md)")
-    events = Events(tmp_path / "events.log")
-    server = serve(strategy, "asgi_conformance:app", events, workers=2, args=["--timeout", 2])
+    server, events = serve_two_processes(strategy, tmp_path, 2,
+                                         "in-process loops stuck in C are interrupted, never abandoned (docs/asgi.md)")
     try:
-        events.wait("startup", count=2)
         token = uuid.uuid4().hex
         r, took = timed_get(server, "/block?s=120&token=" + token)
         assert_json_error(r, 504)
