@@ -7,6 +7,7 @@
 # (add GILGAMESH_PYTHON_FT=/path/to/python3.13t for the free-threaded build).
 
 SHELL := /bin/bash
+COMMA := ,
 CACHE_DIR ?= $(or $(GILGAMESH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/gilgamesh)
 PY_ROOT := $(CACHE_DIR)/python-3.13.5
 # SANITIZE=1 builds with ASan + UBSan into its own directory (build-asan), beside the normal one.
@@ -38,7 +39,7 @@ CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(wildcard $(GILGAMESH_PYTHON_FT)) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-app soak clean install image image-test trixie-site
+.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-asgi bench-app soak clean install image image-test trixie-site
 
 all: build
 
@@ -104,14 +105,22 @@ bench: build
 bench-quick: build
 	/usr/bin/python3 loadtest/run --quick --peers gunicorn,gunicorn-gthread,uwsgi,nginx --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
+# ASGI: the four ASGI workloads (loadtest/asgi_bench.py: raw ASGI and Starlette plaintext, fib(25),
+# 1000 connections sleeping 1 s) at 2 workers, against uvicorn and Hypercorn.
+bench-asgi: build
+	/usr/bin/python3 loadtest/run --workloads asgi --workers 2 --peers uvicorn,hypercorn --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+
 # Your own app on every strategy and the peers:
 #   make bench-app WSGI=app:app APP_PATH="src venv/lib/python3.13/site-packages" REQUEST='GET /x'
-# (or APP=module for @gilgamesh.route handlers; more requests through BENCH_ARGS="--request ...").
+# (or ASGI=module:app for an ASGI app, against uvicorn and Hypercorn; APP=module for
+# @gilgamesh.route handlers; more requests through BENCH_ARGS="--request ...").
 bench-app: build
-	@if [ -z "$(WSGI)$(APP)" ] || [ -z "$(REQUEST)" ]; then \
-	  echo "usage: make bench-app WSGI=module:callable [APP_PATH='dir ...'] REQUEST='GET /path' [BENCH_ARGS=...]"; exit 2; fi
-	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh $(if $(WSGI),--wsgi '$(WSGI)',--app '$(APP)') \
-	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' --peers gunicorn,gunicorn-gthread,uwsgi $(BENCH_ARGS)
+	@if [ -z "$(WSGI)$(ASGI)$(APP)" ] || [ -z "$(REQUEST)" ]; then \
+	  echo "usage: make bench-app WSGI=module:callable|ASGI=module:app [APP_PATH='dir ...'] REQUEST='GET /path' [BENCH_ARGS=...]"; exit 2; fi
+	/usr/bin/python3 loadtest/run --binary $(BUILD_DIR)/gilgamesh \
+	  $(if $(ASGI),--asgi '$(ASGI)',$(if $(WSGI),--wsgi '$(WSGI)',--app '$(APP)')) \
+	  $(foreach d,$(APP_PATH),--pythonpath '$(d)') --request '$(REQUEST)' \
+	  --peers $(if $(ASGI),uvicorn$(COMMA)hypercorn,gunicorn$(COMMA)gunicorn-gthread$(COMMA)uwsgi) $(BENCH_ARGS)
 
 # Memory while workers are recycled: every strategy, --max-requests 200, mixed load,
 # SOAK_SECONDS each (40 minutes for the four strategies by default).

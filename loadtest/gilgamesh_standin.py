@@ -1,8 +1,9 @@
 """A small stand-in for the `gilgamesh` module that exists only inside the server.
 
-Two users, both outside the server:
-  * handler_rate.py times handler functions (or a WSGI app) directly in each Python build;
-  * wsgi_demo.py serves the same handlers (or WSGI app) under gunicorn and uWSGI.
+Three users, all outside the server:
+  * handler_rate.py times handler functions (or a WSGI or ASGI app) directly in each Python build;
+  * wsgi_demo.py serves the same handlers (or WSGI app) under gunicorn and uWSGI;
+  * asgi_demo.py serves the same ASGI app under uvicorn and Hypercorn.
 
 It runs the server's own Python half of the handler API
 (pyworkers/embedding/gilgamesh_api.py: route, Request, Response, HTTPError) and mirrors
@@ -45,6 +46,20 @@ def wsgi_adapter():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
                         "apps", "gilgamesh_wsgi.py")
     module = types.ModuleType("_gilgamesh_wsgi")
+    with open(path, encoding="utf-8") as f:
+        exec(compile(f.read(), path, "exec"), module.__dict__)
+    return module
+
+
+def asgi_adapter():
+    """The server's own Python half of its ASGI adapter (pyworkers/apps/gilgamesh_asgi.py:
+    resolve, Worker, Request) as a module, with the WSGI half it imports resolve() from
+    registered as `_gilgamesh_wsgi`. Call install() first."""
+    import types
+    sys.modules.setdefault("_gilgamesh_wsgi", wsgi_adapter())
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "pyworkers",
+                        "apps", "gilgamesh_asgi.py")
+    module = types.ModuleType("_gilgamesh_asgi")
     with open(path, encoding="utf-8") as f:
         exec(compile(f.read(), path, "exec"), module.__dict__)
     return module

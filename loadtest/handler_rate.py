@@ -1,9 +1,11 @@
-"""Single-thread rate of handlers, or of a WSGI app, in the Python that runs this script.
+"""Single-thread rate of handlers, or of a WSGI or ASGI app, in the Python that runs this script.
 
 No HTTP: each handler is called in a loop, one thread, with a Request built
 as the server builds it and the result converted as the server converts it;
 a WSGI app (--wsgi) is called with the environ the server builds, through the
-server's own calling protocol (pyworkers/apps/gilgamesh_wsgi.py).
+server's own calling protocol (pyworkers/apps/gilgamesh_wsgi.py); an ASGI app
+(--asgi) with the scope the server builds, as a task on an event loop, through
+the server's own Python half (pyworkers/apps/gilgamesh_asgi.py).
 The runner starts this once per Python build, so that efficiency is measured
 against the same build the server embeds:
 
@@ -12,6 +14,7 @@ against the same build the server embeds:
     PYTHON loadtest/handler_rate.py --app-root . --seconds 1 --repeat 3 \
         '/fib?n=25' '/primes?limit=20000'
     PYTHON loadtest/handler_rate.py --wsgi app:app --pythonpath DIR --requests FILE
+    PYTHON loadtest/handler_rate.py --asgi asgi_bench:app --pythonpath loadtest '/fib?n=25'
 
 Prints one JSON object: the interpreter (version, build, GIL) and, per target,
 every repeat's calls/seconds and the best rate (the run least disturbed by
@@ -107,11 +110,56 @@ def wsgi_caller(app, adapter, method, target, ctype, body, root_path):
     return call
 
 
+def asgi_caller(app, adapter, method, target, ctype, body, root_path):
+    """One call of the ASGI app for the request, as the server makes it: the server's own
+    Python half (pyworkers/apps/gilgamesh_asgi.py) starts the request's task on its
+    worker's event loop with the scope the server builds; the loop runs until the task
+    ends. Returns the status the app answered (500 for an error, 504 for a timeout)."""
+    from urllib.parse import unquote_to_bytes
+    raw_path, _, query = target.partition("?")
+    path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+    headers = [(b"host", b"127.0.0.1:8080")]
+    if ctype:
+        headers.append((b"content-type", ctype.encode("latin-1")))
+    if body or method in ("POST", "PUT", "PATCH"):
+        headers.append((b"content-length", b"%d" % len(body)))
+    answered = {}
+
+    def respond(rid, status, _headers, _body):
+        answered[rid] = status
+        return True
+
+    def open_(rid, status, _headers):
+        answered[rid] = status
+        return True
+
+    def fail(rid, summary, text):
+        answered[rid] = 500
+        sys.stderr.write("%s %s: %s\n%s" % (method, target, summary, text))
+
+    mailbox = adapter.mailbox(
+        take=lambda: [], respond=respond, open=open_, push=lambda rid, data: adapter.PUSH_OK,
+        finish=lambda rid, ok: None, fail=fail, cut=fail,
+        timed_out=lambda rid: answered.__setitem__(rid, 504), done=lambda rid: None)
+    worker = adapter.Worker(app, mailbox, lifespan="off", root_path=root_path)
+    rids = iter(range(1, 1 << 62))
+
+    def call():
+        rid = next(rids)
+        request = adapter.Request(method, path, raw_path.encode("latin-1"), query.encode("latin-1"),
+                                  headers, body, "1.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080), "-")
+        worker._begin(rid, request, 3600.0)
+        worker.loop.run_until_complete(worker.exchanges[rid].task)
+        return answered.pop(rid, 500)
+    return call
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app-root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     parser.add_argument("--app", default="handlers.demo")
     parser.add_argument("--wsgi", help="MODULE:CALLABLE of a WSGI app, instead of --app")
+    parser.add_argument("--asgi", help="MODULE:APP of an ASGI app, instead of --app")
     parser.add_argument("--pythonpath", action="append", default=[], help="prepended to sys.path")
     parser.add_argument("--root-path", default="", help="SCRIPT_NAME, as the server's --root-path")
     parser.add_argument("--requests", help="the runner's requests file (METHOD, target, body...)")
@@ -129,6 +177,10 @@ def main():
         adapter = gilgamesh_standin.wsgi_adapter()
         module, _, expression = args.wsgi.partition(":")
         app = adapter.resolve(importlib.import_module(module), expression or "application")
+    elif args.asgi:
+        adapter = gilgamesh_standin.asgi_adapter()
+        module, _, expression = args.asgi.partition(":")
+        app = adapter.resolve(importlib.import_module(module), expression or "app")
     else:
         importlib.import_module(args.app)
 
@@ -145,6 +197,8 @@ def main():
     for label, method, target, ctype, body in requests:
         if args.wsgi:
             call_once = wsgi_caller(app, adapter, method, target, ctype, body, args.root_path)
+        elif args.asgi:
+            call_once = asgi_caller(app, adapter, method, target, ctype, body, args.root_path)
         else:
             try:
                 call_once = route_caller(method, target, ctype, body)

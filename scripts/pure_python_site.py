@@ -10,6 +10,7 @@ in any Python 3, and packages with optional speedups (MarkupSafe) fall back to
 their pure-Python implementation. Pass the folder with --pythonpath.
 
     /usr/bin/python3 scripts/pure_python_site.py build/site-flask --flask
+    /usr/bin/python3 scripts/pure_python_site.py build/site-starlette --starlette
     /usr/bin/python3 scripts/pure_python_site.py DEST Distribution [Distribution...]
 
 With PyPI at hand, a venv made by the embedded Python does the same for any
@@ -24,6 +25,8 @@ import sys
 
 # Flask and what it imports (Debian's metadata lists only the optional extras).
 FLASK = ("Flask", "Werkzeug", "Jinja2", "MarkupSafe", "itsdangerous", "click")
+# Starlette and what it imports (bookworm: starlette 0.26.1 on anyio 3.6.2).
+STARLETTE = ("starlette", "anyio", "sniffio", "idna")
 
 
 def _top_level(dist):
@@ -61,10 +64,13 @@ def main():
     parser.add_argument("dest", help="folder to fill (created if missing)")
     parser.add_argument("distributions", nargs="*", help="distribution names, e.g. Werkzeug")
     parser.add_argument("--flask", action="store_true", help="Flask and what it imports: " + ", ".join(FLASK))
+    parser.add_argument("--starlette", action="store_true",
+                        help="Starlette and what it imports: " + ", ".join(STARLETTE))
     args = parser.parse_args()
-    names = list(args.distributions) + (list(FLASK) if args.flask else [])
+    names = list(args.distributions) + (list(FLASK) if args.flask else []) + \
+        (list(STARLETTE) if args.starlette else [])
     if not names:
-        parser.error("name at least one distribution (or --flask)")
+        parser.error("name at least one distribution (or --flask, --starlette)")
     try:
         copy_pure_python(names, args.dest)
     except (importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:

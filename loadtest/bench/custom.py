@@ -1,10 +1,15 @@
-"""Benchmarking the user's own app: --wsgi MODULE:CALLABLE or --app MODULE,
---pythonpath DIR, and --request 'METHOD /path?query [@body-file] [weight]'.
+"""Benchmarking the user's own app: --wsgi MODULE:CALLABLE, --asgi MODULE:APP or
+--app MODULE, --pythonpath DIR, and --request 'METHOD /path?query [@body-file] [weight]'.
 
 The requests become one workload, "app", run by profiles/requests.lua from a
 file this module writes into the run's folder; the single-thread ideal is the
 same requests timed in-process by handler_rate.py; the peers serve the same
-app through wsgi_demo.py.
+app through wsgi_demo.py (gunicorn, uWSGI) or asgi_demo.py (uvicorn, Hypercorn).
+
+The built-in ASGI workloads (asgi-hello, starlette-hello, asgi-fib, asgi-sleep)
+make the run's app loadtest/asgi_bench.py, served with --asgi on every server:
+gilgamesh's 3.13 gets bookworm's pure-Python Starlette copied into the run's
+folder (scripts/pure_python_site.py), the peers' 3.11 has it installed.
 """
 
 import mimetypes
@@ -13,8 +18,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .peers import PYTHON as PEER_PYTHON
-from .workloads import WORKLOADS, Workload
+from .peers import HYPERCORN, PYTHON as PEER_PYTHON, UVICORN
+from .workloads import ASGI_APP, ASGI_WORKLOADS, WORKLOADS, Workload
 
 NAME = "app"  # the workload's name in cells, tables and charts
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,14 +79,18 @@ def check_args(args, error):
     labels = [r.label for r in args.requests]
     if len(set(labels)) != len(labels):
         error("--request: the same request is given twice; use its weight instead")
-    if args.wsgi and args.app_given:
-        error("--app and --wsgi are exclusive: --app names a module of @gilgamesh.route handlers, "
-              "--wsgi a WSGI callable")
+    given = [flag for flag, value in (("--app", args.app_given), ("--wsgi", args.wsgi),
+                                      ("--asgi", args.asgi)) if value]
+    if len(given) > 1:
+        error("%s are exclusive: --app names a module of @gilgamesh.route handlers, --wsgi a WSGI "
+              "callable, --asgi an ASGI app" % " and ".join(given))
     if args.app_given and ":" in args.app:
         error("--app takes a module of @gilgamesh.route handlers; for the WSGI callable %r use "
-              "--wsgi %s" % (args.app, args.app))
-    if args.wsgi and not args.requests:
-        error("--wsgi needs at least one --request: the demo's workloads are not your app's routes")
+              "--wsgi %s (or --asgi %s for an ASGI app)" % (args.app, args.app, args.app))
+    for flag, value in (("--wsgi", args.wsgi), ("--asgi", args.asgi)):
+        if value and not args.requests:
+            error("%s needs at least one --request: the demo's workloads are not your app's routes"
+                  % flag)
     args.pythonpath = [os.path.abspath(p) for p in args.pythonpath]
     for path in args.pythonpath:
         if not os.path.isdir(path):
@@ -95,8 +104,45 @@ def check_args(args, error):
             args.root_path = arg.split("=", 1)[1]
 
 
+def check_workloads(args, error):
+    """The app the workloads need: the ASGI workloads serve loadtest/asgi_bench.py, so they
+    take no app of the user's and do not mix with the route workloads (another app)."""
+    asgi = [w for w in args.workloads if w in ASGI_WORKLOADS]
+    args.builtin_asgi = bool(asgi)
+    if not asgi:
+        return
+    others = [w for w in args.workloads if w not in ASGI_WORKLOADS]
+    if others:
+        error("--workloads: %s run loadtest/asgi_bench.py, %s the route handlers of --app: run them "
+              "separately" % (",".join(asgi), ",".join(others)))
+    if args.app_given or args.wsgi or args.asgi:
+        error("--workloads %s serve their own app (loadtest/asgi_bench.py); for your app use "
+              "--request instead" % ",".join(asgi))
+    args.asgi = ASGI_APP
+    args.pythonpath = [LOADTEST] + args.pythonpath
+
+
+def starlette_site(out_dir):
+    """Bookworm's pure-Python Starlette (and what it imports), copied for the Python 3.13
+    that gilgamesh embeds: the same version the peers run on 3.11. Returns the folder."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "pure_python_site", os.path.join(REPO, "scripts", "pure_python_site.py"))
+    site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site)
+    try:
+        return site.copy_pure_python(site.STARLETTE, os.path.join(out_dir, "site-starlette"))
+    except Exception as e:  # not installed: say what to install
+        raise SystemExit("loadtest/run: the ASGI workloads need Debian's python3-starlette for %s "
+                         "(`make deps`, or `sudo apt-get install python3-starlette`): %s"
+                         % (PEER_PYTHON, e))
+
+
 def prepare(args, out_dir):
-    """Writes the requests file into the run's folder and registers the "app" workload."""
+    """Copies Starlette for the built-in ASGI workloads, writes the requests file into the
+    run's folder and registers the "app" workload."""
+    if args.builtin_asgi:
+        args.pythonpath.append(starlette_site(out_dir))
     if not args.requests:
         return
     path = os.path.join(out_dir, "requests.tsv")
@@ -106,14 +152,23 @@ def prepare(args, out_dir):
                                r.label]) + "\n")
     description = ", ".join("%s (weight %d)" % (r.label, r.weight) if len(args.requests) > 1 else r.label
                             for r in args.requests)
-    WORKLOADS[NAME] = Workload(NAME, "%s of %s" % (description, args.wsgi or args.app),
+    WORKLOADS[NAME] = Workload(NAME, "%s of %s" % (description, app_name(args)),
                                {"file": path}, {r.label: r.weight for r in args.requests},
-                               profile="requests")
+                               profile="requests", app="asgi" if args.asgi else "route")
+
+
+def app_name(args):
+    return args.asgi or args.wsgi or args.app
+
+
+def app_flag(args):
+    """["--asgi", APP], ["--wsgi", APP] or [] (route handlers: --app)."""
+    return ["--asgi", args.asgi] if args.asgi else ["--wsgi", args.wsgi] if args.wsgi else []
 
 
 def app_args(args):
-    """The server's app flags: --wsgi or --app, and every --pythonpath."""
-    out = ["--wsgi", args.wsgi] if args.wsgi else ["--app", args.app]
+    """The server's app flags: --asgi, --wsgi or --app, and every --pythonpath."""
+    out = app_flag(args) or ["--app", args.app]
     for path in args.pythonpath:
         out += ["--pythonpath", path]
     return out
@@ -121,7 +176,7 @@ def app_args(args):
 
 def rate_args(args):
     """The same app, paths and requests for handler_rate.py."""
-    out = ["--wsgi", args.wsgi] if args.wsgi else []
+    out = app_flag(args)
     for path in args.pythonpath:
         out += ["--pythonpath", path]
     if args.root_path:
@@ -132,19 +187,27 @@ def rate_args(args):
 
 
 def peer_env(args):
-    """What wsgi_demo.py needs to serve the same app under gunicorn and uWSGI."""
+    """What wsgi_demo.py needs to serve the same app under gunicorn and uWSGI, or asgi_demo.py
+    under uvicorn and Hypercorn."""
     env = {"GILGAMESH_APP_ROOT": REPO, "GILGAMESH_APP": args.app,
            "GILGAMESH_PYTHONPATH": os.pathsep.join(args.pythonpath),
            "GILGAMESH_ROOT_PATH": args.root_path}
     if args.wsgi:
         env["GILGAMESH_WSGI"] = args.wsgi
+    if args.asgi:
+        env["GILGAMESH_ASGI"] = args.asgi
     return env
+
+
+def peer_module(args):
+    """The module the peers serve: asgi_demo for an ASGI app, else wsgi_demo."""
+    return "asgi_demo" if args.asgi else "wsgi_demo"
 
 
 def peer_import_error(args, owned):
     """None if the app imports in the peers' Python (Debian's 3.11), else why not."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **peer_env(args))
-    proc = owned.popen([PEER_PYTHON, "-c", "import wsgi_demo"], cwd=LOADTEST, env=env,
+    proc = owned.popen([PEER_PYTHON, "-c", "import " + peer_module(args)], cwd=LOADTEST, env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _out, err = proc.communicate(timeout=60)
@@ -166,6 +229,14 @@ def non_2xx(wrk_result):
 
 
 def peer_note(args):
+    if args.asgi:
+        return ("Peers (if run) serve the same ASGI app, %s, on Debian's Python 3.11 through "
+                "loadtest/asgi_demo.py (which adds only GET /healthz for the readiness probe)%s: "
+                "uvicorn %s with --workers N (one event loop per worker process), and Hypercorn %s "
+                "with --workers N." % (
+                    args.asgi, ", with bookworm's Starlette 0.26.1, the version gilgamesh's 3.13 "
+                    "runs too (copied by scripts/pure_python_site.py)" if args.builtin_asgi else "",
+                    " ".join(UVICORN), " ".join(HYPERCORN)))
     if args.wsgi:
         return ("Peers (if run) serve the same WSGI app, %s, on Debian's Python 3.11 through "
                 "loadtest/wsgi_demo.py (which adds only GET /healthz for the readiness probe), "

@@ -3,7 +3,7 @@ labels, goodput. Shared by the report, the verdict and the soak report."""
 
 import re
 
-from . import peers
+from . import peers, procs
 from .workloads import WORKLOADS
 
 STRATEGY_ORDER = ["subinterpreters", "threads", "free-threaded", "processes"]
@@ -122,6 +122,16 @@ def last_line(reason):
     """The last line of a start-up failure, without the log line's time/level/pid prefix."""
     last = reason.strip().splitlines()[-1] if reason.strip() else "?"
     return re.sub(r"^(\[[^\]]*\]\s*)+", "", last)
+
+
+def unavailable(reason):
+    """Why a strategy the binary could not start is missing, after its name: refused by name
+    ("left out: ..."), or "not available in this build: <its last line>"."""
+    option = procs.refused_option(reason)
+    if option:
+        return ("left out: this binary refuses `%s` under it at start-up (\"%s\"); one that serves "
+                "it is measured by the same command." % (option, last_line(reason).split(option + ": ", 1)[-1]))
+    return "not available in this build: %s" % last_line(reason)
 
 
 def busy(results):

@@ -22,15 +22,17 @@ This module reads the options and runs the parts, each a module of its own:
 
 import argparse
 import os
+import resource
 import signal
+import subprocess
 import sys
 
 from . import custom, output, rates, soak
 from .matrix import Matrix
-from .peers import APP_PEERS, BUILD as PEER_BUILD, PEERS, PYTHON as PEER_PYTHON
+from .peers import APP_PEERS, ASGI_PEERS, BUILD as PEER_BUILD, PEERS, PYTHON as PEER_PYTHON, WSGI_PEERS
 from .servers import LOADTEST, REPO, Servers, peer_binary
 from .survey import NCPU, STRATEGIES, Survey
-from .workloads import WORKLOADS
+from .workloads import ASGI_WORKLOADS, WORKLOADS
 
 NOTES = [
     "wrk is closed-loop: each connection sends its next request only after the previous "
@@ -58,15 +60,20 @@ def parse_args(argv):
                    "except those `gilgamesh check` says cannot load the app (the report names them "
                    "and says why); one named here that cannot run fails the run" % ",".join(STRATEGIES))
     p.add_argument("--workloads", help="comma list of %s (default: all but %s; --quick: hello,fib); "
-                   "sleep-tN runs every server at N threads per worker" % (
-                       ",".join(WORKLOADS), ",".join(n for n, w in WORKLOADS.items() if not w.in_default)))
+                   "sleep-tN runs every server at N threads per worker; %s (or `asgi`, all four) "
+                   "serve the ASGI app loadtest/asgi_bench.py on every server, and run apart from "
+                   "the others" % (
+                       ",".join(WORKLOADS), ",".join(n for n, w in WORKLOADS.items() if not w.in_default),
+                       ",".join(ASGI_WORKLOADS)))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
                    % (NCPU, NCPU))
-    p.add_argument("--peers", default="", help="comma list of %s: %s serve the same app through "
-                   "loadtest/wsgi_demo.py on Debian's Python 3.11%s" % (
-                       ",".join(PEERS), ", ".join(APP_PEERS), "".join(
+    p.add_argument("--peers", default="", help="comma list of %s: %s serve the same app on Debian's "
+                   "Python 3.11: %s a route or WSGI app (through loadtest/wsgi_demo.py), %s an ASGI "
+                   "app (--asgi or the ASGI workloads, through loadtest/asgi_demo.py)%s" % (
+                       ",".join(PEERS), ", ".join(APP_PEERS), ", ".join(WSGI_PEERS),
+                       ", ".join(ASGI_PEERS), "".join(
                            "; %s is a reference with no Python at all, a fixed string on GET /%s, so "
-                           "it runs the %s workload only (its other cells are skipped)" % (
+                           "it runs only %s (its other cells are skipped)" % (
                                name, peer.workloads[0], ",".join(peer.workloads))
                            for name, peer in PEERS.items() if not peer.serves_app)))
     for name, peer in PEERS.items():
@@ -86,6 +93,8 @@ def parse_args(argv):
     p.add_argument("--app", help="module of @gilgamesh.route handlers (default: handlers.demo)")
     p.add_argument("--wsgi", metavar="MODULE:CALLABLE", help="a WSGI app to measure instead of --app "
                    "(needs --request); the peers serve the same app")
+    p.add_argument("--asgi", metavar="MODULE:APP", help="an ASGI app to measure instead of --app "
+                   "(needs --request); the peers (uvicorn, hypercorn) serve the same app")
     p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
                    help="directory the app imports from (repeatable): for the server, the "
                         "single-thread rates and the peers")
@@ -123,7 +132,8 @@ def parse_args(argv):
                    help="the servers' --max-requests-jitter (default: %(default)s)")
     g.add_argument("--soak-workers", type=int, default=NCPU, metavar="N",
                    help="workers per server (default: %(default)s, the CPUs)")
-    g.add_argument("--soak-workload", default="mixed", choices=sorted(WORKLOADS),
+    g.add_argument("--soak-workload", default="mixed",
+                   choices=sorted(n for n, w in WORKLOADS.items() if w.app == "route"),
                    help="wrk profile (default: %(default)s)")
     g.add_argument("--soak-baseline", type=float, metavar="S",
                    help="the point PSS at the end is compared with, s from the start of the load "
@@ -152,7 +162,8 @@ def parse_args(argv):
         p.error("--workloads and --request are exclusive: --request makes the one workload '%s'" % custom.NAME)
     args.workloads = [custom.NAME] if args.requests else \
         _names(pick(args.workloads, ",".join(n for n, w in WORKLOADS.items() if w.in_default),
-                    "hello,fib"), WORKLOADS, "workload")
+                    "hello,fib"), WORKLOADS, "workload", {"asgi": ASGI_WORKLOADS})
+    custom.check_workloads(args, p.error)
     args.workers = [int(x) for x in pick(args.workers, "1,%d" % NCPU, str(NCPU)).split(",") if x]
     args.workers = sorted(set(args.workers))
     if not args.workers or min(args.workers) < 1:
@@ -163,13 +174,22 @@ def parse_args(argv):
     auto = args.strategies.strip() in ("", "auto")
     args.strategies = None if auto else _names(args.strategies, STRATEGIES, "strategy")
     args.peers = _names(args.peers, PEERS, "peer") if args.peers else []
+    interface = "asgi" if args.asgi else "wsgi"
     for name in args.peers:
         binary, peer = peer_binary(args, name), PEERS[name]
-        if not os.access(binary, os.X_OK):
-            p.error("peer %s needs %s, which is missing or not executable: install Debian's %s "
+        if peer.serves_app and peer.interface != interface:
+            p.error("peer %s serves %s apps; this run's app is %s: its peers are %s" % (
+                name, peer.interface.upper(), "an ASGI app" if args.asgi else "a WSGI app or route "
+                "handlers", ", ".join(ASGI_PEERS if args.asgi else WSGI_PEERS)))
+        missing = not os.access(binary, os.X_OK) or _missing_modules(peer.modules)
+        if missing:
+            p.error("peer %s needs %s, which %s: install Debian's %s "
                     "(`make deps` runs scripts/install-deps.sh, which installs every peer; or "
                     "`sudo apt-get install %s`)%s" % (
-                        name, binary, peer.packages, peer.packages,
+                        name, binary if missing is True else "the Python modules %s in %s" % (
+                            ", ".join(missing), PEER_PYTHON),
+                        "is missing or not executable" if missing is True else "are missing",
+                        peer.packages, peer.packages,
                         ", or pass %s PATH" % peer.binary_option if peer.binary_option else ""))
     pythons = rates.default_pythons()
     if args.python_default:
@@ -181,12 +201,49 @@ def parse_args(argv):
     return args
 
 
-def _names(text, known, what):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for n in names:
-        if n not in known:
-            raise SystemExit("loadtest/run: unknown %s %r (known: %s)" % (what, n, ", ".join(known)))
+def _names(text, known, what, groups=None):
+    """The comma list `text` of names in `known`; a name in `groups` stands for its members."""
+    names = []
+    for n in (n.strip() for n in text.split(",") if n.strip()):
+        if groups and n in groups:
+            names += [m for m in groups[n] if m not in names]
+        elif n not in known:
+            raise SystemExit("loadtest/run: unknown %s %r (known: %s)" % (
+                what, n, ", ".join(list(known) + list(groups or ()))))
+        elif n not in names:
+            names.append(n)
     return names
+
+
+def _missing_modules(modules):
+    """The modules of `modules` that Debian's Python (the peers') cannot import, or []."""
+    if not modules:
+        return []
+    probe = ("import importlib.util, sys\n"
+             "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
+    try:
+        out = subprocess.run([PEER_PYTHON, "-c", probe] + list(modules), capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return list(modules)
+    return out.stdout.split() if out.returncode == 0 else list(modules)
+
+
+def raise_fd_limit(args):
+    """Raises this process's open-file limit (the servers and wrk inherit it) to what the
+    run's connections need: each one is a socket in wrk and one in the server. Exits if
+    the hard limit is too low."""
+    # (the "app" workload of --request is registered later, by custom.prepare: the run's own)
+    connections = max([getattr(WORKLOADS.get(w), "connections", 0) or args.connections
+                       for w in args.workloads] or [args.connections])
+    needed = 2 * connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise SystemExit("loadtest/run: %d connections need about %d open files, and the hard "
+                             "limit is %d: raise it (`ulimit -Hn %d` as root, or LimitNOFILE)"
+                             % (connections, needed, hard, needed))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def new_results(args):
@@ -234,6 +291,7 @@ def _on_signal(signum, _frame):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    raise_fd_limit(args)
     out_dir = output.new_folder(args.results_dir, args.soak)
     print("results: %s" % out_dir, flush=True)
     custom.prepare(args, out_dir)

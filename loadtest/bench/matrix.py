@@ -53,13 +53,27 @@ class Matrix:
         """Why a cell is not run (a peer with no handler for the workload), or None."""
         return PEERS[name].skip_reason(workload) if kind == "peer" else None
 
+    def connections(self, workload, workers):
+        """wrk's connections in a cell: the workload's own (asgi-sleep), at least a request
+        per thread of every worker (sleep-tN), else the run's --connections."""
+        if workload.connections:
+            return workload.connections
+        if workload.threads:  # every server of the cell at the workload's threads per worker
+            return max(self.args.connections, workers * workload.threads)
+        return self.args.connections
+
     def describe(self, kind, name, workload_name, workers):
         """The cell's record before it runs: what it is, and which server build."""
         cell = {"id": "%s-%s-w%d" % (name, workload_name, workers), "kind": kind, "server": name,
                 "workload": workload_name, "workers": workers, "cores": min(workers, NCPU)}
-        threads = WORKLOADS[workload_name].threads
-        if threads:  # every server of the cell at the workload's threads per worker
-            cell["connections"] = max(self.args.connections, workers * threads)
+        workload = WORKLOADS[workload_name]
+        threads = workload.threads
+        if workload.threads or workload.connections:
+            cell["connections"] = self.connections(workload, workers)
+        if workload.app == "asgi":
+            # One event loop per worker holds many requests at once: "busy" is its CPU, not
+            # its requests (verdict.py reads this).
+            cell["event_loop"] = True
         if kind == "gilgamesh":
             cell["build"] = self.survey.build_of(name)
             cell["threads_per_worker"] = threads or _threads_option(self.args.server_arg) or 1
@@ -91,7 +105,7 @@ class Matrix:
         proc = self.load = None
         try:
             proc, port, ready = self.servers.start(kind, name, workers, cell["id"],
-                                                   self.threads_args(kind, name, workload))
+                                                   self.workload_args(kind, name, workload, workers))
             stats = ready.pop("stats") or {}
             cell["startup"] = ready
             cell["stats_at_start"] = stats
@@ -111,21 +125,26 @@ class Matrix:
         self.derive(cell, workload)
         return cell
 
-    @staticmethod
-    def threads_args(kind, name, workload):
-        """The arguments that give the server the workload's threads per worker, if it sets any."""
-        if not workload.threads:
-            return []
-        if kind == "gilgamesh":
-            return ["--threads", str(workload.threads)]
-        return PEERS[name].threads_args(workload.threads)
+    def workload_args(self, kind, name, workload, workers):
+        """The arguments that give the server the workload's threads per worker, and for a
+        workload with connections of its own, room for them all (gilgamesh: any worker's
+        loop may hold every one of them; the peers have no such limit by default)."""
+        out = []
+        if workload.threads:
+            out += (["--threads", str(workload.threads)] if kind == "gilgamesh"
+                    else PEERS[name].threads_args(workload.threads))
+        if workload.connections and kind == "gilgamesh":
+            connections = self.connections(workload, workers)
+            out += ["--worker-connections", str(connections),
+                    "--max-connections", str(max(4096, 2 * connections))]
+        return out
 
     def warm_up(self, cell, kind, workload, port):
         a = self.args
         if a.warmup <= 0:
             return
         self.load = wrk.start(self.servers.owned, wrk.command(
-            a.wrk, workload, port, a.warmup, cell.get("connections") or a.connections, a.threads,
+            a.wrk, workload, port, a.warmup, self.connections(workload, cell["workers"]), a.threads,
             a.wrk_timeout))
         warm = wrk.finish(self.servers.owned, self.load, a.warmup)
         cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status", "errors")}
@@ -134,7 +153,7 @@ class Matrix:
     def measure(self, cell, kind, workload, proc, port):
         """wrk for the cell's duration, the server sampled meanwhile; then /stats."""
         a = self.args
-        cmd = wrk.command(a.wrk, workload, port, a.duration, cell.get("connections") or a.connections,
+        cmd = wrk.command(a.wrk, workload, port, a.duration, self.connections(workload, cell["workers"]),
                           a.threads, a.wrk_timeout)
         cell["wrk_command"] = shlex.join(cmd)
         self.load = wrk.start(self.servers.owned, cmd)

@@ -1,8 +1,9 @@
-"""nginx returning a fixed string: the ceiling reference for the `hello` workload.
+"""nginx returning a fixed string: the ceiling reference for the `hello` workload
+(and `asgi-hello`, the same GET /hello).
 
 No Python at all: what an HTTP server in C reaches on the same machine, with
 the same wrk, in the same minutes; "gilgamesh hello / nginx hello" says how
-much of that the server in front of Python keeps. It serves `hello` only;
+much of that the server in front of Python keeps. It serves GET /hello only;
 every other workload runs a handler nginx does not have, so its cells are
 skipped (and said so), not failed.
 
@@ -22,7 +23,7 @@ import tempfile
 
 BINARY = "/usr/sbin/nginx"  # Debian's package `nginx`
 LABEL = "nginx (fixed string, no Python)"
-WORKLOADS = ("hello",)
+WORKLOADS = ("hello", "asgi-hello")  # both GET /hello
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 _CONFIG = """\

@@ -82,7 +82,7 @@ def unavailable_strategies(results):
     binary could not start it."""
     lines = ["Strategy `%s` left out: `gilgamesh check` says it cannot load the app (%s)." % item
              for item in ((results.get("check") or {}).get("excluded") or {}).items()]
-    return lines + ["Strategy `%s` not available in this build: %s" % (name, f.last_line(reason))
+    return lines + ["Strategy `%s` %s" % (name, f.unavailable(reason))
                     for name, reason in results["strategies"].get("unsupported", {}).items()]
 
 

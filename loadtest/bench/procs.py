@@ -10,6 +10,7 @@ import ctypes
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,17 @@ import time
 
 class StartError(RuntimeError):
     """A server exited or never became ready; the message says why."""
+
+
+# A gilgamesh start-up refusal of one of its options ("[critical] [pid N] --asgi: the processes
+# strategy does not serve ASGI apps yet; ..."): a property of the binary, not a mishap.
+_REFUSED = re.compile(r"\[critical\] (\[pid \d+\] )?(--[a-z][a-z-]*): ")
+
+
+def refused_option(log_text):
+    """The option a server refused by name at start-up ('--asgi'), from its log, or None."""
+    match = _REFUSED.search(log_text)
+    return match.group(2) if match else None
 
 
 def free_port():

@@ -360,10 +360,12 @@ def charts(results, out_dir):
 def _context(results):
     m = results["meta"]
     o = m.get("options", {})
+    own = ["%s: %d" % (name, w["connections"]) for name, w in m.get("workloads", {}).items()
+           if w.get("connections")]  # workloads with connections of their own (asgi-sleep)
     lines = page.context_head(results) + [
-        "Load: %s, %s connections, %s threads, %s s warm-up then %s s measured per cell, --timeout %s s."
-        % (m.get("wrk"), o.get("connections"), o.get("wrk_threads"), o.get("warmup_s"),
-           o.get("duration_s"), o.get("wrk_timeout_s")),
+        "Load: %s, %s connections%s, %s threads, %s s warm-up then %s s measured per cell, --timeout %s s."
+        % (m.get("wrk"), o.get("connections"), " (%s)" % ", ".join(own) if own else "",
+           o.get("wrk_threads"), o.get("warmup_s"), o.get("duration_s"), o.get("wrk_timeout_s")),
     ]
     lines += page.workload_lines(results)
     for name, ref in sorted(results.get("peers", {}).items()):

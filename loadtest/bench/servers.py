@@ -95,6 +95,8 @@ class Servers:
                 self.owned.stop(proc, grace=5.0)
                 tail = log_tail(log_path, lines=20)
                 last_error = procs.StartError("%s\n%s" % (e, tail))
+                if procs.refused_option(tail):  # the same every time: not retried
+                    break
                 if attempt == 0 and "address" not in tail.lower():
                     print("\n  %s %s failed to start (%s); its log:\n    %s\n  retrying once"
                           % (kind, name, e, tail.replace("\n", "\n    ")), flush=True)

@@ -76,13 +76,15 @@ class Survey:
                 "wrk_timeout_s": a.wrk_timeout, "sample_interval_s": a.sample_interval,
                 "rate_seconds": a.rate_seconds, "rate_repeat": a.rate_repeat,
                 "server_args": a.server_arg, "server_env": a.server_env, "app": a.app, "quick": a.quick,
-                "wsgi": a.wsgi, "pythonpath": a.pythonpath, "requests": a.request, "peers": a.peers,
+                "wsgi": a.wsgi, "asgi": a.asgi, "pythonpath": a.pythonpath, "requests": a.request, "peers": a.peers,
                 "strategies": a.strategies or "auto",
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params,
                                  "cpu_mix": WORKLOADS[name].cpu_mix,
-                                 "threads": WORKLOADS[name].threads} for name in a.workloads},
+                                 "threads": WORKLOADS[name].threads,
+                                 "app": WORKLOADS[name].app,
+                                 "connections": WORKLOADS[name].connections} for name in a.workloads},
         }
 
     def check_app(self):
@@ -122,7 +124,12 @@ class Survey:
             except procs.StartError as e:
                 reason = str(e).strip()
                 strategies["unsupported"][name] = reason
-                print("not available: %s" % reason.splitlines()[-1][:150])
+                option = procs.refused_option(reason)
+                if option:  # refused by name, not broken: a binary that serves it is measured
+                    print("left out: this binary refuses %s under %s (%s)" % (
+                        option, name, reason.splitlines()[-1].split(option + ": ", 1)[-1][:150]))
+                else:
+                    print("not available: %s" % reason.splitlines()[-1][:150])
         # A strategy asked for by name (--strategies) that cannot run fails the run; only
         # the default, every strategy the binary runs, leaves one out and goes on.
         unsupported = strategies["unsupported"]

@@ -171,6 +171,8 @@ def cpu_bound(results, workload):
     run_connections = (results["meta"].get("options") or {}).get("connections")
 
     def slots_of(x):  # a cell of a threaded workload opens more connections (matrix.py)
+        if x.get("event_loop"):  # a loop holds many requests, and is busy only while it runs
+            return min(x["workers"], _cpus(results))
         return min(x.get("connections") or run_connections or x["workers"],
                    x["workers"] * (x.get("threads_per_worker") or 1))
 
@@ -178,11 +180,22 @@ def cpu_bound(results, workload):
     shares = [x["load"]["server_cpu_cores"] / slots_of(x) for x in cells]
     if max(shares) < WAITS_SERVER:
         g = f.goodput(c)
+        mean_ms = ((c.get("wrk") or {}).get("latency_ms") or {}).get("mean")
+        if c.get("event_loop") and mean_ms is not None:
+            return False, ("the server used %.2f ms of CPU per request while a request took %.0f ms "
+                           "on average (`%s`: %.2f cores busy for %d event loop%s)"
+                           % (1000.0 * c["load"]["server_cpu_cores"] / g, mean_ms,
+                              c["id"], c["load"]["server_cpu_cores"], slots, "" if slots == 1 else "s"))
         return False, ("the server used %.2f ms of CPU per request while each request held a "
                        "worker for about %.1f ms (`%s`: %.2f cores busy for %d request slots)"
                        % (1000.0 * c["load"]["server_cpu_cores"] / g, 1000.0 * slots / g, c["id"],
                           c["load"]["server_cpu_cores"], slots))
     return True, None
+
+
+def _cpus(results):
+    """The CPUs of the run's machine."""
+    return ((results.get("meta") or {}).get("machine") or {}).get("nproc") or 1
 
 
 def _efficiency_top(results, workload):
@@ -202,9 +215,14 @@ def cautions(results):
             if top is not None and top > EFFICIENCY_HIGH:
                 text += " Hence efficiency far above 1 (up to %.2f, in the %s cell)." % (
                     top, f.label(results, cell["server"]))
-            text += (" \"Ideal\" (cores × single-thread rate) does not apply to it: a worker that "
-                     "waits leaves its core free, so more workers (or threads per worker) than cores "
-                     "raise its goodput.")
+            if _event_loop(results, w):
+                text += (" \"Ideal\" (cores × single-thread rate) does not apply to it: a worker's "
+                         "event loop holds many waiting requests at once, so its goodput follows the "
+                         "connections in flight, not the cores.")
+            else:
+                text += (" \"Ideal\" (cores × single-thread rate) does not apply to it: a worker that "
+                         "waits leaves its core free, so more workers (or threads per worker) than cores "
+                         "raise its goodput.")
             out.append(text)
         elif top is not None and top > EFFICIENCY_HIGH:
             out.append("Efficiency above 1 on `%s` (up to %.2f, %s) although it is CPU-bound%s: the "
@@ -218,6 +236,11 @@ def cautions(results):
 def waiting_workloads(results):
     """The workloads that are not CPU-bound."""
     return [w for w in f.workloads(results) if not cpu_bound(results, w)[0]]
+
+
+def _event_loop(results, workload):
+    """Whether the workload's cells serve it on event loops (ASGI: many requests per worker)."""
+    return any(c.get("event_loop") for c in f.measured(results) if c["workload"] == workload)
 
 
 def concurrency(results, winner):
@@ -300,7 +323,7 @@ def verdict(results):
         if winner.memory_mib is not None:
             why += "; %.0f MiB PSS under load" % winner.memory_mib
         why += ". %d worker%s: %s." % (winner.workers, "" if winner.workers == 1 else "s", workers_why)
-        waiting = waiting_workloads(results)
+        waiting = [w for w in waiting_workloads(results) if not _event_loop(results, w)]
         if waiting and winner.workers == max(f.worker_counts(results)):
             n = winner.workers
             why += (" %s wait%s, so more workers than cores would likely serve more: measure them "
@@ -325,7 +348,7 @@ def verdict(results):
     if found:
         points.append(found)
     for name, reason in (results.get("strategies") or {}).get("unsupported", {}).items():
-        points.append("`%s` is not available in this build: %s" % (name, f.last_line(reason)))
+        points.append("`%s` %s" % (name, f.unavailable(reason)))
     points += cautions(results)
     points += concurrency(results, winner)
     if winner is not None:

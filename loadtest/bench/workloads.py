@@ -22,6 +22,11 @@ class Workload:
     # --threads N, a peer's threads_args); 0: each server at its own default.
     threads: int = 0
     in_default: bool = True  # run when --workloads is not given
+    # The app that serves it: "route" (the run's --app, handlers.demo by default) or "asgi"
+    # (ASGI_APP on every server: gilgamesh --asgi, the ASGI peers through asgi_demo.py).
+    app: str = "route"
+    # wrk connections on every server of the cell; 0: the run's --connections.
+    connections: int = 0
 
     @property
     def profile_name(self):
@@ -32,6 +37,8 @@ class Workload:
 
 
 THREAD_COUNTS = (1, 4, 16)  # the sleep-tN workloads
+ASGI_APP = "asgi_bench:app"  # loadtest/asgi_bench.py: the ASGI workloads' app
+ASGI_SLEEP_CONNECTIONS = 1000  # asgi-sleep: requests sleeping at once, on every server
 
 _MIXED = {"w_hello": 50, "w_fib": 20, "w_primes": 15, "w_mandelbrot": 10, "w_nbody": 5,
           "fib_n": 22, "primes_limit": 100000, "mandelbrot_size": 32, "nbody_steps": 200}
@@ -58,8 +65,22 @@ WORKLOADS = {
                    "--threads %d, gunicorn gthread and uWSGI --threads %d" % (n, n, n),
                    {"ms": 10}, profile="sleep", threads=n, in_default=False)
           for n in THREAD_COUNTS),
+        # ASGI: every server runs loadtest/asgi_bench.py (gilgamesh --asgi on 3.13, uvicorn and
+        # Hypercorn on Debian's 3.11). Not in the default run; not mixed with the route workloads.
+        Workload("asgi-hello", "GET /hello on a raw ASGI app (loadtest/asgi_bench.py): the dispatch path",
+                 profile="hello", in_default=False, app="asgi"),
+        Workload("starlette-hello", "GET /starlette/hello: a Starlette route returning PlainTextResponse",
+                 {"path": "/starlette/hello"}, profile="get", in_default=False, app="asgi"),
+        Workload("asgi-fib", "GET /fib?n=25 on the raw ASGI app: pure-Python recursion, CPU-bound",
+                 {"n": 25}, {"/fib?n=25": 1}, profile="fib", in_default=False, app="asgi"),
+        Workload("asgi-sleep", "GET /sleep?ms=1000 on the raw ASGI app: await asyncio.sleep(1), "
+                 "%d connections at once" % ASGI_SLEEP_CONNECTIONS,
+                 {"ms": 1000}, profile="sleep", in_default=False, app="asgi",
+                 connections=ASGI_SLEEP_CONNECTIONS),
     )
 }
+
+ASGI_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if w.app == "asgi")
 
 
 def ideal_rate(workload, rates, cores):

@@ -889,3 +889,148 @@ def test_check_on_the_demo_app_keeps_every_declared_strategy():
     assert {r["strategy"] for r in rows} >= set(DECLARED), rows
     kept, excluded = check.plan(found, DECLARED, lambda s: survey.STRATEGY_BUILD.get(s, "default"))
     assert kept == DECLARED and excluded == {}, (kept, excluded, rows)
+
+
+# -- ASGI (issue 23): the ASGI workloads against uvicorn and Hypercorn ---------------
+
+ASGI_PEERS = ["uvicorn", "hypercorn"]
+
+
+def _run_folder(out):
+    """The run's folder and results.json, from the runner's console."""
+    folder = os.path.dirname(re.search(r"^report: (\S+report\.html)$", out.stdout, re.M).group(1))
+    with open(os.path.join(folder, "results.json")) as f:
+        return folder, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def asgi_run(tmp_path_factory):
+    """`loadtest/run --quick --workloads asgi-hello --peers uvicorn,hypercorn`: the raw ASGI
+    app on every strategy that serves ASGI apps (--strategies auto), the peers beside it."""
+    _require(BINARY)
+    results_dir = tmp_path_factory.mktemp("asgi-results")
+    out = subprocess.run([PYTHON, RUN, "--quick", "--workloads", "asgi-hello", "--peers", ",".join(ASGI_PEERS),
+                          "--results-dir", str(results_dir)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, "loadtest/run (asgi-hello) failed (%d):\n%s\n%s" % (
+        out.returncode, out.stdout[-4000:], out.stderr[-4000:])
+    folder, results = _run_folder(out)
+    with open(os.path.join(folder, "report.md")) as f:
+        return {"folder": folder, "results": results, "md": f.read(), "stdout": out.stdout}
+
+
+def test_asgi_workload_runs_every_asgi_strategy_and_the_asgi_peers(asgi_run):
+    results = asgi_run["results"]
+    measured = results["strategies"]["supported"]
+    refused = results["strategies"]["unsupported"]
+    # Every declared strategy is measured, but for one this binary refuses --asgi under by
+    # name (processes, until it serves ASGI apps): left out with the reason, not failed.
+    assert set(measured) | set(refused) == set(DECLARED), results["strategies"]
+    for name, reason in refused.items():
+        assert "--asgi: " in reason, (name, reason)
+        assert "left out: this binary refuses --asgi under %s" % name in asgi_run["stdout"], asgi_run["stdout"]
+        assert "`%s` left out: this binary refuses `--asgi` under it at start-up" % name in asgi_run["md"]
+    assert "subinterpreters" in measured and "threads" in measured, results["strategies"]
+    cells = {c["server"]: c for c in results["cells"]}
+    assert set(cells) == set(measured) | set(ASGI_PEERS), sorted(cells)
+    starlette = subprocess.run([PYTHON, "-c", "import starlette; print(starlette.__version__)"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    for server, cell in cells.items():
+        assert cell["workload"] == "asgi-hello" and not cell.get("error"), (server, cell.get("error"))
+        assert cell["event_loop"] is True, server
+        w = cell["wrk"]
+        assert w["goodput"] > 0 and w["responses_by_status"].keys() == {"200"}, (server, w)
+        assert w["sent_by_route"] == {"/hello": w["sent_by_route"]["/hello"]}, w["sent_by_route"]
+        command = cell["startup"]["command"]
+        if cell["kind"] == "gilgamesh":
+            # the same app on 3.13, with bookworm's Starlette copied for it (the peers' version)
+            assert command[command.index("--asgi") + 1] == "asgi_bench:app", command
+            paths = [command[i + 1] for i, a in enumerate(command) if a == "--pythonpath"]
+            assert paths == [os.path.join(REPO, "loadtest"), os.path.join(asgi_run["folder"], "site-starlette")]
+            assert os.path.isdir(os.path.join(paths[1], "starlette-%s.dist-info" % starlette)), paths[1]
+            assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}
+        elif server == "uvicorn":
+            assert command[:3] == [PYTHON, "-m", "uvicorn"] and command[-1] == "asgi_demo:app", command
+            for flag in ("--loop uvloop", "--http httptools", "--no-access-log", "--workers %d" % cell["workers"]):
+                assert flag in " ".join(command), (flag, command)
+            assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}
+        else:  # Hypercorn 0.13.2 closes a connection after a response the app sent before reading
+            # the request's end (wrk: a read error per response), so only the others are zero
+            assert command[0] == "/usr/bin/hypercorn" and command[-1].endswith("loadtest/asgi_demo.py:app")
+            for flag in ("--worker-class uvloop", "--backlog 2048", "--workers %d" % cell["workers"]):
+                assert flag in " ".join(command), (flag, command)
+            assert w["errors"]["connect"] == w["errors"]["timeout"] == w["errors"]["write"] == 0, w["errors"]
+        assert cell["shutdown"]["leftover_pids"] == [], server
+    assert results["meta"]["options"]["asgi"] == "asgi_bench:app"
+
+
+def test_asgi_report_has_the_cells_the_peers_and_a_verdict(asgi_run):
+    md, results = asgi_run["md"], asgi_run["results"]
+    headline, points = _verdict_section(md)
+    assert re.fullmatch(r"Serve this app with `([a-z-]+)`, \d+ workers?\.", headline), headline
+    table = md.split("## Headline: goodput at", 1)[1].split("\n## ", 1)[0]
+    header = [h.strip() for h in [l for l in table.splitlines() if l.startswith("|")][0].strip("|").split("|")]
+    measured = results["strategies"]["supported"]
+    assert header == ["workload"] + [s for s in ALL_STRATEGIES if s in measured] + [
+        "hypercorn (py3.11)", "uvicorn (py3.11)"], header
+    assert re.search(r"^\| asgi-hello \| ", table, re.M), table
+    peers = [l for l in points.splitlines() if l.startswith("- Peers at ")]
+    assert len(peers) == 1 and "uvicorn (py3.11)" in peers[0] and "hypercorn (py3.11)" in peers[0], points
+    assert "serve the same ASGI app, asgi_bench:app" in md and "--loop uvloop --http httptools" in md
+    assert "Workload `asgi-hello`: GET /hello on a raw ASGI app" in md
+
+
+def test_asgi_sleep_answers_every_one_of_1000_connections(tmp_path):
+    """asgi-sleep: 1000 connections at once, each request sleeping 1 s on the loop (quick: one
+    strategy and uvicorn): every response a 200, no socket error or timeout, and the runner
+    gives gilgamesh room for them all."""
+    _require(BINARY)
+    strategy = next(s for s in DECLARED if s != "processes")
+    out = subprocess.run([PYTHON, RUN, "--quick", "--workloads", "asgi-sleep", "--strategies", strategy,
+                          "--peers", "uvicorn", "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    folder, results = _run_folder(out)
+    cells = {c["server"]: c for c in results["cells"]}
+    assert set(cells) == {strategy, "uvicorn"}
+    for server, cell in cells.items():
+        assert cell["connections"] == 1000 and " -c1000 " in cell["wrk_command"], cell["wrk_command"]
+        assert "--timeout 30s" in cell["wrk_command"]  # above the 1 s sleep
+        w = cell["wrk"]
+        assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}, server
+        assert w["responses_by_status"] == {"200": w["requests"]} and w["requests"] >= 1000, (server, w)
+        assert 1000 <= w["latency_ms"]["min"] <= w["latency_ms"]["p99"], (server, w["latency_ms"])
+    command = cells[strategy]["startup"]["command"]
+    assert command[command.index("--worker-connections") + 1] == "1000", command
+    assert int(command[command.index("--max-connections") + 1]) >= 2000, command
+    with open(os.path.join(folder, "report.md")) as f:
+        md = f.read()
+    assert "16 connections (asgi-sleep: 1000)" in md
+    assert "`asgi-sleep` is not CPU-bound" in _verdict_section(md)[1] and "event loop" in md
+
+
+def test_asgi_single_thread_rate_runs_the_app_through_the_servers_python_half():
+    out = subprocess.run([PYTHON, os.path.join(REPO, "loadtest", "handler_rate.py"), "--asgi", "asgi_bench:app",
+                          "--pythonpath", os.path.join(REPO, "loadtest"), "--seconds", "0.05", "--repeat", "1",
+                          "/fib?n=15", "/starlette/hello"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rates = json.loads(out.stdout)
+    assert set(rates["targets"]) == {"/fib?n=15", "/starlette/hello"}
+    assert all(t["per_s"] > 0 for t in rates["targets"].values()), rates
+    failing = subprocess.run([PYTHON, os.path.join(REPO, "loadtest", "handler_rate.py"), "--asgi", "asgi_bench:app",
+                              "--pythonpath", os.path.join(REPO, "loadtest"), "--seconds", "0.05", "--repeat", "1",
+                              "/fib?n=99"], capture_output=True, text=True, timeout=60)
+    assert failing.returncode != 0 and "/fib?n=99 answered 400" in failing.stderr, failing.stderr
+
+
+def test_asgi_options_are_checked(tmp_path):
+    for args, mentions in ((["--asgi", "asgi_bench:app"], "needs at least one --request"),
+                           (["--asgi", "a:b", "--wsgi", "c:d", "--request", "GET /"], "exclusive"),
+                           (["--workloads", "asgi-hello,hello"], "run them separately"),
+                           (["--workloads", "asgi", "--app", "handlers.demo"], "serve their own app"),
+                           (["--workloads", "asgi-hello", "--peers", "gunicorn"], "its peers are uvicorn, hypercorn"),
+                           (["--peers", "uvicorn"], "its peers are gunicorn, gunicorn-gthread, uwsgi")):
+        out = subprocess.run([PYTHON, RUN, "--results-dir", str(tmp_path)] + args, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and mentions in out.stderr, (args, out.stderr)
+    assert os.listdir(tmp_path) == [], "a run started anyway"
