@@ -97,8 +97,10 @@ class Worker {
   virtual int held() const { return 0; }
   // From the supervisor, every tick, while the worker exists (between jobs
   // too): what a worker watches for itself (an ASGI loop: clients that left, a
-  // loop blocked past a deadline). Must not block.
-  virtual void supervise(Clock::time_point) {}
+  // loop blocked past a deadline). Must not block. True: the worker is stuck
+  // (its event loop stays blocked past a deadline after every interrupt): the
+  // pool abandons it, as it abandons a worker whose handler thread is stuck.
+  virtual bool supervise(Clock::time_point) { return false; }
   // Between jobs: whether the worker is still there. Workers that can vanish
   // while idle (processes) say so, and the pool asks now and then.
   virtual bool can_vanish_while_idle() const { return false; }

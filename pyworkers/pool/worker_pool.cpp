@@ -91,6 +91,7 @@ struct WorkerPool::Run {
   std::optional<After> after;  // set by the first lane that saw the worker must go; the others follow
   std::deque<Job> carried;     // taken from the queue when the worker turned out to be gone
   bool abandoned = false;      // a new Run serves the slot; this one ends when its handlers return
+  bool loop_stuck = false;     // as Lane::stuck, for the worker's event loop (Worker::supervise)
 };
 
 struct WorkerPool::Slot {
@@ -194,6 +195,7 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   {
     std::lock_guard lock(run->mutex);  // the supervisor looks at run->worker under it
     worker = std::move(run->worker);
+    if (std::exchange(run->loop_stuck, false)) --stuck_slots_;
   }
   worker.reset();  // on this thread: a sub-interpreter's thread states belong to it
   run->state = WorkerState::stopped;
@@ -347,7 +349,10 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
 // client left while it waited is answered 499. Nothing: the queue had none
 // (closed, or a lane's periodic look at whether its worker must go is due).
 std::optional<Job> WorkerPool::next_job(Run& run) {
-  const bool must_look_up = threads_ > 1 || run.worker->can_vanish_while_idle();
+  // An idle lane blocks on the queue only if nothing can happen to its worker meanwhile:
+  // not with other lanes, a process that may exit, or an event loop holding requests
+  // (it may get stuck, and the worker abandoned).
+  const bool must_look_up = threads_ > 1 || run.worker->can_vanish_while_idle() || run.worker->held() > 0;
   for (;;) {
     std::optional<Job> job;
     {
@@ -508,8 +513,16 @@ void WorkerPool::supervise() {
     const auto now = Clock::now();
     for (auto& run : current) {
       check_deadline(*run, now);
-      std::lock_guard run_lock(run->mutex);
-      if (run->worker) run->worker->supervise(now);
+      bool stuck = false;
+      {
+        std::lock_guard run_lock(run->mutex);
+        if (run->worker) stuck = run->worker->supervise(now);
+        if (!stuck && run->loop_stuck) {
+          run->loop_stuck = false;
+          --stuck_slots_;
+        }
+      }
+      if (stuck) abandon_stuck_worker(*run);
     }
     lock.lock();
   }
@@ -533,7 +546,10 @@ void WorkerPool::check_deadline(Run& run, Clock::time_point now) {
           lane.last_interrupt = now;
           run.worker->interrupt(lane.job_seq);
         }
-      } else if (run.worker->abandonable() && abandon(run, lane, now)) {
+      } else if (run.worker->abandonable() &&
+                 abandon(run, lane.stuck,
+                         fmt::format("{} did not return {:.1f} s after its interrupt", lane.job_what,
+                                     seconds_between(lane.interrupted_at, now)))) {
         replace = true;
         break;
       }
@@ -563,24 +579,37 @@ void WorkerPool::interrupt_at_deadline(Run& run, Lane& lane, Clock::time_point n
   }
 }
 
+// A worker whose event loop stays blocked (in C) past a request's deadline
+// after every interrupt: abandoned like a stuck handler thread.
+void WorkerPool::abandon_stuck_worker(Run& run) {
+  bool replace;
+  {
+    std::lock_guard lock(run.mutex);
+    if (run.abandoned || !run.worker || !run.worker->abandonable()) return;
+    replace = abandon(run, run.loop_stuck, "its event loop is still blocked well past a request's deadline "
+                                           "after every interrupt (a call stuck in C?)");
+  }
+  if (replace && !stopping_) launch(run.slot);
+}
+
 // A handler still running after its interrupt's grace: blocked in C
-// (time.sleep, a socket read) or it swallowed the exception. With run.mutex
-// held. True when the run was abandoned (a new one must take the slot).
-bool WorkerPool::abandon(Run& run, Lane& lane, Clock::time_point now) {
+// (time.sleep, a socket read) or it swallowed the exception; or an event loop
+// blocked so. `what` says which, for the log; `stuck` is its flag counted in
+// stuck_slots_. With run.mutex held. True when the run was abandoned (a new
+// one must take the slot).
+bool WorkerPool::abandon(Run& run, bool& stuck, const std::string& what) {
   if (abandoned_live_ >= max_abandoned_) {
-    if (!lane.stuck) {
-      lane.stuck = true;
+    if (!stuck) {
+      stuck = true;
       ++stuck_slots_;
-      spdlog::error("worker {}: {} is stuck {:.1f} s past its deadline, and {} handler thread(s) "
-                    "are abandoned already (--max-abandoned {}): not replacing it; the server "
-                    "reports not ready",
-                    run.slot, lane.job_what, seconds_between(lane.job_deadline, now),
-                    abandoned_live_.load(), max_abandoned_);
+      spdlog::error("worker {}: {}, and {} handler thread(s) are abandoned already (--max-abandoned {}): "
+                    "not replacing it; the server reports not ready",
+                    run.slot, what, abandoned_live_.load(), max_abandoned_);
     }
     return false;
   }
-  if (lane.stuck) {
-    lane.stuck = false;
+  if (stuck) {
+    stuck = false;
     --stuck_slots_;
   }
   run.abandoned = true;
@@ -590,10 +619,8 @@ bool WorkerPool::abandon(Run& run, Lane& lane, Clock::time_point now) {
   ++abandoned_total_;
   ++replacements_;
   ++slots_[static_cast<std::size_t>(run.slot)].replacements;
-  spdlog::error("worker {}: {} did not return {:.1f} s after its interrupt; abandoned its thread "
-                "({} abandoned, limit {}), a fresh worker takes the slot",
-                run.slot, lane.job_what, seconds_between(lane.interrupted_at, now),
-                abandoned_live_.load(), max_abandoned_);
+  spdlog::error("worker {}: {}; abandoned its thread ({} abandoned, limit {}), a fresh worker takes the slot",
+                run.slot, what, abandoned_live_.load(), max_abandoned_);
   return true;
 }
 

@@ -93,7 +93,8 @@ class WorkerPool final : public Executor {
   void supervise();
   void check_deadline(Run& run, Clock::time_point now);
   void interrupt_at_deadline(Run& run, Lane& lane, Clock::time_point now);
-  bool abandon(Run& run, Lane& lane, Clock::time_point now);
+  bool abandon(Run& run, bool& stuck, const std::string& what);
+  void abandon_stuck_worker(Run& run);
   static void describe_lanes(Run& run, Clock::time_point now, WorkerStats& w);
   bool current_runs_finished() const;  // with mutex_ held
   bool drain(Clock::time_point deadline);

@@ -108,13 +108,14 @@ class AsgiProcessWorker final : public Worker {
     return static_cast<int>(on_loop_);
   }
 
-  // Clients that left, told to the worker's loop. Never blocks.
-  void supervise(Clock::time_point now) override {
+  // Clients that left, told to the worker's loop. Never blocks. A stuck loop
+  // is the worker process's own business (it exits: asgi_child.cpp).
+  bool supervise(Clock::time_point now) override {
     std::vector<std::uint64_t> gone;
     std::shared_ptr<frames::Outbox> outbox;
     {
       std::lock_guard lock(mutex_);
-      if (now < next_client_check_ || !outbox_) return;
+      if (now < next_client_check_ || !outbox_) return false;
       next_client_check_ = now + kClientCheckEvery;
       outbox = outbox_;
       for (auto& [id, h] : held_) {
@@ -124,6 +125,7 @@ class AsgiProcessWorker final : public Worker {
       }
     }
     for (std::uint64_t id : gone) outbox->post(Kind::asgi_gone, frames::tag(id));
+    return false;
   }
 
   InterruptAction interrupt(std::uint64_t) override { return InterruptAction::none; }

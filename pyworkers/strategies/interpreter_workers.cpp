@@ -167,16 +167,20 @@ class InProcessWorker : public Worker {
     return loop ? static_cast<int>(loop->in_flight()) : 0;
   }
   // A loop blocked past a request's deadline (a handler spinning in CPU code)
-  // gets HandlerTimeout raised in its thread, as a handler on a lane would.
-  void supervise(Clock::time_point now) override {
+  // gets HandlerTimeout raised in its thread, as a handler on a lane would; one
+  // still blocked after every interrupt (in C) is stuck: the pool abandons the worker.
+  bool supervise(Clock::time_point now) override {
     std::shared_ptr<AsgiLoop> loop = current_loop();
-    if (!loop || !loop->supervise(now)) return;
-    const std::shared_ptr<InterruptTarget> target = std::atomic_load(&loop_target_);
-    if (target && !target->helper_active.exchange(true)) {
-      spdlog::warn("worker {}: the ASGI event loop is still busy past a request's deadline; interrupting it",
-                   slot_);
-      interrupters_->launch(target, kLoopSeq);
+    if (!loop) return false;
+    if (loop->supervise(now)) {
+      const std::shared_ptr<InterruptTarget> target = std::atomic_load(&loop_target_);
+      if (target && !target->helper_active.exchange(true)) {
+        spdlog::warn("worker {}: the ASGI event loop is still busy past a request's deadline; interrupting it",
+                     slot_);
+        interrupters_->launch(target, kLoopSeq);
+      }
     }
+    return loop->stuck(now);
   }
 
   WorkerDescription describe() const override {
