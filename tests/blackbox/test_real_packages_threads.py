@@ -74,3 +74,25 @@ def test_django_view_waits_overlap_at_threads_4(start_server, strategy, django_s
         % (WAIT_S, elapsed))
     missing = server.get("/item/99/")
     assert missing.status == 404, missing
+
+
+def test_django_at_2_workers_by_8_threads_serves_16_waits_at_once(start_server, strategy, django_site,
+                                                                   database):
+    """The README's command: `--wsgi ... --workers 2 --threads 8` serves sixteen requests that
+    wait in a Django view at once."""
+    server = start_server(workers=2, wsgi="django_site.wsgi:application",
+                          args=["--pythonpath", str(APPS_DIR), "--pythonpath", str(django_site),
+                                "--threads", "8"],
+                          env={"GILGAMESH_TEST_DJANGO_DB": str(database)})
+    paths = ["/item/%d/" % (1 + i % 8) for i in range(16)]
+    warm = concurrent_gets(server, [p + "?wait=0.05" for p in paths])
+    assert [getattr(x, "status", x) for x in warm] == [200] * 16, warm
+    started = time.monotonic()
+    results = concurrent_gets(server, paths)
+    elapsed = time.monotonic() - started
+    assert [getattr(x, "status", x) for x in results] == [200] * 16, results
+    answers = [x.json() for x in results]
+    assert len({(a["pid"], a["thread"]) for a in answers}) == 16, answers  # sixteen threads at once
+    # Serially 16 x 0.5 s = 8 s; two workers of eight threads: about 0.5 s.
+    assert elapsed < WAIT_S + 1.0 * TIME_SCALE, (
+        "16 Django requests that each wait %.1f s took %.2f s on 2 workers x 8 threads" % (WAIT_S, elapsed))
