@@ -181,6 +181,19 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
                  "Open connections; past it new ones are closed at once and counted (default: " +
                      std::to_string(kDefaultMaxConnections) + ", less if the file descriptor limit is lower)")
       ->check(integer_in(1, 10000000));
+  cli.add_option("--ws-max-message", h.ws_max_message,
+                 "Largest WebSocket message a client may send, in bytes, fragments joined (larger: "
+                 "close 1009)")
+      ->check(integer_in(1, 1LL << 31))
+      ->capture_default_str();
+  cli.add_option("--ws-ping-interval", h.ws_ping_interval,
+                 "Seconds between the server's pings on each open WebSocket (0: no pings)")
+      ->check(seconds_in(0.0, 86400.0))
+      ->capture_default_str();
+  cli.add_option("--ws-ping-timeout", h.ws_ping_timeout,
+                 "Seconds a WebSocket peer has to answer a ping before it is dropped (0: never dropped)")
+      ->check(seconds_in(0.0, 86400.0))
+      ->capture_default_str();
   cli.add_option("--header-timeout", h.header_timeout,
                  "Seconds a client has to send the request headers")
       ->check(seconds_in(0.001, 86400.0))

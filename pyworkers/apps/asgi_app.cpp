@@ -104,10 +104,11 @@ std::optional<HttpResponseData> AsgiApp::respond(std::size_t, const HttpRequestD
 // turns non-empty. Shared with the room callbacks of the streams, which may
 // outlive the loop.
 struct AsgiLoop::Inbox {
-  enum class Kind { request, room, gone, stop };
+  enum class Kind { request, room, gone, stop, ws_message, ws_closed };
   struct Event {
     Kind kind;
     std::uint64_t rid;
+    WebSocketChannel::Event ws;  // ws_message, ws_closed
   };
 
   Inbox() : fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
@@ -115,11 +116,11 @@ struct AsgiLoop::Inbox {
   }
   ~Inbox() { ::close(fd); }
 
-  void post(Kind kind, std::uint64_t rid = 0) {
+  void post(Kind kind, std::uint64_t rid = 0, WebSocketChannel::Event&& ws = {}) {
     bool ring;
     {
       std::lock_guard lock(mutex);
-      events.push_back({kind, rid});
+      events.push_back({kind, rid, std::move(ws)});
       ring = !std::exchange(rung, true);
     }
     if (ring) {
@@ -212,6 +213,10 @@ class AsgiLoop::Mailbox {
   static PyObject* done(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* result(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* error(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* ws_accept(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* ws_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* ws_more(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* ws_close(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static py::Ref request_object(AsgiLoop* loop, const HttpRequestData& r);
 };
 
@@ -238,7 +243,8 @@ py::Ref AsgiLoop::Mailbox::request_object(AsgiLoop* loop, const HttpRequestData&
                                                      client.get(), server.get(), request_id.get(), nullptr));
 }
 
-// take() -> [("request", rid, Request, seconds_left) | ("room", rid) | ("gone", rid) | ("stop",)]
+// take() -> [("request" | "ws_connect", rid, Request, seconds_left) | ("room", rid) | ("gone", rid)
+//           | ("ws_message", rid, is_text, data) | ("ws_closed", rid, code, reason) | ("stop",)]
 PyObject* AsgiLoop::Mailbox::take(PyObject* self, PyObject*) {
   AsgiLoop* loop = loop_of(self);
   if (!loop) return nullptr;
@@ -265,8 +271,22 @@ PyObject* AsgiLoop::Mailbox::take(PyObject* self, PyObject*) {
         }
         py::Ref request = request_object(loop, p->job.request);
         if (!request) return nullptr;
-        item = py::Ref::steal(Py_BuildValue("(sKOd)", "request", static_cast<unsigned long long>(e.rid),
-                                            request.get(), left));
+        item = py::Ref::steal(Py_BuildValue("(sKOd)", p->job.websocket ? "ws_connect" : "request",
+                                            static_cast<unsigned long long>(e.rid), request.get(), left));
+        break;
+      }
+      case Inbox::Kind::ws_message: {
+        py::Ref data = bytes_of(e.ws.message.data);
+        if (!data) return nullptr;
+        item = py::Ref::steal(Py_BuildValue("(sKOO)", "ws_message", static_cast<unsigned long long>(e.rid),
+                                            e.ws.message.text ? Py_True : Py_False, data.get()));
+        break;
+      }
+      case Inbox::Kind::ws_closed: {
+        py::Ref reason = str_of(e.ws.reason);
+        if (!reason) return nullptr;
+        item = py::Ref::steal(Py_BuildValue("(sKiO)", "ws_closed", static_cast<unsigned long long>(e.rid),
+                                            e.ws.code, reason.get()));
         break;
       }
       case Inbox::Kind::room:
@@ -383,6 +403,7 @@ PyObject* AsgiLoop::Mailbox::cut(PyObject* self, PyObject* const* args, Py_ssize
     p->stream->finish(false);
     p->stream.reset();
   }
+  if (p->job.websocket) p->job.websocket->close(WebSocketChannel::kInternalError, "");
   Py_RETURN_NONE;
 }
 
@@ -420,6 +441,76 @@ PyObject* AsgiLoop::Mailbox::error(PyObject* self, PyObject* const* args, Py_ssi
   Py_RETURN_NONE;
 }
 
+// ws_accept(rid, subprotocol, headers) -> bool: the app accepted the WebSocket; its
+// answer is the handshake's 101 with the app's headers (and the subprotocol). False:
+// the client is gone, or the headers break a rule (logged; the handshake fails).
+PyObject* AsgiLoop::Mailbox::ws_accept(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "ws_accept(rid, subprotocol, headers)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p || !p->job.websocket) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_False);
+  HttpResponseData answer101;
+  py::Ref status = py::Ref::steal(PyLong_FromLong(200));  // checked as a 200; sent as the 101
+  if (!status || !head_from(status.get(), args[2], answer101)) return nullptr;
+  if (args[1] != Py_None) answer101.headers.push_back({"Sec-WebSocket-Protocol", py::to_string(args[1])});
+  if (!checked(loop, p, answer101)) {
+    answer(loop, p, std::move(answer101));  // the 500
+    return Py_NewRef(Py_False);
+  }
+  answer101.status = 101;
+  return PyBool_FromLong(answer(loop, p, std::move(answer101)));
+}
+
+// ws_send(rid, is_text, data) -> 0 taken | 1 taken, but wait for ("room", rid) | 2 closed
+PyObject* AsgiLoop::Mailbox::ws_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyBytes_Check(args[2])) return PyErr_Format(PyExc_TypeError, "ws_send(rid, is_text, bytes)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p || !p->job.websocket) return PyErr_Occurred() ? nullptr : PyLong_FromLong(2);
+  const std::uint64_t rid = rid_of(args[0]);
+  std::weak_ptr<Inbox> inbox = loop->inbox_;
+  WebSocketChannel::Message m{PyObject_IsTrue(args[1]) == 1,
+                              std::string(PyBytes_AS_STRING(args[2]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[2])))};
+  switch (p->job.websocket->send(std::move(m), [inbox, rid] {
+    if (auto in = inbox.lock()) in->post(Inbox::Kind::room, rid);
+  })) {
+    case WebSocketChannel::Offer::taken: return PyLong_FromLong(0);
+    case WebSocketChannel::Offer::full: return PyLong_FromLong(1);
+    case WebSocketChannel::Offer::closed: break;
+  }
+  return PyLong_FromLong(2);
+}
+
+// ws_more(rid): the connection may read the client's next message.
+PyObject* AsgiLoop::Mailbox::ws_more(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1) return PyErr_Format(PyExc_TypeError, "ws_more(rid)");
+  Pending* p = pending(self, args[0]);
+  if (p && p->job.websocket) p->job.websocket->more();
+  return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+}
+
+// ws_close(rid, code, reason): before ws_accept the handshake is refused (403); after
+// it, the close handshake with the app's code and reason.
+PyObject* AsgiLoop::Mailbox::ws_close(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "ws_close(rid, code, reason)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p || !p->job.websocket) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  bool accepted;
+  {
+    std::lock_guard lock(loop->mutex_);
+    accepted = p->answered;
+  }
+  if (!accepted) {
+    answer(loop, p, make_error_response(403, "the app refused the WebSocket handshake", p->job.request.request_id));
+    Py_RETURN_NONE;
+  }
+  const long code = PyLong_AsLong(args[1]);
+  if (code == -1 && PyErr_Occurred()) return nullptr;
+  p->job.websocket->close(static_cast<int>(code), py::to_string(args[2]));
+  Py_RETURN_NONE;
+}
+
 // done(rid): the request's task has ended; its place on the loop is free.
 PyObject* AsgiLoop::Mailbox::done(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 1) return PyErr_Format(PyExc_TypeError, "done(rid)");
@@ -438,6 +529,7 @@ PyObject* AsgiLoop::Mailbox::done(PyObject* self, PyObject* const* args, Py_ssiz
   loop->changed_.notify_all();
   Py_BEGIN_ALLOW_THREADS
   if (p->stream) p->stream->finish(false);  // never said how it ended: cut, not whole
+  if (p->job.websocket) p->job.websocket->close(1000, "");  // the app is over: so is its socket
   if (!p->answered) {
     p->job.complete(make_error_response(500, "the ASGI app ended without an answer", p->job.request.request_id));
   }
@@ -460,6 +552,12 @@ PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
       {"done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&done)), METH_FASTCALL, nullptr},
       {"result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&result)), METH_FASTCALL, nullptr},
       {"error", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&error)), METH_FASTCALL, nullptr},
+      {"ws_accept", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ws_accept)), METH_FASTCALL,
+       nullptr},
+      {"ws_send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ws_send)), METH_FASTCALL, nullptr},
+      {"ws_more", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ws_more)), METH_FASTCALL, nullptr},
+      {"ws_close", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&ws_close)), METH_FASTCALL,
+       nullptr},
   };
   py::Ref capsule = py::Ref::steal(PyCapsule_New(loop, kCapsuleName, nullptr));
   py::Ref kwargs = py::Ref::steal(PyDict_New());
@@ -486,6 +584,7 @@ AsgiLoop::AsgiLoop(PyInterpreterState* interp, PythonApp& app, const ServerConfi
                 : config.app.lifespan == Lifespan::on                  ? "on"
                                                                        : "auto"),
       root_path_(config.app.root_path),
+      graceful_timeout_(config.http.graceful_timeout),
       hooks_(std::move(hooks)),
       inbox_(std::make_shared<Inbox>()) {}
 
@@ -537,6 +636,7 @@ void AsgiLoop::thread_main() {
   changed_.notify_all();
   for (auto& [rid, p] : left) {
     if (p->stream) p->stream->finish(false);
+    if (p->job.websocket) p->job.websocket->close(WebSocketChannel::kInternalError, "");
     if (!p->answered) {
       p->job.complete(make_error_response(503, "the worker's event loop has stopped", p->job.request.request_id));
     }
@@ -615,10 +715,17 @@ void AsgiLoop::submit(Job& job) {
   p->job = std::move(job);
   p->job.sink = nullptr;
   std::uint64_t rid;
+  std::shared_ptr<WebSocketChannel> websocket = asgi_ ? p->job.websocket : nullptr;
+  if (!asgi_) p->job.websocket.reset();  // a route app's `async def` handlers speak plain HTTP
   {
     std::lock_guard lock(mutex_);
     rid = ++next_rid_;
     pending_.emplace(rid, std::move(p));
+  }
+  if (websocket) {  // what its connection says comes to this loop's inbox
+    websocket->attach_loop([inbox = std::weak_ptr<Inbox>(inbox_), rid](WebSocketChannel::Event&& e) {
+      if (auto in = inbox.lock()) in->post(e.ended ? Inbox::Kind::ws_closed : Inbox::Kind::ws_message, rid, std::move(e));
+    });
   }
   inbox_->post(Inbox::Kind::request, rid);
 }
@@ -670,6 +777,26 @@ bool AsgiLoop::stuck(Clock::time_point now) const {
 void AsgiLoop::stop() {
   if (!thread_.joinable()) return;
   inbox_->post(Inbox::Kind::stop);
+  // A request ends by its deadline; an accepted WebSocket only when one side closes it:
+  // open ones get until --graceful-timeout (a recycled worker's clients are not cut at
+  // once), then the close handshake with 1001, going away.
+  const auto open_websocket = [this] {
+    for (const auto& [rid, p] : pending_) {
+      if (p->job.websocket && p->answered) return true;
+    }
+    return false;
+  };
+  std::vector<std::shared_ptr<WebSocketChannel>> left;
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait_until(lock, Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                 std::chrono::duration<double>(graceful_timeout_)),
+                        [&] { return !open_websocket(); });
+    for (const auto& [rid, p] : pending_) {
+      if (p->job.websocket && p->answered) left.push_back(p->job.websocket);
+    }
+  }
+  for (auto& websocket : left) websocket->close(WebSocketChannel::kGoingAway, "");
   thread_.join();
 }
 

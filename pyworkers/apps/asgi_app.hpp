@@ -1,4 +1,4 @@
-// The C++ half of the ASGI adapter (ASGI 3: HTTP and lifespan). The Python
+// The C++ half of the ASGI adapter (ASGI 3: HTTP, WebSocket and lifespan). The Python
 // half (apps/gilgamesh_asgi.py, embedded as `_gilgamesh_asgi`) runs the
 // protocol on an asyncio event loop; this file gives it its thread and its
 // requests, and takes its answers back to the connections.
@@ -24,6 +24,13 @@
 // the stream. At a request's deadline the loop cancels its task itself; a loop
 // that stays blocked past a deadline (a handler spinning in CPU code) is what
 // supervise() reports, so that the worker interrupts the loop's thread.
+//
+// A WebSocket is a request too (its Job carries a WebSocketChannel): the loop
+// gets "ws_connect" instead of "request", answers the upgrade with ws_accept
+// (the job's answer is the 101) or ws_close (403), and then talks to the
+// connection through the channel: ws_send/ws_more/ws_close one way,
+// "ws_message"/"ws_closed"/"room" events the other. Its place on the loop is
+// held until done(rid), like any request's.
 #pragma once
 
 #include "pyworkers/apps/python_app.hpp"
@@ -102,8 +109,9 @@ class AsgiLoop {
   // blocked in C, or one that swallows HandlerTimeout). Never blocks on Python.
   bool stuck(Clock::time_point now) const;
   // Takes no more requests, lets those it holds finish (each is bounded by its
-  // deadline), runs the lifespan shutdown and joins the thread. No Python lock
-  // may be held.
+  // deadline; an open WebSocket by --graceful-timeout, then it is closed with
+  // 1001), runs the lifespan shutdown and joins the thread. No Python lock may
+  // be held.
   void stop();
 
  private:
@@ -127,6 +135,7 @@ class AsgiLoop {
   const std::size_t limit_;
   const std::string lifespan_;
   const std::string root_path_;
+  const double graceful_timeout_;  // s an open WebSocket keeps a stopping loop
   const Hooks hooks_;
   std::shared_ptr<Inbox> inbox_;  // shared with the streams' room callbacks
   std::thread thread_;

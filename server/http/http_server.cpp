@@ -3,11 +3,13 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <atomic>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -28,6 +30,7 @@ namespace gilgamesh {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 
 namespace {
@@ -44,6 +47,9 @@ constexpr std::size_t kLingerBytes = 8 * 1024 * 1024;
 // doubles up to the maximum, never in a busy loop.
 constexpr auto kAcceptBackoffFirst = std::chrono::milliseconds(10);
 constexpr auto kAcceptBackoffMax = std::chrono::milliseconds(250);
+// A WebSocket's opening and closing handshakes (after the app accepted): a peer
+// slower than this is dropped.
+constexpr auto kWebSocketHandshakeTimeout = std::chrono::seconds(10);
 
 std::chrono::steady_clock::duration seconds(double s) {
   return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
@@ -148,6 +154,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     server_.sessions.insert(this);
   }
   ~Session() {
+    if (websocket_) websocket_->ended(WebSocketChannel::kAbnormal, "");  // said once; a no-op when it was
+    if (ws_open_ && !ws_ended_) server_.stats.websockets_open.fetch_sub(1, std::memory_order_relaxed);
     server_.stats.connections_open.fetch_sub(1, std::memory_order_relaxed);
     std::lock_guard lock(server_.sessions_mutex);
     server_.sessions.erase(this);
@@ -161,6 +169,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   // after their current response.
   void on_shutdown() {
     shutting_down_ = true;
+    if (ws_open_) return ws_server_close(WebSocketChannel::kGoingAway);
     if (idle_ || lingering_) close();
   }
 
@@ -337,6 +346,12 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     const auto deadline = arrived_ + seconds(server_.config.http.request_timeout);
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
+    if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
+      // The handshake waits for the app; whatever else it answers ends the connection.
+      websocket_ = std::make_shared<WebSocketChannel>();
+      job.websocket = websocket_;
+      context_.keep_alive = false;
+    }
     const std::uint64_t token = ++job_token_;
     job.owner = shared_from_this();
     job.token = token;
@@ -370,8 +385,184 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (token != job_token_ || !job_pending_) return;
     job_pending_ = false;
     job_timer_.cancel();
+    if (websocket_ && r.status == 101) return start_websocket(std::move(r));
+    if (websocket_) websocket_->ended(WebSocketChannel::kAbnormal, "");  // refused, or a worker that answered it as HTTP
     if (r.stream) return stream_answer(std::move(r));
     respond(std::move(r), false);
+  }
+
+  // --- a WebSocket, once the app accepted it (the upgrade request was a Job like any) ---
+  //   start_websocket -> on_ws_accept -> ws_work (what the loop asked for) -> ws_pump
+  //   ws_pump -> ws_read -> on_ws_read -> ws_pump      one message per read the loop allowed
+  //           -> ws_write -> on_ws_write -> ws_work    one message at a time, in order
+  //           -> ws_close (the app's, after what it sent) -> ws_end
+  // beside them the keepalive timer (ws_tick). ws_end tells the loop once how it ended.
+  void start_websocket(HttpResponseData&& r) {
+    if (server_.shutting_down || shutting_down_) {
+      websocket_->ended(WebSocketChannel::kGoingAway, "");
+      return respond(make_error_response(503, "server is shutting down", context_.request_id), true);
+    }
+    ws_.emplace(stream_);
+    ws_->set_option(websocket::stream_base::timeout{kWebSocketHandshakeTimeout, websocket::stream_base::none(), false});
+    ws_->read_message_max(server_.config.http.ws_max_message);
+    ws_->auto_fragment(false);
+    ws_->set_option(websocket::stream_base::decorator([headers = std::move(r.headers)](websocket::response_type& res) {
+      for (const Header& h : headers) res.insert(h.name, h.value);
+    }));
+    ws_->control_callback([this](websocket::frame_type kind, beast::string_view) {
+      if (kind == websocket::frame_type::pong) ws_pong_due_.reset();
+    });
+    stream_.expires_never();  // the WebSocket's own timeouts from here on
+    record(101, "0");
+    ws_->async_accept(request_, [self = shared_from_this()](beast::error_code ec) { self->on_ws_accept(ec); });
+  }
+
+  void on_ws_accept(beast::error_code ec) {
+    if (ec) {
+      websocket_->ended(WebSocketChannel::kAbnormal, "");
+      return close();
+    }
+    ws_open_ = true;
+    server_.stats.websockets_open.fetch_add(1, std::memory_order_relaxed);
+    ws_read_credit_ = 1;  // the first message is read without asking
+    if (server_.config.http.ws_ping_interval > 0) {
+      ping_timer_.emplace(stream_.get_executor());
+      ws_next_ping_ = Clock::now() + seconds(server_.config.http.ws_ping_interval);
+      ws_schedule_tick();
+    }
+    if (shutting_down_) return ws_server_close(WebSocketChannel::kGoingAway);
+    ws_work();
+  }
+
+  // Takes what the loop asked for: reads, and the next messages once the last are written.
+  void ws_work() {
+    if (ws_ended_) return;
+    // The callback keeps the session while it waits for the loop (nothing else may).
+    WebSocketChannel::Work work = websocket_->take(ws_out_.empty(), [self = shared_from_this(), executor = stream_.get_executor()] {
+      net::post(executor, [self] { self->ws_work(); });
+    });
+    for (auto& m : work.messages) ws_out_.push_back(std::move(m));
+    ws_read_credit_ += work.reads;
+    if (work.close && !ws_close_) ws_close_ = std::move(work.close);
+    ws_pump();
+  }
+
+  void ws_pump() {
+    if (ws_ended_ || ws_closing_) return;
+    if (!ws_reading_ && ws_read_credit_ > 0) ws_read();
+    if (ws_writing_) return;
+    if (!ws_out_.empty()) return ws_write();
+    if (ws_close_) ws_close(ws_close_->first, ws_close_->second);
+  }
+
+  void ws_read() {
+    ws_reading_ = true;
+    ws_->async_read(ws_buffer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->on_ws_read(ec);
+    });
+  }
+
+  void on_ws_read(beast::error_code ec) {
+    ws_reading_ = false;
+    if (ws_ended_) return;
+    if (ec) return ws_failed(ec);
+    --ws_read_credit_;
+    websocket_->received({ws_->got_text(), beast::buffers_to_string(ws_buffer_.data())});
+    ws_buffer_.clear();
+    ws_pump();
+  }
+
+  void ws_write() {
+    ws_writing_ = true;
+    ws_->text(ws_out_.front().text);
+    ws_->async_write(net::buffer(ws_out_.front().data), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->on_ws_write(ec);
+    });
+  }
+
+  void on_ws_write(beast::error_code ec) {
+    ws_writing_ = false;
+    if (ws_ended_) return;
+    if (ec) return ws_failed(ec);
+    ws_out_.pop_front();
+    if (!ws_out_.empty()) return ws_pump();
+    ws_work();
+  }
+
+  // The close handshake with `code`: the app's (after what it sent), or the server's.
+  void ws_close(int code, const std::string& reason) {
+    if (ws_closing_ || ws_ended_) return;
+    ws_closing_ = true;
+    websocket::close_reason cr;
+    cr.code = static_cast<std::uint16_t>(code);
+    cr.reason.assign(reason.data(), std::min(reason.size(), cr.reason.max_size()));  // the loop checked it
+    ws_->async_close(cr, [self = shared_from_this(), code, reason](beast::error_code) { self->ws_end(code, reason); });
+  }
+
+  // The server closes (SIGTERM: 1001): the app hears it at once, the client gets the close frame.
+  void ws_server_close(int code) {
+    if (ws_ended_) return;
+    websocket_->ended(code, "");
+    ws_close(code, "");
+  }
+
+  // A read or write failed: the peer's close frame, one of Beast's own closes
+  // (it sent the close frame already), or a broken connection.
+  void ws_failed(beast::error_code ec) {
+    if (ec == websocket::error::closed) {
+      const websocket::close_reason& cr = ws_->reason();
+      const int code = cr.code == websocket::close_code::none ? WebSocketChannel::kNoStatus : static_cast<int>(cr.code);
+      return ws_end(code, std::string(cr.reason.data(), cr.reason.size()));
+    }
+    if (ec == websocket::error::message_too_big) return ws_end(1009, "");
+    if (ec == websocket::error::bad_frame_payload) return ws_end(1007, "");
+    if (ec == websocket::condition::protocol_violation) return ws_end(1002, "");
+    ws_end(WebSocketChannel::kAbnormal, "");
+  }
+
+  // The socket is over: the loop is told (once), the connection closes.
+  void ws_end(int code, const std::string& reason) {
+    if (ws_ended_) return;
+    ws_ended_ = true;
+    server_.stats.websockets_open.fetch_sub(1, std::memory_order_relaxed);
+    if (ping_timer_) ping_timer_->cancel();
+    websocket_->ended(code, reason);
+    ws_out_.clear();
+    close();
+  }
+
+  // Keepalive: a ping every --ws-ping-interval; a peer whose pong has not come
+  // --ws-ping-timeout after it is dropped. Pongs are read only while a read is
+  // pending: while the app holds the reading back, the wait does not count.
+  void ws_schedule_tick() {
+    Clock::time_point at = ws_next_ping_;
+    if (ws_pong_due_) at = std::min(at, *ws_pong_due_);
+    ping_timer_->expires_at(at);
+    ping_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->ws_tick();
+    });
+  }
+
+  void ws_tick() {
+    if (ws_ended_ || ws_closing_) return;
+    const auto now = Clock::now();
+    const double timeout = server_.config.http.ws_ping_timeout;
+    if (ws_pong_due_ && now >= *ws_pong_due_) {
+      if (!ws_reading_) {
+        ws_pong_due_ = now + seconds(timeout);
+      } else if (timeout > 0) {
+        return ws_end(WebSocketChannel::kAbnormal, "");  // the peer stopped answering
+      }
+    }
+    if (now >= ws_next_ping_) {
+      ws_next_ping_ = now + seconds(server_.config.http.ws_ping_interval);
+      if (!ws_pong_due_ && !ws_pinging_) {
+        ws_pinging_ = true;
+        if (timeout > 0) ws_pong_due_ = now + seconds(timeout);
+        ws_->async_ping({}, [self = shared_from_this()](beast::error_code) { self->ws_pinging_ = false; });
+      }
+    }
+    ws_schedule_tick();
   }
 
   // --- an answer that streams: the head, then each chunk as the handler makes it --------
@@ -622,6 +813,19 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   std::vector<std::string> chunk_sizes_;  // their chunk-size lines
   std::vector<net::const_buffer> buffers_;
   std::uint64_t body_sent_ = 0;
+  // A WebSocket: its channel to the app's loop (from the upgrade request on), then the
+  // stream over this connection's socket and what it is doing.
+  std::shared_ptr<WebSocketChannel> websocket_;
+  std::optional<websocket::stream<beast::tcp_stream&>> ws_;
+  beast::flat_buffer ws_buffer_;
+  std::deque<WebSocketChannel::Message> ws_out_;  // taken from the channel, being written
+  std::optional<std::pair<int, std::string>> ws_close_;  // the app's close, after ws_out_
+  std::optional<net::steady_timer> ping_timer_;
+  Clock::time_point ws_next_ping_;
+  std::optional<Clock::time_point> ws_pong_due_;
+  unsigned ws_read_credit_ = 0;
+  bool ws_open_ = false, ws_reading_ = false, ws_writing_ = false, ws_pinging_ = false, ws_closing_ = false,
+       ws_ended_ = false;
   exchange::Peer peer_;
   net::steady_timer job_timer_;
   const Clock::time_point accepted_at_;

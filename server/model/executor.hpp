@@ -18,6 +18,7 @@
 
 #include "server/model/body_stream.hpp"
 #include "server/model/options.hpp"
+#include "server/model/websocket_channel.hpp"
 
 namespace gilgamesh {
 
@@ -97,6 +98,11 @@ struct Job {
   // Where an answer that streams goes (set by the pool for the job's run; not
   // owned). Null: every answer is collected whole.
   ResponseSink* sink = nullptr;
+  // Set for a WebSocket upgrade request to an app that serves WebSockets (an
+  // ASGI app): the answer is 101 (accepted; the socket then talks through this
+  // channel) or an HTTP refusal. A worker that does not know it answers the
+  // request as plain HTTP.
+  std::shared_ptr<WebSocketChannel> websocket;
 
   // False when the owner is gone (nobody will send the answer).
   bool complete(HttpResponseData&& response) {

@@ -6,7 +6,8 @@ namespace gilgamesh {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, io_threads, max_body,
                                                 max_connections, header_timeout, keepalive_timeout,
                                                 graceful_timeout, request_timeout, shutdown_delay,
-                                                access_log, dashboard)
+                                                access_log, dashboard, ws_max_message,
+                                                ws_ping_interval, ws_ping_timeout)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
                                                 workers, threads, worker_spin_us, max_queue, max_abandoned,
                                                 max_requests, max_requests_jitter, allow_gil, preload,

@@ -35,6 +35,12 @@ struct HttpOptions {
                                                // listener closes and the drain starts
   bool access_log = false;                     // one info line per request
   bool dashboard = true;                       // serve GET /dashboard and GET /events
+  std::size_t ws_max_message = 1024 * 1024;    // bytes in one WebSocket message from a client,
+                                               // fragments joined; larger: close 1009
+  double ws_ping_interval = 20.0;              // s between the server's pings on a WebSocket
+                                               // (0: no pings)
+  double ws_ping_timeout = 20.0;               // s a ping may wait for its pong before the
+                                               // peer is dropped
 };
 
 // The workers: how many, on which strategy, and how they are replaced.

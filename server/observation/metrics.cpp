@@ -186,6 +186,7 @@ nlohmann::json stats_json(const ServerView& v) {
       {"connections_rejected", v.stats.connections_rejected.load()},
       {"accept_errors", v.stats.accept_errors.load()},
       {"event_streams", v.stats.event_streams_open.load()},
+      {"websockets", v.stats.websockets_open.load()},
       {"rejected_queue_full", v.stats.rejected_queue_full.load()},
       {"deadline_exceeded", v.stats.deadline_exceeded.load()},
       {"responses", {{"1xx", v.stats.responses(1)}, {"2xx", v.stats.responses(2)}, {"3xx", v.stats.responses(3)},
@@ -221,6 +222,8 @@ void connection_metrics(PrometheusText& m, const ServerStats& s) {
            s.connections_accepted.load());
   m.single("gilgamesh_event_streams_open", "gauge", "Open GET /events streams (dashboards watching).",
            s.event_streams_open.load());
+  m.single("gilgamesh_websockets_open", "gauge", "Open WebSockets (counted in gilgamesh_connections_open too).",
+           s.websockets_open.load());
   m.family("gilgamesh_responses_total", "counter", "Responses sent, by status class.");
   for (int c = 1; c <= 5; ++c) m.sample({{"class", std::to_string(c) + "xx"}}, s.responses(c));
   m.single("gilgamesh_rejected_queue_full_total", "counter",

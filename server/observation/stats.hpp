@@ -72,6 +72,7 @@ class ServerStats {
   std::atomic<std::uint64_t> connections_rejected{0};  // closed at once: --max-connections reached
   std::atomic<std::uint64_t> accept_errors{0};         // accept failed (out of descriptors, ...)
   std::atomic<std::int64_t> event_streams_open{0};
+  std::atomic<std::int64_t> websockets_open{0};  // accepted WebSockets (in connections_open too)
   std::atomic<std::uint64_t> rejected_queue_full{0};
   std::atomic<std::uint64_t> deadline_exceeded{0};
   const RouteCounters& route(std::size_t i) const { return *routes_[i]; }

@@ -1,4 +1,4 @@
-"""Test app: a raw ASGI 3 WebSocket application, no framework (tests/pending/test_websockets.py).
+"""Test app: a raw ASGI 3 WebSocket application, no framework (tests/blackbox/test_websockets.py).
 `--asgi asgi_websocket:app` under gilgamesh, `asgi_websocket:app` under uvicorn (the suite's
 reference mode), so every line here keeps to the ASGI spec and assumes nothing of the server.
 

@@ -1,4 +1,4 @@
-"""Test app: a Starlette chat-style echo over WebSockets (tests/pending/test_websockets.py).
+"""Test app: a Starlette chat-style echo over WebSockets (tests/blackbox/test_websockets.py).
 `--asgi asgi_ws_starlette:app`. Under gilgamesh: Starlette 0.46 from Debian trixie
 (scripts/fetch-trixie-site.sh); under uvicorn, the suite's reference: bookworm's Starlette 0.26.
 Only what both versions have is used (no lifespan state: uvicorn 0.17 has none to give).
