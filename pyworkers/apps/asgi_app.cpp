@@ -786,17 +786,24 @@ void AsgiLoop::stop() {
     }
     return false;
   };
-  std::vector<std::shared_ptr<WebSocketChannel>> left;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<WebSocketChannel>>> left;
   {
     std::unique_lock lock(mutex_);
     changed_.wait_until(lock, Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                  std::chrono::duration<double>(graceful_timeout_)),
                         [&] { return !open_websocket(); });
     for (const auto& [rid, p] : pending_) {
-      if (p->job.websocket && p->answered) left.push_back(p->job.websocket);
+      if (p->job.websocket && p->answered) left.emplace_back(rid, p->job.websocket);
     }
   }
-  for (auto& websocket : left) websocket->close(WebSocketChannel::kGoingAway, "");
+  for (auto& [rid, websocket] : left) {
+    websocket->close(WebSocketChannel::kGoingAway, "");
+    // The app hears it now, not after the client's answer to the close frame (as on SIGTERM).
+    WebSocketChannel::Event e;
+    e.ended = true;
+    e.code = WebSocketChannel::kGoingAway;
+    inbox_->post(Inbox::Kind::ws_closed, rid, std::move(e));
+  }
   thread_.join();
 }
 

@@ -7,9 +7,11 @@
 
 #include <atomic>
 #include <cerrno>
+#include <deque>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -66,11 +68,22 @@ class AsgiChild {
     std::shared_ptr<BodyStream> consumer;
     bool credit = true;  // the server may take the next chunk
   };
+  // A WebSocket: this side plays its connection towards the loop, and forwards
+  // what the loop asks for as frames, one message per asgi_room.
+  struct Socket {
+    std::shared_ptr<WebSocketChannel> channel;
+    std::deque<WebSocketChannel::Message> out;  // taken from the channel, not sent yet
+    std::optional<std::pair<int, std::string>> close;  // the app's, after `out`
+    bool credit = true;  // the server may take the next message
+  };
 
   bool start_loop();
   void read_socket();
   bool on_frame(frames::Frame& frame);
-  void submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route, HttpRequestData&& request);
+  void submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route, HttpRequestData&& request,
+              bool websocket = false);
+  void pump_socket(std::uint64_t id);
+  std::shared_ptr<WebSocketChannel> channel(std::uint64_t id);
   void answer(std::uint64_t id, HttpResponseData&& response);
   void pump(std::uint64_t id);
   void room(std::uint64_t id);
@@ -93,9 +106,10 @@ class AsgiChild {
   std::shared_ptr<frames::Outbox> outbox_;
   std::unique_ptr<AsgiLoop> loop_;
 
-  std::mutex mutex_;  // guards remotes_ and streams_
+  std::mutex mutex_;  // guards remotes_, streams_ and sockets_
   std::unordered_map<std::uint64_t, std::shared_ptr<Remote>> remotes_;
   std::unordered_map<std::uint64_t, Stream> streams_;
+  std::unordered_map<std::uint64_t, Socket> sockets_;
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};  // the loop has ended
@@ -182,13 +196,16 @@ void AsgiChild::read_socket() {
     open = false;
     carry.clear();
     std::vector<std::shared_ptr<BodyStream>> cancelled;
+    std::vector<std::shared_ptr<WebSocketChannel>> broken;
     {
       std::lock_guard lock(mutex_);
       for (auto& [id, r] : remotes_) r->gone = true;
       for (auto& [id, s] : streams_) cancelled.push_back(s.consumer);
       streams_.clear();
+      for (auto& [id, w] : sockets_) broken.push_back(w.channel);
     }
     for (auto& c : cancelled) c->cancel();
+    for (auto& b : broken) b->ended(WebSocketChannel::kAbnormal, "");
     begin_stop();
   }
 }
@@ -197,13 +214,13 @@ void AsgiChild::read_socket() {
 bool AsgiChild::on_frame(frames::Frame& frame) {
   std::string_view meta = frame.meta;
   std::uint64_t id = 0;
-  if (frame.kind == Kind::asgi_request) {
+  if (frame.kind == Kind::asgi_request || frame.kind == Kind::asgi_ws_connect) {
     std::chrono::microseconds left{};
     std::size_t route = 0;
     HttpRequestData request;
     if (!frames::decode_asgi_request(meta, id, left, route, request)) return false;
     request.body = std::move(frame.body);
-    submit(id, left, route, std::move(request));
+    submit(id, left, route, std::move(request), frame.kind == Kind::asgi_ws_connect);
     return true;
   }
   if (!frames::untag(meta, id)) return false;
@@ -211,12 +228,24 @@ bool AsgiChild::on_frame(frames::Frame& frame) {
     case Kind::asgi_room: room(id); return true;
     case Kind::asgi_gone: gone(id); return true;
     case Kind::asgi_stop: begin_stop(); return true;
+    case Kind::asgi_ws_message: {
+      if (meta != "t" && meta != "b") return false;
+      if (auto c = channel(id)) c->received({meta == "t", std::move(frame.body)});
+      return true;
+    }
+    case Kind::asgi_ws_closed: {
+      int code = 0;
+      std::string reason;
+      if (!frames::decode_ws_close(meta, code, reason)) return false;
+      if (auto c = channel(id)) c->ended(code, std::move(reason));
+      return true;
+    }
     default: return false;
   }
 }
 
 void AsgiChild::submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route,
-                       HttpRequestData&& request) {
+                       HttpRequestData&& request, bool websocket) {
   if (stopping_) {
     // Between the server's last request and its stop: it is answered, not lost.
     HttpResponseData response = make_error_response(503, "the worker is stopping; retry", request.request_id);
@@ -237,7 +266,45 @@ void AsgiChild::submit(std::uint64_t id, std::chrono::microseconds left, std::si
   job.deadline = job.queued_at + left;
   job.owner = remote;
   job.token = id;
+  if (websocket) {
+    job.websocket = std::make_shared<WebSocketChannel>();
+    {
+      std::lock_guard lock(mutex_);
+      sockets_[id].channel = job.websocket;
+    }
+    pump_socket(id);  // from now on the loop's calls wake it
+  }
   loop_->submit(job);
+}
+
+std::shared_ptr<WebSocketChannel> AsgiChild::channel(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = sockets_.find(id);
+  return it == sockets_.end() ? nullptr : it->second.channel;
+}
+
+// Forwards what the loop asked for on socket `id`: reads at once, one message per
+// asgi_room, the close after the last message. From any thread; the channel calls
+// it again (from the loop's thread) when the loop asks for more.
+void AsgiChild::pump_socket(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = sockets_.find(id);
+  if (it == sockets_.end()) return;
+  Socket& w = it->second;
+  WebSocketChannel::Work work = w.channel->take(w.out.empty(), [this, id] { pump_socket(id); });
+  if (work.reads > 0) outbox_->post(Kind::asgi_ws_more, frames::tag(id, std::to_string(work.reads)));
+  for (auto& m : work.messages) w.out.push_back(std::move(m));
+  if (work.close && !w.close) w.close = std::move(work.close);
+  if (w.credit && !w.out.empty()) {
+    WebSocketChannel::Message& m = w.out.front();
+    outbox_->post(Kind::asgi_ws_send, frames::tag(id, m.text ? "t" : "b"), std::move(m.data));
+    w.out.pop_front();
+    w.credit = false;
+  }
+  if (w.out.empty() && w.close) {
+    outbox_->post(Kind::asgi_ws_close, frames::tag(id, frames::encode_ws_close(w.close->first, w.close->second)));
+    w.close.reset();
+  }
 }
 
 // From the loop's thread (no Python lock held): a whole answer, or a head whose
@@ -277,12 +344,19 @@ void AsgiChild::pump(std::uint64_t id) {
 }
 
 void AsgiChild::room(std::uint64_t id) {
+  bool socket = false;
   {
     std::lock_guard lock(mutex_);
-    auto it = streams_.find(id);
-    if (it == streams_.end()) return;
-    it->second.credit = true;
+    if (auto w = sockets_.find(id); w != sockets_.end()) {
+      w->second.credit = true;
+      socket = true;
+    } else {
+      auto it = streams_.find(id);
+      if (it == streams_.end()) return;
+      it->second.credit = true;
+    }
   }
+  if (socket) return pump_socket(id);
   pump(id);
 }
 
@@ -306,6 +380,20 @@ void AsgiChild::released(const Job& job) {
   {
     std::lock_guard lock(mutex_);
     remotes_.erase(job.token);
+    if (auto w = sockets_.find(job.token); w != sockets_.end()) {
+      // What the app sent last (and its close) goes out before the done.
+      WebSocketChannel::Work last = w->second.channel->take(true, nullptr);
+      for (auto& m : last.messages) w->second.out.push_back(std::move(m));
+      if (last.close && !w->second.close) w->second.close = std::move(last.close);
+      for (auto& m : w->second.out) {
+        outbox_->post(Kind::asgi_ws_send, frames::tag(job.token, m.text ? "t" : "b"), std::move(m.data));
+      }
+      if (w->second.close) {
+        outbox_->post(Kind::asgi_ws_close,
+                      frames::tag(job.token, frames::encode_ws_close(w->second.close->first, w->second.close->second)));
+      }
+      sockets_.erase(w);
+    }
   }
   outbox_->post(Kind::asgi_done, frames::tag(job.token));
 }

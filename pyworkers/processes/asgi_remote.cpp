@@ -14,11 +14,16 @@
 // 503 come after. Deadlines: the connection answers 504 itself, the worker's
 // loop cancels the request's task, and a loop that stays stuck ends its process
 // (asgi_child.cpp): the reader then answers what it held with 502, and the
-// pool starts a new process.
+// pool starts a new process. A WebSocket's upgrade request goes out as
+// asgi_ws_connect; its socket stays here (the connection's), and its channel's
+// traffic travels as asgi_ws_* frames: the loop's sends, each acknowledged with
+// asgi_room once the channel took it, its reads and its close one way, the
+// client's messages and the socket's one end the other.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -79,6 +84,7 @@ class AsgiProcessWorker final : public Worker {
 
   bool defer(Job& job) override {
     std::string meta, body;
+    Kind kind = Kind::asgi_request;
     std::shared_ptr<frames::Outbox> outbox;
     {
       std::lock_guard lock(mutex_);
@@ -92,9 +98,22 @@ class AsgiProcessWorker final : public Worker {
       Held& h = held_[id];
       h.job = std::move(job);
       h.job.sink = nullptr;
+      h.websocket = h.job.websocket;
+      if (h.websocket) {  // what the connection says goes to the worker's loop
+        h.websocket->attach_loop([weak = std::weak_ptr<frames::Outbox>(outbox), id](WebSocketChannel::Event&& e) {
+          auto o = weak.lock();
+          if (!o) return;
+          if (e.ended) {
+            o->post(Kind::asgi_ws_closed, frames::tag(id, frames::encode_ws_close(e.code, e.reason)));
+          } else {
+            o->post(Kind::asgi_ws_message, frames::tag(id, e.message.text ? "t" : "b"), std::move(e.message.data));
+          }
+        });
+      }
+      kind = h.websocket ? Kind::asgi_ws_connect : Kind::asgi_request;
       ++on_loop_;
     }
-    outbox->post(Kind::asgi_request, std::move(meta), std::move(body));
+    outbox->post(kind, std::move(meta), std::move(body));
     return true;
   }
 
@@ -180,6 +199,7 @@ class AsgiProcessWorker final : public Worker {
     bool on_loop = true;
     bool gone_told = false;
     std::shared_ptr<BodyStream> producer;  // while its body streams
+    std::shared_ptr<WebSocketChannel> websocket;  // a WebSocket's, while on the loop
   };
 
   void read_socket();
@@ -189,6 +209,12 @@ class AsgiProcessWorker final : public Worker {
   void end_body(std::uint64_t id, bool ok);
   void done(std::uint64_t id);
   void lost(const std::string& why);
+  std::shared_ptr<WebSocketChannel> channel(std::uint64_t id) {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    return it == held_.end() ? nullptr : it->second.websocket;
+  }
+  void ws_send(std::uint64_t id, bool text, std::string&& data);
   // With mutex_: forgets `it` once nothing more can come for it.
   void forget_if_over(std::unordered_map<std::uint64_t, Held>::iterator it) {
     if (!it->second.on_loop && !it->second.producer) held_.erase(it);
@@ -255,6 +281,26 @@ bool AsgiProcessWorker::on_frame(frames::Frame& frame) {
     case Kind::asgi_chunk: chunk(id, std::move(frame.body)); return true;
     case Kind::asgi_end: end_body(id, meta == "1"); return true;
     case Kind::asgi_done: done(id); return true;
+    case Kind::asgi_ws_send:
+      if (meta != "t" && meta != "b") return false;
+      ws_send(id, meta == "t", std::move(frame.body));
+      return true;
+    case Kind::asgi_ws_more: {
+      unsigned reads = 0;
+      const auto [end, ec] = std::from_chars(meta.data(), meta.data() + meta.size(), reads);
+      if (ec != std::errc() || end != meta.data() + meta.size() || reads > 1000000) return false;
+      if (auto c = channel(id)) {
+        for (unsigned i = 0; i < reads; ++i) c->more();
+      }
+      return true;
+    }
+    case Kind::asgi_ws_close: {
+      int code = 0;
+      std::string reason;
+      if (!frames::decode_ws_close(meta, code, reason)) return false;
+      if (auto c = channel(id)) c->close(code, std::move(reason));
+      return true;
+    }
     default: return false;
   }
 }
@@ -302,6 +348,26 @@ void AsgiProcessWorker::chunk(std::uint64_t id, std::string&& data) {
   }
 }
 
+// One message from the app: into the connection's channel; the worker sends the
+// next once asgi_room says the channel took this one (at once, or when it has room).
+void AsgiProcessWorker::ws_send(std::uint64_t id, bool text, std::string&& data) {
+  std::shared_ptr<WebSocketChannel> websocket;
+  std::shared_ptr<frames::Outbox> outbox;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(id);
+    if (it == held_.end() || !it->second.websocket) return;
+    websocket = it->second.websocket;
+    outbox = outbox_;
+  }
+  std::weak_ptr<frames::Outbox> weak = outbox;
+  const WebSocketChannel::Offer offered = websocket->send({text, std::move(data)}, [weak, id] {
+    if (auto o = weak.lock()) o->post(Kind::asgi_room, frames::tag(id));
+  });
+  // Closed: the worker hears it from asgi_ws_closed; the room only keeps it from waiting.
+  if (offered != WebSocketChannel::Offer::full) outbox->post(Kind::asgi_room, frames::tag(id));
+}
+
 void AsgiProcessWorker::end_body(std::uint64_t id, bool ok) {
   std::shared_ptr<BodyStream> producer;
   {
@@ -345,6 +411,7 @@ void AsgiProcessWorker::lost(const std::string& why) {
     for (auto& [id, h] : held_) {
       if (!h.answered) orphans.push_back(std::move(h.job));
       if (h.producer) streams.push_back(std::move(h.producer));
+      if (h.websocket) h.websocket->close(WebSocketChannel::kInternalError, "");  // its app is gone
     }
     held_.clear();
     on_loop_ = 0;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -322,6 +323,22 @@ std::string encode_asgi_request(std::uint64_t id, std::chrono::microseconds left
   put_u64(out, static_cast<std::uint64_t>(left.count()));
   out += encode_request_meta(route_index, request);
   return out;
+}
+
+std::string encode_ws_close(int code, std::string_view reason) {
+  std::string out = std::to_string(code);
+  out += ' ';
+  out += reason;
+  return out;
+}
+
+bool decode_ws_close(std::string_view meta, int& code, std::string& reason) {
+  const std::size_t space = meta.find(' ');
+  if (space == std::string_view::npos) return false;
+  const auto [end, ec] = std::from_chars(meta.data(), meta.data() + space, code);
+  if (ec != std::errc() || end != meta.data() + space || code < 1000 || code > 4999) return false;
+  reason.assign(meta.substr(space + 1));
+  return true;
 }
 
 bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::microseconds& left,

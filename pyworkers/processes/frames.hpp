@@ -21,7 +21,10 @@
 // starts with the request id (u64, the server's numbering), see tag()/untag().
 // A streamed answer's chunks flow one at a time: after each `asgi_chunk` the
 // worker waits for `asgi_room` (the server's buffer for that client has room),
-// so one slow client never fills the socket the others share.
+// so one slow client never fills the socket the others share. A WebSocket
+// (apps/asgi_app.hpp) is such a request too: asgi_ws_connect instead of
+// asgi_request, its accept (101) or refusal an asgi_response; then its
+// messages both ways, one asgi_ws_send at a time per asgi_room as for chunks.
 //
 // The worker control socket (SOCK_SEQPACKET, server -> worker process only)
 // carries fixed 16-byte messages {u32 kind, u32 lane, u64 request number}:
@@ -77,8 +80,17 @@ enum class Kind : std::uint32_t {
   asgi_end = 15,      // worker -> server: id, then "1" the body is whole, "0" broken off
   asgi_done = 16,     // worker -> server: the request has left the loop (its place is free)
   refused = 17,       // worker -> server instead of `hello`: it cannot serve; meta says why
+  // A WebSocket on the ASGI socket (the server owns the socket, the worker's loop the app):
+  asgi_ws_connect = 18,  // server -> worker: an upgrade request, as asgi_request
+  asgi_ws_message = 19,  // server -> worker: id, "t" (text) or "b"; body: one whole message
+  asgi_ws_closed = 20,   // server -> worker: id, then "CODE REASON": the socket is over (once)
+  asgi_ws_send = 21,     // worker -> server: id, "t" or "b"; body: one message (then it
+                         // waits for asgi_room before the next)
+  asgi_ws_more = 22,     // worker -> server: id, then N: read N more messages from the client
+  asgi_ws_close = 23,    // worker -> server: id, then "CODE REASON": the app's close, after
+                         // what it sent
 };
-constexpr std::uint32_t kLastKind = 17;
+constexpr std::uint32_t kLastKind = 23;
 
 struct Frame {
   Kind kind = Kind::hello;
@@ -134,6 +146,10 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out);
 std::string tag(std::uint64_t id, std::string_view rest = {});
 bool untag(std::string_view& meta, std::uint64_t& id);
 // An asgi_request's meta: id, the time left to its deadline, the request.
+// A WebSocket close's "CODE REASON" (asgi_ws_closed, asgi_ws_close), and back;
+// false when it is not a code from 1000 to 4999 followed by a space.
+std::string encode_ws_close(int code, std::string_view reason);
+bool decode_ws_close(std::string_view meta, int& code, std::string& reason);
 std::string encode_asgi_request(std::uint64_t id, std::chrono::microseconds left, std::size_t route_index,
                                 const HttpRequestData& request);
 bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::microseconds& left,

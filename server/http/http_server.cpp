@@ -55,6 +55,62 @@ std::chrono::steady_clock::duration seconds(double s) {
   return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
 }
 
+// The next layer of a WebSocket: the connection's tcp_stream, with a teardown that
+// lingers. Beast's own (websocket/impl/teardown.hpp) reads once and closes: a client
+// still sending (the rest of a message over --ws-max-message) then gets a reset
+// instead of the close frame. This one stops sending, reads and drops what comes
+// until the client closes, or kLingerTime or kLingerBytes, then closes the socket.
+class LingeringStream {
+ public:
+  using executor_type = beast::tcp_stream::executor_type;
+  explicit LingeringStream(beast::tcp_stream& stream) : stream_(stream) {}
+  executor_type get_executor() { return stream_.get_executor(); }
+  beast::tcp_stream& next_layer() { return stream_; }
+  const beast::tcp_stream& next_layer() const { return stream_; }
+  template <class Buffers, class Handler>
+  auto async_read_some(const Buffers& buffers, Handler&& handler) {
+    return stream_.async_read_some(buffers, std::forward<Handler>(handler));
+  }
+  template <class Buffers, class Handler>
+  auto async_write_some(const Buffers& buffers, Handler&& handler) {
+    return stream_.async_write_some(buffers, std::forward<Handler>(handler));
+  }
+
+ private:
+  beast::tcp_stream& stream_;
+};
+
+template <class Handler>
+struct LingeringTeardown {
+  beast::tcp_stream& stream;
+  Handler handler;
+  std::unique_ptr<char[]> buffer;
+  std::size_t lingered = 0;
+
+  void read() {
+    char* data = buffer.get();
+    stream.async_read_some(net::buffer(data, kReadSize), std::move(*this));
+  }
+  void operator()(beast::error_code ec, std::size_t n) {
+    lingered += n;
+    if (!ec && lingered < kLingerBytes) return read();
+    stream.close();
+    std::move(handler)(beast::error_code{});
+  }
+};
+
+// Found by Beast's websocket::stream (argument-dependent lookup) for its closes.
+template <class Handler>
+void async_teardown(beast::role_type, LingeringStream& s, Handler&& handler) {
+  beast::tcp_stream& stream = s.next_layer();
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.expires_after(kLingerTime);
+  LingeringTeardown<std::decay_t<Handler>>{stream, std::forward<Handler>(handler),
+                                           std::make_unique<char[]>(kReadSize)}
+      .read();
+}
+
 // Beast's string_view as fmt can print it: std::string_view with Boost 1.74
 // (Debian 12), boost::core::string_view with Boost >= 1.81 (trixie, the image).
 std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
@@ -816,7 +872,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   // A WebSocket: its channel to the app's loop (from the upgrade request on), then the
   // stream over this connection's socket and what it is doing.
   std::shared_ptr<WebSocketChannel> websocket_;
-  std::optional<websocket::stream<beast::tcp_stream&>> ws_;
+  std::optional<websocket::stream<LingeringStream>> ws_;
   beast::flat_buffer ws_buffer_;
   std::deque<WebSocketChannel::Message> ws_out_;  // taken from the channel, being written
   std::optional<std::pair<int, std::string>> ws_close_;  // the app's close, after ws_out_

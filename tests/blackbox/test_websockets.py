@@ -1,6 +1,5 @@
-"""WebSockets for ASGI apps, on every strategy (issue 24), written before the feature; they pass
-on the in-process strategies (subinterpreters, threads, free-threaded), and are skipped under
-processes until its part of issue 24 is built (NOT_YET below). Against a reference server (WS_REFERENCE=uvicorn: bookworm's uvicorn 0.17.6 with
+"""WebSockets for ASGI apps, on every strategy (issue 24), written before the feature. Against a
+reference server (WS_REFERENCE=uvicorn: bookworm's uvicorn 0.17.6 with
 websockets 10.4, serving the same apps) they pass today, which proves the tests themselves;
 where issue 24 asks for more than uvicorn does (gilgamesh's flags, its 403 body, /stats), the
 test is skipped there and says why.
@@ -106,10 +105,8 @@ ROOT = "/mnt"  # --root-path of the shared server
 SMALL_MAX = 65536  # --ws-max-message of the limits server
 PING_INTERVAL, PING_TIMEOUT = 0.5, 1.0  # the limits server's keepalive
 RECYCLING = ("subinterpreters", "processes")  # as tests/blackbox/test_recycling.py
-# Strategies that do not serve WebSockets yet, and why (test_an_upgrade_under_processes_is_plain_http
-# checks what they do meanwhile).
-NOT_YET = {"processes": "issue 24, processes part: the ws events and calls do not travel over the ASGI "
-                        "socket's frames yet (frames.hpp); an upgrade request reaches the app as plain HTTP"}
+# Strategies that do not serve WebSockets yet, and why (none today).
+NOT_YET = {}
 SPEC_VERSIONS = ("2.0", "2.1", "2.2", "2.3", "2.4", "2.5")
 
 
@@ -1087,22 +1084,3 @@ def test_starlette_sees_the_clients_close(starlette):
     line = starlette.events.wait("chat-disconnect", "leaver")[0]
     assert int(line[2]) == 4005, line
 
-
-# --- processes, until its part of issue 24 ---------------------------------------------------
-
-@gilgamesh_only("gilgamesh's processes strategy")
-def test_an_upgrade_under_processes_is_plain_http(gilgamesh_bin, strategy, tmp_path):
-    """Under processes the upgrade request reaches the app as an HTTP request: the app's HTTP
-    answer (asgi_websocket's 200 "http ok"), never a 101, a crash or a hang; the server serves on
-    and stops cleanly."""
-    if strategy != "processes":
-        pytest.skip("WebSockets are served under %s" % strategy)
-    events = Events(tmp_path / "events.log")
-    s = WebSocketServer(strategy, "asgi_websocket:app", workers=1,
-                        args=["--pythonpath", str(APPS_DIR)], env={"ASGI_TEST_EVENTS": str(events.path)}).start()
-    try:
-        with raw(s, "/echo", timeout=scaled(10)) as ws:
-            assert ws.status == 200 and ws.body() == b"http ok", (ws.status, ws.headers)
-        assert s.get("/readyz").status == 200
-    finally:
-        stop_cleanly(s)

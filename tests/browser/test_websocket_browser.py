@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "websocket_driver.js"
 PLAYWRIGHT = REPO / "web" / "node_modules" / "playwright-core" / "package.json"
 CHROMIUM = "/usr/bin/chromium"
-# Strategies that do not serve WebSockets yet (tests/blackbox/test_websockets.py's NOT_YET says why).
-NOT_YET = ("processes",)
+# Strategies that do not serve WebSockets yet (as tests/blackbox/test_websockets.py's NOT_YET: none).
+NOT_YET = ()
 
 
 class WebSocketServer(GilgameshServer):

@@ -482,6 +482,20 @@ TEST(Frames, RequestMetaWithABadConverterOrPortIsRejected) {
 }
 
 // The processes strategy's zygote gets the options as JSON on its command line.
+TEST(Frames, AWebSocketCloseRoundTripsAndRejectsGarbage) {
+  int code = 0;
+  std::string reason;
+  ASSERT_TRUE(decode_ws_close(encode_ws_close(4001, "caf\xc3\xa9 bye"), code, reason));
+  EXPECT_EQ(code, 4001);
+  EXPECT_EQ(reason, "caf\xc3\xa9 bye");
+  ASSERT_TRUE(decode_ws_close(encode_ws_close(1000, ""), code, reason));
+  EXPECT_EQ(code, 1000);
+  EXPECT_EQ(reason, "");
+  for (const char* bad : {"", "1000", "abc reason", "999 low", "5000 high", "10x0 r", "-1000 r"}) {
+    EXPECT_FALSE(decode_ws_close(bad, code, reason)) << bad;
+  }
+}
+
 TEST(ServerConfigJson, RoundTripsEveryField) {
   gilgamesh::ServerConfig c;
   c.pool.strategy = gilgamesh::Strategy::processes;
@@ -498,6 +512,8 @@ TEST(ServerConfigJson, RoundTripsEveryField) {
   c.pool.max_abandoned = 3;
   c.pool.allow_gil = true;
   c.pool.python_build = gilgamesh::PythonBuild::free_threaded;
+  c.http.ws_max_message = 4096;
+  c.http.ws_ping_interval = 0.5;
   const nlohmann::json sent = c;
   const auto back = nlohmann::json::parse(sent.dump()).get<gilgamesh::ServerConfig>();
   EXPECT_EQ(nlohmann::json(back), sent);
