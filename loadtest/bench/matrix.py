@@ -133,10 +133,12 @@ class Matrix:
         if workload.threads:
             out += (["--threads", str(workload.threads)] if kind == "gilgamesh"
                     else PEERS[name].threads_args(workload.threads))
-        if workload.connections and kind == "gilgamesh":
+        if workload.connections and kind == "gilgamesh":  # unless --server-arg gave them (once only)
             connections = self.connections(workload, workers)
-            out += ["--worker-connections", str(connections),
-                    "--max-connections", str(max(4096, 2 * connections))]
+            for flag, value in (("--worker-connections", connections),
+                                ("--max-connections", max(4096, 2 * connections))):
+                if not any(a == flag or a.startswith(flag + "=") for a in self.args.server_arg):
+                    out += [flag, str(value)]
         return out
 
     def warm_up(self, cell, kind, workload, port):

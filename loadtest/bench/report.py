@@ -333,7 +333,9 @@ def charts(results, out_dir):
     # is the only peer: then on hello alone).
     peer_servers = [s for s in servers if f.kind(results, s) == "peer"]
     if peer_servers:
-        ref = ([s for s in peer_servers if f.in_ratios(results, s)] or peer_servers)[0]
+        # (in the peers table's order: gunicorn for a WSGI app, uvicorn for an ASGI one)
+        ref = min([s for s in peer_servers if f.in_ratios(results, s)] or peer_servers,
+                  key=lambda s: list(peers.PEERS).index(s) if s in peers.PEERS else len(peers.PEERS))
         groups = [w for w in workloads if f.goodput(f.cell(results, ref, w, top))]
         fig, ax = plt.subplots(figsize=(max(9, 1.6 * len(groups) + 2), 4.4))
 
@@ -348,8 +350,8 @@ def charts(results, out_dir):
         legend_below(fig, [ax])
         save(fig, "peers.png", "Peers",
              "Goodput relative to %s at the same worker count. The Python peers serve the same app "
-             "through loadtest/wsgi_demo.py on Python 3.11; gilgamesh embeds 3.13.%s" % (
-                 ref, "".join(" %s answers %s only, with no Python at all." % (
+             "through loadtest/%s.py on Python 3.11; gilgamesh embeds 3.13.%s" % (
+                 ref, "asgi_demo" if results["meta"].get("options", {}).get("asgi") else "wsgi_demo", "".join(" %s answers %s only, with no Python at all." % (
                      f.label(results, r), _only(r).replace("`", ""))
                      for r in f.references(results) if f.peer(r).workloads)))
     return made
