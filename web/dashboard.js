@@ -257,6 +257,7 @@
                   ["interrupted_total", "interrupted", "handlers interrupted at their deadline"],
                   ["abandoned_total", "abandoned", "workers abandoned (handler blocked in C)"],
                   ["abandoned_live", "abandoned live", "abandoned threads still running"],
+                  ["draining_workers", "draining", "recycled workers still finishing their requests and WebSockets"],
                   ["killed_total", "killed", "worker processes killed at their deadline"],
                   ["zygote_restarts_total", "zygote restarts", "processes: zygotes started again after one died"]];
     for (const [key, label, title] of pool) {

@@ -91,6 +91,10 @@ struct WorkerPool::Run {
   std::optional<After> after;  // set by the first lane that saw the worker must go; the others follow
   std::deque<Job> carried;     // taken from the queue when the worker turned out to be gone
   bool abandoned = false;      // a new Run serves the slot; this one ends when its handlers return
+  // Recycled while its event loop held requests or WebSockets: a new Run serves
+  // the slot while this one drains its loop (up to --graceful-timeout), then ends.
+  // Set under WorkerPool::mutex_.
+  bool draining = false;
   bool loop_stuck = false;     // as Lane::stuck, for the worker's event loop (Worker::supervise)
 };
 
@@ -124,12 +128,14 @@ void WorkerPool::start() {
   supervisor_ = std::thread([this] { supervise(); });
 }
 
-void WorkerPool::launch(int slot) {
+std::shared_ptr<WorkerPool::Run> WorkerPool::launch(int slot, std::deque<Job> carried) {
   std::lock_guard lock(mutex_);
   auto run = std::make_shared<Run>(slot, !started_, threads_);
+  run->carried = std::move(carried);
   slots_[static_cast<std::size_t>(slot)].run = run;
   runs_.push_back(run);
   run->thread = std::thread([this, run] { run_main(run); });
+  return run;
 }
 
 void WorkerPool::report_start(int slot, const std::vector<RouteInfo>* routes,
@@ -182,9 +188,10 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   bool up = bring_up(*run, failures);
   while (up) {
     const After after = serve_lanes(*run, slot);
+    const bool hand_over = after == After::recycle && run->worker->held() > 0 && hand_over_slot(*run);
     run->worker->end();
     ++workers_ended_;
-    if (after == After::drained || after == After::abandoned) break;
+    if (after == After::drained || after == After::abandoned || hand_over) break;
     if (after == After::restart) {
       ++replacements_;
       ++slot.replacements;
@@ -218,6 +225,34 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
     spdlog::info("worker {}: the abandoned handler thread has finished ({} abandoned thread(s) left)",
                  run->slot, abandoned_live_.load());
   }
+  if (run->draining) {
+    --draining_live_;
+    spdlog::info("worker {}: the recycled worker has drained and ended", run->slot);
+  }
+}
+
+// A worker recycled while its event loop holds requests or WebSockets: those
+// get until --graceful-timeout to finish, and the slot must not wait for them.
+// A new run takes the slot beside the draining one (as gunicorn starts a new
+// worker while the old one shuts down gracefully). False when the pool stops:
+// the run drains in place.
+bool WorkerPool::hand_over_slot(Run& run) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return false;
+    run.draining = true;
+    ++draining_live_;
+  }
+  spdlog::info("worker {}: a new worker takes the slot while the recycled one drains {} held request(s) "
+               "(up to --graceful-timeout)",
+               run.slot, run.worker->held());
+  std::deque<Job> carried;  // taken as the worker was going: the new one runs them
+  {
+    std::lock_guard lock(run.mutex);
+    carried.swap(run.carried);
+  }
+  launch(run.slot, std::move(carried));
+  return true;
 }
 
 // Makes (or remakes) the run's worker. False when the run should end: the
@@ -500,17 +535,24 @@ void WorkerPool::supervise() {
     std::vector<std::shared_ptr<Run>> current;
     current.reserve(static_cast<std::size_t>(config_.pool.workers));
     for (int i = 0; i < config_.pool.workers; ++i) current.push_back(slots_[static_cast<std::size_t>(i)].run);
-    // Abandoned runs whose handler finished can be joined now.
+    // Abandoned and drained runs whose thread finished can be joined now; the
+    // draining ones still get their workers' supervise() (clients that left).
+    std::vector<std::shared_ptr<Run>> draining;
     for (auto it = runs_.begin(); it != runs_.end();) {
-      if ((*it)->finished && (*it)->abandoned) {
+      if ((*it)->finished && ((*it)->abandoned || (*it)->draining)) {
         if ((*it)->thread.joinable()) (*it)->thread.join();
         it = runs_.erase(it);
       } else {
+        if ((*it)->draining) draining.push_back(*it);
         ++it;
       }
     }
     lock.unlock();
     const auto now = Clock::now();
+    for (auto& run : draining) {
+      std::lock_guard run_lock(run->mutex);
+      if (run->worker) run->worker->supervise(now);  // a stuck draining loop only delays its own end
+    }
     for (auto& run : current) {
       check_deadline(*run, now);
       bool stuck = false;
@@ -652,6 +694,9 @@ bool WorkerPool::current_runs_finished() const {
     const auto& run = slots_[static_cast<std::size_t>(i)].run;
     if (run && !run->finished) return false;
   }
+  for (const auto& run : runs_) {
+    if (run->draining && !run->finished) return false;  // its loop's graceful deadline is running
+  }
   return true;
 }
 
@@ -662,6 +707,9 @@ bool WorkerPool::drain(Clock::time_point deadline) {
   std::unique_lock lock(mutex_);
   cv_.notify_all();
   auto only_overdue_left = [&] {
+    for (const auto& run : runs_) {
+      if (run->draining && !run->finished) return false;  // its own graceful deadline runs
+    }
     const auto now = Clock::now();
     for (int i = 0; i < config_.pool.workers; ++i) {
       const auto& run = slots_[static_cast<std::size_t>(i)].run;
@@ -805,7 +853,13 @@ PoolStats WorkerPool::stats() const {
       }
       out.workers.push_back(std::move(w));
     }
+    for (const auto& run : runs_) {
+      if (!run->draining || run->finished) continue;
+      std::lock_guard run_lock(run->mutex);
+      if (run->worker) out.held += run->worker->held();
+    }
   }
+  out.draining_workers = draining_live_.load();
   const bool own_interpreters = factory_->traits().owns_interpreters;
   out.queue_depth = queue_.depth();
   out.max_queue = config_.pool.max_queue;

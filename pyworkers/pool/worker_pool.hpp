@@ -21,6 +21,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -79,12 +80,13 @@ class WorkerPool final : public Executor {
   struct Slot;
   enum class After { drained, restart, recycle, abandoned };  // why a worker's lanes stopped serving
 
-  void launch(int slot);
+  std::shared_ptr<Run> launch(int slot, std::deque<Job> carried = {});
   void run_main(const std::shared_ptr<Run>& run);
   bool bring_up(Run& run, unsigned& failures);
   After serve_lanes(Run& run, Slot& slot);
   void serve(Run& run, Slot& slot, int lane);
   bool leave(Run& run, After why);
+  bool hand_over_slot(Run& run);
   std::optional<After> leaving(Run& run);
   std::optional<Job> next_job(Run& run);
   void run_job(Run& run, Slot& slot, int lane, Job& job);
@@ -119,6 +121,7 @@ class WorkerPool final : public Executor {
   std::atomic<bool> hard_stop_{false};  // the drain deadline passed
   std::atomic<int> busy_{0};
   std::atomic<int> abandoned_live_{0};
+  std::atomic<int> draining_live_{0};  // recycled runs still draining beside their slot's new one
   std::atomic<int> stuck_slots_{0};     // stuck handlers the abandon limit keeps in their slot
   std::atomic<std::uint64_t> job_seq_{0};
   std::atomic<std::uint64_t> replacements_{0}, interrupted_{0}, abandoned_total_{0}, killed_{0},

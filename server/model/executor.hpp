@@ -170,6 +170,7 @@ struct PoolStats {
   std::uint64_t killed_total = 0;
   std::uint64_t abandoned_total = 0;
   int abandoned_live = 0;
+  int draining_workers = 0;  // recycled workers still draining their event loop beside their replacement
   int max_abandoned = 0;
   std::uint64_t recycles_total = 0;
   std::uint64_t dropped_disconnected_total = 0;

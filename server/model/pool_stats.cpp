@@ -56,6 +56,7 @@ void to_json(nlohmann::json& j, const PoolStats& s) {
        {"killed_total", s.killed_total},
        {"abandoned_total", s.abandoned_total},
        {"abandoned_live", s.abandoned_live},
+       {"draining_workers", s.draining_workers},
        {"max_abandoned", s.max_abandoned},
        {"recycles_total", s.recycles_total},
        {"dropped_disconnected_total", s.dropped_disconnected_total},

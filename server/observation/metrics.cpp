@@ -257,6 +257,9 @@ void pool_metrics(PrometheusText& m, const ExecutorInfo& info, const PoolStats& 
            "Workers abandoned because their handler did not return after the interruption.", p.abandoned_total);
   m.single("gilgamesh_abandoned_workers", "gauge", "Abandoned worker threads still running.",
            std::int64_t{p.abandoned_live});
+  m.single("gilgamesh_draining_workers", "gauge",
+           "Recycled workers still draining their requests and WebSockets beside their replacement.",
+           std::int64_t{p.draining_workers});
   m.single("gilgamesh_abandoned_workers_limit", "gauge",
            "Abandoned workers at which the pool stops replacing and reports not ready.", std::int64_t{p.max_abandoned});
   m.single("gilgamesh_worker_killed_total", "counter", "Worker processes killed at their deadline.", p.killed_total);

@@ -963,15 +963,13 @@ def test_sigterm_closes_every_websocket_with_1001_and_exits_0(gilgamesh_bin, str
         s.kill()
 
 
-@gilgamesh_only("uvicorn's --limit-max-requests ends the whole process")
 @pytest.mark.slow
+@gilgamesh_only("uvicorn's --limit-max-requests ends the whole process")
 def test_recycling_keeps_open_websockets_until_the_graceful_deadline(gilgamesh_bin, strategy, tmp_path):
+    """A recycled worker's open sockets stay open and served until --graceful-timeout, then get
+    1001, while a new worker already serves the slot beside it (one worker: nothing waits)."""
     if strategy not in RECYCLING:
         pytest.skip("--max-requests has no effect with one shared interpreter (test_recycling.py)")
-    if not REFERENCE:
-        pytest.skip("issue 24, recycling part: the pool recycles a worker in its own slot, so no "
-                    "replacement serves while the old loop keeps its WebSockets open (up to "
-                    "--graceful-timeout, then 1001: the test below)")
     graceful = 3.0
     events = Events(tmp_path / "events.log")
     s = serve(strategy, "asgi_websocket:app", events, workers=1,
@@ -987,41 +985,20 @@ def test_recycling_keeps_open_websockets_until_the_graceful_deadline(gilgamesh_b
             else:
                 raise AssertionError("no recycle after 10 requests at --max-requests 3")
             recycled = time.monotonic()
-            # Its socket stays open and served while the old worker drains...
+            # Its socket stays open and served while the old worker drains, and the new worker
+            # answers meanwhile, at once...
             while time.monotonic() - recycled < graceful - 1.0:
                 assert_open(ws)
+                asked = time.monotonic()
+                assert s.get("/whoami", timeout=scaled(10)).json()["worker"] != first
+                assert time.monotonic() - asked < scaled(1.0), "the new worker waited for the old one"
                 time.sleep(0.2)
+            assert harness.server_stats(s)["draining_workers"] == 1
             # ...and closes with 1001 at the graceful deadline.
             assert ws.closed_with(timeout=graceful + 5)[0] == 1001
             assert time.monotonic() - recycled >= graceful - 1.0
         events.wait("shutdown", first)
-    finally:
-        stop_cleanly(s)
-
-
-@gilgamesh_only("uvicorn's --limit-max-requests ends the whole process")
-def test_a_recycled_worker_closes_its_websockets_with_1001_at_the_graceful_deadline(gilgamesh_bin, strategy,
-                                                                                   tmp_path):
-    """What recycling does today: the worker's slot waits for its loop, whose open sockets get
-    until --graceful-timeout and then 1001; then the replacement serves."""
-    if strategy not in RECYCLING:
-        pytest.skip("--max-requests has no effect with one shared interpreter (test_recycling.py)")
-    graceful = 2.0
-    events = Events(tmp_path / "events.log")
-    s = serve(strategy, "asgi_websocket:app", events, workers=1,
-              args=["--max-requests", 3, "--graceful-timeout", graceful])
-    try:
-        with raw(s, "/whoami") as ws:
-            first = json.loads(ws.read_message()[1])["worker"]
-            started = time.monotonic()
-            for _ in range(10):  # the socket and two requests reach the limit; then a new worker
-                if s.get("/whoami", timeout=scaled(graceful + 20)).json()["worker"] != first:
-                    break
-            else:
-                raise AssertionError("no recycle after 10 requests at --max-requests 3")
-            assert ws.closed_with(timeout=5)[0] == 1001
-            assert time.monotonic() - started >= graceful - 0.5, "closed before the graceful deadline"
-        events.wait("shutdown", first)
+        wait_for_stats(s, lambda st: st["draining_workers"] == 0, "the drained worker to end")
     finally:
         stop_cleanly(s)
 

@@ -59,6 +59,8 @@ struct Shared {
   std::atomic<int> made{0}, started{0}, ended{0}, handled{0}, interrupts{0};
   std::atomic<int> fail_starts{0};       // this many next start() calls throw
   std::atomic<bool> fail_first_start{false};
+  std::atomic<int> held{0};              // what held() says (an event loop's requests)
+  std::atomic<int> end_waits{0};         // the next this many end() calls wait for release() (a draining loop)
   std::mutex release_mutex;
   std::condition_variable release_cv;
   bool released = false;                 // lets "/stuck" handlers return
@@ -125,7 +127,14 @@ class TestWorker final : public Worker {
     return InterruptAction::interrupted;
   }
 
-  void end() override { ++shared_.ended; }
+  void end() override {
+    if (shared_.end_waits.fetch_sub(1) > 0) {
+      std::unique_lock lock(shared_.release_mutex);
+      shared_.release_cv.wait_for(lock, 10s, [&] { return shared_.released; });
+    }
+    ++shared_.ended;
+  }
+  int held() const override { return shared_.held; }
   bool recyclable() const override { return true; }
   bool abandonable() const override { return true; }
   WorkerDescription describe() const override { return {}; }
@@ -252,6 +261,49 @@ TEST(WorkerPool, RecyclesAfterMaxRequests) {
   EXPECT_EQ(f.shared.made, 1);  // one Worker object, restarted in its slot
   EXPECT_EQ(f.stats()["worker_details"][0]["recycles"], 3);
   EXPECT_EQ(f.stats()["replacements_total"], 0);
+}
+
+TEST(WorkerPool, AWorkerRecycledWhileItsLoopHoldsRequestsDrainsBesideItsReplacement) {
+  ServerConfig c = with_workers(1);
+  c.pool.max_requests = 2;
+  Fixture f(c);
+  f.shared.held = 1;  // e.g. an open WebSocket on its event loop
+  f.shared.end_waits = 1;
+  f.pool->start();
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  // The recycled worker's end() is still waiting for what it holds; a new one serves the slot.
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["draining_workers"] == 1; }));
+  auto r = f.answers.wait(f.submit("/ok"), 2000ms);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "slot 0 gen 2");
+  EXPECT_EQ(f.shared.made, 2);
+  EXPECT_EQ(f.shared.ended, 0);
+  EXPECT_EQ(f.stats()["held"], 2);  // the draining worker's and the new one's
+  f.shared.release();
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["draining_workers"] == 0; }));
+  EXPECT_EQ(f.shared.ended, 1);
+  EXPECT_EQ(f.stats()["recycles_total"], 1);
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+}
+
+TEST(WorkerPool, StopWaitsForADrainingRecycledWorker) {
+  ServerConfig c = with_workers(1);
+  c.pool.max_requests = 1;
+  Fixture f(c);
+  f.shared.held = 1;
+  f.shared.end_waits = 1;
+  f.pool->start();
+  ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["draining_workers"] == 1; }));
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(200ms);
+    f.shared.release();
+  });
+  const auto begun = Clock::now();
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  EXPECT_GE(Clock::now() - begun, 150ms);  // it waited for the draining worker's end() (only that one waits)
+  releaser.join();
+  EXPECT_EQ(f.stats()["draining_workers"], 0);
 }
 
 TEST(WorkerPool, RecycleJitterStaysInRange) {
