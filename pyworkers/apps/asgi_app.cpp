@@ -210,6 +210,7 @@ class AsgiLoop::Mailbox {
   static PyObject* fail(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* cut(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* timed_out(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* left(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* done(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* result(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* error(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
@@ -407,6 +408,36 @@ PyObject* AsgiLoop::Mailbox::cut(PyObject* self, PyObject* const* args, Py_ssize
   Py_RETURN_NONE;
 }
 
+// left(rid, summary, traceback): the client left and the app stopped (returned, or
+// raised: summary and traceback, else None). Nothing more goes out: a body that
+// streams ends cut short; an unanswered request is answered 499, as the pool
+// answers a queued one whose client left, so that the connection counts and logs
+// no 500 nobody was sent. What the app raised on its way out is most likely how it
+// learnt of the leaving (a send that raised): logged, but not as an error.
+PyObject* AsgiLoop::Mailbox::left(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "left(rid, summary, traceback)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  const std::string& id = p->job.request.request_id;
+  if (args[1] != Py_None) {
+    spdlog::info("request {}: the client left; ASGI app {} then raised {}", id, loop->target_,
+                 py::to_string(args[1]));
+    if (args[2] != Py_None) spdlog::debug("{}", py::to_string(args[2]));
+  }
+  if (p->stream) {
+    p->stream->finish(false);
+    p->stream.reset();
+  }
+  bool answered;
+  {
+    std::lock_guard lock(loop->mutex_);
+    answered = p->answered;
+  }
+  if (!answered) answer(loop, p, make_error_response(499, "the client closed the connection before the answer", id));
+  Py_RETURN_NONE;
+}
+
 // timed_out(rid): cancelled at its deadline; the connection answers 504 itself.
 PyObject* AsgiLoop::Mailbox::timed_out(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 1) return PyErr_Format(PyExc_TypeError, "timed_out(rid)");
@@ -549,6 +580,7 @@ PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
       {"cut", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cut)), METH_FASTCALL, nullptr},
       {"timed_out", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&timed_out)), METH_FASTCALL,
        nullptr},
+      {"left", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&left)), METH_FASTCALL, nullptr},
       {"done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&done)), METH_FASTCALL, nullptr},
       {"result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&result)), METH_FASTCALL, nullptr},
       {"error", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&error)), METH_FASTCALL, nullptr},

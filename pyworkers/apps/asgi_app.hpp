@@ -21,9 +21,11 @@
 // body through a BodyStream that never blocks the loop (offer(): when its
 // buffer is full, a "room" event comes once the client took it). A client that
 // leaves is seen by the pool's supervisor (supervise(): a "gone" event), or by
-// the stream. At a request's deadline the loop cancels its task itself; a loop
-// that stays blocked past a deadline (a handler spinning in CPU code) is what
-// supervise() reports, so that the worker interrupts the loop's thread.
+// the stream; the app that then stops unanswered is answered 499 (left()), as the
+// pool answers a queued request whose client left. At a request's deadline the
+// loop cancels its task itself; a loop that stays blocked past a deadline (a
+// handler spinning in CPU code) is what supervise() reports, so that the worker
+// interrupts the loop's thread.
 //
 // A WebSocket is a request too (its Job carries a WebSocketChannel): the loop
 // gets "ws_connect" instead of "request", answers the upgrade with ws_accept

@@ -28,6 +28,11 @@ loop thread. The C++ half talks to it through a `mailbox` object:
                                                log, close the connection
   mailbox.timed_out(rid)                       cancelled at its deadline: the
                                                connection answers 504 itself
+  mailbox.left(rid, summary, traceback)        the client left and the app stopped
+                                               (returned, or raised: summary and
+                                               traceback, else None): nothing more
+                                               goes out; unanswered, the connection
+                                               counts 499, a streamed body is cut
   mailbox.result(rid, value)                   what a route handler's call returned
   mailbox.error(rid, exception)                what it raised instead
   mailbox.done(rid)                            the request's slot is free again
@@ -86,8 +91,9 @@ joined, UTF-8 of text checked, pings and pongs, the close handshake, limits):
                                                UTF-8)
   fail(rid, ...) before ws_accept or ws_close: log, answer 500; cut(rid, ...)
   after either: log, close with 1011 unless the socket is closed (or refused)
-  already; timed_out(rid) before either: the connection answers 504. After
-  ws_accept no deadline applies.
+  already; timed_out(rid) before either: the connection answers 504; left(rid,
+  ...) before either, once the client left: 499. After ws_accept no deadline
+  applies.
 """
 
 import asyncio
@@ -131,7 +137,7 @@ def run_alone(coroutine):
 
 def mailbox(**functions):
     """The C++ half's functions (take, respond, open, push, finish, fail, cut, timed_out,
-    done, result, error, and for WebSockets ws_accept, ws_send, ws_more, ws_close) as the
+    left, done, result, error, and for WebSockets ws_accept, ws_send, ws_more, ws_close) as the
     one object a Worker talks to."""
     return _types.SimpleNamespace(**functions)
 
@@ -307,17 +313,21 @@ class _Exchange:
     async def run(self, app, scope):
         try:
             await app(scope, self.receive, self.send)
-            if self.state == self.START:
+            if self.state != self.DONE and self.gone:
+                self._left()  # it stopped because the client left: no rule was broken
+            elif self.state == self.START:
                 raise ProtocolError("the app returned without sending http.response.start")
-            if self.state != self.DONE:
+            elif self.state != self.DONE:
                 raise ProtocolError("the app returned before the response ended")
         except asyncio.CancelledError:
             self._stopped()
         except ClientDisconnected:
-            if self.state == self.OPEN:
-                self.mailbox.finish(self.rid, False)
+            self._left()
         except Exception as exc:
-            self._failed(*_error_text(exc))
+            if self.gone and self.state != self.DONE:
+                self._left(*_error_text(exc))  # most likely how the app learnt it (Starlette's ClientDisconnect)
+            else:
+                self._failed(*_error_text(exc))
         except BaseException as exc:
             if self.worker.handler_timeout is None or not isinstance(exc, self.worker.handler_timeout):
                 raise
@@ -327,6 +337,11 @@ class _Exchange:
             self.state = self.DONE
             self.over.set()
             self.worker._finished(self)
+
+    def _left(self, summary=None, text=None):
+        """The client left and the app stopped: no 500 for an answer nobody reads, and no
+        error logged for what its leaving made the app do."""
+        self.mailbox.left(self.rid, summary, text)
 
     def _stopped(self):
         """Cancelled at its deadline (or by a stop): the connection answers 504 itself
@@ -598,7 +613,9 @@ class _WebSocket:
     async def run(self, app, scope):
         try:
             await app(scope, self.receive, self.send)
-            if self.state == self.CONNECTING and not self.gone:
+            if self.state == self.CONNECTING and self.gone:
+                self._left()  # the client left before the app decided
+            elif self.state == self.CONNECTING:
                 raise ProtocolError("the app returned without sending websocket.accept or websocket.close")
             if self.state == self.OPEN and not self.gone:
                 self.state = self.CLOSED
@@ -606,9 +623,13 @@ class _WebSocket:
         except asyncio.CancelledError:
             self._stopped()
         except ClientDisconnected:
-            pass
+            if self.state == self.CONNECTING:
+                self._left()
         except Exception as exc:
-            self._failed(*_error_text(exc))
+            if self.state == self.CONNECTING and self.gone:
+                self._left(*_error_text(exc))
+            else:
+                self._failed(*_error_text(exc))
         except BaseException as exc:
             if self.worker.handler_timeout is None or not isinstance(exc, self.worker.handler_timeout):
                 raise
@@ -620,11 +641,17 @@ class _WebSocket:
     def _stopped(self):
         """Cancelled at its deadline (or by a stop): before accept the connection answers
         504 itself; an accepted socket closes with 1011."""
-        if self.state == self.CONNECTING and not self.gone:
+        if self.state == self.CONNECTING and self.gone:
+            self._left()
+        elif self.state == self.CONNECTING:
             self.mailbox.timed_out(self.rid)
         elif self.state == self.OPEN and not self.gone:
             self.state = self.CLOSED
             self.mailbox.ws_close(self.rid, 1011, "")
+
+    def _left(self, summary=None, text=None):
+        """The client left before the handshake was answered: nobody reads a 500."""
+        self.mailbox.left(self.rid, summary, text)
 
     def _failed(self, summary, text):
         """The app raised or broke the rules: a 500 before it accepted or refused the

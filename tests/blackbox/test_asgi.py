@@ -609,6 +609,90 @@ def test_a_disconnect_mid_request_is_seen_by_the_app(conf, conf_events):
     assert conf.get(ROOT + "/hello").status == 200
 
 
+@pytest.fixture(scope="module")
+def gone_events(tmp_path_factory, strategy):
+    return Events(tmp_path_factory.mktemp("asgi-gone") / "events.log")
+
+
+@pytest.fixture(scope="module")
+def gone(gilgamesh_bin, strategy, gone_events):
+    """The conformance app with --access-log, 1 worker: what a client that leaves costs."""
+    server = serve(strategy, "asgi_conformance:app", gone_events, workers=1, args=["--access-log"])
+    yield server
+    stop_cleanly(server)
+
+
+def access_line(server, rid, timeout=10.0):
+    """The access log line of request `rid`: [method, target, status, size, ms, rid]."""
+    def found():
+        for line in server.log().splitlines():
+            parts = line.split()
+            if parts and parts[-1] == rid and len(parts) >= 6 and parts[-2].endswith("ms"):
+                return parts[-6:]
+        return None
+    try:
+        return wait_for(found, "the access log line of request %s" % rid, timeout)
+    except AssertionError as e:
+        raise AssertionError("%s\n--- log tail ---\n%s" % (e, server.log()[-3000:])) from None
+
+
+def lines_naming(server, rid):
+    return [line for line in server.log().splitlines() if rid in line]
+
+
+def responses(server):
+    return server.get("/stats").json()["responses"]
+
+
+def assert_no_error_for(server, rid):
+    named = lines_naming(server, rid)
+    assert not [line for line in named if "error" in line.lower() or "raised" in line], named
+
+
+@pytest.mark.parametrize("route", ["sleep", "wait-disconnect"])
+def test_a_client_that_leaves_before_the_answer_is_counted_499_not_500(gone, gone_events, route):
+    # /sleep: the app's send() after the sleep raises OSError, which it lets out;
+    # /wait-disconnect: it sees http.disconnect, its send() raises, it catches that and returns.
+    # Either way nothing was sent: no 500 in the counts or the access log, no error logged
+    # (as the pool's 499 for a queued request whose client left: test_timeouts).
+    token = uuid.uuid4().hex
+    rid = "gone-" + token
+    before = responses(gone)
+    path = "/sleep?s=1.5&token=" if route == "sleep" else "/wait-disconnect?token="
+    with Wire(gone.port) as wire:
+        wire.send(get(path + token, headers={"X-Request-Id": rid}))
+        gone_events.wait("sleep-start" if route == "sleep" else "waiting", token, timeout=10)
+    line = access_line(gone, rid, timeout=10)
+    assert line[2] == "499", ("a request whose client left is logged as %s, not 499: %r\n%s"
+                              % (line[2], line, "\n".join(lines_naming(gone, rid))))
+    after = responses(gone)
+    assert after["5xx"] == before["5xx"], (before, after)
+    assert after["4xx"] >= before["4xx"] + 1, (before, after)
+    assert_no_error_for(gone, rid)
+    if route == "wait-disconnect":
+        assert gone_events.wait("send-after-disconnect", token, timeout=5)[-1][2] == "OSError"
+    assert gone.get("/hello").status == 200
+
+
+def test_a_client_that_leaves_mid_stream_is_no_error(gone, gone_events):
+    # The head went out (its status is what the access log has, as for a WSGI body that
+    # streams); the app's send() then raises, it catches that and returns: no rule was broken.
+    token = uuid.uuid4().hex
+    rid = "gone-" + token
+    before = responses(gone)
+    with Wire(gone.port) as wire:
+        wire.send(get("/stream?chunks=200&delay_ms=50&size=64&token=" + token,
+                      headers={"X-Request-Id": rid}))
+        wire.read_until(first_chunk(64), scaled(10), "the head and first chunk")
+    line = gone_events.wait("stream", token, timeout=10)[-1]
+    assert int(line[2]) < 200 and line[3] == "oserror", line
+    assert access_line(gone, rid)[2:4] == ["200", "streamed"]
+    time.sleep(0.3)  # what the server logs as the loop lets the request go
+    assert_no_error_for(gone, rid)
+    assert responses(gone)["5xx"] == before["5xx"]
+    assert gone.get("/hello").status == 200
+
+
 # --- deadlines and CPU-bound handlers ----------------------------------------------------------
 
 def test_a_deadline_cancels_the_task_with_504(deadline, deadline_events):

@@ -54,6 +54,7 @@ class Mailbox:
     fail = record("fail")
     cut = record("cut")
     timed_out = record("timed_out")
+    left = record("left")
     done = record("done")
     ws_close = record("ws_close")
 
@@ -248,6 +249,61 @@ def test_a_client_that_leaves_ends_receive_and_send_raises():
     box = serve(app, get(), during=lambda box: (time.sleep(0.1), box.ring(("gone", 1), ("stop",))))
     assert seen == [{"type": "http.disconnect"}, "ClientDisconnected"]
     assert not box.named("fail") and box.named("done") == [("done", 1)]
+    assert box.named("left") == [("left", 1, None, None)]  # the C++ half counts a 499, not a 500
+
+
+def leaves(box):
+    time.sleep(0.1)
+    box.ring(("gone", 1), ("stop",))
+
+
+@pytest.mark.parametrize("how", ["returns", "catches-and-returns", "raises-its-own"])
+def test_an_app_that_stops_because_the_client_left_broke_no_rule(how):
+    async def app(scope, receive, send):
+        await receive()
+        assert (await receive())["type"] == "http.disconnect"
+        if how == "returns":
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200})
+        except OSError:
+            if how == "raises-its-own":
+                raise LookupError("the client went away")  # as Starlette's ClientDisconnect
+
+    box = serve(app, get(), during=leaves)
+    assert not box.named("fail") and not box.named("respond") and box.named("done") == [("done", 1)]
+    (left,) = box.named("left")
+    if how == "raises-its-own":
+        assert left[:3] == ("left", 1, "LookupError: the client went away") and "LookupError" in left[3]
+    else:
+        assert left == ("left", 1, None, None)
+
+
+def test_a_client_that_leaves_mid_stream_cuts_the_body_without_an_error():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        try:
+            await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        except OSError:
+            return  # before the response ended: the client left, no rule was broken
+
+    box = Mailbox()
+    box.push_results = [asgi.PUSH_OK, asgi.PUSH_GONE]
+    worker = asgi.Worker(app, box, lifespan="off")
+    box.events.extend([get(), ("stop",)])
+    worker.serve(box.fd)
+    assert box.named("open") and not box.named("cut") and not box.named("fail")
+    assert box.named("left") == [("left", 1, None, None)] and box.named("done") == [("done", 1)]
+
+
+def test_an_app_that_returns_early_while_the_client_is_there_still_breaks_the_rule():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+
+    box = serve(app, get())
+    assert not box.named("left") and "returned before the response ended" in box.named("cut")[0][2]
 
 
 def test_the_deadline_cancels_the_task_and_the_connection_answers():
@@ -574,6 +630,7 @@ def test_websocket_a_client_gone_before_accept_makes_accept_raise():
     box.events.extend([connect(), ("ws_closed", 1, 1006, ""), ("stop",)])
     worker.serve(box.fd)
     assert seen == ["ClientDisconnected"] and not box.named("ws_accept") and not box.named("fail")
+    assert box.named("left") == [("left", 1, None, None)]  # a 499 for the handshake, not a 500
 
 
 def test_websocket_a_full_buffer_holds_send_until_there_is_room_and_a_close_frees_it():
