@@ -39,7 +39,7 @@ CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(wildcard $(GILGAMESH_PYTHON_FT)) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-asgi bench-app soak clean install image image-test trixie-site
+.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-asgi bench-ws bench-app soak clean install image image-test trixie-site
 
 all: build
 
@@ -109,6 +109,11 @@ bench-quick: build
 # 1000 connections sleeping 1 s) at 2 workers, against uvicorn and Hypercorn.
 bench-asgi: build
 	/usr/bin/python3 loadtest/run --workloads asgi --workers 2 --peers uvicorn,hypercorn --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
+
+# WebSocket echo: round trips/s and latency on the same app's /ws/echo (32-byte text, 64 KiB binary;
+# 50 connections by loadtest/tools/ws_echo_load.py) at 2 workers, against uvicorn and Hypercorn.
+bench-ws: build
+	/usr/bin/python3 loadtest/run --workloads ws --workers 2 --peers uvicorn,hypercorn --binary $(BUILD_DIR)/gilgamesh $(BENCH_ARGS)
 
 # Your own app on every strategy and the peers:
 #   make bench-app WSGI=app:app APP_PATH="src venv/lib/python3.13/site-packages" REQUEST='GET /x'

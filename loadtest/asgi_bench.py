@@ -1,5 +1,5 @@
 """The ASGI app of the load runner's ASGI workloads (asgi-hello, starlette-hello,
-asgi-fib, asgi-sleep), served the same way by gilgamesh (--asgi asgi_bench:app,
+asgi-fib, asgi-sleep, ws-echo, ws-echo-64k), served the same way by gilgamesh (--asgi asgi_bench:app,
 Python 3.13) and by the peers, uvicorn and Hypercorn (Debian's Python 3.11,
 through asgi_demo.py).
 
@@ -7,6 +7,8 @@ through asgi_demo.py).
   GET /fib?n=N            raw ASGI: fib(N) in pure Python, 0 <= N <= 30: CPU-bound
   GET /sleep?ms=M         raw ASGI: await asyncio.sleep(M / 1000), 0 <= M <= 10000
   GET /starlette/hello    a Starlette route returning PlainTextResponse("hello")
+  WebSocket /ws/echo      raw ASGI: accepts, then sends back every message as it came (text
+                          as text, bytes as bytes) until the client leaves
 
 One exact-path lookup picks the handler (a dict), so the raw routes pay nothing
 for Starlette and the Starlette route pays one lookup and one call in front of
@@ -80,6 +82,29 @@ ROUTES = {
 }
 
 
+async def ws_echo(scope, receive, send):
+    message = await receive()  # websocket.connect
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":  # websocket.disconnect
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
+WS_ROUTES = {"/ws/echo": ws_echo}
+
+
+async def _ws_not_found(scope, receive, send):
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close", "code": 1000})  # before accept: the server's 403
+
+
 async def _not_found(scope, receive, send):
     await _answer(send, 404, b"not found\n")
 
@@ -97,5 +122,7 @@ async def _lifespan(receive, send):
 async def app(scope, receive, send):
     if scope["type"] == "http":
         await ROUTES.get(scope["path"], _not_found)(scope, receive, send)
+    elif scope["type"] == "websocket":
+        await WS_ROUTES.get(scope["path"], _ws_not_found)(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

@@ -69,6 +69,24 @@ def goodput(c):
     return c["wrk"]["goodput_per_s"]
 
 
+def unit(results, workload):
+    """What the workload's goodput counts: "responses" (2xx) or "round trips" (WebSocket echoes)."""
+    described = results["meta"].get("workloads", {}).get(workload) or {}
+    known = WORKLOADS.get(workload)
+    return described.get("unit") or (known.unit if known else "responses")
+
+
+def per_s(results, workload):
+    """The workload's goodput unit per second: "2xx/s" or "round trips/s"."""
+    u = unit(results, workload)
+    return "2xx/s" if u == "responses" else u + "/s"
+
+
+def round_trip_workloads(results):
+    """The workloads whose goodput is WebSocket round trips, not responses."""
+    return [w for w in workloads(results) if unit(results, w) != "responses"]
+
+
 def workloads(results):
     seen = {c["workload"] for c in measured(results)}
     order = results["meta"].get("options", {}).get("workloads") or sorted(seen)

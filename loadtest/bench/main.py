@@ -32,7 +32,7 @@ from .matrix import Matrix
 from .peers import APP_PEERS, ASGI_PEERS, BUILD as PEER_BUILD, PEERS, PYTHON as PEER_PYTHON, WSGI_PEERS
 from .servers import LOADTEST, REPO, Servers, peer_binary
 from .survey import NCPU, STRATEGIES, Survey
-from .workloads import ASGI_WORKLOADS, WORKLOADS
+from .workloads import ASGI_GROUPS, ASGI_WORKLOADS, WORKLOADS
 
 NOTES = [
     "wrk is closed-loop: each connection sends its next request only after the previous "
@@ -60,11 +60,11 @@ def parse_args(argv):
                    "except those `gilgamesh check` says cannot load the app (the report names them "
                    "and says why); one named here that cannot run fails the run" % ",".join(STRATEGIES))
     p.add_argument("--workloads", help="comma list of %s (default: all but %s; --quick: hello,fib); "
-                   "sleep-tN runs every server at N threads per worker; %s (or `asgi`, all four) "
-                   "serve the ASGI app loadtest/asgi_bench.py on every server, and run apart from "
-                   "the others" % (
+                   "sleep-tN runs every server at N threads per worker; %s serve the ASGI app "
+                   "loadtest/asgi_bench.py on every server, and run apart from the others (`asgi`: "
+                   "%s; `ws`: %s, WebSocket echo round trips by tools/ws_echo_load.py instead of wrk)" % (
                        ",".join(WORKLOADS), ",".join(n for n, w in WORKLOADS.items() if not w.in_default),
-                       ",".join(ASGI_WORKLOADS)))
+                       ",".join(ASGI_WORKLOADS), ",".join(ASGI_GROUPS["asgi"]), ",".join(ASGI_GROUPS["ws"])))
     p.add_argument("--workers", help="comma list of worker counts (default: 1,%d; --quick: %d)"
                    % (NCPU, NCPU))
     p.add_argument("--peers", default="", help="comma list of %s: %s serve the same app on Debian's "
@@ -162,7 +162,7 @@ def parse_args(argv):
         p.error("--workloads and --request are exclusive: --request makes the one workload '%s'" % custom.NAME)
     args.workloads = [custom.NAME] if args.requests else \
         _names(pick(args.workloads, ",".join(n for n, w in WORKLOADS.items() if w.in_default),
-                    "hello,fib"), WORKLOADS, "workload", {"asgi": ASGI_WORKLOADS})
+                    "hello,fib"), WORKLOADS, "workload", ASGI_GROUPS)
     custom.check_workloads(args, p.error)
     args.workers = [int(x) for x in pick(args.workers, "1,%d" % NCPU, str(NCPU)).split(",") if x]
     args.workers = sorted(set(args.workers))

@@ -12,7 +12,7 @@ import platform
 import shlex
 import time
 
-from . import custom, procs, sampling, wrk
+from . import custom, procs, sampling, wrk, wsload
 from .peers import BUILD as PEER_BUILD, PEERS
 from .survey import NCPU
 from .workloads import WORKLOADS, ideal_rate
@@ -145,9 +145,8 @@ class Matrix:
         a = self.args
         if a.warmup <= 0:
             return
-        self.load = wrk.start(self.servers.owned, wrk.command(
-            a.wrk, workload, port, a.warmup, self.connections(workload, cell["workers"]), a.threads,
-            a.wrk_timeout))
+        self.load = wrk.start(self.servers.owned, wsload.load_command(
+            a, workload, port, a.warmup, self.connections(workload, cell["workers"])))
         warm = wrk.finish(self.servers.owned, self.load, a.warmup)
         cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status", "errors")}
         cell["warmup"]["drain_s"] = self.servers.drain(kind == "gilgamesh", port, warm)
@@ -155,8 +154,7 @@ class Matrix:
     def measure(self, cell, kind, workload, proc, port):
         """wrk for the cell's duration, the server sampled meanwhile; then /stats."""
         a = self.args
-        cmd = wrk.command(a.wrk, workload, port, a.duration, self.connections(workload, cell["workers"]),
-                          a.threads, a.wrk_timeout)
+        cmd = wsload.load_command(a, workload, port, a.duration, self.connections(workload, cell["workers"]))
         cell["wrk_command"] = shlex.join(cmd)
         self.load = wrk.start(self.servers.owned, cmd)
         with sampling.Sampler(proc.pid, self.load.pid, a.sample_interval,
@@ -224,7 +222,7 @@ def cell_line(cell):
     lat = w.get("latency_ms") or {}
     bad = sum(n for code, n in w["responses_by_status"].items() if not code.startswith("2"))
     errs = sum(v for k, v in w["errors"].items() if k != "status_over_399")
-    text = "goodput %.1f/s" % w["goodput_per_s"]
+    text = "goodput %.1f%s/s" % (w["goodput_per_s"], " " + w["unit"] if w.get("unit") else "")  # round trips
     if cell.get("efficiency") is not None:
         text += " (%.2f of ideal)" % cell["efficiency"]
     if lat.get("p99") is not None:

@@ -43,8 +43,8 @@ def tables(results):
                 row.append(f.num(g, "%.1f"))
         rows.append(row)
     out.append(("Headline: goodput at %s workers" % top,
-                "Responses with a 2xx status per second; in brackets the ratio to `%s` in this run.%s"
-                % (base, "".join(" %s serves %s only (–: not run)." % (f.label(results, r), _only(r))
+                "Responses with a 2xx status per second%s; in brackets the ratio to `%s` in this run.%s"
+                % (_round_trips_intro(results), base, "".join(" %s serves %s only (–: not run)." % (f.label(results, r), _only(r))
                                  for r in f.references(results) if f.peer(r).workloads)), header, rows))
     for r in f.references(results):
         out += _reference_tables(results, r)
@@ -67,7 +67,8 @@ def tables(results):
     out.append(("Throughput and errors",
                 "Goodput counts 2xx only. Socket errors by kind as wrk reports them; `timeout` counts "
                 "responses slower than wrk's --timeout (%s s), which are missing from the latency "
-                "figures." % results["meta"].get("options", {}).get("wrk_timeout_s", "?"), header, rows))
+                "figures.%s" % (results["meta"].get("options", {}).get("wrk_timeout_s", "?"),
+                                _round_trips_errors(results)), header, rows))
 
     header = ["server", "workload", "workers", "min", "mean", "p50", "p90", "p99", "p99.9", "max"]
     rows = []
@@ -96,11 +97,14 @@ def tables(results):
                      f.num(load.get("queue_depth_max"), "%d")])
     reported = any((c.get("startup") or {}).get("ready_reported_by_stats") for c in results["cells"])
     out.append(("CPU, memory, start-up",
-                "CPU from /proc: server = the server process and every descendant; other = about "
+                "CPU from /proc: server = the server process and every descendant;%s other = about "
                 "what other processes on the machine used meanwhile (it skews a cell). Memory is the "
                 "peak under load: RSS of the server process; PSS of its worker processes (every "
                 "descendant: workers, zygote) summed; total PSS = server + those (shared pages counted "
                 "once). Start-up: from exec until /healthz answers%s." % (
+                    " wrk = the load generator (ws_echo_load.py on %s);" % ", ".join(
+                        "`%s`" % w for w in f.round_trip_workloads(results))
+                    if f.round_trip_workloads(results) else "",
                     " and /stats reports every worker ready (peers: /healthz only; %s: and its "
                     "worker processes run)" % ", ".join(f.references(results)) if reported and f.references(results) else
                     " and /stats reports every worker ready (peers: /healthz only)" if reported else
@@ -140,6 +144,25 @@ def tables(results):
     return out
 
 
+def _round_trips_intro(results):
+    """The headline's words for the WebSocket workloads, whose goodput is round trips."""
+    ws = f.round_trip_workloads(results)
+    if not ws:
+        return ""
+    return ("; on %s, WebSocket round trips per second instead (a message sent and its echo "
+            "received and checked, by loadtest/tools/ws_echo_load.py)" % ", ".join("`%s`" % w for w in ws))
+
+
+def _round_trips_errors(results):
+    ws = f.round_trip_workloads(results)
+    if not ws:
+        return ""
+    return (" On %s goodput and requests/s are echoed round trips, and the errors are "
+            "ws_echo_load.py's: connect a connection or handshake that failed (a handshake answered "
+            "with another status than 101 is a non-2xx), read the server closing, breaking the protocol "
+            "or echoing something else, timeout no echo within --timeout." % ", ".join("`%s`" % w for w in ws))
+
+
 def _only(reference):
     """"`hello`": the workloads a reference serves."""
     return ", ".join("`%s`" % w for w in f.peer(reference).workloads)
@@ -173,10 +196,14 @@ def _reference_tables(results, reference):
 
 def latency_note(results):
     o = results["meta"].get("options", {})
+    ws = f.round_trip_workloads(results)
     return ("wrk is closed-loop (coordinated omission): each of its %s connections waits for a response "
             "before sending again, so a stalled server is sent less and these percentiles understate "
-            "what an open-loop client would see. wrk also shares the %s cores with the server."
-            % (o.get("connections", "?"), results["meta"].get("machine", {}).get("nproc", "?")))
+            "what an open-loop client would see. wrk also shares the %s cores with the server.%s"
+            % (o.get("connections", "?"), results["meta"].get("machine", {}).get("nproc", "?"),
+               " On %s the latency is a WebSocket round trip's (send to the whole echo), measured by "
+               "loadtest/tools/ws_echo_load.py, closed-loop in the same way and on the same cores."
+               % ", ".join("`%s`" % w for w in ws) if ws else ""))
 
 
 def _ordered_cells(results):
@@ -271,12 +298,14 @@ def charts(results, out_dir):
     fig, axes = subplots(len(workloads))
     for ax, w in zip(axes, workloads):
         grouped(ax, workers, f.servers(results, w), lambda s, n: f.goodput(f.cell(results, s, w, n)),
-                "goodput (2xx/s)", fmt="%.0f")
+                "goodput (%s)" % f.per_s(results, w), fmt="%.0f")
         ax.set_xticklabels(["%d worker%s" % (n, "" if n == 1 else "s") for n in workers])
         ax.set_title(w)
     legend_below(fig, axes)
     save(fig, "throughput.png", "Throughput by strategy and worker count",
-         "Goodput (2xx responses per second); hatched bars are the peers on Python 3.11%s." % (
+         "Goodput (2xx responses per second%s); hatched bars are the peers on Python 3.11%s." % (
+             "; WebSocket round trips per second on %s" % ", ".join(f.round_trip_workloads(results))
+             if f.round_trip_workloads(results) else "",
              "".join("; cross-hatched, %s, on %s only" % (f.label(results, r), _only(r).replace("`", ""))
                      for r in f.references(results) if f.peer(r).workloads)))
 
@@ -369,6 +398,12 @@ def _context(results):
         % (m.get("wrk"), o.get("connections"), " (%s)" % ", ".join(own) if own else "",
            o.get("wrk_threads"), o.get("warmup_s"), o.get("duration_s"), o.get("wrk_timeout_s")),
     ]
+    ws = f.round_trip_workloads(results)
+    if ws:
+        lines.append("WebSocket load: loadtest/tools/ws_echo_load.py (one process, /usr/bin/python3 with "
+                     "uvloop) on %s: each connection opens with its own handshake, then sends a message "
+                     "and waits for its echo before the next, for the same warm-up and measured seconds."
+                     % ", ".join("`%s`" % w for w in ws))
     lines += page.workload_lines(results)
     for name, ref in sorted(results.get("peers", {}).items()):
         if ref.get("skipped") or not f.peer(name) or f.peer(name).in_ratios:

@@ -112,7 +112,8 @@ class Servers:
             deadline = start + self.args.wrk_timeout
             while time.monotonic() < deadline:
                 stats = self.stats(port) or {}
-                if stats.get("queue_depth", 0) == 0 and stats.get("busy_workers", 0) == 0:
+                if stats.get("queue_depth", 0) == 0 and stats.get("busy_workers", 0) == 0 and \
+                        stats.get("websockets", 0) == 0:  # the warm-up's sockets closed too
                     break
                 time.sleep(0.02)
         else:  # no /stats: the slowest warm-up response is about how long a backlog takes

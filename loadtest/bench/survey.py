@@ -84,7 +84,9 @@ class Survey:
                                  "cpu_mix": WORKLOADS[name].cpu_mix,
                                  "threads": WORKLOADS[name].threads,
                                  "app": WORKLOADS[name].app,
-                                 "connections": WORKLOADS[name].connections} for name in a.workloads},
+                                 "connections": WORKLOADS[name].connections,
+                                 "client": WORKLOADS[name].client,
+                                 "unit": WORKLOADS[name].unit} for name in a.workloads},
         }
 
     def check_app(self):

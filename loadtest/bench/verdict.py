@@ -22,6 +22,12 @@ def _rate(value):
     return "%.1f" % value if value < 100 else "{:,.0f}".format(value)
 
 
+def _unit(c):
+    """" round trips" for a cell whose goodput is WebSocket round trips, else ""."""
+    unit = (c.get("wrk") or {}).get("unit")
+    return " " + unit if unit else ""
+
+
 def _pct(fraction):
     return "%.0f %%" % (100.0 * fraction)
 
@@ -53,7 +59,8 @@ class Candidate:
             p99 = ((c.get("wrk") or {}).get("latency_ms") or {}).get("p99")
             if p99 is not None:
                 extra.append("p99 %.1f ms" % p99)
-            parts.append("`%s` %s/s%s" % (w, _rate(f.goodput(c)), " (%s)" % ", ".join(extra) if extra else ""))
+            parts.append("`%s` %s%s/s%s" % (w, _rate(f.goodput(c)), _unit(c),
+                                             " (%s)" % ", ".join(extra) if extra else ""))
         return ", ".join(parts)
 
 
@@ -117,8 +124,9 @@ def leaders(ranked):
         best = max((c for c, _ in ranked), key=lambda c: f.goodput(c.cells[w]))
         ahead = f.goodput(best.cells[w]) / f.goodput(mine) - 1
         if best is not winner and ahead > SAME:
-            out.append("On `%s` alone, %s serves %s more (%s/s against %s/s)." % (
-                w, best.name(), _pct(ahead), _rate(f.goodput(best.cells[w])), _rate(f.goodput(mine))))
+            out.append("On `%s` alone, %s serves %s more (%s%s/s against %s/s)." % (
+                w, best.name(), _pct(ahead), _rate(f.goodput(best.cells[w])), _unit(mine),
+                _rate(f.goodput(mine))))
     return out
 
 
@@ -182,9 +190,10 @@ def cpu_bound(results, workload):
         g = f.goodput(c)
         mean_ms = ((c.get("wrk") or {}).get("latency_ms") or {}).get("mean")
         if c.get("event_loop") and mean_ms is not None:
-            return False, ("the server used %.2f ms of CPU per request while a request took %.0f ms "
+            each = "round trip" if _unit(c) else "request"
+            return False, ("the server used %.2f ms of CPU per %s while a %s took %.0f ms "
                            "on average (`%s`: %.2f cores busy for %d event loop%s)"
-                           % (1000.0 * c["load"]["server_cpu_cores"] / g, mean_ms,
+                           % (1000.0 * c["load"]["server_cpu_cores"] / g, each, each, mean_ms,
                               c["id"], c["load"]["server_cpu_cores"], slots, "" if slots == 1 else "s"))
         return False, ("the server used %.2f ms of CPU per request while each request held a "
                        "worker for about %.1f ms (`%s`: %.2f cores busy for %d request slots)"

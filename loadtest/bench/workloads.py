@@ -27,6 +27,11 @@ class Workload:
     app: str = "route"
     # wrk connections on every server of the cell; 0: the run's --connections.
     connections: int = 0
+    # What loads it: "wrk" (profiles/<profile>.lua) or "ws" (tools/ws_echo_load.py: WebSocket
+    # round trips, params size= and binary=, the path in params path=).
+    client: str = "wrk"
+    # What its goodput counts, in tables and sentences: 2xx responses, or echoed round trips.
+    unit: str = "responses"
 
     @property
     def profile_name(self):
@@ -35,10 +40,16 @@ class Workload:
     def profile_args(self):
         return ["%s=%s" % (k, v) for k, v in sorted(self.params.items())]
 
+    @property
+    def per_s(self):
+        """Its goodput's unit per second: "2xx/s" or "round trips/s"."""
+        return "2xx/s" if self.unit == "responses" else self.unit + "/s"
+
 
 THREAD_COUNTS = (1, 4, 16)  # the sleep-tN workloads
 ASGI_APP = "asgi_bench:app"  # loadtest/asgi_bench.py: the ASGI workloads' app
 ASGI_SLEEP_CONNECTIONS = 1000  # asgi-sleep: requests sleeping at once, on every server
+WS_ECHO_CONNECTIONS = 50  # ws-echo, ws-echo-64k: WebSockets open at once, each one round trip at a time
 
 _MIXED = {"w_hello": 50, "w_fib": 20, "w_primes": 15, "w_mandelbrot": 10, "w_nbody": 5,
           "fib_n": 22, "primes_limit": 100000, "mandelbrot_size": 32, "nbody_steps": 200}
@@ -77,10 +88,26 @@ WORKLOADS = {
                  "%d connections at once" % ASGI_SLEEP_CONNECTIONS,
                  {"ms": 1000}, profile="sleep", in_default=False, app="asgi",
                  connections=ASGI_SLEEP_CONNECTIONS),
+        # WebSocket echo on the same app: tools/ws_echo_load.py instead of wrk, goodput in round
+        # trips (a message sent, its echo received and checked, then the next).
+        Workload("ws-echo", "WebSocket /ws/echo on the raw ASGI app: %d connections, each sending a "
+                 "32-byte text message and waiting for its echo before the next (round trips)"
+                 % WS_ECHO_CONNECTIONS, {"path": "/ws/echo", "size": 32, "binary": 0},
+                 in_default=False, app="asgi", connections=WS_ECHO_CONNECTIONS, client="ws",
+                 unit="round trips"),
+        Workload("ws-echo-64k", "WebSocket /ws/echo on the raw ASGI app: %d connections, each sending a "
+                 "64 KiB binary message and waiting for its echo before the next (round trips)"
+                 % WS_ECHO_CONNECTIONS, {"path": "/ws/echo", "size": 65536, "binary": 1},
+                 in_default=False, app="asgi", connections=WS_ECHO_CONNECTIONS, client="ws",
+                 unit="round trips"),
     )
 }
 
+# Every workload on loadtest/asgi_bench.py; `--workloads asgi` stands for its HTTP ones (wrk),
+# `--workloads ws` for its WebSocket ones.
 ASGI_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if w.app == "asgi")
+ASGI_GROUPS = {"asgi": tuple(n for n in ASGI_WORKLOADS if WORKLOADS[n].client == "wrk"),
+               "ws": tuple(n for n in ASGI_WORKLOADS if WORKLOADS[n].client == "ws")}
 
 
 def ideal_rate(workload, rates, cores):

@@ -1035,3 +1035,112 @@ def test_asgi_options_are_checked(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and mentions in out.stderr, (args, out.stderr)
     assert os.listdir(tmp_path) == [], "a run started anyway"
+
+
+# -- WebSocket echo (issue 24, benchmark): ws_echo_load.py and the ws-echo workloads ---------
+
+WS_LOAD = os.path.join(REPO, "loadtest", "tools", "ws_echo_load.py")
+
+
+@pytest.fixture(scope="module")
+def ws_server():
+    """gilgamesh serving tests/apps/asgi_websocket.py (an echo, a route that sends something
+    else first, a refusal) on one in-process strategy, 2 workers."""
+    _require(BINARY)
+    strategy = next(s for s in DECLARED if s != "processes")
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([BINARY, "--asgi", "asgi_websocket:app", "--pythonpath", APPS,
+                             "--strategy", strategy, "--workers", "2", "--host", "127.0.0.1",
+                             "--port", str(port)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass  # not listening yet: poll again
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            pytest.fail("server did not start:\n%s" % log.read().decode(errors="replace"))
+        time.sleep(0.05)  # polling interval
+    yield port
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _ws_load(port, path, *args, seconds=1, connections=4):
+    out = subprocess.run([PYTHON, WS_LOAD, "ws://127.0.0.1:%d%s" % (port, path), "--connections",
+                          str(connections), "--duration", str(seconds), "--timeout", "5"] + list(args),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["unit"] == "round trips" and set(result["latency_ms"]) == set(LATENCY_KEYS) | {"stdev"}, result
+    return result
+
+
+def test_ws_echo_client_counts_checked_round_trips_text_and_binary(ws_server):
+    for args, size, binary in (((), 32, False), (("--size", "65536", "--binary"), 65536, True)):
+        r = _ws_load(ws_server, "/echo", *args)
+        assert r["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}, r
+        assert r["connections"]["opened"] == 4 and r["responses_by_status"] == {}, r
+        assert r["goodput"] == r["requests"] > 0 and r["bytes"] == r["goodput"] * size, r
+        assert r["params"] == {"size": size, "binary": binary, "path": "/echo"}, r
+        assert abs(r["goodput_per_s"] - r["goodput"] / r["duration_s"]) < 1e-6 and 0.9 <= r["duration_s"] <= 1.1
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99_9"] <= lat["max"], lat
+    capped = _ws_load(ws_server, "/echo", "--max-round-trips", "10", seconds=5)
+    assert capped["capped"] and 10 <= capped["goodput"] < 10 + 4 and capped["duration_s"] < 4, capped
+
+
+def test_ws_echo_client_reports_wrong_echoes_and_refusals_as_errors(ws_server):
+    # /scope sends a JSON report before echoing: the first "echo" is not the message sent
+    wrong = _ws_load(ws_server, "/scope")
+    assert wrong["goodput"] == 0 and wrong["errors"]["read"] >= 4, wrong
+    assert any("the echo differs" in t for t in wrong["error_texts"]), wrong["error_texts"]
+    # /deny closes before accepting: the server answers 403, a failed handshake
+    denied = _ws_load(ws_server, "/deny")
+    assert denied["goodput"] == 0 and denied["connections"]["opened"] == 0, denied
+    assert denied["errors"]["connect"] >= 4 and set(denied["responses_by_status"]) == {"403"}, denied
+    # bounded: loopback only
+    out = subprocess.run([PYTHON, WS_LOAD, "ws://192.0.2.1:80/echo", "--duration", "1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "not a loopback address" in out.stderr, out.stderr
+
+
+def test_ws_echo_workload_runs_a_strategy_and_the_asgi_peers(tmp_path):
+    """`loadtest/run --quick --workloads ws-echo`: round trips on /ws/echo of asgi_bench.py by
+    ws_echo_load.py on one strategy, uvicorn and Hypercorn; the report counts round trips."""
+    _require(BINARY)
+    strategy = next(s for s in DECLARED if s != "processes")
+    out = subprocess.run([PYTHON, RUN, "--quick", "--workloads", "ws-echo", "--strategies", strategy,
+                          "--peers", ",".join(ASGI_PEERS), "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    folder, results = _run_folder(out)
+    cells = {c["server"]: c for c in results["cells"]}
+    assert set(cells) == {strategy} | set(ASGI_PEERS), sorted(cells)
+    for server, cell in cells.items():
+        assert not cell.get("error") and cell["connections"] == 50, (server, cell.get("error"))
+        assert "ws_echo_load.py ws://127.0.0.1:" in cell["wrk_command"], cell["wrk_command"]
+        assert "/ws/echo --connections 50 " in cell["wrk_command"], cell["wrk_command"]
+        w = cell["wrk"]
+        assert w["unit"] == "round trips" and w["goodput"] > 0 and w["connections"]["opened"] == 50, (server, w)
+        assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}, (server, w)
+        assert cell["shutdown"]["leftover_pids"] == [], server
+        assert "goodput %.1f round trips/s" % w["goodput_per_s"] in out.stdout, out.stdout
+    assert results["meta"]["workloads"]["ws-echo"]["unit"] == "round trips"
+    with open(os.path.join(folder, "report.md")) as f:
+        md = f.read()
+    headline, points = _verdict_section(md)
+    assert re.fullmatch(r"Serve this app with `%s`, 2 workers\." % strategy, headline), headline
+    assert "`ws-echo` %s round trips/s" % _rate_text(cells[strategy]["wrk"]["goodput_per_s"]) in points, points
+    assert "on `ws-echo`, WebSocket round trips per second instead" in md
+    assert "Workload `ws-echo`: WebSocket /ws/echo on the raw ASGI app: 50 connections" in md
+    assert re.search(r"^\| ws-echo \| \d+ \(1\.00×\) \| \d+ \(\d+\.\d\d×\) \| \d+ \(\d+\.\d\d×\) \|$", md, re.M), md
