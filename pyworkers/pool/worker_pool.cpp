@@ -49,6 +49,13 @@ bool same_routes(const std::vector<RouteInfo>& a, const std::vector<RouteInfo>& 
   return true;
 }
 
+// slot_held_ of a slot whose worker is not serving (starting, replaced, gone).
+constexpr int kNotServing = std::numeric_limits<int>::max();
+// How long a lane whose event loop holds far more than the lightest worker's waits
+// for that worker to take the next job, at most, and how often it looks again.
+constexpr auto kMakeWayAtMost = std::chrono::milliseconds(5);
+constexpr auto kMakeWayStep = std::chrono::microseconds(100);
+
 }  // namespace
 
 // One thread's tenure of a slot. A slot gets a new Run when its handler thread
@@ -111,7 +118,10 @@ WorkerPool::WorkerPool(const ServerConfig& config, std::unique_ptr<WorkerFactory
       factory_(std::move(factory)),
       queue_(config.pool.max_queue, config.pool.worker_spin()),
       slots_(std::make_unique<Slot[]>(static_cast<std::size_t>(config.pool.workers))),
-      max_abandoned_(config.pool.abandoned_limit()) {}
+      max_abandoned_(config.pool.abandoned_limit()),
+      slot_held_(std::make_unique<std::atomic<int>[]>(static_cast<std::size_t>(config.pool.workers))) {
+  for (int i = 0; i < config.pool.workers; ++i) slot_held_[static_cast<std::size_t>(i)] = kNotServing;
+}
 
 WorkerPool::~WorkerPool() {
   if (!stopped_) stop(Clock::now());
@@ -318,6 +328,7 @@ WorkerPool::After WorkerPool::serve_lanes(Run& run, Slot& slot) {
   }
   run.served = 0;
   run.recycle_limit = next_recycle_limit();
+  slot_held_[static_cast<std::size_t>(run.slot)] = 0;
   std::vector<std::thread> others;
   for (int lane = 1; lane < threads_; ++lane) {
     others.emplace_back([this, &run, &slot, lane] {
@@ -328,6 +339,7 @@ WorkerPool::After WorkerPool::serve_lanes(Run& run, Slot& slot) {
   }
   serve(run, slot, 0);
   for (auto& t : others) t.join();
+  slot_held_[static_cast<std::size_t>(run.slot)] = kNotServing;
   std::lock_guard lock(run.mutex);
   return run.after.value_or(After::drained);
 }
@@ -349,6 +361,7 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
   Worker& worker = *run.worker;
   while (!leaving(run)) {
     if (!worker.wait_for_room(Clock::now() + timing_.idle_check)) continue;
+    make_way_for_a_lighter_worker(run, worker);
     std::optional<Job> job = next_job(run);
     if (!job) {
       if (queue_.closed() && queue_.depth() == 0) {
@@ -375,6 +388,32 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
       ++recycles_;
       ++slot.recycles;
     }
+  }
+}
+
+// A worker whose event loop holds its requests (ASGI) hands each job to its loop
+// and is back at the queue at once, however busy that loop is; the lane that was
+// just active (spinning) would take nearly every job while another worker's loop
+// sits idle, and a CPU-bound app would queue on one core. So a lane whose loop
+// holds clearly more than the lightest serving worker's lets that one take the
+// next job: it looks again every 100 us, and after 5 ms takes one anyway (the
+// others' counts may be up to a supervisor tick old, or their lanes slow).
+void WorkerPool::make_way_for_a_lighter_worker(Run& run, Worker& worker) {
+  if (config_.pool.workers < 2) return;
+  const auto mine_slot = static_cast<std::size_t>(run.slot);
+  const auto lighter_exists = [&] {
+    const int mine = worker.held();
+    slot_held_[mine_slot].store(mine, std::memory_order_relaxed);
+    if (mine < 2) return false;
+    int least = mine;
+    for (int i = 0; i < config_.pool.workers; ++i) {
+      least = std::min(least, slot_held_[static_cast<std::size_t>(i)].load(std::memory_order_relaxed));
+    }
+    return mine - least >= std::max(2, least / 4);
+  };
+  const auto until = Clock::now() + kMakeWayAtMost;
+  while (lighter_exists() && !stopping_ && queue_.depth() <= 1 && Clock::now() < until) {
+    std::this_thread::sleep_for(kMakeWayStep);
   }
 }
 
@@ -559,6 +598,9 @@ void WorkerPool::supervise() {
       {
         std::lock_guard run_lock(run->mutex);
         if (run->worker) stuck = run->worker->supervise(now);
+        if (run->worker && run->state == WorkerState::idle) {
+          slot_held_[static_cast<std::size_t>(run->slot)].store(run->worker->held(), std::memory_order_relaxed);
+        }
         if (!stuck && run->loop_stuck) {
           run->loop_stuck = false;
           --stuck_slots_;

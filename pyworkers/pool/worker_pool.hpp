@@ -87,6 +87,7 @@ class WorkerPool final : public Executor {
   void serve(Run& run, Slot& slot, int lane);
   bool leave(Run& run, After why);
   bool hand_over_slot(Run& run);
+  void make_way_for_a_lighter_worker(Run& run, Worker& worker);
   std::optional<After> leaving(Run& run);
   std::optional<Job> next_job(Run& run);
   void run_job(Run& run, Slot& slot, int lane, Job& job);
@@ -121,7 +122,10 @@ class WorkerPool final : public Executor {
   std::atomic<bool> hard_stop_{false};  // the drain deadline passed
   std::atomic<int> busy_{0};
   std::atomic<int> abandoned_live_{0};
-  std::atomic<int> draining_live_{0};  // recycled runs still draining beside their slot's new one
+  std::atomic<int> draining_live_{0};
+  // What each slot's event loop holds (Worker::held), as its lanes and the
+  // supervisor last saw it; kNotServing while the slot has no serving worker.
+  std::unique_ptr<std::atomic<int>[]> slot_held_;  // recycled runs still draining beside their slot's new one
   std::atomic<int> stuck_slots_{0};     // stuck handlers the abandon limit keeps in their slot
   std::atomic<std::uint64_t> job_seq_{0};
   std::atomic<std::uint64_t> replacements_{0}, interrupted_{0}, abandoned_total_{0}, killed_{0},

@@ -865,6 +865,44 @@ def test_1000_concurrent_sleeping_requests_on_2_workers(conf):
     assert conf.get(ROOT + "/hello").status == 200
 
 
+def test_cpu_bound_requests_spread_over_both_workers(conf, strategy):
+    """A worker's lane hands each request to its loop and is back for the next at once, however
+    busy the loop is: without care the lane that was just active takes nearly every request
+    while the other worker's loop sits idle (uvicorn's would not: a busy loop does not accept).
+    16 clients keep CPU-bound requests coming; /stats shows what each loop holds."""
+    if strategy == "threads":
+        pytest.skip("one GIL: CPU-bound work runs one loop at a time whichever holds it, and a lighter "
+                    "worker's lane waits for the GIL to take a request")
+    import threading
+    stop = threading.Event()
+    failures = []
+
+    def client():
+        while not stop.is_set():
+            r = conf.get(ROOT + "/spin?s=0.004", timeout=scaled(30))
+            if r.status != 200:
+                failures.append(r.status)
+
+    clients = [threading.Thread(target=client) for _ in range(16)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(0.5)
+        gaps = []
+        while len(gaps) < 40:
+            held = [w.get("held") or 0 for w in conf.get("/stats").json()["worker_details"]]
+            if sum(held) >= 8:  # the clients are at it (not between two connections)
+                gaps.append(abs(held[0] - held[1]))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+    assert not failures, failures
+    # One loop holding all 16 gives 16; an even spread 0-2.
+    assert sum(gaps) / len(gaps) < 5, "the requests piled onto one worker: |held difference| %s" % gaps
+
+
 # --- recycling -------------------------------------------------------------------------------
 
 @pytest.mark.slow
