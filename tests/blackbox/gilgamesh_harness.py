@@ -511,6 +511,21 @@ class GilgameshServer:
         return "<gilgamesh %s x%d :%s>" % (self.strategy, self.workers, self.port)
 
 
+class AsgiServer(GilgameshServer):
+    """GilgameshServer serving `--asgi SPEC` (MODULE:APP or MODULE:factory()) instead of --app."""
+
+    def __init__(self, strategy, asgi, **kw):
+        super().__init__(strategy, **kw)
+        self.asgi = asgi
+
+    @property
+    def command(self):
+        cmd = super().command
+        at = cmd.index("--app")
+        cmd[at:at + 2] = ["--asgi", self.asgi]
+        return cmd
+
+
 def concurrent_gets(server, paths, timeout=20.0):
     """GET each of `paths` from its own thread, released together by a barrier; returns
     the responses (or the exceptions raised), in the order of `paths`."""

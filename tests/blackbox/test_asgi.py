@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from gilgamesh_harness import (APPS_DIR, HOST, REPO, TIME_SCALE, GilgameshServer,
+from gilgamesh_harness import (APPS_DIR, HOST, REPO, TIME_SCALE, AsgiServer, GilgameshServer,
                                assert_no_sanitizer_report, binary_path, build_request,
                                free_port, in_threads, join_all, run_cli, scaled, wait_for,
                                wait_for_stats)
@@ -44,21 +44,6 @@ DEADLINE_S = 3  # --timeout of the deadline server
 
 
 # --- servers -------------------------------------------------------------------------------
-
-class AsgiServer(GilgameshServer):
-    """GilgameshServer serving `--asgi SPEC` (MODULE:APP or MODULE:factory())."""
-
-    def __init__(self, strategy, asgi, **kw):
-        super().__init__(strategy, **kw)
-        self.asgi = asgi
-
-    @property
-    def command(self):
-        cmd = super().command
-        at = cmd.index("--app")
-        cmd[at:at + 2] = ["--asgi", self.asgi]
-        return cmd
-
 
 class Events:
     """The lines the test apps append to ASGI_TEST_EVENTS: "<kind> <token> ..."."""

@@ -92,7 +92,7 @@ if str(BLACKBOX) not in sys.path:
     sys.path.insert(0, str(BLACKBOX))
 
 import gilgamesh_harness as harness  # noqa: E402
-from gilgamesh_harness import (APPS_DIR, HOST, GilgameshServer, binary_path, scaled,  # noqa: E402
+from gilgamesh_harness import (APPS_DIR, HOST, AsgiServer, GilgameshServer, binary_path, scaled,  # noqa: E402
                                wait_for, wait_for_stats)
 from test_asgi import Events  # noqa: E402
 from test_real_packages import find_trixie_site  # noqa: E402
@@ -145,21 +145,6 @@ atexit.register(harness.kill_all_running)
 
 # --- servers -----------------------------------------------------------------------------------
 
-class WebSocketServer(GilgameshServer):
-    """gilgamesh serving `--asgi SPEC`."""
-
-    def __init__(self, strategy, asgi, **kw):
-        super().__init__(strategy, **kw)
-        self.asgi = asgi
-
-    @property
-    def command(self):
-        cmd = super().command
-        at = cmd.index("--app")
-        cmd[at:at + 2] = ["--asgi", self.asgi]
-        return cmd
-
-
 class UvicornServer(GilgameshServer):
     """The reference: bookworm's uvicorn (websockets 10.4) serving `spec` in one process, with
     gilgamesh's flags turned into uvicorn's. A flag without an equivalent is refused: its test
@@ -208,7 +193,7 @@ def serve(strategy, spec, events, workers=2, args=(), starlette=False):
         return UvicornServer(spec, args=args, env=env, pythonpath=[APPS_DIR]).start()
     paths = [APPS_DIR] + ([find_trixie_site(["python3-starlette"])] if starlette else [])
     flags = [a for p in paths for a in ("--pythonpath", str(p))]
-    return WebSocketServer(strategy, spec, workers=workers, args=flags + [str(a) for a in args],
+    return AsgiServer(strategy, spec, workers=workers, args=flags + [str(a) for a in args],
                            env=env).start()
 
 

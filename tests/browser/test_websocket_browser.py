@@ -17,33 +17,16 @@ from pathlib import Path
 import pytest
 
 import gilgamesh_harness as harness
-from gilgamesh_harness import APPS_DIR, GilgameshServer
+from gilgamesh_harness import APPS_DIR, AsgiServer
 from test_real_packages import find_trixie_site
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "websocket_driver.js"
 PLAYWRIGHT = REPO / "web" / "node_modules" / "playwright-core" / "package.json"
 CHROMIUM = "/usr/bin/chromium"
-# Strategies that do not serve WebSockets yet (as tests/blackbox/test_websockets.py's NOT_YET: none).
-NOT_YET = ()
 
 
-class WebSocketServer(GilgameshServer):
-    """gilgamesh serving `--asgi SPEC` (as in tests/blackbox/test_websockets.py)."""
-
-    def __init__(self, strategy, asgi, **kw):
-        super().__init__(strategy, **kw)
-        self.asgi = asgi
-
-    @property
-    def command(self):
-        cmd = super().command
-        at = cmd.index("--app")
-        cmd[at:at + 2] = ["--asgi", self.asgi]
-        return cmd
-
-
-@pytest.fixture(params=[s for s in harness.strategies() if s not in NOT_YET])
+@pytest.fixture(params=harness.strategies())
 def strategy(request):
     return request.param
 
@@ -55,7 +38,7 @@ def test_chromium_talks_to_a_starlette_chat(strategy):
     if missing:
         pytest.fail("missing %s: run `make setup`" % ", ".join(missing), pytrace=False)
     site = find_trixie_site(["python3-starlette"])
-    server = WebSocketServer(strategy, "asgi_ws_starlette:app", workers=2,
+    server = AsgiServer(strategy, "asgi_ws_starlette:app", workers=2,
                              args=["--pythonpath", str(APPS_DIR), "--pythonpath", str(site)]).start()
     try:
         out = subprocess.run([node, str(DRIVER), "--url", "http://%s:%d/" % (server.host, server.port)],
