@@ -89,14 +89,12 @@ def _descendants(pid):
     return found
 
 
-@pytest.fixture(scope="module")
-def server():
-    """A real gilgamesh (subinterpreters, 2 workers) on a free loopback port."""
+def _serve(*args):
+    """Starts the real binary with `args` on a free loopback port; yields the port, then stops it."""
     _require(BINARY)
     port = _free_port()
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([BINARY, "--strategy", "subinterpreters", "--workers", "2",
-                             "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([BINARY, *args, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
@@ -117,6 +115,12 @@ def server():
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real gilgamesh (subinterpreters, 2 workers) on a free loopback port."""
+    yield from _serve("--strategy", "subinterpreters", "--workers", "2")
 
 
 def _wrk(profile, port, *args, seconds=1, connections=4):
@@ -1046,33 +1050,9 @@ WS_LOAD = os.path.join(REPO, "loadtest", "tools", "ws_echo_load.py")
 def ws_server():
     """gilgamesh serving tests/apps/asgi_websocket.py (an echo, a route that sends something
     else first, a refusal) on one in-process strategy, 2 workers."""
-    _require(BINARY)
     strategy = next(s for s in DECLARED if s != "processes")
-    port = _free_port()
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([BINARY, "--asgi", "asgi_websocket:app", "--pythonpath", APPS,
-                             "--strategy", strategy, "--workers", "2", "--host", "127.0.0.1",
-                             "--port", str(port)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass  # not listening yet: poll again
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            pytest.fail("server did not start:\n%s" % log.read().decode(errors="replace"))
-        time.sleep(0.05)  # polling interval
-    yield port
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    yield from _serve("--asgi", "asgi_websocket:app", "--pythonpath", APPS, "--strategy", strategy,
+                      "--workers", "2")
 
 
 def _ws_load(port, path, *args, seconds=1, connections=4):
