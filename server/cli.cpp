@@ -242,9 +242,15 @@ std::optional<int> parse_flags(CLI::App& cli, int argc, char** argv) {
     std::cout << cli.help();
     return 0;
   } catch (const CLI::ArgumentMismatch& e) {
-    // "--workers: 1 required INT in 1..1024 missing": say it plainly.
-    std::string what = e.what();
-    std::cerr << "gilgamesh: " << what.substr(0, what.find(':')) << " needs a value (see --help)\n";
+    // "--workers: 1 required INT in 1..1024 missing", or "--workers: At Most 1 required
+    // but received 2" (given twice): say it plainly.
+    const std::string what = e.what();
+    const std::string name = what.substr(0, what.find(':'));
+    if (what.find("At Most") != std::string::npos) {
+      std::cerr << "gilgamesh: " << name << " is given more than once; give it once (see --help)\n";
+    } else {
+      std::cerr << "gilgamesh: " << name << " needs a value (see --help)\n";
+    }
     return 2;
   } catch (const CLI::ParseError& e) {
     std::string what = e.what();

@@ -23,6 +23,7 @@ from gilgamesh_harness import HOST, free_port, run_cli
     (["--strategy", "telepathy"], "--strategy: must be one of subinterpreters, threads, free-threaded, "
                                   "processes, auto; got 'telepathy'"),
     (["--workers"], "--workers needs a value"),
+    (["--workers", "2", "--workers", "3"], "--workers is given more than once"),
 ])
 def test_bad_values_say_what_is_allowed(gilgamesh_bin, args, expected):
     result = run_cli(args)
