@@ -403,7 +403,11 @@ void WorkerPool::make_way_for_a_lighter_worker(Run& run, Worker& worker) {
   const auto mine_slot = static_cast<std::size_t>(run.slot);
   const auto lighter_exists = [&] {
     const int mine = worker.held();
-    slot_held_[mine_slot].store(mine, std::memory_order_relaxed);
+    // Written only when it changed: the counts share cache lines, and a worker
+    // that never holds (WSGI, routes) must not make every other lane's line bounce.
+    if (slot_held_[mine_slot].load(std::memory_order_relaxed) != mine) {
+      slot_held_[mine_slot].store(mine, std::memory_order_relaxed);
+    }
     if (mine < 2) return false;
     int least = mine;
     for (int i = 0; i < config_.pool.workers; ++i) {
@@ -736,10 +740,16 @@ bool WorkerPool::current_runs_finished() const {
     const auto& run = slots_[static_cast<std::size_t>(i)].run;
     if (run && !run->finished) return false;
   }
+  return !draining_run_left();
+}
+
+// A recycled run still draining beside its slot's new one (its loop's own
+// graceful deadline is running). With mutex_ held.
+bool WorkerPool::draining_run_left() const {
   for (const auto& run : runs_) {
-    if (run->draining && !run->finished) return false;  // its loop's graceful deadline is running
+    if (run->draining && !run->finished) return true;
   }
-  return true;
+  return false;
 }
 
 // Waits until every current run has finished, or the deadline passes, or only
@@ -749,9 +759,7 @@ bool WorkerPool::drain(Clock::time_point deadline) {
   std::unique_lock lock(mutex_);
   cv_.notify_all();
   auto only_overdue_left = [&] {
-    for (const auto& run : runs_) {
-      if (run->draining && !run->finished) return false;  // its own graceful deadline runs
-    }
+    if (draining_run_left()) return false;
     const auto now = Clock::now();
     for (int i = 0; i < config_.pool.workers; ++i) {
       const auto& run = slots_[static_cast<std::size_t>(i)].run;

@@ -100,6 +100,7 @@ class WorkerPool final : public Executor {
   void abandon_stuck_worker(Run& run);
   static void describe_lanes(Run& run, Clock::time_point now, WorkerStats& w);
   bool current_runs_finished() const;  // with mutex_ held
+  bool draining_run_left() const;      // with mutex_ held
   bool drain(Clock::time_point deadline);
   bool cut_off();
   bool join_runs();
