@@ -117,16 +117,18 @@ struct AsgiLoop::Inbox {
   ~Inbox() { ::close(fd); }
 
   void post(Kind kind, std::uint64_t rid = 0, WebSocketChannel::Event&& ws = {}) {
-    bool ring;
+    bool wake;
     {
       std::lock_guard lock(mutex);
       events.push_back({kind, rid, std::move(ws)});
-      ring = !std::exchange(rung, true);
+      wake = !std::exchange(rung, true);
     }
-    if (ring) {
-      const std::uint64_t one = 1;
-      (void)!::write(fd, &one, sizeof one);
-    }
+    if (wake) ring();
+  }
+  // Wakes the loop without an event (the pool's queue has a job for it). Never blocks.
+  void ring() const {
+    const std::uint64_t one = 1;
+    (void)!::write(fd, &one, sizeof one);
   }
   std::vector<Event> take() {
     std::lock_guard lock(mutex);
@@ -218,8 +220,69 @@ class AsgiLoop::Mailbox {
   static PyObject* ws_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* ws_more(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* ws_close(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* pull(PyObject* self, PyObject* park);
+  static PyObject* unpark(PyObject* self, PyObject*);
   static py::Ref request_object(AsgiLoop* loop, const HttpRequestData& r);
+  static bool append_request(AsgiLoop* loop, std::uint64_t rid, Clock::time_point now, PyObject* events);
 };
+
+// The event that starts request `rid`, appended to `events`: ("request" |
+// "ws_connect", rid, Request, seconds_left), or a route handler's ("call", rid,
+// coroutine, seconds_left). False with a Python exception set.
+bool AsgiLoop::Mailbox::append_request(AsgiLoop* loop, std::uint64_t rid, Clock::time_point now,
+                                       PyObject* events) {
+  Pending* p = loop->find(rid);
+  if (!p) return true;
+  const double left = std::chrono::duration<double>(p->job.deadline - now).count();
+  py::Ref item;
+  if (loop->asgi_ == nullptr) {  // an `async def` route handler: its coroutine
+    py::Ref call = loop->app_.start_call(p->job.route_index, p->job.request);
+    if (!call) {
+      loop->answer_now(rid, loop->app_.error_answer(p->job.route_index, p->job.request));
+      return true;
+    }
+    item = py::Ref::steal(Py_BuildValue("(sKOd)", "call", static_cast<unsigned long long>(rid), call.get(), left));
+  } else {
+    py::Ref request = request_object(loop, p->job.request);
+    if (!request) return false;
+    item = py::Ref::steal(Py_BuildValue("(sKOd)", p->job.websocket ? "ws_connect" : "request",
+                                        static_cast<unsigned long long>(rid), request.get(), left));
+  }
+  return item && PyList_Append(events, item.get()) == 0;
+}
+
+// pull(park) -> the "request" / "ws_connect" events of the jobs the loop took from
+// the pool's queue (a loop that pulls), or None. None and `park`: the doorbell
+// rings when a job comes (until the next pull() or unpark()).
+PyObject* AsgiLoop::Mailbox::pull(PyObject* self, PyObject* park) {
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  const bool may_park = park == Py_True;
+  std::vector<Job> jobs;
+  Py_BEGIN_ALLOW_THREADS
+  loop->pull(jobs, may_park);
+  Py_END_ALLOW_THREADS
+  if (jobs.empty()) Py_RETURN_NONE;
+  std::vector<std::uint64_t> rids;
+  rids.reserve(jobs.size());
+  for (Job& job : jobs) rids.push_back(loop->hold(job));
+  py::Ref out = py::Ref::steal(PyList_New(0));
+  if (!out) return nullptr;
+  const auto now = Clock::now();
+  for (std::uint64_t rid : rids) {
+    if (!append_request(loop, rid, now, out.get())) return nullptr;
+  }
+  return out.release();
+}
+
+// unpark(): the loop is awake (it pulls before it next waits): a job that comes
+// meanwhile rings another loop.
+PyObject* AsgiLoop::Mailbox::unpark(PyObject* self, PyObject*) {
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  loop->unpark();
+  Py_RETURN_NONE;
+}
 
 py::Ref AsgiLoop::Mailbox::request_object(AsgiLoop* loop, const HttpRequestData& r) {
   const std::string_view target(r.target);
@@ -256,26 +319,9 @@ PyObject* AsgiLoop::Mailbox::take(PyObject* self, PyObject*) {
   for (const Inbox::Event& e : events) {
     py::Ref item;
     switch (e.kind) {
-      case Inbox::Kind::request: {
-        Pending* p = loop->find(e.rid);
-        if (!p) continue;
-        const double left = std::chrono::duration<double>(p->job.deadline - now).count();
-        if (loop->asgi_ == nullptr) {  // an `async def` route handler: its coroutine
-          py::Ref call = loop->app_.start_call(p->job.route_index, p->job.request);
-          if (!call) {
-            loop->answer_now(e.rid, loop->app_.error_answer(p->job.route_index, p->job.request));
-            continue;
-          }
-          item = py::Ref::steal(Py_BuildValue("(sKOd)", "call", static_cast<unsigned long long>(e.rid),
-                                              call.get(), left));
-          break;
-        }
-        py::Ref request = request_object(loop, p->job.request);
-        if (!request) return nullptr;
-        item = py::Ref::steal(Py_BuildValue("(sKOd)", p->job.websocket ? "ws_connect" : "request",
-                                            static_cast<unsigned long long>(e.rid), request.get(), left));
-        break;
-      }
+      case Inbox::Kind::request:
+        if (!append_request(loop, e.rid, now, out.get())) return nullptr;
+        continue;
       case Inbox::Kind::ws_message: {
         py::Ref data = bytes_of(e.ws.message.data);
         if (!data) return nullptr;
@@ -572,6 +618,8 @@ PyObject* AsgiLoop::Mailbox::done(PyObject* self, PyObject* const* args, Py_ssiz
 PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
   static PyMethodDef defs[] = {
       {"take", reinterpret_cast<PyCFunction>(&take), METH_NOARGS, nullptr},
+      {"pull", reinterpret_cast<PyCFunction>(&pull), METH_O, nullptr},
+      {"unpark", reinterpret_cast<PyCFunction>(&unpark), METH_NOARGS, nullptr},
       {"respond", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&respond)), METH_FASTCALL, nullptr},
       {"open", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&open)), METH_FASTCALL, nullptr},
       {"push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&push)), METH_FASTCALL, nullptr},
@@ -684,9 +732,10 @@ bool AsgiLoop::run_python(PyObject* module) {
   if (!request_type_ || !worker_type) return false;
   py::Ref mailbox = py::Ref::steal(Mailbox::make(this, module));
   if (!mailbox) return false;
-  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssO", asgi_ ? asgi_ : Py_None,
+  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssOO", asgi_ ? asgi_ : Py_None,
                                                         mailbox.get(), lifespan_.c_str(), root_path_.c_str(),
-                                                        app_.handler_timeout_type()));
+                                                        app_.handler_timeout_type(),
+                                                        hooks_.pulls ? Py_True : Py_False));
   if (!worker) return false;
   py::Ref problem = py::Ref::steal(PyObject_CallMethod(worker.get(), "startup", nullptr));
   if (!problem) {
@@ -742,7 +791,7 @@ void AsgiLoop::release(std::unique_ptr<Pending> p) {
   p.reset();
 }
 
-void AsgiLoop::submit(Job& job) {
+std::uint64_t AsgiLoop::hold(Job& job) {
   auto p = std::make_unique<Pending>();
   p->job = std::move(job);
   p->job.sink = nullptr;
@@ -759,7 +808,39 @@ void AsgiLoop::submit(Job& job) {
       if (auto in = inbox.lock()) in->post(e.ended ? Inbox::Kind::ws_closed : Inbox::Kind::ws_message, rid, std::move(e));
     });
   }
-  inbox_->post(Inbox::Kind::request, rid);
+  return rid;
+}
+
+void AsgiLoop::submit(Job& job) { inbox_->post(Inbox::Kind::request, hold(job)); }
+
+void AsgiLoop::ring() { inbox_->ring(); }
+
+void AsgiLoop::pull_from(JobSource* source) {
+  {
+    std::lock_guard lock(source_mutex_);
+    source_ = source;
+  }
+  if (source) ring();  // what is queued already
+}
+
+void AsgiLoop::pull(std::vector<Job>& out, bool park) {
+  std::lock_guard lock(source_mutex_);
+  if (!source_) return;
+  std::size_t room;
+  {
+    std::lock_guard held(mutex_);
+    room = pending_.size() < limit_ ? limit_ - pending_.size() : 0;
+  }
+  if (room == 0) {  // full: the loop looks again once a request is done (on its own thread)
+    source_->unpark();
+    return;
+  }
+  source_->pull(out, room, park);
+}
+
+void AsgiLoop::unpark() {
+  std::lock_guard lock(source_mutex_);
+  if (source_) source_->unpark();
 }
 
 bool AsgiLoop::wait_for_room(Clock::time_point until) {

@@ -13,9 +13,14 @@
 //             route app's `async def` handlers run on such a loop too.
 //
 // How a request travels, with no Python on any other thread and no polling:
+// an ASGI app's loop in the pool's own process pulls its jobs from the pool's
+// queue itself (pull_from: before its selector waits, mailbox.pull() takes a
+// share of what is queued, as much as it has room for, or parks the loop so that
+// the next push rings its eventfd): no thread stands between the I/O thread and
+// the loop. Elsewhere (a route app's `async def` calls, a worker process's loop)
 // the pool's lane hands the Job over (submit: it joins `pending_` and a
-// "request" event goes to the inbox), the inbox rings an eventfd the loop
-// watches with add_reader, and the loop takes the events (mailbox.take()).
+// "request" event goes to the inbox). The inbox rings the same eventfd, which
+// the loop watches with add_reader, and the loop takes the events (mailbox.take()).
 // The loop answers through the mailbox's other functions (gilgamesh_asgi.py's
 // docstring lists them): a whole answer in one hand-off, or a head and then a
 // body through a BodyStream that never blocks the loop (offer(): when its
@@ -36,6 +41,7 @@
 #pragma once
 
 #include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/pool/worker.hpp"
 
 #include <condition_variable>
 #include <deque>
@@ -77,10 +83,14 @@ class AsgiLoop {
   // what it needs to interrupt that thread.
   // `released`: a request has left the loop (answered or not; its Job is
   // about to go), called without a Python lock from whichever thread let it go.
+  // `pulls`: the loop takes its requests from the pool's queue itself (pull_from),
+  // rather than having a lane submit() them (an ASGI app's loop in the pool's own
+  // process; a route app's loop and a worker process's get theirs from a lane).
   struct Hooks {
     std::function<void()> entered;
     std::function<void()> leaving;
     std::function<void(const Job&)> released;
+    bool pulls = false;
   };
 
   // `interp` is the interpreter that loaded `app`; both outlive the loop. An
@@ -96,6 +106,12 @@ class AsgiLoop {
   void start();
   // Takes the job over: the loop answers it. From a lane's thread.
   void submit(Job& job);
+  // A loop that pulls (Hooks::pulls): where from, while its worker serves; nullptr
+  // detaches (returns once no pull runs). The loop looks at once. Any thread.
+  bool pulls() const { return hooks_.pulls; }
+  void pull_from(JobSource* source);
+  // Wakes the loop: it pulls when it next looks. Any thread; never blocks.
+  void ring();
   // Waits until the loop holds fewer than --worker-connections requests, or
   // until `until`. False: still full.
   bool wait_for_room(Clock::time_point until);
@@ -125,6 +141,12 @@ class AsgiLoop {
   bool run_python(PyObject* asgi_module);
   void started(std::string error);
   Pending* find(std::uint64_t rid);
+  // The loop holds `job` from now on: its rid.
+  std::uint64_t hold(Job& job);
+  // On the loop's thread, no Python lock held: jobs from the source, as many as
+  // there is room for. None and `park`: the loop is rung when one comes.
+  void pull(std::vector<Job>& out, bool park);
+  void unpark();
   // Answers `rid` now and frees its place (a route call that failed to start).
   void answer_now(std::uint64_t rid, HttpResponseData&& response);
   // Lets `p` go (no Python lock held): its place is free.
@@ -147,6 +169,8 @@ class AsgiLoop {
   std::condition_variable changed_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
   std::uint64_t next_rid_ = 0;
+  std::mutex source_mutex_;         // held while a pull runs; guards source_
+  JobSource* source_ = nullptr;
   bool start_reported_ = false;
   std::string start_error_;
   Clock::time_point next_client_check_{};

@@ -7,6 +7,14 @@ eventfd). tests/unit/asgi_protocol_test.py drives this file with a fake mailbox.
 One Worker per gilgamesh worker: it owns an asyncio event loop on the worker's
 loop thread. The C++ half talks to it through a `mailbox` object:
 
+  mailbox.pull(park) -> list of events, or None  (a Worker that pulls) requests
+                                               from the pool's queue, as "request"
+                                               or "ws_connect" events, as many as
+                                               the loop has room for; None and
+                                               park: the doorbell rings when one
+                                               comes (until pull() or unpark())
+  mailbox.unpark()                             awake again: a request that comes
+                                               rings another worker's loop
   mailbox.take() -> list of events, each a tuple:
       ("request", rid, Request, seconds_left)  a new request; its deadline is
                                                seconds_left from now
@@ -99,6 +107,7 @@ joined, UTF-8 of text checked, pings and pongs, the close handshake, limits):
 import asyncio
 import collections as _collections
 import os as _os
+import selectors as _selectors
 import traceback as _traceback
 import types as _types
 
@@ -176,6 +185,13 @@ def _error_text(exc):
 
 
 def _check_headers(headers):
+    """The response headers as a list of (bytes, bytes) tuples, or ProtocolError."""
+    if type(headers) is list:  # most apps: tuples of bytes already, taken as they are (a copy)
+        for pair in headers:
+            if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not bytes or type(pair[1]) is not bytes:
+                break
+        else:
+            return headers[:]
     out = []
     for pair in headers:
         try:
@@ -189,7 +205,47 @@ def _check_headers(headers):
     return out
 
 
-class _Exchange:
+class _Deadlines:
+    """When the worker's requests are cancelled at their deadlines: one loop timer per TICK
+    of deadlines, not one per request (a TimerHandle and its heap operations cost a small
+    request a fifth of its Python time). A task is cancelled up to TICK after its deadline;
+    the connection answers 504 at the deadline itself."""
+
+    TICK = 0.01
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.due = {}  # tick -> the set of what is cancelled then
+
+    def add(self, call, seconds_left):
+        """Cancels `call` (its _cancel_at_deadline()) after `seconds_left`: the set it is in
+        (call.deadline; _Deadlined._no_deadline() takes it out)."""
+        tick = int((self.loop.time() + max(seconds_left, 0.0)) / self.TICK) + 1
+        due = self.due.get(tick)
+        if due is None:
+            due = self.due[tick] = set()
+            self.loop.call_at(tick * self.TICK, self._due, tick)
+        due.add(call)
+        return due
+
+    def _due(self, tick):
+        for call in self.due.pop(tick, ()):
+            call.deadline = None
+            call._cancel_at_deadline()
+
+
+class _Deadlined:
+    """An app call with a deadline (a request, a WebSocket before its accept, a route call)."""
+
+    deadline = None  # the set of _Deadlines it is in, while its deadline applies
+
+    def _no_deadline(self):
+        if self.deadline is not None:
+            self.deadline.discard(self)
+            self.deadline = None
+
+
+class _Exchange(_Deadlined):
     """One request: its receive() and send(), the message rules and the answer's state."""
 
     START, STARTED, OPEN, DONE = range(4)
@@ -205,10 +261,10 @@ class _Exchange:
         self.body_offset = 0
         self.body_messages = 0
         self.gone = False
-        self.over = asyncio.Event()  # the client left or the response ended: receive() says so
+        self.ended = False  # the client left or the response ended: receive() says so
+        self.over = None    # the asyncio.Event a receive() waits on for it, once one waits
         self.room_waiter = None      # the future a send() on a full buffer waits on
         self.task = None
-        self.deadline = None    # the TimerHandle that cancels the task
         self.timed_out = False
 
     # --- the app's callables ---
@@ -220,7 +276,10 @@ class _Exchange:
             self.body_offset += len(piece)
             self.body_messages += 1
             return {"type": "http.request", "body": piece, "more_body": self.body_offset < len(body)}
-        await self.over.wait()
+        if not self.ended:
+            if self.over is None:
+                self.over = asyncio.Event()
+            await self.over.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message):
@@ -266,7 +325,7 @@ class _Exchange:
                 self._no_deadline()
                 if not self.mailbox.respond(self.rid, self.status, self.headers, body):
                     self._client_gone()
-                self.over.set()
+                self._end()
                 return
             self.state = self.OPEN
             self._no_deadline()  # the head goes out: the client's pace bounds the body
@@ -284,6 +343,11 @@ class _Exchange:
         if not more:
             self.state = self.DONE
             self.mailbox.finish(self.rid, True)
+            self._end()
+
+    def _end(self):
+        self.ended = True
+        if self.over is not None:
             self.over.set()
 
     # --- events from the server ---
@@ -295,13 +359,8 @@ class _Exchange:
 
     def _client_gone(self):
         self.gone = True
-        self.over.set()
+        self._end()
         self.room()
-
-    def _no_deadline(self):
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
 
     def _cancel_at_deadline(self):
         self.timed_out = True
@@ -335,7 +394,7 @@ class _Exchange:
         finally:
             self._no_deadline()
             self.state = self.DONE
-            self.over.set()
+            self._end()
             self.worker._finished(self)
 
     def _left(self, summary=None, text=None):
@@ -360,7 +419,7 @@ class _Exchange:
             self.mailbox.fail(self.rid, summary, text)
 
 
-class _Call:
+class _Call(_Deadlined):
     """One `async def` route handler's call on the loop; its answer goes out whole."""
 
     def __init__(self, worker, rid):
@@ -368,7 +427,6 @@ class _Call:
         self.mailbox = worker.mailbox
         self.rid = rid
         self.task = None
-        self.deadline = None
 
     def room(self):
         pass
@@ -396,8 +454,7 @@ class _Call:
         else:
             self.mailbox.result(self.rid, result)
         finally:
-            if self.deadline is not None:
-                self.deadline.cancel()
+            self._no_deadline()
             self.worker._finished(self)
 
 
@@ -411,7 +468,7 @@ def _subprotocols(headers):
     return out
 
 
-class _WebSocket:
+class _WebSocket(_Deadlined):
     """One WebSocket: its receive() and send(), the message rules and the socket's state."""
 
     CONNECTING, OPEN, CLOSED = range(3)  # the app's side: before accept, accepted, app closed
@@ -432,7 +489,6 @@ class _WebSocket:
         self.disconnect = None        # the websocket.disconnect receive() gives
         self.room_waiter = None       # the future a send() on a full buffer waits on
         self.task = None
-        self.deadline = None          # the TimerHandle that cancels the task before accept
         self.timed_out = False
 
     # --- the app's callables ---
@@ -596,11 +652,6 @@ class _WebSocket:
         if not self.gone:
             self._closed(1006, "")
 
-    def _no_deadline(self):
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-
     def _cancel_at_deadline(self):
         if self.state != self.CONNECTING:
             return
@@ -663,10 +714,33 @@ class _WebSocket:
             self.mailbox.cut(self.rid, summary, text)
 
 
+class _PullingSelector(_selectors.DefaultSelector):
+    """The selector of a loop that takes its requests from the pool's queue itself: before it
+    waits it takes what is queued (a share of it, as much as it has room for), or, when
+    there is none, parks: a request that comes then rings the doorbell. A loop with
+    callbacks ready takes nothing before they have run: a request goes to an idle loop
+    first, or waits in the queue for the first loop that is done with its work."""
+
+    def __init__(self, worker):
+        super().__init__()
+        self._worker = worker
+
+    def select(self, timeout=None):
+        worker = self._worker
+        if timeout == 0 or worker.stopping:  # callbacks are ready: they run first
+            return super().select(timeout)
+        if worker._pull(True):
+            return super().select(0)  # run what was taken now
+        try:
+            return super().select(timeout)
+        finally:
+            worker.mailbox.unpark()
+
+
 class Worker:
     """One worker's ASGI app (or `async def` route handlers) on its own event loop."""
 
-    def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None):
+    def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None, pulls=False):
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be auto, on or off")
         self.app = app
@@ -675,9 +749,12 @@ class Worker:
         self.root_path = root_path
         self.handler_timeout = handler_timeout  # gilgamesh.HandlerTimeout: ends the request, not the loop
         self.state = {}
-        self.loop = asyncio.new_event_loop()
-        self.exchanges = {}
         self.stopping = False
+        # pulls: the loop takes its requests with mailbox.pull() (its selector does, before
+        # each wait) rather than being handed them as "request" events.
+        self.loop = asyncio.SelectorEventLoop(_PullingSelector(self)) if pulls else asyncio.new_event_loop()
+        self.deadlines = _Deadlines(self.loop)
+        self.exchanges = {}
         self.stopped = None
         self._lifespan_task = None
         self._lifespan_queue = None
@@ -778,8 +855,19 @@ class Worker:
             pass
         self._take()
 
+    def _pull(self, park):
+        """Begins the requests waiting in the pool's queue: whether there were any."""
+        events = self.mailbox.pull(park)
+        if events is None:
+            return False
+        self._handle(events)
+        return True
+
     def _take(self):
-        for event in self.mailbox.take():
+        self._handle(self.mailbox.take())
+
+    def _handle(self, events):
+        for event in events:
             kind = event[0]
             if kind == "request":
                 self._begin(event[1], event[2], event[3])
@@ -845,7 +933,7 @@ class Worker:
         exchange = _Exchange(self, rid, request)
         self.exchanges[rid] = exchange
         exchange.task = self.loop.create_task(exchange.run(self.app, self.scope_for(request)))
-        exchange.deadline = self.loop.call_later(max(seconds_left, 0.0), exchange._cancel_at_deadline)
+        exchange.deadline = self.deadlines.add(exchange, seconds_left)
 
     def _begin_websocket(self, rid, request, seconds_left):
         subprotocols = _subprotocols(request.headers)
@@ -853,13 +941,13 @@ class Worker:
         self.exchanges[rid] = websocket
         scope = self.websocket_scope_for(request, subprotocols)
         websocket.task = self.loop.create_task(websocket.run(self.app, scope))
-        websocket.deadline = self.loop.call_later(max(seconds_left, 0.0), websocket._cancel_at_deadline)
+        websocket.deadline = self.deadlines.add(websocket, seconds_left)
 
     def _call(self, rid, coroutine, seconds_left):
         call = _Call(self, rid)
         self.exchanges[rid] = call
         call.task = self.loop.create_task(call.run(coroutine))
-        call.deadline = self.loop.call_later(max(seconds_left, 0.0), call._cancel_at_deadline)
+        call.deadline = self.deadlines.add(call, seconds_left)
 
     def _finished(self, exchange):
         self.exchanges.pop(exchange.rid, None)

@@ -10,15 +10,27 @@
 // (`sleepers_`, read and written under the mutex, so no wake is lost).
 // Spinning is worth it only while there is an idle core to spin on: the time is
 // PoolOptions::worker_spin (--worker-spin; 0 turns it off).
+//
+// Pullers are the other kind of consumer: an event loop (an in-process ASGI
+// worker's) that takes jobs itself, between its callbacks, and never blocks
+// here. Before its loop waits it parks (pull() took nothing); a push then rings
+// the parked puller that parked last (its doorbell: the loop's eventfd) rather
+// than waking a blocked consumer, and a puller that takes a job while more wait
+// rings the next parked one. So an idle loop is woken for a job, a busy one
+// takes the next job when it is done with its callbacks, and no thread sits
+// between the I/O thread and the loop.
 #pragma once
 
 #include "server/model/executor.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 namespace gilgamesh {
 
@@ -32,6 +44,13 @@ inline void cpu_relax() {
 
 class JobQueue {
  public:
+  // An event loop that pulls: `ring` wakes it (called under the queue's lock: it must
+  // not block or call back). Registered with add_puller() while it pulls.
+  struct Puller {
+    std::function<void()> ring;
+    std::atomic<bool> parked{false};  // written under the queue's mutex
+  };
+
   // `spin`: how long an idle consumer watches for work before it parks (0: parks at once).
   explicit JobQueue(std::size_t capacity, std::chrono::nanoseconds spin = {})
       : capacity_(capacity), spin_(spin) {}
@@ -45,6 +64,7 @@ class JobQueue {
       if (jobs_.size() >= capacity_) return SubmitResult::queue_full;
       jobs_.push_back(std::move(job));
       depth_.store(jobs_.size(), std::memory_order_release);
+      if (ring_parked()) return SubmitResult::accepted;
       wake = sleepers_ > 0;
     }
     if (wake) ready_.notify_one();
@@ -73,12 +93,53 @@ class JobQueue {
 
   bool closed() const { return closed_flag_.load(std::memory_order_acquire); }
 
+  void add_puller(Puller& p) {
+    std::lock_guard lock(mutex_);
+    pullers_.push_back(&p);
+  }
+  // After it returns, `p` is not rung again.
+  void remove_puller(Puller& p) {
+    std::lock_guard lock(mutex_);
+    unpark_locked(p);
+    pullers_.erase(std::remove(pullers_.begin(), pullers_.end(), &p), pullers_.end());
+  }
+
+  // Never blocks: moves up to `most` jobs into `out`, fewer when other pullers are
+  // registered (each takes its share of what waits, at least one). None taken and
+  // `park`: `p` is rung when one comes (once; pull() or unpark() end it), or when the
+  // queue closes. A puller that took some while more wait rings the next parked one.
+  void pull(Puller& p, std::vector<Job>& out, std::size_t most, bool park) {
+    std::lock_guard lock(mutex_);
+    const std::size_t share = (jobs_.size() + pullers_.size() - 1) / std::max<std::size_t>(1, pullers_.size());
+    const std::size_t n = std::min({most, jobs_.size(), std::max<std::size_t>(1, share)});
+    for (std::size_t i = 0; i < n; ++i) {
+      out.push_back(std::move(jobs_.front()));
+      jobs_.pop_front();
+    }
+    depth_.store(jobs_.size(), std::memory_order_release);
+    if (n > 0 || !park || closed_) {
+      unpark_locked(p);
+      if (n > 0 && !jobs_.empty()) ring_parked();
+    } else if (!p.parked.load(std::memory_order_relaxed)) {
+      p.parked.store(true, std::memory_order_relaxed);
+      parked_.push_back(&p);
+    }
+  }
+
+  void unpark(Puller& p) {
+    if (!p.parked.load(std::memory_order_relaxed)) return;  // set and cleared only under the lock
+    std::lock_guard lock(mutex_);
+    unpark_locked(p);
+  }
+
   // No more pushes; pop() drains what is queued, then returns nullopt.
   void close() {
     {
       std::lock_guard lock(mutex_);
       closed_ = true;
       closed_flag_.store(true, std::memory_order_release);
+      while (ring_parked()) {
+      }
     }
     ready_.notify_all();
   }
@@ -101,6 +162,21 @@ class JobQueue {
     return job;
   }
 
+  // With the lock: rings the puller that parked last (its caches are the warmest). False: none is parked.
+  bool ring_parked() {
+    if (parked_.empty()) return false;
+    Puller* p = parked_.back();
+    parked_.pop_back();
+    p->parked.store(false, std::memory_order_relaxed);
+    p->ring();
+    return true;
+  }
+  void unpark_locked(Puller& p) {
+    if (!p.parked.load(std::memory_order_relaxed)) return;
+    p.parked.store(false, std::memory_order_relaxed);
+    parked_.erase(std::remove(parked_.begin(), parked_.end(), &p), parked_.end());
+  }
+
   // Watches the depth, without the lock, until there is work, the queue closes, or `until`.
   void spin_for_work(Clock::time_point until) const {
     do {
@@ -120,6 +196,8 @@ class JobQueue {
   std::deque<Job> jobs_;        // guarded by mutex_
   bool closed_ = false;         // guarded by mutex_
   int sleepers_ = 0;            // consumers waiting on ready_; guarded by mutex_
+  std::vector<Puller*> pullers_;  // registered; guarded by mutex_
+  std::vector<Puller*> parked_;   // parked, in the order they parked; guarded by mutex_
   std::atomic<std::size_t> depth_{0};      // jobs_.size(), readable without the lock
   std::atomic<bool> closed_flag_{false};   // closed_, readable without the lock
 };

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,18 @@ struct StrategyTraits {
   bool workers_are_processes = false;  // a worker is a process (stuck: killed, or abandoned then killed)
 };
 
+// Where a worker whose event loop takes its jobs itself (Worker::doorbell) gets
+// them: the pool's queue, for one run of the worker. Called from the loop's thread.
+class JobSource {
+ public:
+  virtual ~JobSource() = default;
+  // Never blocks: up to `room` jobs into `out`, each one the pool has counted as
+  // this worker's (its deadline checked, its client still there). None and `park`:
+  // the worker's doorbell rings when a job comes, once (pull() or unpark() end it).
+  virtual void pull(std::vector<Job>& out, std::size_t room, bool park) = 0;
+  virtual void unpark() = 0;
+};
+
 class Worker {
  public:
   virtual ~Worker() = default;
@@ -89,6 +102,13 @@ class Worker {
   // completes it later from its own thread: true, and the pool forgets the job.
   // Other workers run each job in handle(): false.
   virtual bool defer(Job&) { return false; }
+  // A worker whose event loop takes its jobs from the queue itself (an in-process
+  // ASGI app: no lane stands between the I/O thread and the loop): what wakes the
+  // loop, from any thread, without blocking. Empty: the lanes hand it the jobs.
+  virtual std::function<void()> doorbell() { return {}; }
+  // With a doorbell, from lane 0 while the worker serves: where to pull from;
+  // nullptr detaches (no pull() is running once it returns, and none follows).
+  virtual void pull_from(JobSource*) {}
   // Before a lane takes a job: waits until the worker can hold one more
   // (an ASGI loop holds --worker-connections), at most until `until`. False:
   // still full.

@@ -94,6 +94,7 @@ struct WorkerPool::Run {
   unsigned recycle_limit = 0;       // for this start (0: never)
 
   std::mutex mutex;  // guards what follows
+  std::condition_variable changed;  // `after` was set (the lanes of a pulling worker wait for it)
   std::vector<Lane> lanes;
   std::optional<After> after;  // set by the first lane that saw the worker must go; the others follow
   std::deque<Job> carried;     // taken from the queue when the worker turned out to be gone
@@ -346,9 +347,12 @@ WorkerPool::After WorkerPool::serve_lanes(Run& run, Slot& slot) {
 
 // The first lane to decide wins; true when this lane's reason was taken.
 bool WorkerPool::leave(Run& run, After why) {
-  std::lock_guard lock(run.mutex);
-  if (run.after) return false;
-  run.after = why;
+  {
+    std::lock_guard lock(run.mutex);
+    if (run.after) return false;
+    run.after = why;
+  }
+  run.changed.notify_all();
   return true;
 }
 
@@ -359,6 +363,10 @@ std::optional<WorkerPool::After> WorkerPool::leaving(Run& run) {
 
 void WorkerPool::serve(Run& run, Slot& slot, int lane) {
   Worker& worker = *run.worker;
+  if (std::function<void()> doorbell = worker.doorbell()) {
+    serve_pulling(run, slot, lane, std::move(doorbell));
+    return;
+  }
   while (!leaving(run)) {
     if (!worker.wait_for_room(Clock::now() + timing_.idle_check)) continue;
     make_way_for_a_lighter_worker(run, worker);
@@ -381,14 +389,102 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
       return;
     }
     run_job(run, slot, lane, *job);
-    if (run.recycle_limit != 0 && ++run.served >= run.recycle_limit && worker.recyclable() &&
-        leave(run, After::recycle)) {
-      run.state = WorkerState::recycling;
-      spdlog::info("worker {}: recycling after {} requests", run.slot, run.served.load());
-      ++recycles_;
-      ++slot.recycles;
+    count_served(run, slot, 1);
+  }
+}
+
+// `jobs` more served since the worker started: recycles it at its limit.
+void WorkerPool::count_served(Run& run, Slot& slot, unsigned jobs) {
+  if (run.recycle_limit != 0 && (run.served += jobs) >= run.recycle_limit && run.worker->recyclable() &&
+      leave(run, After::recycle)) {
+    run.state = WorkerState::recycling;
+    spdlog::info("worker {}: recycling after {} requests", run.slot, run.served.load());
+    ++recycles_;
+    ++slot.recycles;
+  }
+}
+
+// The pool's side of a worker whose event loop pulls its jobs: its place among
+// the queue's pullers, for one run of the worker.
+class WorkerPool::Source final : public JobSource {
+ public:
+  Source(WorkerPool& pool, Run& run, Slot& slot, std::function<void()> doorbell)
+      : pool_(pool), run_(run), slot_(slot) {
+    puller_.ring = std::move(doorbell);
+    pool_.queue_.add_puller(puller_);
+  }
+  ~Source() override { pool_.queue_.remove_puller(puller_); }
+  Source(const Source&) = delete;
+  Source& operator=(const Source&) = delete;
+
+  void pull(std::vector<Job>& out, std::size_t room, bool park) override {
+    pool_.pull_jobs(run_, slot_, puller_, out, room, park);
+  }
+  void unpark() override { pool_.queue_.unpark(puller_); }
+
+ private:
+  WorkerPool& pool_;
+  Run& run_;
+  Slot& slot_;
+  JobQueue::Puller puller_;
+};
+
+// A worker whose event loop takes its jobs from the queue itself: lane 0 attaches
+// the loop to the queue; the lanes only wait for the worker to go (recycled by the
+// loop's own pulls, abandoned, or drained once the queue is closed and empty).
+void WorkerPool::serve_pulling(Run& run, Slot& slot, int lane, std::function<void()> doorbell) {
+  std::optional<Source> source;
+  if (lane == 0) {
+    source.emplace(*this, run, slot, std::move(doorbell));
+    run.worker->pull_from(&*source);
+  }
+  {
+    std::unique_lock lock(run.mutex);
+    while (!run.after) {
+      // Stopping, the queue empties as the loops take what is left: looked at often.
+      run.changed.wait_for(lock, stopping_ ? std::chrono::milliseconds(10) : timing_.idle_check);
+      if (!run.after && queue_.closed() && queue_.depth() == 0 && run.carried.empty()) run.after = After::drained;
     }
   }
+  if (lane == 0) {
+    run.worker->pull_from(nullptr);
+    source.reset();
+  }
+}
+
+// From a pulling worker's loop thread: up to `room` runnable jobs, counted as
+// the worker's. Nothing once the worker is going.
+void WorkerPool::pull_jobs(Run& run, Slot& slot, JobQueue::Puller& puller, std::vector<Job>& out,
+                           std::size_t room, bool park) {
+  const std::size_t first = out.size();
+  if (run.recycle_limit != 0 && run.worker->recyclable()) {  // no more than it serves before it is recycled
+    const unsigned served = run.served;
+    room = std::min<std::size_t>(room, served >= run.recycle_limit ? 0 : run.recycle_limit - served);
+  }
+  std::vector<Job> taken;
+  {
+    std::lock_guard lock(run.mutex);
+    if (run.after) return;
+    while (!run.carried.empty() && taken.size() < room) {  // taken from the queue by a run before this one
+      taken.push_back(std::move(run.carried.front()));
+      run.carried.pop_front();
+    }
+  }
+  for (;;) {
+    for (Job& job : taken) {
+      if (runnable(job)) out.push_back(std::move(job));
+    }
+    const std::size_t got = out.size() - first;
+    if (got > 0 || got >= room) break;  // else every one was dropped: look again
+    if (queue_.depth() == 0 && !park) break;  // nothing to take, and the lock not worth it
+    taken.clear();
+    queue_.pull(puller, taken, room - got, park);
+    if (taken.empty()) break;
+  }
+  const auto n = static_cast<unsigned>(out.size() - first);
+  if (n == 0) return;
+  slot.requests += n;
+  count_served(run, slot, n);
 }
 
 // A worker whose event loop holds its requests (ASGI) hands each job to its loop
@@ -421,10 +517,8 @@ void WorkerPool::make_way_for_a_lighter_worker(Run& run, Worker& worker) {
   }
 }
 
-// The next job worth running: one carried over from a lost worker, else the
-// queue's. A job past its deadline is counted and left to its connection
-// (which answers 504 at the deadline: the one writer of 504s); a job whose
-// client left while it waited is answered 499. Nothing: the queue had none
+// The next job worth running (runnable()): one carried over from a lost worker,
+// else the queue's. Nothing: the queue had none
 // (closed, or a lane's periodic look at whether its worker must go is due).
 std::optional<Job> WorkerPool::next_job(Run& run) {
   // An idle lane blocks on the queue only if nothing can happen to its worker meanwhile:
@@ -442,20 +536,27 @@ std::optional<Job> WorkerPool::next_job(Run& run) {
     }
     if (!job) job = must_look_up ? queue_.pop_until(Clock::now() + timing_.idle_check) : queue_.pop();
     if (!job) return std::nullopt;
-    const auto now = Clock::now();
-    if (now >= job->deadline) {
-      ++expired_in_queue_;
-      continue;
-    }
-    // Only a job that waited can have lost its client meanwhile: the peek is a syscall.
-    if (now - job->queued_at >= kClientCheckAfter && job->client_gone()) {
-      ++dropped_disconnected_;
-      job->complete(make_error_response(499, "the client closed the connection before the handler ran",
-                                        job->request.request_id));
-      continue;
-    }
-    return job;
+    if (runnable(*job)) return job;
   }
+}
+
+// False (and dealt with) for a job not worth running any more: past its
+// deadline (counted, and left to its connection, which answers 504 at the
+// deadline: the one writer of 504s), or its client left while it waited (499).
+bool WorkerPool::runnable(Job& job) {
+  const auto now = Clock::now();
+  if (now >= job.deadline) {
+    ++expired_in_queue_;
+    return false;
+  }
+  // Only a job that waited can have lost its client meanwhile: the peek is a syscall.
+  if (now - job.queued_at >= kClientCheckAfter && job.client_gone()) {
+    ++dropped_disconnected_;
+    job.complete(make_error_response(499, "the client closed the connection before the handler ran",
+                                     job.request.request_id));
+    return false;
+  }
+  return true;
 }
 
 // A job's ResponseSink: the head goes to the connection at once, with the
@@ -702,6 +803,7 @@ bool WorkerPool::abandon(Run& run, bool& stuck, const std::string& what) {
   }
   run.abandoned = true;
   if (!run.after) run.after = After::abandoned;
+  run.changed.notify_all();
   run.worker->abandoned();
   ++abandoned_live_;
   ++abandoned_total_;
@@ -718,6 +820,10 @@ bool WorkerPool::stop(Clock::time_point deadline) {
   stopping_ = true;
   factory_->stopping();
   queue_.close();
+  {
+    std::lock_guard lock(mutex_);  // the lanes of pulling workers look at the queue now
+    for (const auto& run : runs_) run->changed.notify_all();
+  }
   bool done = drain(deadline);
   // What the workers could not take before the deadline is answered, not lost.
   for (Job& job : queue_.take_all()) {

@@ -13,6 +13,12 @@
 //   - drain on stop (queued jobs past the deadline get 503), readiness, stats.
 // A strategy only implements Worker and WorkerFactory (worker.hpp).
 //
+// Jobs leave the queue two ways: a lane pops one and runs it (or hands it to its
+// worker's event loop: Worker::defer), or a worker's event loop pulls its own
+// (Worker::doorbell: an in-process ASGI app), through a Source the pool gives it
+// while it serves; its lanes then only wait for it to go. Either way the pool
+// checks each job (deadline, client) and counts it towards recycling.
+//
 // Threads: one per slot (the worker's own thread: a sub-interpreter lives on
 // it; for processes it waits on the worker's socket), one supervisor, plus
 // whatever an abandoned handler still holds.
@@ -22,6 +28,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -78,6 +85,7 @@ class WorkerPool final : public Executor {
   struct Run;
   class LaneSink;
   struct Slot;
+  class Source;
   enum class After { drained, restart, recycle, abandoned };  // why a worker's lanes stopped serving
 
   std::shared_ptr<Run> launch(int slot, std::deque<Job> carried = {});
@@ -85,6 +93,11 @@ class WorkerPool final : public Executor {
   bool bring_up(Run& run, unsigned& failures);
   After serve_lanes(Run& run, Slot& slot);
   void serve(Run& run, Slot& slot, int lane);
+  void serve_pulling(Run& run, Slot& slot, int lane, std::function<void()> doorbell);
+  void pull_jobs(Run& run, Slot& slot, JobQueue::Puller& puller, std::vector<Job>& out, std::size_t room,
+                 bool park);
+  bool runnable(Job& job);
+  void count_served(Run& run, Slot& slot, unsigned jobs);
   bool leave(Run& run, After why);
   bool hand_over_slot(Run& run);
   void make_way_for_a_lighter_worker(Run& run, Worker& worker);

@@ -162,6 +162,15 @@ class InProcessWorker : public Worker {
     return true;
   }
   bool wait_for_room(Clock::time_point until) override { return !asgi_ || asgi_->wait_for_room(until); }
+  // An ASGI app's loop takes its requests from the pool's queue itself.
+  std::function<void()> doorbell() override {
+    std::shared_ptr<AsgiLoop> loop = current_loop();
+    if (!loop || !loop->pulls()) return {};
+    return [loop] { loop->ring(); };
+  }
+  void pull_from(JobSource* source) override {
+    if (std::shared_ptr<AsgiLoop> loop = current_loop()) loop->pull_from(source);
+  }
   int held() const override {
     std::shared_ptr<AsgiLoop> loop = current_loop();
     return loop ? static_cast<int>(loop->in_flight()) : 0;
@@ -211,6 +220,7 @@ class InProcessWorker : public Worker {
       const std::shared_ptr<InterruptTarget> target = std::atomic_exchange(&loop_target_, {});
       if (target) end_target_of(*target);
     };
+    hooks.pulls = dynamic_cast<AsgiApp*>(app_) != nullptr;  // a route app's loop gets its calls from a lane
     auto loop = std::make_shared<AsgiLoop>(interp_, *app_, config, std::move(hooks));
     loop->start();
     std::lock_guard lock(loop_mutex_);

@@ -61,6 +61,8 @@ struct Shared {
   std::atomic<bool> fail_first_start{false};
   std::atomic<int> held{0};              // what held() says (an event loop's requests)
   std::atomic<int> end_waits{0};         // the next this many end() calls wait for release() (a draining loop)
+  bool pulls = false;                    // workers take their jobs from the queue (an in-process ASGI loop)
+  std::atomic<int> pulled{0};
   std::mutex release_mutex;
   std::condition_variable release_cv;
   bool released = false;                 // lets "/stuck" handlers return
@@ -135,6 +137,32 @@ class TestWorker final : public Worker {
     ++shared_.ended;
   }
   int held() const override { return shared_.held; }
+
+  // With Shared::pulls: a thread of its own stands for the event loop. It parks on its
+  // doorbell, pulls, and answers what it took.
+  std::function<void()> doorbell() override {
+    if (!shared_.pulls) return {};
+    return [this] {
+      std::lock_guard lock(bell_mutex_);
+      rung_ = true;
+      bell_.notify_all();
+    };
+  }
+  void pull_from(JobSource* source) override {
+    if (source) {
+      loop_stop_ = false;
+      rung_ = true;  // it looks at once, as an AsgiLoop does
+      loop_ = std::thread([this, source] { pull_loop(*source); });
+      return;
+    }
+    {
+      std::lock_guard lock(bell_mutex_);
+      loop_stop_ = true;
+      bell_.notify_all();
+    }
+    loop_.join();
+  }
+
   bool recyclable() const override { return true; }
   bool abandonable() const override { return true; }
   WorkerDescription describe() const override { return {}; }
@@ -148,6 +176,34 @@ class TestWorker final : public Worker {
   int interrupts_seen_ = 0;  // guarded by mutex_
   std::mutex mutex_;
   std::condition_variable cv_;
+
+  void pull_loop(JobSource& source) {
+    std::vector<Job> jobs;
+    for (;;) {
+      {
+        std::unique_lock lock(bell_mutex_);
+        bell_.wait_for(lock, 1s, [&] { return rung_ || loop_stop_; });
+        if (loop_stop_) return;
+        rung_ = false;
+      }
+      for (;;) {  // as a loop does before it waits: take what there is, else park
+        jobs.clear();
+        source.pull(jobs, 8, true);
+        if (jobs.empty()) break;
+        for (Job& job : jobs) {
+          ++shared_.pulled;
+          HttpResponseData r;
+          r.status = 200;
+          r.body = "slot " + std::to_string(slot_) + " gen " + std::to_string(generation_);
+          job.complete(std::move(r));
+        }
+      }
+    }
+  }
+  std::mutex bell_mutex_;
+  std::condition_variable bell_;
+  bool rung_ = false, loop_stop_ = false;  // guarded by bell_mutex_
+  std::thread loop_;
 };
 
 class TestFactory final : public WorkerFactory {
@@ -261,6 +317,45 @@ TEST(WorkerPool, RecyclesAfterMaxRequests) {
   EXPECT_EQ(f.shared.made, 1);  // one Worker object, restarted in its slot
   EXPECT_EQ(f.stats()["worker_details"][0]["recycles"], 3);
   EXPECT_EQ(f.stats()["replacements_total"], 0);
+}
+
+// Workers whose event loops take their jobs from the queue themselves: every job
+// is answered once, counted as its worker's, and recycling still comes after
+// --max-requests (the loop's pulls are what count).
+TEST(WorkerPool, PullingWorkersServeEveryJobOnceAndRecycle) {
+  ServerConfig c = with_workers(2);
+  c.pool.max_requests = 5;
+  Fixture f(c);
+  f.shared.pulls = true;
+  f.pool->start();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back(f.submit("/ok"));
+  for (auto t : tokens) ASSERT_TRUE(f.answers.wait(t)) << t;
+  for (auto t : tokens) EXPECT_EQ(f.answers.calls(t), 1) << t;
+  EXPECT_EQ(f.shared.pulled, 40);
+  EXPECT_EQ(f.shared.handled, 0);  // no lane ran a job
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["recycles_total"] >= 7; }));
+  const auto s = f.stats();
+  EXPECT_EQ(s["worker_details"][0]["requests"].get<int>() + s["worker_details"][1]["requests"].get<int>(), 40);
+}
+
+// At stop, what is queued still goes to the pulling loops (or is answered 503),
+// and the pool stops cleanly.
+TEST(WorkerPool, StopWithPullingWorkersAnswersEveryQueuedJob) {
+  Fixture f(with_workers(2));
+  f.shared.pulls = true;
+  f.pool->start();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 200; ++i) tokens.push_back(f.submit("/ok"));
+  const auto t0 = Clock::now();
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  EXPECT_LT(Clock::now() - t0, 2s);
+  for (auto t : tokens) {
+    auto r = f.answers.wait(t, 100ms);
+    ASSERT_TRUE(r) << t;
+    EXPECT_TRUE(r->status == 200 || r->status == 503) << r->status;
+  }
+  EXPECT_EQ(*f.factory->shut_down_clean, true);
 }
 
 TEST(WorkerPool, AWorkerRecycledWhileItsLoopHoldsRequestsDrainsBesideItsReplacement) {
@@ -584,6 +679,106 @@ void hand_off_every_job(std::chrono::nanoseconds spin) {
 TEST(JobQueue, ParkedConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono::nanoseconds(0)); }
 
 TEST(JobQueue, SpinningConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono::microseconds(50)); }
+
+// Event loops that pull (never block in the queue): every job once, from several
+// producers, each loop parked on its own doorbell while there is none.
+TEST(JobQueue, PullersGetEveryJobOnce) {
+  JobQueue queue(1 << 16);
+  constexpr int kProducers = 3, kPullers = 3, kJobsEach = 2000;
+  std::atomic<int> taken{0};
+  std::vector<std::atomic<int>> seen(kProducers * kJobsEach);
+  struct Bell {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool rung = false;
+  };
+  std::vector<Bell> bells(kPullers);
+  std::vector<std::thread> pullers;
+  for (int c = 0; c < kPullers; ++c) {
+    pullers.emplace_back([&, c] {
+      Bell& bell = bells[static_cast<std::size_t>(c)];
+      JobQueue::Puller p;
+      p.ring = [&bell] {
+        std::lock_guard lock(bell.mutex);
+        bell.rung = true;
+        bell.cv.notify_all();
+      };
+      queue.add_puller(p);
+      std::vector<Job> jobs;
+      for (;;) {
+        jobs.clear();
+        queue.pull(p, jobs, 4, true);
+        for (Job& job : jobs) {
+          ++seen[job.token];
+          ++taken;
+        }
+        if (!jobs.empty()) continue;
+        if (queue.closed() && queue.depth() == 0) break;
+        std::unique_lock lock(bell.mutex);
+        ASSERT_TRUE(bell.cv.wait_for(lock, 5s, [&] { return bell.rung; })) << "a parked puller was never rung";
+        bell.rung = false;
+      }
+      queue.remove_puller(p);
+    });
+  }
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < kJobsEach; ++i) {
+        Job job;
+        job.token = static_cast<std::uint64_t>(p * kJobsEach + i);
+        ASSERT_EQ(queue.push(job), SubmitResult::accepted);
+        if (i % 200 == 0) std::this_thread::sleep_for(1ms);  // the pullers run dry and park
+      }
+    });
+  }
+  for (auto& t : producers) t.join();
+  const auto until = Clock::now() + 10s;
+  while (taken < kProducers * kJobsEach && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  queue.close();  // rings every parked puller
+  for (auto& t : pullers) t.join();
+  EXPECT_EQ(taken, kProducers * kJobsEach);
+  for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << i;
+}
+
+// The push rings the puller that parked last, once; a puller takes its share of
+// what waits (not all of it) and rings the next parked one for the rest.
+TEST(JobQueue, APushRingsOneParkedPullerAndEachTakesItsShare) {
+  JobQueue queue(16);
+  int rings_a = 0, rings_b = 0;
+  JobQueue::Puller a, b;
+  a.ring = [&] { ++rings_a; };
+  b.ring = [&] { ++rings_b; };
+  queue.add_puller(a);
+  queue.add_puller(b);
+  std::vector<Job> out;
+  queue.pull(a, out, 8, true);
+  queue.pull(b, out, 8, true);
+  EXPECT_TRUE(out.empty());
+  Job job;
+  queue.push(job);
+  EXPECT_EQ(rings_b, 1);  // parked last
+  EXPECT_EQ(rings_a, 0);
+  for (int i = 0; i < 2; ++i) {
+    Job more;
+    queue.push(more);
+  }
+  EXPECT_EQ(rings_a, 1);  // b was rung already: the next push rings a
+  EXPECT_EQ(rings_b, 1);
+  queue.pull(b, out, 8, true);
+  EXPECT_EQ(out.size(), 2u);  // three waiting, two pullers: its share
+  EXPECT_EQ(queue.depth(), 1u);
+  queue.pull(a, out, 8, false);
+  EXPECT_EQ(out.size(), 3u);
+  // Parked again, then unparked: a push rings nobody.
+  queue.pull(a, out, 8, true);
+  queue.unpark(a);
+  Job last;
+  queue.push(last);
+  EXPECT_EQ(rings_a, 1);
+  queue.remove_puller(a);
+  queue.remove_puller(b);
+}
 
 TEST(JobQueue, PopUntilGivesUpAtItsDeadlineAndSeesALateJob) {
   JobQueue queue(4, std::chrono::microseconds(50));
