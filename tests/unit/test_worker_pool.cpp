@@ -637,6 +637,26 @@ TEST(WorkerPool, StatsDescribeEverySlot) {
 // job exactly once, from several producers at once, and close() wakes them all.
 namespace {
 
+// `producers` threads push `each` jobs apiece (tokens 0 .. producers * each - 1), pausing
+// now and then long enough for the consumers to run dry and park; then waits (10 s at
+// most) until `taken` says every job was taken.
+void push_numbered_jobs(JobQueue& queue, int producers, int each, const std::atomic<int>& taken) {
+  std::vector<std::thread> threads;
+  for (int p = 0; p < producers; ++p) {
+    threads.emplace_back([&queue, p, each] {
+      for (int i = 0; i < each; ++i) {
+        Job job;
+        job.token = static_cast<std::uint64_t>(p * each + i);
+        ASSERT_EQ(queue.push(job), SubmitResult::accepted);
+        if (i % 200 == 0) std::this_thread::sleep_for(1ms);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const auto until = Clock::now() + 10s;
+  while (taken < producers * each && Clock::now() < until) std::this_thread::sleep_for(1ms);
+}
+
 void hand_off_every_job(std::chrono::nanoseconds spin) {
   JobQueue queue(1 << 16, spin);
   constexpr int kProducers = 3, kConsumers = 3, kJobsEach = 2000;
@@ -651,21 +671,7 @@ void hand_off_every_job(std::chrono::nanoseconds spin) {
       }
     });
   }
-  std::vector<std::thread> producers;
-  for (int p = 0; p < kProducers; ++p) {
-    producers.emplace_back([&, p] {
-      for (int i = 0; i < kJobsEach; ++i) {
-        Job job;
-        job.token = static_cast<std::uint64_t>(p * kJobsEach + i);
-        ASSERT_EQ(queue.push(job), SubmitResult::accepted);
-        // Now and then a pause long enough for consumers to spin out and park.
-        if (i % 200 == 0) std::this_thread::sleep_for(1ms);
-      }
-    });
-  }
-  for (auto& t : producers) t.join();
-  const auto until = Clock::now() + 10s;
-  while (taken < kProducers * kJobsEach && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  push_numbered_jobs(queue, kProducers, kJobsEach, taken);
   queue.close();  // parked consumers wake and leave
   for (auto& t : consumers) t.join();
   EXPECT_EQ(taken, kProducers * kJobsEach);
@@ -721,20 +727,7 @@ TEST(JobQueue, PullersGetEveryJobOnce) {
       queue.remove_puller(p);
     });
   }
-  std::vector<std::thread> producers;
-  for (int p = 0; p < kProducers; ++p) {
-    producers.emplace_back([&, p] {
-      for (int i = 0; i < kJobsEach; ++i) {
-        Job job;
-        job.token = static_cast<std::uint64_t>(p * kJobsEach + i);
-        ASSERT_EQ(queue.push(job), SubmitResult::accepted);
-        if (i % 200 == 0) std::this_thread::sleep_for(1ms);  // the pullers run dry and park
-      }
-    });
-  }
-  for (auto& t : producers) t.join();
-  const auto until = Clock::now() + 10s;
-  while (taken < kProducers * kJobsEach && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  push_numbered_jobs(queue, kProducers, kJobsEach, taken);
   queue.close();  // rings every parked puller
   for (auto& t : pullers) t.join();
   EXPECT_EQ(taken, kProducers * kJobsEach);
