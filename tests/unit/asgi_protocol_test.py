@@ -749,3 +749,94 @@ def test_websocket_and_http_share_the_loop():
     box = serve_ws(app, connect(), get(rid=2), inbound=[(True, b"one")], closed=(1000, ""))
     assert len(box.named("respond")) == 1 and box.named("ws_send") == [("ws_send", 1, True, b"one")]
     assert sorted(box.named("done")) == [("done", 1), ("done", 2)]
+
+
+# --- a Worker that pulls its requests (an in-process loop: the pool's queue, no lane) ---------
+
+class PullingMailbox(Mailbox):
+    """The C++ half of a loop that pulls: `queued` stands for the pool's queue; pull() hands
+    over what is queued, else (asked to) parks until the doorbell, the eventfd, rings."""
+
+    def __init__(self):
+        super().__init__()
+        self.queued = []
+        self.parked = False
+
+    def pull(self, park):
+        with self.lock:
+            self.calls.append(("pull", park))
+            out, self.queued = self.queued, []
+            self.parked = park and not out
+        return out or None
+
+    def unpark(self):
+        with self.lock:
+            self.calls.append(("unpark",))
+            self.parked = False
+
+    def enqueue(self, *events):
+        """A push: the queue rings the loop if it is parked."""
+        with self.lock:
+            self.queued.extend(events)
+            ring = self.parked
+            self.parked = False
+        if ring:
+            os.eventfd_write(self.fd, 1)
+
+
+def serve_pulling(app, during):
+    """Serves with a pulling Worker while `during(box)` plays the pool (on a thread); the
+    loop stops when it returns or fails (its failure is raised here)."""
+    box = PullingMailbox()
+    worker = asgi.Worker(app, box, lifespan="off", pulls=True)
+    failed = []
+
+    def pool():
+        try:
+            during(box)
+        except BaseException as exc:  # noqa: B036 - reported by the test's thread
+            failed.append(exc)
+        finally:
+            box.ring(("stop",))
+
+    threading.Thread(target=pool, daemon=True).start()
+    worker.serve(box.fd)
+    worker.close()
+    if failed:
+        raise failed[0]
+    return box
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_pulling_loop_takes_what_is_queued_parks_when_idle_and_wakes_for_the_next():
+    def during(box):
+        box.enqueue(get(1), get(2))
+        wait_until(lambda: len(box.named("done")) == 2 and box.parked)
+        box.enqueue(get(3))  # rings the parked loop
+        wait_until(lambda: len(box.named("done")) == 3)
+
+    box = serve_pulling(hello, during)
+    assert [c[1] for c in box.named("respond")] == [1, 2, 3]
+    assert box.named("unpark"), "a loop that waited parked must unpark once awake"
+    assert all(c[1] is True for c in box.named("pull")), box.named("pull")
+
+
+def test_a_pulling_loop_with_callbacks_ready_takes_nothing_until_they_ran():
+    async def busy(scope, receive, send):
+        for _ in range(200):  # 200 loop iterations with a callback ready in each
+            await asyncio.sleep(0)
+        await hello(scope, receive, send)
+
+    def during(box):
+        box.enqueue(get(1))
+        wait_until(lambda: box.named("done"))
+
+    box = serve_pulling(busy, during)
+    assert box.named("respond")
+    assert len(box.named("pull")) < 20, "the loop looked at the queue between ready callbacks"
