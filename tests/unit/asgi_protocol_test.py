@@ -1,7 +1,8 @@
 """The Python half of the ASGI adapter (pyworkers/apps/gilgamesh_asgi.py), driven by a
 fake mailbox in place of the C++ half: scope, receive(), send() and their rules,
-backpressure, disconnects, deadlines, lifespan. WORK IN PROGRESS (issue 23): not in ctest
-yet. Run: /usr/bin/python3 -m pytest -q tests/unit/asgi_protocol_test.py
+backpressure, disconnects, deadlines, lifespan, WebSockets, and a loop that pulls its
+requests. ctest runs it as `asgi_protocol`; alone:
+/usr/bin/python3 -m pytest -q tests/unit/asgi_protocol_test.py
 """
 
 import asyncio
