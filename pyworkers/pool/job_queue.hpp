@@ -18,7 +18,10 @@
 // than waking a blocked consumer, and a puller that takes a job while more wait
 // rings the next parked one. So an idle loop is woken for a job, a busy one
 // takes the next job when it is done with its callbacks, and no thread sits
-// between the I/O thread and the loop.
+// between the I/O thread and the loop. What the pullers have room for (as of
+// their last pull) does not count against the capacity: those jobs are theirs
+// as soon as they look, as a lane's job is its loop's once popped, and a burst
+// must not be refused while the loops that will take it are waking up.
 #pragma once
 
 #include "server/model/executor.hpp"
@@ -49,6 +52,7 @@ class JobQueue {
   struct Puller {
     std::function<void()> ring;
     std::atomic<bool> parked{false};  // written under the queue's mutex
+    std::size_t room = 0;  // what it can still take, as of its last pull; guarded by the queue's mutex
   };
 
   // `spin`: how long an idle consumer watches for work before it parks (0: parks at once).
@@ -61,7 +65,9 @@ class JobQueue {
     {
       std::lock_guard lock(mutex_);
       if (closed_) return SubmitResult::stopping;
-      if (jobs_.size() >= capacity_) return SubmitResult::queue_full;
+      // What the pullers have room for is not waiting: it is theirs as soon as they look
+      // (a lane pops its job at once; a loop takes it between its callbacks).
+      if (jobs_.size() >= capacity_ + pullers_room_) return SubmitResult::queue_full;
       jobs_.push_back(std::move(job));
       depth_.store(jobs_.size(), std::memory_order_release);
       if (ring_parked()) return SubmitResult::accepted;
@@ -101,11 +107,14 @@ class JobQueue {
   void remove_puller(Puller& p) {
     std::lock_guard lock(mutex_);
     unpark_locked(p);
+    pullers_room_ -= p.room;
+    p.room = 0;
     pullers_.erase(std::remove(pullers_.begin(), pullers_.end(), &p), pullers_.end());
   }
 
   // Never blocks: moves up to `most` jobs into `out`, fewer when other pullers are
-  // registered (each takes its share of what waits, at least one). None taken and
+  // registered (each takes its share of what waits, at least one); `most` is the room
+  // the puller has, and what it leaves counts as room no push is refused for. None taken and
   // `park`: `p` is rung when one comes (once; pull() or unpark() end it), or when the
   // queue closes. A puller that took some while more wait rings the next parked one.
   void pull(Puller& p, std::vector<Job>& out, std::size_t most, bool park) {
@@ -117,6 +126,8 @@ class JobQueue {
       jobs_.pop_front();
     }
     depth_.store(jobs_.size(), std::memory_order_release);
+    pullers_room_ = pullers_room_ - p.room + (most - n);
+    p.room = most - n;
     if (n > 0 || !park || closed_) {
       unpark_locked(p);
       if (n > 0 && !jobs_.empty()) ring_parked();
@@ -198,6 +209,7 @@ class JobQueue {
   int sleepers_ = 0;            // consumers waiting on ready_; guarded by mutex_
   std::vector<Puller*> pullers_;  // registered; guarded by mutex_
   std::vector<Puller*> parked_;   // parked, in the order they parked; guarded by mutex_
+  std::size_t pullers_room_ = 0;  // the sum of the pullers' room; guarded by mutex_
   std::atomic<std::size_t> depth_{0};      // jobs_.size(), readable without the lock
   std::atomic<bool> closed_flag_{false};   // closed_, readable without the lock
 };

@@ -773,6 +773,30 @@ TEST(JobQueue, APushRingsOneParkedPullerAndEachTakesItsShare) {
   queue.remove_puller(b);
 }
 
+// What a parked loop has room for is its own, not the queue's: a burst as large as
+// the loops' room plus --max-queue is taken, one more is refused (as lanes that pop
+// at once and hand the job to their loop would have it).
+TEST(JobQueue, ThePullersRoomIsNotCountedAgainstTheQueue) {
+  JobQueue queue(1);
+  JobQueue::Puller a;
+  a.ring = [] {};
+  queue.add_puller(a);
+  std::vector<Job> out;
+  queue.pull(a, out, 3, true);  // idle, room for 3
+  for (int i = 0; i < 4; ++i) {
+    Job job;
+    EXPECT_EQ(queue.push(job), SubmitResult::accepted) << i;
+  }
+  Job fifth;
+  EXPECT_EQ(queue.push(fifth), SubmitResult::queue_full);
+  queue.pull(a, out, 3, true);  // takes its 3: full now, one queued
+  EXPECT_EQ(out.size(), 3u);
+  EXPECT_EQ(queue.push(fifth), SubmitResult::queue_full);
+  queue.remove_puller(a);
+  out.clear();
+  EXPECT_EQ(queue.depth(), 1u);
+}
+
 TEST(JobQueue, PopUntilGivesUpAtItsDeadlineAndSeesALateJob) {
   JobQueue queue(4, std::chrono::microseconds(50));
   const auto t0 = Clock::now();
