@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 
-from . import custom, output, rates, soak
+from . import custom, output, procs, rates, soak
 from .matrix import Matrix
 from .peers import APP_PEERS, ASGI_PEERS, BUILD as PEER_BUILD, PEERS, PYTHON as PEER_PYTHON, WSGI_PEERS
 from .servers import LOADTEST, REPO, Servers, peer_binary
@@ -114,6 +114,14 @@ def parse_args(argv):
                    help="/proc sampling period, s (default 0.5; --soak 1)")
     p.add_argument("--start-timeout", type=float, default=60.0,
                    help="s for a server to become ready (default: %(default)s)")
+    p.add_argument("--server-cpus", metavar="LIST",
+                   help="CPUs every server runs on, with its workers and the single-thread rates, in "
+                        "taskset's form (0-3,8); with --wrk-cpus, the load generator keeps off the "
+                        "servers' cores on a machine that has enough of them. A cell's ideal then "
+                        "counts these CPUs (default: any CPU this runner may use)")
+    p.add_argument("--wrk-cpus", metavar="LIST",
+                   help="CPUs the load generator (wrk, tools/ws_echo_load.py) runs on, in taskset's "
+                        "form (default: any CPU this runner may use)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for every gilgamesh server (repeatable)")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
@@ -149,6 +157,21 @@ def parse_args(argv):
     for item in args.server_env:
         if "=" not in item or not item.split("=", 1)[0]:
             p.error("--server-env needs NAME=VALUE, got %r" % item)
+    allowed = sorted(os.sched_getaffinity(0))
+    for flag in ("--server-cpus", "--wrk-cpus"):
+        attr = flag[2:].replace("-", "_")
+        text = getattr(args, attr)
+        if text is None:
+            continue
+        try:
+            cpus = procs.parse_cpus(text)
+        except ValueError as e:
+            p.error("%s: %s" % (flag, e))
+        outside = [c for c in cpus if c not in allowed]
+        if outside:
+            p.error("%s %s: CPU %s is not one this runner may use (%s)" % (
+                flag, text, procs.cpus_text(outside), procs.cpus_text(allowed)))
+        setattr(args, attr, cpus)
     if args.sample_interval is None:
         args.sample_interval = 1.0 if args.soak else 0.5
 
@@ -246,9 +269,25 @@ def raise_fd_limit(args):
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+def _pinning_note(args):
+    """NOTES' line on where wrk runs, for a run with --server-cpus or --wrk-cpus; else None."""
+    if not (args.server_cpus or args.wrk_cpus):
+        return None
+    server = set(args.server_cpus or os.sched_getaffinity(0))
+    load = set(args.wrk_cpus or os.sched_getaffinity(0))
+    def cpus(which):
+        return "CPU%s %s" % ("s" if len(which) > 1 else "", procs.cpus_text(which))
+    return ("The servers (and the single-thread rates) run on %s, the load generator on %s%s; "
+            "a cell's ideal counts the servers' CPUs." % (
+                cpus(server), cpus(load),
+                ": they share %s" % procs.cpus_text(server & load) if server & load else
+                ", apart from the servers'"))
+
+
 def new_results(args):
     """The results dict a run fills in (results.json)."""
-    notes = [custom.peer_note(args) or n if n.startswith("Peers") else n for n in NOTES]
+    notes = [custom.peer_note(args) or n if n.startswith("Peers") else
+             _pinning_note(args) or n if n.startswith("wrk runs on the same machine") else n for n in NOTES]
     notes += [PEERS[name].note for name in args.peers if PEERS[name].note]
     return {
         "meta": {},

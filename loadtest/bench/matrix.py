@@ -65,7 +65,8 @@ class Matrix:
     def describe(self, kind, name, workload_name, workers):
         """The cell's record before it runs: what it is, and which server build."""
         cell = {"id": "%s-%s-w%d" % (name, workload_name, workers), "kind": kind, "server": name,
-                "workload": workload_name, "workers": workers, "cores": min(workers, NCPU)}
+                "workload": workload_name, "workers": workers,
+                "cores": min(workers, len(self.args.server_cpus) if self.args.server_cpus else NCPU)}
         workload = WORKLOADS[workload_name]
         threads = workload.threads
         if workload.threads or workload.connections:
@@ -146,7 +147,7 @@ class Matrix:
         if a.warmup <= 0:
             return
         self.load = wrk.start(self.servers.owned, wsload.load_command(
-            a, workload, port, a.warmup, self.connections(workload, cell["workers"])))
+            a, workload, port, a.warmup, self.connections(workload, cell["workers"])), a.wrk_cpus)
         warm = wrk.finish(self.servers.owned, self.load, a.warmup)
         cell["warmup"] = {k: warm.get(k) for k in ("requests", "goodput", "responses_by_status", "errors")}
         cell["warmup"]["drain_s"] = self.servers.drain(kind == "gilgamesh", port, warm)
@@ -156,7 +157,7 @@ class Matrix:
         a = self.args
         cmd = wsload.load_command(a, workload, port, a.duration, self.connections(workload, cell["workers"]))
         cell["wrk_command"] = shlex.join(cmd)
-        self.load = wrk.start(self.servers.owned, cmd)
+        self.load = wrk.start(self.servers.owned, cmd, a.wrk_cpus)
         with sampling.Sampler(proc.pid, self.load.pid, a.sample_interval,
                               port if kind == "gilgamesh" else None) as sampler:
             cell["wrk"] = wrk.finish(self.servers.owned, self.load, a.duration)
@@ -175,13 +176,17 @@ class Matrix:
                 cell["error"] = "GET /stats after the run failed: %s" % e
 
     def derive(self, cell, workload):
-        """Efficiency against the ideal, from the single-thread rates."""
+        """Efficiency against the ideal, from the single-thread rates; the server's CPU time
+        per response (or round trip): steadier than goodput where wrk shares the cores."""
         rate = (self.results["rates"].get(cell["build"]) or {}).get("targets")
         rates_per_s = {t: r["per_s"] for t, r in rate.items()} if rate else None
         ideal = ideal_rate(workload, rates_per_s, cell["cores"])
         goodput = (cell.get("wrk") or {}).get("goodput_per_s")
         cell["ideal_per_s"] = ideal
         cell["efficiency"] = goodput / ideal if ideal and goodput is not None else None
+        cores = (cell.get("load") or {}).get("server_cpu_cores")
+        answered = (cell.get("wrk") or {}).get("requests_per_s") or goodput
+        cell["server_cpu_us_per_request"] = cores * 1e6 / answered if cores is not None and answered else None
 
     def execute(self):
         a = self.args
@@ -230,6 +235,9 @@ def cell_line(cell):
     load = cell.get("load") or {}
     if load.get("server_cpu_cores") is not None:
         text += ", server %.2f cores, wrk %.2f" % (load["server_cpu_cores"], load.get("wrk_cpu_cores") or 0)
+    if cell.get("server_cpu_us_per_request") is not None:
+        text += ", %.0f µs server CPU per %s" % (cell["server_cpu_us_per_request"],
+                                                 "round trip" if w.get("unit") else "request")
     if bad or errs:
         text += ", NON-2XX %d, SOCKET ERRORS %d" % (bad, errs)
     if cell.get("error"):

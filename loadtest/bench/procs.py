@@ -91,6 +91,39 @@ def descendants(pid):
 _PR_SET_PDEATHSIG = 1
 
 
+def parse_cpus(text):
+    """The CPUs of a list in taskset's form ("0-3,8"), sorted; ValueError if it is not one."""
+    cpus = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ValueError("%r is not a CPU list such as 0-3,8" % text)
+        cpus.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return sorted(cpus)
+
+
+def cpus_text(cpus):
+    """A sorted CPU list in taskset's form: [0, 1, 2, 3, 8] -> "0-3,8"."""
+    runs = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join("%d" % a if a == b else "%d-%d" % (a, b) for a, b in runs)
+
+
+def affinity(pids):
+    """The CPUs any of `pids` may run on now (those that still exist), or None."""
+    found = set()
+    for pid in pids:
+        try:
+            found |= os.sched_getaffinity(pid)
+        except OSError:
+            pass
+    return sorted(found) or None
+
+
 def _end_with_parent():
     """In the child before exec: SIGTERM it if the runner dies without cleaning
     up (SIGKILL, a crash), since its own session keeps it out of reach of the
@@ -109,11 +142,16 @@ class Owned:
         self._live = []
         self._cleanups = {}
 
-    def popen(self, cmd, cleanup=None, **kwargs):
+    def popen(self, cmd, cleanup=None, cpus=None, **kwargs):
         """Starts `cmd`; `cleanup()` (if given) runs once the process and its group
-        are gone (in stop()), or at once if it cannot be started."""
+        are gone (in stop()), or at once if it cannot be started. `cpus`: the CPUs
+        it (and whatever it starts: threads, worker processes) may run on."""
+        def in_child():
+            _end_with_parent()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
         try:
-            proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_end_with_parent, **kwargs)
+            proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=in_child, **kwargs)
         except BaseException:
             if cleanup is not None:
                 cleanup()

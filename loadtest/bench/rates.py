@@ -25,15 +25,16 @@ def default_pythons(version="3.13.5"):
     }
 
 
-def measure(owned, python, targets, app_root, app, seconds, repeat, extra=()):
+def measure(owned, python, targets, app_root, app, seconds, repeat, extra=(), cpus=None):
     """The rates of `targets` (GET targets; `extra` may name more handler_rate.py
-    flags: --wsgi, --pythonpath, --requests...) in `python`: handler_rate.py's
-    JSON, or {"error": ...} if that interpreter is missing or the measurement failed."""
+    flags: --wsgi, --pythonpath, --requests...) in `python`, run on `cpus` (the servers'
+    when they are pinned: a rate is one of their cores'): handler_rate.py's JSON, or
+    {"error": ...} if that interpreter is missing or the measurement failed."""
     if not os.access(python, os.X_OK):
         return {"python": python, "error": "interpreter not found"}
     cmd = [python, SCRIPT, "--app-root", app_root, "--app", app, "--seconds", str(seconds),
            "--repeat", str(repeat)] + list(extra) + sorted(targets)
-    proc = owned.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = owned.popen(cmd, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     try:
         out, err = proc.communicate(timeout=60 + (len(targets) or 16) * (repeat + 1) * seconds * 4)

@@ -78,15 +78,15 @@ def tables(results):
                     [f.num(lat.get(k), "%.2f") for k in ("min", "mean", "p50", "p90", "p99", "p99_9", "max")])
     out.append(("Latency (ms)", latency_note(results), header, rows))
 
-    header = ["server", "workload", "workers", "server CPU (cores)", "wrk CPU (cores)",
-              "other CPU (cores)", "server RSS MiB", "workers PSS MiB", "total PSS MiB",
+    header = ["server", "workload", "workers", "server CPU (cores)", "server CPU µs per response",
+              "wrk CPU (cores)", "other CPU (cores)", "server RSS MiB", "workers PSS MiB", "total PSS MiB",
               "idle total PSS MiB", "start-up s", "stop s", "queue depth max"]
     rows = []
     for c in _ordered_cells(results):
         load, idle = c.get("load") or {}, c.get("memory_idle") or {}
         rows.append([f.label(results, c["server"]), c["workload"], c["workers"],
-                     f.num(load.get("server_cpu_cores"), "%.2f"), f.num(load.get("wrk_cpu_cores"), "%.2f"),
-                     f.num(load.get("other_cpu_cores"), "%.2f"),
+                     f.num(load.get("server_cpu_cores"), "%.2f"), f.num(c.get("server_cpu_us_per_request"), "%.0f"),
+                     f.num(load.get("wrk_cpu_cores"), "%.2f"), f.num(load.get("other_cpu_cores"), "%.2f"),
                      f.num(f.mib(load.get("server_rss_kb_peak")), "%.1f"),
                      f.num(f.mib(load.get("workers_pss_kb_peak")) if load.get("worker_processes") else None,
                           "%.1f"),
@@ -97,7 +97,9 @@ def tables(results):
                      f.num(load.get("queue_depth_max"), "%d")])
     reported = any((c.get("startup") or {}).get("ready_reported_by_stats") for c in results["cells"])
     out.append(("CPU, memory, start-up",
-                "CPU from /proc: server = the server process and every descendant;%s other = about "
+                "CPU from /proc: server = the server process and every descendant; per response = "
+                "its CPU time over the responses (round trips) wrk counted, a steadier figure than "
+                "goodput where the load generator shares the server's cores;%s other = about "
                 "what other processes on the machine used meanwhile (it skews a cell). Memory is the "
                 "peak under load: RSS of the server process; PSS of its worker processes (every "
                 "descendant: workers, zygote) summed; total PSS = server + those (shared pages counted "

@@ -92,6 +92,7 @@ class Sampler(threading.Thread):
         self._done = threading.Event()
         self._last_ticks = {}
         self._server_ticks = 0  # increments summed per pid, so exiting workers still count
+        self.cpus = {}
 
     def _tree_ticks(self):
         for pid in [self.server_pid] + procs.descendants(self.server_pid):
@@ -104,6 +105,9 @@ class Sampler(threading.Thread):
         return self._server_ticks
 
     def _sample(self):
+        if not self.cpus:  # where the server (its workers too) and the load ran: once, while they run
+            self.cpus = {"server_cpus": procs.affinity([self.server_pid] + procs.descendants(self.server_pid)),
+                         "wrk_cpus": procs.affinity([self.wrk_pid])}
         sample = {"t": time.monotonic()}
         busy, total, process = machine_ticks()
         sample["machine_busy_ticks"], sample["machine_total_ticks"] = busy, total
@@ -190,6 +194,9 @@ class Sampler(threading.Thread):
                 out[key + "_peak"] = max(values)
                 out[key + "_mean"] = sum(values) / len(values)
         out["worker_processes"] = max(x.get("worker_processes", 0) for x in s)
+        for key in ("server_cpus", "wrk_cpus"):  # as the processes had them, for the record
+            if self.cpus.get(key):
+                out[key] = procs.cpus_text(self.cpus[key])
         for key in ("queue_depth", "busy_workers"):
             values = [x[key] for x in s if key in x]
             if values:

@@ -82,6 +82,7 @@ class Servers:
                 log.flush()
                 started = time.monotonic()
                 proc = self.owned.popen(cmd, cleanup=instance.remove if instance else None, cwd=REPO,
+                                        cpus=self.args.server_cpus,
                                         env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
             try:

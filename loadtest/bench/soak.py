@@ -128,7 +128,7 @@ class Soak:
             result["memory_idle"] = sampling.memory(proc.pid)
             cmd = wrk.command(a.wrk, workload, port, a.soak, a.connections, a.threads, a.wrk_timeout)
             result["wrk_command"] = " ".join(cmd)
-            wrk_proc = wrk.start(servers.owned, cmd)
+            wrk_proc = wrk.start(servers.owned, cmd, a.wrk_cpus)
             with sampling.Sampler(proc.pid, wrk_proc.pid, a.sample_interval, port) as sampler:
                 result["stopped"] = self.watch(proc, wrk_proc, sampler)
                 result["wrk"] = wrk.finish(servers.owned, wrk_proc, a.soak)

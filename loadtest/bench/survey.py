@@ -78,6 +78,8 @@ class Survey:
                 "server_args": a.server_arg, "server_env": a.server_env, "app": a.app, "quick": a.quick,
                 "wsgi": a.wsgi, "asgi": a.asgi, "pythonpath": a.pythonpath, "requests": a.request, "peers": a.peers,
                 "strategies": a.strategies or "auto",
+                "server_cpus": procs.cpus_text(a.server_cpus) if a.server_cpus else None,
+                "wrk_cpus": procs.cpus_text(a.wrk_cpus) if a.wrk_cpus else None,
             },
             "workloads": {name: {"description": WORKLOADS[name].description,
                                  "params": WORKLOADS[name].params,
@@ -184,7 +186,7 @@ class Survey:
             print("single-thread rates in %s (%s) ..." % (build, python), end=" ", flush=True)
             result = rates.measure(self.servers.owned, python, [] if self.args.requests else targets, REPO,
                                    self.args.app, self.args.rate_seconds, self.args.rate_repeat,
-                                   custom.rate_args(self.args))
+                                   custom.rate_args(self.args), cpus=self.args.server_cpus)
             self.results["rates"][build] = result
             if "error" in result:
                 print("unavailable: %s" % result["error"])

@@ -299,8 +299,12 @@ def peers_line(results, winner):
         for w, c in winner.cells.items():
             peer = f.cell(results, s, w, winner.workers)
             if f.goodput(peer):
+                detail = ["`%s`" % w] if len(winner.cells) > 1 else []
+                theirs, ours = peer.get("server_cpu_us_per_request"), c.get("server_cpu_us_per_request")
+                if theirs and ours:  # what each response cost the server, whoever had more of the cores
+                    detail.append("%.0f µs of server CPU per response against %.0f" % (theirs, ours))
                 ratios.append("%.2f×%s" % (f.goodput(peer) / f.goodput(c),
-                                           " (`%s`)" % w if len(winner.cells) > 1 else ""))
+                                           " (%s)" % "; ".join(detail) if detail else ""))
         if ratios:
             parts.append("%s %s" % (f.label(results, s), ", ".join(ratios)))
     if not parts:

@@ -18,8 +18,9 @@ def command(wrk, workload, port, seconds, connections, threads, timeout_s):
             "http://127.0.0.1:%d" % port, "--"] + workload.profile_args()
 
 
-def start(owned, cmd):
-    return owned.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(owned, cmd, cpus=None):
+    """Starts the load generator `cmd` (wrk, or tools/ws_echo_load.py) on `cpus` (None: any)."""
+    return owned.popen(cmd, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(owned, proc, seconds):

@@ -721,11 +721,17 @@ def test_report_opens_with_a_verdict_from_the_run(quick_run):
                                               % (workers, strategy))]
     assert len(peers) == 1 and "gunicorn (py" in peers[0] and "uwsgi (py" in peers[0], points
     assert "nginx" not in peers[0]
-    said = re.search(r"gunicorn \(py3\.\d+\) ([0-9.]+)× \(`hello`\)", peers[0])
+    said = re.search(r"gunicorn \(py3\.\d+\) ([0-9.]+)× \(`hello`; (\d+) µs of server CPU per response "
+                     r"against (\d+)\)", peers[0])
     assert said, peers[0]
-    assert float(said.group(1)) == pytest.approx(cells[("gunicorn", "hello", workers)]["wrk"]["goodput_per_s"]
-                                                 / cells[(strategy, "hello", workers)]["wrk"]["goodput_per_s"],
+    theirs, ours = cells[("gunicorn", "hello", workers)], cells[(strategy, "hello", workers)]
+    assert float(said.group(1)) == pytest.approx(theirs["wrk"]["goodput_per_s"] / ours["wrk"]["goodput_per_s"],
                                                  abs=0.006)
+    # the CPU each response cost the server: its cores over the responses wrk counted
+    for figure, cell in ((said.group(2), theirs), (said.group(3), ours)):
+        per_response = cell["load"]["server_cpu_cores"] * 1e6 / cell["wrk"]["requests_per_s"]
+        assert cell["server_cpu_us_per_request"] == pytest.approx(per_response)
+        assert int(figure) == round(per_response), (figure, per_response)
 
     # report.html opens with the same verdict, before the run's context and the tables.
     with open(os.path.join(quick_run["folder"], "report.html")) as f:
@@ -907,20 +913,60 @@ def _run_folder(out):
         return folder, json.load(f)
 
 
+# Where the ASGI run below puts its servers and its load, when this machine lets it choose:
+# the first CPU this process may use for the servers, the next for wrk (None: not pinned).
+_MINE = sorted(os.sched_getaffinity(0))
+PINNED = (str(_MINE[0]), str(_MINE[1])) if len(_MINE) >= 2 else None
+
+
 @pytest.fixture(scope="module")
 def asgi_run(tmp_path_factory):
     """`loadtest/run --quick --workloads asgi-hello --peers uvicorn,hypercorn`: the raw ASGI
-    app on every strategy that serves ASGI apps (--strategies auto), the peers beside it."""
+    app on every strategy that serves ASGI apps (--strategies auto), the peers beside it;
+    the servers on one CPU, wrk on another (--server-cpus, --wrk-cpus)."""
     _require(BINARY)
     results_dir = tmp_path_factory.mktemp("asgi-results")
+    pinning = ["--server-cpus", PINNED[0], "--wrk-cpus", PINNED[1]] if PINNED else []
     out = subprocess.run([PYTHON, RUN, "--quick", "--workloads", "asgi-hello", "--peers", ",".join(ASGI_PEERS),
-                          "--results-dir", str(results_dir)],
+                          "--results-dir", str(results_dir)] + pinning,
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, "loadtest/run (asgi-hello) failed (%d):\n%s\n%s" % (
         out.returncode, out.stdout[-4000:], out.stderr[-4000:])
     folder, results = _run_folder(out)
     with open(os.path.join(folder, "report.md")) as f:
         return {"folder": folder, "results": results, "md": f.read(), "stdout": out.stdout}
+
+
+def test_pinned_servers_and_load_run_on_their_own_cpus(asgi_run):
+    """--server-cpus / --wrk-cpus: every server of the run (uvicorn's and Hypercorn's worker
+    processes too) and wrk ran where they were put, as /proc had them mid-run; a cell's ideal
+    counts the servers' CPUs; each cell has its server CPU per response."""
+    if not PINNED:
+        pytest.skip("this machine lets the runner use one CPU: nothing to pin apart")
+    results, md = asgi_run["results"], asgi_run["md"]
+    assert (results["meta"]["options"]["server_cpus"], results["meta"]["options"]["wrk_cpus"]) == PINNED
+    for cell in results["cells"]:
+        load = cell["load"]
+        assert (load["server_cpus"], load["wrk_cpus"]) == PINNED, (cell["id"], load.get("server_cpus"),
+                                                                   load.get("wrk_cpus"))
+        assert cell["workers"] == len(_MINE) and cell["cores"] == 1, cell["id"]  # --quick: one per CPU
+        per_response = load["server_cpu_cores"] * 1e6 / cell["wrk"]["requests_per_s"]
+        assert cell["server_cpu_us_per_request"] == pytest.approx(per_response), cell["id"]
+        assert re.search(r"\| %s \| asgi-hello \| %d \| [0-9.]+ \| %.0f \|" % (
+            re.escape(f_label(results, cell)), cell["workers"], per_response), md), cell["id"]
+    assert ("The servers (and the single-thread rates) run on CPU %s, the load generator on CPU %s, "
+            "apart from the servers'" % PINNED) in md
+    assert "| server CPU (cores) | server CPU µs per response |" in md
+
+
+def f_label(results, cell):
+    """A cell's server as the report's tables name it."""
+    sys.path.insert(0, os.path.join(REPO, "loadtest"))
+    try:
+        from bench import figures
+    finally:
+        sys.path.pop(0)
+    return figures.label(results, cell["server"])
 
 
 def test_asgi_workload_runs_every_asgi_strategy_and_the_asgi_peers(asgi_run):
@@ -1034,7 +1080,11 @@ def test_asgi_options_are_checked(tmp_path):
                            (["--workloads", "asgi-hello,hello"], "run them separately"),
                            (["--workloads", "asgi", "--app", "handlers.demo"], "serve their own app"),
                            (["--workloads", "asgi-hello", "--peers", "gunicorn"], "its peers are uvicorn, hypercorn"),
-                           (["--peers", "uvicorn"], "its peers are gunicorn, gunicorn-gthread, uwsgi")):
+                           (["--peers", "uvicorn"], "its peers are gunicorn, gunicorn-gthread, uwsgi"),
+                           (["--server-cpus", "1-0"], "--server-cpus: '1-0' is not a CPU list such as 0-3,8"),
+                           (["--wrk-cpus", "a"], "--wrk-cpus: 'a' is not a CPU list"),
+                           (["--server-cpus", "0,4096"], "--server-cpus 0,4096: CPU 4096 is not one this "
+                                                         "runner may use")):
         out = subprocess.run([PYTHON, RUN, "--results-dir", str(tmp_path)] + args, cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and mentions in out.stderr, (args, out.stderr)
