@@ -846,6 +846,81 @@ def test_many_sockets_at_once(server):
     run(client(), timeout=60)
 
 
+def _minor_faults(pid):
+    """Minor page faults so far of `pid` and each of its live descendants (worker processes,
+    the zygote), by pid."""
+    children, stats = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            stats[int(entry)] = int(fields[7])  # minflt
+    found, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            found[p] = stats[p]
+        todo.extend(children.get(p, []))
+    return found
+
+
+def faults_per_round_trip(server, connections=10, round_trips=30, size=65536):
+    """Minor faults the server (all its processes) took per 64 KiB echo, after a warm-up that
+    grows its heaps to their working size."""
+    blob = os.urandom(size)
+
+    async def one(n):
+        async with connect(server, "/echo") as ws:
+            for _ in range(n):
+                await ws.send(blob)
+                assert await ws.recv() == blob
+
+    async def load(n):
+        await asyncio.gather(*(one(n) for _ in range(connections)))
+    run(load(10), timeout=60)
+    before = _minor_faults(server.process.pid)
+    run(load(round_trips), timeout=60)
+    after = _minor_faults(server.process.pid)
+    # (a process born in between, a recycled worker say, counts with all of its faults)
+    return sum(n - before.get(p, 0) for p, n in after.items()) / (connections * round_trips)
+
+
+SANITIZED = os.environ.get("GILGAMESH_SANITIZED") == "1"
+
+
+@gilgamesh_only("the heap settings are gilgamesh's (uvicorn runs on Python's and glibc's defaults)")
+@pytest.mark.skipif(SANITIZED, reason="ASan's allocator replaces glibc's: its heap is not the one tuned")
+def test_large_messages_do_not_fault_the_heap_back_in(server):
+    """64 KiB messages are allocated and freed on every echo (the message, its copies). glibc's
+    default gives a heap's free top back to the kernel past 128 KiB: every echo then paid a
+    madvise, a TLB shoot-down and 2-17 page faults to map it again (server/main.cpp,
+    keep_freed_heap_mapped). Now none: less than one fault per round trip, all processes."""
+    per_round_trip = faults_per_round_trip(server)
+    assert per_round_trip < 1.0, "%.1f minor page faults per 64 KiB round trip" % per_round_trip
+
+
+@gilgamesh_only("the heap settings are gilgamesh's")
+@pytest.mark.skipif(SANITIZED, reason="ASan's allocator replaces glibc's: its heap is not the one tuned")
+def test_the_users_malloc_settings_win(gilgamesh_bin, strategy, tmp_path):
+    """MALLOC_TRIM_THRESHOLD_ (or GLIBC_TUNABLES glibc.malloc.*) in the environment: the server
+    leaves glibc's settings alone, and glibc's 128 KiB trim threshold brings the faults back
+    (which also shows the measure above sees them)."""
+    if strategy != harness.strategies()[0]:
+        pytest.skip("one strategy shows it (the setting is the process's, the same for all)")
+    events = Events(tmp_path / "events.log")
+    s = AsgiServer(strategy, "asgi_websocket:app", workers=2, args=["--pythonpath", str(APPS_DIR)],
+                   env={"ASGI_TEST_EVENTS": str(events.path), "MALLOC_TRIM_THRESHOLD_": "131072"}).start()
+    try:
+        per_round_trip = faults_per_round_trip(s)
+    finally:
+        stop_cleanly(s)
+    assert per_round_trip >= 1.0, "%.1f minor page faults per 64 KiB round trip" % per_round_trip
+
+
 # --- deadlines, counting, limits (gilgamesh's flags) ------------------------------------------------
 
 @pytest.fixture(scope="module")
