@@ -879,6 +879,18 @@ bool AsgiLoop::supervise(Clock::time_point now) {
   return blocked;
 }
 
+bool AsgiLoop::may_interrupt(unsigned long thread_id) {
+  py::Ref adapter = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));
+  py::Ref answer = adapter ? py::Ref::steal(PyObject_CallMethod(adapter.get(), "may_interrupt", "k", thread_id))
+                           : py::Ref();
+  const int yes = answer ? PyObject_IsTrue(answer.get()) : -1;
+  if (yes < 0) {
+    spdlog::warn("cannot tell where the ASGI loop is before interrupting it: {}", py::fetch_error_summary());
+    return true;
+  }
+  return yes == 1;
+}
+
 bool AsgiLoop::stuck(Clock::time_point now) const {
   std::lock_guard lock(mutex_);
   for (const auto& [rid, p] : pending_) {

@@ -122,6 +122,11 @@ class AsgiLoop {
   // cancelled at its deadline is still there), so that it must be interrupted.
   // Never blocks on Python.
   bool supervise(Clock::time_point now);
+  // Whether HandlerTimeout raised into loop thread `thread_id` now would land in a
+  // request's code (an asyncio task runs on that loop) rather than in the loop's own
+  // bookkeeping, where it would lose the requests just taken (_gilgamesh_asgi.may_interrupt).
+  // Attached to the loop's interpreter; true when it cannot tell.
+  static bool may_interrupt(unsigned long thread_id);
   // Whether the loop is stuck: a request is still unanswered well past its
   // deadline although it was interrupted as often as it will be (a handler
   // blocked in C, or one that swallows HandlerTimeout). Never blocks on Python.

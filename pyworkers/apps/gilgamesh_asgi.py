@@ -45,6 +45,9 @@ loop thread. The C++ half talks to it through a `mailbox` object:
   mailbox.error(rid, exception)                what it raised instead
   mailbox.done(rid)                            the request's slot is free again
 
+may_interrupt(thread_id) -> bool: asked by the C++ half, with the GIL, before it raises
+HandlerTimeout into a loop that stays busy past a deadline.
+
 The head of an answer is held until its first body message, so that a protocol
 error before any body is still a clean 500, and a one-message body goes out
 with its head in one hand-off.
@@ -104,6 +107,7 @@ joined, UTF-8 of text checked, pings and pongs, the close handshake, limits):
   applies.
 """
 
+import _thread
 import asyncio
 import collections as _collections
 import os as _os
@@ -714,6 +718,25 @@ class _WebSocket(_Deadlined):
             self.mailbox.cut(self.rid, summary, text)
 
 
+# thread ident -> the loop a Worker serves on that thread (many under `threads`, which share
+# one interpreter; one per sub-interpreter).
+_serving = {}
+
+
+def may_interrupt(thread_id):
+    """Whether HandlerTimeout raised into thread `thread_id` now lands in a request's code:
+    its loop is running a task (the app's, or the adapter's code around it). Between tasks
+    the loop is in asyncio's or the adapter's own bookkeeping (taking requests and starting
+    their tasks, running its ready callbacks, waiting): an exception there would lose the
+    requests it had just taken, or a task's next step. The C++ half asks with the
+    interpreter's GIL held, so on a GIL build the loop's thread stands still until the
+    exception is set, and gets it where it stood; on a free-threaded build it may move on
+    meanwhile, and the check narrows that window rather than closing it. Nothing raised
+    now is asked again at the supervisor's next look (200 ms)."""
+    loop = _serving.get(thread_id)
+    return loop is None or asyncio.current_task(loop) is not None
+
+
 class _PullingSelector(_selectors.DefaultSelector):
     """The selector of a loop that takes its requests from the pool's queue itself: before it
     waits it takes what is queued (a share of it, as much as it has room for), or, when
@@ -842,10 +865,12 @@ class Worker:
         if self.stopped is None:  # serve() is entered again after a HandlerTimeout hit the loop
             self.stopped = self.loop.create_future()
         self.loop.add_reader(doorbell_fd, self._ring, doorbell_fd)
+        _serving[_thread.get_ident()] = self.loop
         try:
             self._take()  # what came before the reader was there
             self.loop.run_until_complete(self.stopped)
         finally:
+            _serving.pop(_thread.get_ident(), None)
             self.loop.remove_reader(doorbell_fd)
 
     def _ring(self, fd):

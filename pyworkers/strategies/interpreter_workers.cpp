@@ -43,6 +43,7 @@ struct InterruptTarget {
   std::mutex mutex;                       // taken only while detached
   bool raised = false;                    // an exception was set and may still be pending
   bool ended = false;                     // the interpreter is gone, or going
+  bool loop = false;                      // an ASGI event loop's thread (set before it is shared)
   std::atomic<bool> helper_active{false};  // one helper at a time per handler thread
 };
 
@@ -76,9 +77,14 @@ class Interrupters : public std::enable_shared_from_this<Interrupters> {
     if (target.ended || target.running.load() != seq) return;
     PyThreadState* ts = PyThreadState_New(target.interp);
     PyEval_RestoreThread(ts);
-    py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
+    // A loop between its tasks is not in a handler (the one that kept it busy has just
+    // returned): raised there, the exception would lose the requests it had just taken.
+    const bool in_a_handler = !target.loop || AsgiLoop::may_interrupt(target.thread_id);
+    py::Ref api = in_a_handler ? py::Ref::steal(PyImport_ImportModule("gilgamesh")) : py::Ref();
     py::Ref timeout = api ? py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout")) : py::Ref();
-    if (timeout) {
+    if (!in_a_handler) {
+      spdlog::debug("the ASGI event loop is between tasks: not interrupted");
+    } else if (timeout) {
       if (PyThreadState_SetAsyncExc(target.thread_id, timeout.get()) > 0) target.raised = true;
     } else {
       spdlog::error("cannot interrupt a handler: {}", py::fetch_error_summary());
@@ -214,6 +220,7 @@ class InProcessWorker : public Worker {
     hooks.entered = [this] {
       auto target = std::make_shared<InterruptTarget>(interp_, PyThread_get_thread_ident());
       target->running = kLoopSeq;
+      target->loop = true;
       std::atomic_store(&loop_target_, target);
     };
     hooks.leaving = [this] {

@@ -841,3 +841,38 @@ def test_a_pulling_loop_with_callbacks_ready_takes_nothing_until_they_ran():
     box = serve_pulling(busy, during)
     assert box.named("respond")
     assert len(box.named("pull")) < 20, "the loop looked at the queue between ready callbacks"
+
+
+def test_an_interrupt_is_let_in_only_while_a_task_runs():
+    """may_interrupt(): the C++ half raises HandlerTimeout into a loop that stays busy past
+    a deadline only while one of its tasks runs; between tasks (the loop waiting, or taking
+    requests and starting their tasks) the exception would lose what the loop had taken.
+    Asked from another thread holding the GIL, as the C++ half's helper does."""
+    loop_thread = threading.get_ident()
+    spinning = threading.Event()
+    release = threading.Event()
+    seen = {}
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/spin":
+            spinning.set()
+            while not release.is_set():  # CPU, no await: the loop is blocked in this task
+                pass
+        await hello(scope, receive, send)
+
+    def during(box):
+        box.enqueue(get(1))
+        wait_until(lambda: box.named("done") and box.parked)
+        seen["waiting"] = asgi.may_interrupt(loop_thread)
+        box.enqueue(get(2, path="/spin"))
+        assert spinning.wait(5)
+        seen["in the app"] = [asgi.may_interrupt(loop_thread) for _ in range(20)]
+        release.set()
+        wait_until(lambda: len(box.named("done")) == 2 and box.parked)
+        seen["waiting again"] = asgi.may_interrupt(loop_thread)
+
+    box = serve_pulling(app, during)
+    assert [c[1] for c in box.named("respond")] == [1, 2]
+    assert seen == {"waiting": False, "in the app": [True] * 20, "waiting again": False}
+    # A thread that serves no loop (it left serve(), or never was one): nothing to protect.
+    assert asgi.may_interrupt(loop_thread) is True
