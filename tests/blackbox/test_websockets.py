@@ -868,9 +868,12 @@ def _minor_faults(pid):
     return found
 
 
-def faults_per_round_trip(server, connections=10, round_trips=30, size=65536):
+def faults_per_round_trip(server, connections=10, round_trips=40, windows=5, size=65536):
     """Minor faults the server (all its processes) took per 64 KiB echo, after a warm-up that
-    grows its heaps to their working size."""
+    grows its heaps to their working size: the fewest of `windows` runs of `round_trips` echoes
+    on each connection. A heap that grows further (on a busy machine more messages are in
+    flight at once) faults once per page it first touches, in one window; a heap given back
+    and mapped again faults in every window."""
     blob = os.urandom(size)
 
     async def one(n):
@@ -882,11 +885,14 @@ def faults_per_round_trip(server, connections=10, round_trips=30, size=65536):
     async def load(n):
         await asyncio.gather(*(one(n) for _ in range(connections)))
     run(load(10), timeout=60)
-    before = _minor_faults(server.process.pid)
-    run(load(round_trips), timeout=60)
-    after = _minor_faults(server.process.pid)
-    # (a process born in between, a recycled worker say, counts with all of its faults)
-    return sum(n - before.get(p, 0) for p, n in after.items()) / (connections * round_trips)
+    per_window = []
+    for _ in range(windows):
+        before = _minor_faults(server.process.pid)
+        run(load(round_trips), timeout=60)
+        after = _minor_faults(server.process.pid)
+        # (a process born in between, a recycled worker say, counts with all of its faults)
+        per_window.append(sum(n - before.get(p, 0) for p, n in after.items()) / (connections * round_trips))
+    return min(per_window)
 
 
 SANITIZED = os.environ.get("GILGAMESH_SANITIZED") == "1"
@@ -898,27 +904,32 @@ def test_large_messages_do_not_fault_the_heap_back_in(server):
     """64 KiB messages are allocated and freed on every echo (the message, its copies). glibc's
     default gives a heap's free top back to the kernel past 128 KiB: every echo then paid a
     madvise, a TLB shoot-down and 2-17 page faults to map it again (server/main.cpp,
-    keep_freed_heap_mapped). Now none: less than one fault per round trip, all processes."""
+    keep_freed_heap_mapped). Now none: in the quietest of five windows, fewer than 0.3 faults
+    per round trip over all processes (0.00-0.03 with two `yes` beside it; the binary before
+    the change: 0.56-3.4)."""
     per_round_trip = faults_per_round_trip(server)
-    assert per_round_trip < 1.0, "%.1f minor page faults per 64 KiB round trip" % per_round_trip
+    assert per_round_trip < 0.3, "%.2f minor page faults per 64 KiB round trip" % per_round_trip
 
 
 @gilgamesh_only("the heap settings are gilgamesh's")
 @pytest.mark.skipif(SANITIZED, reason="ASan's allocator replaces glibc's: its heap is not the one tuned")
 def test_the_users_malloc_settings_win(gilgamesh_bin, strategy, tmp_path):
-    """MALLOC_TRIM_THRESHOLD_ (or GLIBC_TUNABLES glibc.malloc.*) in the environment: the server
-    leaves glibc's settings alone, and glibc's 128 KiB trim threshold brings the faults back
-    (which also shows the measure above sees them)."""
+    """MALLOC_MMAP_THRESHOLD_ (or MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, GLIBC_TUNABLES
+    glibc.malloc.*) in the environment: the server leaves glibc's settings alone, so the user's
+    32 KiB mmap threshold holds: every 64 KiB buffer is mapped and unmapped again, a page fault
+    per 4 KiB touched (which also shows the measure above sees faults). Not the 128 KiB trim
+    threshold: how often that one trims depends on the order of frees, 0.8 to 13 faults per
+    echo in the same minutes."""
     if strategy != harness.strategies()[0]:
         pytest.skip("one strategy shows it (the setting is the process's, the same for all)")
     events = Events(tmp_path / "events.log")
     s = AsgiServer(strategy, "asgi_websocket:app", workers=2, args=["--pythonpath", str(APPS_DIR)],
-                   env={"ASGI_TEST_EVENTS": str(events.path), "MALLOC_TRIM_THRESHOLD_": "131072"}).start()
+                   env={"ASGI_TEST_EVENTS": str(events.path), "MALLOC_MMAP_THRESHOLD_": "32768"}).start()
     try:
         per_round_trip = faults_per_round_trip(s)
     finally:
         stop_cleanly(s)
-    assert per_round_trip >= 1.0, "%.1f minor page faults per 64 KiB round trip" % per_round_trip
+    assert per_round_trip >= 8.0, "%.1f minor page faults per 64 KiB round trip" % per_round_trip
 
 
 # --- deadlines, counting, limits (gilgamesh's flags) ------------------------------------------------
@@ -1053,7 +1064,9 @@ def test_recycling_keeps_open_websockets_until_the_graceful_deadline(gilgamesh_b
                 assert s.get("/whoami", timeout=scaled(10)).json()["worker"] != first
                 assert time.monotonic() - asked < scaled(1.0), "the new worker waited for the old one"
                 time.sleep(0.2)
-            assert harness.server_stats(s)["draining_workers"] == 1
+            # (the first at least: the new workers answering above reach --max-requests too, and
+            # one of them may still be ending, with nothing to wait for, when the stats are read)
+            assert harness.server_stats(s)["draining_workers"] >= 1
             # ...and closes with 1001 at the graceful deadline.
             assert ws.closed_with(timeout=graceful + 5)[0] == 1001
             assert time.monotonic() - recycled >= graceful - 1.0
