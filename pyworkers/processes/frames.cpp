@@ -182,15 +182,15 @@ bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body
   return true;
 }
 
-ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile std::sig_atomic_t* stop) {
+ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
   // One recv usually brings the whole of a small frame (the sender wrote it
   // with one sendmsg); the rest of a large body is read straight into place.
-  // Frames alternate strictly, so a read never takes bytes of the next frame.
+  // For a peer whose frames alternate strictly (a worker's first frame), so a
+  // read never takes bytes of the next frame.
   char first[16 * 1024];
   ssize_t got;
   do {
     got = ::recv(fd, first, sizeof first, 0);
-    if (got < 0 && errno == EINTR && stop != nullptr && *stop) return {ReadStatus::failed, EINTR};
   } while (got < 0 && errno == EINTR);
   if (got < 0) return {ReadStatus::failed, errno};
   if (got == 0) return {ReadStatus::closed};
@@ -220,10 +220,14 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits, const volatile s
   return {ReadStatus::ok};
 }
 
-ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits) {
+ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits,
+                               const volatile std::sig_atomic_t* stop) {
   char buf[64 * 1024];
   while (carry.size() < kHeaderSize) {
     const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    if (got < 0 && errno == EINTR && stop != nullptr && *stop && carry.empty()) {
+      return {ReadStatus::failed, EINTR};
+    }
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) return {ReadStatus::failed, errno};
     if (got == 0) return {carry.empty() ? ReadStatus::closed : ReadStatus::truncated};

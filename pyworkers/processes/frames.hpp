@@ -9,7 +9,9 @@
 // encoded below), then the body bytes. Each side reads a whole frame before
 // it writes, so bodies of any allowed size pass without deadlock; the one
 // exception, a streamed answer, is read by the server as it comes
-// (read_frame_buffered), and the worker only peeks for a `cancel` between chunks. Lanes are
+// (read_frame_buffered), and the worker only peeks for a `cancel` between chunks. A
+// cancel can come after the worker ended its answer, and the next request right
+// behind it, so the worker reads its lane buffered too. Lanes are
 // independent: answers come back per lane, in any order across lanes. Both
 // ends number the requests of a lane 1, 2, ... in the order they pass (the
 // request number: what an interrupt names, so it never hits the next request).
@@ -123,16 +125,19 @@ struct ReadResult {
 // returns false and sets *error to errno if given.
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body,
                  int* error = nullptr);
-// Reads a whole frame (blocking; EINTR retried). With `stop`, a signal that
-// interrupts the wait for the frame's first byte while *stop is set ends the
-// read instead: {failed, EINTR}. (A signal that lands just before the wait
-// begins is seen at the next frame or when the peer closes.)
-ReadResult read_frame(int fd, Frame& out, const Limits& limits = {},
-                      const volatile std::sig_atomic_t* stop = nullptr);
+// Reads a whole frame (blocking; EINTR retried) from a peer that sends one
+// frame and then waits (a worker's first frame): bytes past it are `invalid`.
+ReadResult read_frame(int fd, Frame& out, const Limits& limits = {});
 // As read_frame, from a peer that may send frames back to back (a worker's
-// streamed answer: head, chunks, end): bytes received past this frame are kept
-// in `carry` and the next call with the same `carry` starts with them.
-ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits = {});
+// streamed answer: head, chunks, end; the server's `cancel` for an answer the
+// worker had ended already, then its next request): bytes received past this
+// frame are kept in `carry` and the next call with the same `carry` starts
+// with them. With `stop`, a signal that interrupts the wait for the frame's
+// first byte while *stop is set (and `carry` is empty) ends the read instead:
+// {failed, EINTR}. (A signal that lands just before the wait begins is seen at
+// the next frame or when the peer closes.)
+ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits = {},
+                               const volatile std::sig_atomic_t* stop = nullptr);
 
 // Everything of a request but its body, and back. Decoding rejects (false) any
 // metadata that is short, long, or otherwise not what encoding produced.

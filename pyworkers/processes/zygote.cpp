@@ -62,10 +62,12 @@ namespace {
 // the end go to the server as frames on the lane's socket (frames.hpp). A
 // full socket holds the handler back (the server's buffer is full: its client
 // is slow). After each chunk a `cancel` from the server (the client left) is
-// looked for without waiting. Called with no thread state attached.
+// looked for without waiting. Called with no thread state attached. `carry`
+// is the lane's read buffer (serve_lane's): a cancel may come in one read with
+// what follows it.
 class FrameSink final : public ResponseSink {
  public:
-  explicit FrameSink(int sock) : sock_(sock) {}
+  FrameSink(int sock, std::string& carry) : sock_(sock), carry_(carry) {}
 
   bool open(HttpResponseData&& head) override {
     opened_ = true;
@@ -73,12 +75,14 @@ class FrameSink final : public ResponseSink {
   }
   bool push(std::string_view chunk) override {
     if (cancelled_ || !write(frames::Kind::chunk, {}, chunk)) return false;
-    pollfd p{sock_, POLLIN, 0};
-    if (poll(&p, 1, 0) <= 0) return true;
+    if (carry_.empty()) {
+      pollfd p{sock_, POLLIN, 0};
+      if (poll(&p, 1, 0) <= 0) return true;
+    }
     frames::Frame frame;
     frames::Limits limits;
     limits.max_body = 0;
-    const frames::ReadResult read = frames::read_frame(sock_, frame, limits);
+    const frames::ReadResult read = frames::read_frame_buffered(sock_, frame, carry_, limits);
     if (!read.ok() || frame.kind != frames::Kind::cancel) broken_ = true;  // the server left, or garbage
     cancelled_ = true;
     return false;
@@ -100,6 +104,7 @@ class FrameSink final : public ResponseSink {
   }
 
   const int sock_;
+  std::string& carry_;
   bool opened_ = false;
   bool ended_ = false;
   bool cancelled_ = false;
@@ -402,6 +407,7 @@ struct Zygote::Lane {
   PyThreadState* ts = nullptr;  // this lane's thread's own; detached while it waits
   unsigned long thread_id = 0;  // for PyThreadState_SetAsyncExc
   std::uint64_t received = 0;   // requests read so far (the lane's thread only)
+  std::string carry;            // bytes read past the last frame (the lane's thread only)
   bool failed = false;          // it left because its answer could not be written
   // The control thread holds it while it raises; the lane's thread takes it only
   // detached, so neither waits for it while holding the GIL.
@@ -508,7 +514,10 @@ bool Zygote::serve_lane(int worker, Lane& lane) {
     // One blocking recv per request: SIGTERM (no SA_RESTART) interrupts lane 0's
     // wait, and shuts every lane's socket for reading.
     frames::Frame frame;
-    const frames::ReadResult read = frames::read_frame(lane.sock, frame, limits, &g_sigterm_received);
+    // Buffered: a `cancel` for an answer already over can arrive in one read with
+    // the next request (the server cannot know the answer ended before its cancel).
+    const frames::ReadResult read =
+        frames::read_frame_buffered(lane.sock, frame, lane.carry, limits, &g_sigterm_received);
     if (read.status == frames::ReadStatus::closed) return true;  // recycled, or shutdown
     if (read.status == frames::ReadStatus::failed && read.error == EINTR) return true;
     if (read.ok() && frame.kind == frames::Kind::cancel) continue;  // for an answer already over
@@ -527,7 +536,7 @@ bool Zygote::serve_lane(int worker, Lane& lane) {
       lane.running = number;
     }
     HttpResponseData response;
-    FrameSink sink(lane.sock);
+    FrameSink sink(lane.sock, lane.carry);
     if (route >= route_count) {
       response = make_error_response(500, "no route #" + std::to_string(route), request.request_id);
     } else {

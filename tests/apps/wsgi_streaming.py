@@ -5,9 +5,11 @@ Routes (by PATH_INFO), the parameters as in tests/apps/concurrency.py:
   /hello                 b"hello" with a Content-Length
   /environ               JSON: wsgi.multithread, wsgi.multiprocess, pid, thread ident
   /sleep?s=1             sleeps s seconds, then JSON: s, thread ident, pid
-  /stream?chunks=N&delay_ms=D&size=B&token=T&empty=0&raise_after=-1
+  /stream?chunks=N&delay_ms=D&size=B&token=T&empty=0&raise_after=-1&busy_ms=0
                          an iterable (no Content-Length) of N chunks, D ms apart, with a
-                         close() that logs
+                         close() that logs; busy_ms: a thread of the app runs Python code
+                         that long meanwhile (with a GIL, the handler's thread waits for it
+                         whenever it takes the GIL back)
   /write?chunks=N&delay_ms=D&size=B&token=T
                          the same chunks through write(), then an empty iterable that logs
   /length_short?token=T  Content-Length: 100, a body of 50 bytes
@@ -55,6 +57,12 @@ def _query(environ):
     return {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
 
+def _busy(seconds):
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
 def _json(start_response, value):
     body = json.dumps(value).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
@@ -84,6 +92,9 @@ def app(environ, start_response):
         size = int(q.get("size", "16"))
         empty = q.get("empty") == "1"
         raise_after = int(q.get("raise_after", "-1"))
+        busy_s = int(q.get("busy_ms", "0")) / 1000.0
+        if busy_s:
+            threading.Thread(target=_busy, args=(busy_s,)).start()  # sub-interpreters allow no daemon threads
 
         def produce():
             for i in range(chunks):

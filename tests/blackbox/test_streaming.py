@@ -40,8 +40,8 @@ def close_log(tmp_path_factory):
     return tmp_path_factory.mktemp("streaming") / "close.log"
 
 
-def _serve(strategy, close_log, **kw):
-    return GilgameshServer(strategy, workers=2, args=["--pythonpath", str(APPS_DIR)],
+def _serve(strategy, close_log, workers=2, **kw):
+    return GilgameshServer(strategy, workers=workers, args=["--pythonpath", str(APPS_DIR)],
                            env={"GILGAMESH_TEST_CLOSE_LOG": str(close_log)}, **kw).start()
 
 
@@ -334,6 +334,28 @@ def test_head_sends_no_body(served, close_log):
             "bytes between the HEAD answer and the next one: %r" % split_head(wire.data)[2][:200]
     if kind == "wsgi":  # PEP 3333: close() is called whenever the iterable has one
         wait_for(lambda: closed_lines(close_log, token), "close() of the HEAD answer's iterable", 5)
+
+
+def test_the_request_after_a_head_is_served_by_the_same_worker(strategy, gilgamesh_bin, close_log):
+    # One worker, so the pipelined request goes where the HEAD answer went. The answer ends
+    # before the server has read its head (one small chunk), so the server's word to stop
+    # (`processes`: a cancel frame) comes after the end, and right behind it comes the next
+    # request; a thread of the app keeps the worker's handler thread waiting for the GIL
+    # meanwhile, so both reach the worker together. They were once read as one malformed
+    # frame: the worker process left, and the next request got a 502.
+    server = _serve(strategy, close_log, workers=1, wsgi="wsgi_streaming:app")
+    try:
+        for i in range(8):
+            with Wire(server.port) as wire:
+                wire.send(get("/stream?chunks=1&size=10&busy_ms=40", method="HEAD") + get("/hello"))
+                wire.read_until(lambda d: d.endswith(b"hello") or b" 502 " in d, scaled(10),
+                                "both answers")
+                status, _, rest = split_head(wire.data)
+                assert status == 200, wire.data[:400]
+                assert rest.startswith(b"HTTP/1.1 200"), "round %d: %r" % (i, rest[:400])
+    finally:
+        _stop(server)
+    assert "bad request frame" not in server.log(), server.log()[-3000:]
 
 
 # --- slow reader: bounded memory ---------------------------------------------------------------

@@ -7,8 +7,12 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -199,6 +203,71 @@ TEST(Frames, AStreamedAnswerIsReadFrameByFrameWhateverArrivesTogether) {
   ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "a"));
   ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "b"));
   EXPECT_EQ(read_frame(t.a, f).status, ReadStatus::invalid);
+}
+
+// A worker's lane: the server's `cancel` for an answer the worker had ended already,
+// then the next request, both in the socket before the worker reads again.
+TEST(Frames, AStaleCancelAndTheNextRequestAreTwoFrames) {
+  SocketPair s;
+  HttpRequestData request = sample_request();
+  ASSERT_TRUE(write_frame(s.b, Kind::cancel, "", ""));
+  ASSERT_TRUE(write_frame(s.b, Kind::request, encode_request_meta(3, request), request.body));
+  std::string carry;
+  Frame f;
+  ASSERT_TRUE(read_frame_buffered(s.a, f, carry).ok());
+  EXPECT_EQ(f.kind, Kind::cancel);
+  ASSERT_TRUE(read_frame_buffered(s.a, f, carry).ok());
+  EXPECT_EQ(f.kind, Kind::request);
+  std::size_t route = 0;
+  HttpRequestData decoded;
+  ASSERT_TRUE(decode_request_meta(f.meta, route, decoded));
+  EXPECT_EQ(route, 3u);
+  EXPECT_EQ(decoded.path, request.path);
+  EXPECT_EQ(f.body, request.body);
+  EXPECT_TRUE(carry.empty());
+}
+
+namespace {
+extern "C" void ignore_signal(int) {}
+}  // namespace
+
+// SIGTERM in a worker: with `stop` set, a signal ends the wait for the next frame;
+// without it (or with *stop clear) the wait goes on.
+TEST(Frames, ABufferedReadEndsAtASignalOnlyWhenTold) {
+  struct sigaction action {}, old {};
+  action.sa_handler = ignore_signal;  // no SA_RESTART: recv returns EINTR
+  sigemptyset(&action.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &action, &old), 0);
+  for (const bool told : {true, false}) {
+    SocketPair s;
+    volatile std::sig_atomic_t stop = 0;
+    std::atomic<bool> returned{false};
+    frames::ReadResult read;
+    std::thread reader([&] {
+      std::string carry;
+      Frame f;
+      read = read_frame_buffered(s.a, f, carry, {}, &stop);
+      returned = true;
+    });
+    stop = told ? 1 : 0;
+    // Again and again: a signal that lands before the reader is in recv interrupts nothing.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(told ? 5 : 0) +
+                       std::chrono::milliseconds(200);
+    while (!returned && std::chrono::steady_clock::now() < until) {
+      pthread_kill(reader.native_handle(), SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(returned.load(), told);
+    if (!told) ASSERT_TRUE(write_frame(s.b, Kind::cancel, "", ""));
+    reader.join();
+    if (told) {
+      EXPECT_EQ(read.status, ReadStatus::failed);
+      EXPECT_EQ(read.error, EINTR);
+    } else {
+      EXPECT_TRUE(read.ok());
+    }
+  }
+  sigaction(SIGUSR1, &old, nullptr);
 }
 
 TEST(Frames, AnAsgiRequestCarriesItsIdAndTimeLeft) {
