@@ -891,6 +891,14 @@ bool AsgiLoop::may_interrupt(unsigned long thread_id) {
   return yes == 1;
 }
 
+bool AsgiLoop::interrupt_task(unsigned long thread_id, PyObject* exception) {
+  if (!may_interrupt(thread_id)) {
+    spdlog::debug("the ASGI event loop is between tasks: not interrupted");
+    return false;
+  }
+  return PyThreadState_SetAsyncExc(thread_id, exception) > 0;
+}
+
 bool AsgiLoop::stuck(Clock::time_point now) const {
   std::lock_guard lock(mutex_);
   for (const auto& [rid, p] : pending_) {

@@ -127,6 +127,9 @@ class AsgiLoop {
   // bookkeeping, where it would lose the requests just taken (_gilgamesh_asgi.may_interrupt).
   // Attached to the loop's interpreter; true when it cannot tell.
   static bool may_interrupt(unsigned long thread_id);
+  // Raises `exception` (HandlerTimeout of the loop's interpreter) in loop thread
+  // `thread_id` if may_interrupt() says so; true once set. Attached as above.
+  static bool interrupt_task(unsigned long thread_id, PyObject* exception);
   // Whether the loop is stuck: a request is still unanswered well past its
   // deadline although it was interrupted as often as it will be (a handler
   // blocked in C, or one that swallows HandlerTimeout). Never blocks on Python.

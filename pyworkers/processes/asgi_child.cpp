@@ -437,11 +437,7 @@ void AsgiChild::interrupt_loop() {
         PyThreadState* ts = PyThreadState_New(PyInterpreterState_Main());
         PyEval_RestoreThread(ts);
         // Not between tasks: there it would lose the requests the loop had just taken.
-        if (AsgiLoop::may_interrupt(loop_thread_)) {
-          PyThreadState_SetAsyncExc(loop_thread_, app_.handler_timeout_type());
-        } else {
-          spdlog::debug("worker {}: the ASGI event loop is between tasks: not interrupted", worker_);
-        }
+        AsgiLoop::interrupt_task(loop_thread_, app_.handler_timeout_type());
         PyThreadState_Clear(ts);
         PyThreadState_DeleteCurrent();
       }

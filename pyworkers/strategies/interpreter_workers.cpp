@@ -77,22 +77,23 @@ class Interrupters : public std::enable_shared_from_this<Interrupters> {
     if (target.ended || target.running.load() != seq) return;
     PyThreadState* ts = PyThreadState_New(target.interp);
     PyEval_RestoreThread(ts);
-    // A loop between its tasks is not in a handler (the one that kept it busy has just
-    // returned): raised there, the exception would lose the requests it had just taken.
-    const bool in_a_handler = !target.loop || AsgiLoop::may_interrupt(target.thread_id);
-    py::Ref api = in_a_handler ? py::Ref::steal(PyImport_ImportModule("gilgamesh")) : py::Ref();
-    py::Ref timeout = api ? py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout")) : py::Ref();
-    if (!in_a_handler) {
-      spdlog::debug("the ASGI event loop is between tasks: not interrupted");
-    } else if (timeout) {
-      if (PyThreadState_SetAsyncExc(target.thread_id, timeout.get()) > 0) target.raised = true;
-    } else {
-      spdlog::error("cannot interrupt a handler: {}", py::fetch_error_summary());
-    }
-    timeout.reset();
-    api.reset();
+    if (raise_handler_timeout(target)) target.raised = true;
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
+  }
+
+  // Attached to the target's interpreter, whose own HandlerTimeout is raised.
+  static bool raise_handler_timeout(const InterruptTarget& target) {
+    py::Ref api = py::Ref::steal(PyImport_ImportModule("gilgamesh"));
+    py::Ref timeout = api ? py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout")) : py::Ref();
+    if (!timeout) {
+      spdlog::error("cannot interrupt a handler: {}", py::fetch_error_summary());
+      return false;
+    }
+    // A loop between its tasks is not in a handler (the one that kept it busy has just
+    // returned): raised there, the exception would lose the requests it had just taken.
+    if (target.loop) return AsgiLoop::interrupt_task(target.thread_id, timeout.get());
+    return PyThreadState_SetAsyncExc(target.thread_id, timeout.get()) > 0;
   }
 
   std::mutex mutex_;
