@@ -10,6 +10,8 @@ Routes (by PATH_INFO), the parameters as in tests/apps/concurrency.py:
                          close() that logs; busy_ms: a thread of the app runs Python code
                          that long meanwhile (with a GIL, the handler's thread waits for it
                          whenever it takes the GIL back)
+  /busy_join             waits for every busy_ms thread to end (before the server stops:
+                         a thread still running at exit is left to the process's end)
   /write?chunks=N&delay_ms=D&size=B&token=T
                          the same chunks through write(), then an empty iterable that logs
   /length_short?token=T  Content-Length: 100, a body of 50 bytes
@@ -57,6 +59,9 @@ def _query(environ):
     return {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
 
+_busy_threads = []
+
+
 def _busy(seconds):
     until = time.monotonic() + seconds
     while time.monotonic() < until:
@@ -86,6 +91,10 @@ def app(environ, start_response):
         s = float(q.get("s", "1"))
         time.sleep(s)
         return _json(start_response, {"s": s, "thread": threading.get_ident(), "pid": os.getpid()})
+    if path == "/busy_join":
+        while _busy_threads:
+            _busy_threads.pop().join()
+        return _json(start_response, {"joined": True})
     if path == "/stream":
         chunks = int(q.get("chunks", "5"))
         delay_s = int(q.get("delay_ms", "0")) / 1000.0
@@ -94,7 +103,9 @@ def app(environ, start_response):
         raise_after = int(q.get("raise_after", "-1"))
         busy_s = int(q.get("busy_ms", "0")) / 1000.0
         if busy_s:
-            threading.Thread(target=_busy, args=(busy_s,)).start()  # sub-interpreters allow no daemon threads
+            busy = threading.Thread(target=_busy, args=(busy_s,))  # sub-interpreters allow no daemon threads
+            busy.start()
+            _busy_threads.append(busy)
 
         def produce():
             for i in range(chunks):

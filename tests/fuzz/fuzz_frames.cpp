@@ -1,6 +1,6 @@
 // Fuzz target 3: the processes strategy's frame decoder (pyworkers/processes/frames.hpp):
 // bytes a worker process could send (a crashed or hostile worker) read back by
-// read_frame() from a real socket, then the metadata decoded as the server
+// read_frame() and read_frame_buffered() (frame after frame) from a real socket, then the metadata decoded as the server
 // (response) and a worker (request) decode it; and the same bytes as a worker
 // control message (what a worker process's control thread decodes).
 //
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
 #include "pyworkers/processes/frames.hpp"
@@ -93,30 +94,39 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fail("a worker control message changed through decode/encode");
   }
 
-  // The same bytes as a worker's socket would carry them (a frame is read
-  // whole before the next is written, so one frame per input).
+  // The same bytes as a socket would carry them: read as one frame (read_frame,
+  // a worker's first frame), then as frames back to back (read_frame_buffered,
+  // what the server and the workers read everything else with).
   if (size > 128 * 1024) return 0;  // more than the socket buffer holds without a reader
-  int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("socketpair");
-  std::size_t sent = 0;
-  while (sent < size) {
-    const ssize_t n = ::send(fds[0], data + sent, size - sent, MSG_NOSIGNAL);
-    if (n <= 0) break;
-    sent += static_cast<std::size_t>(n);
-  }
-  ::shutdown(fds[0], SHUT_WR);
-  frames::Frame frame;
   frames::Limits limits;
   limits.max_meta = 1 << 20;
   limits.max_body = 1 << 20;
-  const frames::ReadResult r = frames::read_frame(fds[1], frame, limits);
-  ::close(fds[0]);
-  ::close(fds[1]);
-  if (r.ok()) {
-    if (frame.meta.size() > limits.max_meta || frame.body.size() > limits.max_body) fail("a frame over the limits");
-    decode_meta(frame.meta);
-  } else {
-    (void)r.describe();
+  for (const bool buffered : {false, true}) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("socketpair");
+    std::size_t sent = 0;
+    while (sent < size) {
+      const ssize_t n = ::send(fds[0], data + sent, size - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<std::size_t>(n);
+    }
+    ::shutdown(fds[0], SHUT_WR);
+    std::string carry;
+    for (std::size_t frames_read = 0;; ++frames_read) {
+      if (frames_read > size) fail("more frames than input bytes");
+      frames::Frame frame;
+      const frames::ReadResult r = buffered ? frames::read_frame_buffered(fds[1], frame, carry, limits)
+                                            : frames::read_frame(fds[1], frame, limits);
+      if (!r.ok()) {
+        (void)r.describe();
+        break;
+      }
+      if (frame.meta.size() > limits.max_meta || frame.body.size() > limits.max_body) fail("a frame over the limits");
+      decode_meta(frame.meta);
+      if (!buffered) break;
+    }
+    ::close(fds[0]);
+    ::close(fds[1]);
   }
   return 0;
 }

@@ -86,6 +86,10 @@ FRAMES = {
     "huge-lengths": struct.pack("=IIQ", 3, 0xFFFFFFF0, 0xFFFFFFFFFFFFFFF0),
     "bad-kind": frame(9, b""),
     "too-many-headers": struct.pack("=I", 200) + s(b"") + struct.pack("=I", 0x7FFFFFFF),
+    # A worker's lane: a cancel for an answer already over, the next request right behind.
+    "cancel-then-request": frame(7, b"") + frame(2, request_meta, b"body"),
+    # A streamed answer, back to back: head, a chunk, the end.
+    "streamed": frame(4, response_meta) + frame(5, b"", b"chunk") + frame(6, b"1"),
 }
 for name, data in FRAMES.items():
     write("frames", name, data)
