@@ -202,7 +202,7 @@ int serve(const ServerConfig& config) {
   }
   server.reset();
   if (outcome == HttpServer::Outcome::handlers_left_running) {
-    spdlog::warn("exiting without finalizing Python: a handler was still running");
+    spdlog::warn("exiting without finalizing Python: a thread still runs in it (see above)");
     leave_now(0);
   }
   executor.reset();

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "pyworkers/embedding/app_threads.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -694,6 +695,7 @@ void AsgiLoop::started(std::string error) {
 void AsgiLoop::thread_main() {
   PyThreadState* ts = PyThreadState_New(interp_);
   PyEval_RestoreThread(ts);
+  adopt_server_thread();  // threads the app starts from the loop (run_in_executor) are waited for
   if (hooks_.entered) hooks_.entered();
   {
     py::Ref module = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));

@@ -453,6 +453,36 @@ def _foreign_extension(error):
     return None
 
 
+def _adopt_server_thread():
+    """On a thread of the server's own (a lane, an event loop), as it starts.
+
+    Python sees such a thread as a `_DummyThread`, which is a daemon in the main
+    interpreter, and `threading.Thread` takes its default `daemon` from the
+    thread that makes it: every thread an app started from a handler would be a
+    daemon, cut off at exit. A program's main thread, and every thread of
+    gunicorn's workers, makes non-daemon threads; so does this one now, and the
+    server waits for them at shutdown as Python's own exit does (bounded by
+    --graceful-timeout).
+    """
+    import threading
+    here = threading.current_thread()
+    if here.daemon and isinstance(here, threading._DummyThread):
+        here._daemonic = False  # `daemon = False` is refused on a started thread
+
+
+def _app_threads():
+    """The names of the threads Python's exit would wait for: non-daemon threads
+    the app started (with `threading`), not this one nor the interpreter's main."""
+    import sys
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return []
+    skip = (threading.current_thread(), threading.main_thread())
+    return [t.name for t in threading.enumerate()
+            if t not in skip and not isinstance(t, threading._DummyThread)
+            and not t.daemon and t.is_alive()]
+
+
 def route(path, methods=("GET",)):
     """Register `handler(request)` for `path` and `methods`."""
     if not isinstance(path, str) or not path.startswith("/"):

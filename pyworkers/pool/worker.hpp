@@ -84,8 +84,14 @@ class Worker {
   // From another thread: stop job `seq` if it still runs. Never blocks. The
   // pool calls it again now and then until the job ends or is abandoned.
   virtual InterruptAction interrupt(std::uint64_t seq) = 0;
-  // Ends what start() made. start() may be called again afterwards.
-  virtual void end() = 0;
+  // Ends what start() made. start() may be called again afterwards. Threads
+  // the app started itself that Python's exit would wait for (non-daemon) get
+  // until `threads_until` to end (app_threads.hpp); a worker whose app threads
+  // still run then is left to them, not ended.
+  virtual void end(Clock::time_point threads_until) = 0;
+  // The app started threads of its own that still run: ending this worker may
+  // wait for them (the pool then lets a new worker take the slot meanwhile).
+  virtual bool app_threads_running() { return false; }
 
   // end() + start() gives a fresh interpreter or process (recycling is worth it).
   virtual bool recyclable() const = 0;
@@ -152,7 +158,10 @@ class WorkerFactory {
   virtual void add_stats(PoolStats&) const {}
   // After every worker has ended (or been abandoned). `clean` is false when a
   // handler thread still runs: nothing that thread may use can be torn down.
-  virtual void shutdown(bool clean) = 0;
+  // The app's own threads get until `deadline` (the graceful one) to end.
+  // True when everything was torn down; false when something was left running
+  // (the process must then leave without finalizing Python).
+  virtual bool shutdown(bool clean, Clock::time_point deadline) = 0;
 };
 
 std::unique_ptr<WorkerFactory> make_subinterpreter_factory(const ServerConfig& config);

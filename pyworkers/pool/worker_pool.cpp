@@ -199,8 +199,9 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   bool up = bring_up(*run, failures);
   while (up) {
     const After after = serve_lanes(*run, slot);
-    const bool hand_over = after == After::recycle && run->worker->held() > 0 && hand_over_slot(*run);
-    run->worker->end();
+    const bool hand_over = after == After::recycle &&
+                           (run->worker->held() > 0 || run->worker->app_threads_running()) && hand_over_slot(*run);
+    run->worker->end(threads_deadline());
     ++workers_ended_;
     if (after == After::drained || after == After::abandoned || hand_over) break;
     if (after == After::restart) {
@@ -242,8 +243,9 @@ void WorkerPool::run_main(const std::shared_ptr<Run>& run) {
   }
 }
 
-// A worker recycled while its event loop holds requests or WebSockets: those
-// get until --graceful-timeout to finish, and the slot must not wait for them.
+// A worker recycled while its event loop holds requests or WebSockets, or
+// while threads its app started still run: those get until --graceful-timeout
+// to finish, and the slot must not wait for them.
 // A new run takes the slot beside the draining one (as gunicorn starts a new
 // worker while the old one shuts down gracefully). False when the pool stops:
 // the run drains in place.
@@ -254,9 +256,15 @@ bool WorkerPool::hand_over_slot(Run& run) {
     run.draining = true;
     ++draining_live_;
   }
-  spdlog::info("worker {}: a new worker takes the slot while the recycled one drains {} held request(s) "
-               "(up to --graceful-timeout)",
-               run.slot, run.worker->held());
+  if (const int held = run.worker->held(); held > 0) {
+    spdlog::info("worker {}: a new worker takes the slot while the recycled one drains {} held request(s) "
+                 "(up to --graceful-timeout)",
+                 run.slot, held);
+  } else {
+    spdlog::info("worker {}: a new worker takes the slot while the recycled one waits for threads the app "
+                 "started (up to --graceful-timeout)",
+                 run.slot);
+  }
   std::deque<Job> carried;  // taken as the worker was going: the new one runs them
   {
     std::lock_guard lock(run.mutex);
@@ -288,7 +296,7 @@ bool WorkerPool::bring_up(Run& run, unsigned& failures) {
       run.pid = d.pid;
       run.interpreter_id = d.interpreter_id.value_or(-1);
       if (!(run.initial && first_start) && !same_routes(routes_, routes)) {
-        run.worker->end();
+        run.worker->end(threads_deadline());
         ++workers_ended_;
         throw StartupError("the app registered different routes than at start-up");
       }
@@ -817,6 +825,7 @@ bool WorkerPool::abandon(Run& run, bool& stuck, const std::string& what) {
 bool WorkerPool::stop(Clock::time_point deadline) {
   if (stopped_) return true;
   stopped_ = true;
+  stop_deadline_ = deadline;
   stopping_ = true;
   factory_->stopping();
   queue_.close();
@@ -837,8 +846,15 @@ bool WorkerPool::stop(Clock::time_point deadline) {
   }
   if (supervisor_.joinable()) supervisor_.join();
   const bool clean = join_runs();
-  factory_->shutdown(clean);
-  return clean;
+  return factory_->shutdown(clean, deadline) && clean;
+}
+
+// Until when a worker that ends may wait for the app's own threads: the
+// graceful deadline once the pool stops, else --graceful-timeout from now.
+Clock::time_point WorkerPool::threads_deadline() const {
+  if (stopping_) return stop_deadline_.load();
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(config_.http.graceful_timeout));
 }
 
 bool WorkerPool::current_runs_finished() const {

@@ -100,6 +100,7 @@ class WorkerPool final : public Executor {
   void count_served(Run& run, Slot& slot, unsigned jobs);
   bool leave(Run& run, After why);
   bool hand_over_slot(Run& run);
+  Clock::time_point threads_deadline() const;
   void make_way_for_a_lighter_worker(Run& run, Worker& worker);
   std::optional<After> leaving(Run& run);
   std::optional<Job> next_job(Run& run);
@@ -133,6 +134,7 @@ class WorkerPool final : public Executor {
 
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
+  std::atomic<Clock::time_point> stop_deadline_{};  // set by stop() before stopping_
   std::atomic<bool> hard_stop_{false};  // the drain deadline passed
   std::atomic<int> busy_{0};
   std::atomic<int> abandoned_live_{0};

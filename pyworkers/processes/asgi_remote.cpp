@@ -56,7 +56,7 @@ class AsgiProcessWorker final : public Worker {
         limit_(static_cast<std::size_t>(std::max(1, config.pool.worker_connections))),
         stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::duration<double>(config.http.graceful_timeout) + 1s)) {}
-  ~AsgiProcessWorker() override { end(); }
+  ~AsgiProcessWorker() override { end(Clock::now()); }
 
   std::vector<RouteInfo> start() override {
     StartedProcess started = start_worker_process(zygote_, slot_, kStartTimeout);
@@ -150,8 +150,9 @@ class AsgiProcessWorker final : public Worker {
   InterruptAction interrupt(std::uint64_t) override { return InterruptAction::none; }
 
   // The loop finishes what it holds, runs the lifespan shutdown and the process
-  // exits; past the graceful timeout it is killed.
-  void end() override {
+  // exits (after the app's own threads, zygote.cpp); past the graceful timeout
+  // it is killed.
+  void end(Clock::time_point) override {
     std::shared_ptr<frames::Outbox> outbox;
     pid_t pid;
     {

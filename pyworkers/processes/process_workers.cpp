@@ -90,7 +90,7 @@ class ProcessWorker final : public Worker {
  public:
   ProcessWorker(ZygoteClient& zygote, int slot, int threads)
       : zygote_(zygote), slot_(slot), lanes_(static_cast<std::size_t>(std::max(1, threads))) {}
-  ~ProcessWorker() override { end(); }
+  ~ProcessWorker() override { end(Clock::now()); }
 
   std::vector<RouteInfo> start() override {
     // Its first frame (on lane 0) says it is ready; a worker that dies first died at start-up.
@@ -202,7 +202,8 @@ class ProcessWorker final : public Worker {
     watchdog_ = std::thread([this, pid] { kill_when_lanes_done(pid); });
   }
 
-  void end() override {
+  // The process waits for its app's threads itself before it leaves (zygote.cpp).
+  void end(Clock::time_point) override {
     {
       std::lock_guard lock(mutex_);
       stopping_watchdog_ = true;
@@ -354,7 +355,14 @@ class ProcessFactory final : public WorkerFactory {
     out.zygote_pid = zygote_.zygote_pid();
     out.zygote_restarts_total = zygote_.zygote_restarts();
   }
-  void shutdown(bool) override { zygote_.stop(); }
+  // A worker process waits for its app's threads before it leaves (up to
+  // --graceful-timeout, zygote.cpp): the zygote gives them what is left of it.
+  // The server's own process never finalizes a Python it does not run.
+  bool shutdown(bool, Clock::time_point deadline) override {
+    constexpr auto kLeastGrace = std::chrono::milliseconds(500);
+    zygote_.stop(std::max(kLeastGrace, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now())));
+    return true;
+  }
 
  private:
   const ServerConfig config_;

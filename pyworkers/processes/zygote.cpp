@@ -25,6 +25,7 @@
 
 #include "pyworkers/processes/asgi_child.hpp"
 #include "pyworkers/processes/frames.hpp"
+#include "pyworkers/embedding/app_threads.hpp"
 #include "pyworkers/embedding/py_ref.hpp"
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/embedding/python_runtime.hpp"
@@ -130,7 +131,7 @@ int g_wake_fd = -1;
 volatile std::sig_atomic_t g_sigterm_received = 0;
 extern "C" void note_sigterm(int) {
   const int saved = errno;
-  g_sigterm_received = 1;
+  g_sigterm_received = g_sigterm_received + 1;  // a count: see wait_for_app_threads
   for (int i = 0; i < g_lane_count; ++i) ::shutdown(g_lane_fds[i], SHUT_RD);
   if (g_wake_fd >= 0) {
     const std::uint64_t one = 1;
@@ -189,7 +190,7 @@ class Zygote {
   bool serve_lane(int worker, Lane& lane);
   void serve_control(int control, std::vector<Lane>& lanes, PyInterpreterState* interp,
                      PyObject* handler_timeout);
-  [[noreturn]] static void exit_worker(PyThreadState* ts, int code);
+  [[noreturn]] void exit_worker(PyThreadState* ts, int code);
   void send(const nlohmann::json& message, std::span<const int> pass_fds = {});
 
   const ServerConfig& config_;
@@ -395,6 +396,18 @@ void Zygote::stop(milliseconds grace) {
 }
 
 void Zygote::exit_worker(PyThreadState* ts, int code) {
+  if (code == 0) {
+    // Leaving on its own (drained, recycled, SIGTERM): Python's exit would wait
+    // for the threads the app started; this waits until --graceful-timeout, or a
+    // SIGTERM that comes meanwhile (the zygote's, once the server's is over).
+    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(config_.http.graceful_timeout));
+    const std::vector<std::string> left = wait_for_app_threads(ts, until, &g_sigterm_received);
+    if (!left.empty()) {
+      spdlog::warn("worker {}: thread(s) {} that the app started still run: the worker leaves without them",
+                   current_worker().worker, describe_threads(left));
+    }
+  }
   PyEval_RestoreThread(ts);
   flush_python_stdio();
   leave(code);
@@ -459,6 +472,10 @@ void Zygote::serve_as_worker(int worker, const std::vector<int>& lane_fds, int c
     threads.emplace_back([this, worker, interp, &lane = lanes[i]] {
       lane.ts = PyThreadState_New(interp);  // bound to this thread
       lane.thread_id = PyThread_get_thread_ident();
+      {
+        py::AttachedScope attached(lane.ts);
+        adopt_server_thread();  // lane 0 is Python's main thread already
+      }
       current_worker() = {strategy_name(Strategy::processes).data(), worker};
       if (!serve_lane(worker, lane)) exit_worker(lane.ts, 1);
       // Its thread state stays: the process leaves with _exit, never finalizing.

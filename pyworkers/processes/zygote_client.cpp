@@ -29,9 +29,8 @@ using std::chrono::milliseconds;
 
 constexpr auto kSpawnTimeout = 10s;       // for the zygote to answer a spawn request
 constexpr auto kZygoteUpTimeout = 10s;    // spawn() waits this long for a new zygote
-constexpr auto kZygoteStopTimeout = 8s;   // for the zygote to end its workers and exit
+constexpr auto kZygoteStopTimeout = 8s;   // past the workers' grace, for the zygote to end them and exit
 constexpr auto kRestartBackoffMax = 10s;
-constexpr int kWorkerGraceMs = 500;       // for workers to leave on their own at stop
 constexpr std::size_t kExitsKept = 1024;
 
 }  // namespace
@@ -357,7 +356,7 @@ void ZygoteClient::cancel_waits() {
   cv_.notify_all();
 }
 
-void ZygoteClient::stop() {
+void ZygoteClient::stop(milliseconds worker_grace) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_) return;
@@ -366,10 +365,10 @@ void ZygoteClient::stop() {
     cv_.notify_all();
   }
   if (!thread_.joinable()) return;
-  send({{"type", "stop"}, {"grace_ms", kWorkerGraceMs}});
+  send({{"type", "stop"}, {"grace_ms", worker_grace.count()}});
   // The client thread ends once the zygote has exited; a zygote that does not
   // is killed (its workers are ended by closing their sockets, by the pool).
-  const auto until = Clock::now() + kZygoteStopTimeout;
+  const auto until = Clock::now() + worker_grace + kZygoteStopTimeout;
   while (zygote_pid_.load() > 0 && Clock::now() < until) std::this_thread::sleep_for(10ms);
   if (const pid_t pid = zygote_pid_.load(); pid > 0) {
     spdlog::warn("the zygote process (pid {}) did not stop in time; killing it", pid);

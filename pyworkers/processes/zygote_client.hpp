@@ -62,8 +62,10 @@ class ZygoteClient {
 
   // The pool is stopping: waits in spawn() and exit_status() end now.
   void cancel_waits();
-  // Has the zygote end every worker and exit; reaps it. Idempotent.
-  void stop();
+  // Has the zygote end every worker and exit; reaps it. Idempotent. The
+  // workers get `worker_grace` to leave on their own (a worker waits for its
+  // app's threads), then SIGTERM, then SIGKILL.
+  void stop(std::chrono::milliseconds worker_grace = std::chrono::milliseconds(500));
 
  private:
   void thread_main();

@@ -18,12 +18,14 @@
 // pause (free-threaded build) cannot deadlock on it.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <shared_mutex>
 
 #include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/embedding/app_threads.hpp"
 #include "pyworkers/embedding/python_runtime.hpp"
 #include "pyworkers/pool/worker.hpp"
 #include "pyworkers/embedding/worker_identity.hpp"
@@ -146,6 +148,10 @@ class InProcessWorker : public Worker {
   // Lanes 1..: a thread state of the worker's interpreter for this thread.
   void enter_lane(int lane) override {
     PyThreadState* ts = PyThreadState_New(interp_);  // bound to this thread
+    {
+      py::AttachedScope attached(ts);
+      adopt_server_thread();
+    }
     set_lane(lane, ts);
   }
 
@@ -307,15 +313,16 @@ std::shared_mutex& interpreter_lifecycle_mutex() {
 class SubinterpreterWorker final : public InProcessWorker {
  public:
   SubinterpreterWorker(const ServerConfig& config, PyInterpreterState* main_interp, int slot,
-                       std::shared_ptr<Interrupters> interrupters)
+                       std::shared_ptr<Interrupters> interrupters, std::shared_ptr<std::atomic<int>> left_running)
       : InProcessWorker(config.pool.strategy, slot, config.pool.threads, std::move(interrupters)),
         config_(config),
         options_(config.app),
         context_(load_context(config, false)),
-        main_interp_(main_interp) {}
+        main_interp_(main_interp),
+        left_running_(std::move(left_running)) {}
 
   ~SubinterpreterWorker() override {
-    end();
+    end(Clock::now());
     if (main_ts_ == nullptr) return;
     std::lock_guard lock(interpreter_lifecycle_mutex());
     PyEval_RestoreThread(main_ts_);
@@ -353,17 +360,34 @@ class SubinterpreterWorker final : public InProcessWorker {
     try {
       start_loop(config_);
     } catch (...) {
-      end();
+      end(Clock::now());
       throw;
     }
     return app_->routes();
   }
 
-  void end() override {
+  void end(Clock::time_point threads_until) override {
     PyThreadState* ts = lane0_ts();
     if (ts == nullptr) return;
     stop_loop();
     detach_target();
+    // Py_EndInterpreter would wait for them too, without a bound, and holding
+    // the lifecycle lock, which every other worker's start and end takes.
+    if (const std::vector<std::string> left = wait_for_app_threads(ts, threads_until); !left.empty()) {
+      spdlog::warn("worker {}: thread(s) {} that the app started still run past --graceful-timeout: its "
+                   "sub-interpreter is left to them, not ended (its memory stays in use; the server "
+                   "will exit without finalizing Python)",
+                   slot_, describe_threads(left));
+      {
+        py::AttachedScope attached(ts);
+        app_holder_->release();
+      }
+      app_holder_.reset();
+      app_ = nullptr;
+      clear_lane0();
+      ++*left_running_;
+      return;
+    }
     std::lock_guard lock(interpreter_lifecycle_mutex());
     PyEval_RestoreThread(ts);
     app_holder_->release();
@@ -374,6 +398,12 @@ class SubinterpreterWorker final : public InProcessWorker {
   }
 
   bool recyclable() const override { return true; }
+  bool app_threads_running() override {
+    PyThreadState* ts = lane0_ts();
+    if (ts == nullptr) return false;
+    py::AttachedScope attached(ts);
+    return !app_thread_names().empty();
+  }
 
  private:
   const ServerConfig& config_;  // the factory's, which outlives its workers
@@ -382,6 +412,7 @@ class SubinterpreterWorker final : public InProcessWorker {
   PyInterpreterState* main_interp_;
   PyThreadState* main_ts_ = nullptr;
   std::unique_ptr<PythonApp> app_holder_;
+  std::shared_ptr<std::atomic<int>> left_running_;  // the factory's count of interpreters left to app threads
 };
 
 class SubinterpreterFactory final : public WorkerFactory {
@@ -411,7 +442,7 @@ class SubinterpreterFactory final : public WorkerFactory {
 
   std::unique_ptr<Worker> make(int slot) override {
     return std::make_unique<SubinterpreterWorker>(config_, runtime_->main_interpreter(), slot,
-                                                  interrupters_);
+                                                  interrupters_, left_running_);
   }
   std::string python_version() const override { return embedded_python_version(); }
   PythonBuild python_build() const override { return embedded_python_build(); }
@@ -420,18 +451,21 @@ class SubinterpreterFactory final : public WorkerFactory {
     return {.owns_interpreters = true, .shares_app_object = false, .workers_are_processes = false};
   }
 
-  void shutdown(bool clean) override {
-    if (clean && interrupters_->wait_idle(2s)) {
+  bool shutdown(bool clean, Clock::time_point) override {
+    // Finalizing would end the interpreters left to their app's threads, and wait for those.
+    if (clean && *left_running_ == 0 && interrupters_->wait_idle(2s)) {
       runtime_.reset();  // finalizes
-    } else {
-      (void)runtime_.release();  // something may still use the interpreter: never finalize
+      return true;
     }
+    (void)runtime_.release();  // something may still use the interpreter: never finalize
+    return false;
   }
 
  private:
   const ServerConfig config_;
   std::unique_ptr<PythonRuntime> runtime_;
   std::shared_ptr<Interrupters> interrupters_ = std::make_shared<Interrupters>();
+  std::shared_ptr<std::atomic<int>> left_running_ = std::make_shared<std::atomic<int>>(0);
 };
 
 // --- threads / free-threaded ---------------------------------------------------
@@ -445,21 +479,26 @@ class SharedInterpreterWorker final : public InProcessWorker {
         main_interp_(interp) {
     app_ = app;
   }
-  ~SharedInterpreterWorker() override { end(); }
+  ~SharedInterpreterWorker() override { end(Clock::now()); }
 
   std::vector<RouteInfo> start() override {
     PyThreadState* ts = PyThreadState_New(main_interp_);  // bound to this thread
+    {
+      py::AttachedScope attached(ts);
+      adopt_server_thread();
+    }
     attach_target(ts);
     try {
       start_loop(config_);
     } catch (...) {
-      end();
+      end(Clock::now());
       throw;
     }
     return app_->routes();
   }
 
-  void end() override {
+  // The app's threads live in the shared interpreter: the factory waits for them.
+  void end(Clock::time_point) override {
     PyThreadState* ts = lane0_ts();
     if (ts == nullptr) return;
     stop_loop();
@@ -517,19 +556,26 @@ class SharedInterpreterFactory final : public WorkerFactory {
     return {.owns_interpreters = false, .shares_app_object = true, .workers_are_processes = false};
   }
 
-  void shutdown(bool clean) override {
+  bool shutdown(bool clean, Clock::time_point deadline) override {
     if (clean && interrupters_->wait_idle(2s)) {
-      if (app_) {
-        py::AttachedScope attached(runtime_->main_thread_state());
-        app_->release();
+      // Py_FinalizeEx would wait for them too, without a bound.
+      const std::vector<std::string> left = wait_for_app_threads(runtime_->main_thread_state(), deadline);
+      if (left.empty()) {
+        if (app_) {
+          py::AttachedScope attached(runtime_->main_thread_state());
+          app_->release();
+        }
+        app_.reset();
+        runtime_.reset();  // finalizes
+        return true;
       }
-      app_.reset();
-      runtime_.reset();  // finalizes
-    } else {
-      // A handler thread still runs in the main interpreter: leave everything to it.
-      (void)app_.release();
-      (void)runtime_.release();
+      spdlog::warn("thread(s) {} that the app started still run past --graceful-timeout: leaving them",
+                   describe_threads(left));
     }
+    // A thread still runs in the main interpreter: leave everything to it.
+    (void)app_.release();
+    (void)runtime_.release();
+    return false;
   }
 
  private:

@@ -61,6 +61,9 @@ struct Shared {
   std::atomic<bool> fail_first_start{false};
   std::atomic<int> held{0};              // what held() says (an event loop's requests)
   std::atomic<int> end_waits{0};         // the next this many end() calls wait for release() (a draining loop)
+  std::atomic<bool> app_threads{false};  // what app_threads_running() says
+  std::atomic<Clock::time_point> end_deadline{};  // what the last end() was given
+  std::atomic<bool> shutdown_result{true};  // what the factory's shutdown() says
   bool pulls = false;                    // workers take their jobs from the queue (an in-process ASGI loop)
   std::atomic<int> pulled{0};
   std::mutex release_mutex;
@@ -129,7 +132,8 @@ class TestWorker final : public Worker {
     return InterruptAction::interrupted;
   }
 
-  void end() override {
+  void end(Clock::time_point threads_until) override {
+    shared_.end_deadline = threads_until;
     if (shared_.end_waits.fetch_sub(1) > 0) {
       std::unique_lock lock(shared_.release_mutex);
       shared_.release_cv.wait_for(lock, 10s, [&] { return shared_.released; });
@@ -137,6 +141,7 @@ class TestWorker final : public Worker {
     ++shared_.ended;
   }
   int held() const override { return shared_.held; }
+  bool app_threads_running() override { return shared_.app_threads; }
 
   // With Shared::pulls: a thread of its own stands for the event loop. It parks on its
   // doorbell, pulls, and answers what it took.
@@ -215,7 +220,10 @@ class TestFactory final : public WorkerFactory {
   std::string python_version() const override { return "test"; }
   PythonBuild python_build() const override { return PythonBuild::standard; }
   StrategyTraits traits() const override { return {}; }
-  void shutdown(bool clean) override { shut_down_clean = clean; }
+  bool shutdown(bool clean, Clock::time_point) override {
+    shut_down_clean = clean;
+    return shared_.shutdown_result;
+  }
   std::optional<bool> shut_down_clean;
 
  private:
@@ -379,6 +387,42 @@ TEST(WorkerPool, AWorkerRecycledWhileItsLoopHoldsRequestsDrainsBesideItsReplacem
   EXPECT_EQ(f.shared.ended, 1);
   EXPECT_EQ(f.stats()["recycles_total"], 1);
   EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+}
+
+TEST(WorkerPool, AWorkerRecycledWhileItsAppsThreadsRunEndsBesideItsReplacement) {
+  ServerConfig c = with_workers(1);
+  c.pool.max_requests = 2;
+  c.http.graceful_timeout = 7;
+  Fixture f(c);
+  f.shared.app_threads = true;  // ending it waits for them (a sub-interpreter's end)
+  f.shared.end_waits = 1;
+  f.pool->start();
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["draining_workers"] == 1; }));
+  const auto recycled_at = Clock::now();
+  auto r = f.answers.wait(f.submit("/ok"), 2000ms);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "slot 0 gen 2");
+  // The old worker's app threads get --graceful-timeout from the recycle.
+  const Clock::time_point given = f.shared.end_deadline;
+  EXPECT_GT(given, recycled_at + 5s);
+  EXPECT_LT(given, recycled_at + 8s);
+  f.shared.release();
+  EXPECT_TRUE(f.eventually([](const nlohmann::json& s) { return s["draining_workers"] == 0; }));
+  EXPECT_EQ(f.shared.ended, 1);
+  const auto stop_deadline = Clock::now() + 3s;
+  EXPECT_TRUE(f.pool->stop(stop_deadline));
+  // At the stop, a worker's app threads get what is left of the graceful deadline.
+  EXPECT_EQ(f.shared.end_deadline.load(), stop_deadline);
+}
+
+TEST(WorkerPool, StopIsNotCleanWhenTheFactoryLeftSomethingRunning) {
+  Fixture f(with_workers(1));
+  f.shared.shutdown_result = false;  // an app's thread outlived the graceful deadline
+  f.pool->start();
+  ASSERT_TRUE(f.answers.wait(f.submit("/ok")));
+  EXPECT_FALSE(f.pool->stop(Clock::now() + 1s));
+  EXPECT_EQ(*f.factory->shut_down_clean, true);  // every run had ended
 }
 
 TEST(WorkerPool, StopWaitsForADrainingRecycledWorker) {

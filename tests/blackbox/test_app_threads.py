@@ -1,0 +1,79 @@
+"""Threads an app starts itself, at shutdown and at a recycle (tests/apps/app_threads.py).
+
+A Python program waits at exit for its non-daemon threads, and so does gunicorn's
+worker. The server waits for them too, up to --graceful-timeout, on every strategy;
+one that never ends must not hold the exit past it, nor stop a recycled worker's
+slot from serving (under subinterpreters, ending an interpreter waits for its
+threads: it once held the lock every other worker's start needs, and the server
+stopped answering)."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from gilgamesh_harness import APPS_DIR
+
+
+def serve(start_server, workers=1, args=()):
+    return start_server(workers=workers, wsgi="app_threads:app",
+                        args=["--pythonpath", str(APPS_DIR), *args])
+
+
+def stop_by_sigterm(server, within):
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    try:
+        code = server.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("still running %.0f s after SIGTERM\n%s" % (
+            within, server.log()[-3000:])) from None
+    return code, time.monotonic() - started
+
+
+def test_threads_the_app_starts_are_not_daemons(start_server):
+    # As in a Python program's main thread: the default is a thread Python's exit waits for.
+    server = serve(start_server)
+    r = server.get("/daemon")
+    assert r.status == 200 and r.json() == {"here": False, "new": False}, (r, r.body[:200])
+    server.stop()
+
+
+def test_the_apps_thread_finishes_before_the_server_exits(start_server, tmp_path):
+    server = serve(start_server, args=["--graceful-timeout", "20"])
+    done = tmp_path / "done"
+    r = server.get("/late?secs=1.0&path=%s" % done)
+    assert r.status == 200, r
+    code, elapsed = stop_by_sigterm(server, within=15)
+    assert code == 0, server.log()[-3000:]
+    assert done.exists() and done.read_text() == "done", (
+        "the app's thread was cut off at exit (after %.2f s)\n%s" % (elapsed, server.log()[-3000:]))
+
+
+def test_an_app_thread_that_never_ends_does_not_hold_the_exit(start_server):
+    server = serve(start_server, args=["--graceful-timeout", "1.5"])
+    assert server.get("/forever").status == 200
+    code, elapsed = stop_by_sigterm(server, within=15)
+    assert code == 0, server.log()[-3000:]
+    assert elapsed >= 1.0, "it did not wait for the app's thread (%.2f s)" % elapsed
+    assert "never-ends" in server.log(), server.log()[-3000:]
+
+
+def test_a_recycled_worker_left_to_its_apps_thread_does_not_stop_the_slot(start_server, strategy):
+    if strategy in ("threads", "free-threaded"):
+        pytest.skip("one shared interpreter: its workers are not recycled")
+    server = serve(start_server, args=["--max-requests", "2", "--max-requests-jitter", "0",
+                                       "--graceful-timeout", "1"])
+    assert server.get("/forever").status == 200
+    # Several recycles, the first of them while the thread runs on.
+    for i in range(8):
+        r = server.get("/hello", timeout=15)
+        assert r.status == 200, (i, r, server.log()[-3000:])
+    deadline = time.monotonic() + 10
+    while "never-ends" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "never-ends" in server.log(), server.log()[-3000:]
+    assert server.get("/hello", timeout=15).status == 200
+    code, _ = stop_by_sigterm(server, within=15)
+    assert code == 0, server.log()[-3000:]
