@@ -825,7 +825,8 @@ bool WorkerPool::abandon(Run& run, bool& stuck, const std::string& what) {
 bool WorkerPool::stop(Clock::time_point deadline) {
   if (stopped_) return true;
   stopped_ = true;
-  stop_deadline_ = deadline;
+  // A start that failed does not wait for threads its app's import left.
+  stop_deadline_ = started_ ? deadline : Clock::now();
   stopping_ = true;
   factory_->stopping();
   queue_.close();
@@ -846,11 +847,12 @@ bool WorkerPool::stop(Clock::time_point deadline) {
   }
   if (supervisor_.joinable()) supervisor_.join();
   const bool clean = join_runs();
-  return factory_->shutdown(clean, deadline) && clean;
+  return factory_->shutdown(clean, stop_deadline_.load()) && clean;
 }
 
 // Until when a worker that ends may wait for the app's own threads: the
-// graceful deadline once the pool stops, else --graceful-timeout from now.
+// graceful deadline once the pool stops (none if it never started), else
+// --graceful-timeout from now.
 Clock::time_point WorkerPool::threads_deadline() const {
   if (stopping_) return stop_deadline_.load();
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(

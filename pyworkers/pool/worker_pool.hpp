@@ -134,7 +134,7 @@ class WorkerPool final : public Executor {
 
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
-  std::atomic<Clock::time_point> stop_deadline_{};  // set by stop() before stopping_
+  std::atomic<Clock::time_point> stop_deadline_{};  // for the app's threads; set by stop() before stopping_
   std::atomic<bool> hard_stop_{false};  // the drain deadline passed
   std::atomic<int> busy_{0};
   std::atomic<int> abandoned_live_{0};

@@ -350,8 +350,8 @@ class SubinterpreterWorker final : public InProcessWorker {
     try {
       app_holder_ = PythonApp::load(options_, context_);
     } catch (...) {
-      std::lock_guard ending(interpreter_lifecycle_mutex());
-      Py_EndInterpreter(sub);  // leaves no thread state current
+      PyEval_SaveThread();
+      end_interpreter(sub, Clock::now());  // a start that failed does not wait for the app's threads
       throw;
     }
     app_ = app_holder_.get();
@@ -371,29 +371,7 @@ class SubinterpreterWorker final : public InProcessWorker {
     if (ts == nullptr) return;
     stop_loop();
     detach_target();
-    // Py_EndInterpreter would wait for them too, without a bound, and holding
-    // the lifecycle lock, which every other worker's start and end takes.
-    if (const std::vector<std::string> left = wait_for_app_threads(ts, threads_until); !left.empty()) {
-      spdlog::warn("worker {}: thread(s) {} that the app started still run past --graceful-timeout: its "
-                   "sub-interpreter is left to them, not ended (its memory stays in use; the server "
-                   "will exit without finalizing Python)",
-                   slot_, describe_threads(left));
-      {
-        py::AttachedScope attached(ts);
-        app_holder_->release();
-      }
-      app_holder_.reset();
-      app_ = nullptr;
-      clear_lane0();
-      ++*left_running_;
-      return;
-    }
-    std::lock_guard lock(interpreter_lifecycle_mutex());
-    PyEval_RestoreThread(ts);
-    app_holder_->release();
-    app_holder_.reset();
-    app_ = nullptr;
-    Py_EndInterpreter(ts);  // leaves no thread state current, no GIL held (the lanes left first)
+    end_interpreter(ts, threads_until);
     clear_lane0();
   }
 
@@ -411,6 +389,32 @@ class SubinterpreterWorker final : public InProcessWorker {
   const LoadContext context_;
   PyInterpreterState* main_interp_;
   PyThreadState* main_ts_ = nullptr;
+  // Releases the app and ends the interpreter of `ts` (this thread's, detached;
+  // the lanes have left) once the threads the app started have ended, waiting
+  // until `threads_until`. Py_EndInterpreter would wait for them too, without a
+  // bound, and holding the lifecycle lock, which every other worker's start and
+  // end takes. Threads still running then keep the interpreter: it is left to
+  // them, never ended, and the server never finalizes Python.
+  void end_interpreter(PyThreadState* ts, Clock::time_point threads_until) {
+    const std::vector<std::string> left = wait_for_app_threads(ts, threads_until);
+    std::unique_lock lock(interpreter_lifecycle_mutex(), std::defer_lock);
+    if (left.empty()) lock.lock();
+    PyEval_RestoreThread(ts);
+    if (app_holder_) app_holder_->release();
+    app_holder_.reset();
+    app_ = nullptr;
+    if (left.empty()) {
+      Py_EndInterpreter(ts);  // leaves no thread state current, no GIL held
+      return;
+    }
+    PyEval_SaveThread();
+    ++*left_running_;
+    spdlog::warn("worker {}: thread(s) {} that the app started still run: its "
+                 "sub-interpreter is left to them, not ended (its memory stays in use; the server "
+                 "will exit without finalizing Python)",
+                 slot_, describe_threads(left));
+  }
+
   std::unique_ptr<PythonApp> app_holder_;
   std::shared_ptr<std::atomic<int>> left_running_;  // the factory's count of interpreters left to app threads
 };

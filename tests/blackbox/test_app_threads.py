@@ -7,13 +7,15 @@ slot from serving (under subinterpreters, ending an interpreter waits for its
 threads: it once held the lock every other worker's start needs, and the server
 stopped answering)."""
 
+import os
 import signal
 import subprocess
 import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR
+from gilgamesh_harness import (APPS_DIR, REPO, assert_no_sanitizer_report, binary_path, free_port,
+                               scaled)
 
 
 def serve(start_server, workers=1, args=()):
@@ -77,3 +79,21 @@ def test_a_recycled_worker_left_to_its_apps_thread_does_not_stop_the_slot(start_
     assert server.get("/hello", timeout=15).status == 200
     code, _ = stop_by_sigterm(server, within=15)
     assert code == 0, server.log()[-3000:]
+
+
+def test_an_app_whose_import_fails_after_starting_a_thread_is_refused_at_once(gilgamesh_bin, strategy,
+                                                                             tmp_path):
+    # Each worker's interpreter (or the one shared) is ended, or left, without waiting for
+    # the thread: the start failed. It once hung for good (subinterpreters, threads).
+    args = [str(binary_path()), "--host", "127.0.0.1", "--port", str(free_port()),
+            "--strategy", strategy, "--workers", "2", "--pythonpath", str(APPS_DIR),
+            "--wsgi", "app_threads_broken:app"]
+    env = dict(os.environ, GILGAMESH_PROBE_CACHE=str(tmp_path / "probe-cache"))
+    try:
+        result = subprocess.run(args, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=scaled(30))
+    except subprocess.TimeoutExpired:
+        raise AssertionError("a start that failed did not end within 30 s") from None
+    assert_no_sanitizer_report(result.stdout + result.stderr, "gilgamesh " + " ".join(args[1:]))
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "broken on purpose" in result.stderr, result.stderr[-3000:]
