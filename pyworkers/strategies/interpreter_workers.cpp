@@ -455,11 +455,18 @@ class SubinterpreterFactory final : public WorkerFactory {
     return {.owns_interpreters = true, .shares_app_object = false, .workers_are_processes = false};
   }
 
-  bool shutdown(bool clean, Clock::time_point) override {
+  bool shutdown(bool clean, Clock::time_point deadline) override {
     // Finalizing would end the interpreters left to their app's threads, and wait for those.
     if (clean && *left_running_ == 0 && interrupters_->wait_idle(2s)) {
-      runtime_.reset();  // finalizes
-      return true;
+      // --preload imported the app in the main interpreter too: threads it started there.
+      const std::vector<std::string> left = wait_for_app_threads(runtime_->main_thread_state(), deadline);
+      if (left.empty()) {
+        runtime_.reset();  // finalizes
+        return true;
+      }
+      spdlog::warn("thread(s) {} that the app started in the main interpreter (--preload) still run past "
+                   "--graceful-timeout: leaving them",
+                   describe_threads(left));
     }
     (void)runtime_.release();  // something may still use the interpreter: never finalize
     return false;

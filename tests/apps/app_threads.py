@@ -3,6 +3,8 @@ late write, a poller that never ends). Python's exit waits for non-daemon
 threads; the server must too, bounded by --graceful-timeout
 (tests/blackbox/test_app_threads.py).
 
+With APP_THREADS_AT_IMPORT=1 its import starts a thread that never ends.
+
 Routes:
   /late?secs=S&path=P  starts a thread that sleeps S seconds, then writes "done" to P
   /forever             starts a thread that never ends
@@ -10,11 +12,15 @@ Routes:
   /hello               "hello"
 """
 import json
+import os
 import threading
 import time
 from urllib.parse import parse_qs
 
 _never = threading.Event()
+
+if os.environ.get("APP_THREADS_AT_IMPORT"):  # a poller started by the import, that never ends
+    threading.Thread(target=_never.wait, name="started-at-import").start()
 
 
 def _late(secs, path):

@@ -62,6 +62,22 @@ def test_an_app_thread_that_never_ends_does_not_hold_the_exit(start_server):
     assert "never-ends" in server.log(), server.log()[-3000:]
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["import", "preload"])
+def test_a_thread_started_by_the_apps_import_does_not_hold_the_exit(start_server, strategy, preload):
+    if preload and strategy != "subinterpreters":
+        pytest.skip("--preload is a subinterpreters flag")
+    # --preload imports the app in the main interpreter too: its thread there counts as well.
+    server = start_server(workers=2, wsgi="app_threads:app", env={"APP_THREADS_AT_IMPORT": "1"},
+                          args=["--pythonpath", str(APPS_DIR), "--graceful-timeout", "1.5",
+                                *(["--preload"] if preload else [])])
+    assert server.get("/hello").status == 200
+    code, elapsed = stop_by_sigterm(server, within=15)
+    assert code == 0, server.log()[-3000:]
+    if strategy != "processes":  # its workers are forked after the import: the zygote has the thread
+        assert elapsed >= 1.0, "it did not wait for the app's thread (%.2f s)" % elapsed
+        assert "started-at-import" in server.log(), server.log()[-3000:]
+
+
 def test_a_recycled_worker_left_to_its_apps_thread_does_not_stop_the_slot(start_server, strategy):
     if strategy in ("threads", "free-threaded"):
         pytest.skip("one shared interpreter: its workers are not recycled")
