@@ -924,8 +924,7 @@ void AsgiLoop::stop() {
   std::vector<std::pair<std::uint64_t, std::shared_ptr<WebSocketChannel>>> left;
   {
     std::unique_lock lock(mutex_);
-    changed_.wait_until(lock, Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                 std::chrono::duration<double>(graceful_timeout_)),
+    changed_.wait_until(lock, Clock::now() + seconds_setting(graceful_timeout_),
                         [&] { return !open_websocket(); });
     for (const auto& [rid, p] : pending_) {
       if (p->job.websocket && p->answered) left.emplace_back(rid, p->job.websocket);

@@ -855,8 +855,7 @@ bool WorkerPool::stop(Clock::time_point deadline) {
 // --graceful-timeout from now.
 Clock::time_point WorkerPool::threads_deadline() const {
   if (stopping_) return stop_deadline_.load();
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                            std::chrono::duration<double>(config_.http.graceful_timeout));
+  return Clock::now() + seconds_setting(config_.http.graceful_timeout);
 }
 
 bool WorkerPool::current_runs_finished() const {

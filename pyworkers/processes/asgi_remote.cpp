@@ -54,8 +54,7 @@ class AsgiProcessWorker final : public Worker {
       : zygote_(zygote),
         slot_(slot),
         limit_(static_cast<std::size_t>(std::max(1, config.pool.worker_connections))),
-        stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::duration<double>(config.http.graceful_timeout) + 1s)) {}
+        stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(seconds_setting(config.http.graceful_timeout) + 1s)) {}
   ~AsgiProcessWorker() override { end(Clock::now()); }
 
   std::vector<RouteInfo> start() override {

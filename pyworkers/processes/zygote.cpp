@@ -400,9 +400,8 @@ void Zygote::exit_worker(PyThreadState* ts, int code) {
     // Leaving on its own (drained, recycled, SIGTERM): Python's exit would wait
     // for the threads the app started; this waits until --graceful-timeout, or a
     // SIGTERM that comes meanwhile (the zygote's, once the server's is over).
-    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                          std::chrono::duration<double>(config_.http.graceful_timeout));
-    const std::vector<std::string> left = wait_for_app_threads(ts, until, &g_sigterm_received);
+    const std::vector<std::string> left =
+        wait_for_app_threads(ts, Clock::now() + seconds_setting(config_.http.graceful_timeout), &g_sigterm_received);
     if (!left.empty()) {
       spdlog::warn("worker {}: thread(s) {} that the app started still run: the worker leaves without them",
                    current_worker().worker, describe_threads(left));

@@ -296,6 +296,18 @@ class InProcessWorker : public Worker {
   std::shared_ptr<InterruptTarget> loop_target_;  // its thread (atomic_load/store)
 };
 
+// Before the main interpreter is finalized: Py_FinalizeEx would wait for the
+// app's threads there too, without a bound. False (logged) when some still run
+// at `deadline`: the interpreter must not be finalized.
+bool main_interpreter_threads_ended(PythonRuntime& runtime, Clock::time_point deadline) {
+  const std::vector<std::string> left = wait_for_app_threads(runtime.main_thread_state(), deadline);
+  if (!left.empty()) {
+    spdlog::warn("thread(s) {} that the app started still run past --graceful-timeout: leaving them",
+                 describe_threads(left));
+  }
+  return left.empty();
+}
+
 // --- subinterpreters ---------------------------------------------------------
 
 // Interpreters are created one at a time (creating two at once intermittently fails
@@ -457,16 +469,11 @@ class SubinterpreterFactory final : public WorkerFactory {
 
   bool shutdown(bool clean, Clock::time_point deadline) override {
     // Finalizing would end the interpreters left to their app's threads, and wait for those.
-    if (clean && *left_running_ == 0 && interrupters_->wait_idle(2s)) {
-      // --preload imported the app in the main interpreter too: threads it started there.
-      const std::vector<std::string> left = wait_for_app_threads(runtime_->main_thread_state(), deadline);
-      if (left.empty()) {
-        runtime_.reset();  // finalizes
-        return true;
-      }
-      spdlog::warn("thread(s) {} that the app started in the main interpreter (--preload) still run past "
-                   "--graceful-timeout: leaving them",
-                   describe_threads(left));
+    // --preload imported the app in the main interpreter too: threads it started there.
+    if (clean && *left_running_ == 0 && interrupters_->wait_idle(2s) &&
+        main_interpreter_threads_ended(*runtime_, deadline)) {
+      runtime_.reset();  // finalizes
+      return true;
     }
     (void)runtime_.release();  // something may still use the interpreter: never finalize
     return false;
@@ -568,20 +575,14 @@ class SharedInterpreterFactory final : public WorkerFactory {
   }
 
   bool shutdown(bool clean, Clock::time_point deadline) override {
-    if (clean && interrupters_->wait_idle(2s)) {
-      // Py_FinalizeEx would wait for them too, without a bound.
-      const std::vector<std::string> left = wait_for_app_threads(runtime_->main_thread_state(), deadline);
-      if (left.empty()) {
-        if (app_) {
-          py::AttachedScope attached(runtime_->main_thread_state());
-          app_->release();
-        }
-        app_.reset();
-        runtime_.reset();  // finalizes
-        return true;
+    if (clean && interrupters_->wait_idle(2s) && main_interpreter_threads_ended(*runtime_, deadline)) {
+      if (app_) {
+        py::AttachedScope attached(runtime_->main_thread_state());
+        app_->release();
       }
-      spdlog::warn("thread(s) {} that the app started still run past --graceful-timeout: leaving them",
-                   describe_threads(left));
+      app_.reset();
+      runtime_.reset();  // finalizes
+      return true;
     }
     // A thread still runs in the main interpreter: leave everything to it.
     (void)app_.release();

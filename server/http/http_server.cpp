@@ -51,10 +51,6 @@ constexpr auto kAcceptBackoffMax = std::chrono::milliseconds(250);
 // slower than this is dropped.
 constexpr auto kWebSocketHandshakeTimeout = std::chrono::seconds(10);
 
-std::chrono::steady_clock::duration seconds(double s) {
-  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
-}
-
 // The next layer of a WebSocket: the connection's tcp_stream, with a teardown that
 // lingers. Beast's own (websocket/impl/teardown.hpp) reads once and closes: a client
 // still sending (the rest of a message over --ws-max-message) then gets a reset
@@ -262,16 +258,16 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     context_ = {};
     route_index_ = kNoRoute;
     if (buffer_.size() > 0) {
-      head_deadline_ = Clock::now() + seconds(server_.config.http.header_timeout);
+      head_deadline_ = Clock::now() + seconds_setting(server_.config.http.header_timeout);
       stream_.expires_at(head_deadline_);
       return scan();
     }
     idle_ = true;
     if (first_request_) {
-      head_deadline_ = accepted_at_ + seconds(server_.config.http.header_timeout);
+      head_deadline_ = accepted_at_ + seconds_setting(server_.config.http.header_timeout);
       stream_.expires_at(head_deadline_);
     } else {
-      stream_.expires_after(seconds(server_.config.http.keepalive_timeout));
+      stream_.expires_after(seconds_setting(server_.config.http.keepalive_timeout));
     }
     do_read();
   }
@@ -289,7 +285,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (idle_) {
       idle_ = false;
       if (!first_request_) {
-        head_deadline_ = Clock::now() + seconds(server_.config.http.header_timeout);
+        head_deadline_ = Clock::now() + seconds_setting(server_.config.http.header_timeout);
         stream_.expires_at(head_deadline_);
       }
     }
@@ -339,7 +335,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   void read_body() {
     // The body has its own deadline, counted from the end of the head.
-    stream_.expires_after(seconds(std::max(server_.config.http.header_timeout, 30.0)));
+    stream_.expires_after(seconds_setting(std::max(server_.config.http.header_timeout, 30.0)));
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) return self->fail(ec);
       self->handle();
@@ -399,7 +395,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     route_index_ = dispatch.route_index;
     Job job;
     job.route_index = dispatch.route_index;
-    const auto deadline = arrived_ + seconds(server_.config.http.request_timeout);
+    const auto deadline = arrived_ + seconds_setting(server_.config.http.request_timeout);
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
@@ -483,7 +479,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     ws_read_credit_ = 1;  // the first message is read without asking
     if (server_.config.http.ws_ping_interval > 0) {
       ping_timer_.emplace(stream_.get_executor());
-      ws_next_ping_ = Clock::now() + seconds(server_.config.http.ws_ping_interval);
+      ws_next_ping_ = Clock::now() + seconds_setting(server_.config.http.ws_ping_interval);
       ws_schedule_tick();
     }
     if (shutting_down_) return ws_server_close(WebSocketChannel::kGoingAway);
@@ -605,16 +601,16 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     const double timeout = server_.config.http.ws_ping_timeout;
     if (ws_pong_due_ && now >= *ws_pong_due_) {
       if (!ws_reading_) {
-        ws_pong_due_ = now + seconds(timeout);
+        ws_pong_due_ = now + seconds_setting(timeout);
       } else if (timeout > 0) {
         return ws_end(WebSocketChannel::kAbnormal, "");  // the peer stopped answering
       }
     }
     if (now >= ws_next_ping_) {
-      ws_next_ping_ = now + seconds(server_.config.http.ws_ping_interval);
+      ws_next_ping_ = now + seconds_setting(server_.config.http.ws_ping_interval);
       if (!ws_pong_due_ && !ws_pinging_) {
         ws_pinging_ = true;
-        if (timeout > 0) ws_pong_due_ = now + seconds(timeout);
+        if (timeout > 0) ws_pong_due_ = now + seconds_setting(timeout);
         ws_->async_ping({}, [self = shared_from_this()](beast::error_code) { self->ws_pinging_ = false; });
       }
     }
@@ -963,7 +959,7 @@ void HttpServer::Impl::on_signal(int signo) {
     if (!ec) on_signal(again);
   });
   if (config.http.shutdown_delay <= 0 || !routes_ready()) return begin_drain();
-  shutdown_delay_timer.expires_after(seconds(config.http.shutdown_delay));
+  shutdown_delay_timer.expires_after(seconds_setting(config.http.shutdown_delay));
   shutdown_delay_timer.async_wait([this](beast::error_code ec) {
     if (!ec) begin_drain();
   });
@@ -1077,7 +1073,7 @@ HttpServer::Outcome HttpServer::run() {
                s.config.http.host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
 
   s.shutdown_requested.get_future().wait();
-  const auto deadline = std::chrono::steady_clock::now() + seconds(s.config.http.graceful_timeout);
+  const auto deadline = std::chrono::steady_clock::now() + seconds_setting(s.config.http.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);
     return s.sessions.size() + s.events.open();

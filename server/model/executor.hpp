@@ -24,6 +24,11 @@ namespace gilgamesh {
 
 using Clock = std::chrono::steady_clock;
 
+// A setting in seconds (--graceful-timeout, say) as a Clock duration.
+inline Clock::duration seconds_setting(double seconds) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 struct Header {
   std::string name;
   std::string value;
