@@ -61,8 +61,9 @@ std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
   auto signalled = [&] { return signals != nullptr && *signals != signals_at_call; };
   {
     py::AttachedScope attached(caller);
+    // None may run: the helper still runs threading's atexit calls, once (see _shutdown_threads).
     std::vector<std::string> names = app_thread_names();
-    if (names.empty() || std::chrono::steady_clock::now() >= deadline) return names;
+    if (std::chrono::steady_clock::now() >= deadline) return names;
   }
   struct Shared {
     std::mutex mutex;
@@ -76,12 +77,7 @@ std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
   std::thread([interp, shared] {
     PyThreadState* ts = PyThreadState_New(interp);  // bound to this thread
     PyEval_RestoreThread(ts);
-    py::Ref threading = py::Ref::steal(PyImport_ImportModule("threading"));
-    py::Ref result;
-    if (threading) result = py::Ref::steal(PyObject_CallMethod(threading.get(), "_shutdown", nullptr));
-    if (!result) spdlog::warn("waiting for the app's threads: {}", py::fetch_error_summary());
-    result.reset();
-    threading.reset();
+    if (!call_api("_shutdown_threads")) spdlog::warn("waiting for the app's threads: {}", py::fetch_error_summary());
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
     {

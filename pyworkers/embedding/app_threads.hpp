@@ -23,7 +23,8 @@ std::vector<std::string> app_thread_names();
 
 // Runs what Python's exit runs for threads (threading._shutdown(): the
 // threading atexit calls, which end concurrent.futures' idle workers, then a
-// join of every non-daemon thread) on a helper thread of `caller`'s
+// join of every non-daemon thread; gilgamesh_api.py, _shutdown_threads), once,
+// on a helper thread of `caller`'s
 // interpreter, and waits for it until `deadline`, or until *signals (a signal
 // handler's count) changes from what it is at the call. Returns the names of the threads still running when
 // it stopped waiting: empty when they all ended (the helper is gone too). If

@@ -477,10 +477,37 @@ def _app_threads():
     threading = sys.modules.get("threading")
     if threading is None:
         return []
-    skip = (threading.current_thread(), threading.main_thread())
+    # Not current_thread(): on a thread Python did not start it would make a
+    # _DummyThread, whose clean-up lives in the thread state the caller borrowed
+    # (an interpreter's first one, used from the thread that ends it) and runs at
+    # the interpreter's end, after its modules: "Exception ignored in
+    # _DeleteDummyThreadOnDel.__del__".
+    here, main = threading.get_ident(), threading.main_thread()
     return [t.name for t in threading.enumerate()
-            if t not in skip and not isinstance(t, threading._DummyThread)
+            if t.ident != here and t is not main and not isinstance(t, threading._DummyThread)
             and not t.daemon and t.is_alive()]
+
+
+def _shutdown_threads():
+    """What Python's exit does first, on a helper thread of the server's, before an
+    interpreter is ended or finalized: threading's atexit calls (concurrent.futures'
+    executors shut down), then a join of every non-daemon thread.
+
+    Then those calls are forgotten, as they have run: Py_EndInterpreter and
+    Py_FinalizeEx call threading._shutdown() again, on the thread that ends the
+    interpreter, which Python did not start. There concurrent.futures' join
+    called current_thread(), which made a _DummyThread whose clean-up ran after the
+    interpreter's modules were gone: "Exception ignored in
+    _DeleteDummyThreadOnDel.__del__" at every sub-interpreter's end that had served
+    Django's sync views (asgiref's executor)."""
+    import sys
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    threading._shutdown()
+    atexits = getattr(threading, "_threading_atexits", None)
+    if isinstance(atexits, list):
+        atexits.clear()
 
 
 def route(path, methods=("GET",)):

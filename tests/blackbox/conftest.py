@@ -10,7 +10,7 @@ Environment:
 import pytest
 
 import gilgamesh_harness as harness
-from gilgamesh_harness import GilgameshServer
+from gilgamesh_harness import AsgiServer, GilgameshServer
 
 DEMO_WORKERS = 4
 
@@ -69,15 +69,16 @@ def demo_server(gilgamesh_bin, strategy):
 
 @pytest.fixture
 def start_server(gilgamesh_bin, strategy):
-    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., env=..., preexec_fn=...)
-    -> a running server of this test's strategy, stopped (and killed if need be) when the test
-    ends."""
+    """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., asgi=..., env=...,
+    preexec_fn=...) -> a running server of this test's strategy, stopped (and killed if need
+    be) when the test ends."""
     started = []
 
-    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, env=None,
-              preexec_fn=None):
-        server = GilgameshServer(strategy_name or strategy, workers=workers, app=app, args=args,
-                                 wsgi=wsgi, env=env, preexec_fn=preexec_fn)
+    def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, asgi=None,
+              env=None, preexec_fn=None):
+        kw = dict(workers=workers, app=app, args=args, wsgi=wsgi, env=env, preexec_fn=preexec_fn)
+        server = (AsgiServer(strategy_name or strategy, asgi, **kw) if asgi
+                  else GilgameshServer(strategy_name or strategy, **kw))
         started.append(server)
         return server.start()
 

@@ -5,4 +5,5 @@ from . import views
 urlpatterns = [
     path("item/<int:item_id>/", views.item),
     path("hello/", views.hello),
+    path("async/", views.async_hello),
 ]

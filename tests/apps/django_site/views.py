@@ -1,6 +1,8 @@
 """Views: /item/<id>/ waits 0.5 s (as a slow upstream would), then reads the item from
-sqlite through Django's connection (one per thread); /hello/ answers at once."""
+sqlite through Django's connection (one per thread); /hello/ answers at once; /async/ is an
+async view (served with --asgi django_site.asgi:application) that awaits ?wait= seconds."""
 
+import asyncio
 import os
 import threading
 import time
@@ -23,3 +25,8 @@ def item(request, item_id):
     return JsonResponse({"id": item_id, "name": row[0], "thread": threading.get_ident(),
                          "pid": os.getpid(),
                          "multithread": request.META.get("wsgi.multithread")})
+
+
+async def async_hello(request):
+    await asyncio.sleep(float(request.GET.get("wait", "0")))
+    return HttpResponse("hello from an async django view")
