@@ -212,7 +212,9 @@ int serve(const ServerConfig& config) {
 
 void set_up_logging() {
   spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
-  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [pid %P] %v");
+  // In UTC, marked Z: in local time an app could move the clock of the lines that follow
+  // its import (Django sets the process's TZ to its TIME_ZONE, America/Chicago unless set).
+  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%eZ] [%^%l%$] [pid %P] %v", spdlog::pattern_time_type::utc);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 text and traceback go to the server log and the worker keeps serving), and --access-log's one
 line per request."""
 
+import datetime
 import re
 import uuid
 
@@ -57,3 +58,21 @@ def test_no_access_log_without_the_flag(demo_server):
     # The access-log line is written before the response is sent: had there been one,
     # it would be in the log now.
     assert rid not in demo_server.log(), demo_server.log()[-3000:]
+
+
+def test_log_lines_keep_utc_when_the_app_moves_the_time_zone(start_server):
+    # Django sets the process's TZ at import: in local time the lines after it went six
+    # hours back (the processes strategy's zygote, which imports the app, as well).
+    before = datetime.datetime.now(datetime.timezone.utc)
+    server = start_server(workers=2, app="sets_timezone", args=["--pythonpath", str(APPS_DIR)])
+    r = server.get("/tz")
+    assert r.status == 200 and r.json() == {"tz": "CST"}, r
+    server.stop()
+    after = datetime.datetime.now(datetime.timezone.utc)
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})Z\]", server.log(), re.M)
+    lines = [line for line in server.log().splitlines() if line.startswith("[")]
+    assert len(stamps) == len(lines) >= 3, server.log()[-3000:]
+    times = [datetime.datetime.strptime(s, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+             for s in stamps]
+    slack = datetime.timedelta(seconds=1)
+    assert all(before - slack <= t <= after + slack for t in times), (before, after, stamps)
