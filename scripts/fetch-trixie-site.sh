@@ -32,7 +32,7 @@ DEFAULT_PACKAGES=(
   python3-greenlet python3-multidict python3-yarl python3-frozenlist python3-websockets
   python3-wrapt python3-cbor2 python3-propcache python3-django python3-starlette
   python3-anyio python3-markupsafe python3-pydantic python3-pydantic-core python3-cffi
-  python3-fastapi
+  python3-fastapi python3-quart python3-falcon python3-bottle python3-pyramid
 )
 
 CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"

@@ -161,9 +161,8 @@ AutoChoice choose_strategy(const ServerConfig& config) {
   std::string why;
   switch (sub.outcome) {
     case Outcome::refused: {
-      std::string reasons;
-      for (const auto& p : sub.problems) reasons += (reasons.empty() ? "" : ", ") + p.module + " (" + p.why + ")";
-      why = (sub.problems.size() == 1 ? reasons + " refuses" : reasons + " refuse") + " sub-interpreters";
+      why = describe_problems(sub.problems, ProblemStyle::parenthesized) +
+            (sub.problems.size() == 1 ? " refuses" : " refuse") + " sub-interpreters";
       break;
     }
     case Outcome::crashed:
@@ -216,8 +215,7 @@ std::string row_problems(const Row& row) {
              (r.died_importing.empty() ? "" : ", whose import failed (the process died importing " + r.died_importing + ")") + " (" + r.wait_status + ")";
     default: break;
   }
-  std::string out;
-  for (const auto& p : r.problems) out += (out.empty() ? "" : "; ") + p.module + ": " + p.why;
+  std::string out = describe_problems(r.problems);
   if (out.empty() && r.outcome != Outcome::loads) out = r.message.substr(0, r.message.find('\n'));
   return out;
 }
@@ -298,8 +296,9 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
     unlock = problem_modules(sub->result->problems) + (one ? " blocks" : " block") +
              " subinterpreters: import " + (one ? "it" : "them") +
              " only where needed, with a fallback for when a sub-interpreter refuses " +
-             (one ? "it" : "them") + " (as MarkupSafe does for its speedups), or use a release with "
-             "multi-phase init";
+             (one ? "it" : "them") + " (as MarkupSafe does for its speedups), or use a release built "
+             "for own-GIL sub-interpreters (multi-phase init that declares "
+             "Py_MOD_PER_INTERPRETER_GIL_SUPPORTED)";
   }
   if (proc && row_loads(*proc)) {
     std::string why = "subinterpreters cannot serve it (" + blocked + "); processes run the app in "

@@ -71,7 +71,7 @@ def interpret(out, exit_code, stdout, stderr):
 
 
 def row_reason(row):
-    """Why a row does not load: 'lxml.etree: single-phase init; ...'."""
+    """Why a row does not load: 'lxml.etree: no per-interpreter GIL; ...'."""
     problems = row.get("problems") or []
     parts = []
     for p in problems:

@@ -25,8 +25,8 @@ StartupError load_error(const AppOptions& options, const LoadContext& context, c
                     ": " + what + (reason.empty() ? "" : ": " + reason);
   if (reason.find("does not support loading in subinterpreters") != std::string::npos ||
       reason.find("not compatible with subinterpreters") != std::string::npos) {
-    msg += "\n  it imports a single-phase-init C extension, which sub-interpreters cannot load;"
-           " run it with " + strategies_instead();
+    msg += "\n  it imports a C extension that own-GIL sub-interpreters refuse (single-phase init, or a "
+           "multi-phase init that does not declare a per-interpreter GIL); run it with " + strategies_instead();
   }
   if (context.strategy == Strategy::subinterpreters) {
     // Whatever the first error says (a glibc too old for the build, say), such a module

@@ -41,9 +41,12 @@ std::string mode_name(ProbeMode m) {
   return m == ProbeMode::subinterpreter ? "subinterpreter" : "main_interpreter";
 }
 
+constexpr const char* kSinglePhase = "single-phase init";
+constexpr const char* kNoOwnGil = "no per-interpreter GIL";
+
 // Why CPython (or gilgamesh_api's diagnostics) refused a module, in a few words.
 std::string why_refused(const std::string& reason) {
-  if (reason.find("subinterpreters") != std::string::npos) return "single-phase init";
+  if (reason.find("subinterpreters") != std::string::npos) return kSinglePhase;
   if (reason.find("GLIBC_") != std::string::npos) {
     const auto at = reason.find("GLIBC_");
     std::string version = reason.substr(at + 6, reason.find_first_not_of("0123456789.", at + 6) - at - 6);
@@ -194,6 +197,24 @@ void measure_requests(PythonApp& app, PyObject* before, const ProbeRequest& requ
   }
 }
 
+// Why an own-GIL sub-interpreter refuses the extension module `name`, from the
+// PyModuleDef it has in the main interpreter (attached), where it loaded: the old
+// single-phase init, or a multi-phase init that does not declare
+// Py_MOD_PER_INTERPRETER_GIL_SUPPORTED (Cython's default: lxml, uvloop, multidict).
+// CPython's ImportError says the same words for both.
+std::string own_gil_refusal(const std::string& name) {
+  PyObject* modules = PySys_GetObject("modules");  // borrowed
+  PyObject* module = modules && PyDict_Check(modules) ? PyDict_GetItemString(modules, name.c_str()) : nullptr;
+  if (module == nullptr || !PyModule_Check(module)) return kSinglePhase;
+  PyModuleDef* def = PyModule_GetDef(module);
+  if (def == nullptr) {
+    PyErr_Clear();
+    return kSinglePhase;
+  }
+  if (def->m_slots == nullptr) return kSinglePhase;
+  return kNoOwnGil;
+}
+
 // Loads the app in the current interpreter (attached), as a worker would, and
 // measures it. Throws StartupError as PythonApp::load does.
 std::unique_ptr<PythonApp> load_and_measure(const LoadContext& context, const ProbeRequest& request,
@@ -231,7 +252,10 @@ std::vector<ModuleProblem> refused_extensions(PyThreadState* main_ts) {
   std::vector<ModuleProblem> out;
   if (refused.is_array()) {
     for (const auto& r : refused) {
-      out.push_back({r.at(0).get<std::string>(), why_refused(r.at(1).get<std::string>())});
+      std::string name = r.at(0).get<std::string>();
+      std::string why = why_refused(r.at(1).get<std::string>());
+      if (why == kSinglePhase) why = own_gil_refusal(name);
+      out.push_back({std::move(name), std::move(why)});
     }
   }
   return out;
@@ -239,12 +263,27 @@ std::vector<ModuleProblem> refused_extensions(PyThreadState* main_ts) {
 
 std::string refusal_message(const ProbeRequest& request, const std::vector<ModuleProblem>& problems) {
   std::string msg = "cannot load app '" + request.config.app.target + "' under strategy " +
-                    std::string(strategy_name(request.config.pool.strategy)) + ": " + problem_modules(problems);
+                    std::string(strategy_name(request.config.pool.strategy)) + ": ";
   const bool one = problems.size() == 1;
-  msg += one ? ": a single-phase-init C extension, which sub-interpreters refuse"
-             : ": single-phase-init C extensions, which sub-interpreters refuse";
+  auto all_are = [&](const char* why) {
+    return std::all_of(problems.begin(), problems.end(), [&](const ModuleProblem& p) { return p.why == why; });
+  };
+  if (all_are(kNoOwnGil)) {
+    msg += problem_modules(problems) +
+           (one ? ": a C extension that does not declare support for a per-interpreter GIL, which "
+                  "own-GIL sub-interpreters refuse"
+                : ": C extensions that do not declare support for a per-interpreter GIL, which "
+                  "own-GIL sub-interpreters refuse");
+  } else if (all_are(kSinglePhase)) {
+    msg += problem_modules(problems) + (one ? ": a single-phase-init C extension, which sub-interpreters refuse"
+                                            : ": single-phase-init C extensions, which sub-interpreters refuse");
+  } else {
+    msg += "C extensions that own-GIL sub-interpreters refuse: " + describe_problems(problems);
+  }
   msg += (one ? "; it loads under " : "; they load under ") + strategies_instead();
-  return msg + known_refusal_hint(problem_modules(problems));
+  std::string all;
+  for (const auto& p : problems) all += p.module + " ";
+  return msg + known_refusal_hint(all);
 }
 
 // The probe's context: the strategy's, with every import begun written to the probe's fd.
@@ -655,9 +694,44 @@ ProbeResult ProbeResult::from_json(const nlohmann::json& j) {
   return r;
 }
 
-std::string problem_modules(const std::vector<ModuleProblem>& problems) {
+namespace {
+
+// `names` joined; past five, the first three and how many more, with the package
+// they share ("falcon.app, falcon.errors, falcon.uri and 35 more falcon modules").
+std::string brief_names(const std::vector<std::string>& names) {
+  constexpr std::size_t kAll = 5, kShown = 3;
   std::string out;
-  for (const auto& p : problems) out += (out.empty() ? "" : ", ") + p.module;
+  for (std::size_t i = 0; i < names.size() && (names.size() <= kAll || i < kShown); ++i) {
+    out += (out.empty() ? "" : ", ") + names[i];
+  }
+  if (names.size() <= kAll) return out;
+  const std::string top = names.front().substr(0, names.front().find('.'));
+  const bool shared = std::all_of(names.begin(), names.end(), [&](const std::string& n) {
+    return n.substr(0, n.find('.')) == top;
+  });
+  return out + fmt::format(" and {} more", names.size() - kShown) + (shared ? " " + top + " modules" : "");
+}
+
+}  // namespace
+
+std::string problem_modules(const std::vector<ModuleProblem>& problems) {
+  std::vector<std::string> names;
+  for (const auto& p : problems) names.push_back(p.module);
+  return brief_names(names);
+}
+
+std::string describe_problems(const std::vector<ModuleProblem>& problems, ProblemStyle style) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> by_why;  // in order of first appearance
+  for (const auto& p : problems) {
+    auto at = std::find_if(by_why.begin(), by_why.end(), [&](const auto& g) { return g.first == p.why; });
+    if (at == by_why.end()) at = by_why.insert(by_why.end(), {p.why, {}});
+    at->second.push_back(p.module);
+  }
+  std::string out;
+  for (const auto& [why, names] : by_why) {
+    out += style == ProblemStyle::parenthesized ? (out.empty() ? "" : ", ") + brief_names(names) + " (" + why + ")"
+                                                : (out.empty() ? "" : "; ") + brief_names(names) + ": " + why;
+  }
   return out;
 }
 

@@ -55,7 +55,8 @@ struct ProbeRequest {
   std::vector<std::string> requests;  // "METHOD /path?query": called in-process for a rate
 };
 
-// A module that stops the app from loading, and why ("single-phase init", ...).
+// A module that stops the app from loading, and why ("single-phase init", "no
+// per-interpreter GIL", "needs glibc 2.38", ...).
 struct ModuleProblem {
   std::string module;
   std::string why;
@@ -112,7 +113,14 @@ using RouteResolver = std::function<std::optional<ResolvedRoute>(
     const std::vector<RouteInfo>& routes, const std::string& method, const std::string& path)>;
 [[noreturn]] void probe_main(int argc, char** argv, const RouteResolver& resolve);
 
-// The names of `problems`, joined ("lxml.etree, PIL._imaging").
+// The names of `problems`, joined ("lxml.etree, PIL._imaging"); past five, the first
+// three and how many more ("falcon.app, falcon.errors, falcon.uri and 35 more falcon modules").
 std::string problem_modules(const std::vector<ModuleProblem>& problems);
+
+// The problems grouped by why, each group's names as problem_modules gives them:
+// "PIL._imaging: single-phase init; lxml.etree: no per-interpreter GIL", or
+// parenthesized "PIL._imaging (single-phase init), lxml.etree (no per-interpreter GIL)".
+enum class ProblemStyle { colon, parenthesized };
+std::string describe_problems(const std::vector<ModuleProblem>& problems, ProblemStyle style = ProblemStyle::colon);
 
 }  // namespace gilgamesh

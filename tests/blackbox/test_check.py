@@ -67,6 +67,26 @@ def test_single_phase_extension_refused_by_subinterpreters_only(gilgamesh_bin, p
     assert "gil_unaware" in rec["why"] and "gil_unaware" in rec["unlock"], rec
 
 
+def test_each_refused_extension_has_its_reason(gilgamesh_bin, probe_cache):
+    # A single-phase extension and a multi-phase one without per-interpreter GIL support:
+    # one ImportError text from CPython, two reasons and two remedies.
+    code, doc = check_json(["--app", "two_refusal_kinds"], probe_cache)
+    assert code == 0, doc
+    by = rows(doc)
+    sub = by["subinterpreters"]
+    assert sub["outcome"] == "refused", sub
+    assert {p["module"]: p["why"] for p in sub["problems"]} == {
+        "gil_unaware": "single-phase init", "shared_gil_only": "no per-interpreter GIL"}, sub
+    assert by["threads"]["loads"] and by["processes"]["loads"], by
+    rec = doc["recommendation"]
+    assert rec["strategy"] == "processes", rec
+    assert "gil_unaware: single-phase init; shared_gil_only: no per-interpreter GIL" in rec["why"], rec
+    assert "Py_MOD_PER_INTERPRETER_GIL_SUPPORTED" in rec["unlock"], rec
+    table = check(["--app", "two_refusal_kinds"], probe_cache).stdout
+    assert "subinterpreters: gil_unaware: single-phase init; shared_gil_only: no per-interpreter GIL" \
+        in table, table
+
+
 @pytest.mark.skipif(not FT, reason="the build declares no free-threaded Python")
 def test_gil_needing_extension_flagged_under_free_threaded(gilgamesh_bin, probe_cache, tmp_path):
     (tmp_path / "needs_gil.py").write_text(

@@ -379,7 +379,8 @@ def test_flask_from_trixie(gilgamesh_bin, strategy, trixie_site, preload):
 
 @pytest.mark.parametrize("name, expected", [("lxml", "processes"), ("flask", "subinterpreters")])
 def test_strategy_auto_with_real_packages(gilgamesh_bin, trixie_site, probe_cache, name, expected):
-    # lxml.etree refuses sub-interpreters (single-phase init): auto serves it with processes,
+    # lxml.etree refuses own-GIL sub-interpreters (a Cython build: multi-phase init without
+    # per-interpreter GIL support): auto serves it with processes,
     # and says why; Flask (MarkupSafe falls back to pure Python there) stays on sub-interpreters.
     server = GilgameshServer("auto", workers=2, app="real_packages", args=package_args(trixie_site),
                              env=dict(probe_cache, GILGAMESH_TEST_PACKAGE=name)).start()
@@ -387,7 +388,7 @@ def test_strategy_auto_with_real_packages(gilgamesh_bin, trixie_site, probe_cach
         line = next((l for l in server.log().splitlines() if "strategy auto -> " in l), "")
         assert "strategy auto -> %s:" % expected in line, server.log()
         if name == "lxml":
-            assert "lxml.etree (single-phase init)" in line, line
+            assert "lxml.etree (no per-interpreter GIL)" in line, line
         r = server.get("/use")
         assert r.status == 200 and r.json()["result"] == PACKAGES[name][3], r
         assert server.get("/stats").json()["strategy"] == expected

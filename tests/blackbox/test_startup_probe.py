@@ -40,7 +40,8 @@ def serve(strategy, app, args=(), env=None):
 
 
 def test_test_extensions_are_built(gilgamesh_bin):
-    for name in ("crash_in_subinterpreter", "pyinit_imports", "pyinit_raises", "gil_unaware"):
+    for name in ("crash_in_subinterpreter", "pyinit_imports", "pyinit_raises", "gil_unaware",
+                 "shared_gil_only"):
         assert list(EXT_DIR.glob(name + ".*.so")), "%s not built in %s" % (name, EXT_DIR)
 
 
@@ -82,6 +83,31 @@ def test_every_refused_module_is_named_in_one_message(gilgamesh_bin, probe_cache
                                          "xxlimited_35")), err
     assert "single-phase-init C extensions, which sub-interpreters refuse" in line, err
     assert "they load under --strategy processes or --strategy threads" in line, err
+
+
+def test_each_refused_extension_is_given_its_own_reason(gilgamesh_bin, probe_cache):
+    # CPython's ImportError reads the same for a single-phase init and for a multi-phase one
+    # that does not declare per-interpreter GIL support (Cython's builds): the message must
+    # not call the second single-phase, nor tell its user to look for a multi-phase release.
+    code, err = start_and_fail(["--app", "two_refusal_kinds", "--strategy", "subinterpreters"], probe_cache)
+    assert code == 1, (code, err)
+    line = next((l for l in err.splitlines() if "cannot load app 'two_refusal_kinds'" in l), "")
+    assert "C extensions that own-GIL sub-interpreters refuse: gil_unaware: single-phase init; " \
+        "shared_gil_only: no per-interpreter GIL; they load under --strategy processes" in line, err
+
+
+def test_a_multi_phase_extension_without_own_gil_support_is_named_as_such(gilgamesh_bin, probe_cache,
+                                                                          tmp_path):
+    (tmp_path / "shared_gil_app.py").write_text(
+        "import gilgamesh\nimport shared_gil_only\n\n@gilgamesh.route('/x')\ndef x(request):\n"
+        "    return str(shared_gil_only.answer())\n")
+    code, err = start_and_fail(["--app", "shared_gil_app", "--pythonpath", str(tmp_path),
+                                "--strategy", "subinterpreters"], probe_cache)
+    assert code == 1, (code, err)
+    line = next((l for l in err.splitlines() if "cannot load app 'shared_gil_app'" in l), "")
+    assert "shared_gil_only: a C extension that does not declare support for a per-interpreter GIL, " \
+        "which own-GIL sub-interpreters refuse; it loads under --strategy processes" in line, err
+    assert "single-phase" not in line, err
 
 
 @pytest.mark.parametrize("extension", ["pyinit_imports", "pyinit_raises"])
