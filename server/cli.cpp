@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "server/http/cpu_limit.hpp"
+#include "server/http/forwarded.hpp"
 
 namespace gilgamesh {
 
@@ -215,6 +216,21 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
                  "Seconds after SIGTERM during which /readyz answers 503 and the listener still "
                  "accepts, before the drain starts (let a load balancer take the replica out first)")
       ->check(seconds_in(0.0, 3600.0))
+      ->capture_default_str();
+  cli.add_option("--forwarded-allow-ips", h.forwarded_allow_ips,
+                 "Peers (addresses and networks, comma-separated; '*': every peer; '': none) whose "
+                 "X-Forwarded-For and X-Forwarded-Proto give the app the client's address and scheme, "
+                 "as behind nginx")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            try {
+              forwarded::TrustedProxies::parse(text);
+              return {};
+            } catch (const std::invalid_argument& e) {
+              return e.what();
+            }
+          },
+          "ADDRESSES"))
       ->capture_default_str();
   cli.add_flag("--access-log", h.access_log, "Log one line per request");
   cli.add_flag("--no-dashboard", raw.no_dashboard,

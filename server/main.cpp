@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
     probe_main(argc, argv, router_resolver());
   }
   if (argc > 1 && std::strcmp(argv[1], "check") == 0) {
-    spdlog::set_default_logger(spdlog::stderr_color_mt("gilgamesh"));
+    set_up_logging();
     return check_main(argc, argv);
   }
   ParseOutcome parsed = parse_command_line(argc, argv);

@@ -301,11 +301,15 @@ py::Ref AsgiLoop::Mailbox::request_object(AsgiLoop* loop, const HttpRequestData&
   py::Ref method = str_of(r.method), path = str_of(r.path), raw = bytes_of(raw_path),
           query = bytes_of(r.query_string), body = bytes_of(r.body), http_version = str_of(version),
           client = host_port(r.remote_addr, r.remote_port), server = host_port(r.server_addr, r.server_port),
-          request_id = str_of(r.request_id);
-  if (!method || !path || !raw || !query || !body || !http_version || !client || !server || !request_id) return {};
+          request_id = str_of(r.request_id), scheme = str_of(r.scheme);
+  if (!method || !path || !raw || !query || !body || !http_version || !client || !server || !request_id ||
+      !scheme) {
+    return {};
+  }
   return py::Ref::steal(PyObject_CallFunctionObjArgs(loop->request_type_, method.get(), path.get(), raw.get(),
                                                      query.get(), headers.get(), body.get(), http_version.get(),
-                                                     client.get(), server.get(), request_id.get(), nullptr));
+                                                     client.get(), server.get(), request_id.get(), scheme.get(),
+                                                     nullptr));
 }
 
 // take() -> [("request" | "ws_connect", rid, Request, seconds_left) | ("room", rid) | ("gone", rid)

@@ -167,10 +167,10 @@ class Request:
     """One HTTP request as the C++ half hands it over."""
 
     __slots__ = ("method", "path", "raw_path", "query_string", "headers", "body",
-                 "http_version", "client", "server", "request_id")
+                 "http_version", "client", "server", "request_id", "scheme")
 
     def __init__(self, method, path, raw_path, query_string, headers, body, http_version,
-                 client, server, request_id):
+                 client, server, request_id, scheme):
         self.method = method              # str, upper case
         self.path = path                  # str, percent-decoded
         self.raw_path = raw_path          # bytes, as received, without the query
@@ -181,6 +181,7 @@ class Request:
         self.client = client              # (host, port)
         self.server = server              # (host, port)
         self.request_id = request_id      # str
+        self.scheme = scheme              # "http", or "https" from a trusted proxy
 
 
 def _error_text(exc):
@@ -926,7 +927,7 @@ class Worker:
             "asgi": dict(ASGI),
             "http_version": request.http_version,
             "method": request.method,
-            "scheme": "http",
+            "scheme": request.scheme,
             "path": request.path,
             "raw_path": request.raw_path,
             "query_string": request.query_string,
@@ -942,7 +943,7 @@ class Worker:
             "type": "websocket",
             "asgi": dict(WEBSOCKET_ASGI),
             "http_version": request.http_version,
-            "scheme": "ws",
+            "scheme": "wss" if request.scheme == "https" else "ws",
             "path": request.path,
             "raw_path": request.raw_path,
             "query_string": request.query_string,

@@ -198,6 +198,11 @@ py::Ref WsgiApp::environ_for(const HttpRequestData& r) {
       !put(k_request_id_, latin1(r.request_id))) {
     return {};
   }
+  // The template's "http", unless a trusted proxy forwarded another scheme.
+  if (r.scheme != "http") {
+    py::Ref scheme = latin1(r.scheme);
+    if (!scheme || PyDict_SetItemString(env, "wsgi.url_scheme", scheme.get()) < 0) return {};
+  }
   if (!add_request_headers(env, r)) return {};
 
   py::Ref body = py::Ref::steal(PyBytes_FromStringAndSize(r.body.data(), static_cast<Py_ssize_t>(r.body.size())));

@@ -265,18 +265,24 @@ std::string refusal_message(const ProbeRequest& request, const std::vector<Modul
   std::string msg = "cannot load app '" + request.config.app.target + "' under strategy " +
                     std::string(strategy_name(request.config.pool.strategy)) + ": ";
   const bool one = problems.size() == 1;
-  auto all_are = [&](const char* why) {
-    return std::all_of(problems.begin(), problems.end(), [&](const ModuleProblem& p) { return p.why == why; });
+  // Every refused module of one kind: that kind's phrase, one or many. Kinds mixed: each group named.
+  struct Phrase {
+    const char* why;
+    const char* one;
+    const char* many;
   };
-  if (all_are(kNoOwnGil)) {
-    msg += problem_modules(problems) +
-           (one ? ": a C extension that does not declare support for a per-interpreter GIL, which "
-                  "own-GIL sub-interpreters refuse"
-                : ": C extensions that do not declare support for a per-interpreter GIL, which "
-                  "own-GIL sub-interpreters refuse");
-  } else if (all_are(kSinglePhase)) {
-    msg += problem_modules(problems) + (one ? ": a single-phase-init C extension, which sub-interpreters refuse"
-                                            : ": single-phase-init C extensions, which sub-interpreters refuse");
+  static constexpr Phrase kPhrases[] = {
+      {kNoOwnGil,
+       "a C extension that does not declare support for a per-interpreter GIL, which own-GIL sub-interpreters refuse",
+       "C extensions that do not declare support for a per-interpreter GIL, which own-GIL sub-interpreters refuse"},
+      {kSinglePhase, "a single-phase-init C extension, which sub-interpreters refuse",
+       "single-phase-init C extensions, which sub-interpreters refuse"},
+  };
+  const std::string& why = problems.front().why;
+  const bool uniform = std::all_of(problems.begin(), problems.end(), [&](const ModuleProblem& p) { return p.why == why; });
+  const auto phrase = std::find_if(std::begin(kPhrases), std::end(kPhrases), [&](const Phrase& p) { return why == p.why; });
+  if (uniform && phrase != std::end(kPhrases)) {
+    msg += problem_modules(problems) + ": " + (one ? phrase->one : phrase->many);
   } else {
     msg += "C extensions that own-GIL sub-interpreters refuse: " + describe_problems(problems);
   }

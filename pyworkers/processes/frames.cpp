@@ -267,6 +267,7 @@ std::string encode_request_meta(std::size_t route_index, const HttpRequestData& 
   }
   put_str(out, r.target);
   put_str(out, r.http_version);
+  put_str(out, r.scheme);
   put_str(out, r.remote_addr);
   put_u32(out, r.remote_port);
   put_str(out, r.server_addr);
@@ -279,7 +280,7 @@ bool decode_request_meta(std::string_view meta, std::size_t& route_index, HttpRe
   std::uint64_t route = 0;
   if (!in.u64(route) || !in.str(out.method) || !in.str(out.path) || !in.str(out.query_string) ||
       !in.str(out.request_id) || !in.headers(out.headers) || !in.params(out.path_params) ||
-      !in.str(out.target) || !in.str(out.http_version) || !in.str(out.remote_addr) ||
+      !in.str(out.target) || !in.str(out.http_version) || !in.str(out.scheme) || !in.str(out.remote_addr) ||
       !in.port(out.remote_port) || !in.str(out.server_addr) || !in.port(out.server_port)) {
     return false;
   }

@@ -18,6 +18,7 @@
 // pause (free-threaded build) cannot deadlock on it.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -465,6 +466,14 @@ class SubinterpreterFactory final : public WorkerFactory {
   bool gil_enabled() const override { return true; }
   StrategyTraits traits() const override {
     return {.owns_interpreters = true, .shares_app_object = false, .workers_are_processes = false};
+  }
+  // The pool counts a worker's end; an interpreter left to the app's threads did not end.
+  // A worker's end() counts it left before the pool counts the end: the min covers a
+  // /stats read in between.
+  void add_stats(PoolStats& out) const override {
+    const auto left = static_cast<std::uint64_t>(left_running_->load());
+    out.interpreters_left = left;
+    out.interpreters_ended -= std::min(left, out.interpreters_ended);
   }
 
   bool shutdown(bool clean, Clock::time_point deadline) override {

@@ -20,6 +20,7 @@
 #include "server/model/response.hpp"
 #include "server/http/builtins.hpp"
 #include "server/http/exchange.hpp"
+#include "server/http/forwarded.hpp"
 #include "server/observation/dashboard.hpp"
 #include "server/observation/events.hpp"
 #include "server/http/router.hpp"
@@ -119,6 +120,7 @@ struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
         limits{exchange::kHeaderLimit, c.http.max_body},
+        trusted_proxies(forwarded::TrustedProxies::parse(c.http.forwarded_allow_ips)),
         executor(e),
         startup_router(std::vector<RouteInfo>{}, c.http.dashboard),
         started_at(std::chrono::steady_clock::now()),
@@ -147,6 +149,7 @@ struct HttpServer::Impl {
 
   ServerConfig config;
   exchange::Limits limits;
+  forwarded::TrustedProxies trusted_proxies;  // --forwarded-allow-ips
   Executor& executor;
   Router startup_router;
   std::unique_ptr<Router> app_router_holder;
@@ -398,6 +401,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     const auto deadline = arrived_ + seconds_setting(server_.config.http.request_timeout);
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
+    forwarded::apply(job.request, server_.trusted_proxies);
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();

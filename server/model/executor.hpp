@@ -54,6 +54,7 @@ struct HttpRequestData {
   // The connection, for WSGI's environ (REMOTE_ADDR, SERVER_NAME, ...).
   std::string target;                  // the request target as received, without '#...'
   std::string http_version = "HTTP/1.1";
+  std::string scheme = "http";         // "https" when a trusted proxy says so (server/http/forwarded.hpp)
   std::string remote_addr;
   std::uint16_t remote_port = 0;
   std::string server_addr;             // the local address the request came in on
@@ -182,6 +183,7 @@ struct PoolStats {
   std::uint64_t expired_in_queue_total = 0;
   std::uint64_t interpreters_created = 0;
   std::uint64_t interpreters_ended = 0;
+  std::uint64_t interpreters_left = 0;         // sub-interpreters left to the app's threads, never ended
   std::vector<long> worker_pids;               // workers that are processes of their own
   std::vector<WorkerStats> workers;
   std::optional<long> zygote_pid;              // processes

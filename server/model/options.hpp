@@ -34,6 +34,8 @@ struct HttpOptions {
   double shutdown_delay = 0.0;                 // s after SIGTERM with /readyz 503 before the
                                                // listener closes and the drain starts
   bool access_log = false;                     // one info line per request
+  std::string forwarded_allow_ips = "127.0.0.1,::1";  // peers whose X-Forwarded-For/-Proto are
+                                               // believed ("*": all; "": none)
   bool dashboard = true;                       // serve GET /dashboard and GET /events
   std::size_t ws_max_message = 1024 * 1024;    // bytes in one WebSocket message from a client,
                                                // fragments joined; larger: close 1009

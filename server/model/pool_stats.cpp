@@ -63,6 +63,7 @@ void to_json(nlohmann::json& j, const PoolStats& s) {
        {"expired_in_queue_total", s.expired_in_queue_total},
        {"interpreters_created", s.interpreters_created},
        {"interpreters_ended", s.interpreters_ended},
+       {"interpreters_left", s.interpreters_left},
        {"worker_pids", s.worker_pids},
        {"worker_details", std::move(workers)}};
   if (s.zygote_pid) j["zygote_pid"] = *s.zygote_pid;

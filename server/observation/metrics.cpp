@@ -274,6 +274,9 @@ void pool_metrics(PrometheusText& m, const ExecutorInfo& info, const PoolStats& 
   }
   m.single("gilgamesh_interpreters_created_total", "counter", "Python interpreters created.", p.interpreters_created);
   m.single("gilgamesh_interpreters_ended_total", "counter", "Python interpreters ended.", p.interpreters_ended);
+  m.single("gilgamesh_interpreters_left", "gauge",
+           "Sub-interpreters left to threads the app started, never ended (their memory stays in use).",
+           p.interpreters_left);
 }
 
 // One series per worker.

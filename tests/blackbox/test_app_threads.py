@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gilgamesh_harness import (APPS_DIR, REPO, assert_no_sanitizer_report, binary_path, free_port,
-                               scaled)
+                               scaled, wait_for_stats)
 
 
 def serve(start_server, workers=1, args=()):
@@ -93,6 +93,13 @@ def test_a_recycled_worker_left_to_its_apps_thread_does_not_stop_the_slot(start_
         time.sleep(0.05)
     assert "never-ends" in server.log(), server.log()[-3000:]
     assert server.get("/hello", timeout=15).status == 200
+    # /stats counts the interpreter left to the thread as left, not as ended: one worker
+    # serves, so every other interpreter created was ended or left.
+    left = 1 if strategy == "subinterpreters" else 0
+    stats = wait_for_stats(server, lambda s: s["interpreters_created"] - s["interpreters_ended"]
+                           - s["interpreters_left"] == 1, "one live interpreter in /stats")
+    assert stats["interpreters_left"] == left, stats
+    assert stats["interpreters_ended"] >= 2, stats
     code, _ = stop_by_sigterm(server, within=15)
     assert code == 0, server.log()[-3000:]
 

@@ -122,7 +122,9 @@ def deadline(gilgamesh_bin, strategy, deadline_events):
     """The conformance app from its factory, 2 workers of 2 requests each, a queue of 1,
     --timeout 3."""
     server = serve(strategy, "asgi_conformance:create_app()", deadline_events,
-                   args=["--timeout", DEADLINE_S, "--worker-connections", 2, "--max-queue", 1])
+                   args=["--timeout", DEADLINE_S, "--worker-connections", 2, "--max-queue", 1,
+                         # and no loopback proxy: see test_an_untrusted_peers_forwarded_headers_are_ignored
+                         "--forwarded-allow-ips", "10.0.0.0/8,fd00::/8"])
     yield server
     stop_cleanly(server)
 
@@ -244,6 +246,26 @@ def test_scope_http_10_and_a_post(conf):
     assert r.json()["body_length"] == 1000
     headers = dict((n, v) for n, v in plain(scope["headers"]))
     assert headers[b"content-type"] == b"text/plain" and headers[b"content-length"] == b"1000"
+
+
+def forwarded_scope(server, path):
+    with server.raw() as conn:
+        client_port = conn.sock.getsockname()[1]
+        r = conn.request("GET", path, headers={"X-Forwarded-Proto": "https",
+                                               "X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+    return {k: plain(v) for k, v in scope_of(r).items()}, client_port
+
+
+def test_a_trusted_proxy_gives_the_scope_its_client_and_scheme(conf):
+    # The harness connects from 127.0.0.1, which --forwarded-allow-ips trusts by default.
+    values, _ = forwarded_scope(conf, ROOT + "/scope")
+    assert values["scheme"] == "https" and values["client"] == ["203.0.113.7", 0], values
+
+
+def test_an_untrusted_peers_forwarded_headers_are_ignored(deadline):
+    # --forwarded-allow-ips 10.0.0.0/8,fd00::/8: loopback is not a proxy this server trusts.
+    values, client_port = forwarded_scope(deadline, "/scope")
+    assert values["scheme"] == "http" and values["client"] == [HOST, client_port], values
 
 
 def test_scope_root_path_when_a_proxy_stripped_it(conf):

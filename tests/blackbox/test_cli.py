@@ -73,6 +73,8 @@ def test_version(gilgamesh_bin):
     (["--max-body", "-1"], "max-body"),
     (["--timeout", "soon"], "timeout"),
     (["--workers"], "workers"),
+    (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),
+    (["--forwarded-allow-ips", "10.0.0.0/33"], "prefix length must be 0..32"),
 ])
 def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
     result = run_cli(args)

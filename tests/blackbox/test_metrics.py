@@ -46,6 +46,7 @@ EXPECTED = {
     "gilgamesh_expired_in_queue_total": "counter",
     "gilgamesh_interpreters_created_total": "counter",
     "gilgamesh_interpreters_ended_total": "counter",
+    "gilgamesh_interpreters_left": "gauge",
     "gilgamesh_worker_state": "gauge",
     "gilgamesh_worker_requests_total": "counter",
     "gilgamesh_route_requests_total": "counter",

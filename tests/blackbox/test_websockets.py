@@ -555,6 +555,19 @@ def test_scope_keys_and_types_per_the_spec(server):
     assert values["subprotocols"] == ["chat", "superchat", "v2"], values["subprotocols"]
 
 
+def test_behind_a_trusted_proxy_the_scope_says_wss_and_the_client(server):
+    # The harness connects from 127.0.0.1, which --forwarded-allow-ips trusts by default (and
+    # uvicorn's --forwarded-allow-ips too).
+    ws = raw(server, ROOT + "/scope/x", headers=[("X-Forwarded-Proto", "https"),
+                                                  ("X-Forwarded-For", "203.0.113.7")])
+    with ws:
+        assert ws.status == 101, (ws.status, ws.headers)
+        _, payload = ws.read_message()
+        ws.send_close(1000)
+    values = {k: plain(v) for k, v in json.loads(payload)["scope"][1].items()}
+    assert values["scheme"] == "wss" and values["client"] == ["203.0.113.7", 0], values
+
+
 @gilgamesh_only("uvicorn 0.17.6 gives raw_path as a str, keeps the client's header case, claims "
                 "spec 2.3 and has no lifespan state (all allowed, or added in later versions)")
 def test_scope_raw_path_state_lowercase_names_and_spec_version(server, events):

@@ -423,6 +423,14 @@ def test_flask_json_query_and_upload(flask_server):
     assert r.json() == {"filename": "a.bin", "size": 100000, "form": {"field": "value"}}
 
 
+def test_forwarded_headers_reach_the_environ(validated):
+    r = validated.get("/environ/x", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "2001:db8::7"})
+    env = r.json()
+    assert env["wsgi.url_scheme"] == "https", env  # wsgiref.validate accepts it
+    assert env["REMOTE_ADDR"] == "2001:db8::7" and env["REMOTE_PORT"] == "0", env
+    assert env["HTTP_X_FORWARDED_FOR"] == "2001:db8::7", env  # the headers stay for the app
+
+
 def test_flask_cookies_url_and_head(flask_server):
     r = flask_server.get("/cookie", headers={"Cookie": "flavour=ginger"})
     assert r.json() == {"seen": "ginger"} and "flavour=oatmeal" in r.header("Set-Cookie"), r
@@ -432,6 +440,16 @@ def test_flask_cookies_url_and_head(flask_server):
     with flask_server.raw() as conn:
         r = conn.request("HEAD", "/")
     assert r.status == 200 and r.body == b"" and r.header("Content-Length") == "16", r
+
+
+def test_flask_behind_a_trusted_proxy_sees_the_client_and_https(flask_server):
+    """Behind nginx on the same host (docker/nginx/gilgamesh.conf sets both headers): the peer
+    is loopback, which --forwarded-allow-ips trusts by default. Flask builds https URLs and
+    sees the client's address: the first address from the right that is not a trusted proxy."""
+    r = flask_server.get("/url?x=1", headers={"Host": "shop.example", "X-Forwarded-Proto": "https",
+                                               "X-Forwarded-For": "198.51.100.1, 203.0.113.7, 127.0.0.1"})
+    assert r.json() == {"url": "https://shop.example/url?x=1", "script_root": "", "path": "/url",
+                        "remote_addr": "203.0.113.7"}, r
 
 
 def test_flask_error_handling_goes_to_the_log(flask_server):

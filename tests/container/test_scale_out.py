@@ -35,6 +35,8 @@ def test_compose_file_wires_what_this_suite_runs(image):
     assert services["nginx"]["depends_on"]["gilgamesh"]["condition"] == "service_healthy"
     replica = services["gilgamesh"]
     assert replica["build"]["dockerfile"] == "docker/Dockerfile"
+    # nginx's address on the compose network is not loopback: the replicas must trust it.
+    assert replica["environment"]["GILGAMESH_FORWARDED_ALLOW_IPS"] == "*", replica["environment"]
     health = image.get("Healthcheck") or image["Config"].get("Healthcheck")
     assert replica["healthcheck"]["test"] == health["Test"], (replica["healthcheck"], health)
 

@@ -75,7 +75,7 @@ response_meta = struct.pack("=I", 200) + s(b"text/plain") + headers([(b"X-A", b"
 bad_meta = struct.pack("=I", 0xFFFFFFFF) + s(b"text/html\r\nEvil: 1") + headers([(b"X\x00", b"a\r\nb")])
 request_meta = (struct.pack("=Q", 3) + s(b"GET") + s(b"/items/7") + s(b"a=1") + s(b"rid") +
                 headers([(b"Host", b"h")]) + struct.pack("=I", 1) + s(b"id") + s(b"7") + struct.pack("=I", 1) +
-                s(b"/items/7?a=1") + s(b"HTTP/1.1") + s(b"127.0.0.1") + struct.pack("=I", 5555) +
+                s(b"/items/7?a=1") + s(b"HTTP/1.1") + s(b"http") + s(b"127.0.0.1") + struct.pack("=I", 5555) +
                 s(b"127.0.0.1") + struct.pack("=I", 8080))
 FRAMES = {
     "hello": frame(1, b"1234"),

@@ -83,7 +83,7 @@ class Mailbox:
 
 def request(path="/x", body=b"", method="GET"):
     return asgi.Request(method, path, path.encode(), b"a=1", [(b"host", b"h"), (b"x-a", b"1"), (b"x-a", b"2")],
-                        body, "1.1", ("127.0.0.1", 5000), ("127.0.0.1", 8080), "rid-1")
+                        body, "1.1", ("127.0.0.1", 5000), ("127.0.0.1", 8080), "rid-1", "http")
 
 
 def serve(app, *events, seconds_left=5.0, lifespan="off", handler_timeout=None, during=None):
@@ -410,7 +410,7 @@ def upgrade(path="/ws", protocols=(b"chat, superchat", b"v2")):
                (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"sec-websocket-version", b"13")]
     headers += [(b"sec-websocket-protocol", p) for p in protocols]
     return asgi.Request("GET", path, path.encode(), b"q=1", headers, b"", "1.1", ("127.0.0.1", 5001),
-                        ("127.0.0.1", 8080), "rid-ws")
+                        ("127.0.0.1", 8080), "rid-ws", "http")
 
 
 def connect(rid=1, seconds_left=5.0, **kw):

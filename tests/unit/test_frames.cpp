@@ -509,6 +509,7 @@ TEST(Frames, PathParamsAndConnectionRoundTrip) {
                     {"empty", "", PathParam::Converter::string}};
   in.target = "/echo/caf%C3%A9?a=1";
   in.http_version = "HTTP/1.0";
+  in.scheme = "https";
   in.remote_addr = "::1";
   in.remote_port = 65535;
   in.server_addr = "127.0.0.1";
@@ -525,6 +526,7 @@ TEST(Frames, PathParamsAndConnectionRoundTrip) {
   EXPECT_EQ(out.path_params[2].value, "");
   EXPECT_EQ(out.target, in.target);
   EXPECT_EQ(out.http_version, "HTTP/1.0");
+  EXPECT_EQ(out.scheme, "https");
   EXPECT_EQ(out.remote_addr, "::1");
   EXPECT_EQ(out.remote_port, 65535);
   EXPECT_EQ(out.server_addr, "127.0.0.1");
