@@ -147,7 +147,7 @@ def asgi_caller(app, adapter, method, target, ctype, body, root_path):
     def call():
         rid = next(rids)
         request = adapter.Request(method, path, raw_path.encode("latin-1"), query.encode("latin-1"),
-                                  headers, body, "1.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080), "-")
+                                  headers, body, "1.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080), "-", "http")
         worker._begin(rid, request, 3600.0)
         worker.loop.run_until_complete(worker.exchanges[rid].task)
         return answered.pop(rid, 500)
