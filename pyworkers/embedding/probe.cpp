@@ -279,8 +279,10 @@ std::string refusal_message(const ProbeRequest& request, const std::vector<Modul
        "single-phase-init C extensions, which sub-interpreters refuse"},
   };
   const std::string& why = problems.front().why;
-  const bool uniform = std::all_of(problems.begin(), problems.end(), [&](const ModuleProblem& p) { return p.why == why; });
-  const auto phrase = std::find_if(std::begin(kPhrases), std::end(kPhrases), [&](const Phrase& p) { return why == p.why; });
+  const bool uniform =
+      std::all_of(problems.begin(), problems.end(), [&](const ModuleProblem& p) { return p.why == why; });
+  const auto phrase =
+      std::find_if(std::begin(kPhrases), std::end(kPhrases), [&](const Phrase& p) { return why == p.why; });
   if (uniform && phrase != std::end(kPhrases)) {
     msg += problem_modules(problems) + ": " + (one ? phrase->one : phrase->many);
   } else {

@@ -81,8 +81,9 @@ TrustedProxies TrustedProxies::parse(std::string_view list) {
     unsigned prefix = address.is_v4() ? 32 : 128;
     if (slash != std::string_view::npos) {
       const std::string_view bits = item.substr(slash + 1);
-      if (bits.empty() || bits.size() > 3 || !std::all_of(bits.begin(), bits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-          std::stoul(std::string(bits)) > prefix) {
+      const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+      const bool digits = !bits.empty() && bits.size() <= 3 && std::all_of(bits.begin(), bits.end(), is_digit);
+      if (!digits || std::stoul(std::string(bits)) > prefix) {
         throw std::invalid_argument("'" + entry + "': the prefix length must be 0.." + std::to_string(prefix));
       }
       prefix = static_cast<unsigned>(std::stoul(std::string(bits)));

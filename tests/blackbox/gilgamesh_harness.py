@@ -548,7 +548,6 @@ def concurrent_gets(server, paths, timeout=20.0):
     return results
 
 
-
 def timed_concurrent_gets(server, paths, warm_paths):
     """Warms up with `warm_paths` at once, then times `paths` sent at once (concurrent_gets):
     returns (responses, seconds). Every response of both rounds must be a 200."""
@@ -559,6 +558,7 @@ def timed_concurrent_gets(server, paths, warm_paths):
     elapsed = time.monotonic() - started
     assert [getattr(x, "status", x) for x in results] == [200] * len(paths), results
     return results, elapsed
+
 
 def in_threads(count, fn):
     """Starts fn(i) for i in range(count), each in its own thread, and returns at once:
