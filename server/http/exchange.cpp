@@ -44,12 +44,6 @@ bool acceptable_request_id(std::string_view id) {
   return true;
 }
 
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
 Refusal bad_request(std::string message) { return {http::status::bad_request, std::move(message)}; }
 
 Answer error_answer(http::status status, const std::string& message, const std::string& request_id) {
@@ -104,6 +98,12 @@ WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
 }
 
 }  // namespace
+
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
 
 // --- the head -----------------------------------------------------------------
 

@@ -107,6 +107,9 @@ std::optional<Refusal> framing_refusal(const Request& head);
 // slow to send its request).
 std::optional<Refusal> refusal_for(boost::system::error_code ec, const Limits& limits);
 
+// A header value's item without the optional white space (spaces, tabs) around it.
+std::string_view trim_ows(std::string_view s);
+
 // The request id: the client's X-Request-Id if it is short and printable, else a new one.
 std::string request_id_for(const Request& request);
 std::string new_request_id();

@@ -2,55 +2,34 @@
 
 #include <boost/asio/ip/address_v4.hpp>
 #include <boost/asio/ip/address_v6.hpp>
+#include <boost/beast/core/string.hpp>
 
 #include <algorithm>
-#include <cctype>
 #include <stdexcept>
+
+#include "server/http/exchange.hpp"
 
 namespace gilgamesh::forwarded {
 
 namespace ip = boost::asio::ip;
+namespace beast = boost::beast;
 
 namespace {
-
-std::string_view trimmed(std::string_view s) {
-  const auto first = s.find_first_not_of(" \t");
-  if (first == std::string_view::npos) return {};
-  return s.substr(first, s.find_last_not_of(" \t") - first + 1);
-}
 
 // The comma-separated items of a list, trimmed, empty ones skipped.
 std::vector<std::string_view> items(std::string_view list) {
   std::vector<std::string_view> out;
   while (true) {
     const auto comma = list.find(',');
-    if (auto item = trimmed(list.substr(0, comma)); !item.empty()) out.push_back(item);
+    if (auto item = exchange::trim_ows(list.substr(0, comma)); !item.empty()) out.push_back(item);
     if (comma == std::string_view::npos) return out;
     list.remove_prefix(comma + 1);
   }
 }
 
-bool same_name(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 ip::address unmapped(const ip::address& a) {
   if (a.is_v6() && a.to_v6().is_v4_mapped()) return ip::make_address_v4(ip::v4_mapped, a.to_v6());
   return a;
-}
-
-bool in_v6(const ip::address_v6& a, const ip::network_v6& net) {
-  const auto bytes = a.to_bytes(), base = net.network().to_bytes();
-  const unsigned bits = net.prefix_length();
-  for (unsigned i = 0; i < 16; ++i) {
-    const unsigned left = bits > i * 8 ? bits - i * 8 : 0;
-    if (left == 0) return true;
-    const unsigned mask = left >= 8 ? 0xff : (0xff00u >> left) & 0xff;
-    if ((bytes[i] & mask) != (base[i] & mask)) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -99,14 +78,16 @@ TrustedProxies TrustedProxies::parse(std::string_view list) {
 
 bool TrustedProxies::trusts(const ip::address& address) const {
   if (all_) return true;
+  // In a network: the address cut to the network's prefix is the network (kept canonical).
   const ip::address a = unmapped(address);
   if (a.is_v4()) {
-    const auto value = a.to_v4().to_uint();
     return std::any_of(v4_.begin(), v4_.end(), [&](const ip::network_v4& net) {
-      return (value & net.netmask().to_uint()) == net.network().to_uint();
+      return ip::network_v4(a.to_v4(), net.prefix_length()).canonical() == net;
     });
   }
-  return std::any_of(v6_.begin(), v6_.end(), [&](const ip::network_v6& net) { return in_v6(a.to_v6(), net); });
+  return std::any_of(v6_.begin(), v6_.end(), [&](const ip::network_v6& net) {
+    return ip::network_v6(a.to_v6(), net.prefix_length()).canonical() == net;
+  });
 }
 
 bool TrustedProxies::trusts(std::string_view address) const {
@@ -119,9 +100,9 @@ void apply(HttpRequestData& request, const TrustedProxies& trusted) {
   const std::string* proto = nullptr;
   std::string chain;  // every X-Forwarded-For line, joined as one list
   for (const Header& h : request.headers) {
-    if (same_name(h.name, "x-forwarded-proto")) {
+    if (beast::iequals(h.name, "x-forwarded-proto")) {
       proto = &h.value;
-    } else if (same_name(h.name, "x-forwarded-for")) {
+    } else if (beast::iequals(h.name, "x-forwarded-for")) {
       chain += (chain.empty() ? "" : ",") + h.value;
     }
   }
@@ -131,9 +112,9 @@ void apply(HttpRequestData& request, const TrustedProxies& trusted) {
     const std::vector<std::string_view> values = items(*proto);
     if (!values.empty()) {
       const std::string_view last = values.back();
-      if (same_name(last, "https") || same_name(last, "wss")) {
+      if (beast::iequals(last, "https") || beast::iequals(last, "wss")) {
         request.scheme = "https";
-      } else if (same_name(last, "http") || same_name(last, "ws")) {
+      } else if (beast::iequals(last, "http") || beast::iequals(last, "ws")) {
         request.scheme = "http";
       }
     }
