@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import figures as f
-from . import page, peers, verdict
+from . import page, peers, procs, verdict
 
 STRATEGY_COLORS = {"subinterpreters": "#1f77b4", "threads": "#7f7f7f", "free-threaded": "#2ca02c",
                    "processes": "#ff7f0e"}
@@ -196,16 +196,32 @@ def _reference_tables(results, reference):
     return out
 
 
+def wrk_placement(results):
+    """Where wrk ran against the servers: '' when it had CPUs of its own (--server-cpus and
+    --wrk-cpus apart), else the sentence that says it shared theirs."""
+    o = results["meta"].get("options", {})
+    server, load = o.get("server_cpus"), o.get("wrk_cpus")
+    if server and load:
+        shared = set(procs.parse_cpus(server)) & set(procs.parse_cpus(load))
+        if not shared:
+            return ""
+        return " wrk shares CPU%s %s with the servers." % ("s" if len(shared) > 1 else "",
+                                                           procs.cpus_text(shared))
+    return " wrk also shares the %s cores with the server." % results["meta"].get(
+        "machine", {}).get("nproc", "?")
+
+
 def latency_note(results):
     o = results["meta"].get("options", {})
     ws = f.round_trip_workloads(results)
     return ("wrk is closed-loop (coordinated omission): each of its %s connections waits for a response "
             "before sending again, so a stalled server is sent less and these percentiles understate "
-            "what an open-loop client would see. wrk also shares the %s cores with the server.%s"
-            % (o.get("connections", "?"), results["meta"].get("machine", {}).get("nproc", "?"),
+            "what an open-loop client would see.%s%s"
+            % (o.get("connections", "?"), wrk_placement(results),
                " On %s the latency is a WebSocket round trip's (send to the whole echo), measured by "
-               "loadtest/tools/ws_echo_load.py, closed-loop in the same way and on the same cores."
-               % ", ".join("`%s`" % w for w in ws) if ws else ""))
+               "loadtest/tools/ws_echo_load.py, closed-loop in the same way%s."
+               % (", ".join("`%s`" % w for w in ws), " and on the same cores" if wrk_placement(results) else "")
+               if ws else ""))
 
 
 def _ordered_cells(results):
@@ -321,8 +337,9 @@ def charts(results, out_dir):
         grouped(ax, [k for k, _ in LATENCY_KEYS], f.servers(results, w), lat, "latency (ms, log)", log=True)
         ax.set_xticklabels([label for _, label in LATENCY_KEYS])
         ax.set_title("%s, %d workers" % (w, top))
-    legend_below(fig, axes, "wrk is closed-loop (coordinated omission) and shares the cores "
-                               "with the server: percentiles understate an open-loop client's")
+    legend_below(fig, axes, "wrk is closed-loop (coordinated omission)%s: percentiles understate "
+                            "an open-loop client's" % (" and shares the cores with the server"
+                                                       if wrk_placement(results) else ""))
     save(fig, "latency.png", "Latency percentiles",
          latency_note(results))
 
