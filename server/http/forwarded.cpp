@@ -131,4 +131,11 @@ void apply(HttpRequestData& request, const TrustedProxies& trusted) {
   }
 }
 
+std::string client_text(std::string_view address, std::uint16_t port) {
+  if (address.empty()) return "-";
+  if (port == 0) return std::string(address);
+  const bool v6 = address.find(':') != std::string_view::npos;
+  return (v6 ? "[" : "") + std::string(address) + (v6 ? "]:" : ":") + std::to_string(port);
+}
+
 }  // namespace gilgamesh::forwarded

@@ -52,4 +52,9 @@ bool parse_address(std::string_view text, boost::asio::ip::address& out);
 // parse changes nothing. Otherwise the request is left as it came.
 void apply(HttpRequestData& request, const TrustedProxies& trusted);
 
+// A client as the access log names it: "203.0.113.7:51234", "[2001:db8::1]:51234",
+// the address alone when its port is not known (0: a forwarded client), "-" when
+// there is no address.
+std::string client_text(std::string_view address, std::uint16_t port);
+
 }  // namespace gilgamesh::forwarded

@@ -260,6 +260,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     request_ = {};
     context_ = {};
     route_index_ = kNoRoute;
+    client_.clear();
     if (buffer_.size() > 0) {
       head_deadline_ = Clock::now() + seconds_setting(server_.config.http.header_timeout);
       stream_.expires_at(head_deadline_);
@@ -387,7 +388,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
           return respond(make_error_response(503, "server is shutting down", context_.request_id), true);
         }
         // The stream takes the connection over; this session ends here.
-        return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id);
+        return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id,
+                                    server_.config.http.access_log ? client_for_log() : std::string());
       }
       return respond(std::move(answer->response), answer->close);
     }
@@ -402,6 +404,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     forwarded::apply(job.request, server_.trusted_proxies);
+    if (server_.config.http.access_log) client_ = forwarded::client_text(job.request.remote_addr, job.request.remote_port);
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();
@@ -804,9 +807,27 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     server_.stats.record_status(code);
     if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
     if (server_.config.http.access_log) {
-      spdlog::info("{} {} {} {} {:.3f}ms {}", sv(request_.method_string()), sv(request_.target()), code, size,
-                   std::chrono::duration<double, std::milli>(latency).count(), context_.request_id);
+      spdlog::info("{} {} {} {} {} {:.3f}ms {}", client_for_log(), sv(request_.method_string()),
+                   sv(request_.target()), code, size, std::chrono::duration<double, std::milli>(latency).count(),
+                   context_.request_id);
     }
+  }
+
+  // The access log's client: the forwarded one when a trusted proxy names it
+  // (server/http/forwarded.hpp), as the app saw it; else the peer.
+  std::string client_for_log() const {
+    if (!client_.empty()) return client_;  // a job's request, as submit() left it
+    HttpRequestData forwarding;            // an answer no job made: only what apply() reads
+    forwarding.remote_addr = peer_.remote_addr;
+    forwarding.remote_port = peer_.remote_port;
+    for (const auto& field : request_) {
+      if (beast::iequals(field.name_string(), "x-forwarded-for") ||
+          beast::iequals(field.name_string(), "x-forwarded-proto")) {
+        forwarding.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+      }
+    }
+    forwarded::apply(forwarding, server_.trusted_proxies);
+    return forwarded::client_text(forwarding.remote_addr, forwarding.remote_port);
   }
 
   void do_write() {
@@ -883,6 +904,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   bool ws_open_ = false, ws_reading_ = false, ws_writing_ = false, ws_pinging_ = false, ws_closing_ = false,
        ws_ended_ = false;
   exchange::Peer peer_;
+  std::string client_;  // the access log's client, when a job was made (submit)
   net::steady_timer job_timer_;
   const Clock::time_point accepted_at_;
   Clock::time_point head_deadline_;

@@ -39,9 +39,10 @@ std::string imf_fixdate_now() {
 // I/O thread), so its members need no lock.
 class EventStream : public std::enable_shared_from_this<EventStream> {
  public:
-  EventStream(tcp::socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id)
+  EventStream(tcp::socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id,
+              std::string client)
       : stream_(std::move(socket)), timer_(stream_.get_executor()), owner_(owner), chunked_(http_version >= 11),
-        request_id_(std::move(request_id)), started_(std::chrono::steady_clock::now()) {
+        request_id_(std::move(request_id)), client_(std::move(client)), started_(std::chrono::steady_clock::now()) {
     head_.version(http_version >= 11 ? 11 : 10);
     head_.result(http::status::ok);
     head_.set(http::field::server, "gilgamesh/" GILGAMESH_VERSION);
@@ -60,7 +61,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
     owner_.stats_.event_streams_open.fetch_sub(1, std::memory_order_relaxed);
     owner_.stats_.connections_open.fetch_sub(1, std::memory_order_relaxed);
     if (owner_.access_log_) {
-      spdlog::info("GET /events 200 stream: {} events in {:.1f} s {}", events_,
+      spdlog::info("{} GET /events 200 stream: {} events in {:.1f} s {}", client_, events_,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(),
                    request_id_);
     }
@@ -169,6 +170,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
   std::string pending_;  // the event being written
   const bool chunked_;
   const std::string request_id_;
+  const std::string client_;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point next_tick_;
   std::uint64_t events_ = 0;
@@ -181,7 +183,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
 EventStreams::EventStreams(ServerStats& stats, std::function<std::string()> snapshot, bool access_log)
     : stats_(stats), snapshot_(std::move(snapshot)), access_log_(access_log) {}
 
-void EventStreams::start(tcp::socket socket, unsigned http_version, std::string request_id) {
+void EventStreams::start(tcp::socket socket, unsigned http_version, std::string request_id, std::string client) {
   std::shared_ptr<EventStream> stream;
   {
     std::lock_guard lock(mutex_);
@@ -191,7 +193,7 @@ void EventStreams::start(tcp::socket socket, unsigned http_version, std::string 
       socket.close(ignored);
       return;
     }
-    stream = std::make_shared<EventStream>(std::move(socket), *this, http_version, std::move(request_id));
+    stream = std::make_shared<EventStream>(std::move(socket), *this, http_version, std::move(request_id), std::move(client));
     streams_.insert(stream.get());
   }
   stats_.record_status(200);

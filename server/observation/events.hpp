@@ -42,7 +42,9 @@ class EventStreams {
 
   // Takes the connection over (on the connection's strand, right after the
   // request was read) and streams until the client leaves or shutdown().
-  void start(boost::asio::ip::tcp::socket socket, unsigned http_version, std::string request_id);
+  // `client`: the access log's name for the client (forwarded::client_text).
+  void start(boost::asio::ip::tcp::socket socket, unsigned http_version, std::string request_id,
+             std::string client);
   // Ends every stream: a last "shutdown" event, then close. Later start()s
   // close their connection at once. Thread-safe.
   void shutdown();

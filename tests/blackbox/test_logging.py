@@ -29,9 +29,10 @@ def test_handler_traceback_reaches_the_log(start_server):
         assert ok.status == 200 and ok.json() == {"ok": True}, ok
 
 
-def access_line(method, target, status, length, rid):
-    return re.compile(r"%s %s %d %d [0-9.]+ms %s$" % (
-        re.escape(method), re.escape(target), status, length, re.escape(rid)), re.M)
+def access_line(method, target, status, length, rid, client=r"127\.0\.0\.1:[0-9]+"):
+    """An access-log line: client, method, target, status, body size, time, request id."""
+    return re.compile(r"\] %s %s %s %d %d [0-9.]+ms %s$" % (
+        client, re.escape(method), re.escape(target), status, length, re.escape(rid)), re.M)
 
 
 def test_access_log_writes_one_line_per_request(start_server):
@@ -49,6 +50,21 @@ def test_access_log_writes_one_line_per_request(start_server):
     log = server.log()
     for p in expected:
         assert len(p.findall(log)) == 1, (p.pattern, log[-3000:])
+
+
+def test_access_log_names_the_client_a_trusted_proxy_forwards(start_server):
+    # Loopback is trusted by default (--forwarded-allow-ips): the client nginx names is
+    # the one logged, for a request the app answers and for one the server answers itself.
+    server = start_server(workers=1, args=["--access-log"])
+    tag = uuid.uuid4().hex[:12]
+    expected = []
+    for target, status, client in (("/fib?n=10", 200, "203.0.113.7"), ("/healthz", 200, "2001:db8::5"),
+                                   ("/no/such/path", 404, "203.0.113.8")):
+        rid = "%s-%d" % (tag, len(expected))
+        r = server.get(target, headers={"X-Request-Id": rid, "X-Forwarded-For": "%s, 127.0.0.1" % client})
+        assert r.status == status, r
+        expected.append(access_line("GET", target, status, len(r.body), rid, re.escape(client)))
+    wait_for(lambda: all(p.search(server.log()) for p in expected), "every access-log line")
 
 
 def test_no_access_log_without_the_flag(demo_server):

@@ -119,5 +119,12 @@ TEST(Forwarded, TheSchemeIsTheLastProtoValueAndOnlyAKnownOne) {
   EXPECT_EQ(r.scheme, "http");
 }
 
+TEST(Forwarded, TheAccessLogNamesAClientWithItsPortWhenItHasOne) {
+  EXPECT_EQ(client_text("127.0.0.1", 51234), "127.0.0.1:51234");
+  EXPECT_EQ(client_text("2001:db8::1", 443), "[2001:db8::1]:443");
+  EXPECT_EQ(client_text("203.0.113.7", 0), "203.0.113.7");  // forwarded: no port
+  EXPECT_EQ(client_text("", 0), "-");
+}
+
 }  // namespace
 }  // namespace gilgamesh::forwarded
