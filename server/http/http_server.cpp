@@ -404,7 +404,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     forwarded::apply(job.request, server_.trusted_proxies);
-    if (server_.config.http.access_log) client_ = forwarded::client_text(job.request.remote_addr, job.request.remote_port);
+    if (server_.config.http.access_log) {
+      client_ = forwarded::client_text(job.request.remote_addr, job.request.remote_port);
+    }
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();

@@ -193,7 +193,8 @@ void EventStreams::start(tcp::socket socket, unsigned http_version, std::string 
       socket.close(ignored);
       return;
     }
-    stream = std::make_shared<EventStream>(std::move(socket), *this, http_version, std::move(request_id), std::move(client));
+    stream = std::make_shared<EventStream>(std::move(socket), *this, http_version, std::move(request_id),
+                                           std::move(client));
     streams_.insert(stream.get());
   }
   stats_.record_status(200);
