@@ -260,7 +260,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     request_ = {};
     context_ = {};
     route_index_ = kNoRoute;
-    client_.clear();
     if (buffer_.size() > 0) {
       head_deadline_ = Clock::now() + seconds_setting(server_.config.http.header_timeout);
       stream_.expires_at(head_deadline_);
@@ -404,9 +403,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     forwarded::apply(job.request, server_.trusted_proxies);
-    if (server_.config.http.access_log) {
-      client_ = forwarded::client_text(job.request.remote_addr, job.request.remote_port);
-    }
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();
@@ -816,10 +812,10 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   }
 
   // The access log's client: the forwarded one when a trusted proxy names it
-  // (server/http/forwarded.hpp), as the app saw it; else the peer.
+  // (server/http/forwarded.hpp), as the app saw it; else the peer. Built only
+  // with --access-log, from what apply() reads.
   std::string client_for_log() const {
-    if (!client_.empty()) return client_;  // a job's request, as submit() left it
-    HttpRequestData forwarding;            // an answer no job made: only what apply() reads
+    HttpRequestData forwarding;
     forwarding.remote_addr = peer_.remote_addr;
     forwarding.remote_port = peer_.remote_port;
     for (const auto& field : request_) {
@@ -906,7 +902,6 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   bool ws_open_ = false, ws_reading_ = false, ws_writing_ = false, ws_pinging_ = false, ws_closing_ = false,
        ws_ended_ = false;
   exchange::Peer peer_;
-  std::string client_;  // the access log's client, when a job was made (submit)
   net::steady_timer job_timer_;
   const Clock::time_point accepted_at_;
   Clock::time_point head_deadline_;
