@@ -52,6 +52,7 @@ class Page:
     lead: int = 0                                # how many of `tables` come before the charts
     notes: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    charts_missing: str = ""                     # why there are no charts (no matplotlib)
     verdict: dict = None                         # {"headline": str, "points": [str]}, first
 
 
@@ -114,6 +115,8 @@ def markdown(page, chart_list):
     for title, intro, header, rows in page.tables[:page.lead]:
         parts += ["", "## " + title, "", intro, "", md_table(header, rows)]
     parts += ["", "## Charts", ""]
+    if page.charts_missing:
+        parts += [page.charts_missing, ""]
     for name, title, caption in chart_list:
         parts += ["### " + title, "", caption, "", "![%s](%s)" % (title, name), ""]
     for title, intro, header, rows in page.tables[page.lead:]:
@@ -148,6 +151,8 @@ def html_page(page, chart_list, out_dir):
     for t in page.tables[:page.lead]:
         table(*t)
     body.append('<h2>Charts</h2><p id="render-check">charts not checked (no JavaScript)</p>')
+    if page.charts_missing:
+        body.append('<p class="problem" id="charts-missing">%s</p>' % e(page.charts_missing))
     for name, title, caption in chart_list:
         with open(os.path.join(out_dir, name), "rb") as fh:
             data = base64.b64encode(fh.read()).decode()
@@ -161,11 +166,21 @@ def html_page(page, chart_list, out_dir):
                                                      RENDER_CHECK))
 
 
-def write(results, out_dir, page_of, charts_of):
+def write(results, out_dir, page_of, charts_of, module):
     """Charts, report.md and report.html of `results` in out_dir; `page_of(results)` makes
-    the Page, `charts_of(results, out_dir)` writes the PNGs and lists them."""
-    chart_list = charts_of(results, out_dir)
+    the Page, `charts_of(results, out_dir)` writes the PNGs and lists them. Without
+    matplotlib the report has every table and says how to add the charts (`module`, the
+    report's own, renders it again)."""
     page = page_of(results)
+    try:
+        chart_list = charts_of(results, out_dir)
+    except ImportError as e:
+        chart_list = []
+        page.charts_missing = (
+            "No charts: %s. Where matplotlib is installed (Debian: python3-matplotlib), "
+            "`cd loadtest && python3 -m %s %s` writes this report again with them."
+            % (e, module, out_dir))
+        print("WARNING: %s" % page.charts_missing)
     md_path = os.path.join(out_dir, "report.md")
     html_path = os.path.join(out_dir, "report.html")
     with open(md_path, "w") as fh:

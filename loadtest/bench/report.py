@@ -470,7 +470,7 @@ def report_page(results):
 
 def write(results, out_dir):
     """Renders results.json's figures into out_dir: charts, report.md, report.html."""
-    return page.write(results, out_dir, report_page, charts)
+    return page.write(results, out_dir, report_page, charts, "bench.report")
 
 
 

@@ -202,7 +202,7 @@ def soak_page(results):
 
 
 def write(results, out_dir):
-    return page.write(results, out_dir, soak_page, charts)
+    return page.write(results, out_dir, soak_page, charts, "bench.soak_report")
 
 
 

@@ -366,6 +366,29 @@ def test_report_html_is_self_contained_with_real_charts(quick_run):
         assert width >= 300 and height >= 200
 
 
+def test_without_matplotlib_the_report_has_every_table_and_says_so(quick_run, tmp_path):
+    """A machine without matplotlib (the runner needs it only for the charts) still gets
+    report.md and report.html, with the same tables, and a line saying how to add them."""
+    shutil.copy(os.path.join(quick_run["folder"], "results.json"), tmp_path)
+    out = subprocess.run([PYTHON, "-c", "import sys; sys.modules['matplotlib'] = None\n"
+                          "from bench import page, report\npage.rerender(report.write, sys.argv[1])",
+                          str(tmp_path)], cwd=os.path.join(REPO, "loadtest"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "WARNING: No charts" in out.stdout
+    assert not list(tmp_path.glob("*.png"))
+    with open(os.path.join(quick_run["folder"], "report.md")) as f:
+        full = f.read()
+    with open(tmp_path / "report.md") as f:
+        md = f.read()
+    assert "No charts: " in md and "python3 -m bench.report %s" % tmp_path in md
+    assert re.findall(r"^## .*", md, re.M) == re.findall(r"^## .*", full, re.M)
+    assert md.count("\n|") == full.count("\n|")  # every table row
+    with open(tmp_path / "report.html") as f:
+        html_page = f.read()
+    assert 'id="charts-missing"' in html_page and "data:image/png" not in html_page
+
+
 def test_report_html_renders_in_chromium(quick_run):
     page = os.path.join(quick_run["folder"], "report.html")
     out = _chromium("--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom",
