@@ -69,6 +69,7 @@ std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
     std::mutex mutex;
     std::condition_variable done_cv;
     bool done = false;
+    bool joined = false;  // _shutdown_threads returned: every app thread had ended
   };
   auto shared = std::make_shared<Shared>();
   PyInterpreterState* interp = PyThreadState_GetInterpreter(caller);
@@ -77,30 +78,36 @@ std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
   std::thread([interp, shared] {
     PyThreadState* ts = PyThreadState_New(interp);  // bound to this thread
     PyEval_RestoreThread(ts);
-    if (!call_api("_shutdown_threads")) spdlog::warn("waiting for the app's threads: {}", py::fetch_error_summary());
+    const bool joined = static_cast<bool>(call_api("_shutdown_threads"));
+    if (!joined) spdlog::warn("waiting for the app's threads: {}", py::fetch_error_summary());
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
     {
       std::lock_guard lock(shared->mutex);
       shared->done = true;
+      shared->joined = joined;
     }
     shared->done_cv.notify_all();
   }).detach();
   constexpr auto kStopCheck = std::chrono::milliseconds(50);
+  bool helper_done = false;
   {
     std::unique_lock lock(shared->mutex);
     while (!shared->done && std::chrono::steady_clock::now() < deadline && !signalled()) {
       shared->done_cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + kStopCheck));
     }
-    if (shared->done) return {};
+    if (shared->done && shared->joined) return {};
+    helper_done = shared->done;
   }
+  // Past the deadline, or the helper failed before its join: the threads still running
+  // (ending the interpreter under one aborts the process: "not the last thread").
   std::vector<std::string> left;
   {
     py::AttachedScope attached(caller);
     left = app_thread_names();
   }
   // Between their end and the helper's: Python's own exit waits no longer.
-  if (left.empty()) left.push_back("threading._shutdown()");
+  if (left.empty() && !helper_done) left.push_back("threading._shutdown()");
   return left;
 }
 

@@ -23,13 +23,14 @@ std::vector<std::string> app_thread_names();
 
 // Runs what Python's exit runs for threads (threading._shutdown(): the
 // threading atexit calls, which end concurrent.futures' idle workers, then a
-// join of every non-daemon thread; gilgamesh_api.py, _shutdown_threads), once,
-// on a helper thread of `caller`'s
-// interpreter, and waits for it until `deadline`, or until *signals (a signal
-// handler's count) changes from what it is at the call. Returns the names of the threads still running when
-// it stopped waiting: empty when they all ended (the helper is gone too). If
-// not, the helper stays, still waiting: the interpreter must then be neither
-// ended nor finalized. `caller` is a thread state of this OS thread, detached.
+// join of every non-daemon thread; gilgamesh_api.py, _shutdown_threads, which
+// also joins when an atexit call raises), once, on a helper thread of
+// `caller`'s interpreter, and waits for it until `deadline`, or until *signals
+// (a signal handler's count) changes from what it is at the call. Returns the
+// names of the threads still running when it stopped waiting: empty when they
+// all ended (the helper is gone too). If not, the helper may stay, still
+// waiting: the interpreter must then be neither ended nor finalized. `caller`
+// is a thread state of this OS thread, detached.
 std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
                                               std::chrono::steady_clock::time_point deadline,
                                               const volatile std::sig_atomic_t* signals = nullptr);

@@ -504,10 +504,28 @@ def _shutdown_threads():
     threading = sys.modules.get("threading")
     if threading is None:
         return
-    threading._shutdown()
+    # The atexit calls first, one by one: threading._shutdown() would stop at the first
+    # that raises and join no thread at all (Python's exit reports it and waits no more).
+    # Here the others still run and the threads are still waited for; the first error is
+    # raised after that, for the server to log.
     atexits = getattr(threading, "_threading_atexits", None)
+    errors = []
+    while isinstance(atexits, list) and atexits:
+        call = atexits.pop()  # newest first, as threading._shutdown() does
+        try:
+            call()
+        except Exception as e:
+            errors.append(e)
+    threading._shutdown()
     if isinstance(atexits, list):
         atexits.clear()
+    if errors:
+        import traceback
+        e = errors[0]
+        where = traceback.extract_tb(e.__traceback__)[-1]  # the app's code, not threading's lambda
+        raise RuntimeError("a threading atexit call raised %s: %s (%s:%s in %s); the app's threads "
+                           "were waited for all the same" % (type(e).__name__, e, where.filename,
+                                                             where.lineno, where.name)) from e
 
 
 def route(path, methods=("GET",)):

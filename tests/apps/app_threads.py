@@ -6,7 +6,9 @@ threads; the server must too, bounded by --graceful-timeout
 With APP_THREADS_AT_IMPORT=1 its import starts a thread that never ends.
 
 Routes:
-  /late?secs=S&path=P  starts a thread that sleeps S seconds, then writes "done" to P
+  /late?secs=S&path=P  starts a thread that sleeps S seconds, then writes "done" to P;
+                       with &atexit=raise it also registers a threading atexit call that
+                       raises (as concurrent.futures registers its executors' shutdown)
   /forever             starts a thread that never ends
   /daemon              what a thread made here would be: {"here": ..., "new": ...} daemon flags
   /hello               "hello"
@@ -29,12 +31,18 @@ def _late(secs, path):
         f.write("done")
 
 
+def _atexit_that_raises():
+    raise ValueError("the app's atexit call failed")
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
     if path == "/late":
         threading.Thread(target=_late, args=(float(query["secs"]), query["path"]),
                          name="late-writer").start()
+        if query.get("atexit") == "raise":
+            threading._register_atexit(_atexit_that_raises)
         body = b"started"
     elif path == "/forever":
         threading.Thread(target=_never.wait, name="never-ends").start()
