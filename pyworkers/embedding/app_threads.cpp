@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "pyworkers/embedding/py_ref.hpp"
+#include "pyworkers/embedding/quiet_thread.hpp"
 
 namespace gilgamesh {
 
@@ -74,8 +75,9 @@ std::vector<std::string> wait_for_app_threads(PyThreadState* caller,
   auto shared = std::make_shared<Shared>();
   PyInterpreterState* interp = PyThreadState_GetInterpreter(caller);
   // Detached: if the deadline comes first it stays, blocked in a join, and the
-  // interpreter is never ended under it.
-  std::thread([interp, shared] {
+  // interpreter is never ended under it. It takes no signal: the caller may be the
+  // thread that waits for SIGTERM (a process worker's main thread).
+  quiet_thread([interp, shared] {
     PyThreadState* ts = PyThreadState_New(interp);  // bound to this thread
     PyEval_RestoreThread(ts);
     const bool joined = static_cast<bool>(call_api("_shutdown_threads"));

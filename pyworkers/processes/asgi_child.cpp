@@ -18,6 +18,7 @@
 
 #include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
+#include "pyworkers/embedding/quiet_thread.hpp"
 #include "pyworkers/processes/frames.hpp"
 #include "server/model/body_stream.hpp"
 #include "server/model/response.hpp"
@@ -30,17 +31,6 @@ using namespace std::chrono_literals;
 using frames::Kind;
 
 constexpr auto kSuperviseEvery = 50ms;
-
-// A thread that takes no signal: SIGTERM is for the main thread's wait.
-template <class F>
-std::thread quiet_thread(F&& f) {
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  std::thread t(std::forward<F>(f));
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return t;
-}
 
 class AsgiChild {
  public:
@@ -153,14 +143,8 @@ bool AsgiChild::start_loop() {
   hooks.released = [this](const Job& job) { released(job); };
   loop_ = std::make_unique<AsgiLoop>(PyInterpreterState_Main(), app_, config_, std::move(hooks));
   try {
-    // Its thread takes no signal either.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    struct Restore {
-      sigset_t mask;
-      ~Restore() { pthread_sigmask(SIG_SETMASK, &mask, nullptr); }
-    } restore{old};
+    // Its thread takes no signal either: SIGTERM is for the main thread's wait.
+    SignalsBlocked blocked;
     loop_->start();
     return true;
   } catch (const std::exception& e) {
