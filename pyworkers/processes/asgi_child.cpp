@@ -125,6 +125,7 @@ int AsgiChild::run() {
   if (stopper_.joinable()) stopper_.join();
   supervising_ = false;
   supervisor_.join();
+  outbox_->post(Kind::asgi_stopped, frames::tag(0));
   outbox_->close();
   return 0;
 }

@@ -65,6 +65,7 @@ class AsgiProcessWorker final : public Worker {
     pid_ = started.pid;
     dead_ = false;
     stopping_ = false;
+    loop_ended_ = false;
     outbox_ = std::make_shared<frames::Outbox>(fd_);
     reader_ = std::thread([this] { read_socket(); });
     return zygote_.routes();
@@ -162,8 +163,13 @@ class AsgiProcessWorker final : public Worker {
       stopping_ = true;
       outbox->post(Kind::asgi_stop, frames::tag(0));
       if (!cv_.wait_for(lock, stop_wait_, [&] { return dead_; })) {
-        spdlog::warn("worker {} (pid {}): its event loop did not finish within the graceful timeout; killing it",
-                     slot_, pid);
+        if (loop_ended_) {
+          spdlog::warn("worker {} (pid {}): its event loop has ended, but thread(s) the app started still run "
+                       "past the graceful timeout; killing it", slot_, pid);
+        } else {
+          spdlog::warn("worker {} (pid {}): its event loop did not finish within the graceful timeout; killing it",
+                       slot_, pid);
+        }
         ::kill(pid, SIGKILL);
       }
     }
@@ -236,6 +242,7 @@ class AsgiProcessWorker final : public Worker {
   std::uint64_t next_id_ = 0;
   bool dead_ = false;      // the process has ended (or broke the protocol)
   bool stopping_ = false;  // end() has asked it to finish
+  bool loop_ended_ = false;  // it said its loop has ended (asgi_stopped): only the app's threads are left
   Clock::time_point next_client_check_{};
 };
 
@@ -281,6 +288,11 @@ bool AsgiProcessWorker::on_frame(frames::Frame& frame) {
     case Kind::asgi_chunk: chunk(id, std::move(frame.body)); return true;
     case Kind::asgi_end: end_body(id, meta == "1"); return true;
     case Kind::asgi_done: done(id); return true;
+    case Kind::asgi_stopped: {
+      std::lock_guard lock(mutex_);
+      loop_ended_ = true;
+      return true;
+    }
     case Kind::asgi_ws_send:
       if (meta != "t" && meta != "b") return false;
       ws_send(id, meta == "t", std::move(frame.body));

@@ -51,7 +51,8 @@ Routes (by scope["path"], with scope["root_path"] taken off the front when it is
 Lifespan: startup stores in scope["state"]: worker (a fresh id), pid, hits (a list), and logs
 "startup <worker> <pid> <json of describe(lifespan scope), its state as a type name>"; shutdown logs
 "shutdown <worker> <pid>". ASGI_TEST_STARTUP_FAIL (environment), when set: startup answers
-lifespan.startup.failed with that text as the message.
+lifespan.startup.failed with that text as the message. ASGI_TEST_SHUTDOWN_LINGER=S: shutdown
+starts a thread that never ends (named "lingers-after-shutdown"), then takes S seconds.
 
 Other apps here: `lifespan_raises` raises after it received lifespan.startup; `no_lifespan`
 does not support lifespan (raises on a scope that is not http, before calling receive()).
@@ -459,6 +460,10 @@ async def lifespan(scope, receive, send):
     await send({"type": "lifespan.startup.complete"})
     message = await receive()
     assert message["type"] == "lifespan.shutdown", message
+    linger = float(os.environ.get("ASGI_TEST_SHUTDOWN_LINGER") or 0)
+    if linger:
+        threading.Thread(target=threading.Event().wait, name="lingers-after-shutdown").start()
+        await asyncio.sleep(linger)
     event("shutdown", worker, os.getpid())
     await send({"type": "lifespan.shutdown.complete"})
 

@@ -385,6 +385,32 @@ def test_lifespan_auto_serves_an_app_without_lifespan_on_refuses_it_off_skips_it
     assert events.lines("startup") == [] and events.lines("shutdown") == [], events.lines()
 
 
+def test_a_process_worker_killed_for_the_apps_threads_is_not_said_to_have_a_stuck_loop(
+        gilgamesh_bin, strategy, tmp_path):
+    # A recycle (--max-requests 1): the worker's loop ends (its lifespan shutdown takes 1.4 s),
+    # then the process waits for a thread the app started that never ends; the server kills
+    # it at the graceful timeout (1.5 s) and 1 s more, and says why: the app's thread, not
+    # the loop.
+    if strategy != "processes":
+        pytest.skip("the server kills a worker only under processes")
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_conformance:app", events, workers=1,
+                   args=["--graceful-timeout", "1.5", "--max-requests", "1"],
+                   env={"ASGI_TEST_SHUTDOWN_LINGER": "1.4"})
+    try:
+        assert server.get("/whoami").status == 200
+        events.wait("shutdown", timeout=scaled(10))
+        wait_for(lambda: "killing it" in server.log(), "the recycled worker's end:\n" + server.log(),
+                 scaled(10))
+        log = server.log()
+        assert "its event loop has ended, but thread(s) the app started still run past the graceful " \
+            "timeout; killing it" in log, log[-3000:]
+        assert "its event loop did not finish" not in log, log[-3000:]
+        assert server.get("/whoami").status == 200  # the new worker serves
+    finally:
+        server.kill()
+
+
 # --- the request body ----------------------------------------------------------------------
 
 def post_in_pieces(port, path, body, pieces, pause=0.01, headers=b""):
