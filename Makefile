@@ -4,7 +4,7 @@
 #
 # PGO=1 builds the bundled CPythons with profile-guided and link-time optimization, as
 # Debian builds its own: Python code 11-17 % faster, about 25 minutes a build on 2 cores
-# instead of 6 (docs/benchmarks.md). The optimized builds are kept and serve later plain
+# instead of 5 (docs/benchmarks.md). The optimized builds are kept and serve later plain
 # runs too; `make image PGO=1` puts them in the image.
 #
 # Use a CPython you already have (>= 3.12, --enable-shared) instead of

@@ -91,7 +91,7 @@ enum class Kind : std::uint32_t {
   asgi_ws_more = 22,     // worker -> server: id, then N: read N more messages from the client
   asgi_ws_close = 23,    // worker -> server: id, then "CODE REASON": the app's close, after
                          // what it sent
-  asgi_stopped = 24,     // worker -> server (id 0): after asgi_stop, the loop has ended (its
+  asgi_stopped = 24,     // worker -> server (id 0): its loop has ended (after asgi_stop, its
                          // lifespan shutdown run); the process leaves once the app's threads have
 };
 constexpr std::uint32_t kLastKind = 24;
