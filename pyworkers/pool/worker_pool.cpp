@@ -914,18 +914,25 @@ bool WorkerPool::cut_off() {
     for (int i = 0; i < config_.pool.workers; ++i) current.push_back(slots_[static_cast<std::size_t>(i)].run);
   }
   int running = 0;
+  int ending = 0;  // no handler left: the worker's own end (ASGI lifespan shutdown, the app's threads)
   for (auto& run : current) {
-    if (!run) continue;
+    if (!run || run->finished) continue;
     std::lock_guard run_lock(run->mutex);
     if (run->abandoned) continue;
+    const int before = running;
     for (const Lane& lane : run->lanes) {
       if (lane.job_seq == 0) continue;
       ++running;
       if (lane.stream) lane.stream->cancel();
       run->worker->interrupt(lane.job_seq);
     }
+    if (running == before) ++ending;
   }
-  spdlog::warn("{} handler(s) still running at the graceful deadline; interrupted", running);
+  if (running > 0) spdlog::warn("{} handler(s) still running at the graceful deadline; interrupted", running);
+  if (ending > 0) {
+    spdlog::warn("{} worker(s) still ending at the graceful deadline (an ASGI lifespan shutdown, or threads the "
+                 "app started)", ending);
+  }
   std::unique_lock lock(mutex_);
   return cv_.wait_for(lock, timing_.stop_grace, [this] { return current_runs_finished(); });
 }
@@ -948,7 +955,10 @@ bool WorkerPool::join_runs() {
       clean = false;
     }
   }
-  if (!clean) spdlog::warn("a handler thread is still running: leaving it (Python will not be finalized)");
+  if (!clean) {
+    spdlog::warn("a worker's thread is still running (a handler, or the worker's end): leaving it (Python will "
+                 "not be finalized)");
+  }
   return clean;
 }
 

@@ -390,7 +390,8 @@ def test_a_process_worker_killed_for_the_apps_threads_is_not_said_to_have_a_stuc
     # A recycle (--max-requests 1): the worker's loop ends (its lifespan shutdown takes 1.4 s),
     # then the process waits for a thread the app started that never ends; the server kills
     # it at the graceful timeout (1.5 s) and 1 s more, and says why: the app's thread, not
-    # the loop.
+    # the loop. The same at a drain, where the server's log once counted "0 handler(s)
+    # still running".
     if strategy != "processes":
         pytest.skip("the server kills a worker only under processes")
     events = Events(tmp_path / "events.log")
@@ -409,6 +410,14 @@ def test_a_process_worker_killed_for_the_apps_threads_is_not_said_to_have_a_stuc
         assert server.get("/whoami").status == 200  # the new worker serves
     finally:
         server.kill()
+    # A drain: at the graceful deadline no handler runs, the worker is still ending.
+    server = serve(strategy, "asgi_conformance:app", events, workers=1, args=["--graceful-timeout", "1.5"],
+                   env={"ASGI_TEST_SHUTDOWN_LINGER": "1.4"})
+    assert server.get("/whoami").status == 200
+    stop_cleanly(server)
+    log = server.log()
+    assert "1 worker(s) still ending at the graceful deadline" in log, log[-3000:]
+    assert "handler(s) still running" not in log, log[-3000:]
 
 
 # --- the request body ----------------------------------------------------------------------
