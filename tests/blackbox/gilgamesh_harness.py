@@ -609,3 +609,22 @@ def find_route_entry(table, method, path):
         if entry_path == path and method in [m.strip().upper() for m in methods]:
             return entry
     return None
+
+
+def find_trixie_site(debian_packages):
+    """The unpacked trixie dist-packages folder: GILGAMESH_TRIXIE_SITE, else the one
+    scripts/fetch-trixie-site.sh names once it holds `debian_packages`; fails the test saying
+    `make trixie-site` when they are not fetched. (Here, not in test_real_packages.py: that
+    module skips itself in the sanitized pass, and so did every module importing from it.)"""
+    import pytest
+    given = os.environ.get("GILGAMESH_TRIXIE_SITE")
+    if given:
+        if not Path(given).is_dir():
+            pytest.fail("GILGAMESH_TRIXIE_SITE=%s is not a folder" % given, pytrace=False)
+        return Path(given)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "fetch-trixie-site.sh"), "--print-path",
+                             *debian_packages], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        pytest.fail("Debian trixie's packages are not fetched: run `make trixie-site`\n%s"
+                    % result.stderr.strip(), pytrace=False)
+    return Path(result.stdout.strip())

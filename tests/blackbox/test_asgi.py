@@ -32,7 +32,7 @@ from gilgamesh_harness import (APPS_DIR, HOST, REPO, TIME_SCALE, AsgiServer, Gil
                                assert_no_sanitizer_report, binary_path, build_request,
                                free_port, in_threads, join_all, run_cli, scaled, wait_for,
                                wait_for_stats)
-from test_real_packages import find_trixie_site
+from gilgamesh_harness import find_trixie_site
 from test_streaming import (Wire, body_so_far, expected_body, first_chunk, get,
                             has_head, parse_chunked, response_complete, split_head)
 

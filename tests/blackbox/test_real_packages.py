@@ -35,14 +35,13 @@ from pathlib import Path
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, binary_path, scaled
+from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, binary_path, find_trixie_site, scaled
 
 if os.environ.get("GILGAMESH_SANITIZED"):
     # The sanitized pass proves the probe's own code (test_startup_probe.py, test_check.py);
     # here ASan would slow 165 server starts importing uninstrumented third-party code.
     pytest.skip("not in the sanitized pass (see the comment above)", allow_module_level=True)
 
-FETCH = REPO / "scripts" / "fetch-trixie-site.sh"
 START_TIMEOUT_S = 60.0  # from launch to ready or exit, before scaling; a start takes about 1 s
 JOBS = int(os.environ.get("GILGAMESH_REAL_PACKAGES_JOBS") or "4")
 
@@ -102,23 +101,6 @@ INTERPRETER_OF = {"threads": "default", "processes": "default", "free-threaded":
 
 
 # --- the site and the interpreters ------------------------------------------------
-
-def find_trixie_site(debian_packages):
-    """The unpacked trixie dist-packages folder: GILGAMESH_TRIXIE_SITE, else the one
-    scripts/fetch-trixie-site.sh names once it holds `debian_packages`; fails the test saying
-    `make trixie-site` when they are not fetched."""
-    given = os.environ.get("GILGAMESH_TRIXIE_SITE")
-    if given:
-        if not Path(given).is_dir():
-            pytest.fail("GILGAMESH_TRIXIE_SITE=%s is not a folder" % given, pytrace=False)
-        return Path(given)
-    result = subprocess.run(["bash", str(FETCH), "--print-path", *debian_packages],
-                            capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        pytest.fail("Debian trixie's packages are not fetched: run `make trixie-site`\n%s"
-                    % result.stderr.strip(), pytrace=False)
-    return Path(result.stdout.strip())
-
 
 @pytest.fixture(scope="session")
 def trixie_site():

@@ -95,7 +95,7 @@ import gilgamesh_harness as harness  # noqa: E402
 from gilgamesh_harness import (APPS_DIR, HOST, AsgiServer, GilgameshServer, binary_path, scaled,  # noqa: E402
                                wait_for, wait_for_stats)
 from test_asgi import Events  # noqa: E402
-from test_real_packages import find_trixie_site  # noqa: E402
+from gilgamesh_harness import find_trixie_site  # noqa: E402
 
 REFERENCE = os.environ.get("WS_REFERENCE", "")
 if REFERENCE not in ("", "uvicorn"):

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from gilgamesh_harness import APPS_DIR, TIME_SCALE, GilgameshServer, free_port, run_cli, scaled
-from test_real_packages import find_trixie_site
+from gilgamesh_harness import find_trixie_site
 
 PATTERN_UNIT = bytes(range(256)) * 64
 
