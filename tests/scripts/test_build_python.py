@@ -35,8 +35,11 @@ def cache(tmp_path):
 
 
 def check(cache, stamp, pgo):
+    """`--check default` with GILGAMESH_PYTHON_PGO set to `pgo` (True: "1", False: "", or as
+    given), the prefix's stamp file holding `stamp`."""
     (cache / "python-3.13.5" / "default" / "gilgamesh-patches").write_text(stamp)
-    env = dict(os.environ, GILGAMESH_CACHE=str(cache), GILGAMESH_PYTHON_PGO="1" if pgo else "")
+    value = {True: "1", False: ""}.get(pgo, pgo)
+    env = dict(os.environ, GILGAMESH_CACHE=str(cache), GILGAMESH_PYTHON_PGO=value)
     return subprocess.run(["bash", str(SCRIPT), "--check", "default"], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -68,8 +71,6 @@ def test_a_prefix_built_with_other_patches_is_rebuilt_either_way(cache):
 
 
 def test_pgo_0_means_plain(cache):
-    (cache / "python-3.13.5" / "default" / "gilgamesh-patches").write_text(patch_stamp())
-    env = dict(os.environ, GILGAMESH_CACHE=str(cache), GILGAMESH_PYTHON_PGO="0")
-    result = subprocess.run(["bash", str(SCRIPT), "--check", "default"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = check(cache, patch_stamp(), pgo="0")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "default is ready" in result.stdout
