@@ -2,10 +2,11 @@
 # (Debian packages, CPython 3.13.5 default + free-threaded builds in a cache
 # outside the clone), configure and build; then serve or test.
 #
-# PGO=1 builds the bundled CPythons with profile-guided and link-time optimization, as
-# Debian builds its own: Python code 11-17 % faster, about 25 minutes a build on 2 cores
-# instead of 5 (docs/benchmarks.md). The optimized builds are kept and serve later plain
-# runs too; `make image PGO=1` puts them in the image.
+# PGO= picks how the bundled CPythons are optimized, as distributions build theirs
+# (scripts/build-python.sh): short (the default) is profile-guided optimization trained
+# by scripts/pgo_task.py, about 7 minutes a build on 2 cores; full (or 1) adds LTO and
+# upstream's profile task, about 25 minutes; 0 is plain, about 5. A build serves later
+# runs that ask for the same or less (docs/benchmarks.md); `make image` passes it on.
 #
 # Use a CPython you already have (>= 3.12, --enable-shared) instead of
 # building one:   make run GILGAMESH_PYTHON=/opt/python3.13/bin/python3.13
@@ -26,8 +27,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 PREFIX ?= /usr/local
-PGO ?=
-BUILD_PYTHON = GILGAMESH_CACHE=$(CACHE_DIR) GILGAMESH_PYTHON_PGO=$(PGO) bash scripts/build-python.sh
+PGO ?= $(GILGAMESH_PYTHON_PGO)
+# Exported: image.sh (make image, the container test) asks the image's build for the same.
+export GILGAMESH_PYTHON_PGO := $(PGO)
+BUILD_PYTHON = GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/build-python.sh
 
 # `make run` builds only what serving needs: the default CPython and `gilgamesh`. The
 # free-threaded build (its CPython and gilgamesh-ft) comes when it is asked for: ARGS naming

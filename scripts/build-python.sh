@@ -14,12 +14,18 @@
 # order) to the default build; each says in its header what it fixes and why.
 # The free-threaded build gets none: gilgamesh never ends a sub-interpreter in it.
 #
-# GILGAMESH_PYTHON_PGO=1 (`make build PGO=1`) builds with profile-guided
-# optimization and link-time optimization (--enable-optimizations --with-lto),
-# as Debian builds its own Pythons: Python code runs 11-17 % faster
-# (docs/benchmarks.md, "A PGO+LTO CPython"), for about 25 minutes of build on 2
-# cores instead of 5. The prefix's stamp records it; a PGO prefix also serves a
-# plain request (the same Python, optimized), so it is kept until removed.
+# Optimization (GILGAMESH_PYTHON_PGO, `make build PGO=...`), as distributions
+# build their Pythons (Debian's 3.11, the peers' Python, is PGO+LTO):
+#   short (the default): profile-guided optimization (--enable-optimizations),
+#     trained by scripts/pgo_task.py (seconds, not upstream's test suite): about
+#     7 minutes a build on 2 cores instead of 5; fib 16 % and a dict/JSON/sort mix
+#     11 % faster than plain;
+#   full (or 1): --enable-optimizations --with-lto, trained by upstream's task
+#     (-m test --pgo): about 25 minutes a build; the mix 18 % faster than plain;
+#   0 (or plain): neither.
+# The prefix's stamp records it. A prefix serves a request for the same or a
+# lesser optimization (full > short > plain: the same Python, optimized), so it
+# is kept until removed; a lesser one is rebuilt (docs/benchmarks.md, "PGO").
 #
 # --check (first argument): builds nothing; says for each build whether its
 # prefix is ready, and exits 1 if one would be built.
@@ -30,9 +36,14 @@ VERSION=3.13.5
 CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"
 ROOT="$CACHE/python-$VERSION"
 JOBS="$(nproc)"
-PGO="${GILGAMESH_PYTHON_PGO:-}"
-if [[ "$PGO" == 0 ]]; then PGO=""; fi
-PGO_LINE="optimizations: --enable-optimizations --with-lto"
+case "${GILGAMESH_PYTHON_PGO:-short}" in
+  ""|short) PGO=short ;;
+  1|full)   PGO=full ;;
+  0|plain)  PGO="" ;;
+  *) echo "build-python: GILGAMESH_PYTHON_PGO must be short, full (or 1) or 0 (plain), not '$GILGAMESH_PYTHON_PGO'" >&2; exit 2 ;;
+esac
+FULL_LINE="optimizations: --enable-optimizations --with-lto"
+SHORT_LINE="optimizations: --enable-optimizations (profile: scripts/pgo_task.py)"
 PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/python-patches"
 CHECK_ONLY=""
 if [[ "${1:-}" == --check ]]; then CHECK_ONLY=1; shift; fi
@@ -52,17 +63,30 @@ patch_stamp() {  # $1 build name: what the prefix's stamp file must hold
   return 0
 }
 
-build_stamp() {  # $1 build name: the stamp file a build made now gets
-  patch_stamp "$1"
-  if [[ -n "$PGO" ]]; then echo "$PGO_LINE"; fi
+pgo_line() {  # $1 short, full or "": the stamp's line for that optimization
+  case "$1" in
+    full)  echo "$FULL_LINE" ;;
+    short) echo "$SHORT_LINE" ;;
+  esac
   return 0
 }
 
-stamp_ok() {  # $1 prefix, $2 build name: built with our patches, and with PGO if asked
-  local have
+build_stamp() {  # $1 build name: the stamp file a build made now gets
+  patch_stamp "$1"
+  pgo_line "$PGO"
+  return 0
+}
+
+stamp_ok() {  # $1 prefix, $2 build name: built with our patches, and optimized at least as asked
+  local have patches level
   have="$(cat "$1/gilgamesh-patches" 2>/dev/null || true)"
-  [[ "$have" == "$(patch_stamp "$2"; echo "$PGO_LINE")" ]] && return 0
-  [[ -z "$PGO" && "$have" == "$(patch_stamp "$2")" ]]
+  patches="$(patch_stamp "$2")"
+  # full serves every request, short serves short and plain, plain only plain.
+  for level in full short ""; do
+    [[ "$have" == "$(if [[ -n "$patches" ]]; then echo "$patches"; fi; pgo_line "$level")" ]] && return 0
+    [[ "$level" == "$PGO" ]] && return 1
+  done
+  return 1
 }
 
 prefix_ok() {  # $1 prefix, $2 expected Py_GIL_DISABLED (0/1), $3 build name
@@ -191,7 +215,7 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
   local prefix="$ROOT/$name"
   if prefix_ok "$prefix" "$gil_disabled" "$name"; then echo "build-python: $prefix is ready"; return; fi
   if [[ -n "$CHECK_ONLY" ]]; then
-    echo "build-python: $prefix would be built${PGO:+ with PGO+LTO}"
+    echo "build-python: $prefix would be built$(case "$PGO" in full) echo " with PGO+LTO" ;; short) echo " with PGO" ;; esac)"
     CHECK_FAILED=1
     return
   fi
@@ -199,18 +223,25 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
   local work; work="$(mktemp -d "$ROOT/build-$name.XXXXXX")"
   trap 'rm -rf "$work"' RETURN
   local optimize=() task=()
-  if [[ -n "$PGO" ]]; then
-    optimize=(--enable-optimizations --with-lto)
-    # Upstream's profile task (its --pgo test subset): it only trains the
-    # optimizer, so a test that fails in the instrumented build (test_generators
-    # did on this VM) must not stop the build.
-    task=("PROFILE_TASK=-m test --pgo --timeout=1200 || echo 'build-python: a profile-task test failed; the profile is still written'")
-    echo "build-python: building $name CPython $VERSION with PGO+LTO into $prefix (about 25 minutes on 2 cores)"
-  else
-    echo "build-python: building $name CPython $VERSION into $prefix (a few minutes)"
-  fi
+  case "$PGO" in
+    full)
+      optimize=(--enable-optimizations --with-lto)
+      # Upstream's profile task (its --pgo test subset): it only trains the
+      # optimizer, so a test that fails in the instrumented build (test_generators
+      # did on this VM) must not stop the build.
+      task=("PROFILE_TASK=-m test --pgo --timeout=1200 || echo 'build-python: a profile-task test failed; the profile is still written'")
+      echo "build-python: building $name CPython $VERSION with PGO+LTO into $prefix (about 25 minutes on 2 cores)" ;;
+    short)
+      optimize=(--enable-optimizations)
+      # scripts/pgo_task.py, copied into the source tree (make runs the task there).
+      task=("PROFILE_TASK=gilgamesh_pgo_task.py 5 || echo 'build-python: the profile task failed; the profile is still written'")
+      echo "build-python: building $name CPython $VERSION with PGO into $prefix (about 7 minutes on 2 cores)" ;;
+    *)
+      echo "build-python: building $name CPython $VERSION into $prefix (a few minutes)" ;;
+  esac
   mkdir "$work/src"
   tar -xJf "$tarball" -C "$work/src" --strip-components=1
+  cp "$PATCH_DIR/../pgo_task.py" "$work/src/gilgamesh_pgo_task.py"
   local p
   while read -r p; do
     [[ -n "$p" ]] || continue

@@ -104,7 +104,8 @@ stage_cpython() {
 build_image() {
   stage_cpython
   local args=(build --isolation chroot --network host --format docker --pull=never --layers --force-rm
-              --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" "${CPYTHON_ARGS[@]}" -f "$ROOT/docker/Dockerfile")
+              --build-arg "BASE_IMAGE=$GILGAMESH_BASE_IMAGE" "${CPYTHON_ARGS[@]}"
+              --build-arg "GILGAMESH_PYTHON_PGO=${GILGAMESH_PYTHON_PGO:-short}" -f "$ROOT/docker/Dockerfile")
   if [[ ! -f "$ROOT/web/node_modules/uplot/dist/uPlot.iife.min.js" ]]; then
     log "web/node_modules is missing: run scripts/fetch-web-deps.sh (make web)"; exit 1
   fi

@@ -1,16 +1,18 @@
-"""scripts/build-python.sh --check: which bundled CPython prefixes count as ready, with and
-without GILGAMESH_PYTHON_PGO (make PGO=1). Builds nothing: a prefix in a cache of the test's
-own points at the CPython this tree was configured with, and only its stamp file changes."""
+"""scripts/build-python.sh --check: which bundled CPython prefixes count as ready for each
+optimization asked (GILGAMESH_PYTHON_PGO, make PGO=...: short by default, full or 1, 0 for
+plain). Builds nothing: a prefix in a cache of the test's own points at the CPython this tree
+was configured with, and only its stamp file changes."""
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "build-python.sh"
-PGO_LINE = "optimizations: --enable-optimizations --with-lto"
+LINES = {"full": "optimizations: --enable-optimizations --with-lto",
+         "short": "optimizations: --enable-optimizations (profile: scripts/pgo_task.py)",
+         "plain": None}
 PYTHON = pathlib.Path(os.environ.get("GILGAMESH_PYTHON", ""))
 REAL_PREFIX = PYTHON.parent.parent
 
@@ -19,10 +21,13 @@ if not (PYTHON.name == "python3.13" and (REAL_PREFIX / "gilgamesh-patches").exis
                 "(GILGAMESH_PYTHON=%s)" % (PYTHON or "unset"), allow_module_level=True)
 
 
-def patch_stamp():
-    """The stamp a plain build of these patches gets (the real prefix may be a PGO build)."""
-    lines = (REAL_PREFIX / "gilgamesh-patches").read_text().splitlines()
-    return "".join(line + "\n" for line in lines if line != PGO_LINE)
+def stamp(level, patches=None):
+    """The stamp a build at `level` of these patches (or of `patches`, stamp lines) gets."""
+    if patches is None:  # the real prefix's, less its optimization line
+        patches = [line for line in (REAL_PREFIX / "gilgamesh-patches").read_text().splitlines()
+                   if not line.startswith("optimizations:")]
+    lines = patches + ([LINES[level]] if LINES[level] else [])
+    return "".join(line + "\n" for line in lines)
 
 
 @pytest.fixture
@@ -34,43 +39,48 @@ def cache(tmp_path):
     return tmp_path
 
 
-def check(cache, stamp, pgo):
-    """`--check default` with GILGAMESH_PYTHON_PGO set to `pgo` (True: "1", False: "", or as
-    given), the prefix's stamp file holding `stamp`."""
-    (cache / "python-3.13.5" / "default" / "gilgamesh-patches").write_text(stamp)
-    value = {True: "1", False: ""}.get(pgo, pgo)
-    env = dict(os.environ, GILGAMESH_CACHE=str(cache), GILGAMESH_PYTHON_PGO=value)
+def check(cache, stamp_text, pgo):
+    """`--check default` with GILGAMESH_PYTHON_PGO=`pgo` (None: unset), the prefix's stamp
+    file holding `stamp_text`."""
+    (cache / "python-3.13.5" / "default" / "gilgamesh-patches").write_text(stamp_text)
+    env = dict(os.environ, GILGAMESH_CACHE=str(cache))
+    env.pop("GILGAMESH_PYTHON_PGO", None)
+    if pgo is not None:
+        env["GILGAMESH_PYTHON_PGO"] = pgo
     return subprocess.run(["bash", str(SCRIPT), "--check", "default"], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
-def test_a_plain_build_is_ready_for_a_plain_request_and_rebuilt_for_pgo(cache):
-    plain = check(cache, patch_stamp(), pgo=False)
-    assert plain.returncode == 0, plain.stdout + plain.stderr
-    assert "default is ready" in plain.stdout
-    pgo = check(cache, patch_stamp(), pgo=True)
-    assert pgo.returncode == 1, pgo.stdout + pgo.stderr
-    assert "default would be built with PGO+LTO" in pgo.stdout
+# What each request asks for: unset and "" are the default (short); 1 is full; plain is 0.
+REQUESTS = {None: "short", "": "short", "short": "short", "full": "full", "1": "full",
+            "0": "plain", "plain": "plain"}
+RANK = {"plain": 0, "short": 1, "full": 2}
+SAYS = {"full": "would be built with PGO+LTO", "short": "would be built with PGO\n",
+        "plain": "would be built\n"}
 
 
-def test_a_pgo_build_serves_both_requests(cache):
-    stamp = patch_stamp() + PGO_LINE + "\n"
-    for pgo in (False, True):
-        result = check(cache, stamp, pgo)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "default is ready" in result.stdout
+@pytest.mark.parametrize("built", ["plain", "short", "full"])
+def test_a_prefix_serves_a_request_for_the_same_or_a_lesser_optimization(cache, built):
+    for pgo, asked in REQUESTS.items():
+        result = check(cache, stamp(built), pgo)
+        if RANK[built] >= RANK[asked]:
+            assert result.returncode == 0, (built, pgo, result.stdout + result.stderr)
+            assert "default is ready" in result.stdout
+        else:
+            assert result.returncode == 1, (built, pgo, result.stdout + result.stderr)
+            assert SAYS[asked] in result.stdout, (built, pgo, result.stdout)
 
 
-def test_a_prefix_built_with_other_patches_is_rebuilt_either_way(cache):
-    for stamp in ("0" * 64 + "  0009-another.patch\n",
-                  "0" * 64 + "  0009-another.patch\n" + PGO_LINE + "\n"):
-        for pgo in (False, True):
-            result = check(cache, stamp, pgo)
-            assert result.returncode == 1, (stamp, pgo, result.stdout + result.stderr)
+def test_a_prefix_built_with_other_patches_is_rebuilt_whatever_is_asked(cache):
+    other = ["0" * 64 + "  0009-another.patch"]
+    for built in ("plain", "short", "full"):
+        for pgo in ("0", "short", "full"):
+            result = check(cache, stamp(built, other), pgo)
+            assert result.returncode == 1, (built, pgo, result.stdout + result.stderr)
             assert "default would be built" in result.stdout
 
 
-def test_pgo_0_means_plain(cache):
-    result = check(cache, patch_stamp(), pgo="0")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "default is ready" in result.stdout
+def test_an_unknown_optimization_is_refused_by_name(cache):
+    result = check(cache, stamp("short"), "fast")
+    assert result.returncode == 2
+    assert "GILGAMESH_PYTHON_PGO must be short, full (or 1) or 0 (plain), not 'fast'" in result.stderr
