@@ -34,6 +34,21 @@ import time
 import gilgamesh_standin  # beside this file: sys.path[0]
 
 
+def optimization():
+    """How this CPython was compiled, where it says: "PGO+LTO" (`make build PGO=full`),
+    "PGO" (the default bundled build), "LTO", "plain" (a bundled build with PGO=0), or None
+    when its configure arguments do not tell (Debian builds its own with PGO+LTO through
+    its packaging, which they do not show). Two builds' rates differ by 10-20 %."""
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    pgo = "--enable-optimizations" in config
+    lto = "--with-lto" in config
+    if pgo or lto:
+        return "PGO+LTO" if pgo and lto else "PGO" if pgo else "LTO"
+    if os.path.exists(os.path.join(sys.prefix, "gilgamesh-patches")):  # scripts/build-python.sh made it
+        return "plain"
+    return None
+
+
 def measure(call, seconds):
     """Calls `call` until `seconds` have passed; returns (calls, elapsed, CPU seconds
     this process used meanwhile: far below elapsed for a handler that waits)."""
@@ -191,6 +206,7 @@ def main():
         "python_version": platform.python_version(),
         "build": "free-threaded" if gil_disabled_build else "default",
         "gil_enabled": is_gil_enabled(),
+        "optimization": optimization(),
         "seconds_per_repeat": args.seconds,
         "targets": {},
     }

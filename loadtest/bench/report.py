@@ -136,7 +136,8 @@ def tables(results):
             rows.append([build, r.get("python", ""), "–", "–", "unavailable: " + r["error"][:80], ""])
             continue
         for target, t in sorted(r["targets"].items()):
-            rows.append([build, "%s (GIL %s)" % (r["python_version"], "on" if r["gil_enabled"] else "off"),
+            rows.append([build, "%s (GIL %s%s)" % (r["python_version"], "on" if r["gil_enabled"] else "off",
+                                                   ", " + r["optimization"] if r.get("optimization") else ""),
                          "`%s`" % target, "%.3f" % t["ms_per_call"], "%.1f" % t["per_s"], len(t["runs"])])
     if rows:
         out.append(("Single-thread handler rates",

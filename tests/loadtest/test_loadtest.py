@@ -351,6 +351,12 @@ def test_report_md_has_tables_and_the_closed_loop_note(quick_run):
                     "## CPU, memory, start-up", "## Throughput and errors"):
         assert heading in md
     assert "coordinated omission" in md and "shares the" in md
+    # The single-thread rates say how the server's CPython was compiled: with the bundled
+    # builds, scripts/build-python.sh's stamp or its configure arguments always tell.
+    rate = quick_run["results"]["rates"]["default"]
+    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(rate["python"])), "gilgamesh-patches")):
+        assert rate["optimization"] in ("PGO", "PGO+LTO", "plain"), rate
+        assert "%s (GIL on, %s)" % (rate["python_version"], rate["optimization"]) in md
     for png in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md):
         assert os.path.getsize(os.path.join(quick_run["folder"], png)) > 1000
 
