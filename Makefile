@@ -4,7 +4,7 @@
 #
 # PGO= picks how the bundled CPythons are optimized, as distributions build theirs
 # (scripts/build-python.sh): short (the default) is profile-guided optimization trained
-# by scripts/pgo_task.py, about 7 minutes a build on 2 cores; full (or 1) adds LTO and
+# by scripts/pgo_task.py, about 7.5 minutes a build on 2 cores; full (or 1) adds LTO and
 # upstream's profile task, about 25 minutes; 0 is plain, about 5. A build serves later
 # runs that ask for the same or less (docs/benchmarks.md); `make image` passes it on.
 #

@@ -18,10 +18,10 @@
 # build their Pythons (Debian's 3.11, the peers' Python, is PGO+LTO):
 #   short (the default): profile-guided optimization (--enable-optimizations),
 #     trained by scripts/pgo_task.py (seconds, not upstream's test suite): about
-#     7 minutes a build on 2 cores instead of 5; fib 16 % and a dict/JSON/sort mix
-#     11 % faster than plain;
+#     7.5 minutes a build on 2 cores instead of 5; fib 14 % and a dict/JSON/sort
+#     mix 12 % faster than plain;
 #   full (or 1): --enable-optimizations --with-lto, trained by upstream's task
-#     (-m test --pgo): about 25 minutes a build; the mix 18 % faster than plain;
+#     (-m test --pgo): about 25 minutes a build; both 19 % faster than plain;
 #   0 (or plain): neither.
 # The prefix's stamp records it. A prefix serves a request for the same or a
 # lesser optimization (full > short > plain: the same Python, optimized), so it
@@ -235,7 +235,7 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
       optimize=(--enable-optimizations)
       # scripts/pgo_task.py, copied into the source tree (make runs the task there).
       task=("PROFILE_TASK=gilgamesh_pgo_task.py 5 || echo 'build-python: the profile task failed; the profile is still written'")
-      echo "build-python: building $name CPython $VERSION with PGO into $prefix (about 7 minutes on 2 cores)" ;;
+      echo "build-python: building $name CPython $VERSION with PGO into $prefix (about 7.5 minutes on 2 cores)" ;;
     *)
       echo "build-python: building $name CPython $VERSION into $prefix (a few minutes)" ;;
   esac
