@@ -38,7 +38,7 @@ def optimization():
     """How this CPython was compiled, where it says: "PGO+LTO" (`make build PGO=full`),
     "PGO" (the default bundled build), "LTO", "plain" (a bundled build with PGO=0), or None
     when its configure arguments do not tell (Debian builds its own with PGO+LTO through
-    its packaging, which they do not show). Two builds' rates differ by 10-20 %."""
+    its packaging, which its configure arguments do not show). Two builds' rates differ by 10-20 %."""
     config = sysconfig.get_config_var("CONFIG_ARGS") or ""
     pgo = "--enable-optimizations" in config
     lto = "--with-lto" in config
