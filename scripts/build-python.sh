@@ -36,10 +36,10 @@ VERSION=3.13.5
 CACHE="${GILGAMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gilgamesh}"
 ROOT="$CACHE/python-$VERSION"
 JOBS="$(nproc)"
-case "${GILGAMESH_PYTHON_PGO:-short}" in
-  ""|short) PGO=short ;;
-  1|full)   PGO=full ;;
-  0|plain)  PGO="" ;;
+case "${GILGAMESH_PYTHON_PGO:-short}" in  # PGO_NAME: how the messages say it
+  ""|short) PGO=short PGO_NAME=" with PGO" ;;
+  1|full)   PGO=full PGO_NAME=" with PGO+LTO" ;;
+  0|plain)  PGO="" PGO_NAME="" ;;
   *) echo "build-python: GILGAMESH_PYTHON_PGO must be short, full (or 1) or 0 (plain), not '$GILGAMESH_PYTHON_PGO'" >&2; exit 2 ;;
 esac
 FULL_LINE="optimizations: --enable-optimizations --with-lto"
@@ -215,7 +215,7 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
   local prefix="$ROOT/$name"
   if prefix_ok "$prefix" "$gil_disabled" "$name"; then echo "build-python: $prefix is ready"; return; fi
   if [[ -n "$CHECK_ONLY" ]]; then
-    echo "build-python: $prefix would be built$(case "$PGO" in full) echo " with PGO+LTO" ;; short) echo " with PGO" ;; esac)"
+    echo "build-python: $prefix would be built$PGO_NAME"
     CHECK_FAILED=1
     return
   fi
@@ -230,12 +230,12 @@ build_one() {  # $1 name, $2 extra configure flags, $3 expected Py_GIL_DISABLED
       # optimizer, so a test that fails in the instrumented build (test_generators
       # did on this VM) must not stop the build.
       task=("PROFILE_TASK=-m test --pgo --timeout=1200 || echo 'build-python: a profile-task test failed; the profile is still written'")
-      echo "build-python: building $name CPython $VERSION with PGO+LTO into $prefix (about 25 minutes on 2 cores)" ;;
+      echo "build-python: building $name CPython $VERSION$PGO_NAME into $prefix (about 25 minutes on 2 cores)" ;;
     short)
       optimize=(--enable-optimizations)
       # scripts/pgo_task.py, copied into the source tree (make runs the task there).
       task=("PROFILE_TASK=gilgamesh_pgo_task.py 5 || echo 'build-python: the profile task failed; the profile is still written'")
-      echo "build-python: building $name CPython $VERSION with PGO into $prefix (about 7.5 minutes on 2 cores)" ;;
+      echo "build-python: building $name CPython $VERSION$PGO_NAME into $prefix (about 7.5 minutes on 2 cores)" ;;
     *)
       echo "build-python: building $name CPython $VERSION into $prefix (a few minutes)" ;;
   esac
