@@ -184,6 +184,16 @@ class Matrix:
         goodput = (cell.get("wrk") or {}).get("goodput_per_s")
         cell["ideal_per_s"] = ideal
         cell["efficiency"] = goodput / ideal if ideal and goodput is not None else None
+        # The same against what this many loops gave side by side (rates.measure_side_by_side).
+        together = (((self.results.get("rates_side_by_side") or {}).get(cell["build"]) or {})
+                    .get(str(cell["cores"])) or {}).get("targets")
+        if cell["cores"] == 1:
+            together_ideal = ideal
+        else:
+            together_ideal = ideal_rate(workload, {t: r["per_s"] for t, r in together.items()}, 1) if together else None
+        if together_ideal:
+            cell["side_by_side_per_s"] = together_ideal
+            cell["efficiency_side_by_side"] = goodput / together_ideal if goodput is not None else None
         cores = (cell.get("load") or {}).get("server_cpu_cores")
         answered = (cell.get("wrk") or {}).get("requests_per_s") or goodput
         cell["server_cpu_us_per_request"] = cores * 1e6 / answered if cores is not None and answered else None
@@ -215,6 +225,7 @@ class Matrix:
             self.results["cells"].append(cell)
             print(cell_line(cell), flush=True)
         self.results["meta"]["cells_seconds"] = time.monotonic() - started
+        self.survey.measure_rates_again()
 
 
 def cell_line(cell):

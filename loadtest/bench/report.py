@@ -113,7 +113,7 @@ def tables(results):
                     " (/stats does not report per-worker readiness)"), header, rows))
 
     header = ["server", "workload", "workers", "cores", "build", "single-thread rate/s", "ideal/s",
-              "goodput/s", "efficiency"]
+              "goodput/s", "efficiency", "side by side/s", "of side by side"]
     rows = []
     for c in _ordered_cells(results):
         if c.get("ideal_per_s") is None:
@@ -121,29 +121,40 @@ def tables(results):
         cores = c["cores"]
         rows.append([f.label(results, c["server"]), c["workload"], c["workers"], cores, c["build"],
                      f.num(c["ideal_per_s"] / cores, "%.1f"), f.num(c["ideal_per_s"], "%.1f"),
-                     f.num(f.goodput(c), "%.1f"), f.num(c.get("efficiency"), "%.2f")])
+                     f.num(f.goodput(c), "%.1f"), f.num(c.get("efficiency"), "%.2f"),
+                     f.num(c.get("side_by_side_per_s"), "%.1f"), f.num(c.get("efficiency_side_by_side"), "%.2f")])
     if rows:
         out.append(("Efficiency against the ideal",
                     "Ideal = cores (min(workers, CPUs)) × the handler's single-thread rate in the same "
                     "Python build, measured without HTTP (for a mix: the weighted harmonic rate). It "
                     "ignores HTTP and dispatch costs and that wrk takes CPU from the same cores, so "
-                    "1.0 is out of reach on a machine this small.", header, rows))
+                    "1.0 is out of reach on a machine this small. Side by side = what that many "
+                    "single-thread loops gave together, run at once (one process each) before the "
+                    "cells: below the ideal where the cores share a physical core (SMT) or a VM's "
+                    "vCPUs share the host's, and so the part of the gap to the ideal that is the "
+                    "machine's, not the server's.%s" % _side_by_side_summary(results), header, rows))
 
-    header = ["build", "python", "target", "ms per call", "calls/s", "repeats"]
+    header = ["build", "python", "target", "ms per call", "calls/s", "repeats", "after the cells"]
     rows = []
     for build, r in sorted(results.get("rates", {}).items()):
         if "error" in r:
-            rows.append([build, r.get("python", ""), "–", "–", "unavailable: " + r["error"][:80], ""])
+            rows.append([build, r.get("python", ""), "–", "–", "unavailable: " + r["error"][:80], "", ""])
             continue
+        after = ((results.get("rates_after") or {}).get(build) or {}).get("targets") or {}
         for target, t in sorted(r["targets"].items()):
+            again = (after.get(target) or {}).get("per_s")
             rows.append([build, "%s (GIL %s%s)" % (r["python_version"], "on" if r["gil_enabled"] else "off",
                                                    ", " + r["optimization"] if r.get("optimization") else ""),
-                         "`%s`" % target, "%.3f" % t["ms_per_call"], "%.1f" % t["per_s"], len(t["runs"])])
+                         "`%s`" % target, "%.3f" % t["ms_per_call"], "%.1f" % t["per_s"], len(t["runs"]),
+                         "%.1f (%+.0f %%)" % (again, 100.0 * (again / t["per_s"] - 1)) if again else "–"])
     if rows:
         out.append(("Single-thread handler rates",
                     "One thread, no HTTP: the handler called in a loop with a Request built as the "
                     "server builds it (a WSGI app: with the server's environ and calling protocol); "
-                    "the best repeat is kept.", header, rows))
+                    "the best repeat is kept. Measured before the cells (the ideal uses these) and "
+                    "again after them: a rate that moved by more than a few per cent means the "
+                    "machine's speed changed during the run, and the efficiencies move with it.%s"
+                    % _rates_moved(results), header, rows))
     return out
 
 
@@ -223,6 +234,34 @@ def latency_note(results):
                "loadtest/tools/ws_echo_load.py, closed-loop in the same way%s."
                % (", ".join("`%s`" % w for w in ws), " and on the same cores" if wrk_placement(results) else "")
                if ws else ""))
+
+
+def _rates_moved(results, by=0.05):
+    """" Here ...": the single-thread rates that moved by more than `by` between before
+    and after the cells."""
+    moved = []
+    for build, after in sorted((results.get("rates_after") or {}).items()):
+        before = ((results.get("rates") or {}).get(build) or {}).get("targets") or {}
+        for target, r in sorted((after.get("targets") or {}).items()):
+            first = (before.get(target) or {}).get("per_s")
+            if first and abs(r["per_s"] / first - 1) > by:
+                moved.append("%s `%s` %+.0f %%" % (build, target, 100.0 * (r["per_s"] / first - 1)))
+    return " Here they moved: %s." % "; ".join(moved) if moved else ""
+
+
+def _side_by_side_summary(results):
+    """" Here: ..." for the measured side-by-side rates: what N loops at once gave against
+    N x one loop alone, per build and target."""
+    parts = []
+    for build, by_copies in sorted((results.get("rates_side_by_side") or {}).items()):
+        alone = ((results.get("rates") or {}).get(build) or {}).get("targets") or {}
+        for copies, together in sorted(by_copies.items(), key=lambda kv: int(kv[0])):
+            for target, r in sorted((together.get("targets") or {}).items()):
+                one = (alone.get(target) or {}).get("per_s")
+                if one:
+                    parts.append("%s `%s`: %s loops %.2f of %s × alone" % (build, target, copies,
+                                                                          r["per_s"] / (int(copies) * one), copies))
+    return " Here: %s." % "; ".join(parts) if parts else ""
 
 
 def _ordered_cells(results):

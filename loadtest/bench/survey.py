@@ -172,10 +172,14 @@ class Survey:
         probe = self.results["strategies"]["probes"].get(strategy) or {}
         return probe.get("build") or STRATEGY_BUILD.get(strategy, "default")
 
-    def measure_rates(self):
+    def _rate_targets(self):
         targets = set()
         for name in self.args.workloads:
             targets.update((WORKLOADS[name].cpu_mix or {}).keys())
+        return targets
+
+    def measure_rates(self):
+        targets = self._rate_targets()
         if not targets:
             return
         builds = {self.build_of(s) for s in self.results["strategies"]["supported"]}
@@ -190,5 +194,41 @@ class Survey:
             self.results["rates"][build] = result
             if "error" in result:
                 print("unavailable: %s" % result["error"])
+                continue
+            print(", ".join("%s %.0f/s" % (t, r["per_s"]) for t, r in sorted(result["targets"].items())))
+            # What the machine gives that many loops at once, for each cell's cores.
+            cores = len(self.args.server_cpus) if self.args.server_cpus else NCPU
+            for copies in sorted({min(w, cores) for w in self.args.workers} - {1}):
+                print("  %d loops side by side ..." % copies, end=" ", flush=True)
+                together = rates.measure_side_by_side(
+                    self.servers.owned, python, copies, [] if self.args.requests else targets, REPO,
+                    self.args.app, self.args.rate_seconds, self.args.rate_repeat, custom.rate_args(self.args),
+                    cpus=self.args.server_cpus)
+                self.results.setdefault("rates_side_by_side", {}).setdefault(build, {})[str(copies)] = together
+                if "error" in together:
+                    print("unavailable: %s" % together["error"])
+                else:
+                    print(", ".join("%s %.0f/s (%.2f of %d x alone)" % (
+                        t, r["per_s"], r["per_s"] / (copies * result["targets"][t]["per_s"]), copies)
+                        for t, r in sorted(together["targets"].items())))
+
+    def measure_rates_again(self):
+        """The single-thread rates once more, after the cells: a machine whose speed moved
+        during the run (a VM's neighbours, a slow stretch) shows it here, and its cells'
+        efficiencies are read with that in mind (the report says how far they moved)."""
+        targets = self._rate_targets()
+        for build, before in sorted(self.results["rates"].items()):
+            if not targets or "error" in before:
+                continue
+            print("single-thread rates in %s again, after the cells ..." % build, end=" ", flush=True)
+            after = rates.measure(self.servers.owned, self.args.pythons.get(build),
+                                  [] if self.args.requests else targets, REPO, self.args.app,
+                                  self.args.rate_seconds, self.args.rate_repeat, custom.rate_args(self.args),
+                                  cpus=self.args.server_cpus)
+            self.results.setdefault("rates_after", {})[build] = after
+            if "error" in after:
+                print("unavailable: %s" % after["error"])
             else:
-                print(", ".join("%s %.0f/s" % (t, r["per_s"]) for t, r in sorted(result["targets"].items())))
+                print(", ".join("%s %.0f/s (%+.0f %%)" % (t, r["per_s"], 100.0 * (
+                    r["per_s"] / before["targets"][t]["per_s"] - 1)) for t, r in sorted(after["targets"].items())
+                    if t in before["targets"]))

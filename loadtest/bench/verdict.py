@@ -56,6 +56,8 @@ class Candidate:
             extra = []
             if c.get("efficiency") is not None:
                 extra.append("%.2f of ideal" % c["efficiency"])
+                if c.get("efficiency_side_by_side") is not None and c["cores"] > 1:
+                    extra.append("%.2f of %d loops side by side" % (c["efficiency_side_by_side"], c["cores"]))
             p99 = ((c.get("wrk") or {}).get("latency_ms") or {}).get("p99")
             if p99 is not None:
                 extra.append("p99 %.1f ms" % p99)

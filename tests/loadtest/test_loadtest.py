@@ -321,6 +321,16 @@ def test_quick_matrix_has_goodput_in_every_cell(quick_run):
         assert 0 < fib["efficiency"] < 3, (strategy, fib["efficiency"])
         assert fib["ideal_per_s"] == pytest.approx(
             fib["cores"] * results["rates"][fib["build"]]["targets"]["/fib?n=25"]["per_s"])
+        # What that many loops gave side by side, measured as that many processes at once.
+        if fib["cores"] > 1:
+            together = results["rates_side_by_side"][fib["build"]][str(fib["cores"])]["targets"]["/fib?n=25"]
+            assert len(together["per_copy"]) == fib["cores"] and min(together["per_copy"]) > 0, together
+            assert fib["side_by_side_per_s"] == pytest.approx(together["per_s"])
+            assert together["per_s"] == pytest.approx(sum(together["per_copy"]))
+            assert fib["efficiency_side_by_side"] == pytest.approx(fib["wrk"]["goodput_per_s"] / together["per_s"])
+    # The single-thread rates once more after the cells (the machine's speed may have moved).
+    for build, before in results["rates"].items():
+        assert results["rates_after"][build]["targets"]["/fib?n=25"]["per_s"] > 0, build
     total = len(expected) + len(skipped)
     assert "[%d/%d" % (total, total) in quick_run["stdout"]  # progress
     # --quick is quick by its settings (2 s per cell), not by a wall-clock figure that a busy
@@ -350,6 +360,7 @@ def test_report_md_has_tables_and_the_closed_loop_note(quick_run):
     for heading in ("## Headline: goodput", "## Latency (ms)", "## Efficiency against the ideal",
                     "## CPU, memory, start-up", "## Throughput and errors"):
         assert heading in md
+    assert "| side by side/s | of side by side |" in md and "| after the cells |" in md
     assert "coordinated omission" in md and "shares the" in md
     # The single-thread rates say how the server's CPython was compiled: with the bundled
     # builds, scripts/build-python.sh's stamp or its configure arguments always tell.
@@ -727,6 +738,10 @@ def test_report_opens_with_a_verdict_from_the_run(quick_run):
     for w in ("hello", "fib"):
         assert "`%s` %s/s" % (w, _rate_text(cells[(strategy, w, workers)]["wrk"]["goodput_per_s"])) in why, why
     assert "the only worker count measured" in why  # --quick measures one count
+    fib = cells[(strategy, "fib", workers)]
+    if fib["cores"] > 1:  # against the ideal, and against what that many loops gave side by side
+        assert "%.2f of ideal, %.2f of %d loops side by side" % (
+            fib["efficiency"], fib["efficiency_side_by_side"], fib["cores"]) in why, why
     # The runner-up and what it costs.
     if len(DECLARED) > 1:
         runner_up = re.match(r"- Runner-up: `([a-z-]+)`, \d+ workers?: (.*)", lines[1])
