@@ -87,6 +87,11 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const Load
         PyObject_CallMethod(api.get(), "_trace_imports", "i", context.trace_imports_fd));
     if (!traced) throw fail("tracing imports");
   }
+  if (context.strategy != Strategy::processes) {
+    // The workers share this process: os._exit() and os.abort() raise instead (gilgamesh_api.py).
+    py::Ref guarded = py::Ref::steal(PyObject_CallMethod(api.get(), "_refuse_process_exit", nullptr));
+    if (!guarded) throw fail("guarding os._exit");
+  }
   ErrorTypes errors;
   errors.http_error = py::Ref::steal(PyObject_GetAttrString(api.get(), "HTTPError"));
   errors.handler_timeout = py::Ref::steal(PyObject_GetAttrString(api.get(), "HandlerTimeout"));

@@ -42,6 +42,14 @@ class HandlerTimeout(BaseException):
     """
 
 
+class ProcessExitRefused(RuntimeError):
+    """Raised by os._exit() and os.abort() when a handler (or any code of the app) calls them
+    in the server's own process, under a strategy whose workers all live in it
+    (subinterpreters, threads, free-threaded): they would end every worker's requests
+    and the server. Under `--strategy processes`, and in a process the app forked, they do
+    what they always do."""
+
+
 class Response:
     """A handler result given as it is: body, status, headers, content type."""
 
@@ -451,6 +459,38 @@ def _foreign_extension(error):
                         % (os.path.join(folder, entry), built_for,
                            "%d.%d.%d" % sys.version_info[:3], build, here))
     return None
+
+
+def _refuse_process_exit():
+    """Called by the server in each interpreter of an in-process strategy before the app is
+    imported: os._exit() and os.abort() raise ProcessExitRefused in this process from now
+    on (the request that called them gets the generic 500, its traceback logged, and
+    every other request goes on). A child the app forks (os.fork, multiprocessing) is
+    another process: there they exit as usual. Code that saved posix._exit itself is
+    not covered, nor signals an app sends its own process."""
+    import os
+    if getattr(os._exit, "_gilgamesh_guard", False):
+        return
+    server_pid = os.getpid()
+    real_exit, real_abort = os._exit, os.abort
+
+    def _exit(status):
+        if os.getpid() == server_pid:
+            raise ProcessExitRefused(
+                "os._exit(%r) would end the whole server: its workers share this process "
+                "(--strategy processes gives each its own)" % (status,))
+        real_exit(status)
+
+    def abort():
+        if os.getpid() == server_pid:
+            raise ProcessExitRefused(
+                "os.abort() would end the whole server: its workers share this process "
+                "(--strategy processes gives each its own)")
+        real_abort()
+
+    for guard, real in ((_exit, real_exit), (abort, real_abort)):
+        guard.__doc__, guard.__module__, guard._gilgamesh_guard = real.__doc__, "os", True
+    os._exit, os.abort = _exit, abort
 
 
 def _adopt_server_thread():

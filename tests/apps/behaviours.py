@@ -69,3 +69,33 @@ def echo(request):
         "body_length": len(request.body),
         "request_id": request.request_id,
     }
+
+
+@gilgamesh.route("/exit")
+def exit_process(request):
+    """Calls os._exit(3): under an in-process strategy it raises ProcessExitRefused (500);
+    under processes the worker exits (502, replaced)."""
+    import os
+    os._exit(3)
+
+
+@gilgamesh.route("/abort")
+def abort_process(request):
+    """Calls os.abort(): as /exit."""
+    import os
+    os.abort()
+
+
+@gilgamesh.route("/fork-exit")
+def fork_exit(request):
+    """Forks a child that calls os._exit(7) and answers its exit code: a forked child
+    still exits. Where the interpreter may not fork (a sub-interpreter), says so."""
+    import os
+    try:
+        pid = os.fork()
+    except RuntimeError as e:  # sub-interpreters may not fork
+        return {"forked": False, "why": str(e)}
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    return {"forked": True, "exit_code": os.waitstatus_to_exitcode(status)}

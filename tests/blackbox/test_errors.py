@@ -181,6 +181,32 @@ def test_handler_results_and_failures(behaviours):
     assert raise_stats["errors"] == 1, raise_stats
 
 
+def test_a_handler_that_calls_os_exit_or_abort_ends_only_its_request(behaviours, strategy):
+    # Under the in-process strategies every worker lives in the server's process: os._exit()
+    # and os.abort() raise gilgamesh.ProcessExitRefused there (the request's generic 500,
+    # logged); under processes the worker ends and is replaced (502). The server serves on.
+    server = behaviours
+    for path, call in (("/exit", "os._exit(3)"), ("/abort", "os.abort()")):
+        r = server.get(path)
+        if strategy == "processes":
+            body = assert_json_error(r, 502)
+            assert "exited with status 3" in body["error"] or "SIGABRT" in body["error"], body
+        else:
+            body = assert_json_error(r, 500)
+            assert_logged(server, "ProcessExitRefused: %s would end the whole server" % call, body["request_id"])
+        assert server.alive()
+        for _ in range(2 * server.workers):
+            assert server.get("/ok").status == 200
+    # A child the handler forks is another process: its os._exit() exits it.
+    r = server.get("/fork-exit")
+    assert r.status == 200, r
+    if r.json()["forked"]:
+        assert r.json()["exit_code"] == 7, r.json()
+    else:
+        assert strategy == "subinterpreters", r.json()  # the one kind that may not fork
+    assert server.alive()
+
+
 def test_204_on_keep_alive_has_no_body(behaviours):
     with behaviours.raw() as conn:
         conn.send(b"GET /none HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
