@@ -43,11 +43,11 @@ class HandlerTimeout(BaseException):
 
 
 class ProcessExitRefused(RuntimeError):
-    """Raised by os._exit() and os.abort() when a handler (or any code of the app) calls them
-    in the server's own process, under a strategy whose workers all live in it
-    (subinterpreters, threads, free-threaded): they would end every worker's requests
-    and the server. Under `--strategy processes`, and in a process the app forked, they do
-    what they always do."""
+    """Raised by os._exit(), os.abort() and the os.exec* calls when a handler (or any code
+    of the app) calls them in the server's own process, under a strategy whose workers all
+    live in it (subinterpreters, threads, free-threaded): they would end (or replace) the
+    process, and with it every worker's requests and the server. Under `--strategy
+    processes`, and in a process the app forked, they do what they always do."""
 
 
 class Response:
@@ -463,34 +463,33 @@ def _foreign_extension(error):
 
 def _refuse_process_exit():
     """Called by the server in each interpreter of an in-process strategy before the app is
-    imported: os._exit() and os.abort() raise ProcessExitRefused in this process from now
-    on (the request that called them gets the generic 500, its traceback logged, and
-    every other request goes on). A child the app forks (os.fork, multiprocessing) is
-    another process: there they exit as usual. Code that saved posix._exit itself is
-    not covered, nor signals an app sends its own process."""
+    imported: from now on os._exit() and os.abort() (which would end this process), and
+    os.execv() and os.execve() (which would replace it; every os.exec* goes through one of
+    them), raise ProcessExitRefused in this process: the request that called them gets the
+    generic 500, its traceback logged, and every other request goes on. A child the app
+    forks (os.fork, multiprocessing) is another process: there they do what they always
+    do. Code that saved posix._exit itself is not covered, nor signals an app sends its
+    own process."""
     import os
     if getattr(os._exit, "_gilgamesh_guard", False):
         return
     server_pid = os.getpid()
-    real_exit, real_abort = os._exit, os.abort
 
-    def _exit(status):
-        if os.getpid() == server_pid:
-            raise ProcessExitRefused(
-                "os._exit(%r) would end the whole server: its workers share this process "
-                "(--strategy processes gives each its own)" % (status,))
-        real_exit(status)
+    def guarded(real, verb, text):
+        def call(*args, **kwargs):
+            if os.getpid() == server_pid:
+                raise ProcessExitRefused("%s would %s the whole server: its workers share this process "
+                                         "(--strategy processes gives each its own)" % (text(args), verb))
+            return real(*args, **kwargs)
+        call.__name__ = call.__qualname__ = real.__name__
+        call.__doc__, call.__module__, call._gilgamesh_guard = real.__doc__, "os", True
+        return call
 
-    def abort():
-        if os.getpid() == server_pid:
-            raise ProcessExitRefused(
-                "os.abort() would end the whole server: its workers share this process "
-                "(--strategy processes gives each its own)")
-        real_abort()
-
-    for guard, real in ((_exit, real_exit), (abort, real_abort)):
-        guard.__doc__, guard.__module__, guard._gilgamesh_guard = real.__doc__, "os", True
-    os._exit, os.abort = _exit, abort
+    os._exit = guarded(os._exit, "end", lambda a: "os._exit(%s)" % ", ".join(map(repr, a)))
+    os.abort = guarded(os.abort, "end", lambda a: "os.abort()")
+    for name in ("execv", "execve"):  # os.execl, execlp, execvp... call one of these
+        setattr(os, name, guarded(getattr(os, name), "replace",
+                                  lambda a, name=name: "os.%s(%r, ...)" % (name, a[0] if a else None)))
 
 
 def _adopt_server_thread():

@@ -13,7 +13,8 @@
 //
 // Pullers are the other kind of consumer: an event loop (an in-process ASGI
 // worker's) that takes jobs itself, between its callbacks, and never blocks
-// here. Before its loop waits it parks (pull() took nothing); a push then rings
+// here (it spins as a consumer does first, where there is a core to spare). Before its
+// loop waits it parks (pull() took nothing); a push then rings
 // the parked puller that parked last (its doorbell: the loop's eventfd) rather
 // than waking a blocked consumer, and a puller that takes a job while more wait
 // rings the next parked one. So an idle loop is woken for a job, a busy one
@@ -117,7 +118,13 @@ class JobQueue {
   // the puller has, and what it leaves counts as room no push is refused for. None taken and
   // `park`: `p` is rung when one comes (once; pull() or unpark() end it), or when the
   // queue closes. A puller that took some while more wait rings the next parked one.
+  // With `park` and nothing queued it first spins for up to `spin` (the loop's thread,
+  // its Python lock released), so that a request coming meanwhile costs no doorbell.
   void pull(Puller& p, std::vector<Job>& out, std::size_t most, bool park) {
+    // About to park: watch the depth first, as an idle consumer does in pop_until().
+    if (park && spin_.count() > 0 && depth_.load(std::memory_order_acquire) == 0) {
+      spin_for_work(Clock::now() + spin_);
+    }
     std::lock_guard lock(mutex_);
     const std::size_t share = (jobs_.size() + pullers_.size() - 1) / std::max<std::size_t>(1, pullers_.size());
     const std::size_t n = std::min({most, jobs_.size(), std::max<std::size_t>(1, share)});

@@ -86,6 +86,14 @@ def abort_process(request):
     os.abort()
 
 
+@gilgamesh.route("/exec")
+def exec_program(request):
+    """Calls os.execl("/bin/true", "true"), which would replace the process: under an
+    in-process strategy it raises ProcessExitRefused (500)."""
+    import os
+    os.execl("/bin/true", "true")
+
+
 @gilgamesh.route("/fork-exit")
 def fork_exit(request):
     """Forks a child that calls os._exit(7) and answers its exit code: a forked child

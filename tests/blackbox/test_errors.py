@@ -181,10 +181,10 @@ def test_handler_results_and_failures(behaviours):
     assert raise_stats["errors"] == 1, raise_stats
 
 
-def test_a_handler_that_calls_os_exit_or_abort_ends_only_its_request(behaviours, strategy):
-    # Under the in-process strategies every worker lives in the server's process: os._exit()
-    # and os.abort() raise gilgamesh.ProcessExitRefused there (the request's generic 500,
-    # logged); under processes the worker ends and is replaced (502). The server serves on.
+def test_a_handler_that_calls_os_exit_abort_or_exec_ends_only_its_request(behaviours, strategy):
+    # Under the in-process strategies every worker lives in the server's process: os._exit(),
+    # os.abort() and os.exec* raise gilgamesh.ProcessExitRefused there (the request's generic
+    # 500, logged); under processes the worker ends and is replaced (502). The server serves on.
     server = behaviours
     for path, call in (("/exit", "os._exit(3)"), ("/abort", "os.abort()")):
         r = server.get(path)
@@ -197,6 +197,11 @@ def test_a_handler_that_calls_os_exit_or_abort_ends_only_its_request(behaviours,
         assert server.alive()
         for _ in range(2 * server.workers):
             assert server.get("/ok").status == 200
+    if strategy != "processes":  # (a worker process would become /bin/true, and exit)
+        body = assert_json_error(server.get("/exec"), 500)
+        assert_logged(server, "ProcessExitRefused: os.execv('/bin/true', ...) would replace the whole server",
+                      body["request_id"])
+        assert server.alive() and server.get("/ok").status == 200
     # A child the handler forks is another process: its os._exit() exits it.
     r = server.get("/fork-exit")
     assert r.status == 200, r

@@ -731,9 +731,10 @@ TEST(JobQueue, ParkedConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono:
 TEST(JobQueue, SpinningConsumersGetEveryJobOnce) { hand_off_every_job(std::chrono::microseconds(50)); }
 
 // Event loops that pull (never block in the queue): every job once, from several
-// producers, each loop parked on its own doorbell while there is none.
-TEST(JobQueue, PullersGetEveryJobOnce) {
-  JobQueue queue(1 << 16);
+// producers, each loop parked on its own doorbell while there is none (after a spin,
+// with `spin`).
+void pull_every_job(std::chrono::nanoseconds spin) {
+  JobQueue queue(1 << 16, spin);
   constexpr int kProducers = 3, kPullers = 3, kJobsEach = 2000;
   std::atomic<int> taken{0};
   std::vector<std::atomic<int>> seen(kProducers * kJobsEach);
@@ -776,6 +777,42 @@ TEST(JobQueue, PullersGetEveryJobOnce) {
   for (auto& t : pullers) t.join();
   EXPECT_EQ(taken, kProducers * kJobsEach);
   for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << i;
+}
+
+TEST(JobQueue, PullersGetEveryJobOnce) { pull_every_job(std::chrono::nanoseconds(0)); }
+
+TEST(JobQueue, SpinningPullersGetEveryJobOnce) { pull_every_job(std::chrono::microseconds(50)); }
+
+// A puller about to park watches the queue for `spin` first: a job pushed meanwhile is
+// taken by that pull, and no doorbell rings.
+TEST(JobQueue, APullerThatSpinsTakesAJobPushedMeanwhileWithoutARing) {
+  JobQueue queue(16, std::chrono::milliseconds(500));
+  int rings = 0;
+  JobQueue::Puller p;
+  p.ring = [&] { ++rings; };
+  queue.add_puller(p);
+  std::thread producer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    Job job;
+    job.token = 7;
+    EXPECT_EQ(queue.push(job), SubmitResult::accepted);
+  });
+  std::vector<Job> out;
+  const auto started = Clock::now();
+  queue.pull(p, out, 8, true);
+  producer.join();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].token, 7);
+  EXPECT_EQ(rings, 0);
+  EXPECT_LT(Clock::now() - started, std::chrono::milliseconds(400));  // back as the job came
+  // Nothing comes: it spins its time, then parks; the next push rings it.
+  out.clear();
+  queue.pull(p, out, 8, true);
+  EXPECT_TRUE(out.empty());
+  Job late;
+  EXPECT_EQ(queue.push(late), SubmitResult::accepted);
+  EXPECT_EQ(rings, 1);
+  queue.remove_puller(p);
 }
 
 // The push rings the puller that parked last, once; a puller takes its share of
