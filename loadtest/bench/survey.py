@@ -178,6 +178,15 @@ class Survey:
             targets.update((WORKLOADS[name].cpu_mix or {}).keys())
         return targets
 
+    def _rates_in(self, python, copies=1):
+        """handler_rate.py's rates of the run's targets in `python`, on the servers' CPUs;
+        copies > 1: that many loops at once (rates.measure_side_by_side)."""
+        common = ([] if self.args.requests else self._rate_targets(), REPO, self.args.app,
+                  self.args.rate_seconds, self.args.rate_repeat, custom.rate_args(self.args))
+        if copies == 1:
+            return rates.measure(self.servers.owned, python, *common, cpus=self.args.server_cpus)
+        return rates.measure_side_by_side(self.servers.owned, python, copies, *common, cpus=self.args.server_cpus)
+
     def measure_rates(self):
         targets = self._rate_targets()
         if not targets:
@@ -188,9 +197,7 @@ class Survey:
         for build in sorted(builds):
             python = self.args.pythons.get(build)
             print("single-thread rates in %s (%s) ..." % (build, python), end=" ", flush=True)
-            result = rates.measure(self.servers.owned, python, [] if self.args.requests else targets, REPO,
-                                   self.args.app, self.args.rate_seconds, self.args.rate_repeat,
-                                   custom.rate_args(self.args), cpus=self.args.server_cpus)
+            result = self._rates_in(python)
             self.results["rates"][build] = result
             if "error" in result:
                 print("unavailable: %s" % result["error"])
@@ -200,10 +207,7 @@ class Survey:
             cores = len(self.args.server_cpus) if self.args.server_cpus else NCPU
             for copies in sorted({min(w, cores) for w in self.args.workers} - {1}):
                 print("  %d loops side by side ..." % copies, end=" ", flush=True)
-                together = rates.measure_side_by_side(
-                    self.servers.owned, python, copies, [] if self.args.requests else targets, REPO,
-                    self.args.app, self.args.rate_seconds, self.args.rate_repeat, custom.rate_args(self.args),
-                    cpus=self.args.server_cpus)
+                together = self._rates_in(python, copies)
                 self.results.setdefault("rates_side_by_side", {}).setdefault(build, {})[str(copies)] = together
                 if "error" in together:
                     print("unavailable: %s" % together["error"])
@@ -221,10 +225,7 @@ class Survey:
             if not targets or "error" in before:
                 continue
             print("single-thread rates in %s again, after the cells ..." % build, end=" ", flush=True)
-            after = rates.measure(self.servers.owned, self.args.pythons.get(build),
-                                  [] if self.args.requests else targets, REPO, self.args.app,
-                                  self.args.rate_seconds, self.args.rate_repeat, custom.rate_args(self.args),
-                                  cpus=self.args.server_cpus)
+            after = self._rates_in(self.args.pythons.get(build))
             self.results.setdefault("rates_after", {})[build] = after
             if "error" in after:
                 print("unavailable: %s" % after["error"])
