@@ -88,9 +88,10 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const Load
     if (!traced) throw fail("tracing imports");
   }
   if (context.strategy != Strategy::processes) {
-    // The workers share this process: os._exit(), os.abort() and os.exec* raise instead (gilgamesh_api.py).
+    // The workers share this process: os._exit(), os.abort(), os.exec* and the calls that would signal it
+    // to end or stop (os.kill, os.killpg, signal.raise_signal, ...) raise instead (gilgamesh_api.py).
     py::Ref guarded = py::Ref::steal(PyObject_CallMethod(api.get(), "_refuse_process_exit", nullptr));
-    if (!guarded) throw fail("guarding os._exit, os.abort and os.exec*");
+    if (!guarded) throw fail("guarding os._exit, os.abort, os.exec* and os.kill");
   }
   ErrorTypes errors;
   errors.http_error = py::Ref::steal(PyObject_GetAttrString(api.get(), "HTTPError"));

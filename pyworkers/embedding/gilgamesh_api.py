@@ -43,11 +43,13 @@ class HandlerTimeout(BaseException):
 
 
 class ProcessExitRefused(RuntimeError):
-    """Raised by os._exit(), os.abort() and the os.exec* calls when a handler (or any code
-    of the app) calls them in the server's own process, under a strategy whose workers all
-    live in it (subinterpreters, threads, free-threaded): they would end (or replace) the
-    process, and with it every worker's requests and the server. Under `--strategy
-    processes`, and in a process the app forked, they do what they always do."""
+    """Raised by os._exit(), os.abort() and the os.exec* calls, and by the calls that would
+    deliver the server's own process a signal that ends or stops it (os.kill, os.killpg,
+    signal.raise_signal, signal.pthread_kill, signal.alarm, signal.setitimer), when a handler
+    (or any code of the app) makes them in the server's own process, under a strategy whose
+    workers all live in it (subinterpreters, threads, free-threaded): they would end (or
+    replace, or stop) the process, and with it every worker's requests and the server. Under
+    `--strategy processes`, and in a process the app forked, they do what they always do."""
 
 
 class Response:
@@ -463,33 +465,108 @@ def _foreign_extension(error):
 
 def _refuse_process_exit():
     """Called by the server in each interpreter of an in-process strategy before the app is
-    imported: from now on os._exit() and os.abort() (which would end this process), and
-    os.execv() and os.execve() (which would replace it; every os.exec* goes through one of
-    them), raise ProcessExitRefused in this process: the request that called them gets the
-    generic 500, its traceback logged, and every other request goes on. A child the app
-    forks (os.fork, multiprocessing) is another process: there they do what they always
-    do. Code that saved posix._exit itself is not covered, nor signals an app sends its
-    own process."""
+    imported: from now on, in this process, the calls that would end it, stop it or start
+    its shutdown raise ProcessExitRefused: os._exit() and os.abort(); os.execv() and
+    os.execve() (which would replace it; every os.exec* goes through one of them); and a
+    signal whose action here is to end or stop the process (SIGKILL, SIGTERM, SIGINT,
+    SIGSTOP, SIGUSR1 with no handler...), sent to this process by os.kill() (its pid, 0 or
+    -1, or its process group), os.killpg(), signal.raise_signal() or signal.pthread_kill(),
+    or set to come by signal.alarm() and signal.setitimer(). The request that called them
+    gets the generic 500, its traceback logged, and every other request goes on. Signal 0,
+    signals ignored or handled (a Python handler, SIG_IGN) and those whose default is to be
+    ignored (SIGCHLD, SIGCONT, SIGURG, SIGWINCH) still go; so does every call aimed at
+    another process. A child the app forks (os.fork, multiprocessing) is another process:
+    there they all do what they always do. Code that saved posix._exit (or os.kill) before
+    the app was imported is not covered."""
     import os
+    import signal
     if getattr(os._exit, "_gilgamesh_guard", False):
         return
     server_pid = os.getpid()
+    harmless = {0} | {getattr(signal, name) for name in ("SIGCHLD", "SIGCONT", "SIGURG", "SIGWINCH")
+                      if hasattr(signal, name)}
+    stops = {getattr(signal, name) for name in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU")
+             if hasattr(signal, name)}
 
-    def guarded(real, verb, text):
+    def signal_verb(sig):
+        """What `sig` delivered here would do to the server ("end", "stop"), or None: nothing
+        that touches the other requests (or not a signal: the real call then says so)."""
+        try:
+            sig = int(sig)
+            if sig in harmless:
+                return None
+            handler = signal.getsignal(sig)
+        except (TypeError, ValueError, OverflowError, OSError):
+            return None
+        if handler == signal.SIG_IGN or (callable(handler) and handler is not signal.default_int_handler):
+            return None
+        return "stop" if sig in stops else "end"
+
+    def signal_name(sig):
+        try:
+            return signal.Signals(sig).name
+        except (TypeError, ValueError):
+            return repr(sig)
+
+    def sent(text, sig):
+        """The refusal of a call that delivers `sig` here, or None."""
+        verb = signal_verb(sig)
+        return (verb, text) if verb else None
+
+    def positive(seconds):
+        try:
+            return float(seconds) > 0
+        except (TypeError, ValueError):
+            return False
+
+    def reaches_here(pid):
+        """Whether os.kill(pid, ...) reaches this process: its pid, 0 (its group), -1
+        (every process it may signal), or minus its group."""
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return pid in (server_pid, 0, -1) or (pid < -1 and -pid == os.getpgrp())
+
+    def guarded(real, refusal):
+        """`real`, refused in this process where refusal(*args, **kwargs) gives a verb and the
+        call as text; the arguments go to `real` untouched (a bad one: its own error)."""
         def call(*args, **kwargs):
             if os.getpid() == server_pid:
-                raise ProcessExitRefused("%s would %s the whole server: its workers share this process "
-                                         "(--strategy processes gives each its own)" % (text(args), verb))
+                found = refusal(*args, **kwargs)
+                if found:
+                    verb, text = found
+                    raise ProcessExitRefused("%s would %s the whole server: its workers share this process "
+                                             "(--strategy processes gives each its own)" % (text, verb))
             return real(*args, **kwargs)
         call.__name__ = call.__qualname__ = real.__name__
-        call.__doc__, call.__module__, call._gilgamesh_guard = real.__doc__, "os", True
+        call.__doc__, call.__module__, call._gilgamesh_guard = real.__doc__, real.__module__, True
         return call
 
-    os._exit = guarded(os._exit, "end", lambda a: "os._exit(%s)" % ", ".join(map(repr, a)))
-    os.abort = guarded(os.abort, "end", lambda a: "os.abort()")
+    os._exit = guarded(os._exit, lambda *a, **_: ("end", "os._exit(%s)" % ", ".join(map(repr, a))))
+    os.abort = guarded(os.abort, lambda *a, **_: ("end", "os.abort()"))
     for name in ("execv", "execve"):  # os.execl, execlp, execvp... call one of these
-        setattr(os, name, guarded(getattr(os, name), "replace",
-                                  lambda a, name=name: "os.%s(%r, ...)" % (name, a[0] if a else None)))
+        setattr(os, name, guarded(getattr(os, name), lambda *a, name=name, **_:
+                                  ("replace", "os.%s(%r, ...)" % (name, a[0] if a else None))))
+    os.kill = guarded(os.kill, lambda pid=None, sig=None, *_, **__: reaches_here(pid) and sent(
+        "os.kill(%r, %s)" % (pid, signal_name(sig)), sig))
+    if hasattr(os, "killpg"):
+        os.killpg = guarded(os.killpg, lambda pgid=None, sig=None, *_, **__: pgid in (0, os.getpgrp()) and sent(
+            "os.killpg(%r, %s)" % (pgid, signal_name(sig)), sig))
+    signal.raise_signal = guarded(signal.raise_signal, lambda sig=None, *_, **__: sent(
+        "signal.raise_signal(%s)" % signal_name(sig), sig))
+    if hasattr(signal, "pthread_kill"):  # to any thread of this process: the action is the process's
+        signal.pthread_kill = guarded(signal.pthread_kill, lambda tid=None, sig=None, *_, **__: sent(
+            "signal.pthread_kill(%r, %s)" % (tid, signal_name(sig)), sig))
+    if hasattr(signal, "alarm"):
+        signal.alarm = guarded(signal.alarm, lambda seconds=0, *_, **__: positive(seconds) and sent(
+            "signal.alarm(%r) (SIGALRM)" % seconds, signal.SIGALRM))
+    if hasattr(signal, "setitimer"):
+        timers = {getattr(signal, timer): (timer, getattr(signal, sig)) for timer, sig in (
+            ("ITIMER_REAL", "SIGALRM"), ("ITIMER_VIRTUAL", "SIGVTALRM"), ("ITIMER_PROF", "SIGPROF"))}
+        signal.setitimer = guarded(signal.setitimer, lambda which=None, seconds=0, *_, **__: (
+            which in timers and positive(seconds) and sent("signal.setitimer(%s, %r) (%s)" % (
+                timers[which][0], seconds, signal_name(timers[which][1])), timers[which][1])))
 
 
 def _adopt_server_thread():

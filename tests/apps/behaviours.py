@@ -94,6 +94,35 @@ def exec_program(request):
     os.execl("/bin/true", "true")
 
 
+@gilgamesh.route("/signal-self")
+def signal_self(request):
+    """Sends this process a signal, as ?call= says (kill, killpg, raise, pthread_kill, alarm,
+    setitimer), ?sig= names (TERM, KILL, STOP, USR1, 0, CHLD...): under an in-process
+    strategy the ones that would end or stop the server raise ProcessExitRefused (500);
+    harmless ones (0, CHLD) answer {"sent": ...}."""
+    import os
+    import signal
+    import threading
+    call = request.query.get("call", "kill")
+    name = request.query.get("sig", "TERM")
+    sig = 0 if name == "0" else getattr(signal, "SIG" + name)
+    if call == "kill":
+        os.kill(os.getpid(), sig)
+    elif call == "killpg":
+        os.killpg(os.getpgrp(), sig)
+    elif call == "raise":
+        signal.raise_signal(sig)
+    elif call == "pthread_kill":
+        signal.pthread_kill(threading.get_ident(), sig)
+    elif call == "alarm":
+        signal.alarm(1)
+    elif call == "setitimer":
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+    else:
+        raise gilgamesh.HTTPError(400, "unknown call")
+    return {"sent": call, "sig": name}
+
+
 @gilgamesh.route("/fork-exit")
 def fork_exit(request):
     """Forks a child that calls os._exit(7) and answers its exit code: a forked child

@@ -1,6 +1,7 @@
 """Error answers: 404, 405, 431, 413, 400 on garbage, and every kind of handler
 result or failure (tests/apps/behaviours.py)."""
 
+import os
 import time
 
 import pytest
@@ -210,6 +211,40 @@ def test_a_handler_that_calls_os_exit_abort_or_exec_ends_only_its_request(behavi
     else:
         assert strategy == "subinterpreters", r.json()  # the one kind that may not fork
     assert server.alive()
+
+
+def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_server, strategy):
+    # In-process, a signal that would end or stop the server (sent to its pid or its group,
+    # raised, sent to one of its threads, or due from a timer) raises ProcessExitRefused: the
+    # request's generic 500, logged. Signal 0 and signals whose default is to be ignored go.
+    # Under processes the worker takes the signal itself: SIGKILL ends it (502, replaced).
+    # The server leads a process group of its own: were the guard gone, os.killpg() would
+    # end it and not this test.
+    server = start_server(workers=2, app="behaviours", args=["--pythonpath", str(APPS_DIR)], preexec_fn=os.setpgrp)
+    if strategy == "processes":
+        body = assert_json_error(server.get("/signal-self?call=kill&sig=KILL"), 502)
+        assert "SIGKILL" in body["error"], body
+    else:
+        pid = server.process.pid
+        for query, call in (("call=kill&sig=KILL", "os.kill(%d, SIGKILL) would end" % pid),
+                            ("call=kill&sig=TERM", "os.kill(%d, SIGTERM) would end" % pid),
+                            ("call=kill&sig=STOP", "os.kill(%d, SIGSTOP) would stop" % pid),
+                            ("call=kill&sig=USR1", "os.kill(%d, SIGUSR1) would end" % pid),
+                            ("call=killpg&sig=TERM", "os.killpg(%d, SIGTERM) would end" % pid),
+                            ("call=raise&sig=INT", "signal.raise_signal(SIGINT) would end"),
+                            ("call=pthread_kill&sig=TERM", "signal.pthread_kill("),
+                            ("call=alarm", "signal.alarm(1) (SIGALRM) would end"),
+                            ("call=setitimer", "signal.setitimer(ITIMER_REAL, 0.5) (SIGALRM) would end")):
+            body = assert_json_error(server.get("/signal-self?" + query), 500)
+            assert_logged(server, "ProcessExitRefused: " + call, body["request_id"])
+            assert server.alive(), query
+        for query in ("call=kill&sig=0", "call=kill&sig=CHLD", "call=raise&sig=WINCH"):
+            r = server.get("/signal-self?" + query)
+            assert r.status == 200 and "sent" in r.json(), (query, r)
+        time.sleep(0.7)  # past the refused timers' time, had they been set
+    assert server.alive()
+    for _ in range(2 * server.workers):
+        assert server.get("/ok").status == 200
 
 
 def test_204_on_keep_alive_has_no_body(behaviours):
