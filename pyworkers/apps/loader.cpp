@@ -87,10 +87,14 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const Load
         PyObject_CallMethod(api.get(), "_trace_imports", "i", context.trace_imports_fd));
     if (!traced) throw fail("tracing imports");
   }
-  if (context.strategy != Strategy::processes) {
-    // The workers share this process: os._exit(), os.abort(), os.exec* and the calls that would signal it
-    // to end or stop (os.kill, os.killpg, signal.raise_signal, ...) raise instead (gilgamesh_api.py).
-    py::Ref guarded = py::Ref::steal(PyObject_CallMethod(api.get(), "_refuse_process_exit", nullptr));
+  {
+    // In-process, the workers share this process: os._exit(), os.abort(), os.exec* and the calls that would
+    // signal it to end or stop (os.kill, os.killpg, signal.raise_signal, ...) raise instead. Under processes
+    // (in the zygote, inherited by the workers): os.kill and os.killpg aimed at the server or its process
+    // group (gilgamesh_api.py).
+    const bool in_process = context.strategy != Strategy::processes;
+    py::Ref guarded = py::Ref::steal(PyObject_CallMethod(
+        api.get(), in_process ? "_refuse_process_exit" : "_refuse_signals_to_server", nullptr));
     if (!guarded) throw fail("guarding os._exit, os.abort, os.exec* and os.kill");
   }
   ErrorTypes errors;

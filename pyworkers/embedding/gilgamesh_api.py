@@ -479,23 +479,47 @@ def _refuse_process_exit():
     there they all do what they always do. Code that saved posix._exit (or os.kill) before
     the app was imported is not covered."""
     import os
+    _guard_server(os.getpid(), in_process=True)
+
+
+def _refuse_signals_to_server():
+    """Called by the server under `--strategy processes`, in the zygote before the app is
+    imported (the worker processes it forks inherit it): os.kill() and os.killpg() raise
+    ProcessExitRefused when they would deliver a signal that ends or stops a process
+    (anything but 0, SIGCHLD, SIGCONT, SIGURG, SIGWINCH) to the server (the zygote's parent)
+    or the zygote, by pid, or to the process group the workers share with them (0, -1, or
+    the group). A worker may still end itself (os._exit, os.kill(os.getpid(), ...)): the
+    server answers its requests 502 and starts another."""
+    import os
+    _guard_server(os.getppid(), in_process=False)
+
+
+def _guard_server(server_pid, in_process):
+    """The guards of _refuse_process_exit (in_process: this process is the server) and of
+    _refuse_signals_to_server (this process is the zygote, `server_pid` its parent)."""
+    import os
     import signal
-    if getattr(os._exit, "_gilgamesh_guard", False):
+    if getattr(os.kill, "_gilgamesh_guard", False):
         return
-    server_pid = os.getpid()
+    here = os.getpid()
+    servers = {server_pid, here}
     harmless = {0} | {getattr(signal, name) for name in ("SIGCHLD", "SIGCONT", "SIGURG", "SIGWINCH")
                       if hasattr(signal, name)}
     stops = {getattr(signal, name) for name in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU")
              if hasattr(signal, name)}
+    why = ("its workers share this process (--strategy processes gives each its own)" if in_process else
+           "it reaches the server's process, not only this worker's (a worker may end itself)")
 
     def signal_verb(sig):
-        """What `sig` delivered here would do to the server ("end", "stop"), or None: nothing
-        that touches the other requests (or not a signal: the real call then says so)."""
+        """What `sig` delivered to the server would do to it ("end", "stop"), or None: nothing
+        that touches the other requests (or not a signal: the real call then says so).
+        In-process, what this process does with it decides; elsewhere its default action
+        (the server's own SIGTERM and SIGINT start its shutdown)."""
         try:
             sig = int(sig)
             if sig in harmless:
                 return None
-            handler = signal.getsignal(sig)
+            handler = signal.getsignal(sig) if in_process else signal.SIG_DFL
         except (TypeError, ValueError, OverflowError, OSError):
             return None
         if handler == signal.SIG_IGN or (callable(handler) and handler is not signal.default_int_handler):
@@ -509,7 +533,7 @@ def _refuse_process_exit():
             return repr(sig)
 
     def sent(text, sig):
-        """The refusal of a call that delivers `sig` here, or None."""
+        """The refusal of a call that delivers `sig` to the server, or None."""
         verb = signal_verb(sig)
         return (verb, text) if verb else None
 
@@ -519,40 +543,45 @@ def _refuse_process_exit():
         except (TypeError, ValueError):
             return False
 
-    def reaches_here(pid):
-        """Whether os.kill(pid, ...) reaches this process: its pid, 0 (its group), -1
-        (every process it may signal), or minus its group."""
+    def own_group(pgid):
+        return pgid == 0 or pgid == os.getpgrp()
+
+    def reaches_server(pid):
+        """Whether os.kill(pid, ...) reaches the server: its pid (or the zygote's), 0 (this
+        process's group), -1 (every process it may signal), or minus its group."""
         try:
             pid = int(pid)
         except (TypeError, ValueError, OverflowError):
             return False
-        return pid in (server_pid, 0, -1) or (pid < -1 and -pid == os.getpgrp())
+        return pid in servers or pid in (0, -1) or (pid < -1 and own_group(-pid))
 
     def guarded(real, refusal):
-        """`real`, refused in this process where refusal(*args, **kwargs) gives a verb and the
-        call as text; the arguments go to `real` untouched (a bad one: its own error)."""
+        """`real`, refused where refusal(*args, **kwargs) gives a verb and the call as text
+        (in-process: in the server's process only; a child it forks is another); the
+        arguments go to `real` untouched (a bad one: its own error)."""
         def call(*args, **kwargs):
-            if os.getpid() == server_pid:
+            if not in_process or os.getpid() == here:
                 found = refusal(*args, **kwargs)
                 if found:
                     verb, text = found
-                    raise ProcessExitRefused("%s would %s the whole server: its workers share this process "
-                                             "(--strategy processes gives each its own)" % (text, verb))
+                    raise ProcessExitRefused("%s would %s the whole server: %s" % (text, verb, why))
             return real(*args, **kwargs)
         call.__name__ = call.__qualname__ = real.__name__
         call.__doc__, call.__module__, call._gilgamesh_guard = real.__doc__, real.__module__, True
         return call
 
+    os.kill = guarded(os.kill, lambda pid=None, sig=None, *_, **__: reaches_server(pid) and sent(
+        "os.kill(%r, %s)" % (pid, signal_name(sig)), sig))
+    if hasattr(os, "killpg"):
+        os.killpg = guarded(os.killpg, lambda pgid=None, sig=None, *_, **__: own_group(pgid) and sent(
+            "os.killpg(%r, %s)" % (pgid, signal_name(sig)), sig))
+    if not in_process:  # what ends only this worker is its own business
+        return
     os._exit = guarded(os._exit, lambda *a, **_: ("end", "os._exit(%s)" % ", ".join(map(repr, a))))
     os.abort = guarded(os.abort, lambda *a, **_: ("end", "os.abort()"))
     for name in ("execv", "execve"):  # os.execl, execlp, execvp... call one of these
         setattr(os, name, guarded(getattr(os, name), lambda *a, name=name, **_:
                                   ("replace", "os.%s(%r, ...)" % (name, a[0] if a else None))))
-    os.kill = guarded(os.kill, lambda pid=None, sig=None, *_, **__: reaches_here(pid) and sent(
-        "os.kill(%r, %s)" % (pid, signal_name(sig)), sig))
-    if hasattr(os, "killpg"):
-        os.killpg = guarded(os.killpg, lambda pgid=None, sig=None, *_, **__: pgid in (0, os.getpgrp()) and sent(
-            "os.killpg(%r, %s)" % (pgid, signal_name(sig)), sig))
     signal.raise_signal = guarded(signal.raise_signal, lambda sig=None, *_, **__: sent(
         "signal.raise_signal(%s)" % signal_name(sig), sig))
     if hasattr(signal, "pthread_kill"):  # to any thread of this process: the action is the process's

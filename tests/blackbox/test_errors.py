@@ -217,13 +217,18 @@ def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_serv
     # In-process, a signal that would end or stop the server (sent to its pid or its group,
     # raised, sent to one of its threads, or due from a timer) raises ProcessExitRefused: the
     # request's generic 500, logged. Signal 0 and signals whose default is to be ignored go.
-    # Under processes the worker takes the signal itself: SIGKILL ends it (502, replaced).
+    # Under processes the worker takes the signal itself: SIGKILL ends it (502, replaced);
+    # its os.kill() and os.killpg() may not reach the server or their process group.
     # The server leads a process group of its own: were the guard gone, os.killpg() would
     # end it and not this test.
     server = start_server(workers=2, app="behaviours", args=["--pythonpath", str(APPS_DIR)], preexec_fn=os.setpgrp)
     if strategy == "processes":
         body = assert_json_error(server.get("/signal-self?call=kill&sig=KILL"), 502)
         assert "SIGKILL" in body["error"], body
+        # ... but not the process group it shares with the server (which leads it here).
+        body = assert_json_error(server.get("/signal-self?call=killpg&sig=TERM"), 500)
+        assert_logged(server, "ProcessExitRefused: os.killpg(%d, SIGTERM) would end the whole server: it reaches "
+                      "the server's process" % server.process.pid, body["request_id"])
     else:
         pid = server.process.pid
         for query, call in (("call=kill&sig=KILL", "os.kill(%d, SIGKILL) would end" % pid),
