@@ -18,6 +18,7 @@
 #include "server/check.hpp"
 #include "server/cli.hpp"
 #include "server/http/http_server.hpp"
+#include "server/model/app_forks.hpp"
 #include "server/model/executor.hpp"
 
 namespace {
@@ -174,6 +175,7 @@ int serve(const ServerConfig& config) {
   sigemptyset(&set);
   sigaddset(&set, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  app_forks::watch();  // before the app is imported: what a process it forks keeps of the server
 
   std::unique_ptr<Executor> executor;
   try {

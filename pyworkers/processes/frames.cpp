@@ -1,5 +1,7 @@
 #include "pyworkers/processes/frames.hpp"
 
+#include "server/model/app_forks.hpp"
+
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -140,6 +142,7 @@ std::string ReadResult::describe() const {
 }
 
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
+  app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
   char header[kHeaderSize];
   const auto k = static_cast<std::uint32_t>(kind);
   const auto meta_len = static_cast<std::uint32_t>(meta.size());
@@ -359,6 +362,7 @@ Outbox::Outbox(int fd) : fd_(fd), thread_([this] { run(); }) {}
 Outbox::~Outbox() { close(); }
 
 void Outbox::post(Kind kind, std::string meta, std::string body) {
+  app_forks::leave_if_forked();
   {
     std::lock_guard lock(mutex_);
     if (closing_ || failed_) return;

@@ -30,6 +30,7 @@
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/embedding/python_runtime.hpp"
 #include "pyworkers/embedding/worker_identity.hpp"
+#include "server/model/app_forks.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -432,6 +433,7 @@ struct Zygote::Lane {
 // Not tied to the zygote's life: it leaves when its sockets to the server close.
 void Zygote::serve_as_worker(int worker, const std::vector<int>& lane_fds, int control) {
   prctl(PR_SET_NAME, ("gilg-worker-" + std::to_string(worker)).c_str());  // for ps/top
+  app_forks::watch();  // from here on, not in the zygote: its own forks are these workers
   ::close(control_fd_);
   ::close(sigchld_fd_);
   if (config_.app.kind == AppKind::asgi) serve_asgi(worker, lane_fds.at(0));

@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <variant>
 
+#include "server/model/app_forks.hpp"
 #include "server/model/response.hpp"
 #include "server/http/builtins.hpp"
 #include "server/http/exchange.hpp"
@@ -230,8 +231,10 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   net::any_io_executor executor() { return stream_.get_executor(); }
 
-  // JobOwner, from a worker thread: hand the answer to the connection's executor.
+  // JobOwner, from a worker thread: hand the answer to the connection's executor. (In a copy
+  // of the server the app forked, whose handler returned there too, that thread exits instead.)
   void job_done(std::uint64_t token, HttpResponseData&& r) override {
+    app_forks::leave_if_forked();
     net::post(stream_.get_executor(), [self = shared_from_this(), token, r = std::move(r)]() mutable {
       self->on_job_done(token, std::move(r));
     });
@@ -991,6 +994,7 @@ void HttpServer::Impl::on_signal(int signo) {
 void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
   beast::error_code ignored;
+  app_forks::set_listener(-1);  // before its number is free for another descriptor
   acceptor.close(ignored);
   accept_retry_timer.cancel();
   events.shutdown();
@@ -1033,6 +1037,7 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
   impl_->bound_port = a.local_endpoint(ec).port();
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
+  app_forks::set_listener(a.native_handle());  // a copy the app forks closes it
 }
 
 HttpServer::~HttpServer() = default;
@@ -1067,6 +1072,7 @@ HttpServer::Outcome HttpServer::run() {
   auto stop_io = [&] {
     net::post(s.ioc, [&s] {
       beast::error_code ignored;
+      app_forks::set_listener(-1);
       s.acceptor.close(ignored);
     });
     keep_running.reset();

@@ -94,6 +94,27 @@ def exec_program(request):
     os.execl("/bin/true", "true")
 
 
+@gilgamesh.route("/fork-return")
+def fork_return(request):
+    """Forks, and the child returns from the handler too (no os._exit): the server's copy
+    exits where the answer would leave, and only the parent's reaches the client. ?sleep=S:
+    the child sleeps S seconds first (it holds what it inherited meanwhile), after creating
+    the file ?ready= names, if any. Where the interpreter may not fork (a sub-interpreter),
+    says so."""
+    import os
+    import time
+    try:
+        pid = os.fork()
+    except RuntimeError as e:  # sub-interpreters may not fork
+        return {"forked": False, "why": str(e)}
+    if pid == 0:
+        if request.query.get("ready"):
+            open(request.query["ready"], "w").close()
+        time.sleep(float(request.query.get("sleep", "0")))
+        return {"forked": True, "from": "the child"}
+    return {"forked": True, "child": pid}
+
+
 @gilgamesh.route("/signal-self")
 def signal_self(request):
     """Sends this process a signal, as ?call= says (kill, killpg, raise, pthread_kill, alarm,

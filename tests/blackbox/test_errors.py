@@ -2,6 +2,8 @@
 result or failure (tests/apps/behaviours.py)."""
 
 import os
+import signal
+import socket
 import time
 
 import pytest
@@ -250,6 +252,72 @@ def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_serv
     assert server.alive()
     for _ in range(2 * server.workers):
         assert server.get("/ok").status == 200
+
+
+def _wait_ended(pid, timeout=10.0):
+    """Whether process `pid` ended (gone, or a zombie its parent has not reaped) in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)  # polling interval
+    return False
+
+
+def test_a_copy_of_the_server_a_handler_forks_keeps_nothing_of_it(start_server, strategy, tmp_path):
+    # A handler forks, and the child returns from the handler too (no os._exit): the copy
+    # exits where its answer would leave (only the parent's reaches the client; under
+    # processes the worker's copy sends the server nothing). A copy that lives on holds no
+    # listening socket (the port is free once the server exits) and takes SIGTERM itself
+    # (with the server's handler it told the server, which began to shut down).
+    server = start_server(workers=2, app="behaviours", args=["--pythonpath", str(APPS_DIR)])
+    r = server.get("/fork-return")
+    assert r.status == 200 and "from" not in r.json(), r
+    if not r.json()["forked"]:
+        assert strategy == "subinterpreters", r.json()  # the one kind that may not fork
+        return
+    child = r.json()["child"]
+    assert _wait_ended(child), "the handler's forked copy of the server still runs"
+    for _ in range(2 * server.workers):
+        r = server.get("/ok")
+        assert r.status == 200 and r.json() == {"ok": True}, r
+    assert "a process the app forked returned into the server's code" in server.log()
+    if strategy == "processes":  # the copy is a worker's: no listener, no server signal handlers
+        return
+    children = []
+
+    def fork_and_sleep():
+        # The copy has run Python (past the fork's handlers) once its file is there.
+        ready = tmp_path / ("ready-%d" % len(children))
+        children.append(server.get("/fork-return?sleep=30&ready=%s" % ready).json()["child"])
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the forked copy did not start"
+            time.sleep(0.02)  # polling interval
+        return children[-1]
+
+    try:
+        os.kill(fork_and_sleep(), signal.SIGTERM)
+        assert _wait_ended(children[-1]), "SIGTERM did not end the forked copy"
+        time.sleep(0.3)  # for a signal the server would have been told of
+        assert server.alive() and server.get("/ok").status == 200
+        assert "received SIGTERM" not in server.log()
+        fork_and_sleep()
+        assert server.stop() == 0
+        with socket.socket() as s:  # while the copy sleeps on
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", server.port))
+            s.listen()
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_204_on_keep_alive_has_no_body(behaviours):
