@@ -48,8 +48,10 @@ class ProcessExitRefused(RuntimeError):
     signal.raise_signal, signal.pthread_kill, signal.alarm, signal.setitimer), when a handler
     (or any code of the app) makes them in the server's own process, under a strategy whose
     workers all live in it (subinterpreters, threads, free-threaded): they would end (or
-    replace, or stop) the process, and with it every worker's requests and the server. Under
-    `--strategy processes`, and in a process the app forked, they do what they always do."""
+    replace, or stop) the process, and with it every worker's requests and the server. In a
+    process the app forked they do what they always do; so they do under `--strategy
+    processes`, where a worker may end itself, except os.kill() and os.killpg() aimed at the
+    server, the zygote or the process group they share with the workers."""
 
 
 class Response:
