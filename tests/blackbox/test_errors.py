@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, find_route_entry
+from gilgamesh_harness import APPS_DIR, find_route_entry, wait_for
 
 
 def assert_json_error(response, status):
@@ -254,18 +254,13 @@ def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_serv
         assert server.get("/ok").status == 200
 
 
-def _wait_ended(pid, timeout=10.0):
-    """Whether process `pid` ended (gone, or a zombie its parent has not reaped) in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)  # polling interval
-    return False
+def _ended(pid):
+    """Whether process `pid` has ended (gone, or a zombie its parent has not reaped)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_a_copy_of_the_server_a_handler_forks_keeps_nothing_of_it(start_server, strategy, tmp_path):
@@ -281,7 +276,7 @@ def test_a_copy_of_the_server_a_handler_forks_keeps_nothing_of_it(start_server, 
         assert strategy == "subinterpreters", r.json()  # the one kind that may not fork
         return
     child = r.json()["child"]
-    assert _wait_ended(child), "the handler's forked copy of the server still runs"
+    wait_for(lambda: _ended(child), "the handler's forked copy of the server to end")
     for _ in range(2 * server.workers):
         r = server.get("/ok")
         assert r.status == 200 and r.json() == {"ok": True}, r
@@ -294,15 +289,12 @@ def test_a_copy_of_the_server_a_handler_forks_keeps_nothing_of_it(start_server, 
         # The copy has run Python (past the fork's handlers) once its file is there.
         ready = tmp_path / ("ready-%d" % len(children))
         children.append(server.get("/fork-return?sleep=30&ready=%s" % ready).json()["child"])
-        deadline = time.monotonic() + 10
-        while not ready.exists():
-            assert time.monotonic() < deadline, "the forked copy did not start"
-            time.sleep(0.02)  # polling interval
+        wait_for(ready.exists, "the forked copy to start")
         return children[-1]
 
     try:
         os.kill(fork_and_sleep(), signal.SIGTERM)
-        assert _wait_ended(children[-1]), "SIGTERM did not end the forked copy"
+        wait_for(lambda: _ended(children[-1]), "SIGTERM to end the forked copy")
         time.sleep(0.3)  # for a signal the server would have been told of
         assert server.alive() and server.get("/ok").status == 200
         assert "received SIGTERM" not in server.log()
