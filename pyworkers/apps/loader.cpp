@@ -3,11 +3,13 @@
 // the import itself (traced for the start-up probe), and an error that names
 // the module, the strategy and what would work.
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/apps/route_app.hpp"
 #include "pyworkers/apps/wsgi_app.hpp"
+#include "server/model/app_forks.hpp"
 
 namespace gilgamesh {
 
@@ -103,8 +105,10 @@ std::unique_ptr<PythonApp> PythonApp::load(const AppOptions& options, const Load
   errors.debug = options.debug;
   if (!errors.http_error || !errors.handler_timeout) throw fail("gilgamesh module is incomplete");
 
+  const pid_t importer = getpid();
   py::Ref imported = py::Ref::steal(
       PyObject_CallMethod(api.get(), "_import_app", "s", module_name.c_str()));
+  app_forks::leave_if_copy_of(importer);  // a child the import forked must not go on as a second server
   if (!imported) {
     py::ErrorText error = py::fetch_error();
     throw load_error(options, context, "import failed", error.summary, error.traceback);

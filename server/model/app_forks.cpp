@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstddef>
 #include <mutex>
 
 namespace gilgamesh::app_forks {
@@ -37,13 +38,26 @@ void set_listener(int fd) { g_listener.store(fd, std::memory_order_relaxed); }
 
 bool forked() { return g_forked.load(std::memory_order_relaxed); }
 
+namespace {
+
+template <std::size_t N>
+[[noreturn]] void leave(const char (&why)[N]) {
+  (void)!::write(STDERR_FILENO, why, N - 1);
+  ::_exit(0);
+}
+
+}  // namespace
+
 void leave_if_forked() {
   if (!g_forked.load(std::memory_order_relaxed)) return;
-  static constexpr char kWhy[] =
-      "gilgamesh: a process the app forked returned into the server's code with an answer instead of exiting; "
-      "it exits now (end a forked child with os._exit())\n";
-  (void)!::write(STDERR_FILENO, kWhy, sizeof kWhy - 1);
-  ::_exit(0);
+  leave("gilgamesh: a process the app forked returned into the server's code with an answer instead of exiting; "
+        "it exits now (end a forked child with os._exit())\n");
+}
+
+void leave_if_copy_of(pid_t importer) {
+  if (::getpid() == importer) return;
+  leave("gilgamesh: a process the app forked while it was imported returned from the import instead of exiting; "
+        "it exits now (end a forked child with os._exit())\n");
 }
 
 }  // namespace gilgamesh::app_forks

@@ -15,6 +15,8 @@
 // runs no fork handlers; a worker process calls watch() itself, after the zygote's fork.
 #pragma once
 
+#include <sys/types.h>
+
 namespace gilgamesh::app_forks {
 
 // Once per process that runs the app's code, before the app is imported. Any thread.
@@ -25,5 +27,9 @@ void set_listener(int fd);
 bool forked();
 // In such a copy: exits here. Elsewhere: returns at once (one load).
 void leave_if_forked();
+// After the app's import, with the pid of the process that began it: in a copy the app
+// forked while it was imported and that returned from the import (it would carry on as a
+// second server, worker or zygote), exits here. Works without watch() (the zygote).
+void leave_if_copy_of(pid_t importer);
 
 }  // namespace gilgamesh::app_forks

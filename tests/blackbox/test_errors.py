@@ -312,6 +312,34 @@ def test_a_copy_of_the_server_a_handler_forks_keeps_nothing_of_it(start_server, 
                 pass
 
 
+def test_a_copy_the_app_forks_while_it_is_imported_ends_at_the_import(start_server, strategy, tmp_path):
+    # The app forks at import and the child returns from the import too (no os._exit): the
+    # copy (of the server, of a worker process or of the zygote) exits where the import
+    # returns instead of going on as a second server or zygote: it ends, and the server
+    # serves, stops and frees its port as if it had never forked.
+    log = tmp_path / "forked-at-import"
+    server = start_server(workers=2, app="forks_at_import", args=["--pythonpath", str(APPS_DIR)],
+                          env={"GILGAMESH_TEST_FORK_LOG": str(log)})
+    for _ in range(2 * server.workers):
+        r = server.get("/ok")
+        assert r.status == 200 and r.json()["ok"], r
+    copies = [int(pid) for pid in log.read_text().split()] if log.exists() else []
+    if strategy == "subinterpreters":
+        assert not copies, copies  # the workers' interpreters may not fork
+        return
+    assert copies, "the app's import never forked"
+    for pid in copies:
+        wait_for(lambda: _ended(pid), "the copy forked at import (pid %d) to end" % pid)
+    assert "forked while it was imported returned from the import" in server.log()
+    for _ in range(2 * server.workers):
+        assert server.get("/ok").status == 200
+    assert server.stop() == 0
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server.port))
+        s.listen()
+
+
 def test_204_on_keep_alive_has_no_body(behaviours):
     with behaviours.raw() as conn:
         conn.send(b"GET /none HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
