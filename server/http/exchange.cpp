@@ -5,6 +5,7 @@
 #include <boost/beast/core/string.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 #include <random>
 
@@ -146,6 +147,10 @@ HeadScanner::Result HeadScanner::scan(std::string_view in) {
         pos_ = end_;
         return Result::complete;
       }
+      if (!first_line_ && ++fields_ > kMaxFields) {
+        return refuse(http::status::request_header_fields_too_large,
+                      "more than " + std::to_string(kMaxFields) + " header fields");
+      }
       pos_ += 2;
       line_start_ = true;
       first_line_ = false;
@@ -219,13 +224,14 @@ std::vector<std::size_t> wire_order(std::string_view head, const Request& reques
 }
 
 std::optional<Refusal> framing_refusal(const Request& head) {
-  std::size_t te_count = 0, cl_count = 0, host_count = 0;
+  std::size_t te_count = 0, cl_count = 0, host_count = 0, type_count = 0;
   std::string_view te, cl;
   for (const auto& f : head) {
     switch (f.name()) {
       case http::field::transfer_encoding: ++te_count; te = f.value(); break;
       case http::field::content_length: ++cl_count; cl = f.value(); break;
       case http::field::host: ++host_count; break;
+      case http::field::content_type: ++type_count; break;
       default: break;
     }
   }
@@ -257,7 +263,45 @@ std::optional<Refusal> framing_refusal(const Request& head) {
   }
   if (host_count > 1) return bad_request("Host is repeated");
   if (host_count == 0 && head.version() >= 11) return bad_request("an HTTP/1.1 request needs a Host header");
+  if (type_count > 1) return bad_request("Content-Type is repeated");
   return std::nullopt;
+}
+
+std::optional<Refusal> drop_trailers(Request& request, http::request_header<>&& head) {
+  std::size_t in_head = 0, now = 0;
+  for (auto it = head.begin(); it != head.end(); ++it) ++in_head;
+  for (auto it = request.begin(); it != request.end(); ++it) ++now;
+  if (now == in_head) return std::nullopt;  // no trailer fields (the common case)
+  // The fields the head did not send, by name and value.
+  std::vector<std::pair<std::string_view, std::string_view>> sent;
+  sent.reserve(in_head);
+  for (const auto& f : head) sent.emplace_back(f.name_string(), f.value());
+  std::optional<Refusal> refusal;
+  for (const auto& f : request) {
+    auto match = std::find_if(sent.begin(), sent.end(), [&](const auto& s) {
+      return s.first == f.name_string() && s.second == f.value();
+    });
+    if (match != sent.end()) {
+      sent.erase(match);
+      continue;
+    }
+    switch (f.name()) {
+      case http::field::host:
+      case http::field::content_length:
+      case http::field::transfer_encoding:
+      case http::field::trailer:
+      case http::field::te:
+      case http::field::authorization:
+        refusal = bad_request("trailer field " + log_quoted(f.name_string(), 60) +
+                              " is not allowed (it would frame, route or authenticate the request)");
+        break;
+      default:
+        break;
+    }
+    if (refusal) break;
+  }
+  request.base() = std::move(head);
+  return refusal;
 }
 
 std::optional<Refusal> refusal_for(boost::system::error_code ec, const Limits& limits) {

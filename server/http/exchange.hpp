@@ -15,8 +15,13 @@
 //     `chunked` (any case), on HTTP/1.1, without Content-Length: a coding the
 //     server does not implement is 501, a list, a repeat, HTTP/1.0 or a
 //     Content-Length beside it is 400.
+//   - at most kMaxFields header fields (431), as gunicorn, Apache and Tomcat.
 //   - Content-Length is one field of digits (a repeat, even of the same
-//     value, or a list is 400); an HTTP/1.1 request has exactly one Host.
+//     value, or a list is 400); an HTTP/1.1 request has exactly one Host, and
+//     Content-Type is not repeated (RFC 9110 5.3: one value; two are ambiguous).
+//   - a chunked body's trailer fields are not passed on (neither ASGI nor WSGI
+//     has a place for them; Beast's parser would add them to the headers), and
+//     one that would frame, route or authenticate the request is 400.
 // A refused request is answered and the connection then closed: what follows
 // it on the wire cannot be trusted to start a new request (request smuggling).
 #pragma once
@@ -43,6 +48,8 @@ using WireResponse = http::response<http::string_body>;
 
 // Request line and headers, in bytes.
 constexpr std::size_t kHeaderLimit = 8 * 1024;
+// Header fields in one request head.
+constexpr std::size_t kMaxFields = 100;
 
 struct Limits {
   std::size_t header_limit = kHeaderLimit;
@@ -83,6 +90,7 @@ class HeadScanner {
   bool in_head_ = false;          // past the empty lines before the request line
   bool line_start_ = true;        // pos_ begins a line
   bool first_line_ = true;        // that line is the request line
+  std::size_t fields_ = 0;        // field lines ended so far
   Refusal refusal_;
 };
 
@@ -101,6 +109,14 @@ std::vector<std::size_t> wire_order(std::string_view head, const Request& reques
 // The framing and Host rules Beast's parser leaves open (see the top of this
 // file); nothing if the parsed head may be served.
 std::optional<Refusal> framing_refusal(const Request& head);
+
+// A chunked body's trailer section. Beast's parser adds its fields to the
+// request's header (beside any of the same name), where the app would take them
+// for headers. `head` is the header as the head gave it, kept before the body
+// was read. Refuses a trailer field that frames, routes or authenticates the
+// request (RFC 9110 6.5.1: Host, Content-Length, Transfer-Encoding, Trailer, TE,
+// Authorization); otherwise puts `head` back: the trailers are dropped.
+std::optional<Refusal> drop_trailers(Request& request, http::request_header<>&& head);
 
 // The one place a read or parse error becomes an answer: a refusal, or
 // nothing when the connection should just close (the client left, or was too

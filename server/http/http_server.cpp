@@ -137,6 +137,9 @@ struct HttpServer::Impl {
   void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
   void begin_drain();
+  // Closes the listening socket, after telling app_forks (before its number is free for
+  // another descriptor, which a copy the app forks would otherwise close).
+  void close_listener();
   void for_each_session(void (Session::*action)());
   ServerView view() const {
     return ServerView{config, executor, stats, started_at, shutting_down.load(), routes_ready()};
@@ -325,6 +328,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     arrived_ = Clock::now();
     if (auto refusal = exchange::framing_refusal(parser_->get())) return refuse(*refusal);
     if (parser_->is_done()) return handle();
+    // A chunked body may end in trailer fields, which the parser adds to the header: keep the header as sent.
+    head_before_body_.reset();
+    if (parser_->chunked()) head_before_body_ = parser_->get().base();
     // curl and others wait for "100 Continue" before sending a large body.
     auto& req = parser_->get();
     if (beast::iequals(req[http::field::expect], "100-continue") && req.version() >= 11) {
@@ -344,6 +350,11 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     stream_.expires_after(seconds_setting(std::max(server_.config.http.header_timeout, 30.0)));
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) return self->fail(ec);
+      if (self->head_before_body_) {
+        auto refusal = exchange::drop_trailers(self->parser_->get(), std::move(*self->head_before_body_));
+        self->head_before_body_.reset();
+        if (refusal) return self->refuse(*refusal);
+      }
       self->handle();
     });
   }
@@ -879,6 +890,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   beast::flat_buffer buffer_;
   exchange::HeadScanner scanner_;
   std::optional<exchange::Parser> parser_;
+  std::optional<http::request_header<>> head_before_body_;  // a chunked request's header, before its trailers
   std::vector<std::size_t> header_order_;  // exchange::wire_order() of the request's head
   exchange::Request request_;
   exchange::ResponseContext context_;
@@ -991,11 +1003,15 @@ void HttpServer::Impl::on_signal(int signo) {
   });
 }
 
+void HttpServer::Impl::close_listener() {
+  app_forks::set_listener(-1);
+  beast::error_code ignored;
+  acceptor.close(ignored);
+}
+
 void HttpServer::Impl::begin_drain() {
   if (draining.exchange(true)) return;
-  beast::error_code ignored;
-  app_forks::set_listener(-1);  // before its number is free for another descriptor
-  acceptor.close(ignored);
+  close_listener();
   accept_retry_timer.cancel();
   events.shutdown();
   for_each_session(&Session::on_shutdown);
@@ -1070,11 +1086,7 @@ HttpServer::Outcome HttpServer::run() {
     });
   }
   auto stop_io = [&] {
-    net::post(s.ioc, [&s] {
-      beast::error_code ignored;
-      app_forks::set_listener(-1);
-      s.acceptor.close(ignored);
-    });
+    net::post(s.ioc, [&s] { s.close_listener(); });
     keep_running.reset();
     s.ioc.stop();
     for (auto& t : io_threads) t.join();

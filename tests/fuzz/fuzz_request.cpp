@@ -10,7 +10,8 @@
 // (any integer), content type TYPE and header NAME: VALUE, all percent-decoded
 // (CR, LF and NUL included).
 //
-// Checked on every input: nothing throws; each response on the wire is exactly
+// Checked on every input: nothing throws; no trailer field reaches the request's
+// header; each response on the wire is exactly
 // one well-formed HTTP/1.1 message (re-parsed with Beast), with a status in
 // 100..599 (so a handler's CR/LF can never split it).
 #include <boost/beast/http.hpp>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -191,6 +193,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       wire += answer_refusal(*refusal);
       return 0;
     }
+    // A chunked body's trailer fields must not reach the header the app sees (drop_trailers).
+    std::optional<http::request_header<>> head_fields;
+    if (parser.chunked()) head_fields = parser.get().base();
     // The body, from what follows the head; the end of the input is the client leaving.
     parser.eager(true);
     while (!parser.is_done()) {
@@ -208,6 +213,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (auto refusal = exchange::refusal_for(ec, world.limits)) wire += answer_refusal(*refusal);
         return 0;
       }
+    }
+    if (head_fields) {
+      const Fields sent = fields_of(*head_fields);
+      if (auto refusal = exchange::drop_trailers(parser.get(), std::move(*head_fields))) {
+        wire += answer_refusal(*refusal);
+        return 0;
+      }
+      if (fields_of(parser.get()) != sent) fail("a trailer field reached the request's header", "");
     }
     exchange::Request request = parser.release();
     exchange::ResponseContext context;
