@@ -50,7 +50,7 @@ CMAKE_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGILGAMESH_PYTHON=$(GILGAMESH_PYTHON) -DGILGAMESH_PYTHON_FT=$(wildcard $(GILGAMESH_PYTHON_FT)) \
   -DGILGAMESH_WERROR=$(if $(CI),ON,OFF) -DGILGAMESH_SANITIZE=$(if $(SANITIZE),ON,OFF)
 
-.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-asgi bench-ws bench-app soak clean install image image-test trixie-site
+.PHONY: all setup deps python python-serve web configure configure-serve build build-serve run test fuzz bench bench-quick bench-asgi bench-ws bench-app soak clean install image image-test trixie-site parser-vectors
 
 all: build
 
@@ -92,7 +92,11 @@ TRIXIE_PACKAGES ?=
 trixie-site: deps
 	@GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/fetch-trixie-site.sh $(TRIXIE_PACKAGES)
 
-test: trixie-site
+# gunicorn's HTTP parser vectors, from Debian trixie's gunicorn source package (tests/blackbox/test_parser_vectors.py).
+parser-vectors: deps
+	@GILGAMESH_CACHE=$(CACHE_DIR) bash scripts/fetch-parser-vectors.sh >/dev/null
+
+test: trixie-site parser-vectors
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 1800 \
 	  $(if $(SANITIZE),-E '$(SANITIZE_EXCLUDE)') $(if $(CTEST_ARGS),$(CTEST_ARGS),)

@@ -611,6 +611,17 @@ def find_route_entry(table, method, path):
     return None
 
 
+def parser_vectors_dir():
+    """gunicorn's parser vectors (tests/requests of its source), as
+    scripts/fetch-parser-vectors.sh fetched them (`make parser-vectors`), or None."""
+    given = os.environ.get("GILGAMESH_PARSER_VECTORS")
+    if given:
+        return Path(given)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "fetch-parser-vectors.sh"), "--print-path"],
+                            capture_output=True, text=True, timeout=60)
+    return Path(result.stdout.strip()) if result.returncode == 0 else None
+
+
 def find_trixie_site(debian_packages):
     """The unpacked trixie dist-packages folder: GILGAMESH_TRIXIE_SITE, else the one
     scripts/fetch-trixie-site.sh names once it holds `debian_packages`; fails the test saying
