@@ -1,0 +1,105 @@
+// A request's head and body as the session reads them (server/http/exchange.hpp): the head
+// scanner's field limit, and a chunked body's trailer fields, which Beast's parser adds to the
+// request's header and drop_trailers takes out again.
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "server/http/exchange.hpp"
+
+namespace gilgamesh::exchange {
+namespace {
+
+using Fields = std::vector<std::pair<std::string, std::string>>;
+
+Fields fields_of(const Request& r) {
+  Fields out;
+  for (const auto& f : r) out.emplace_back(std::string(f.name_string()), std::string(f.value()));
+  return out;
+}
+
+// Parses `wire` (one whole chunked request) as the session does: the head, a copy of its
+// header, then the body; returns drop_trailers' verdict and leaves the request in `out`.
+std::optional<Refusal> read_chunked(const std::string& wire, Request& out) {
+  HeadScanner scanner;
+  EXPECT_EQ(scanner.scan(wire), HeadScanner::Result::complete);
+  Parser parser;
+  prepare(parser, Limits{});
+  EXPECT_FALSE(parse_head(parser, std::string_view(wire).substr(0, scanner.end())));
+  EXPECT_TRUE(parser.chunked());
+  http::request_header<> head = parser.get().base();
+  parser.eager(true);
+  boost::system::error_code ec;
+  const std::string body = wire.substr(scanner.end());
+  parser.put(boost::asio::buffer(body), ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_TRUE(parser.is_done());
+  auto refusal = drop_trailers(parser.get(), std::move(head));
+  out = parser.release();
+  return refusal;
+}
+
+constexpr const char* kHead = "POST /p HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nX-A: 2\r\n\r\n";
+
+TEST(Trailers, AreDroppedAndTheHeaderIsAsSent) {
+  Request r;
+  EXPECT_FALSE(read_chunked(std::string(kHead) + "5\r\nhello\r\n0\r\nX-A: 3\r\nX-Request-Id: t\r\nX-Sum: 9\r\n\r\n", r));
+  const Fields sent{{"Host", "example.com"}, {"X-A", "1"}, {"X-A", "2"}, {"Transfer-Encoding", "chunked"}};
+  EXPECT_EQ(fields_of(r), sent);  // Beast keeps fields of one name together
+  EXPECT_EQ(r.body(), "hello");
+  EXPECT_EQ(r.target(), "/p");
+  EXPECT_EQ(r.method(), http::verb::post);
+}
+
+TEST(Trailers, NoneLeavesTheRequestAlone) {
+  Request r;
+  EXPECT_FALSE(read_chunked(std::string(kHead) + "5\r\nhello\r\n0\r\n\r\n", r));
+  EXPECT_EQ(fields_of(r).size(), 4u);
+}
+
+TEST(Trailers, ThatRouteOrAuthenticateAreRefused) {
+  for (const char* field : {"Host: evil", "Authorization: Basic eA==", "TE: trailers", "Trailer: X-A"}) {
+    Request r;
+    auto refusal = read_chunked(std::string(kHead) + "5\r\nhello\r\n0\r\n" + field + "\r\n\r\n", r);
+    ASSERT_TRUE(refusal) << field;
+    EXPECT_EQ(refusal->status, http::status::bad_request);
+    EXPECT_NE(refusal->message.find("trailer field"), std::string::npos) << refusal->message;
+  }
+}
+
+TEST(Trailers, ARepeatOfAHeaderValueIsStillATrailer) {
+  // The trailer "Host: example.com" repeats the head's field exactly: it is counted, not matched away twice.
+  Request r;
+  EXPECT_TRUE(read_chunked(std::string(kHead) + "5\r\nhello\r\n0\r\nHost: example.com\r\n\r\n", r));
+}
+
+std::string head_with(std::size_t fields) {
+  std::string head = "GET / HTTP/1.1\r\nHost: h\r\n";
+  for (std::size_t i = 1; i < fields; ++i) head += "X-F" + std::to_string(i) + ": v\r\n";
+  return head + "\r\n";
+}
+
+TEST(HeadScanner, TakesAtMostKMaxFieldsFields) {
+  HeadScanner ok;
+  EXPECT_EQ(ok.scan(head_with(kMaxFields)), HeadScanner::Result::complete);
+  HeadScanner over;
+  EXPECT_EQ(over.scan(head_with(kMaxFields + 1)), HeadScanner::Result::refused);
+  EXPECT_EQ(over.refusal().status, http::status::request_header_fields_too_large);
+  EXPECT_EQ(over.refusal().message, "more than 100 header fields");
+}
+
+TEST(Framing, ContentTypeOnce) {
+  Parser parser;
+  prepare(parser, Limits{});
+  const std::string head = "POST / HTTP/1.1\r\nHost: h\r\nContent-Type: a/b\r\nContent-Type: c/d\r\nContent-Length: 0\r\n\r\n";
+  ASSERT_FALSE(parse_head(parser, head));
+  auto refusal = framing_refusal(parser.get());
+  ASSERT_TRUE(refusal);
+  EXPECT_EQ(refusal->message, "Content-Type is repeated");
+}
+
+}  // namespace
+}  // namespace gilgamesh::exchange
