@@ -169,12 +169,6 @@ bool settle_strategy(ServerConfig& config) {
 
 // Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains.
 int serve(const ServerConfig& config) {
-  // A peer that closes early must not kill the server (threads inherit the mask;
-  // SIGINT/SIGTERM are left to the HTTP server's signal_set).
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   app_forks::watch();  // before the app is imported: what a process it forks keeps of the server
 
   std::unique_ptr<Executor> executor;
@@ -221,7 +215,21 @@ void set_up_logging() {
 
 }  // namespace
 
+// What `python` does at start (CPython's signal module, which an embedded interpreter does not
+// install): SIGPIPE and SIGXFSZ are ignored, so that a write to a closed socket or pipe, or past
+// the file-size limit, fails (EPIPE, EFBIG: BrokenPipeError, OSError) instead of ending the
+// process. Every process of the server runs this: the server itself (a client that leaves early),
+// the processes strategy's zygote, whose forks are the workers (an app that writes to a pipe its
+// reader closed), the start-up probe. A child the app starts with subprocess gets the default
+// actions back (restore_signals), as under `python`: `yes | head -1` ends quietly. (Blocking
+// SIGPIPE instead, as the server did, passed the blocked mask on to such children.)
+void ignore_write_signals() {
+  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGXFSZ, SIG_IGN);
+}
+
 int main(int argc, char** argv) {
+  ignore_write_signals();
   keep_freed_heap_mapped();
   if (argc > 1 && std::strcmp(argv[1], kZygoteFlag) == 0) {
     // The processes strategy's zygote, started by the server (zygote_client.hpp).

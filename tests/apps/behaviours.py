@@ -157,3 +157,33 @@ def fork_exit(request):
         os._exit(7)
     _, status = os.waitpid(pid, 0)
     return {"forked": True, "exit_code": os.waitstatus_to_exitcode(status)}
+
+
+@gilgamesh.route("/broken-pipe")
+def broken_pipe(request):
+    """Writes to a pipe whose reader is closed, as `python` lets a program do: it raises
+    BrokenPipeError (with SIGPIPE's default action the process would end instead)."""
+    import os
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        os.write(writer, b"x")
+    except BrokenPipeError:
+        return {"raised": "BrokenPipeError"}
+    finally:
+        os.close(writer)
+    return {"raised": None}
+
+
+@gilgamesh.route("/child-sigpipe")
+def child_sigpipe(request):
+    """Starts `yes` with subprocess, reads 2 bytes and closes its pipe: a child gets SIGPIPE's
+    default action back (restore_signals), so `yes` ends by SIGPIPE (returncode -13), as
+    under `python`; with SIGPIPE blocked or ignored it would print "Broken pipe" and exit 1."""
+    import subprocess
+    child = subprocess.Popen(["yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = child.stdout.read(2)
+    child.stdout.close()
+    stderr = child.stderr.read().decode(errors="replace")
+    child.stderr.close()
+    return {"read": first.decode(), "returncode": child.wait(timeout=10), "stderr": stderr}

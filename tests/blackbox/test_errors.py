@@ -184,6 +184,18 @@ def test_handler_results_and_failures(behaviours):
     assert raise_stats["errors"] == 1, raise_stats
 
 
+def test_a_write_to_a_closed_pipe_raises_and_a_child_ends_by_sigpipe(behaviours):
+    # As under `python`: SIGPIPE is ignored in every process of the server (a worker process
+    # that wrote to a pipe its reader had closed was killed by it: 502), and a child the app
+    # starts gets its default action back (under the in-process strategies the server blocked
+    # SIGPIPE, and the mask reached the child: `yes` printed "Broken pipe" and exited 1).
+    r = behaviours.get("/broken-pipe")
+    assert r.status == 200 and r.json() == {"raised": "BrokenPipeError"}, r
+    r = behaviours.get("/child-sigpipe")
+    assert r.status == 200 and r.json() == {"read": "y\n", "returncode": -13, "stderr": ""}, r
+    assert behaviours.alive()
+
+
 def test_a_handler_that_calls_os_exit_abort_or_exec_ends_only_its_request(behaviours, strategy):
     # Under the in-process strategies every worker lives in the server's process: os._exit(),
     # os.abort() and os.exec* raise gilgamesh.ProcessExitRefused there (the request's generic
