@@ -1,6 +1,7 @@
 #include "pyworkers/embedding/python_runtime.hpp"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -58,6 +59,11 @@ constexpr const char* kAbiThread = "";
 struct InstalledTree {
   std::string python_home;  // empty: not an installed tree
   std::string share_dir;    // empty: none
+  // sys.executable: the python binary of the embedded CPython (the installed tree's copy, else
+  // the one the build embedded), so that what runs sys.executable runs that Python:
+  // subprocess.run([sys.executable, ...]), multiprocessing's spawn and forkserver start
+  // methods, its resource tracker. Empty (sys.executable "", as before) when it is gone.
+  std::string python_executable;
 };
 
 InstalledTree installed_tree() {
@@ -73,6 +79,13 @@ InstalledTree installed_tree() {
   if (fs::exists(home / "lib" / stdlib / "os.py", ec)) tree.python_home = home.string();
   const fs::path share = prefix / "share" / "gilgamesh";
   if (fs::is_directory(share / "handlers", ec)) tree.share_dir = share.string();
+  const fs::path built = GILGAMESH_PYTHON_EXECUTABLE;
+  for (const fs::path& python : {tree.python_home.empty() ? fs::path() : home / "bin" / built.filename(), built}) {
+    if (!python.empty() && access(python.c_str(), X_OK) == 0) {
+      tree.python_executable = python.string();
+      break;
+    }
+  }
   return tree;
 }
 }  // namespace
@@ -106,6 +119,9 @@ PythonRuntime::PythonRuntime(PythonConcurrency concurrency, bool force_gil_on_fr
   const InstalledTree tree = installed_tree();
   if (!PyStatus_Exception(status) && !tree.python_home.empty() && !getenv("PYTHONHOME")) {
     status = PyConfig_SetBytesString(&config, &config.home, tree.python_home.c_str());
+  }
+  if (!PyStatus_Exception(status) && !tree.python_executable.empty()) {
+    status = PyConfig_SetBytesString(&config, &config.executable, tree.python_executable.c_str());
   }
   if (!PyStatus_Exception(status) && !tree.share_dir.empty()) {
     // After PYTHONPATH, before the stdlib; the app's directories and the working

@@ -187,3 +187,25 @@ def child_sigpipe(request):
     stderr = child.stderr.read().decode(errors="replace")
     child.stderr.close()
     return {"read": first.decode(), "returncode": child.wait(timeout=10), "stderr": stderr}
+
+
+@gilgamesh.route("/python-child")
+def python_child(request):
+    """What runs sys.executable: a child Python (subprocess), and a process pool with
+    multiprocessing's spawn start method (where the interpreter allows the pool's daemon
+    threads: a sub-interpreter does not). Both run the embedded CPython's own python."""
+    import math
+    import multiprocessing
+    import subprocess
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    child = subprocess.run([sys.executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2], sys.prefix)"],
+                           capture_output=True, text=True, timeout=30)
+    answer = {"executable": sys.executable, "child": child.stdout.split(),
+              "parent": ["%d.%d" % sys.version_info[:2], sys.prefix]}
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            answer["pool"] = list(pool.map(math.factorial, range(5)))
+    except Exception as e:  # concurrent.futures.process.BrokenProcessPool, from the daemon thread refused
+        answer["pool"] = "%s: %s" % (type(e).__name__, e)
+    return answer

@@ -196,6 +196,21 @@ def test_a_write_to_a_closed_pipe_raises_and_a_child_ends_by_sigpipe(behaviours)
     assert behaviours.alive()
 
 
+def test_sys_executable_is_the_embedded_python(behaviours, strategy):
+    # sys.executable was "": subprocess.run([sys.executable, ...]) failed, and so did every
+    # multiprocessing start method that runs it (spawn; forkserver, the default from 3.14).
+    r = behaviours.get("/python-child")
+    assert r.status == 200, r
+    got = r.json()
+    assert os.path.isabs(got["executable"]) and os.access(got["executable"], os.X_OK), got
+    assert os.path.basename(got["executable"]).startswith("python3"), got
+    assert got["child"] == got["parent"], got  # the same Python, the same prefix
+    if strategy == "subinterpreters":  # multiprocessing's queues need daemon threads
+        assert "BrokenProcessPool" in got["pool"], got
+    else:
+        assert got["pool"] == [1, 1, 2, 6, 24], got
+
+
 def test_a_handler_that_calls_os_exit_abort_or_exec_ends_only_its_request(behaviours, strategy):
     # Under the in-process strategies every worker lives in the server's process: os._exit(),
     # os.abort() and os.exec* raise gilgamesh.ProcessExitRefused there (the request's generic
