@@ -198,13 +198,7 @@ fetch_source() {
   mkdir -p "$ROOT/src"
   trixie_apt_init "$ROOT/apt" deb-src
   echo "build-python: fetching python3.13 source from $(debian_mirror) (trixie)" >&2
-  trixie_apt_update
-  local download=(apt-get "${TRIXIE_APT[@]}" source --download-only -qq python3.13)
-  if ! (cd "$ROOT/src" && "${download[@]}" >&2); then
-    echo "build-python: download failed; updating the index once and retrying" >&2
-    trixie_apt_update 0
-    (cd "$ROOT/src" && "${download[@]}" >&2)
-  fi
+  trixie_apt_source python3.13 "$ROOT/src" "$(basename "$tarball")" || exit 1
   # Only the upstream tarball is used; apt verified it against the signed Sources index.
   [[ -s "$tarball" ]] || { echo "build-python: $tarball not found after download" >&2; exit 1; }
   echo "$tarball"

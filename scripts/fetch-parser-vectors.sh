@@ -31,19 +31,10 @@ flock 9
 [[ -f "$VECTORS/fetched" ]] && { echo "$VECTORS"; exit 0; }  # another run fetched them meanwhile
 
 trixie_apt_init "$TOP/apt" deb-src
-trixie_apt_update
 src="$(mktemp -d "$TOP/src.XXXXXX")"
 trap 'rm -rf "$src"' EXIT
 echo "fetch-parser-vectors: fetching gunicorn's source package from $(debian_mirror) (trixie)" >&2
-download=(apt-get "${TRIXIE_APT[@]}" source --download-only -qq gunicorn)
-# Only the upstream tarball is needed: apt's complaint about a Debian part the mirror lacks is
-# shown only when the tarball did not come either.
-fetch() { (cd "$src" && "${download[@]}" >"$src/apt.log" 2>&1) || true; compgen -G "$src/gunicorn_*.orig.tar.gz" >/dev/null; }
-if ! fetch; then
-  echo "fetch-parser-vectors: download failed; updating the index once and retrying" >&2
-  trixie_apt_update 0
-  fetch || { cat "$src/apt.log" >&2; echo "fetch-parser-vectors: gunicorn's upstream tarball was not downloaded" >&2; exit 1; }
-fi
+trixie_apt_source gunicorn "$src" 'gunicorn_*.orig.tar.gz'
 tarball="$(compgen -G "$src/gunicorn_*.orig.tar.gz" | head -n1)"
 rm -rf "$VECTORS" "$TOP/unpack"
 mkdir -p "$TOP/unpack"

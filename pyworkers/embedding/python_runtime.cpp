@@ -64,6 +64,10 @@ struct InstalledTree {
   // subprocess.run([sys.executable, ...]), multiprocessing's spawn and forkserver start
   // methods, its resource tracker. Empty (sys.executable "", as before) when it is gone.
   std::string python_executable;
+  // A pure-Python `gilgamesh` (pyworkers/outside) for the Pythons the app starts with
+  // sys.executable: the installed tree's, else the source tree's. Last in PYTHONPATH's part of
+  // sys.path; the built-in module wins in the server. Empty when neither is there.
+  std::string outside_dir;
 };
 
 InstalledTree installed_tree() {
@@ -79,6 +83,12 @@ InstalledTree installed_tree() {
   if (fs::exists(home / "lib" / stdlib / "os.py", ec)) tree.python_home = home.string();
   const fs::path share = prefix / "share" / "gilgamesh";
   if (fs::is_directory(share / "handlers", ec)) tree.share_dir = share.string();
+  for (const fs::path& outside : {share / "outside", fs::path(GILGAMESH_OUTSIDE_DIR)}) {
+    if (fs::is_regular_file(outside / "gilgamesh" / "__init__.py", ec)) {
+      tree.outside_dir = outside.string();
+      break;
+    }
+  }
   const fs::path built = GILGAMESH_PYTHON_EXECUTABLE;
   for (const fs::path& python : {tree.python_home.empty() ? fs::path() : home / "bin" / built.filename(), built}) {
     if (!python.empty() && access(python.c_str(), X_OK) == 0) {
@@ -123,12 +133,15 @@ PythonRuntime::PythonRuntime(PythonConcurrency concurrency, bool force_gil_on_fr
   if (!PyStatus_Exception(status) && !tree.python_executable.empty()) {
     status = PyConfig_SetBytesString(&config, &config.executable, tree.python_executable.c_str());
   }
-  if (!PyStatus_Exception(status) && !tree.share_dir.empty()) {
+  const char* env = getenv("PYTHONPATH");
+  std::string pythonpath;
+  for (const std::string& entry : {std::string(env ? env : ""), tree.share_dir, tree.outside_dir}) {
+    if (!entry.empty()) pythonpath += (pythonpath.empty() ? "" : ":") + entry;
+  }
+  if (!PyStatus_Exception(status) && !pythonpath.empty()) {
     // After PYTHONPATH, before the stdlib; the app's directories and the working
     // directory go in front of both (PythonApp::load), so they shadow handlers/.
-    const char* env = getenv("PYTHONPATH");
-    const std::string path = (env && *env ? std::string(env) + ":" : std::string()) + tree.share_dir;
-    status = PyConfig_SetBytesString(&config, &config.pythonpath_env, path.c_str());
+    status = PyConfig_SetBytesString(&config, &config.pythonpath_env, pythonpath.c_str());
   }
   if (!PyStatus_Exception(status)) status = Py_InitializeFromConfig(&config);
   PyConfig_Clear(&config);

@@ -9,6 +9,12 @@
 #   trixie_apt_update [MAX_AGE]  apt-get update, unless the last one that succeeded in
 #                                DIR is younger than MAX_AGE seconds (default: a day;
 #                                0 forces it)
+#   trixie_apt_source PKG DIR GLOB
+#                                apt-get source --download-only PKG into DIR (after
+#                                trixie_apt_update); if no file matching GLOB (the
+#                                upstream tarball, which is all our scripts use) came,
+#                                updates the index once and retries. Returns 1, with
+#                                apt's output on stderr, if it still did not come.
 # The caller holds a lock (flock) on DIR for as long as it uses it.
 # The mirror is the one this system already uses (scripts/lib/debian-mirror.sh).
 
@@ -47,4 +53,23 @@ trixie_apt_update() {  # $1 most seconds since the last update (default 86400)
   echo "trixie-apt: apt-get update (trixie main from $(debian_mirror))" >&2
   apt-get "${TRIXIE_APT[@]}" update -qq >&2
   touch "$stamp"
+}
+
+trixie_apt_source() {  # $1 source package, $2 folder, $3 glob of the file wanted in $2
+  local pkg="$1" dir="$2" glob="$3" log="$2/apt-source.log" try
+  mkdir -p "$dir"
+  trixie_apt_update
+  for try in 1 2; do
+    # apt's complaint about a Debian part the mirror lacks matters only when the wanted
+    # file did not come either: its output is shown only then.
+    (cd "$dir" && apt-get "${TRIXIE_APT[@]}" source --download-only -qq "$pkg" >"$log" 2>&1) || true
+    if compgen -G "$dir/$glob" >/dev/null; then rm -f "$log"; return 0; fi
+    if (( try == 1 )); then
+      echo "trixie-apt: downloading the source of $pkg failed; updating the index once and retrying" >&2
+      trixie_apt_update 0
+    fi
+  done
+  cat "$log" >&2
+  echo "trixie-apt: $glob of $pkg was not downloaded into $dir" >&2
+  return 1
 }

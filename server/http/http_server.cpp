@@ -329,8 +329,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (auto refusal = exchange::framing_refusal(parser_->get())) return refuse(*refusal);
     if (parser_->is_done()) return handle();
     // A chunked body may end in trailer fields, which the parser adds to the header: keep the header as sent.
-    head_before_body_.reset();
-    if (parser_->chunked()) head_before_body_ = parser_->get().base();
+    head_before_body_ = parser_->chunked() ? std::optional(parser_->get().base()) : std::nullopt;
     // curl and others wait for "100 Continue" before sending a large body.
     auto& req = parser_->get();
     if (beast::iequals(req[http::field::expect], "100-continue") && req.version() >= 11) {

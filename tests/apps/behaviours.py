@@ -189,12 +189,19 @@ def child_sigpipe(request):
     return {"read": first.decode(), "returncode": child.wait(timeout=10), "stderr": stderr}
 
 
+def in_a_spawned_child(n):
+    """Runs in a spawn pool's child, which imports this module again, and with it `gilgamesh`
+    (the server's pure-Python copy for such children: pyworkers/outside)."""
+    import math
+    return [math.factorial(n), gilgamesh.worker_info()["strategy"], gilgamesh.Response("x").status]
+
+
 @gilgamesh.route("/python-child")
 def python_child(request):
     """What runs sys.executable: a child Python (subprocess), and a process pool with
     multiprocessing's spawn start method (where the interpreter allows the pool's daemon
-    threads: a sub-interpreter does not). Both run the embedded CPython's own python."""
-    import math
+    threads: a sub-interpreter does not), given a function of this module. Both run the
+    embedded CPython's own python."""
     import multiprocessing
     import subprocess
     import sys
@@ -205,7 +212,7 @@ def python_child(request):
               "parent": ["%d.%d" % sys.version_info[:2], sys.prefix]}
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            answer["pool"] = list(pool.map(math.factorial, range(5)))
+            answer["pool"] = list(pool.map(in_a_spawned_child, range(5)))
     except Exception as e:  # concurrent.futures.process.BrokenProcessPool, from the daemon thread refused
         answer["pool"] = "%s: %s" % (type(e).__name__, e)
     return answer

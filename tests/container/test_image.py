@@ -162,6 +162,18 @@ def test_mounted_app_with_a_third_party_package(container):
                 def hi(request):
                     return {"hello": request.query.get("name", "world"), "wheel": wheel.__version__,
                             "wheel_from": wheel.__file__}
+
+                @gilgamesh.route("/child")
+                def child(request):
+                    # What multiprocessing's spawn does: sys.executable, given this sys.path,
+                    # imports this module again (and so `gilgamesh`, the installed tree's
+                    # pure-Python copy for children: share/gilgamesh/outside).
+                    import json, subprocess, sys
+                    code = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); import myapp, gilgamesh;"
+                            "print(gilgamesh.__file__, gilgamesh.worker_info()['strategy'], myapp.hi.__name__)")
+                    r = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
+                                       capture_output=True, text=True, timeout=30)
+                    return {"out": r.stdout.split(), "err": r.stderr[-2000:]}
                 '''))
         os.chmod(app, 0o755)
         os.chmod(os.path.join(app, "myapp.py"), 0o644)
@@ -181,6 +193,9 @@ def test_mounted_app_with_a_third_party_package(container):
         assert body["hello"] == "container"
         assert body["wheel_from"].startswith(site), body
         assert body["wheel"] == os.path.basename(wheels[0]).split("-")[1], body
+        r = get(c.port, "/child")
+        assert r.status == 200 and r.json()["out"] == [
+            "/opt/gilgamesh/share/gilgamesh/outside/gilgamesh/__init__.py", "None", "hi"], r.json()
         assert get(c.port, "/fib?n=5").status == 404  # only the user's app is served
         assert c.stop() == 0, c.log()[-3000:]
 
