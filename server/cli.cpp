@@ -365,8 +365,8 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   add_app_options(cli, c.app, raw);
   add_pool_options(cli, c.pool, raw);
   add_http_options(cli, c.http, raw);
-  cli.add_option("--log-level", c.log_level, "Log level")
-      ->check(one_of({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+  cli.add_option("--log-level", c.log_level, "Log level ('warning' as gunicorn and uvicorn spell it: warn)")
+      ->check(one_of({"trace", "debug", "info", "warn", "warning", "error", "critical", "off"}))
       ->capture_default_str();
   add_environment_names(cli);
 

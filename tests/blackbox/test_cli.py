@@ -75,6 +75,7 @@ def test_version(gilgamesh_bin):
     (["--workers"], "workers"),
     (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),
     (["--forwarded-allow-ips", "10.0.0.0/33"], "prefix length must be 0..32"),
+    (["--log-level", "loud"], "log-level"),
 ])
 def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
     result = run_cli(args)
@@ -82,6 +83,15 @@ def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert mentions in lines[0], lines[0]
+
+
+def test_log_level_warning_as_gunicorn_and_uvicorn_spell_it(start_server):
+    # `--log-level warning` (gunicorn's and uvicorn's name) was refused; it is spdlog's warn.
+    server = start_server(workers=1, args=["--log-level", "warning"])
+    assert server.get("/readyz").status == 200
+    assert server.stop() == 0
+    log = server.log()
+    assert "[info]" not in log and "listening on" not in log, log
 
 
 def test_missing_app_module_is_named(gilgamesh_bin, strategy):
