@@ -365,6 +365,13 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   add_app_options(cli, c.app, raw);
   add_pool_options(cli, c.pool, raw);
   add_http_options(cli, c.http, raw);
+  cli.add_flag("--reload", c.reload.enabled,
+               "Development: restart the server when a *.py file under --reload-dir changes (the "
+               "listening socket stays open meanwhile), as uvicorn's --reload");
+  cli.add_option("--reload-dir", c.reload.dirs,
+                 "Directory whose *.py files --reload watches, subdirectories included (repeatable; "
+                 "default: the working directory)")
+      ->check(CLI::ExistingDirectory);
   cli.add_option("--log-level", c.log_level, "Log level ('warning' as gunicorn and uvicorn spell it: warn)")
       ->check(one_of({"trace", "debug", "info", "warn", "warning", "error", "critical", "off"}))
       ->capture_default_str();
@@ -375,6 +382,10 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   c.http.dashboard = !raw.no_dashboard;
   resolve_defaults(c);
   if (!resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) return {std::nullopt, 2, false};
+  if (!c.reload.dirs.empty() && !c.reload.enabled) {
+    std::cerr << "gilgamesh: --reload-dir names what --reload watches; add --reload (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
   if (c.app.kind == AppKind::asgi && c.pool.threads > 1) {
     std::cerr << "gilgamesh: --threads is for WSGI apps and route handlers; an ASGI worker serves "
                  "--worker-connections requests at once on its event loop (see --help)\n";

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include "pyworkers/embedding/probe.hpp"
@@ -20,6 +21,7 @@
 #include "server/http/http_server.hpp"
 #include "server/model/app_forks.hpp"
 #include "server/model/executor.hpp"
+#include "server/reload.hpp"
 
 namespace {
 
@@ -168,7 +170,7 @@ bool settle_strategy(ServerConfig& config) {
 }
 
 // Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains.
-int serve(const ServerConfig& config) {
+int serve(const ServerConfig& config, std::optional<int> listener) {
   app_forks::watch();  // before the app is imported: what a process it forks keeps of the server
 
   std::unique_ptr<Executor> executor;
@@ -180,7 +182,7 @@ int serve(const ServerConfig& config) {
   }
   std::unique_ptr<HttpServer> server;
   try {
-    server = std::make_unique<HttpServer>(config, *executor);
+    server = std::make_unique<HttpServer>(config, *executor, listener);
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     executor->stop(std::chrono::steady_clock::now());
@@ -251,10 +253,18 @@ int main(int argc, char** argv) {
 
   set_up_logging();
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+  if (config.reload.enabled && !getenv(kListenFdVariable)) return reload_main(config, argv);
   if (config.pool.python_build != embedded_python_build()) return hand_over(config.pool.python_build, argv);
   unsetenv("GILGAMESH_HANDED_OVER");
+  std::optional<int> listener;  // a --reload supervisor's
+  try {
+    listener = take_inherited_listener();
+  } catch (const ListenError& e) {
+    spdlog::critical("{}", e.what());
+    return 1;
+  }
 
   fit_connections(config);
   if (!settle_strategy(config)) return 1;
-  return serve(config);
+  return serve(config, listener);
 }

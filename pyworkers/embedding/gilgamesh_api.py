@@ -357,12 +357,26 @@ def _refused_extensions(loaded):
 
 def _module_files():
     """Start-up probe only: the files of every module imported here (JSON list), whose
-    modification times key the probe's cache."""
+    modification times key the probe's cache, and of every module whose import began and
+    failed (it is not in sys.modules): an app refused for an import, edited in place to drop
+    it, must be probed again, not refused from the cache."""
+    import importlib.util
+    import os
     import sys
     files = set()
     for module in list(sys.modules.values()):
         origin = getattr(module, "__file__", None)
         if isinstance(origin, str):
+            files.add(origin)
+    for name in list(_importers):
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except BaseException:  # its parent's import fails again, or anything else: no file
+            continue
+        origin = getattr(spec, "origin", None)
+        if isinstance(origin, str) and os.path.isabs(origin):
             files.add(origin)
     return _json.dumps(sorted(files))
 

@@ -4,9 +4,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdio>
 #include <atomic>
 #include <deque>
@@ -172,6 +175,9 @@ struct HttpServer::Impl {
 
   net::io_context ioc;
   tcp::acceptor acceptor;
+  // A --reload supervisor's socket: connections wait in its backlog until the workers are
+  // ready, instead of a 503 "starting" for each request during every restart.
+  bool accept_when_ready = false;
   unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
@@ -1028,14 +1034,14 @@ void HttpServer::Impl::for_each_session(void (Session::*action)()) {
   }
 }
 
-HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
-    : impl_(std::make_unique<Impl>(config, executor)) {
-  auto& a = impl_->acceptor;
-  const std::string where = config.http.host + ":" + std::to_string(config.http.port);
+int listen_socket(const HttpOptions& http) {
+  const std::string where = http.host + ":" + std::to_string(http.port);
   beast::error_code ec;
-  const auto address = net::ip::make_address(config.http.host, ec);
-  if (ec) throw ListenError("cannot listen on " + where + ": '" + config.http.host + "' is not an IP address");
-  tcp::endpoint endpoint(address, config.http.port);
+  const auto address = net::ip::make_address(http.host, ec);
+  if (ec) throw ListenError("cannot listen on " + where + ": '" + http.host + "' is not an IP address");
+  net::io_context ioc(1);
+  tcp::acceptor a(ioc);
+  tcp::endpoint endpoint(address, http.port);
   a.open(endpoint.protocol(), ec);
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(endpoint, ec);
@@ -1050,8 +1056,52 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor)
     throw ListenError("cannot listen on " + where + ": permission denied (ports below 1024 need privileges)");
   }
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
-  impl_->bound_port = a.local_endpoint(ec).port();
+  const int fd = a.release(ec);
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
+  return fd;
+}
+
+std::optional<int> take_inherited_listener() {
+  const char* value = getenv(kListenFdVariable);
+  if (value == nullptr) return std::nullopt;
+  const std::string text = value;
+  unsetenv(kListenFdVariable);
+  int fd = -1;
+  int listening = 0;
+  socklen_t size = sizeof listening;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), fd);
+  if (error != std::errc() || end != text.data() + text.size() || fd < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening) {
+    throw ListenError(std::string(kListenFdVariable) + "=" + text + " is not a listening socket");
+  }
+  fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+  return fd;
+}
+
+namespace {
+tcp protocol_of(int fd) {
+  sockaddr_storage address{};
+  socklen_t size = sizeof address;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0 && address.ss_family == AF_INET6) {
+    return tcp::v6();
+  }
+  return tcp::v4();
+}
+}  // namespace
+
+HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener)
+    : impl_(std::make_unique<Impl>(config, executor)) {
+  auto& a = impl_->acceptor;
+  const std::string where = config.http.host + ":" + std::to_string(config.http.port);
+  const int fd = listener ? *listener : listen_socket(config.http);
+  beast::error_code ec;
+  a.assign(protocol_of(fd), fd, ec);
+  if (!ec) impl_->bound_port = a.local_endpoint(ec).port();
+  impl_->accept_when_ready = listener.has_value();
+  if (ec) {
+    if (!a.is_open()) ::close(fd);
+    throw ListenError("cannot listen on " + where + ": " + ec.message());
+  }
   app_forks::set_listener(a.native_handle());  // a copy the app forks closes it
 }
 
@@ -1064,7 +1114,7 @@ HttpServer::Outcome HttpServer::run() {
   s.signals.async_wait([&s](beast::error_code ec, int signo) {
     if (!ec) s.on_signal(signo);
   });
-  s.do_accept();
+  if (!s.accept_when_ready) s.do_accept();
   // Completions of Python jobs arrive by post(): keep run() going even when
   // no socket operation is pending (during shutdown, say).
   auto keep_running = net::make_work_guard(s.ioc);
@@ -1092,8 +1142,10 @@ HttpServer::Outcome HttpServer::run() {
   };
 
   // The workers start while the listener already answers: /healthz 200,
-  // /readyz 503 "starting", Python routes 503 until the workers are up.
-  spdlog::info("listening on http://{}:{}; starting {} {} workers for {}", s.config.http.host, port(),
+  // /readyz 503 "starting", Python routes 503 until the workers are up. (Under --reload the
+  // connections wait until they are.)
+  spdlog::info("listening on http://{}:{}{}; starting {} {} workers for {}", s.config.http.host, port(),
+               s.accept_when_ready ? " (the reloader's socket: accepting once they are ready)" : "",
                s.config.pool.workers, strategy_name(s.executor.info().strategy), s.config.app.target);
   try {
     const auto t0 = std::chrono::steady_clock::now();
@@ -1109,6 +1161,7 @@ HttpServer::Outcome HttpServer::run() {
   }
   s.stats.init_routes(s.executor.routes().size());
   s.app_router.store(s.app_router_holder.get(), std::memory_order_release);
+  if (s.accept_when_ready) net::post(s.ioc, [&s] { s.do_accept(); });
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app.target,
                s.config.http.host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <stdexcept>
 
 #include "server/model/executor.hpp"
@@ -16,10 +17,24 @@ class ListenError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The environment variable that names a listening socket a server inherits (the --reload
+// supervisor binds once and passes it to each server it starts).
+inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
+
+// Binds and listens on --host:--port (SO_REUSEADDR); returns the descriptor, the caller's to
+// close. Throws ListenError, in words for the user, if it cannot.
+int listen_socket(const HttpOptions& http);
+
+// The listening socket named by GILGAMESH_LISTEN_FD, taken once: the variable is removed and the
+// descriptor marked close-on-exec, so that neither reaches the processes the server and the app
+// start. nullopt: none was passed. Throws ListenError if it names no listening socket.
+std::optional<int> take_inherited_listener();
+
 class HttpServer {
  public:
-  // Binds the listening socket; throws ListenError if it cannot.
-  HttpServer(const ServerConfig& config, Executor& executor);
+  // Serves on `listener` (take_inherited_listener), else binds one (listen_socket); throws
+  // ListenError if it cannot.
+  HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener = std::nullopt);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -88,10 +88,19 @@ struct AppOptions {
   bool debug = false;                          // error bodies carry the exception and traceback
 };
 
+// Development: restart the server when the app's Python files change (uvicorn's --reload).
+// Only the supervisor reads these (server/reload.cpp); they do not travel to the zygote.
+struct ReloadOptions {
+  bool enabled = false;
+  std::vector<std::string> dirs;               // watched for *.py changes (default: the working
+                                               // directory)
+};
+
 struct ServerConfig {
   HttpOptions http;
   PoolOptions pool;
   AppOptions app;
+  ReloadOptions reload;
   std::string log_level = "info";              // trace | debug | info | warn | error | critical | off
 };
 

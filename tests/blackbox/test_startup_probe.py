@@ -177,6 +177,30 @@ def test_probe_result_is_cached_until_a_file_changes(gilgamesh_bin, probe_cache,
     assert "cached" not in changed, lines
 
 
+def test_a_refusal_is_probed_again_once_the_app_is_edited(gilgamesh_bin, probe_cache, tmp_path):
+    # A refusal is cached too, keyed by the files of the modules imported; the app's own
+    # module, whose import failed, was not among them (it is not in sys.modules): an app
+    # edited in place to drop the refused import was refused again from the cache.
+    app = tmp_path / "edited_app.py"
+    app.write_text("import gilgamesh\nimport single_phase_ext\n")
+    for attempt in ("cold", "cached"):
+        code, err = start_and_fail(["--app", "edited_app", "--pythonpath", str(tmp_path),
+                                    "--strategy", "subinterpreters"], probe_cache)
+        assert code == 1 and "single-phase" in err, (attempt, code, err)
+        assert ("cached" in err) == (attempt == "cached"), (attempt, err)
+    app.write_text("import gilgamesh\n\n@gilgamesh.route('/v')\ndef v(request):\n    return 'edited'\n")
+    later = time.time() + 5
+    os.utime(app, (later, later))
+    server = serve("subinterpreters", "edited_app", args=["--pythonpath", str(tmp_path)], env=probe_cache)
+    try:
+        server.start()
+        assert server.get("/v").text == "edited"
+        assert "cached" not in probe_log_line(server), server.log()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
 def test_threads_probe_in_the_main_interpreter_and_processes_not_at_all(gilgamesh_bin, probe_cache):
     server = GilgameshServer("threads", workers=1, env=probe_cache)
     try:

@@ -1,0 +1,197 @@
+#include "server/reload.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "server/http/http_server.hpp"
+
+namespace gilgamesh {
+namespace {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// How often the files are looked at (uvicorn's StatReload: 0.25 s).
+constexpr long kPollNanoseconds = 300'000'000;
+// After a change, how long the files must stay as they are before the restart: an editor's
+// save or a `git checkout` writing several files is one restart.
+constexpr auto kSettle = std::chrono::milliseconds(200);
+
+using Snapshot = std::map<std::string, fs::file_time_type>;
+
+// Every *.py file under the folders, with its modification time; hidden folders and
+// __pycache__ are skipped, and so are files that vanish while they are read.
+Snapshot snapshot(const std::vector<fs::path>& dirs) {
+  Snapshot files;
+  for (const fs::path& dir : dirs) {
+    std::error_code ec;
+    fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec);
+    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      std::error_code entry_ec;
+      const std::string name = it->path().filename().string();
+      if (it->is_directory(entry_ec)) {
+        if (name.starts_with('.') || name == "__pycache__") it.disable_recursion_pending();
+        continue;
+      }
+      if (it->path().extension() != ".py" || name.starts_with('.')) continue;
+      const auto mtime = it->last_write_time(entry_ec);
+      if (!entry_ec) files.emplace(it->path().string(), mtime);
+    }
+  }
+  return files;
+}
+
+// A file that is new, changed or gone since `before`; empty if none.
+std::string first_change(const Snapshot& before, const Snapshot& now) {
+  for (const auto& [path, mtime] : now) {
+    const auto it = before.find(path);
+    if (it == before.end() || it->second != mtime) return path;
+  }
+  for (const auto& [path, mtime] : before) {
+    if (!now.contains(path)) return path;
+  }
+  return "";
+}
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return "status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("signal ") + strsignal(WTERMSIG(status));
+  return "status ?";
+}
+
+int exit_code(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+// This binary again, with the same arguments; the listening socket's number is already in the
+// environment. In a process group of its own, so that a terminal's Ctrl-C reaches the
+// supervisor only, which passes one SIGINT on; ended by SIGTERM if the supervisor dies.
+pid_t start_server(char** argv, const sigset_t& mask) {
+  const pid_t supervisor = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    spdlog::error("reloader: cannot start the server: fork failed: {}", std::strerror(errno));
+    return -1;
+  }
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != supervisor) _exit(1);
+    sigprocmask(SIG_SETMASK, &mask, nullptr);
+    execv("/proc/self/exe", argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+std::vector<fs::path> watched_dirs(const ReloadOptions& options) {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  if (options.dirs.empty()) dirs.push_back(fs::current_path(ec));
+  for (const std::string& dir : options.dirs) dirs.push_back(fs::absolute(dir, ec).lexically_normal());
+  return dirs;
+}
+
+std::string joined(const std::vector<fs::path>& dirs) {
+  std::string text;
+  for (const fs::path& dir : dirs) text += (text.empty() ? "" : ", ") + dir.string();
+  return text;
+}
+}  // namespace
+
+int reload_main(const ServerConfig& config, char** argv) {
+  int fd = -1;
+  try {
+    fd = listen_socket(config.http);
+  } catch (const ListenError& e) {
+    spdlog::critical("{}", e.what());
+    return 1;
+  }
+  fcntl(fd, F_SETFD, 0);  // each server started inherits it
+  setenv(kListenFdVariable, std::to_string(fd).c_str(), 1);
+
+  sigset_t watched;
+  sigset_t original;
+  sigemptyset(&watched);
+  for (int signo : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&watched, signo);
+  sigprocmask(SIG_BLOCK, &watched, &original);
+
+  const std::vector<fs::path> dirs = watched_dirs(config.reload);
+  Snapshot files = snapshot(dirs);
+  spdlog::info("reloader (pid {}): watching {} *.py files under {}; the server restarts when one changes",
+               getpid(), files.size(), joined(dirs));
+  // A stuck drain must not stop the development loop: past this the server is killed.
+  const auto kill_after = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config.http.shutdown_delay + config.http.graceful_timeout + 5.0));
+
+  pid_t child = start_server(argv, original);
+  bool stopping = false;         // SIGTERM/SIGINT came: the supervisor ends with the server
+  bool restart = false;          // the server was asked to stop for a change
+  Clock::time_point kill_at = Clock::time_point::max();
+  for (;;) {
+    const timespec poll{0, kPollNanoseconds};
+    const int signo = sigtimedwait(&watched, nullptr, &poll);
+    if (signo == SIGINT || signo == SIGTERM) {
+      if (child <= 0) return 0;
+      if (!stopping) spdlog::info("reloader: received {}; stopping the server", sigabbrev_np(signo));
+      kill(child, signo);  // a second one passes on too: the server stops at once
+      stopping = true;
+      kill_at = std::min(kill_at, Clock::now() + kill_after);
+    }
+    int status = 0;
+    if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
+      child = -1;
+      kill_at = Clock::time_point::max();
+      if (stopping) return exit_code(status);
+      if (restart) {
+        restart = false;
+        child = start_server(argv, original);
+      } else {
+        spdlog::warn("reloader: the server exited ({}); it starts again when a file changes", describe(status));
+      }
+    }
+    if (child > 0 && Clock::now() >= kill_at) {
+      spdlog::warn("reloader: the server (pid {}) is still running {:.0f} s after SIGTERM; killing it", child,
+                   std::chrono::duration<double>(kill_after).count());
+      kill(child, SIGKILL);
+      kill_at = Clock::time_point::max();
+    }
+    if (stopping || restart || signo > 0) continue;
+
+    Snapshot now = snapshot(dirs);
+    const std::string changed = first_change(files, now);
+    if (changed.empty()) continue;
+    for (;;) {  // until two looks kSettle apart agree
+      const timespec pause{0, std::chrono::nanoseconds(kSettle).count()};
+      nanosleep(&pause, nullptr);
+      Snapshot again = snapshot(dirs);
+      if (first_change(now, again).empty()) break;
+      now = std::move(again);
+    }
+    files = std::move(now);
+    if (child > 0) {
+      spdlog::info("reloader: {} changed; restarting the server", changed);
+      kill(child, SIGTERM);
+      restart = true;
+      kill_at = Clock::now() + kill_after;
+    } else {
+      spdlog::info("reloader: {} changed; starting the server", changed);
+      child = start_server(argv, original);
+    }
+  }
+}
+
+}  // namespace gilgamesh
