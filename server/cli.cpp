@@ -86,6 +86,7 @@ struct RawFlags {
   std::string lifespan = "auto";
   std::string strategy;
   std::string python_build;
+  std::string bind;
 };
 
 void add_app_options(CLI::App& cli, AppOptions& app, RawFlags& raw) {
@@ -126,7 +127,7 @@ void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
                  "CPython build to embed: default or free-threaded (default: free-threaded for "
                  "--strategy free-threaded, else default)")
       ->check(one_of({"default", "free-threaded"}));
-  cli.add_option("--workers", pool.workers,
+  cli.add_option("-w,--workers", pool.workers,
                  "Worker count (default: the CPUs this process may use: affinity, cgroup CPU quota)")
       ->check(integer_in(1, 1024));
   cli.add_option("--threads", pool.threads,
@@ -169,6 +170,10 @@ void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
 }
 
 void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
+  cli.add_option("-b,--bind", raw.bind,
+                 "Where to listen, as gunicorn's --bind: HOST:PORT, [IPv6]:PORT, HOST (port 8080), or "
+                 "fd://N, a listening socket this process inherited (systemd's socket activation); "
+                 "instead of --host and --port");
   cli.add_option("--host", h.host, "Address to listen on")->capture_default_str();
   cli.add_option("--port", h.port, "TCP port to listen on (0: any free port)")
       ->check(integer_in(0, 65535))
@@ -302,6 +307,52 @@ bool resolve_strategy(PoolOptions& pool, const RawFlags& raw) {
   return true;
 }
 
+// -b/--bind into --host and --port, or the inherited socket's number; false (after saying why)
+// if it is not usable.
+bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
+  if (cli.count("--bind") == 0) return true;
+  const std::string& bind = raw.bind;
+  auto refuse = [&](const std::string& why) {
+    std::cerr << "gilgamesh: --bind " << bind << ": " << why << " (see --help)\n";
+    return false;
+  };
+  if (cli.count("--host") > 0 || cli.count("--port") > 0) return refuse("give --bind, or --host and --port, not both");
+  if (bind.starts_with("unix:")) return refuse("UNIX sockets are not supported; listen on a TCP address");
+  auto port_of = [](std::string_view text, int& port) {
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), port);
+    return !text.empty() && error == std::errc() && end == text.data() + text.size() && port >= 0 && port <= 65535;
+  };
+  if (bind.starts_with("fd://")) {
+    int fd = -1;
+    const std::string_view number = std::string_view(bind).substr(5);
+    const auto [end, error] = std::from_chars(number.data(), number.data() + number.size(), fd);
+    if (number.empty() || error != std::errc() || end != number.data() + number.size() || fd < 0) {
+      return refuse("fd:// takes a file descriptor number");
+    }
+    http.listen_fd = fd;
+    return true;
+  }
+  std::string host = bind;
+  int port = http.port;
+  if (bind.starts_with('[')) {  // [IPv6] or [IPv6]:PORT
+    const auto close = bind.find(']');
+    if (close == std::string::npos) return refuse("an IPv6 address in brackets lacks its ']'");
+    host = bind.substr(1, close - 1);
+    const std::string rest = bind.substr(close + 1);
+    if (!rest.empty() && (rest[0] != ':' || !port_of(std::string_view(rest).substr(1), port))) {
+      return refuse("expected [IPv6]:PORT with PORT in 0..65535");
+    }
+  } else if (const auto colon = bind.rfind(':'); colon != std::string::npos) {
+    if (bind.find(':') != colon) return refuse("an IPv6 address goes in brackets: [::1]:8080");
+    host = bind.substr(0, colon);
+    if (!port_of(std::string_view(bind).substr(colon + 1), port)) return refuse("PORT must be in 0..65535");
+  }
+  if (host.empty()) return refuse("HOST is missing (0.0.0.0 for every IPv4 interface)");
+  http.host = host;
+  http.port = static_cast<std::uint16_t>(port);
+  return true;
+}
+
 // --app, --wsgi or --asgi, and --root-path; false (after saying why) if they are not usable.
 bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
   const bool wsgi_given = cli.count("--wsgi") > 0;
@@ -381,7 +432,9 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (raw.version) return {std::nullopt, 0, true};
   c.http.dashboard = !raw.no_dashboard;
   resolve_defaults(c);
-  if (!resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) return {std::nullopt, 2, false};
+  if (!resolve_bind(c.http, raw, cli) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
+    return {std::nullopt, 2, false};
+  }
   if (!c.reload.dirs.empty() && !c.reload.enabled) {
     std::cerr << "gilgamesh: --reload-dir names what --reload watches; add --reload (see --help)\n";
     return {std::nullopt, 2, false};

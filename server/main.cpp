@@ -256,9 +256,12 @@ int main(int argc, char** argv) {
   if (config.reload.enabled && !getenv(kListenFdVariable)) return reload_main(config, argv);
   if (config.pool.python_build != embedded_python_build()) return hand_over(config.pool.python_build, argv);
   unsetenv("GILGAMESH_HANDED_OVER");
-  std::optional<int> listener;  // a --reload supervisor's
+  std::optional<int> listener;  // a --reload supervisor's, or --bind fd://N
   try {
     listener = take_inherited_listener();
+    if (!listener && config.http.listen_fd >= 0) {
+      listener = adopt_listener(config.http.listen_fd, "--bind fd://" + std::to_string(config.http.listen_fd));
+    }
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     return 1;

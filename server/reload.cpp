@@ -115,7 +115,8 @@ std::string joined(const std::vector<fs::path>& dirs) {
 int reload_main(const ServerConfig& config, char** argv) {
   int fd = -1;
   try {
-    fd = listen_socket(config.http);
+    const int given = config.http.listen_fd;
+    fd = given >= 0 ? adopt_listener(given, "--bind fd://" + std::to_string(given)) : listen_socket(config.http);
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     return 1;

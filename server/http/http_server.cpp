@@ -175,9 +175,11 @@ struct HttpServer::Impl {
 
   net::io_context ioc;
   tcp::acceptor acceptor;
-  // A --reload supervisor's socket: connections wait in its backlog until the workers are
-  // ready, instead of a 503 "starting" for each request during every restart.
+  // An inherited socket (a --reload supervisor's, --bind fd://N): connections wait in its
+  // backlog until the workers are ready, instead of a 503 "starting" for each request during
+  // every restart.
   bool accept_when_ready = false;
+  std::string bound_host;         // --host, or an inherited socket's own address ([IPv6])
   unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
@@ -1037,9 +1039,23 @@ void HttpServer::Impl::for_each_session(void (Session::*action)()) {
 int listen_socket(const HttpOptions& http) {
   const std::string where = http.host + ":" + std::to_string(http.port);
   beast::error_code ec;
-  const auto address = net::ip::make_address(http.host, ec);
-  if (ec) throw ListenError("cannot listen on " + where + ": '" + http.host + "' is not an IP address");
   net::io_context ioc(1);
+  auto address = net::ip::make_address(http.host, ec);
+  if (ec) {  // a name (localhost): its first IPv4 address, as uvicorn binds it, else its first
+    tcp::resolver resolver(ioc);
+    const auto found = resolver.resolve(http.host, "", tcp::resolver::passive | tcp::resolver::numeric_service, ec);
+    if (ec || found.empty()) {
+      throw ListenError("cannot listen on " + where + ": '" + http.host + "' is not an IP address" +
+                        (ec ? " and does not resolve (" + ec.message() + ")" : ""));
+    }
+    address = found.begin()->endpoint().address();
+    for (const auto& entry : found) {
+      if (entry.endpoint().address().is_v4()) {
+        address = entry.endpoint().address();
+        break;
+      }
+    }
+  }
   tcp::acceptor a(ioc);
   tcp::endpoint endpoint(address, http.port);
   a.open(endpoint.protocol(), ec);
@@ -1061,21 +1077,29 @@ int listen_socket(const HttpOptions& http) {
   return fd;
 }
 
+int adopt_listener(int fd, const std::string& what) {
+  int listening = 0;
+  socklen_t size = sizeof listening;
+  sockaddr_storage address{};
+  socklen_t address_size = sizeof address;
+  if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_size) != 0 ||
+      (address.ss_family != AF_INET && address.ss_family != AF_INET6)) {
+    throw ListenError(what + " is not a listening TCP socket");
+  }
+  fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+  return fd;
+}
+
 std::optional<int> take_inherited_listener() {
   const char* value = getenv(kListenFdVariable);
   if (value == nullptr) return std::nullopt;
   const std::string text = value;
   unsetenv(kListenFdVariable);
   int fd = -1;
-  int listening = 0;
-  socklen_t size = sizeof listening;
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), fd);
-  if (error != std::errc() || end != text.data() + text.size() || fd < 0 ||
-      getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening) {
-    throw ListenError(std::string(kListenFdVariable) + "=" + text + " is not a listening socket");
-  }
-  fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
-  return fd;
+  if (error != std::errc() || end != text.data() + text.size()) fd = -1;
+  return adopt_listener(fd, std::string(kListenFdVariable) + "=" + text);
 }
 
 namespace {
@@ -1096,7 +1120,11 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::opti
   const int fd = listener ? *listener : listen_socket(config.http);
   beast::error_code ec;
   a.assign(protocol_of(fd), fd, ec);
-  if (!ec) impl_->bound_port = a.local_endpoint(ec).port();
+  tcp::endpoint local;
+  if (!ec) local = a.local_endpoint(ec);
+  impl_->bound_port = local.port();
+  impl_->bound_host = listener ? local.address().to_string() : config.http.host;
+  if (impl_->bound_host.find(':') != std::string::npos) impl_->bound_host = "[" + impl_->bound_host + "]";  // a URL's
   impl_->accept_when_ready = listener.has_value();
   if (ec) {
     if (!a.is_open()) ::close(fd);
@@ -1144,8 +1172,8 @@ HttpServer::Outcome HttpServer::run() {
   // The workers start while the listener already answers: /healthz 200,
   // /readyz 503 "starting", Python routes 503 until the workers are up. (Under --reload the
   // connections wait until they are.)
-  spdlog::info("listening on http://{}:{}{}; starting {} {} workers for {}", s.config.http.host, port(),
-               s.accept_when_ready ? " (the reloader's socket: accepting once they are ready)" : "",
+  spdlog::info("listening on http://{}:{}{}; starting {} {} workers for {}", s.bound_host, port(),
+               s.accept_when_ready ? " (an inherited socket: accepting once they are ready)" : "",
                s.config.pool.workers, strategy_name(s.executor.info().strategy), s.config.app.target);
   try {
     const auto t0 = std::chrono::steady_clock::now();
@@ -1163,7 +1191,7 @@ HttpServer::Outcome HttpServer::run() {
   s.app_router.store(s.app_router_holder.get(), std::memory_order_release);
   if (s.accept_when_ready) net::post(s.ioc, [&s] { s.do_accept(); });
   spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app.target,
-               s.config.http.host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
+               s.bound_host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
 
   s.shutdown_requested.get_future().wait();
   const auto deadline = std::chrono::steady_clock::now() + seconds_setting(s.config.http.graceful_timeout);

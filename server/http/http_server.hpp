@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <stdexcept>
 
 #include "server/model/executor.hpp"
@@ -24,6 +25,10 @@ inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
 // Binds and listens on --host:--port (SO_REUSEADDR); returns the descriptor, the caller's to
 // close. Throws ListenError, in words for the user, if it cannot.
 int listen_socket(const HttpOptions& http);
+
+// A listening TCP socket this process inherited (--bind fd://N), checked and marked
+// close-on-exec; throws ListenError naming `what` if it is none.
+int adopt_listener(int fd, const std::string& what);
 
 // The listening socket named by GILGAMESH_LISTEN_FD, taken once: the variable is removed and the
 // descriptor marked close-on-exec, so that neither reaches the processes the server and the app

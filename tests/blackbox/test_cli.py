@@ -1,12 +1,17 @@
 """The command line: --help, --version, bad flags (exit 2, one line), apps that
 cannot load (non-zero, named, with a way out)."""
 
+import http.client
+import os
 import re
+import signal
+import socket
+import subprocess
 
 import pytest
 
-from gilgamesh_harness import (ALL_STRATEGIES, APPS_DIR, REPO, GilgameshServer, free_port,
-                               run_cli, strategies)
+from gilgamesh_harness import (ALL_STRATEGIES, APPS_DIR, REPO, GilgameshServer, binary_path, free_port,
+                               run_cli, scaled, strategies, wait_for)
 
 CONFIG_CPP = REPO / "server" / "cli.cpp"
 README = REPO / "README.md"
@@ -76,6 +81,11 @@ def test_version(gilgamesh_bin):
     (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),
     (["--forwarded-allow-ips", "10.0.0.0/33"], "prefix length must be 0..32"),
     (["--log-level", "loud"], "log-level"),
+    (["--bind", "unix:/tmp/g.sock"], "UNIX sockets are not supported"),
+    (["--bind", "::1:8080"], "an IPv6 address goes in brackets: [::1]:8080"),
+    (["--bind", "127.0.0.1:99999"], "PORT must be in 0..65535"),
+    (["--bind", "127.0.0.1:8080", "--port", "8081"], "give --bind, or --host and --port, not both"),
+    (["--bind", "fd://three"], "fd:// takes a file descriptor number"),
 ])
 def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
     result = run_cli(args)
@@ -92,6 +102,63 @@ def test_log_level_warning_as_gunicorn_and_uvicorn_spell_it(start_server):
     assert server.stop() == 0
     log = server.log()
     assert "[info]" not in log and "listening on" not in log, log
+
+
+def serve_until_healthy(args, port, pass_fds=()):
+    """Starts the binary with `args` (no --host/--port of the harness's), waits for GET /healthz
+    on 127.0.0.1:port, stops it with SIGTERM; returns (exit status, stderr)."""
+    process = subprocess.Popen([str(binary_path()), "-w", "1", *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds)
+    try:
+        def healthy():
+            assert process.poll() is None, process.stderr.read()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/healthz")
+                return connection.getresponse().status == 200
+            except OSError:
+                return False
+        wait_for(healthy, "GET /healthz on port %d" % port, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=scaled(30)), process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_bind_as_gunicorn_spells_it(gilgamesh_bin):
+    # -b HOST:PORT and -w N, as `gunicorn -w 4 -b 127.0.0.1:8000`; a host name resolves.
+    port = free_port()
+    code, err = serve_until_healthy(["-b", "127.0.0.1:%d" % port], port)
+    assert code == 0 and "serving handlers.demo on http://127.0.0.1:%d" % port in err, err
+    assert "1 workers" in err, err
+    port = free_port()
+    code, err = serve_until_healthy(["--host", "localhost", "--port", str(port)], port)
+    assert code == 0 and "http://localhost:%d" % port in err, err
+
+
+def test_bind_fd_serves_on_an_inherited_socket(gilgamesh_bin):
+    # --bind fd://N, as gunicorn's (systemd's socket activation): the socket is bound by
+    # someone else; the server accepts on it once its workers are ready.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        code, err = serve_until_healthy(["--bind", "fd://%d" % listener.fileno()], port,
+                                        pass_fds=(listener.fileno(),))
+    assert code == 0, err
+    # The socket's own address and port, not --host's and --port's defaults.
+    assert "listening on http://127.0.0.1:%d (an inherited socket: accepting once they are ready)" % port in err, err
+    # Not a listening TCP socket: refused by name.
+    with socket.socket(socket.AF_UNIX) as other:
+        fd = other.fileno()
+        result = subprocess.run([str(binary_path()), "--bind", "fd://%d" % fd], cwd=REPO,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                pass_fds=(fd,), timeout=scaled(30))
+    assert result.returncode == 1, result
+    assert "--bind fd://%d is not a listening TCP socket" % fd in result.stderr, result.stderr
 
 
 def test_missing_app_module_is_named(gilgamesh_bin, strategy):
