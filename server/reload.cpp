@@ -28,6 +28,9 @@ constexpr long kPollNanoseconds = 300'000'000;
 // save or a `git checkout` writing several files is one restart.
 constexpr auto kSettle = std::chrono::milliseconds(200);
 
+// Past this many files a poll costs noticeable CPU (a home directory, a venv): say so once.
+constexpr std::size_t kManyFiles = 20000;
+
 using Snapshot = std::map<std::string, fs::file_time_type>;
 
 // Every *.py file under the folders, with its modification time; hidden folders and
@@ -132,8 +135,12 @@ int reload_main(const ServerConfig& config, char** argv) {
 
   const std::vector<fs::path> dirs = watched_dirs(config.reload);
   Snapshot files = snapshot(dirs);
-  spdlog::info("reloader (pid {}): watching {} *.py files under {}; the server restarts when one changes",
-               getpid(), files.size(), joined(dirs));
+  spdlog::info("reloader: watching {} *.py files under {}; the server restarts when one changes", files.size(),
+               joined(dirs));
+  if (files.size() > kManyFiles) {
+    spdlog::warn("reloader: {} files are looked at every {} ms; name the app's own folders with --reload-dir",
+                 files.size(), kPollNanoseconds / 1'000'000);
+  }
   // A stuck drain must not stop the development loop: past this the server is killed.
   const auto kill_after = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config.http.shutdown_delay + config.http.graceful_timeout + 5.0));
