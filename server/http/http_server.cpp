@@ -1040,6 +1040,8 @@ int listen_socket(const HttpOptions& http) {
   const std::string where = http.host + ":" + std::to_string(http.port);
   beast::error_code ec;
   net::io_context ioc(1);
+  // An empty name would resolve to every interface: refused, not widened.
+  if (http.host.empty()) throw ListenError("cannot listen on " + where + ": --host is empty (0.0.0.0 for every IPv4 interface)");
   auto address = net::ip::make_address(http.host, ec);
   if (ec) {  // a name (localhost): its first IPv4 address, as uvicorn binds it, else its first
     tcp::resolver resolver(ioc);

@@ -136,6 +136,9 @@ def test_bind_as_gunicorn_spells_it(gilgamesh_bin):
     port = free_port()
     code, err = serve_until_healthy(["--host", "localhost", "--port", str(port)], port)
     assert code == 0 and "http://localhost:%d" % port in err, err
+    # An empty host would resolve to every interface: refused instead.
+    result = run_cli(["--host", "", "--port", str(free_port())])
+    assert result.returncode == 1 and "--host is empty" in result.stderr, result
 
 
 def test_bind_fd_serves_on_an_inherited_socket(gilgamesh_bin):
