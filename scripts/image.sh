@@ -127,7 +127,12 @@ build_image() {
 # stage and image). Dangling images of this Dockerfile go; the tagged image, the
 # tagged build stage and their parents (the cached toolchain) stay.
 cleanup() {
-  "${PODMAN[@]}" image prune -f --filter "$LABEL_FILTER" >/dev/null
+  # Disk hygiene only: a failure must not fail the build. (An interrupted `podman build` leaves
+  # its stage containers behind, and prune then refuses the images they use.)
+  local why
+  if ! why="$("${PODMAN[@]}" image prune -f --filter "$LABEL_FILTER" 2>&1 >/dev/null)"; then
+    log "stale images not pruned: ${why:-podman image prune failed} (an interrupted build's containers: podman ps --external; podman rm -f ID)"
+  fi
   # Working containers of tests/container that a killed run left behind.
   local name
   for name in $("${BUILDAH[@]}" containers --noheading --format '{{.ContainerName}}' 2>/dev/null); do
