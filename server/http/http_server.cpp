@@ -232,12 +232,20 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->next_request(); });
   }
 
-  // Posted by the server on SIGTERM: idle connections close now, busy ones
-  // after their current response.
+  // Posted by the server on SIGTERM: idle keep-alive connections close now, busy ones after
+  // their current response. A connection still waiting for its first request gets a moment for
+  // it (kFirstRequestGrace), then closes: its client connected before the listener closed and
+  // may have the request on its way, and unlike a request on a reused connection (RFC 9112
+  // 9.3.1) one on a fresh connection is not retried by clients when the connection closes.
   void on_shutdown() {
     shutting_down_ = true;
     if (ws_open_) return ws_server_close(WebSocketChannel::kGoingAway);
-    if (idle_ || lingering_) close();
+    if (lingering_ || (idle_ && !first_request_)) return close();
+    if (!idle_) return;
+    job_timer_.expires_after(kFirstRequestGrace);
+    job_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec && self->idle_) self->close();
+    });
   }
 
   net::any_io_executor executor() { return stream_.get_executor(); }
@@ -891,6 +899,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
   }
 
   static constexpr std::size_t kNoRoute = static_cast<std::size_t>(-1);
+  static constexpr std::chrono::seconds kFirstRequestGrace{1};
 
   beast::tcp_stream stream_;
   HttpServer::Impl& server_;

@@ -101,6 +101,38 @@ def test_new_connections_refused_while_draining(start_server):
 
 
 @pytest.mark.slow
+def test_a_connection_accepted_before_the_drain_has_its_first_request_answered(start_server):
+    # Its client connected before the listener closed and may have the request on its way;
+    # unlike a request on a reused keep-alive connection, a first request is not retried by
+    # clients when the connection closes unanswered (seen as RemoteDisconnected through a
+    # --reload restart). It is answered, with Connection: close. A fresh connection that sends
+    # nothing is closed after a moment, not kept to the header timeout (10 s).
+    server = gate_server(start_server, workers=2, args=["--graceful-timeout", "20"])
+    with Gate() as gate:
+        threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
+        gate.wait_arrivals(1)
+        with server.raw(timeout=15) as late, server.raw(timeout=15) as silent:
+            idle = idle_connection(server)
+            # the held request's, late, silent, idle and /stats' own
+            wait_for_stats(server, lambda s: s["connections_open"] >= 5, "five connections accepted")
+            server.signal(signal.SIGTERM)
+            wait_drain_began(idle)
+            late.send(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+            r = late.read_response()
+            assert r.status == 200 and r.body == b"hello", r
+            assert (r.header("Connection") or "").lower() == "close", r
+            data, closed = silent.read_until_closed(8, scale=False)
+            assert closed and data == b"", (closed, data[:200])
+        assert server.alive(), "exited with a request in flight\n" + server.log()[-3000:]
+        gate.release()
+        code = server.wait(timeout=15)
+    join_all(threads)
+    assert code == 0, "exit code %r\n%s" % (code, server.log()[-3000:])
+    assert not isinstance(results[0], Exception), results
+    assert results[0].status == 200, results
+
+
+@pytest.mark.slow
 def test_healthz_answers_503_once_draining(start_server):
     # Liveness stays 200 until the drain begins, then 503: seen on a connection that is
     # in the middle of a request (an idle one is closed by the drain). `Expect:
