@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
+#include <limits>
 #include <cmath>
 #include <iostream>
 #include <optional>
@@ -28,10 +28,8 @@ CLI::Validator integer_in(long long lo, long long hi) {
   const std::string range = std::to_string(lo) + ".." + std::to_string(hi);
   return CLI::Validator(
       [lo, hi, range](std::string& text) -> std::string {
-        long long v = 0;
-        const char* end = text.data() + text.size();
-        const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-        if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
+        const auto v = whole_integer(text);
+        if (!v || *v < lo || *v > hi) {
           return "must be an integer in " + range + ", got " + shown(text);
         }
         return {};
@@ -319,17 +317,15 @@ bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
   if (cli.count("--host") > 0 || cli.count("--port") > 0) return refuse("give --bind, or --host and --port, not both");
   if (bind.starts_with("unix:")) return refuse("UNIX sockets are not supported; listen on a TCP address");
   auto port_of = [](std::string_view text, int& port) {
-    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), port);
-    return !text.empty() && error == std::errc() && end == text.data() + text.size() && port >= 0 && port <= 65535;
+    const auto n = whole_integer(text);
+    if (!n || *n < 0 || *n > 65535) return false;
+    port = static_cast<int>(*n);
+    return true;
   };
   if (bind.starts_with("fd://")) {
-    int fd = -1;
-    const std::string_view number = std::string_view(bind).substr(5);
-    const auto [end, error] = std::from_chars(number.data(), number.data() + number.size(), fd);
-    if (number.empty() || error != std::errc() || end != number.data() + number.size() || fd < 0) {
-      return refuse("fd:// takes a file descriptor number");
-    }
-    http.listen_fd = fd;
+    const auto fd = whole_integer(std::string_view(bind).substr(5));
+    if (!fd || *fd < 0 || *fd > std::numeric_limits<int>::max()) return refuse("fd:// takes a file descriptor number");
+    http.listen_fd = static_cast<int>(*fd);
     return true;
   }
   std::string host = bind;

@@ -146,26 +146,27 @@ int reload_main(const ServerConfig& config, char** argv) {
       std::chrono::duration<double>(config.http.shutdown_delay + config.http.graceful_timeout + 5.0));
 
   pid_t child = start_server(argv, original);
-  bool stopping = false;         // SIGTERM/SIGINT came: the supervisor ends with the server
-  bool restart = false;          // the server was asked to stop for a change
+  // restarting: the server was asked to stop for a change; stopping (SIGTERM/SIGINT came, even
+  // during a restart): the supervisor ends with the server.
+  enum class State { serving, restarting, stopping } state = State::serving;
   Clock::time_point kill_at = Clock::time_point::max();
   for (;;) {
     const timespec poll{0, kPollNanoseconds};
     const int signo = sigtimedwait(&watched, nullptr, &poll);
     if (signo == SIGINT || signo == SIGTERM) {
       if (child <= 0) return 0;
-      if (!stopping) spdlog::info("reloader: received {}; stopping the server", sigabbrev_np(signo));
+      if (state != State::stopping) spdlog::info("reloader: received {}; stopping the server", sigabbrev_np(signo));
       kill(child, signo);  // a second one passes on too: the server stops at once
-      stopping = true;
+      state = State::stopping;
       kill_at = std::min(kill_at, Clock::now() + kill_after);
     }
     int status = 0;
     if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
       child = -1;
       kill_at = Clock::time_point::max();
-      if (stopping) return exit_code(status);
-      if (restart) {
-        restart = false;
+      if (state == State::stopping) return exit_code(status);
+      if (state == State::restarting) {
+        state = State::serving;
         child = start_server(argv, original);
       } else {
         spdlog::warn("reloader: the server exited ({}); it starts again when a file changes", describe(status));
@@ -177,7 +178,7 @@ int reload_main(const ServerConfig& config, char** argv) {
       kill(child, SIGKILL);
       kill_at = Clock::time_point::max();
     }
-    if (stopping || restart || signo > 0) continue;
+    if (state != State::serving || signo > 0) continue;
 
     Snapshot now = snapshot(dirs);
     const std::string changed = first_change(files, now);
@@ -193,7 +194,7 @@ int reload_main(const ServerConfig& config, char** argv) {
     if (child > 0) {
       spdlog::info("reloader: {} changed; restarting the server", changed);
       kill(child, SIGTERM);
-      restart = true;
+      state = State::restarting;
       kill_at = Clock::now() + kill_after;
     } else {
       spdlog::info("reloader: {} changed; starting the server", changed);

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <charconv>
+#include <limits>
 #include <cstdio>
 #include <atomic>
 #include <deque>
@@ -1107,10 +1107,9 @@ std::optional<int> take_inherited_listener() {
   if (value == nullptr) return std::nullopt;
   const std::string text = value;
   unsetenv(kListenFdVariable);
-  int fd = -1;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), fd);
-  if (error != std::errc() || end != text.data() + text.size()) fd = -1;
-  return adopt_listener(fd, std::string(kListenFdVariable) + "=" + text);
+  const auto fd = whole_integer(text);
+  const bool usable = fd && *fd >= 0 && *fd <= std::numeric_limits<int>::max();
+  return adopt_listener(usable ? static_cast<int>(*fd) : -1, std::string(kListenFdVariable) + "=" + text);
 }
 
 namespace {
@@ -1127,7 +1126,8 @@ tcp protocol_of(int fd) {
 HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener)
     : impl_(std::make_unique<Impl>(config, executor)) {
   auto& a = impl_->acceptor;
-  const std::string where = config.http.host + ":" + std::to_string(config.http.port);
+  const std::string where = listener ? "the inherited socket (descriptor " + std::to_string(*listener) + ")"
+                                     : config.http.host + ":" + std::to_string(config.http.port);
   const int fd = listener ? *listener : listen_socket(config.http);
   beast::error_code ec;
   a.assign(protocol_of(fd), fd, ec);

@@ -1,6 +1,16 @@
 #include "server/model/options.hpp"
 
+#include <charconv>
+
 namespace gilgamesh {
+
+std::optional<long long> whole_integer(std::string_view text) {
+  long long value = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (text.empty() || error != std::errc() || stop != end) return std::nullopt;
+  return value;
+}
 
 // Missing keys keep their defaults, so a field added above needs only its name here.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, io_threads, max_body,

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "server/model/strategy.hpp"
@@ -123,5 +125,9 @@ NLOHMANN_JSON_SERIALIZE_ENUM(Lifespan, {{Lifespan::automatic, "auto"}, {Lifespan
 // the options travel as JSON on its command line. Every field, by its name.
 void to_json(nlohmann::json& j, const ServerConfig& c);
 void from_json(const nlohmann::json& j, ServerConfig& c);
+
+// All of `text` as a decimal integer; nothing if it is empty, has anything after the digits or
+// does not fit. (A port, a descriptor number, a flag's value.)
+std::optional<long long> whole_integer(std::string_view text);
 
 }  // namespace gilgamesh

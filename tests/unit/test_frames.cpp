@@ -568,6 +568,16 @@ TEST(Frames, AWebSocketCloseRoundTripsAndRejectsGarbage) {
   }
 }
 
+TEST(WholeInteger, TakesOnlyAWholeDecimalNumber) {
+  using gilgamesh::whole_integer;
+  EXPECT_EQ(whole_integer("8080"), 8080);
+  EXPECT_EQ(whole_integer("-3"), -3);
+  EXPECT_EQ(whole_integer("0"), 0);
+  for (const char* bad : {"", "80x", " 80", "+80", "0x10", "99999999999999999999", "-"}) {
+    EXPECT_FALSE(whole_integer(bad).has_value()) << bad;
+  }
+}
+
 TEST(ServerConfigJson, RoundTripsEveryField) {
   gilgamesh::ServerConfig c;
   c.pool.strategy = gilgamesh::Strategy::processes;
