@@ -170,8 +170,12 @@ void add_pool_options(CLI::App& cli, PoolOptions& pool, RawFlags& raw) {
 void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
   cli.add_option("-b,--bind", raw.bind,
                  "Where to listen, as gunicorn's --bind: HOST:PORT, [IPv6]:PORT, HOST (port 8080), or "
-                 "fd://N, a listening socket this process inherited (systemd's socket activation); "
-                 "instead of --host and --port");
+                 "unix:PATH, a UNIX socket, or fd://N, a listening socket this process inherited "
+                 "(systemd's socket activation); instead of --host and --port");
+  cli.add_option("--uds", h.uds,
+                 "Listen on a UNIX socket at this path instead of --host and --port, as uvicorn's "
+                 "--uds (a stale socket file is replaced; the socket is made connectable by every "
+                 "user, 0666: restrict access with its folder's permissions)");
   cli.add_option("--host", h.host, "Address to listen on")->capture_default_str();
   cli.add_option("--port", h.port, "TCP port to listen on (0: any free port)")
       ->check(integer_in(0, 65535))
@@ -305,9 +309,21 @@ bool resolve_strategy(PoolOptions& pool, const RawFlags& raw) {
   return true;
 }
 
-// -b/--bind into --host and --port, or the inherited socket's number; false (after saying why)
-// if it is not usable.
+// -b/--bind into --host and --port, a UNIX socket's path or the inherited socket's number, and
+// --uds against the others; false (after saying why) if they are not usable.
 bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
+  if (cli.count("--uds") > 0) {
+    for (const char* other : {"--bind", "--host", "--port"}) {
+      if (cli.count(other) == 0) continue;
+      std::cerr << "gilgamesh: --uds and " << other << " are exclusive: give one place to listen (see --help)\n";
+      return false;
+    }
+    if (http.uds.empty()) {
+      std::cerr << "gilgamesh: --uds takes the socket's path (see --help)\n";
+      return false;
+    }
+    return true;
+  }
   if (cli.count("--bind") == 0) return true;
   const std::string& bind = raw.bind;
   auto refuse = [&](const std::string& why) {
@@ -315,7 +331,11 @@ bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
     return false;
   };
   if (cli.count("--host") > 0 || cli.count("--port") > 0) return refuse("give --bind, or --host and --port, not both");
-  if (bind.starts_with("unix:")) return refuse("UNIX sockets are not supported; listen on a TCP address");
+  if (bind.starts_with("unix:")) {
+    if (bind.size() == 5) return refuse("unix: takes the socket's path, as unix:/run/app.sock");
+    http.uds = bind.substr(5);
+    return true;
+  }
   auto port_of = [](std::string_view text, int& port) {
     const auto n = whole_integer(text);
     if (!n || *n < 0 || *n > 65535) return false;

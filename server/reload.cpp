@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -117,9 +118,11 @@ std::string joined(const std::vector<fs::path>& dirs) {
 
 int reload_main(const ServerConfig& config, char** argv) {
   int fd = -1;
+  std::optional<SocketFile> socket_file;  // --uds's: the supervisor made it, and removes it
   try {
     const int given = config.http.listen_fd;
     fd = given >= 0 ? adopt_listener(given, "--bind fd://" + std::to_string(given)) : listen_socket(config.http);
+    if (given < 0 && !config.http.uds.empty()) socket_file.emplace(config.http.uds);
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     return 1;

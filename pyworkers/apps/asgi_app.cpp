@@ -34,7 +34,10 @@ py::Ref str_of(std::string_view s) {
   return py::Ref::steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
 }
 
+// (host, port), or None where there is no address: a UNIX socket's peer and end (--uds), as
+// uvicorn gives them.
 py::Ref host_port(const std::string& host, std::uint16_t port) {
+  if (host.empty()) return py::Ref::borrow(Py_None);
   py::Ref h = str_of(host);
   if (!h) return {};
   return py::Ref::steal(Py_BuildValue("(Oi)", h.get(), static_cast<int>(port)));

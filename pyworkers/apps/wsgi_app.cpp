@@ -193,7 +193,7 @@ py::Ref WsgiApp::environ_for(const HttpRequestData& r) {
       !put(k_query_string_, latin1(r.query_string)) || !put(k_server_name_, latin1(server_name)) ||
       !put(k_server_port_, latin1(std::to_string(r.server_port))) ||
       !put(k_server_protocol_, latin1(r.http_version)) || !put(k_remote_addr_, latin1(r.remote_addr)) ||
-      !put(k_remote_port_, latin1(std::to_string(r.remote_port))) ||
+      (!r.remote_addr.empty() && !put(k_remote_port_, latin1(std::to_string(r.remote_port)))) ||
       !put(k_request_uri_, latin1(r.target)) || !put(k_raw_uri_, latin1(r.target)) ||
       !put(k_request_id_, latin1(r.request_id))) {
     return {};

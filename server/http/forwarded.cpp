@@ -95,7 +95,7 @@ bool TrustedProxies::trusts(std::string_view address) const {
   return parse_address(address, a) && trusts(a);
 }
 
-void apply(HttpRequestData& request, const TrustedProxies& trusted) {
+void apply(HttpRequestData& request, const TrustedProxies& trusted, bool unix_peer) {
   if (trusted.none()) return;
   const std::string* proto = nullptr;
   std::string chain;  // every X-Forwarded-For line, joined as one list
@@ -107,7 +107,7 @@ void apply(HttpRequestData& request, const TrustedProxies& trusted) {
     }
   }
   // Most requests carry neither: the peer's address is parsed only for those that do.
-  if ((!proto && chain.empty()) || !trusted.trusts(request.remote_addr)) return;
+  if ((!proto && chain.empty()) || !(unix_peer || trusted.trusts(request.remote_addr))) return;
   if (proto) {
     const std::vector<std::string_view> values = items(*proto);
     if (!values.empty()) {

@@ -49,8 +49,10 @@ bool parse_address(std::string_view text, boost::asio::ip::address& out);
 // and its client from X-Forwarded-For read from the right, past the trusted
 // proxies: the first address not trusted (every one trusted: the leftmost),
 // with port 0 (the client's port is not forwarded). A header that does not
-// parse changes nothing. Otherwise the request is left as it came.
-void apply(HttpRequestData& request, const TrustedProxies& trusted);
+// parse changes nothing. Otherwise the request is left as it came. A peer on a UNIX socket
+// (`unix_peer`, --uds: only a process on this machine that may open the socket file) is
+// trusted unless the list is empty, as gunicorn trusts one.
+void apply(HttpRequestData& request, const TrustedProxies& trusted, bool unix_peer = false);
 
 // A client as the access log names it: "203.0.113.7:51234", "[2001:db8::1]:51234",
 // the address alone when its port is not known (0: a forwarded client), "-" when

@@ -7,10 +7,13 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <limits>
 #include <cstdio>
+#include <cstring>
 #include <atomic>
 #include <deque>
 #include <future>
@@ -37,6 +40,10 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
+// Connections come over TCP or, with --uds, a UNIX socket: one stream type serves both.
+using StreamProtocol = net::generic::stream_protocol;
+using Socket = StreamProtocol::socket;
+using Stream = beast::basic_stream<StreamProtocol, net::any_io_executor, beast::unlimited_rate_policy>;
 
 namespace {
 
@@ -56,18 +63,28 @@ constexpr auto kAcceptBackoffMax = std::chrono::milliseconds(250);
 // slower than this is dropped.
 constexpr auto kWebSocketHandshakeTimeout = std::chrono::seconds(10);
 
-// The next layer of a WebSocket: the connection's tcp_stream, with a teardown that
+// An endpoint's address and port; nothing for a UNIX socket's, which has neither.
+std::optional<tcp::endpoint> ip_endpoint(const StreamProtocol::endpoint& e) {
+  const int family = e.data()->sa_family;
+  if ((family != AF_INET && family != AF_INET6) || e.size() > tcp::endpoint().capacity()) return std::nullopt;
+  tcp::endpoint ip;
+  std::memcpy(ip.data(), e.data(), e.size());
+  ip.resize(e.size());
+  return ip;
+}
+
+// The next layer of a WebSocket: the connection's stream, with a teardown that
 // lingers. Beast's own (websocket/impl/teardown.hpp) reads once and closes: a client
 // still sending (the rest of a message over --ws-max-message) then gets a reset
 // instead of the close frame. This one stops sending, reads and drops what comes
 // until the client closes, or kLingerTime or kLingerBytes, then closes the socket.
 class LingeringStream {
  public:
-  using executor_type = beast::tcp_stream::executor_type;
-  explicit LingeringStream(beast::tcp_stream& stream) : stream_(stream) {}
+  using executor_type = Stream::executor_type;
+  explicit LingeringStream(Stream& stream) : stream_(stream) {}
   executor_type get_executor() { return stream_.get_executor(); }
-  beast::tcp_stream& next_layer() { return stream_; }
-  const beast::tcp_stream& next_layer() const { return stream_; }
+  Stream& next_layer() { return stream_; }
+  const Stream& next_layer() const { return stream_; }
   template <class Buffers, class Handler>
   auto async_read_some(const Buffers& buffers, Handler&& handler) {
     return stream_.async_read_some(buffers, std::forward<Handler>(handler));
@@ -78,12 +95,12 @@ class LingeringStream {
   }
 
  private:
-  beast::tcp_stream& stream_;
+  Stream& stream_;
 };
 
 template <class Handler>
 struct LingeringTeardown {
-  beast::tcp_stream& stream;
+  Stream& stream;
   Handler handler;
   std::unique_ptr<char[]> buffer;
   std::size_t lingered = 0;
@@ -103,9 +120,9 @@ struct LingeringTeardown {
 // Found by Beast's websocket::stream (argument-dependent lookup) for its closes.
 template <class Handler>
 void async_teardown(beast::role_type, LingeringStream& s, Handler&& handler) {
-  beast::tcp_stream& stream = s.next_layer();
+  Stream& stream = s.next_layer();
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.socket().shutdown(Socket::shutdown_send, ignored);
   stream.expires_after(kLingerTime);
   LingeringTeardown<std::decay_t<Handler>>{stream, std::forward<Handler>(handler),
                                            std::make_unique<char[]>(kReadSize)}
@@ -174,13 +191,16 @@ struct HttpServer::Impl {
   std::unordered_set<Session*> sessions;
 
   net::io_context ioc;
-  tcp::acceptor acceptor;
+  net::basic_socket_acceptor<StreamProtocol> acceptor;
+  bool unix_socket = false;  // --uds
   // An inherited socket (a --reload supervisor's, --bind fd://N): connections wait in its
   // backlog until the workers are ready, instead of a 503 "starting" for each request during
   // every restart.
   bool accept_when_ready = false;
-  std::string bound_host;         // --host, or an inherited socket's own address ([IPv6])
+  std::string bound_url;          // http://HOST:PORT (--host, or an inherited socket's own
+                                  // address; [IPv6]) or unix:PATH
   unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
+  std::optional<SocketFile> socket_file;  // --uds's, removed when the server ends
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
   // Accept errors: the acceptor's chain only (one accept is pending at a time).
@@ -200,20 +220,20 @@ struct HttpServer::Impl {
 // connection's executor: a strand with several I/O threads, the one I/O thread otherwise.
 class Session final : public JobOwner, public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, HttpServer::Impl& server)
+  Session(Socket&& socket, HttpServer::Impl& server)
       : stream_(std::move(socket)),
         server_(server),
         job_timer_(stream_.get_executor()),
         accepted_at_(std::chrono::steady_clock::now()),
         native_fd_(stream_.socket().native_handle()) {
     beast::error_code ec;
-    if (auto remote = stream_.socket().remote_endpoint(ec); !ec) {
-      peer_.remote_addr = remote.address().to_string();
-      peer_.remote_port = remote.port();
+    if (auto remote = ip_endpoint(stream_.socket().remote_endpoint(ec)); remote && !ec) {
+      peer_.remote_addr = remote->address().to_string();
+      peer_.remote_port = remote->port();
     }
-    if (auto local = stream_.socket().local_endpoint(ec); !ec) {
-      peer_.local_addr = local.address().to_string();
-      peer_.local_port = local.port();
+    if (auto local = ip_endpoint(stream_.socket().local_endpoint(ec)); local && !ec) {
+      peer_.local_addr = local->address().to_string();
+      peer_.local_port = local->port();
     }
     server_.stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     server_.stats.connections_open.fetch_add(1, std::memory_order_relaxed);
@@ -431,7 +451,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     const auto deadline = arrived_ + seconds_setting(server_.config.http.request_timeout);
     job.deadline = deadline;
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
-    forwarded::apply(job.request, server_.trusted_proxies);
+    forwarded::apply(job.request, server_.trusted_proxies, server_.unix_socket);
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();
@@ -853,7 +873,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         forwarding.headers.push_back({std::string(field.name_string()), std::string(field.value())});
       }
     }
-    forwarded::apply(forwarding, server_.trusted_proxies);
+    forwarded::apply(forwarding, server_.trusted_proxies, server_.unix_socket);
     return forwarded::client_text(forwarding.remote_addr, forwarding.remote_port);
   }
 
@@ -876,7 +896,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (shutting_down_) return close();
     lingering_ = true;
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().shutdown(Socket::shutdown_send, ignored);
     stream_.expires_after(kLingerTime);
     buffer_.clear();
     drain();
@@ -894,14 +914,14 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job_timer_.cancel();
     body_.reset();  // a handler still producing is told to stop
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().shutdown(Socket::shutdown_send, ignored);
     stream_.close();
   }
 
   static constexpr std::size_t kNoRoute = static_cast<std::size_t>(-1);
   static constexpr std::chrono::seconds kFirstRequestGrace{1};
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   HttpServer::Impl& server_;
   beast::flat_buffer buffer_;
   exchange::HeadScanner scanner_;
@@ -953,7 +973,7 @@ void HttpServer::Impl::do_accept() {
   // only add a second queue (and a second post) to each completion from a worker.
   const net::any_io_executor connection_executor =
       config.http.io_threads == 1 ? net::any_io_executor(ioc.get_executor()) : net::any_io_executor(net::make_strand(ioc));
-  acceptor.async_accept(connection_executor, [this](beast::error_code ec, tcp::socket socket) {
+  acceptor.async_accept(connection_executor, [this](beast::error_code ec, Socket socket) {
     if (ec) return on_accept_error(ec);
     accept_backoff = {};
     beast::error_code ignored;
@@ -964,7 +984,7 @@ void HttpServer::Impl::do_accept() {
       socket.close(ignored);
       return do_accept();
     }
-    socket.set_option(tcp::no_delay(true), ignored);
+    if (!unix_socket) socket.set_option(tcp::no_delay(true), ignored);
     std::make_shared<Session>(std::move(socket), *this)->start();
     do_accept();
   });
@@ -1045,7 +1065,43 @@ void HttpServer::Impl::for_each_session(void (Session::*action)()) {
   }
 }
 
+namespace {
+// --uds PATH: a UNIX socket there, connectable by every user (0666, as uvicorn makes it; the
+// folder's permissions restrict who reaches it). A socket file left by a server that is gone
+// (nothing accepts on it) is replaced; one a server still listens on, or a file that is not a
+// socket, is refused.
+int listen_unix(const std::string& path) {
+  const std::string where = "unix:" + path;
+  auto fail = [&where](const std::string& why) { return ListenError("cannot listen on " + where + ": " + why); };
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof address.sun_path) {
+    throw fail("the path is longer than " + std::to_string(sizeof address.sun_path - 1) + " bytes");
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  const auto* as_sockaddr = reinterpret_cast<const sockaddr*>(&address);
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) throw fail("a file that is not a socket is there");
+    const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool live = probe >= 0 && connect(probe, as_sockaddr, sizeof address) == 0;
+    if (probe >= 0) ::close(probe);
+    if (live) throw ListenError(where + " is already in use (is another server running there?)");
+    if (unlink(path.c_str()) != 0) throw fail(std::string("cannot remove the stale socket file: ") + std::strerror(errno));
+  }
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw fail(std::strerror(errno));
+  if (bind(fd, as_sockaddr, sizeof address) != 0 || chmod(path.c_str(), 0666) != 0 || listen(fd, SOMAXCONN) != 0) {
+    const int error = errno;
+    ::close(fd);
+    throw fail(std::string(std::strerror(error)) + (error == EACCES ? " (may this user create files in that folder?)" : ""));
+  }
+  return fd;
+}
+}  // namespace
+
 int listen_socket(const HttpOptions& http) {
+  if (!http.uds.empty()) return listen_unix(http.uds);
   const std::string where = http.host + ":" + std::to_string(http.port);
   beast::error_code ec;
   net::io_context ioc(1);
@@ -1090,13 +1146,16 @@ int listen_socket(const HttpOptions& http) {
 
 int adopt_listener(int fd, const std::string& what) {
   int listening = 0;
+  int type = 0;
   socklen_t size = sizeof listening;
+  socklen_t type_size = sizeof type;
   sockaddr_storage address{};
   socklen_t address_size = sizeof address;
   if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening ||
+      getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_size) != 0 || type != SOCK_STREAM ||
       getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_size) != 0 ||
-      (address.ss_family != AF_INET && address.ss_family != AF_INET6)) {
-    throw ListenError(what + " is not a listening TCP socket");
+      (address.ss_family != AF_INET && address.ss_family != AF_INET6 && address.ss_family != AF_UNIX)) {
+    throw ListenError(what + " is not a listening TCP or UNIX stream socket");
   }
   fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
   return fd;
@@ -1113,13 +1172,30 @@ std::optional<int> take_inherited_listener() {
 }
 
 namespace {
-tcp protocol_of(int fd) {
+// The listening socket's protocol and where it is, as a URL for the log: http://HOST:PORT
+// ([IPv6]) or unix:PATH.
+struct Bound {
+  StreamProtocol protocol{AF_INET, IPPROTO_TCP};
+  std::string url;
+  unsigned short port = 0;
+};
+
+Bound bound(int fd, const HttpOptions& http, bool inherited) {
   sockaddr_storage address{};
   socklen_t size = sizeof address;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0 && address.ss_family == AF_INET6) {
-    return tcp::v6();
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return {};
+  if (address.ss_family == AF_UNIX) {
+    const auto& un = reinterpret_cast<const sockaddr_un&>(address);
+    const std::size_t length = size > offsetof(sockaddr_un, sun_path) ? size - offsetof(sockaddr_un, sun_path) : 0;
+    return {StreamProtocol(AF_UNIX, 0), "unix:" + std::string(un.sun_path, strnlen(un.sun_path, length)), 0};
   }
-  return tcp::v4();
+  tcp::endpoint local;
+  std::memcpy(local.data(), &address, std::min<std::size_t>(size, local.capacity()));
+  local.resize(std::min<std::size_t>(size, local.capacity()));
+  std::string host = inherited ? local.address().to_string() : http.host;
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";  // a URL's
+  return {StreamProtocol(address.ss_family, IPPROTO_TCP), "http://" + host + ":" + std::to_string(local.port()),
+          local.port()};
 }
 }  // namespace
 
@@ -1127,15 +1203,16 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::opti
     : impl_(std::make_unique<Impl>(config, executor)) {
   auto& a = impl_->acceptor;
   const std::string where = listener ? "the inherited socket (descriptor " + std::to_string(*listener) + ")"
-                                     : config.http.host + ":" + std::to_string(config.http.port);
+                            : config.http.uds.empty() ? config.http.host + ":" + std::to_string(config.http.port)
+                                                      : "unix:" + config.http.uds;
   const int fd = listener ? *listener : listen_socket(config.http);
+  if (!listener && !config.http.uds.empty()) impl_->socket_file.emplace(config.http.uds);
+  const Bound b = bound(fd, config.http, listener.has_value());
   beast::error_code ec;
-  a.assign(protocol_of(fd), fd, ec);
-  tcp::endpoint local;
-  if (!ec) local = a.local_endpoint(ec);
-  impl_->bound_port = local.port();
-  impl_->bound_host = listener ? local.address().to_string() : config.http.host;
-  if (impl_->bound_host.find(':') != std::string::npos) impl_->bound_host = "[" + impl_->bound_host + "]";  // a URL's
+  a.assign(b.protocol, fd, ec);
+  impl_->unix_socket = b.protocol.family() == AF_UNIX;
+  impl_->bound_url = b.url;
+  impl_->bound_port = b.port;
   impl_->accept_when_ready = listener.has_value();
   if (ec) {
     if (!a.is_open()) ::close(fd);
@@ -1145,6 +1222,10 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::opti
 }
 
 HttpServer::~HttpServer() = default;
+
+SocketFile::~SocketFile() {
+  if (getpid() == owner_) unlink(path_.c_str());
+}
 
 unsigned short HttpServer::port() const { return impl_->bound_port; }
 
@@ -1183,7 +1264,7 @@ HttpServer::Outcome HttpServer::run() {
   // The workers start while the listener already answers: /healthz 200,
   // /readyz 503 "starting", Python routes 503 until the workers are up. (Under --reload the
   // connections wait until they are.)
-  spdlog::info("listening on http://{}:{}{}; starting {} {} workers for {}", s.bound_host, port(),
+  spdlog::info("listening on {}{}; starting {} {} workers for {}", s.bound_url,
                s.accept_when_ready ? " (an inherited socket: accepting once they are ready)" : "",
                s.config.pool.workers, strategy_name(s.executor.info().strategy), s.config.app.target);
   try {
@@ -1201,8 +1282,8 @@ HttpServer::Outcome HttpServer::run() {
   s.stats.init_routes(s.executor.routes().size());
   s.app_router.store(s.app_router_holder.get(), std::memory_order_release);
   if (s.accept_when_ready) net::post(s.ioc, [&s] { s.do_accept(); });
-  spdlog::info("serving {} on http://{}:{} (strategy {}, {} workers, {} I/O threads)", s.config.app.target,
-               s.bound_host, port(), strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
+  spdlog::info("serving {} on {} (strategy {}, {} workers, {} I/O threads)", s.config.app.target, s.bound_url,
+               strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
 
   s.shutdown_requested.get_future().wait();
   const auto deadline = std::chrono::steady_clock::now() + seconds_setting(s.config.http.graceful_timeout);

@@ -2,6 +2,8 @@
 // shutdown. It sees Python only through the Executor interface.
 #pragma once
 
+#include <unistd.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,12 +24,27 @@ class ListenError : public std::runtime_error {
 // supervisor binds once and passes it to each server it starts).
 inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
 
-// Binds and listens on --host:--port (SO_REUSEADDR); returns the descriptor, the caller's to
-// close. Throws ListenError, in words for the user, if it cannot.
+// Binds and listens on --host:--port (SO_REUSEADDR), or on --uds's path (SocketFile below
+// removes it); returns the descriptor, the caller's to close. Throws ListenError, in words for
+// the user, if it cannot.
 int listen_socket(const HttpOptions& http);
 
-// A listening TCP socket this process inherited (--bind fd://N), checked and marked
-// close-on-exec; throws ListenError naming `what` if it is none.
+// The file of a UNIX socket this process made (--uds), removed when this ends in that process
+// (not in a copy of it that the app forked).
+class SocketFile {
+ public:
+  explicit SocketFile(std::string path) : path_(std::move(path)), owner_(getpid()) {}
+  ~SocketFile();
+  SocketFile(const SocketFile&) = delete;
+  SocketFile& operator=(const SocketFile&) = delete;
+
+ private:
+  std::string path_;
+  pid_t owner_;
+};
+
+// A listening TCP or UNIX stream socket this process inherited (--bind fd://N), checked and
+// marked close-on-exec; throws ListenError naming `what` if it is none.
 int adopt_listener(int fd, const std::string& what);
 
 // The listening socket named by GILGAMESH_LISTEN_FD, taken once: the variable is removed and the
@@ -44,7 +61,7 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // The bound port (useful with --port 0).
+  // The bound port (useful with --port 0); 0 on a UNIX socket.
   unsigned short port() const;
   enum class Outcome {
     stopped,                // drained and stopped cleanly

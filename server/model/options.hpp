@@ -26,6 +26,8 @@ struct HttpOptions {
   std::uint16_t port = 8080;
   int listen_fd = -1;                          // --bind fd://N: an inherited listening socket
                                                // instead of host and port (not sent to the zygote)
+  std::string uds;                             // --uds PATH, --bind unix:PATH: a UNIX socket
+                                               // instead of host and port
   int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
   std::size_t max_body = 1024 * 1024;          // bytes; larger request bodies get 413
   std::size_t max_connections = 0;             // open connections; past it new ones are closed

@@ -15,7 +15,7 @@ namespace gilgamesh {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-using tcp = net::ip::tcp;
+using Socket = net::generic::stream_protocol::socket;  // TCP, or a UNIX socket (--uds)
 
 namespace {
 
@@ -39,7 +39,7 @@ std::string imf_fixdate_now() {
 // I/O thread), so its members need no lock.
 class EventStream : public std::enable_shared_from_this<EventStream> {
  public:
-  EventStream(tcp::socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id,
+  EventStream(Socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id,
               std::string client)
       : stream_(std::move(socket)), timer_(stream_.get_executor()), owner_(owner), chunked_(http_version >= 11),
         request_id_(std::move(request_id)), client_(std::move(client)), started_(std::chrono::steady_clock::now()) {
@@ -157,11 +157,11 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
     closed_ = true;
     timer_.cancel();
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().shutdown(Socket::shutdown_both, ignored);
     stream_.close();
   }
 
-  beast::tcp_stream stream_;
+  beast::basic_stream<net::generic::stream_protocol, net::any_io_executor, beast::unlimited_rate_policy> stream_;
   net::steady_timer timer_;
   EventStreams& owner_;
   http::response<http::empty_body> head_;
@@ -183,13 +183,13 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
 EventStreams::EventStreams(ServerStats& stats, std::function<std::string()> snapshot, bool access_log)
     : stats_(stats), snapshot_(std::move(snapshot)), access_log_(access_log) {}
 
-void EventStreams::start(tcp::socket socket, unsigned http_version, std::string request_id, std::string client) {
+void EventStreams::start(Socket socket, unsigned http_version, std::string request_id, std::string client) {
   std::shared_ptr<EventStream> stream;
   {
     std::lock_guard lock(mutex_);
     if (stopped_) {
       beast::error_code ignored;
-      socket.shutdown(tcp::socket::shutdown_both, ignored);
+      socket.shutdown(Socket::shutdown_both, ignored);
       socket.close(ignored);
       return;
     }

@@ -19,7 +19,7 @@
 // open: each stream owns its one-second timer.
 #pragma once
 
-#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 
 #include <cstddef>
 #include <functional>
@@ -43,7 +43,7 @@ class EventStreams {
   // Takes the connection over (on the connection's strand, right after the
   // request was read) and streams until the client leaves or shutdown().
   // `client`: the access log's name for the client (forwarded::client_text).
-  void start(boost::asio::ip::tcp::socket socket, unsigned http_version, std::string request_id,
+  void start(boost::asio::generic::stream_protocol::socket socket, unsigned http_version, std::string request_id,
              std::string client);
   // Ends every stream: a last "shutdown" event, then close. Later start()s
   // close their connection at once. Thread-safe.

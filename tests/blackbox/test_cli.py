@@ -81,7 +81,11 @@ def test_version(gilgamesh_bin):
     (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),
     (["--forwarded-allow-ips", "10.0.0.0/33"], "prefix length must be 0..32"),
     (["--log-level", "loud"], "log-level"),
-    (["--bind", "unix:/tmp/g.sock"], "UNIX sockets are not supported"),
+    (["--bind", "unix:"], "unix: takes the socket's path"),
+    (["--bind", "unix:/tmp/g.sock", "--host", "0.0.0.0"], "give --bind, or --host and --port, not both"),
+    (["--uds", "/tmp/g.sock", "--port", "8081"], "--uds and --port are exclusive"),
+    (["--uds", "/tmp/g.sock", "--bind", "127.0.0.1:8081"], "--uds and --bind are exclusive"),
+    (["--uds", ""], "--uds takes the socket's path"),
     (["--bind", "::1:8080"], "an IPv6 address goes in brackets: [::1]:8080"),
     (["--bind", "127.0.0.1:99999"], "PORT must be in 0..65535"),
     (["--bind", "127.0.0.1:8080", "--port", "8081"], "give --bind, or --host and --port, not both"),
@@ -161,7 +165,7 @@ def test_bind_fd_serves_on_an_inherited_socket(gilgamesh_bin):
                                 stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 pass_fds=(fd,), timeout=scaled(30))
     assert result.returncode == 1, result
-    assert "--bind fd://%d is not a listening TCP socket" % fd in result.stderr, result.stderr
+    assert "--bind fd://%d is not a listening TCP or UNIX stream socket" % fd in result.stderr, result.stderr
 
 
 def test_missing_app_module_is_named(gilgamesh_bin, strategy):

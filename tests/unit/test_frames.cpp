@@ -589,6 +589,7 @@ TEST(ServerConfigJson, RoundTripsEveryField) {
   c.app.pythonpath = {"/a", "/b c"};
   c.pool.max_queue = 9;
   c.http.max_body = 99;
+  c.http.uds = "/run/app.sock";
   c.pool.max_requests = 5;
   c.pool.max_requests_jitter = 2;
   c.pool.max_abandoned = 3;
