@@ -6,8 +6,10 @@
 #include <cctype>
 #include <limits>
 #include <cmath>
+#include <initializer_list>
 #include <iostream>
 #include <optional>
+#include <string_view>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -309,31 +311,55 @@ bool resolve_strategy(PoolOptions& pool, const RawFlags& raw) {
   return true;
 }
 
-// -b/--bind into --host and --port, a UNIX socket's path or the inherited socket's number, and
-// --uds against the others; false (after saying why) if they are not usable.
-bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
-  if (cli.count("--uds") > 0) {
-    for (const char* other : {"--bind", "--host", "--port"}) {
-      if (cli.count(other) == 0) continue;
-      std::cerr << "gilgamesh: --uds and " << other << " are exclusive: give one place to listen (see --help)\n";
-      return false;
+// Whether argv spells one of `names` (as "--bind X", "--bind=X", or "-bX" for a short name),
+// rather than its GILGAMESH_ variable setting it.
+bool on_command_line(int argc, char** argv, std::initializer_list<std::string_view> names) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--") break;
+    for (std::string_view name : names) {
+      const bool short_name = name.size() == 2;
+      if (arg == name || (arg.starts_with(name) && (short_name || arg[name.size()] == '='))) return true;
     }
-    if (http.uds.empty()) {
-      std::cerr << "gilgamesh: --uds takes the socket's path (see --help)\n";
-      return false;
-    }
-    return true;
   }
-  if (cli.count("--bind") == 0) return true;
-  const std::string& bind = raw.bind;
+  return false;
+}
+
+// Where to listen: --uds, -b/--bind (into --host and --port, a UNIX socket's path or an
+// inherited socket's number), or --host and --port. The command line wins over the
+// environment (the container image sets GILGAMESH_HOST and GILGAMESH_PORT: `-b` or `--uds` on
+// `docker run`'s command line must not clash with them); two ways on the command line, or
+// --uds and --bind both from the environment, are refused. False (after saying why) if they are
+// not usable.
+bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli, int argc, char** argv) {
+  const bool uds_cli = on_command_line(argc, argv, {"--uds"});
+  const bool bind_cli = on_command_line(argc, argv, {"-b", "--bind"});
+  const bool host_cli = on_command_line(argc, argv, {"--host", "--port"});
+  const bool command_line = uds_cli || bind_cli || host_cli;  // then what the environment says is not read
+  const bool uds = command_line ? uds_cli : cli.count("--uds") > 0;
+  const bool bind = command_line ? bind_cli : cli.count("--bind") > 0;
+  const bool host_port = host_cli;  // from the environment, --host and --port yield to the others
+  if (!uds) http.uds.clear();
+  const char* clash = uds && bind ? "--uds and --bind" : uds && host_port ? "--uds and --host/--port"
+                                                       : bind && host_port ? "--bind and --host/--port" : nullptr;
+  if (clash != nullptr) {
+    std::cerr << "gilgamesh: " << clash << " are exclusive: give one place to listen (see --help)\n";
+    return false;
+  }
+  if (uds) {
+    if (!http.uds.empty()) return true;
+    std::cerr << "gilgamesh: --uds takes the socket's path (see --help)\n";
+    return false;
+  }
+  if (!bind) return true;
+  const std::string& bind_text = raw.bind;
   auto refuse = [&](const std::string& why) {
-    std::cerr << "gilgamesh: --bind " << bind << ": " << why << " (see --help)\n";
+    std::cerr << "gilgamesh: --bind " << bind_text << ": " << why << " (see --help)\n";
     return false;
   };
-  if (cli.count("--host") > 0 || cli.count("--port") > 0) return refuse("give --bind, or --host and --port, not both");
-  if (bind.starts_with("unix:")) {
-    if (bind.size() == 5) return refuse("unix: takes the socket's path, as unix:/run/app.sock");
-    http.uds = bind.substr(5);
+  if (bind_text.starts_with("unix:")) {
+    if (bind_text.size() == 5) return refuse("unix: takes the socket's path, as unix:/run/app.sock");
+    http.uds = bind_text.substr(5);
     return true;
   }
   auto port_of = [](std::string_view text, int& port) {
@@ -342,26 +368,26 @@ bool resolve_bind(HttpOptions& http, const RawFlags& raw, const CLI::App& cli) {
     port = static_cast<int>(*n);
     return true;
   };
-  if (bind.starts_with("fd://")) {
-    const auto fd = whole_integer(std::string_view(bind).substr(5));
+  if (bind_text.starts_with("fd://")) {
+    const auto fd = whole_integer(std::string_view(bind_text).substr(5));
     if (!fd || *fd < 0 || *fd > std::numeric_limits<int>::max()) return refuse("fd:// takes a file descriptor number");
     http.listen_fd = static_cast<int>(*fd);
     return true;
   }
-  std::string host = bind;
-  int port = http.port;
-  if (bind.starts_with('[')) {  // [IPv6] or [IPv6]:PORT
-    const auto close = bind.find(']');
+  std::string host = bind_text;
+  int port = HttpOptions{}.port;  // HOST alone: 8080, whatever GILGAMESH_PORT says
+  if (bind_text.starts_with('[')) {  // [IPv6] or [IPv6]:PORT
+    const auto close = bind_text.find(']');
     if (close == std::string::npos) return refuse("an IPv6 address in brackets lacks its ']'");
-    host = bind.substr(1, close - 1);
-    const std::string rest = bind.substr(close + 1);
+    host = bind_text.substr(1, close - 1);
+    const std::string rest = bind_text.substr(close + 1);
     if (!rest.empty() && (rest[0] != ':' || !port_of(std::string_view(rest).substr(1), port))) {
       return refuse("expected [IPv6]:PORT with PORT in 0..65535");
     }
-  } else if (const auto colon = bind.rfind(':'); colon != std::string::npos) {
-    if (bind.find(':') != colon) return refuse("an IPv6 address goes in brackets: [::1]:8080");
-    host = bind.substr(0, colon);
-    if (!port_of(std::string_view(bind).substr(colon + 1), port)) return refuse("PORT must be in 0..65535");
+  } else if (const auto colon = bind_text.rfind(':'); colon != std::string::npos) {
+    if (bind_text.find(':') != colon) return refuse("an IPv6 address goes in brackets: [::1]:8080");
+    host = bind_text.substr(0, colon);
+    if (!port_of(std::string_view(bind_text).substr(colon + 1), port)) return refuse("PORT must be in 0..65535");
   }
   if (host.empty()) return refuse("HOST is missing (0.0.0.0 for every IPv4 interface)");
   http.host = host;
@@ -448,7 +474,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (raw.version) return {std::nullopt, 0, true};
   c.http.dashboard = !raw.no_dashboard;
   resolve_defaults(c);
-  if (!resolve_bind(c.http, raw, cli) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
+  if (!resolve_bind(c.http, raw, cli, argc, argv) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
     return {std::nullopt, 2, false};
   }
   if (!c.reload.dirs.empty() && !c.reload.enabled) {

@@ -82,13 +82,13 @@ def test_version(gilgamesh_bin):
     (["--forwarded-allow-ips", "10.0.0.0/33"], "prefix length must be 0..32"),
     (["--log-level", "loud"], "log-level"),
     (["--bind", "unix:"], "unix: takes the socket's path"),
-    (["--bind", "unix:/tmp/g.sock", "--host", "0.0.0.0"], "give --bind, or --host and --port, not both"),
-    (["--uds", "/tmp/g.sock", "--port", "8081"], "--uds and --port are exclusive"),
+    (["--bind", "unix:/tmp/g.sock", "--host", "0.0.0.0"], "--bind and --host/--port are exclusive"),
+    (["--uds", "/tmp/g.sock", "--port", "8081"], "--uds and --host/--port are exclusive"),
     (["--uds", "/tmp/g.sock", "--bind", "127.0.0.1:8081"], "--uds and --bind are exclusive"),
     (["--uds", ""], "--uds takes the socket's path"),
     (["--bind", "::1:8080"], "an IPv6 address goes in brackets: [::1]:8080"),
     (["--bind", "127.0.0.1:99999"], "PORT must be in 0..65535"),
-    (["--bind", "127.0.0.1:8080", "--port", "8081"], "give --bind, or --host and --port, not both"),
+    (["--bind", "127.0.0.1:8080", "--port=8081"], "--bind and --host/--port are exclusive"),
     (["--bind", "fd://three"], "fd:// takes a file descriptor number"),
 ])
 def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
@@ -108,11 +108,13 @@ def test_log_level_warning_as_gunicorn_and_uvicorn_spell_it(start_server):
     assert "[info]" not in log and "listening on" not in log, log
 
 
-def serve_until_healthy(args, port, pass_fds=()):
-    """Starts the binary with `args` (no --host/--port of the harness's), waits for GET /healthz
-    on 127.0.0.1:port, stops it with SIGTERM; returns (exit status, stderr)."""
+def serve_until_healthy(args, port, pass_fds=(), env=None):
+    """Starts the binary with `args` (no --host/--port of the harness's) and `env` added to the
+    environment, waits for GET /healthz on 127.0.0.1:port, stops it with SIGTERM; returns (exit
+    status, stderr)."""
     process = subprocess.Popen([str(binary_path()), "-w", "1", *args], cwd=REPO, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
+                               env=dict(os.environ, **(env or {})))
     try:
         def healthy():
             assert process.poll() is None, process.stderr.read()
@@ -143,6 +145,19 @@ def test_bind_as_gunicorn_spells_it(gilgamesh_bin):
     # An empty host would resolve to every interface: refused instead.
     result = run_cli(["--host", "", "--port", str(free_port())])
     assert result.returncode == 1 and "--host is empty" in result.stderr, result
+
+
+def test_where_to_listen_on_the_command_line_wins_over_the_environment(gilgamesh_bin, tmp_path):
+    # The container image sets GILGAMESH_HOST and GILGAMESH_PORT: `docker run IMAGE -b ...`
+    # must not clash with them (it did: "give --bind, or --host and --port, not both").
+    port = free_port()
+    image_env = {"GILGAMESH_HOST": "0.0.0.0", "GILGAMESH_PORT": str(free_port())}
+    code, err = serve_until_healthy(["-b", "127.0.0.1:%d" % port], port, env=image_env)
+    assert code == 0 and "on http://127.0.0.1:%d" % port in err, err
+    # GILGAMESH_UDS yields to --port on the command line: nothing is made at that path.
+    path = tmp_path / "from-env.sock"
+    code, err = serve_until_healthy(["--port", str(port)], port, env={"GILGAMESH_UDS": str(path)})
+    assert code == 0 and "on http://127.0.0.1:%d" % port in err and not path.exists(), err
 
 
 def test_bind_fd_serves_on_an_inherited_socket(gilgamesh_bin):

@@ -130,7 +130,9 @@ def test_a_stale_socket_is_replaced_and_a_live_one_or_another_file_is_refused(tm
     left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     left.bind(str(stale))  # a socket file whose server is gone: nothing listens on it
     left.close()
-    server = started(UnixServer("threads", stale, ["--app", "handlers.demo"], workers=1))
+    # (with the container image's environment, which --uds on the command line overrides)
+    server = started(UnixServer("threads", stale, ["--app", "handlers.demo"], workers=1,
+                                env={"GILGAMESH_HOST": "0.0.0.0", "GILGAMESH_PORT": "8080"}))
     try:
         assert server.get("/hello").body == b"hello"
         second = run_cli(["--uds", str(stale), "--strategy", "threads", "--workers", "1"])
