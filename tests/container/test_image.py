@@ -84,6 +84,18 @@ def listening_on_any_address(port):
     return False
 
 
+def test_bind_on_the_command_line_overrides_the_images_host_and_port(container):
+    """gunicorn's habit, `docker run IMAGE -b 0.0.0.0:PORT`: the image's GILGAMESH_HOST and
+    GILGAMESH_PORT (set here to another free port) yield to it instead of clashing."""
+    c = container()
+    port = harness.free_port()
+    c.start(["-b", "0.0.0.0:%d" % port, "--workers", "1"], port_flag=False)
+    c.port = port
+    c.wait_ready()
+    assert listening_on_any_address(port)
+    assert c.stop() == 0, c.log()[-3000:]
+
+
 @pytest.mark.parametrize("strategy", ["subinterpreters", "free-threaded", "processes"])
 def test_serves_each_strategy(container, strategy):
     c = container().start(["--strategy", strategy, "--workers", "2"]).wait_ready()
