@@ -188,10 +188,14 @@ py::Ref WsgiApp::environ_for(const HttpRequestData& r) {
       (path_info.size() == root_path_.size() || path_info[root_path_.size()] == '/')) {
     path_info.remove_prefix(root_path_.size());
   }
+  // A UNIX socket (--uds) has no address: the host a URL would name, and its scheme's port, as
+  // gunicorn gives them.
   const std::string_view server_name = r.server_addr.empty() ? std::string_view("localhost") : r.server_addr;
+  const std::string server_port =
+      r.server_addr.empty() ? (r.scheme == "https" ? "443" : "80") : std::to_string(r.server_port);
   if (!put(k_method_, latin1(r.method)) || !put(k_path_info_, latin1(path_info)) ||
       !put(k_query_string_, latin1(r.query_string)) || !put(k_server_name_, latin1(server_name)) ||
-      !put(k_server_port_, latin1(std::to_string(r.server_port))) ||
+      !put(k_server_port_, latin1(server_port)) ||
       !put(k_server_protocol_, latin1(r.http_version)) || !put(k_remote_addr_, latin1(r.remote_addr)) ||
       (!r.remote_addr.empty() && !put(k_remote_port_, latin1(std::to_string(r.remote_port)))) ||
       !put(k_request_uri_, latin1(r.target)) || !put(k_raw_uri_, latin1(r.target)) ||

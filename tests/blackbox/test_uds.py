@@ -119,6 +119,7 @@ def test_a_wsgi_environ_over_a_unix_socket_and_no_trust_when_the_list_is_empty(t
         env = server.json("/environ/x", headers={"X-Forwarded-For": "203.0.113.7",
                                                  "X-Forwarded-Proto": "https"})
         assert env["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in env, env
+        assert env["SERVER_NAME"] == "localhost" and env["SERVER_PORT"] == "80", env
         assert env["wsgi.url_scheme"] == "http", env
         assert "serving wsgi_validated:app on unix:%s" % path in server.log(), server.log()[-2000:]
     finally:
