@@ -118,11 +118,16 @@ std::string joined(const std::vector<fs::path>& dirs) {
 
 int reload_main(const ServerConfig& config, char** argv) {
   int fd = -1;
-  std::optional<SocketFile> socket_file;  // --uds's: the supervisor made it, and removes it
+  SocketFile socket_file;  // --uds's: the supervisor made it, and removes it
   try {
     const int given = config.http.listen_fd;
-    fd = given >= 0 ? adopt_listener(given, "--bind fd://" + std::to_string(given)) : listen_socket(config.http);
-    if (given < 0 && !config.http.uds.empty()) socket_file.emplace(config.http.uds);
+    if (given >= 0) {
+      fd = adopt_listener(given, "--bind fd://" + std::to_string(given));
+    } else {
+      OwnListener own = listen_socket(config.http);
+      fd = own.fd;
+      socket_file = std::move(own.file);
+    }
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     return 1;

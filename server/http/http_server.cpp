@@ -200,7 +200,7 @@ struct HttpServer::Impl {
   std::string bound_url;          // http://HOST:PORT (--host, or an inherited socket's own
                                   // address; [IPv6]) or unix:PATH
   unsigned short bound_port = 0;  // read once at bind: a signal may close the acceptor early
-  std::optional<SocketFile> socket_file;  // --uds's, removed when the server ends
+  SocketFile socket_file;  // --uds's, removed when the server ends
   net::signal_set signals;
   net::steady_timer shutdown_delay_timer;
   // Accept errors: the acceptor's chain only (one accept is pending at a time).
@@ -1070,8 +1070,7 @@ namespace {
 // folder's permissions restrict who reaches it). A socket file left by a server that is gone
 // (nothing accepts on it) is replaced; one a server still listens on, or a file that is not a
 // socket, is refused.
-int listen_unix(const std::string& path) {
-  const std::string where = "unix:" + path;
+int listen_unix(const std::string& path, const std::string& where) {
   auto fail = [&where](const std::string& why) { return ListenError("cannot listen on " + where + ": " + why); };
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
@@ -1098,11 +1097,16 @@ int listen_unix(const std::string& path) {
   }
   return fd;
 }
+
+// Where --host/--port or --uds say to listen, for messages: HOST:PORT or unix:PATH.
+std::string describe_listen(const HttpOptions& http) {
+  return http.uds.empty() ? http.host + ":" + std::to_string(http.port) : "unix:" + http.uds;
+}
 }  // namespace
 
-int listen_socket(const HttpOptions& http) {
-  if (!http.uds.empty()) return listen_unix(http.uds);
-  const std::string where = http.host + ":" + std::to_string(http.port);
+OwnListener listen_socket(const HttpOptions& http) {
+  const std::string where = describe_listen(http);
+  if (!http.uds.empty()) return {listen_unix(http.uds, where), SocketFile(http.uds)};
   beast::error_code ec;
   net::io_context ioc(1);
   // An empty name would resolve to every interface: refused, not widened.
@@ -1141,7 +1145,7 @@ int listen_socket(const HttpOptions& http) {
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
   const int fd = a.release(ec);
   if (ec) throw ListenError("cannot listen on " + where + ": " + ec.message());
-  return fd;
+  return {fd, {}};
 }
 
 int adopt_listener(int fd, const std::string& what) {
@@ -1203,10 +1207,13 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::opti
     : impl_(std::make_unique<Impl>(config, executor)) {
   auto& a = impl_->acceptor;
   const std::string where = listener ? "the inherited socket (descriptor " + std::to_string(*listener) + ")"
-                            : config.http.uds.empty() ? config.http.host + ":" + std::to_string(config.http.port)
-                                                      : "unix:" + config.http.uds;
-  const int fd = listener ? *listener : listen_socket(config.http);
-  if (!listener && !config.http.uds.empty()) impl_->socket_file.emplace(config.http.uds);
+                                     : describe_listen(config.http);
+  int fd = listener.value_or(-1);
+  if (!listener) {
+    OwnListener own = listen_socket(config.http);
+    fd = own.fd;
+    impl_->socket_file = std::move(own.file);
+  }
   const Bound b = bound(fd, config.http, listener.has_value());
   beast::error_code ec;
   a.assign(b.protocol, fd, ec);
@@ -1224,7 +1231,16 @@ HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::opti
 HttpServer::~HttpServer() = default;
 
 SocketFile::~SocketFile() {
-  if (getpid() == owner_) unlink(path_.c_str());
+  if (!path_.empty() && getpid() == owner_) unlink(path_.c_str());
+}
+
+SocketFile& SocketFile::operator=(SocketFile&& other) noexcept {
+  if (this != &other) {
+    SocketFile gone(std::move(*this));  // removes what this held
+    path_ = std::exchange(other.path_, {});
+    owner_ = other.owner_;
+  }
+  return *this;
 }
 
 unsigned short HttpServer::port() const { return impl_->bound_port; }

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <stdexcept>
+#include <utility>
 
 #include "server/model/executor.hpp"
 #include "server/model/options.hpp"
@@ -24,24 +25,33 @@ class ListenError : public std::runtime_error {
 // supervisor binds once and passes it to each server it starts).
 inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
 
-// Binds and listens on --host:--port (SO_REUSEADDR), or on --uds's path (SocketFile below
-// removes it); returns the descriptor, the caller's to close. Throws ListenError, in words for
-// the user, if it cannot.
-int listen_socket(const HttpOptions& http);
-
 // The file of a UNIX socket this process made (--uds), removed when this ends in that process
-// (not in a copy of it that the app forked).
+// (not in a copy of it that the app forked). Empty (no path): nothing to remove.
 class SocketFile {
  public:
+  SocketFile() = default;
   explicit SocketFile(std::string path) : path_(std::move(path)), owner_(getpid()) {}
   ~SocketFile();
+  SocketFile(SocketFile&& other) noexcept : path_(std::exchange(other.path_, {})), owner_(other.owner_) {}
+  SocketFile& operator=(SocketFile&& other) noexcept;
   SocketFile(const SocketFile&) = delete;
   SocketFile& operator=(const SocketFile&) = delete;
 
  private:
   std::string path_;
-  pid_t owner_;
+  pid_t owner_ = 0;
 };
+
+// A listening socket this process made: the descriptor, the caller's to close, and for --uds
+// the socket's file, which goes when the holder of `file` ends.
+struct OwnListener {
+  int fd = -1;
+  SocketFile file;
+};
+
+// Binds and listens on --host:--port (SO_REUSEADDR), or on --uds's path. Throws ListenError,
+// in words for the user, if it cannot.
+OwnListener listen_socket(const HttpOptions& http);
 
 // A listening TCP or UNIX stream socket this process inherited (--bind fd://N), checked and
 // marked close-on-exec; throws ListenError naming `what` if it is none.

@@ -38,6 +38,19 @@ def wait_drain_began(conn, timeout=15.0):
         timeout, closed, data[:200])
 
 
+def begin_drain(server, idle):
+    """SIGTERM; back once the drain has begun (`idle`, an idle_connection(), was closed)."""
+    server.signal(signal.SIGTERM)
+    wait_drain_began(idle)
+
+
+def hold_one(server, gate):
+    """One request held at the gate, its handler running: (threads, results), for join_all."""
+    threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
+    gate.wait_arrivals(1)
+    return threads, results
+
+
 def assert_refused(port):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((HOST, port), timeout=5).close()
@@ -56,8 +69,7 @@ def test_sigterm_drains_in_flight_requests(start_server):
                        "three handlers running and one request queued")
         idle = idle_connection(server)
 
-        server.signal(signal.SIGTERM)
-        wait_drain_began(idle)
+        begin_drain(server, idle)
         assert_refused(server.port)
         assert server.alive(), "exited with requests in flight\n" + server.log()[-3000:]
         started = time.monotonic()
@@ -84,11 +96,9 @@ def test_sigterm_drains_in_flight_requests(start_server):
 def test_new_connections_refused_while_draining(start_server):
     server = gate_server(start_server, workers=1, args=["--graceful-timeout", "20"])
     with Gate() as gate:
-        threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
-        gate.wait_arrivals(1)
+        threads, results = hold_one(server, gate)
         idle = idle_connection(server)
-        server.signal(signal.SIGTERM)
-        wait_drain_began(idle)
+        begin_drain(server, idle)
         # Draining: the listener is closed. Exactly that: not accepted-and-hung, not a 503.
         assert_refused(server.port)
         assert server.alive(), "exited before the in-flight request finished"
@@ -109,14 +119,12 @@ def test_a_connection_accepted_before_the_drain_has_its_first_request_answered(s
     # nothing is closed after a moment, not kept to the header timeout (10 s).
     server = gate_server(start_server, workers=2, args=["--graceful-timeout", "20"])
     with Gate() as gate:
-        threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
-        gate.wait_arrivals(1)
+        threads, results = hold_one(server, gate)
         with server.raw(timeout=15) as late, server.raw(timeout=15) as silent:
             idle = idle_connection(server)
             # the held request's, late, silent, idle and /stats' own
             wait_for_stats(server, lambda s: s["connections_open"] >= 5, "five connections accepted")
-            server.signal(signal.SIGTERM)
-            wait_drain_began(idle)
+            begin_drain(server, idle)
             late.send(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
             r = late.read_response()
             assert r.status == 200 and r.body == b"hello", r
@@ -145,8 +153,7 @@ def test_healthz_answers_503_once_draining(start_server):
         interim = mid_request.read_response()
         assert interim.status == 100, interim
         idle = idle_connection(server)
-        server.signal(signal.SIGTERM)
-        wait_drain_began(idle)
+        begin_drain(server, idle)
         mid_request.send(b"{}")
         r = mid_request.read_response()
         assert r.status == 503, r
@@ -161,8 +168,7 @@ def test_healthz_answers_503_once_draining(start_server):
 def test_graceful_timeout_bounds_the_exit(start_server, strategy):
     server = gate_server(start_server, workers=1, args=["--graceful-timeout", "1"])
     with Gate() as gate:  # never released before the exit: the handler is still running
-        threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
-        gate.wait_arrivals(1)
+        threads, results = hold_one(server, gate)
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         try:
@@ -188,11 +194,9 @@ def test_graceful_timeout_bounds_the_exit(start_server, strategy):
 def test_second_signal_stops_at_once(start_server):
     server = gate_server(start_server, workers=1, args=["--graceful-timeout", "60"])
     with Gate() as gate:
-        threads, results = in_threads(1, lambda i: server.get(gate.path("held"), timeout=30))
-        gate.wait_arrivals(1)
+        threads, results = hold_one(server, gate)
         idle = idle_connection(server)
-        server.signal(signal.SIGTERM)
-        wait_drain_began(idle)
+        begin_drain(server, idle)
         assert server.alive(), "exited with a request in flight"
         started = time.monotonic()
         server.signal(signal.SIGTERM)
