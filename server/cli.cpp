@@ -184,6 +184,12 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
       ->capture_default_str();
   cli.add_option("--io-threads", h.io_threads, "HTTP I/O threads (default: 1 per 4 CPUs, at least 1)")
       ->check(integer_in(1, 256));
+  cli.add_option("--max-header-size", h.max_header,
+                 "Largest request head (request line and headers) in bytes (larger: 431; gunicorn's "
+                 "--limit-request-field_size, Node's --max-http-header-size): raise it for large cookies "
+                 "or tokens; each connection may hold this much while its head arrives")
+      ->check(integer_in(1024, 1024 * 1024))
+      ->capture_default_str();
   cli.add_option("--max-body", h.max_body, "Largest request body in bytes (larger: 413)")
       ->check(integer_in(0, 1LL << 34))
       ->capture_default_str();

@@ -46,8 +46,8 @@ using Request = http::request<http::string_body>;
 using Parser = http::request_parser<http::string_body>;
 using WireResponse = http::response<http::string_body>;
 
-// Request line and headers, in bytes.
-constexpr std::size_t kHeaderLimit = 8 * 1024;
+// Request line and headers, in bytes: --max-header-size's default.
+inline const std::size_t kHeaderLimit = HttpOptions{}.max_header;
 // Header fields in one request head.
 constexpr std::size_t kMaxFields = 100;
 

@@ -140,7 +140,7 @@ class Session;
 struct HttpServer::Impl {
   Impl(const ServerConfig& c, Executor& e)
       : config(c),
-        limits{exchange::kHeaderLimit, c.http.max_body},
+        limits{c.http.max_header, c.http.max_body},
         trusted_proxies(forwarded::TrustedProxies::parse(c.http.forwarded_allow_ips)),
         executor(e),
         startup_router(std::vector<RouteInfo>{}, c.http.dashboard),

@@ -76,6 +76,7 @@ def test_version(gilgamesh_bin):
     (["--port", "70000"], "port"),
     (["--strategy", "telepathy"], "telepathy"),
     (["--max-body", "-1"], "max-body"),
+    (["--max-header-size", "512"], "max-header-size"),
     (["--timeout", "soon"], "timeout"),
     (["--workers"], "workers"),
     (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),

@@ -59,6 +59,23 @@ def test_headers_just_under_the_limit_are_fine(demo_server):
     assert r.status == 200 and r.body == b"hello", r
 
 
+def test_max_header_size_raises_the_head_limit(start_server):
+    # Large cookies and tokens: a 12 KiB Cookie is served whole with --max-header-size 16384,
+    # and a head past the raised limit is still a 431 that names it.
+    server = start_server(workers=1, asgi="asgi_echo:app",
+                          args=["--pythonpath", str(APPS_DIR), "--max-header-size", "16384"])
+    cookie = "session=" + "c" * 12 * 1024
+    with server.raw() as conn:
+        r = conn.request("GET", "/", headers={"Cookie": cookie})
+        assert r.status == 200, r
+        assert ["cookie", cookie] in r.json()["headers"], r.json()["headers"][:3]
+    with server.raw() as conn:
+        conn.send(b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + b"c" * 17000 + b"\r\n\r\n")
+        r = conn.read_response()
+    assert_json_error(r, 431)
+    assert "exceed 16384 bytes" in r.json()["error"], r.json()
+
+
 def test_malformed_request_line_is_400(demo_server):
     with demo_server.raw() as conn:
         conn.send(b"GARBAGE\r\n\r\n")
