@@ -182,6 +182,10 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
   cli.add_option("--port", h.port, "TCP port to listen on (0: any free port)")
       ->check(integer_in(0, 65535))
       ->capture_default_str();
+  cli.add_option("--backlog", h.backlog,
+                 "Connections the kernel queues for the server before it accepts them, as gunicorn's and "
+                 "uvicorn's --backlog (default: SOMAXCONN; the kernel caps it at net.core.somaxconn)")
+      ->check(integer_in(1, 65535));
   cli.add_option("--io-threads", h.io_threads, "HTTP I/O threads (default: 1 per 4 CPUs, at least 1)")
       ->check(integer_in(1, 256));
   cli.add_option("--max-header-size", h.max_header,

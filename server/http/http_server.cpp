@@ -1070,7 +1070,7 @@ namespace {
 // folder's permissions restrict who reaches it). A socket file left by a server that is gone
 // (nothing accepts on it) is replaced; one a server still listens on, or a file that is not a
 // socket, is refused.
-int listen_unix(const std::string& path, const std::string& where) {
+int listen_unix(const std::string& path, int backlog, const std::string& where) {
   auto fail = [&where](const std::string& why) { return ListenError("cannot listen on " + where + ": " + why); };
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
@@ -1090,7 +1090,7 @@ int listen_unix(const std::string& path, const std::string& where) {
   }
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw fail(std::strerror(errno));
-  if (bind(fd, as_sockaddr, sizeof address) != 0 || chmod(path.c_str(), 0666) != 0 || listen(fd, SOMAXCONN) != 0) {
+  if (bind(fd, as_sockaddr, sizeof address) != 0 || chmod(path.c_str(), 0666) != 0 || listen(fd, backlog) != 0) {
     const int error = errno;
     ::close(fd);
     throw fail(std::string(std::strerror(error)) + (error == EACCES ? " (may this user create files in that folder?)" : ""));
@@ -1106,7 +1106,8 @@ std::string describe_listen(const HttpOptions& http) {
 
 OwnListener listen_socket(const HttpOptions& http) {
   const std::string where = describe_listen(http);
-  if (!http.uds.empty()) return {listen_unix(http.uds, where), SocketFile(http.uds)};
+  const int backlog = http.backlog > 0 ? http.backlog : SOMAXCONN;
+  if (!http.uds.empty()) return {listen_unix(http.uds, backlog, where), SocketFile(http.uds)};
   beast::error_code ec;
   net::io_context ioc(1);
   // An empty name would resolve to every interface: refused, not widened.
@@ -1132,7 +1133,7 @@ OwnListener listen_socket(const HttpOptions& http) {
   a.open(endpoint.protocol(), ec);
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(endpoint, ec);
-  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (!ec) a.listen(backlog, ec);
   if (ec == net::error::address_in_use) {
     throw ListenError(where + " is already in use (is another server running there?)");
   }

@@ -13,7 +13,7 @@ std::optional<long long> whole_integer(std::string_view text) {
 }
 
 // Missing keys keep their defaults, so a field added above needs only its name here.
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, uds, io_threads, max_header, max_body,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, uds, io_threads, backlog, max_header, max_body,
                                                 max_connections, header_timeout, keepalive_timeout,
                                                 graceful_timeout, request_timeout, shutdown_delay,
                                                 access_log, dashboard, ws_max_message,

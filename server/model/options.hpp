@@ -29,6 +29,9 @@ struct HttpOptions {
   std::string uds;                             // --uds PATH, --bind unix:PATH: a UNIX socket
                                                // instead of host and port
   int io_threads = 0;                          // 0: 1 per 4 CPUs, at least 1
+  int backlog = 0;                             // connections the kernel queues before accept
+                                               // (0: SOMAXCONN, the kernel caps it at
+                                               // net.core.somaxconn)
   std::size_t max_header = 8 * 1024;           // bytes of the request line and headers; past it 431
   std::size_t max_body = 1024 * 1024;          // bytes; larger request bodies get 413
   std::size_t max_connections = 0;             // open connections; past it new ones are closed

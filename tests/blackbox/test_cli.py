@@ -109,10 +109,10 @@ def test_log_level_warning_as_gunicorn_and_uvicorn_spell_it(start_server):
     assert "[info]" not in log and "listening on" not in log, log
 
 
-def serve_until_healthy(args, port, pass_fds=(), env=None):
+def serve_until_healthy(args, port, pass_fds=(), env=None, while_serving=None):
     """Starts the binary with `args` (no --host/--port of the harness's) and `env` added to the
-    environment, waits for GET /healthz on 127.0.0.1:port, stops it with SIGTERM; returns (exit
-    status, stderr)."""
+    environment, waits for GET /healthz on 127.0.0.1:port (or until `while_serving`, if given,
+    returns true), stops it with SIGTERM; returns (exit status, stderr)."""
     process = subprocess.Popen([str(binary_path()), "-w", "1", *args], cwd=REPO, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
                                env=dict(os.environ, **(env or {})))
@@ -126,6 +126,8 @@ def serve_until_healthy(args, port, pass_fds=(), env=None):
             except OSError:
                 return False
         wait_for(healthy, "GET /healthz on port %d" % port, timeout=30)
+        if while_serving is not None:
+            wait_for(lambda: process.poll() is None and while_serving(), "the server's socket as expected", timeout=10)
         process.send_signal(signal.SIGTERM)
         return process.wait(timeout=scaled(30)), process.stderr.read()
     finally:
@@ -159,6 +161,28 @@ def test_where_to_listen_on_the_command_line_wins_over_the_environment(gilgamesh
     path = tmp_path / "from-env.sock"
     code, err = serve_until_healthy(["--port", str(port)], port, env={"GILGAMESH_UDS": str(path)})
     assert code == 0 and "on http://127.0.0.1:%d" % port in err and not path.exists(), err
+
+
+def test_backlog_sizes_the_listen_queue(gilgamesh_bin, tmp_path):
+    # --backlog, as gunicorn's and uvicorn's: the queue of connections the kernel holds before
+    # the server accepts them (ss shows a listening socket's as its Send-Q), TCP and UNIX.
+    def queue_is(expected, *ss_filter):
+        lines = subprocess.run(["ss", "-Hl", *ss_filter], capture_output=True, text=True, check=True).stdout.splitlines()
+        return len(lines) == 1 and lines[0].split()[3 if "-x" in ss_filter else 2] == expected
+
+    port = free_port()
+    code, err = serve_until_healthy(["--port", str(port), "--backlog", "77"], port,
+                                    while_serving=lambda: queue_is("77", "-tn", "sport = :%d" % port))
+    assert code == 0, err
+    path = str(tmp_path / "app.sock")
+    process = subprocess.Popen([str(binary_path()), "-w", "1", "--uds", path, "--backlog", "33"], cwd=REPO,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: process.poll() is None and queue_is("33", "-x", "src", path), "--uds with --backlog 33",
+                 timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=scaled(30)) == 0, process.stderr.read()
 
 
 def test_bind_fd_serves_on_an_inherited_socket(gilgamesh_bin):
