@@ -17,6 +17,7 @@
 
 #include "server/http/cpu_limit.hpp"
 #include "server/http/forwarded.hpp"
+#include "server/observation/access_log.hpp"
 
 namespace gilgamesh {
 
@@ -252,6 +253,18 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
           "ADDRESSES"))
       ->capture_default_str();
   cli.add_flag("--access-log", h.access_log, "Log one line per request");
+  cli.add_option("--access-log-format", h.access_log_format,
+                 "The access log's line in gunicorn's --access-logformat atoms, e.g. the Apache combined "
+                 "format '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\"' (turns "
+                 "--access-log on; see docs/operating.md)")
+      ->check([](const std::string& format) {
+        try {
+          AccessLogFormat{format};
+          return std::string();
+        } catch (const std::invalid_argument& e) {
+          return std::string(e.what());
+        }
+      });
   cli.add_flag("--no-dashboard", raw.no_dashboard,
                "Do not serve the live dashboard (GET /dashboard) and its event stream (GET /events)");
 }
@@ -483,6 +496,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (const auto exit_code = parse_flags(cli, argc, argv)) return {std::nullopt, *exit_code, false};
   if (raw.version) return {std::nullopt, 0, true};
   c.http.dashboard = !raw.no_dashboard;
+  if (!c.http.access_log_format.empty()) c.http.access_log = true;
   resolve_defaults(c);
   if (!resolve_bind(c.http, raw, cli, argc, argv) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
     return {std::nullopt, 2, false};

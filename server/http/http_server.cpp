@@ -28,6 +28,7 @@
 #include "server/http/builtins.hpp"
 #include "server/http/exchange.hpp"
 #include "server/http/forwarded.hpp"
+#include "server/observation/access_log.hpp"
 #include "server/observation/dashboard.hpp"
 #include "server/observation/events.hpp"
 #include "server/http/router.hpp"
@@ -145,13 +146,14 @@ struct HttpServer::Impl {
         executor(e),
         startup_router(std::vector<RouteInfo>{}, c.http.dashboard),
         started_at(std::chrono::steady_clock::now()),
-        events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); },
-               c.http.access_log),
+        events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }),
         ioc(c.http.io_threads),
         acceptor(ioc),
         signals(ioc, SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
-        accept_retry_timer(ioc) {}
+        accept_retry_timer(ioc) {
+    if (!c.http.access_log_format.empty()) access_format.emplace(c.http.access_log_format);
+  }
 
   void do_accept();
   void on_accept_error(beast::error_code ec);
@@ -179,6 +181,7 @@ struct HttpServer::Impl {
   std::unique_ptr<Router> app_router_holder;
   std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
+  std::optional<AccessLogFormat> access_format;  // --access-log-format's, else our own line
   std::chrono::steady_clock::time_point started_at;
   EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
@@ -437,7 +440,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
         }
         // The stream takes the connection over; this session ends here.
         return server_.events.start(stream_.release_socket(), request_.version(), context_.request_id,
-                                    server_.config.http.access_log ? client_for_log() : std::string());
+                                    event_stream_access_line());
       }
       return respond(std::move(answer->response), answer->close);
     }
@@ -519,7 +522,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       if (kind == websocket::frame_type::pong) ws_pong_due_.reset();
     });
     stream_.expires_never();  // the WebSocket's own timeouts from here on
-    record(101, "0");
+    record(101, 0, nullptr);
     ws_->async_accept(request_, [self = shared_from_this()](beast::error_code ec) { self->on_ws_accept(ec); });
   }
 
@@ -690,7 +693,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     stream_head_ = std::make_unique<exchange::StreamHead>(std::move(*head));
     context_.keep_alive = stream_head_->message.keep_alive();
     body_sent_ = 0;
-    record(stream_head_->message.result_int(), "streamed");
+    record(stream_head_->message.result_int(), std::nullopt, &stream_head_->message);
     head_serializer_ = std::make_unique<http::response_serializer<http::empty_body>>(stream_head_->message);
     stream_.expires_after(kWriteTimeout);
     http::async_write_header(stream_, *head_serializer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
@@ -844,26 +847,74 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       spdlog::error("request {}: the response to {} {} breaks a rule and was not sent: {}; answered 500",
                     context_.request_id, sv(request_.method_string()), path_for_log(), problem);
     }
-    record(response_.result_int(), std::to_string(response_.body().size()));
+    record(response_.result_int(), response_.body().size(), &response_);
     do_write();
   }
 
-  // Counts the answer (status, route latency) and writes its access log line.
-  void record(int code, const std::string& size) {
+  // Counts the answer (status, route latency) and writes its access log line. `bytes`: the
+  // body's, nullopt for one that streams; `response`: its head's fields, if it has any.
+  void record(int code, std::optional<std::uint64_t> bytes, const http::fields* response) {
     const auto latency = Clock::now() - arrived_;
     server_.stats.record_status(code);
     if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
-    if (server_.config.http.access_log) {
+    if (!server_.config.http.access_log) return;
+    if (!server_.access_format) {
       spdlog::info("{} {} {} {} {} {:.3f}ms {}", client_for_log(), sv(request_.method_string()),
-                   sv(request_.target()), code, size, std::chrono::duration<double, std::milli>(latency).count(),
-                   context_.request_id);
+                   sv(request_.target()), code, bytes ? std::to_string(*bytes) : "streamed",
+                   std::chrono::duration<double, std::milli>(latency).count(), context_.request_id);
+      return;
     }
+    spdlog::info("{}", formatted_access_line(*server_.access_format, client_for_log(true), request_, code, bytes,
+                                             response, latency));
   }
 
-  // The access log's client: the forwarded one when a trusted proxy names it
-  // (server/http/forwarded.hpp), as the app saw it; else the peer. Built only
-  // with --access-log, from what apply() reads.
-  std::string client_for_log() const {
+  // --access-log-format's line for this request.
+  static std::string formatted_access_line(const AccessLogFormat& format, const std::string& client,
+                                           const http::request_header<>& request, int code,
+                                           std::optional<std::uint64_t> bytes, const http::fields* response,
+                                           Clock::duration took) {
+    auto in = [](const http::fields& fields) {
+      return [&fields](std::string_view name) -> std::optional<std::string_view> {
+        const auto found = fields.find(name);
+        if (found == fields.end()) return std::nullopt;
+        return sv(found->value());
+      };
+    };
+    AccessEntry entry;
+    entry.client = client;
+    entry.method = sv(request.method_string());
+    entry.target = sv(request.target());
+    entry.version = request.version();
+    entry.status = code;
+    entry.body_bytes = bytes;
+    entry.took = std::chrono::duration_cast<std::chrono::nanoseconds>(took);
+    entry.arrived = std::chrono::time_point_cast<std::chrono::system_clock::duration>(std::chrono::system_clock::now() -
+                                                                                      entry.took);
+    entry.request_header = in(request);
+    if (response != nullptr) entry.response_header = in(*response);
+    return format.render(entry);
+  }
+
+  // The access log's line for GET /events, written when the stream ends; empty without the log.
+  EventStreams::AccessLine event_stream_access_line() const {
+    if (!server_.config.http.access_log) return {};
+    if (!server_.access_format) {
+      return [client = client_for_log(), id = context_.request_id](std::chrono::nanoseconds lasted, std::size_t events) {
+        return fmt::format("{} GET /events 200 stream: {} events in {:.1f} s {}", client, events,
+                           std::chrono::duration<double>(lasted).count(), id);
+      };
+    }
+    // The request's head is copied: the stream outlives this session.
+    return [format = &*server_.access_format, client = client_for_log(true), head = http::request_header<>(request_.base())](
+               std::chrono::nanoseconds lasted, std::size_t) {
+      return formatted_access_line(*format, client, head, 200, std::nullopt, nullptr, lasted);
+    };
+  }
+
+  // The access log's client, ADDRESS:PORT (--access-log-format's %(h)s: the address alone):
+  // the forwarded one when a trusted proxy names it (server/http/forwarded.hpp), as the app
+  // saw it; else the peer. Built only with --access-log, from what apply() reads.
+  std::string client_for_log(bool address_only = false) const {
     HttpRequestData forwarding;
     forwarding.remote_addr = peer_.remote_addr;
     forwarding.remote_port = peer_.remote_port;
@@ -874,7 +925,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       }
     }
     forwarded::apply(forwarding, server_.trusted_proxies, server_.unix_socket);
-    return forwarded::client_text(forwarding.remote_addr, forwarding.remote_port);
+    return forwarded::client_text(forwarding.remote_addr, address_only ? 0 : forwarding.remote_port);
   }
 
   void do_write() {

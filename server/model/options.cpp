@@ -16,7 +16,7 @@ std::optional<long long> whole_integer(std::string_view text) {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, uds, io_threads, backlog, max_header, max_body,
                                                 max_connections, header_timeout, keepalive_timeout,
                                                 graceful_timeout, request_timeout, shutdown_delay,
-                                                access_log, dashboard, ws_max_message,
+                                                access_log, access_log_format, dashboard, ws_max_message,
                                                 ws_ping_interval, ws_ping_timeout)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
                                                 workers, threads, worker_spin_us, max_queue, max_abandoned,

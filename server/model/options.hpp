@@ -44,6 +44,8 @@ struct HttpOptions {
   double shutdown_delay = 0.0;                 // s after SIGTERM with /readyz 503 before the
                                                // listener closes and the drain starts
   bool access_log = false;                     // one info line per request
+  std::string access_log_format;               // --access-log-format: gunicorn's atoms (empty:
+                                               // our own line); given, it turns the log on
   std::string forwarded_allow_ips = "127.0.0.1,::1";  // peers whose X-Forwarded-For/-Proto are
                                                // believed ("*": all; "": none)
   bool dashboard = true;                       // serve GET /dashboard and GET /events

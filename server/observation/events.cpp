@@ -40,9 +40,9 @@ std::string imf_fixdate_now() {
 class EventStream : public std::enable_shared_from_this<EventStream> {
  public:
   EventStream(Socket&& socket, EventStreams& owner, unsigned http_version, std::string request_id,
-              std::string client)
+              EventStreams::AccessLine access_line)
       : stream_(std::move(socket)), timer_(stream_.get_executor()), owner_(owner), chunked_(http_version >= 11),
-        request_id_(std::move(request_id)), client_(std::move(client)), started_(std::chrono::steady_clock::now()) {
+        request_id_(std::move(request_id)), access_line_(std::move(access_line)), started_(std::chrono::steady_clock::now()) {
     head_.version(http_version >= 11 ? 11 : 10);
     head_.result(http::status::ok);
     head_.set(http::field::server, "gilgamesh/" GILGAMESH_VERSION);
@@ -60,11 +60,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
   ~EventStream() {
     owner_.stats_.event_streams_open.fetch_sub(1, std::memory_order_relaxed);
     owner_.stats_.connections_open.fetch_sub(1, std::memory_order_relaxed);
-    if (owner_.access_log_) {
-      spdlog::info("{} GET /events 200 stream: {} events in {:.1f} s {}", client_, events_,
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(),
-                   request_id_);
-    }
+    if (access_line_) spdlog::info("{}", access_line_(std::chrono::steady_clock::now() - started_, events_));
     owner_.remove(this);
   }
 
@@ -170,7 +166,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
   std::string pending_;  // the event being written
   const bool chunked_;
   const std::string request_id_;
-  const std::string client_;
+  const EventStreams::AccessLine access_line_;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point next_tick_;
   std::uint64_t events_ = 0;
@@ -180,10 +176,10 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
   bool closed_ = false;
 };
 
-EventStreams::EventStreams(ServerStats& stats, std::function<std::string()> snapshot, bool access_log)
-    : stats_(stats), snapshot_(std::move(snapshot)), access_log_(access_log) {}
+EventStreams::EventStreams(ServerStats& stats, std::function<std::string()> snapshot)
+    : stats_(stats), snapshot_(std::move(snapshot)) {}
 
-void EventStreams::start(Socket socket, unsigned http_version, std::string request_id, std::string client) {
+void EventStreams::start(Socket socket, unsigned http_version, std::string request_id, AccessLine access_line) {
   std::shared_ptr<EventStream> stream;
   {
     std::lock_guard lock(mutex_);
@@ -194,7 +190,7 @@ void EventStreams::start(Socket socket, unsigned http_version, std::string reque
       return;
     }
     stream = std::make_shared<EventStream>(std::move(socket), *this, http_version, std::move(request_id),
-                                           std::move(client));
+                                           std::move(access_line));
     streams_.insert(stream.get());
   }
   stats_.record_status(200);

@@ -21,6 +21,7 @@
 
 #include <boost/asio/generic/stream_protocol.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <mutex>
@@ -36,15 +37,17 @@ class EventStream;
 class EventStreams {
  public:
   // `snapshot` builds the JSON of one event; it runs on an I/O thread.
-  EventStreams(ServerStats& stats, std::function<std::string()> snapshot, bool access_log);
+  EventStreams(ServerStats& stats, std::function<std::string()> snapshot);
   EventStreams(const EventStreams&) = delete;
   EventStreams& operator=(const EventStreams&) = delete;
 
   // Takes the connection over (on the connection's strand, right after the
   // request was read) and streams until the client leaves or shutdown().
-  // `client`: the access log's name for the client (forwarded::client_text).
+  // `access_line`, when the access log is on: the stream's line once it ends, given how long
+  // it lasted and how many events it sent.
+  using AccessLine = std::function<std::string(std::chrono::nanoseconds lasted, std::size_t events)>;
   void start(boost::asio::generic::stream_protocol::socket socket, unsigned http_version, std::string request_id,
-             std::string client);
+             AccessLine access_line);
   // Ends every stream: a last "shutdown" event, then close. Later start()s
   // close their connection at once. Thread-safe.
   void shutdown();
@@ -57,7 +60,6 @@ class EventStreams {
 
   ServerStats& stats_;
   std::function<std::string()> snapshot_;
-  bool access_log_;
   mutable std::mutex mutex_;
   std::unordered_set<EventStream*> streams_;
   bool stopped_ = false;

@@ -77,6 +77,7 @@ def test_version(gilgamesh_bin):
     (["--strategy", "telepathy"], "telepathy"),
     (["--max-body", "-1"], "max-body"),
     (["--max-header-size", "512"], "max-header-size"),
+    (["--access-log-format", "%(zz)s"], "unknown atom %(zz)s"),
     (["--timeout", "soon"], "timeout"),
     (["--workers"], "workers"),
     (["--forwarded-allow-ips", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),

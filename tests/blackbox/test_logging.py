@@ -67,6 +67,40 @@ def test_access_log_names_the_client_a_trusted_proxy_forwards(start_server):
     wait_for(lambda: all(p.search(server.log()) for p in expected), "every access-log line")
 
 
+COMBINED = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+def test_access_log_format_speaks_gunicorns_atoms(start_server):
+    # Apache's combined format as gunicorn writes it, then the time, the response's request id
+    # and a header the request lacks; --access-log-format alone turns the log on.
+    fmt = COMBINED + ' %(m)s %(U)s %(q)s %(H)s %(B)s %(D)s %(L)s %({x-request-id}o)s %({x-absent}i)s 100%%'
+    server = start_server(workers=1, args=["--access-log-format", fmt])
+    tag = uuid.uuid4().hex[:12]
+    rid = tag + "-fib"
+    r = server.get("/fib?n=10", headers={
+        "X-Request-Id": rid, "Authorization": "Basic YWxpY2U6czNjcmV0",  # alice:s3cret
+        "Referer": "http://example.test/from", "User-Agent": "probe/1.0",
+        "X-Forwarded-For": "203.0.113.7, 127.0.0.1"})
+    assert r.status == 200, r
+    fib = re.compile(
+        r"\] 203\.0\.113\.7 - alice \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
+        r'"GET /fib\?n=10 HTTP/1\.1" 200 %d "http://example\.test/from" "probe/1\.0" '
+        r"GET /fib n=10 HTTP/1\.1 %d \d+ \d+\.\d{6} %s - 100%%$" % (len(r.body), len(r.body), re.escape(rid)), re.M)
+    missing = server.get("/no/such/path", headers={"X-Request-Id": tag + "-404"})
+    assert missing.status == 404, missing
+    not_found = re.compile(r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /no/such/path HTTP/1\.1" 404 %d "-" "[^"]*" '
+                           r"GET /no/such/path  HTTP/1\.1 %d \d+ [0-9.]+ %s - 100%%$"
+                           % (len(missing.body), len(missing.body), re.escape(tag + "-404")), re.M)
+    # An event stream's line comes when it ends: a stream's size is '-', as gunicorn's %(b)s.
+    with server.raw() as conn:
+        conn.send(b"GET /events HTTP/1.1\r\nHost: h\r\nUser-Agent: watcher/2\r\n\r\n")
+        head = conn.read_response(head_request=True)
+        assert head.status == 200, head
+    stream = re.compile(r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /events HTTP/1\.1" 200 - "-" "watcher/2" ', re.M)
+    wait_for(lambda: all(p.search(server.log()) for p in (fib, not_found, stream)),
+             "the three access-log lines", timeout=15)
+
+
 def test_no_access_log_without_the_flag(demo_server):
     rid = "quiet-" + uuid.uuid4().hex
     r = demo_server.get("/fib?n=10", headers={"X-Request-Id": rid})
