@@ -488,6 +488,12 @@ ParseOutcome parse_command_line(int argc, char** argv) {
                  "Directory whose *.py files --reload watches, subdirectories included (repeatable; "
                  "default: the working directory)")
       ->check(CLI::ExistingDirectory);
+  cli.add_option("--reload-include", c.reload.includes,
+                 "Glob pattern of more files --reload watches besides *.py, on a file's name or, with a "
+                 "'/', its path under --reload-dir, as uvicorn's (repeatable; '*.html', 'templates/*')");
+  cli.add_option("--reload-exclude", c.reload.excludes,
+                 "Glob pattern of files or folders --reload leaves out (repeatable; default: .* *.py[cod] "
+                 ".sw.* ~*, as uvicorn's)");
   cli.add_option("--log-level", c.log_level, "Log level ('warning' as gunicorn and uvicorn spell it: warn)")
       ->check(one_of({"trace", "debug", "info", "warn", "warning", "error", "critical", "off"}))
       ->capture_default_str();
@@ -501,8 +507,9 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (!resolve_bind(c.http, raw, cli, argc, argv) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
     return {std::nullopt, 2, false};
   }
-  if (!c.reload.dirs.empty() && !c.reload.enabled) {
-    std::cerr << "gilgamesh: --reload-dir names what --reload watches; add --reload (see --help)\n";
+  if ((!c.reload.dirs.empty() || !c.reload.includes.empty() || !c.reload.excludes.empty()) && !c.reload.enabled) {
+    std::cerr << "gilgamesh: --reload-dir, --reload-include and --reload-exclude say what --reload watches; add "
+                 "--reload (see --help)\n";
     return {std::nullopt, 2, false};
   }
   if (c.app.kind == AppKind::asgi && c.pool.threads > 1) {

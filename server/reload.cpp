@@ -1,6 +1,7 @@
 #include "server/reload.hpp"
 
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -34,21 +36,58 @@ constexpr std::size_t kManyFiles = 20000;
 
 using Snapshot = std::map<std::string, fs::file_time_type>;
 
-// Every *.py file under the folders, with its modification time; hidden folders and
-// __pycache__ are skipped, and so are files that vanish while they are read.
-Snapshot snapshot(const std::vector<fs::path>& dirs) {
+// Which files are watched, as uvicorn's --reload-include/--reload-exclude: glob patterns
+// (fnmatch) on a file's or folder's name, or, with a '/', on its path under the watched folder.
+// *.py is included and uvicorn's editor droppings excluded by default; a pattern given for the
+// other side takes a default out (--reload-exclude '*.py', --reload-include '.env').
+class FileFilter {
+ public:
+  explicit FileFilter(const ReloadOptions& options)
+      : includes_{"*.py"}, excludes_{".*", "*.py[cod]", ".sw.*", "~*"} {
+    for (const std::string& p : options.includes) {
+      std::erase(excludes_, p);
+      includes_.push_back(p);
+    }
+    for (const std::string& p : options.excludes) {
+      std::erase(includes_, p);
+      excludes_.push_back(p);
+    }
+  }
+  bool skips_folder(const fs::path& relative) const { return any(excludes_, relative) || relative.filename() == "__pycache__"; }
+  bool watches(const fs::path& relative) const { return any(includes_, relative) && !any(excludes_, relative); }
+  std::string describe() const {
+    std::string text;
+    for (const std::string& p : includes_) text += (text.empty() ? "" : " ") + p;
+    return text;
+  }
+
+ private:
+  static bool any(const std::vector<std::string>& patterns, const fs::path& relative) {
+    const std::string name = relative.filename().string();
+    const std::string path = relative.generic_string();
+    return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) {
+      return fnmatch(p.c_str(), (p.find('/') == std::string::npos ? name : path).c_str(), 0) == 0;
+    });
+  }
+  std::vector<std::string> includes_;
+  std::vector<std::string> excludes_;
+};
+
+// Every watched file under the folders, with its modification time; excluded folders (hidden
+// ones, __pycache__) are not entered, and files that vanish while they are read are skipped.
+Snapshot snapshot(const std::vector<fs::path>& dirs, const FileFilter& filter) {
   Snapshot files;
   for (const fs::path& dir : dirs) {
     std::error_code ec;
     fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec);
     for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       std::error_code entry_ec;
-      const std::string name = it->path().filename().string();
+      const fs::path relative = it->path().lexically_relative(dir);
       if (it->is_directory(entry_ec)) {
-        if (name.starts_with('.') || name == "__pycache__") it.disable_recursion_pending();
+        if (filter.skips_folder(relative)) it.disable_recursion_pending();
         continue;
       }
-      if (it->path().extension() != ".py" || name.starts_with('.')) continue;
+      if (!filter.watches(relative)) continue;
       const auto mtime = it->last_write_time(entry_ec);
       if (!entry_ec) files.emplace(it->path().string(), mtime);
     }
@@ -142,9 +181,10 @@ int reload_main(const ServerConfig& config, char** argv) {
   sigprocmask(SIG_BLOCK, &watched, &original);
 
   const std::vector<fs::path> dirs = watched_dirs(config.reload);
-  Snapshot files = snapshot(dirs);
-  spdlog::info("reloader: watching {} *.py files under {}; the server restarts when one changes", files.size(),
-               joined(dirs));
+  const FileFilter filter(config.reload);
+  Snapshot files = snapshot(dirs, filter);
+  spdlog::info("reloader: watching {} files ({}) under {}; the server restarts when one changes", files.size(),
+               filter.describe(), joined(dirs));
   if (files.size() > kManyFiles) {
     spdlog::warn("reloader: {} files are looked at every {} ms; name the app's own folders with --reload-dir",
                  files.size(), kPollNanoseconds / 1'000'000);
@@ -188,13 +228,13 @@ int reload_main(const ServerConfig& config, char** argv) {
     }
     if (state != State::serving || signo > 0) continue;
 
-    Snapshot now = snapshot(dirs);
+    Snapshot now = snapshot(dirs, filter);
     const std::string changed = first_change(files, now);
     if (changed.empty()) continue;
     for (;;) {  // until two looks kSettle apart agree
       const timespec pause{0, std::chrono::nanoseconds(kSettle).count()};
       nanosleep(&pause, nullptr);
-      Snapshot again = snapshot(dirs);
+      Snapshot again = snapshot(dirs, filter);
       if (first_change(now, again).empty()) break;
       now = std::move(again);
     }

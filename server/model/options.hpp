@@ -106,6 +106,8 @@ struct ReloadOptions {
   bool enabled = false;
   std::vector<std::string> dirs;               // watched for *.py changes (default: the working
                                                // directory)
+  std::vector<std::string> includes;           // --reload-include: more file patterns than *.py
+  std::vector<std::string> excludes;           // --reload-exclude: patterns left out
 };
 
 struct ServerConfig {

@@ -155,7 +155,39 @@ def test_a_supervisor_killed_outright_takes_its_server_along(project):
         server.kill()
 
 
+def test_reload_include_and_exclude_choose_the_files(project):
+    # As uvicorn's: a template edit restarts with --reload-include '*.html'; a module matched
+    # by --reload-exclude, or a folder, does not; *.py stays watched.
+    (project / "templates").mkdir()
+    (project / "templates" / "page.html").write_text("<p>1</p>")
+    (project / "scratch_notes.py").write_text("X = 1\n")
+    (project / "vendor").mkdir()
+    (project / "vendor" / "lib.py").write_text("Y = 1\n")
+    server = GilgameshServer("subinterpreters", workers=1, app="reloaded_app", args=[
+        "--reload", "--reload-dir", str(project), "--pythonpath", str(project),
+        "--reload-include", "*.html", "--reload-exclude", "scratch_*.py", "--reload-exclude", "vendor"]).start()
+    try:
+        first = served(server)
+        write(project / "templates" / "page.html", "<p>2</p>")
+        second = wait_for_answer(server, lambda a: a["pid"] != first["pid"], "a restart for the template")
+        assert "reloader: %s changed" % (project / "templates" / "page.html") in server.log()
+        write(project / "scratch_notes.py", "X = 2\n")
+        write(project / "vendor" / "lib.py", "Y = 2\n")
+        time.sleep(scaled(1.5))  # five polls and the settling time: a watched file would have restarted it
+        assert served(server)["pid"] == second["pid"], server.log()[-3000:]
+        log = server.log()
+        assert "scratch_notes.py changed" not in log and "lib.py changed" not in log, log[-3000:]
+        assert "(*.py *.html)" in log, log[-3000:]
+        write(project / "reloaded_app.py", APP_V1.replace("VERSION = 1", "VERSION = 4"))
+        third = wait_for_answer(server, lambda a: a["version"] == 4, "the app's edit served")
+        assert third["pid"] != second["pid"], (second, third)
+        assert server.stop() == 0, server.log()[-3000:]
+    finally:
+        server.kill()
+
+
 def test_reload_dir_needs_reload():
-    result = run_cli(["--reload-dir", ".", "--port", str(free_port())])
-    assert result.returncode == 2, result
-    assert "--reload-dir names what --reload watches; add --reload" in result.stderr, result.stderr
+    for flags in (["--reload-dir", "."], ["--reload-include", "*.html"], ["--reload-exclude", "x"]):
+        result = run_cli([*flags, "--port", str(free_port())])
+        assert result.returncode == 2, result
+        assert "say what --reload watches; add --reload" in result.stderr, result.stderr
