@@ -39,7 +39,9 @@ using Snapshot = std::map<std::string, fs::file_time_type>;
 // Which files are watched, as uvicorn's --reload-include/--reload-exclude: glob patterns
 // (fnmatch) on a file's or folder's name, or, with a '/', on its path under the watched folder.
 // *.py is included and uvicorn's editor droppings excluded by default; a pattern given for the
-// other side takes a default out (--reload-exclude '*.py', --reload-include '.env').
+// other side takes a default out (--reload-exclude '*.py'), and an included name without
+// wildcards is watched whatever the excludes say (--reload-include .env, though .* is out), as
+// uvicorn's filter lets an exact match win.
 class FileFilter {
  public:
   explicit FileFilter(const ReloadOptions& options)
@@ -54,7 +56,14 @@ class FileFilter {
     }
   }
   bool skips_folder(const fs::path& relative) const { return any(excludes_, relative) || relative.filename() == "__pycache__"; }
-  bool watches(const fs::path& relative) const { return any(includes_, relative) && !any(excludes_, relative); }
+  bool watches(const fs::path& relative) const {
+    const std::string name = relative.filename().string();
+    const std::string path = relative.generic_string();
+    const bool exact = std::any_of(includes_.begin(), includes_.end(), [&](const std::string& p) {
+      return p.find_first_of("*?[") == std::string::npos && (p == name || p == path);
+    });
+    return exact || (any(includes_, relative) && !any(excludes_, relative));
+  }
   std::string describe() const {
     std::string text;
     for (const std::string& p : includes_) text += (text.empty() ? "" : " ") + p;

@@ -156,8 +156,9 @@ def test_a_supervisor_killed_outright_takes_its_server_along(project):
 
 
 def test_reload_include_and_exclude_choose_the_files(project):
-    # As uvicorn's: a template edit restarts with --reload-include '*.html'; a module matched
-    # by --reload-exclude, or a folder, does not; *.py stays watched.
+    # As uvicorn's: a template edit restarts with --reload-include '*.html', a .env file named
+    # exactly too; a module matched by --reload-exclude, or a folder, does not; *.py stays
+    # watched.
     (project / "templates").mkdir()
     (project / "templates" / "page.html").write_text("<p>1</p>")
     (project / "scratch_notes.py").write_text("X = 1\n")
@@ -165,7 +166,8 @@ def test_reload_include_and_exclude_choose_the_files(project):
     (project / "vendor" / "lib.py").write_text("Y = 1\n")
     server = GilgameshServer("subinterpreters", workers=1, app="reloaded_app", args=[
         "--reload", "--reload-dir", str(project), "--pythonpath", str(project),
-        "--reload-include", "*.html", "--reload-exclude", "scratch_*.py", "--reload-exclude", "vendor"]).start()
+        "--reload-include", "*.html", "--reload-include", ".env",
+        "--reload-exclude", "scratch_*.py", "--reload-exclude", "vendor"]).start()
     try:
         first = served(server)
         write(project / "templates" / "page.html", "<p>2</p>")
@@ -177,10 +179,14 @@ def test_reload_include_and_exclude_choose_the_files(project):
         assert served(server)["pid"] == second["pid"], server.log()[-3000:]
         log = server.log()
         assert "scratch_notes.py changed" not in log and "lib.py changed" not in log, log[-3000:]
-        assert "(*.py *.html)" in log, log[-3000:]
+        assert "(*.py *.html .env)" in log, log[-3000:]
         write(project / "reloaded_app.py", APP_V1.replace("VERSION = 1", "VERSION = 4"))
         third = wait_for_answer(server, lambda a: a["version"] == 4, "the app's edit served")
         assert third["pid"] != second["pid"], (second, third)
+        # A name given exactly is watched though the default '.*' leaves hidden files out.
+        write(project / ".env", "DEBUG=1\n")
+        wait_for_answer(server, lambda a: a["pid"] != third["pid"], "a restart for .env")
+        assert "reloader: %s changed" % (project / ".env") in server.log()
         assert server.stop() == 0, server.log()[-3000:]
     finally:
         server.kill()
