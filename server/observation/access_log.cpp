@@ -32,7 +32,9 @@ std::string basic_user(const AccessEntry& e) {
     return "-";
   }
   const std::string_view coded = auth->substr(6);
-  std::string plain(boost::beast::detail::base64::decoded_size(coded.size()), '\0');
+  // decoded_size() assumes a length that is a multiple of 4; a client's may not be (unpadded),
+  // and decode() then writes up to two bytes more: room for a whole last group.
+  std::string plain(boost::beast::detail::base64::decoded_size(coded.size() + 3), '\0');
   const auto [written, read] = boost::beast::detail::base64::decode(plain.data(), coded.data(), coded.size());
   plain.resize(written);
   const auto colon = plain.find(':');

@@ -48,6 +48,12 @@ TEST(AccessLogFormat, AStreamsSizeAndAbsentThingsAreDashes) {
   };
   e.request_header = [](std::string_view) -> std::optional<std::string_view> { return "Basic !!!notbase64"; };
   EXPECT_EQ(f.render(e), "- - - 0 abc HTTP/1.0");
+  // Unpadded base64, 6 and 7 characters: decoded whole, written within its buffer (ASan).
+  const AccessLogFormat user("%(u)s");
+  e.request_header = [](std::string_view) -> std::optional<std::string_view> { return "basic Ym9iOng"; };  // bob:x
+  EXPECT_EQ(user.render(e), "bob");
+  e.request_header = [](std::string_view) -> std::optional<std::string_view> { return "Basic YWI6eA"; };  // ab:x
+  EXPECT_EQ(user.render(e), "ab");
 }
 
 TEST(AccessLogFormat, RefusesWhatItDoesNotKnow) {
