@@ -55,14 +55,13 @@ class FileFilter {
       excludes_.push_back(p);
     }
   }
-  bool skips_folder(const fs::path& relative) const { return any(excludes_, relative) || relative.filename() == "__pycache__"; }
+  bool skips_folder(const fs::path& relative) const {
+    return relative.filename() == "__pycache__" || Names(relative).any(excludes_);
+  }
+  // An include without wildcards names its file whatever the excludes say.
   bool watches(const fs::path& relative) const {
-    const std::string name = relative.filename().string();
-    const std::string path = relative.generic_string();
-    const bool exact = std::any_of(includes_.begin(), includes_.end(), [&](const std::string& p) {
-      return p.find_first_of("*?[") == std::string::npos && (p == name || p == path);
-    });
-    return exact || (any(includes_, relative) && !any(excludes_, relative));
+    const Names names(relative);
+    return names.any(includes_, true) || (names.any(includes_) && !names.any(excludes_));
   }
   std::string describe() const {
     std::string text;
@@ -71,13 +70,20 @@ class FileFilter {
   }
 
  private:
-  static bool any(const std::vector<std::string>& patterns, const fs::path& relative) {
-    const std::string name = relative.filename().string();
-    const std::string path = relative.generic_string();
-    return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) {
-      return fnmatch(p.c_str(), (p.find('/') == std::string::npos ? name : path).c_str(), 0) == 0;
-    });
-  }
+  // A file's or folder's name and its path under the watched folder: a pattern with a '/'
+  // matches the path, any other the name.
+  struct Names {
+    explicit Names(const fs::path& relative) : name(relative.filename().string()), path(relative.generic_string()) {}
+    bool any(const std::vector<std::string>& patterns, bool exact_only = false) const {
+      return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) {
+        const std::string& subject = p.find('/') == std::string::npos ? name : path;
+        if (exact_only) return p.find_first_of("*?[") == std::string::npos && p == subject;
+        return fnmatch(p.c_str(), subject.c_str(), 0) == 0;
+      });
+    }
+    std::string name;
+    std::string path;
+  };
   std::vector<std::string> includes_;
   std::vector<std::string> excludes_;
 };

@@ -152,7 +152,10 @@ struct HttpServer::Impl {
         signals(ioc, SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
         accept_retry_timer(ioc) {
-    if (!c.http.access_log_format.empty()) access_format.emplace(c.http.access_log_format);
+    if (!c.http.access_log) return;
+    const bool theirs = !c.http.access_log_format.empty();
+    access_format.emplace(theirs ? AccessLogFormat(c.http.access_log_format) : AccessLogFormat::standard());
+    event_stream_format.emplace(theirs ? *access_format : AccessLogFormat::standard_event_stream());
   }
 
   void do_accept();
@@ -181,7 +184,9 @@ struct HttpServer::Impl {
   std::unique_ptr<Router> app_router_holder;
   std::atomic<const Router*> app_router{nullptr};
   ServerStats stats;
-  std::optional<AccessLogFormat> access_format;  // --access-log-format's, else our own line
+  // With --access-log: --access-log-format's line, else our own (one for GET /events).
+  std::optional<AccessLogFormat> access_format;
+  std::optional<AccessLogFormat> event_stream_format;
   std::chrono::steady_clock::time_point started_at;
   EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
@@ -851,70 +856,69 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     do_write();
   }
 
+  // The access log's client: the forwarded one when a trusted proxy names it
+  // (server/http/forwarded.hpp), as the app saw it; else the peer.
+  struct LogClient {
+    std::string address;           // --access-log-format's %(h)s
+    std::string address_and_port;  // our own line's
+  };
+
   // Counts the answer (status, route latency) and writes its access log line. `bytes`: the
   // body's, nullopt for one that streams; `response`: its head's fields, if it has any.
   void record(int code, std::optional<std::uint64_t> bytes, const http::fields* response) {
     const auto latency = Clock::now() - arrived_;
     server_.stats.record_status(code);
     if (route_index_ != kNoRoute) server_.stats.record_route(route_index_, code, latency);
-    if (!server_.config.http.access_log) return;
-    if (!server_.access_format) {
-      spdlog::info("{} {} {} {} {} {:.3f}ms {}", client_for_log(), sv(request_.method_string()),
-                   sv(request_.target()), code, bytes ? std::to_string(*bytes) : "streamed",
-                   std::chrono::duration<double, std::milli>(latency).count(), context_.request_id);
-      return;
-    }
-    spdlog::info("{}", formatted_access_line(*server_.access_format, client_for_log(true), request_, code, bytes,
-                                             response, latency));
+    if (!server_.access_format) return;
+    const LogClient client = client_for_log();
+    AccessEntry entry = access_entry(client, context_.request_id, request_, latency);
+    entry.status = code;
+    entry.body_bytes = bytes;
+    if (response != nullptr) entry.response_header = lookup_in(*response);
+    spdlog::info("{}", server_.access_format->render(entry));
   }
 
-  // --access-log-format's line for this request.
-  static std::string formatted_access_line(const AccessLogFormat& format, const std::string& client,
-                                           const http::request_header<>& request, int code,
-                                           std::optional<std::uint64_t> bytes, const http::fields* response,
-                                           Clock::duration took) {
-    auto in = [](const http::fields& fields) {
-      return [&fields](std::string_view name) -> std::optional<std::string_view> {
-        const auto found = fields.find(name);
-        if (found == fields.end()) return std::nullopt;
-        return sv(found->value());
-      };
+  static AccessEntry::Lookup lookup_in(const http::fields& fields) {
+    return [&fields](std::string_view name) -> std::optional<std::string_view> {
+      const auto found = fields.find(name);
+      if (found == fields.end()) return std::nullopt;
+      return sv(found->value());
     };
+  }
+
+  // What an access line says of a request whatever its answer; it refers to `client`, `id`
+  // and `request`.
+  static AccessEntry access_entry(const LogClient& client, std::string_view id, const http::request_header<>& request,
+                                  Clock::duration took) {
     AccessEntry entry;
-    entry.client = client;
+    entry.client = client.address;
+    entry.client_and_port = client.address_and_port;
+    entry.request_id = id;
     entry.method = sv(request.method_string());
     entry.target = sv(request.target());
     entry.version = request.version();
-    entry.status = code;
-    entry.body_bytes = bytes;
     entry.took = std::chrono::duration_cast<std::chrono::nanoseconds>(took);
     entry.arrived = std::chrono::time_point_cast<std::chrono::system_clock::duration>(std::chrono::system_clock::now() -
                                                                                       entry.took);
-    entry.request_header = in(request);
-    if (response != nullptr) entry.response_header = in(*response);
-    return format.render(entry);
+    entry.request_header = lookup_in(request);
+    return entry;
   }
 
   // The access log's line for GET /events, written when the stream ends; empty without the log.
+  // What it needs of this session is copied: the stream outlives it.
   EventStreams::AccessLine event_stream_access_line() const {
-    if (!server_.config.http.access_log) return {};
-    if (!server_.access_format) {
-      return [client = client_for_log(), id = context_.request_id](std::chrono::nanoseconds lasted, std::size_t events) {
-        return fmt::format("{} GET /events 200 stream: {} events in {:.1f} s {}", client, events,
-                           std::chrono::duration<double>(lasted).count(), id);
-      };
-    }
-    // The request's head is copied: the stream outlives this session.
-    return [format = &*server_.access_format, client = client_for_log(true), head = http::request_header<>(request_.base())](
-               std::chrono::nanoseconds lasted, std::size_t) {
-      return formatted_access_line(*format, client, head, 200, std::nullopt, nullptr, lasted);
+    if (!server_.event_stream_format) return {};
+    return [format = &*server_.event_stream_format, client = client_for_log(), id = context_.request_id,
+            head = http::request_header<>(request_.base())](std::chrono::nanoseconds lasted, std::size_t events) {
+      AccessEntry entry = access_entry(client, id, head, lasted);
+      entry.status = 200;
+      entry.events = events;
+      return format->render(entry);
     };
   }
 
-  // The access log's client, ADDRESS:PORT (--access-log-format's %(h)s: the address alone):
-  // the forwarded one when a trusted proxy names it (server/http/forwarded.hpp), as the app
-  // saw it; else the peer. Built only with --access-log, from what apply() reads.
-  std::string client_for_log(bool address_only = false) const {
+  // Built only with --access-log, from what forwarded::apply() reads.
+  LogClient client_for_log() const {
     HttpRequestData forwarding;
     forwarding.remote_addr = peer_.remote_addr;
     forwarding.remote_port = peer_.remote_port;
@@ -925,7 +929,8 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
       }
     }
     forwarded::apply(forwarding, server_.trusted_proxies, server_.unix_socket);
-    return forwarded::client_text(forwarding.remote_addr, address_only ? 0 : forwarding.remote_port);
+    return {forwarded::client_text(forwarding.remote_addr, 0),
+            forwarded::client_text(forwarding.remote_addr, forwarding.remote_port)};
   }
 
   void do_write() {

@@ -1,9 +1,11 @@
 #include "server/observation/access_log.hpp"
 
 #include <boost/beast/core/detail/base64.hpp>
+#include <boost/beast/core/string.hpp>
 #include <unistd.h>
 
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 
@@ -14,6 +16,9 @@ enum class AccessLogFormat::Atom : char {
   path = 'U', query = 'q', protocol = 'H', status = 's', bytes = 'B', bytes_or_dash = 'b', referer = 'f',
   user_agent = 'a', pid = 'p', seconds = 'T', milliseconds = 'M', microseconds = 'D', decimal_seconds = 'L',
   request_header = 'i', response_header = 'o',
+  // Our own line's, which no format can name:
+  client_and_port = '1', target = '2', bytes_or_streamed = '3', milliseconds_3 = '4', request_id = '5',
+  events = '6', seconds_1 = '7',
 };
 
 namespace {
@@ -27,10 +32,7 @@ std::string_view or_dash(std::optional<std::string_view> value) {
 // The user name of `Authorization: Basic ...`, as gunicorn's %(u)s; '-' otherwise.
 std::string basic_user(const AccessEntry& e) {
   const auto auth = e.request_header ? e.request_header("authorization") : std::nullopt;
-  if (!auth || auth->size() < 6 || !std::equal(auth->begin(), auth->begin() + 6, "basic ",
-                                               [](char a, char b) { return std::tolower(a) == b; })) {
-    return "-";
-  }
+  if (!auth || !boost::beast::iequals(auth->substr(0, 6), "basic ")) return "-";
   const std::string_view coded = auth->substr(6);
   // decoded_size() assumes a length that is a multiple of 4; a client's may not be (unpadded),
   // and decode() then writes up to two bytes more: room for a whole last group.
@@ -45,6 +47,24 @@ std::string basic_user(const AccessEntry& e) {
   return colon == std::string::npos || user.empty() ? "-" : user;
 }
 
+std::string lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string upper(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string decimal(double value, int places) {
+  char buf[48];
+  const int n = std::snprintf(buf, sizeof buf, "%.*f", places, value);
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
 std::string clf_time(std::chrono::system_clock::time_point when) {
   const std::time_t t = std::chrono::system_clock::to_time_t(when);
   std::tm utc{};
@@ -56,11 +76,36 @@ std::string clf_time(std::chrono::system_clock::time_point when) {
 
 }  // namespace
 
+void AccessLogFormat::add_text(std::string_view text) {
+  if (parts_.empty() || parts_.back().atom != Atom::literal) parts_.push_back({"", Atom::literal});
+  parts_.back().text += text;
+}
+
+AccessLogFormat AccessLogFormat::standard() {
+  AccessLogFormat f;
+  for (Atom atom : {Atom::client_and_port, Atom::method, Atom::target, Atom::status, Atom::bytes_or_streamed}) {
+    f.add(atom);
+    f.add_text(" ");
+  }
+  f.add(Atom::milliseconds_3);
+  f.add_text("ms ");
+  f.add(Atom::request_id);
+  return f;
+}
+
+AccessLogFormat AccessLogFormat::standard_event_stream() {
+  AccessLogFormat f;
+  f.add(Atom::client_and_port);
+  f.add_text(" GET /events 200 stream: ");
+  f.add(Atom::events);
+  f.add_text(" events in ");
+  f.add(Atom::seconds_1);
+  f.add_text(" s ");
+  f.add(Atom::request_id);
+  return f;
+}
+
 AccessLogFormat::AccessLogFormat(std::string_view format) {
-  auto add_text = [this](std::string_view text) {
-    if (parts_.empty() || parts_.back().atom != Atom::literal) parts_.push_back({"", Atom::literal});
-    parts_.back().text += text;
-  };
   std::size_t i = 0;
   while (i < format.size()) {
     const std::size_t percent = format.find('%', i);
@@ -79,21 +124,18 @@ AccessLogFormat::AccessLogFormat(std::string_view format) {
     const std::string_view name = format.substr(percent + 2, end - percent - 2);
     i = end + 2;
     if (name.size() == 1 && kKnown.find(name[0]) != std::string_view::npos) {
-      parts_.push_back({"", static_cast<Atom>(name[0])});
+      add(static_cast<Atom>(name[0]));
       continue;
     }
     if (name.size() >= 4 && name.front() == '{' && name[name.size() - 2] == '}' &&
         std::string_view("ioe").find(name.back()) != std::string_view::npos) {
-      std::string inner(name.substr(1, name.size() - 3));
-      for (char& c : inner) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      const std::string inner = lower(name.substr(1, name.size() - 3));
       if (name.back() != 'e') {
         parts_.push_back({inner, static_cast<Atom>(name.back())});
         continue;
       }
       // gunicorn's %({name}e)s: the process's environment, named in lower case; fixed at start.
-      std::string upper = inner;
-      for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      const char* value = std::getenv(upper.c_str());
+      const char* value = std::getenv(upper(inner).c_str());
       if (value == nullptr) value = std::getenv(inner.c_str());
       add_text(value != nullptr && *value != '\0' ? value : "-");
       continue;
@@ -135,16 +177,20 @@ std::string AccessLogFormat::render(const AccessEntry& e) const {
       case Atom::seconds: out += std::to_string(micros / 1000000); break;
       case Atom::milliseconds: out += std::to_string(micros / 1000); break;
       case Atom::microseconds: out += std::to_string(micros); break;
-      case Atom::decimal_seconds: {
-        char buf[32];
-        const int n = std::snprintf(buf, sizeof buf, "%.6f", static_cast<double>(micros) / 1e6);
-        out.append(buf, static_cast<std::size_t>(n));
-        break;
-      }
+      case Atom::decimal_seconds: out += decimal(static_cast<double>(micros) / 1e6, 6); break;
       case Atom::request_header: out += or_dash(request(p.text)); break;
       case Atom::response_header:
         out += or_dash(e.response_header ? e.response_header(p.text) : std::nullopt);
         break;
+      case Atom::client_and_port: out += e.client_and_port; break;
+      case Atom::target: out += target; break;
+      case Atom::bytes_or_streamed: out += e.body_bytes ? std::to_string(*e.body_bytes) : "streamed"; break;
+      case Atom::milliseconds_3:
+        out += decimal(std::chrono::duration<double, std::milli>(e.took).count(), 3);
+        break;
+      case Atom::request_id: out += e.request_id; break;
+      case Atom::events: out += std::to_string(e.events); break;
+      case Atom::seconds_1: out += decimal(std::chrono::duration<double>(e.took).count(), 1); break;
     }
   }
   return out;

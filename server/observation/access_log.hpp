@@ -10,6 +10,9 @@
 //   %(T)s whole seconds      %(M)s milliseconds   %(D)s microseconds   %(L)s decimal seconds
 //   %({name}i)s request header   %({name}o)s response header   %({name}e)s environment variable
 //   %%: a '%'; anything else is copied. A header that is not there renders as '-'.
+//
+// Without --access-log-format the line is ours (standard()), and GET /events, written when its
+// stream ends, has its own (standard_event_stream()): formats too, of atoms a user cannot name.
 #pragma once
 
 #include <chrono>
@@ -26,7 +29,9 @@ namespace gilgamesh {
 // What one line can say about one request. Header lookups return nullopt when absent.
 struct AccessEntry {
   using Lookup = std::function<std::optional<std::string_view>(std::string_view name)>;
-  std::string_view client;  // the address (the forwarded one from a trusted proxy)
+  std::string_view client;           // the address (the forwarded one from a trusted proxy)
+  std::string_view client_and_port;  // ADDRESS:PORT, for our own line
+  std::string_view request_id;
   std::string_view method;
   std::string_view target;  // as sent: path and query
   unsigned version = 11;    // 10 or 11
@@ -34,6 +39,7 @@ struct AccessEntry {
   std::optional<std::uint64_t> body_bytes;  // nullopt: streamed, not counted
   std::chrono::system_clock::time_point arrived;
   std::chrono::nanoseconds took{0};
+  std::size_t events = 0;  // an event stream's, for our own line
   Lookup request_header;
   Lookup response_header;  // may be empty: no response headers to show
 };
@@ -42,6 +48,10 @@ class AccessLogFormat {
  public:
   // Throws std::invalid_argument naming what it does not know.
   explicit AccessLogFormat(std::string_view format);
+  // "CLIENT:PORT METHOD TARGET STATUS BYTES|streamed 0.123ms REQUEST-ID"
+  static AccessLogFormat standard();
+  // "CLIENT:PORT GET /events 200 stream: N events in 1.5 s REQUEST-ID"
+  static AccessLogFormat standard_event_stream();
   std::string render(const AccessEntry& entry) const;
 
  private:
@@ -50,6 +60,9 @@ class AccessLogFormat {
     std::string text;  // literal text, or the name of a header or variable
     Atom atom;
   };
+  AccessLogFormat() = default;
+  void add_text(std::string_view text);
+  void add(Atom atom) { parts_.push_back({"", atom}); }
   std::vector<Part> parts_;
 };
 

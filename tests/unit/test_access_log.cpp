@@ -62,3 +62,17 @@ TEST(AccessLogFormat, RefusesWhatItDoesNotKnow) {
   }
   EXPECT_NO_THROW(AccessLogFormat{"plain text, no atoms"});
 }
+
+TEST(AccessLogFormat, OurOwnLinesAreFormatsToo) {
+  AccessEntry e = entry({});
+  e.client_and_port = "203.0.113.7:51234";
+  e.request_id = "abc123";
+  EXPECT_EQ(AccessLogFormat::standard().render(e), "203.0.113.7:51234 GET /a/b?x=1&y=2 200 5 1234.567ms abc123");
+  e.body_bytes.reset();
+  EXPECT_EQ(AccessLogFormat::standard().render(e), "203.0.113.7:51234 GET /a/b?x=1&y=2 200 streamed 1234.567ms abc123");
+  e.events = 7;
+  EXPECT_EQ(AccessLogFormat::standard_event_stream().render(e),
+            "203.0.113.7:51234 GET /events 200 stream: 7 events in 1.2 s abc123");
+  // Our own atoms cannot be named in a format.
+  EXPECT_THROW(AccessLogFormat("%(1)s"), std::invalid_argument);
+}
