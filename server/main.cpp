@@ -2,6 +2,7 @@
 // binary linked to the other libpython if needed), start the strategy, serve.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -170,7 +171,33 @@ bool settle_strategy(ServerConfig& config) {
 }
 
 // Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains.
-int serve(const ServerConfig& config, std::optional<int> listener) {
+// What a restart in place (SIGHUP) executes: this binary as it was found at start-up (by path,
+// so that a binary replaced since, by a deploy, is the one that starts), with the same
+// arguments and the signal mask it was given.
+struct SelfExec {
+  std::string path;
+  char** argv = nullptr;
+  sigset_t mask{};
+};
+
+// Executes the server again in this process (same PID: as a container's first process, or
+// under systemd's ExecReload=kill -HUP $MAINPID). Returns only if it could not.
+int restart_in_place(const Restart& restart, const SelfExec& self) {
+  fcntl(restart.fd, F_SETFD, 0);  // the one descriptor that crosses the exec
+  setenv(kListenFdVariable, std::to_string(restart.fd).c_str(), 1);
+  if (!restart.socket_path.empty()) setenv(kListenFileVariable, restart.socket_path.c_str(), 1);
+  spdlog::info("restarting in place: executing {}", self.path);
+  spdlog::default_logger()->flush();
+  std::fflush(nullptr);
+  sigprocmask(SIG_SETMASK, &self.mask, nullptr);
+  execv(self.path.c_str(), self.argv);
+  const int error = errno;
+  spdlog::critical("cannot restart in place: executing {} failed: {}", self.path, std::strerror(error));
+  if (!restart.socket_path.empty()) unlink(restart.socket_path.c_str());
+  return 1;
+}
+
+int serve(const ServerConfig& config, std::optional<int> listener, const SelfExec& self) {
   app_forks::watch();  // before the app is imported: what a process it forks keeps of the server
 
   std::unique_ptr<Executor> executor;
@@ -182,7 +209,7 @@ int serve(const ServerConfig& config, std::optional<int> listener) {
   }
   std::unique_ptr<HttpServer> server;
   try {
-    server = std::make_unique<HttpServer>(config, *executor, listener);
+    server = std::make_unique<HttpServer>(config, *executor, listener, take_inherited_socket_file());
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     executor->stop(std::chrono::steady_clock::now());
@@ -198,12 +225,18 @@ int serve(const ServerConfig& config, std::optional<int> listener) {
     if (!clean) leave_now(1);
     return 1;
   }
+  const std::optional<Restart> restart = server->restart();
   server.reset();
   if (outcome == HttpServer::Outcome::handlers_left_running) {
+    if (restart) {
+      spdlog::warn("restarting without finalizing Python: a thread still runs in it (see above)");
+      return restart_in_place(*restart, self);
+    }
     spdlog::warn("exiting without finalizing Python: a thread still runs in it (see above)");
     leave_now(0);
   }
   executor.reset();
+  if (restart) return restart_in_place(*restart, self);
   spdlog::shutdown();
   return 0;
 }
@@ -231,6 +264,12 @@ void ignore_write_signals() {
 }
 
 int main(int argc, char** argv) {
+  SelfExec self;
+  std::error_code path_error;
+  self.path = std::filesystem::read_symlink("/proc/self/exe", path_error).string();
+  if (path_error) self.path = "/proc/self/exe";
+  self.argv = argv;
+  sigprocmask(SIG_SETMASK, nullptr, &self.mask);
   ignore_write_signals();
   keep_freed_heap_mapped();
   if (argc > 1 && std::strcmp(argv[1], kZygoteFlag) == 0) {
@@ -269,5 +308,5 @@ int main(int argc, char** argv) {
 
   fit_connections(config);
   if (!settle_strategy(config)) return 1;
-  return serve(config, listener);
+  return serve(config, listener, self);
 }

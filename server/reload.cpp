@@ -192,7 +192,7 @@ int reload_main(const ServerConfig& config, char** argv) {
   sigset_t watched;
   sigset_t original;
   sigemptyset(&watched);
-  for (int signo : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&watched, signo);
+  for (int signo : {SIGINT, SIGTERM, SIGCHLD, SIGHUP}) sigaddset(&watched, signo);
   sigprocmask(SIG_BLOCK, &watched, &original);
 
   const std::vector<fs::path> dirs = watched_dirs(config.reload);
@@ -222,6 +222,16 @@ int reload_main(const ServerConfig& config, char** argv) {
       kill(child, signo);  // a second one passes on too: the server stops at once
       state = State::stopping;
       kill_at = std::min(kill_at, Clock::now() + kill_after);
+    }
+    if (signo == SIGHUP && state == State::serving) {  // as if a file changed
+      spdlog::info("reloader: received SIGHUP; {} the server", child > 0 ? "restarting" : "starting");
+      if (child > 0) {
+        kill(child, SIGTERM);
+        state = State::restarting;
+        kill_at = Clock::now() + kill_after;
+      } else {
+        child = start_server(argv, original);
+      }
     }
     int status = 0;
     if (child > 0 && waitpid(child, &status, WNOHANG) == child) {

@@ -149,7 +149,7 @@ struct HttpServer::Impl {
         events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }),
         ioc(c.http.io_threads),
         acceptor(ioc),
-        signals(ioc, SIGINT, SIGTERM),
+        signals(ioc, SIGINT, SIGTERM, SIGHUP),
         shutdown_delay_timer(ioc),
         accept_retry_timer(ioc) {
     if (!c.http.access_log) return;
@@ -161,6 +161,7 @@ struct HttpServer::Impl {
   void do_accept();
   void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
+  void on_restart_signal();
   void begin_drain();
   // Closes the listening socket, after telling app_forks (before its number is free for
   // another descriptor, which a copy the app forks would otherwise close).
@@ -191,7 +192,9 @@ struct HttpServer::Impl {
   EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
-  int signals_received = 0;                // on the signal handler's strand only
+  int signals_received = 0;                // SIGTERM/SIGINT; on the signal handler's strand only
+  // SIGHUP: a copy of the listening socket kept for the server that replaces this one (-1: none).
+  int restart_fd = -1;
   std::promise<void> shutdown_requested;   // the drain begins
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
@@ -1072,7 +1075,21 @@ void HttpServer::Impl::on_accept_error(beast::error_code ec) {
 // --shutdown-delay (a load balancer sees the replica leave before connections
 // are refused), then the drain begins. A second signal ends the drain at once.
 void HttpServer::Impl::on_signal(int signo) {
+  auto wait_again = [this] {
+    signals.async_wait([this](beast::error_code ec, int again) {
+      if (!ec) on_signal(again);
+    });
+  };
+  if (signo == SIGHUP) {
+    on_restart_signal();
+    return wait_again();
+  }
   const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+  if (restart_fd >= 0) {
+    ::close(restart_fd);  // no server follows: connections waiting in the backlog are refused
+    restart_fd = -1;
+    spdlog::info("received {} during the restart: stopping instead", name);
+  }
   if (++signals_received > 1) {
     // The operator wants it gone: no drain, no finalization. Sockets close with
     // the process; the zygote dies with it and idle workers leave on end of stream.
@@ -1085,14 +1102,34 @@ void HttpServer::Impl::on_signal(int signo) {
   spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
                "to stop at once)",
                name, config.http.shutdown_delay, config.http.graceful_timeout);
-  signals.async_wait([this](beast::error_code ec, int again) {
-    if (!ec) on_signal(again);
-  });
+  wait_again();
   if (config.http.shutdown_delay <= 0 || !routes_ready()) return begin_drain();
   shutdown_delay_timer.expires_after(seconds_setting(config.http.shutdown_delay));
   shutdown_delay_timer.async_wait([this](beast::error_code ec) {
     if (!ec) begin_drain();
   });
+}
+
+// SIGHUP (gunicorn's and Granian's reload): the server starts again in this process, with the
+// app's code as it is on disk now and the same listening socket, which stays open meanwhile:
+// new connections wait in its backlog instead of being refused. The drain is SIGTERM's without
+// --shutdown-delay (the socket never closes); main() then executes this binary again.
+void HttpServer::Impl::on_restart_signal() {
+  if (shutting_down) {
+    spdlog::info("received SIGHUP while {}: ignored", restart_fd >= 0 ? "restarting" : "shutting down");
+    return;
+  }
+  restart_fd = fcntl(acceptor.native_handle(), F_DUPFD_CLOEXEC, 0);
+  if (restart_fd < 0) {
+    spdlog::error("received SIGHUP: cannot keep the listening socket for a restart ({}); still serving",
+                  std::strerror(errno));
+    return;
+  }
+  shutting_down = true;
+  spdlog::info("received SIGHUP: restarting in place (pid {}): draining in-flight requests (graceful timeout {} s), "
+               "then starting again on the same socket; new connections wait for it",
+               getpid(), config.http.graceful_timeout);
+  begin_drain();
 }
 
 void HttpServer::Impl::close_listener() {
@@ -1232,6 +1269,14 @@ std::optional<int> take_inherited_listener() {
   return adopt_listener(usable ? static_cast<int>(*fd) : -1, std::string(kListenFdVariable) + "=" + text);
 }
 
+SocketFile take_inherited_socket_file() {
+  const char* value = getenv(kListenFileVariable);
+  if (value == nullptr) return {};
+  SocketFile file(value);
+  unsetenv(kListenFileVariable);
+  return file;
+}
+
 namespace {
 // The listening socket's protocol and where it is, as a URL for the log: http://HOST:PORT
 // ([IPv6]) or unix:PATH.
@@ -1260,8 +1305,9 @@ Bound bound(int fd, const HttpOptions& http, bool inherited) {
 }
 }  // namespace
 
-HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener)
+HttpServer::HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener, SocketFile file)
     : impl_(std::make_unique<Impl>(config, executor)) {
+  impl_->socket_file = std::move(file);
   auto& a = impl_->acceptor;
   const std::string where = listener ? "the inherited socket (descriptor " + std::to_string(*listener) + ")"
                                      : describe_listen(config.http);
@@ -1301,6 +1347,11 @@ SocketFile& SocketFile::operator=(SocketFile&& other) noexcept {
 }
 
 unsigned short HttpServer::port() const { return impl_->bound_port; }
+
+std::optional<Restart> HttpServer::restart() {
+  if (impl_->restart_fd < 0) return std::nullopt;
+  return Restart{std::exchange(impl_->restart_fd, -1), impl_->socket_file.release()};
+}
 
 HttpServer::Outcome HttpServer::run() {
   Impl& s = *impl_;

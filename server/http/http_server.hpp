@@ -24,6 +24,9 @@ class ListenError : public std::runtime_error {
 // The environment variable that names a listening socket a server inherits (the --reload
 // supervisor binds once and passes it to each server it starts).
 inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
+// Beside it, after a restart in place (SIGHUP): the --uds file the server made, which the
+// server it starts removes in its turn.
+inline constexpr const char* kListenFileVariable = "GILGAMESH_LISTEN_FILE";
 
 // The file of a UNIX socket this process made (--uds), removed when this ends in that process
 // (not in a copy of it that the app forked). Empty (no path): nothing to remove.
@@ -36,6 +39,8 @@ class SocketFile {
   SocketFile& operator=(SocketFile&& other) noexcept;
   SocketFile(const SocketFile&) = delete;
   SocketFile& operator=(const SocketFile&) = delete;
+  // The path, which is no longer removed here (a server started in its place takes it over).
+  std::string release() { return std::exchange(path_, {}); }
 
  private:
   std::string path_;
@@ -61,12 +66,23 @@ int adopt_listener(int fd, const std::string& what);
 // descriptor marked close-on-exec, so that neither reaches the processes the server and the app
 // start. nullopt: none was passed. Throws ListenError if it names no listening socket.
 std::optional<int> take_inherited_listener();
+// The --uds file named by GILGAMESH_LISTEN_FILE, taken once as the listener is: this process
+// removes it when it ends. Empty: none was passed.
+SocketFile take_inherited_socket_file();
+
+// What a server restarting in place (SIGHUP) starts again with: its listening socket, still
+// open (connections wait in its backlog), and its --uds file, left in place.
+struct Restart {
+  int fd = -1;
+  std::string socket_path;
+};
 
 class HttpServer {
  public:
-  // Serves on `listener` (take_inherited_listener), else binds one (listen_socket); throws
-  // ListenError if it cannot.
-  HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener = std::nullopt);
+  // Serves on `listener` (take_inherited_listener; `file`, its --uds file to remove at the end,
+  // if this process owns it), else binds one (listen_socket); throws ListenError if it cannot.
+  HttpServer(const ServerConfig& config, Executor& executor, std::optional<int> listener = std::nullopt,
+             SocketFile file = {});
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -80,8 +96,13 @@ class HttpServer {
   // Serves: starts the executor's workers while the listener already answers
   // (rethrows its StartupError), serves until SIGTERM/SIGINT, then drains
   // within --graceful-timeout and stops the executor. A second signal exits the
-  // process at once (status 1).
+  // process at once (status 1). SIGHUP drains the same way but keeps the listening
+  // socket open: restart() then says what to start again with.
   Outcome run();
+  // After run(): the listener and --uds file for the server that replaces this one, when
+  // SIGHUP asked for a restart in place (and no SIGTERM/SIGINT came after it); the file is
+  // no longer removed here.
+  std::optional<Restart> restart();
 
   struct Impl;  // sessions and the listener live here (http_server.cpp)
 

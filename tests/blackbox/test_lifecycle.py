@@ -1,10 +1,12 @@
-"""Graceful shutdown on SIGTERM/SIGINT, and how requests spread over workers.
+"""Graceful shutdown on SIGTERM/SIGINT, restarting in place on SIGHUP, and how requests spread
+over workers.
 
 In-flight requests are held at a gate the test opens (tests/apps/gate.py): the test
 knows when a handler runs and decides when it returns. The moment the drain begins
 is seen on an idle keep-alive connection, which the server closes then."""
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ from collections import defaultdict
 
 import pytest
 
-from gilgamesh_harness import APPS_DIR, HOST, Gate, in_threads, join_all, wait_for_stats
+from gilgamesh_harness import APPS_DIR, HOST, Gate, in_threads, join_all, wait_for, wait_for_stats
 
 
 def gate_server(start_server, workers, args=()):
@@ -235,6 +237,97 @@ def test_sigint_stops_cleanly(start_server):
     assert server.get("/hello").status == 200
     server.signal(signal.SIGINT)
     assert server.wait(timeout=15) == 0, server.log()[-3000:]
+
+
+# An app whose answer the test changes on disk, with gate.py's held handler (GET /wait?port=).
+RESTARTED_APP = """import socket
+
+import gilgamesh
+
+VERSION = %d
+
+
+@gilgamesh.route("/version")
+def version(request):
+    return {"version": VERSION}
+
+
+@gilgamesh.route("/wait")
+def wait(request):
+    with socket.create_connection(("127.0.0.1", int(request.query["port"])), timeout=120) as conn:
+        conn.recv(1)
+    return {"released": request.query.get("tag", "")}
+"""
+
+
+def write_app(path, version):
+    path.write_text(RESTARTED_APP % version)
+    later = time.time() + 2 * version  # a newer mtime than any .pyc written before
+    os.utime(path, (later, later))
+
+
+@pytest.mark.slow
+def test_sighup_restarts_in_place(start_server, tmp_path):
+    """SIGHUP (gunicorn's reload; systemd's ExecReload=kill -HUP $MAINPID): the request in
+    flight is answered, the process stays (same PID, still the harness's child), the app's
+    code is read again, and a connection made during the restart waits in the listening
+    socket's backlog and is served, not refused."""
+    app = tmp_path / "restarted_app.py"
+    write_app(app, 1)
+    server = start_server(workers=2, app="restarted_app",
+                          args=["--pythonpath", str(tmp_path), "--keepalive-timeout", "60"])
+    assert server.get("/version").json() == {"version": 1}
+    pid = server.process.pid
+    with Gate() as gate:
+        threads, results = hold_one(server, gate)
+        idle = idle_connection(server)
+        write_app(app, 2)
+        server.signal(signal.SIGHUP)
+        wait_drain_began(idle)
+        waiting = server.raw(timeout=30)  # connects: the socket still listens
+        waiting.send(b"GET /version HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert server.alive(), server.log()[-3000:]
+        gate.release()
+        join_all(threads)
+    try:
+        answered = waiting.read_response()
+    finally:
+        waiting.close()
+    held = results[0]
+    assert not isinstance(held, Exception), results
+    assert held.status == 200 and held.json() == {"released": "held"}, held
+    assert answered.status == 200 and answered.json() == {"version": 2}, answered
+    assert server.alive() and server.process.pid == pid, server.log()[-3000:]
+    assert server.get("/version").json() == {"version": 2}
+    log = server.log()
+    # The lines docs/operating.md shows.
+    assert ("received SIGHUP: restarting in place (pid %d): draining in-flight requests (graceful timeout 30 s), "
+            "then starting again on the same socket; new connections wait for it" % pid) in log, log[-3000:]
+    assert "restarting in place: executing /" in log, log[-3000:]
+    assert "(an inherited socket: accepting once they are ready); starting 2" in log, log[-3000:]
+    assert log.count("serving restarted_app on") == 2, log[-3000:]
+    # Once restarted it stops as any server does: SIGTERM, status 0.
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_restart_stops_instead(start_server):
+    server = gate_server(start_server, workers=1)
+    with Gate() as gate:
+        threads, results = hold_one(server, gate)
+        idle = idle_connection(server)
+        server.signal(signal.SIGHUP)
+        wait_drain_began(idle)
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM during the restart: stopping instead" in server.log(),
+                 "the SIGTERM taken", timeout=15)
+        assert_refused(server.port)  # no server follows: the kept socket is closed
+        gate.release()
+        code = server.wait(timeout=15)
+    join_all(threads)
+    assert code == 0, "exit code %r\n%s" % (code, server.log()[-3000:])
+    assert results[0].status == 200, results
+    assert "restarting in place: executing" not in server.log(), server.log()[-3000:]
 
 
 def whoami_load(server, clients=8, per_client=25, ms=20):

@@ -155,6 +155,20 @@ def test_a_supervisor_killed_outright_takes_its_server_along(project):
         server.kill()
 
 
+def test_sighup_to_the_supervisor_restarts_the_server(project):
+    # As a file change would: a new server process, the supervisor (the harness's) stays.
+    server = reloading("threads", project, workers=1).start()
+    try:
+        first = served(server)["pid"]  # under threads, the server's
+        server.signal(signal.SIGHUP)
+        again = wait_for_answer(server, lambda a: a["pid"] != first, "a new server after SIGHUP")
+        assert again["version"] == 1 and server.alive(), again
+        assert "reloader: received SIGHUP; restarting the server" in server.log(), server.log()[-3000:]
+        assert server.stop() == 0, server.log()[-3000:]
+    finally:
+        server.kill()
+
+
 def test_reload_include_and_exclude_choose_the_files(project):
     # As uvicorn's: a template edit restarts with --reload-include '*.html', a .env file named
     # exactly too; a module matched by --reload-exclude, or a folder, does not; *.py stays

@@ -7,8 +7,8 @@ X-Forwarded-For and X-Forwarded-Proto are believed (the peer can only be a proce
 open the file, as gunicorn trusts it), the file is a socket every user may connect to (0666) and
 it is gone once the server stops. Once, on one strategy: a WSGI environ (REMOTE_ADDR '', no
 REMOTE_PORT), --forwarded-allow-ips '' turning the trust off, a stale socket file replaced, a
-live one or a file that is not a socket refused without touching it, and --reload keeping the
-socket through a restart; a UNIX socket handed over as `--bind fd://N` (systemd's
+live one or a file that is not a socket refused without touching it, and --reload and SIGHUP
+keeping the socket through a restart; a UNIX socket handed over as `--bind fd://N` (systemd's
 ListenStream=/path) is served and left to its owner."""
 
 import http.client
@@ -178,6 +178,25 @@ def test_reload_keeps_the_unix_socket_through_a_restart(tmp_path):
         code = server.wait(timeout=30)
     assert code == 0, server.log()[-3000:]
     assert not path.exists(), "the supervisor left the socket file"
+
+
+def test_sighup_keeps_the_unix_socket_and_its_file_through_a_restart(tmp_path):
+    """A server restarting in place hands its --uds socket and the file's removal to the
+    server it becomes."""
+    path = tmp_path / "hup.sock"
+    server = started(UnixServer("threads", path, ["--app", "gate"], workers=1,
+                                args=["--pythonpath", str(APPS_DIR)]))
+    try:
+        pid = server.process.pid
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: server.log().count("serving gate on unix:") == 2, "the restarted server", timeout=30)
+        assert_socket_file(path)
+        assert server.get("/hello").body == b"hello"
+        assert server.process.pid == pid and server.alive(), server.log()[-3000:]
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()[-3000:]
+    assert not path.exists(), "the restarted server left the socket file"
 
 
 def test_an_inherited_unix_socket_is_served_and_left_to_its_owner(tmp_path):
