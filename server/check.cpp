@@ -152,6 +152,26 @@ std::optional<StartupError> guard_import(const ServerConfig& config) {
   return std::nullopt;
 }
 
+std::optional<StartupError> restart_blocker(const ServerConfig& config) {
+  const Strategy strategy = config.pool.strategy;
+  const bool sub = strategy == Strategy::subinterpreters;
+  const ProbeResult r =
+      probe_app(self_binary(), probe_request(config, sub ? ProbeMode::subinterpreter : ProbeMode::main_interpreter, strategy));
+  spdlog::info("restart check: app '{}' {} in {} ({:.0f} ms{})", config.app.target, ProbeResult::outcome_name(r.outcome),
+               sub ? "a sub-interpreter" : "the main interpreter", r.probe_seconds * 1000, r.cached ? ", cached" : "");
+  switch (r.outcome) {
+    case Outcome::loads:
+      return std::nullopt;
+    case Outcome::failed:
+    case Outcome::refused:
+      return StartupError(r.message, r.detail);
+    case Outcome::crashed:
+    case Outcome::timed_out:
+      return StartupError(sub ? crash_message(config, r, std::nullopt) : main_crash_message(config, r));
+  }
+  return std::nullopt;
+}
+
 AutoChoice choose_strategy(const ServerConfig& config) {
   const ProbeResult sub =
       probe_app(self_binary(), probe_request(config, ProbeMode::subinterpreter, Strategy::subinterpreters));

@@ -29,6 +29,11 @@ std::string build_binary(PythonBuild build);
 // when the workers may start. `processes` needs none: its zygote imports the app.
 std::optional<StartupError> guard_import(const ServerConfig& config);
 
+// Before a restart in place (SIGHUP): the app as it is on disk now, imported in a disposable
+// child as this strategy's workers would import it (`processes` too: a server whose zygote
+// cannot import the app would not start). Nothing: it loads; else why the restart is refused.
+std::optional<StartupError> restart_blocker(const ServerConfig& config);
+
 // `--strategy auto`: the strategy to serve the app with, and the one line that says why.
 struct AutoChoice {
   Strategy strategy;

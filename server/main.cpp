@@ -170,7 +170,6 @@ bool settle_strategy(ServerConfig& config) {
   _exit(code);
 }
 
-// Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains.
 // What a restart in place (SIGHUP) executes: this binary as it was found at start-up (by path,
 // so that a binary replaced since, by a deploy, is the one that starts), with the same
 // arguments and the signal mask it was given.
@@ -197,6 +196,8 @@ int restart_in_place(const Restart& restart, const SelfExec& self) {
   return 1;
 }
 
+// Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains; after SIGHUP,
+// starts again in place.
 int serve(const ServerConfig& config, std::optional<int> listener, const SelfExec& self) {
   app_forks::watch();  // before the app is imported: what a process it forks keeps of the server
 
@@ -215,6 +216,7 @@ int serve(const ServerConfig& config, std::optional<int> listener, const SelfExe
     executor->stop(std::chrono::steady_clock::now());
     return 1;
   }
+  server->check_before_restart([&config] { return restart_blocker(config); });
   HttpServer::Outcome outcome;
   try {
     outcome = server->run();

@@ -484,8 +484,8 @@ def _refuse_process_exit():
     imported: from now on, in this process, the calls that would end it, stop it or start
     its shutdown raise ProcessExitRefused: os._exit() and os.abort(); os.execv() and
     os.execve() (which would replace it; every os.exec* goes through one of them); and a
-    signal whose action here is to end or stop the process (SIGKILL, SIGTERM, SIGINT,
-    SIGSTOP, SIGUSR1 with no handler...), sent to this process by os.kill() (its pid, 0 or
+    signal whose action here is to end, stop or restart the process (SIGKILL, SIGTERM,
+    SIGINT, SIGHUP, SIGSTOP, SIGUSR1 with no handler...), sent to this process by os.kill() (its pid, 0 or
     -1, or its process group), os.killpg(), signal.raise_signal() or signal.pthread_kill(),
     or set to come by signal.alarm() and signal.setitimer(). The request that called them
     gets the generic 500, its traceback logged, and every other request goes on. Signal 0,
@@ -540,6 +540,8 @@ def _guard_server(server_pid, in_process):
             return None
         if handler == signal.SIG_IGN or (callable(handler) and handler is not signal.default_int_handler):
             return None
+        if in_process and sig == getattr(signal, "SIGHUP", None):
+            return "restart"  # the server's own SIGHUP restarts it in place
         return "stop" if sig in stops else "end"
 
     def signal_name(sig):

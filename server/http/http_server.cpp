@@ -16,7 +16,7 @@
 #include <cstring>
 #include <atomic>
 #include <deque>
-#include <future>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -162,6 +162,8 @@ struct HttpServer::Impl {
   void on_accept_error(beast::error_code ec);
   void on_signal(int signo);
   void on_restart_signal();
+  void after_restart_check(const std::optional<StartupError>& refused);
+  void restart();
   void begin_drain();
   // Closes the listening socket, after telling app_forks (before its number is free for
   // another descriptor, which a copy the app forks would otherwise close).
@@ -195,7 +197,14 @@ struct HttpServer::Impl {
   int signals_received = 0;                // SIGTERM/SIGINT; on the signal handler's strand only
   // SIGHUP: a copy of the listening socket kept for the server that replaces this one (-1: none).
   int restart_fd = -1;
-  std::promise<void> shutdown_requested;   // the drain begins
+  // What run()'s thread is asked to do while the I/O threads serve: wait for the drain
+  // (drain_begun), or first check that the app loads before a restart (restart_check_asked).
+  std::mutex main_mutex;
+  std::condition_variable main_wake;
+  bool drain_begun = false;
+  bool restart_check_asked = false;
+  std::function<std::optional<StartupError>()> restart_check;  // none: restart unchecked
+  bool restart_checking = false;  // on the signal handler's strand only
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -1115,10 +1124,34 @@ void HttpServer::Impl::on_signal(int signo) {
 // new connections wait in its backlog instead of being refused. The drain is SIGTERM's without
 // --shutdown-delay (the socket never closes); main() then executes this binary again.
 void HttpServer::Impl::on_restart_signal() {
-  if (shutting_down) {
-    spdlog::info("received SIGHUP while {}: ignored", restart_fd >= 0 ? "restarting" : "shutting down");
+  if (shutting_down || restart_checking) {
+    spdlog::info("received SIGHUP while {}: ignored",
+                 restart_checking ? "checking the app for a restart" : restart_fd >= 0 ? "restarting" : "shutting down");
     return;
   }
+  if (!restart_check) return restart();
+  // The check imports the app in a child process on run()'s thread; meanwhile this serves.
+  restart_checking = true;
+  spdlog::info("received SIGHUP: checking that the app as it is now loads before restarting in place");
+  std::lock_guard lock(main_mutex);
+  restart_check_asked = true;
+  main_wake.notify_all();
+}
+
+void HttpServer::Impl::after_restart_check(const std::optional<StartupError>& refused) {
+  restart_checking = false;
+  if (shutting_down) return;  // SIGTERM/SIGINT came meanwhile
+  if (refused) {
+    spdlog::error("SIGHUP: not restarting, the app as it is now would not start: {}; still serving the app "
+                  "loaded at start",
+                  refused->what());
+    if (!refused->detail().empty()) spdlog::error("{}", refused->detail());
+    return;
+  }
+  restart();
+}
+
+void HttpServer::Impl::restart() {
   restart_fd = fcntl(acceptor.native_handle(), F_DUPFD_CLOEXEC, 0);
   if (restart_fd < 0) {
     spdlog::error("received SIGHUP: cannot keep the listening socket for a restart ({}); still serving",
@@ -1144,7 +1177,9 @@ void HttpServer::Impl::begin_drain() {
   accept_retry_timer.cancel();
   events.shutdown();
   for_each_session(&Session::on_shutdown);
-  shutdown_requested.set_value();
+  std::lock_guard lock(main_mutex);
+  drain_begun = true;
+  main_wake.notify_all();
 }
 
 // Posts `action` to every open session, on its own executor.
@@ -1348,6 +1383,10 @@ SocketFile& SocketFile::operator=(SocketFile&& other) noexcept {
 
 unsigned short HttpServer::port() const { return impl_->bound_port; }
 
+void HttpServer::check_before_restart(std::function<std::optional<StartupError>()> check) {
+  impl_->restart_check = std::move(check);
+}
+
 std::optional<Restart> HttpServer::restart() {
   if (impl_->restart_fd < 0) return std::nullopt;
   return Restart{std::exchange(impl_->restart_fd, -1), impl_->socket_file.release()};
@@ -1409,7 +1448,15 @@ HttpServer::Outcome HttpServer::run() {
   spdlog::info("serving {} on {} (strategy {}, {} workers, {} I/O threads)", s.config.app.target, s.bound_url,
                strategy_name(s.executor.info().strategy), s.config.pool.workers, s.config.http.io_threads);
 
-  s.shutdown_requested.get_future().wait();
+  for (std::unique_lock lock(s.main_mutex);;) {
+    s.main_wake.wait(lock, [&s] { return s.drain_begun || s.restart_check_asked; });
+    if (s.drain_begun) break;
+    s.restart_check_asked = false;
+    lock.unlock();
+    std::optional<StartupError> refused = s.restart_check();
+    net::post(s.ioc, [&s, refused = std::move(refused)] { s.after_restart_check(refused); });
+    lock.lock();
+  }
   const auto deadline = std::chrono::steady_clock::now() + seconds_setting(s.config.http.graceful_timeout);
   auto sessions_left = [&s] {
     std::lock_guard lock(s.sessions_mutex);

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -99,6 +100,9 @@ class HttpServer {
   // process at once (status 1). SIGHUP drains the same way but keeps the listening
   // socket open: restart() then says what to start again with.
   Outcome run();
+  // Before a restart in place, `check` (on run()'s thread, while the server serves) says
+  // whether the app would start; a refusal is logged and the server goes on as it is.
+  void check_before_restart(std::function<std::optional<StartupError>()> check);
   // After run(): the listener and --uds file for the server that replaces this one, when
   // SIGHUP asked for a restart in place (and no SIGTERM/SIGINT came after it); the file is
   // no longer removed here.

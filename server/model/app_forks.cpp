@@ -25,6 +25,7 @@ void in_forked_child() {
   sigemptyset(&dfl.sa_mask);
   sigaction(SIGTERM, &dfl, nullptr);
   sigaction(SIGINT, &dfl, nullptr);
+  sigaction(SIGHUP, &dfl, nullptr);
 }
 
 }  // namespace

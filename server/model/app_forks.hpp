@@ -1,12 +1,12 @@
 // A process the app forks (os.fork() in a handler or at import, multiprocessing's "fork"
 // start method) and that does not exec is a copy of the server (or of a worker process):
-// it holds the listening socket, the server's handlers of SIGTERM and SIGINT, and the
+// it holds the listening socket, the server's handlers of SIGTERM, SIGINT and SIGHUP, and the
 // thread that forked, which, should the handler return in the child as well, comes back
 // into the server's code with an answer for a client the parent answers too.
 // watch() makes such a copy harmless:
 //   - at the fork, in the child: the listening socket is closed (the port is free once
 //     the server exits, and no connection waits in a backlog that nobody accepts from),
-//     and SIGTERM and SIGINT get their default action back (a signal sent to the child is
+//     and SIGTERM, SIGINT and SIGHUP get their default action back (a signal sent to the child is
 //     the child's; with the server's handler it reached the server: "received SIGTERM");
 //   - where an answer would leave (leave_if_forked(): a connection's job_done, a worker
 //     process's frames), the copy exits (status 0, Python not finalized, as

@@ -261,7 +261,7 @@ def test_a_handler_that_calls_os_exit_abort_or_exec_ends_only_its_request(behavi
 
 
 def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_server, strategy):
-    # In-process, a signal that would end or stop the server (sent to its pid or its group,
+    # In-process, a signal that would end, stop or restart the server (sent to its pid or its group,
     # raised, sent to one of its threads, or due from a timer) raises ProcessExitRefused: the
     # request's generic 500, logged. Signal 0 and signals whose default is to be ignored go.
     # Under processes the worker takes the signal itself: SIGKILL ends it (502, replaced);
@@ -282,6 +282,7 @@ def test_a_handler_that_signals_its_own_process_ends_only_its_request(start_serv
                             ("call=kill&sig=TERM", "os.kill(%d, SIGTERM) would end" % pid),
                             ("call=kill&sig=STOP", "os.kill(%d, SIGSTOP) would stop" % pid),
                             ("call=kill&sig=USR1", "os.kill(%d, SIGUSR1) would end" % pid),
+                            ("call=kill&sig=HUP", "os.kill(%d, SIGHUP) would restart" % pid),
                             ("call=killpg&sig=TERM", "os.killpg(%d, SIGTERM) would end" % pid),
                             ("call=raise&sig=INT", "signal.raise_signal(SIGINT) would end"),
                             ("call=pthread_kill&sig=TERM", "signal.pthread_kill("),

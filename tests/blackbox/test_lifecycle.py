@@ -301,12 +301,38 @@ def test_sighup_restarts_in_place(start_server, tmp_path):
     assert server.get("/version").json() == {"version": 2}
     log = server.log()
     # The lines docs/operating.md shows.
+    assert "received SIGHUP: checking that the app as it is now loads before restarting in place" in log
+    assert "restart check: app 'restarted_app' loads in " in log, log[-3000:]
     assert ("received SIGHUP: restarting in place (pid %d): draining in-flight requests (graceful timeout 30 s), "
             "then starting again on the same socket; new connections wait for it" % pid) in log, log[-3000:]
     assert "restarting in place: executing /" in log, log[-3000:]
     assert "(an inherited socket: accepting once they are ready); starting 2" in log, log[-3000:]
     assert log.count("serving restarted_app on") == 2, log[-3000:]
     # Once restarted it stops as any server does: SIGTERM, status 0.
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+@pytest.mark.slow
+def test_sighup_with_an_app_that_no_longer_starts_keeps_serving(start_server, tmp_path):
+    """The app as it is on disk is imported in a disposable child first: a restart that
+    would not start is refused, logged with the app's error, and the server goes on with
+    the code it has; once the app is mended, SIGHUP restarts it."""
+    app = tmp_path / "restarted_app.py"
+    write_app(app, 1)
+    server = start_server(workers=1, app="restarted_app", args=["--pythonpath", str(tmp_path)])
+    app.write_text(app.read_text() + "\nraise RuntimeError('half-deployed')\n")
+    later = time.time() + 10
+    os.utime(app, (later, later))
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: not restarting" in server.log(), "the restart refused", timeout=30)
+    log = server.log()
+    assert ("SIGHUP: not restarting, the app as it is now would not start: " in log
+            and "half-deployed" in log and "still serving the app loaded at start" in log), log[-3000:]
+    assert server.get("/version").json() == {"version": 1}
+    write_app(app, 3)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("serving restarted_app on") == 2, "the restart", timeout=30)
+    assert server.get("/version").json() == {"version": 3}
     assert server.stop() == 0, server.log()[-3000:]
 
 
