@@ -189,6 +189,7 @@ int reload_main(const ServerConfig& config, char** argv) {
   fcntl(fd, F_SETFD, 0);  // each server started inherits it
   setenv(kListenFdVariable, std::to_string(fd).c_str(), 1);
 
+  const Terminals terminals = Terminals::now();
   sigset_t watched;
   sigset_t original;
   sigemptyset(&watched);
@@ -216,15 +217,19 @@ int reload_main(const ServerConfig& config, char** argv) {
   for (;;) {
     const timespec poll{0, kPollNanoseconds};
     const int signo = sigtimedwait(&watched, nullptr, &poll);
-    if (signo == SIGINT || signo == SIGTERM) {
+    const bool hung_up = signo == SIGHUP && Terminals::now().lost_since(terminals);
+    if (signo == SIGINT || signo == SIGTERM || hung_up) {
       if (child <= 0) return 0;
-      if (state != State::stopping) spdlog::info("reloader: received {}; stopping the server", sigabbrev_np(signo));
-      kill(child, signo);  // a second one passes on too: the server stops at once
+      if (state != State::stopping) {
+        spdlog::info("reloader: received {}{}; stopping the server", sigabbrev_np(signo),
+                     hung_up ? " (the terminal hung up)" : "");
+      }
+      kill(child, hung_up ? SIGTERM : signo);  // a second one passes on too: the server stops at once
       state = State::stopping;
       kill_at = std::min(kill_at, Clock::now() + kill_after);
     }
-    if (signo == SIGHUP && state == State::serving) {  // as if a file changed
-      spdlog::info("reloader: received SIGHUP; {} the server", child > 0 ? "restarting" : "starting");
+    if (signo == SIGHUP && !hung_up && state == State::serving) {  // as if a file changed
+      spdlog::info("reloader: received HUP; {} the server", child > 0 ? "restarting" : "starting");
       if (child > 0) {
         kill(child, SIGTERM);
         state = State::restarting;

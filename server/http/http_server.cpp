@@ -163,7 +163,7 @@ struct HttpServer::Impl {
   void on_signal(int signo);
   void on_restart_signal();
   void after_restart_check(const std::optional<StartupError>& refused);
-  void restart();
+  void begin_restart();
   void begin_drain();
   // Closes the listening socket, after telling app_forks (before its number is free for
   // another descriptor, which a copy the app forks would otherwise close).
@@ -197,6 +197,7 @@ struct HttpServer::Impl {
   int signals_received = 0;                // SIGTERM/SIGINT; on the signal handler's strand only
   // SIGHUP: a copy of the listening socket kept for the server that replaces this one (-1: none).
   int restart_fd = -1;
+  const Terminals terminals = Terminals::now();  // a SIGHUP with one of them gone is a hangup's
   // What run()'s thread is asked to do while the I/O threads serve: wait for the drain
   // (drain_begun), or first check that the app loads before a restart (restart_check_asked).
   std::mutex main_mutex;
@@ -1089,11 +1090,11 @@ void HttpServer::Impl::on_signal(int signo) {
       if (!ec) on_signal(again);
     });
   };
-  if (signo == SIGHUP) {
+  if (signo == SIGHUP && !Terminals::now().lost_since(terminals)) {
     on_restart_signal();
     return wait_again();
   }
-  const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+  const char* name = signo == SIGTERM ? "SIGTERM" : signo == SIGINT ? "SIGINT" : "SIGHUP (the terminal hung up)";
   if (restart_fd >= 0) {
     ::close(restart_fd);  // no server follows: connections waiting in the backlog are refused
     restart_fd = -1;
@@ -1129,7 +1130,7 @@ void HttpServer::Impl::on_restart_signal() {
                  restart_checking ? "checking the app for a restart" : restart_fd >= 0 ? "restarting" : "shutting down");
     return;
   }
-  if (!restart_check) return restart();
+  if (!restart_check) return begin_restart();
   // The check imports the app in a child process on run()'s thread; meanwhile this serves.
   restart_checking = true;
   spdlog::info("received SIGHUP: checking that the app as it is now loads before restarting in place");
@@ -1148,10 +1149,10 @@ void HttpServer::Impl::after_restart_check(const std::optional<StartupError>& re
     if (!refused->detail().empty()) spdlog::error("{}", refused->detail());
     return;
   }
-  restart();
+  begin_restart();
 }
 
-void HttpServer::Impl::restart() {
+void HttpServer::Impl::begin_restart() {
   restart_fd = fcntl(acceptor.native_handle(), F_DUPFD_CLOEXEC, 0);
   if (restart_fd < 0) {
     spdlog::error("received SIGHUP: cannot keep the listening socket for a restart ({}); still serving",
@@ -1302,6 +1303,19 @@ std::optional<int> take_inherited_listener() {
   const auto fd = whole_integer(text);
   const bool usable = fd && *fd >= 0 && *fd <= std::numeric_limits<int>::max();
   return adopt_listener(usable ? static_cast<int>(*fd) : -1, std::string(kListenFdVariable) + "=" + text);
+}
+
+Terminals Terminals::now() {
+  Terminals t;
+  for (int fd = 0; fd < 3; ++fd) t.tty[static_cast<std::size_t>(fd)] = isatty(fd) == 1;
+  return t;
+}
+
+bool Terminals::lost_since(const Terminals& before) const {
+  for (std::size_t i = 0; i < tty.size(); ++i) {
+    if (before.tty[i] && !tty[i]) return true;
+  }
+  return false;
 }
 
 SocketFile take_inherited_socket_file() {

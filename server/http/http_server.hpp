@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -70,6 +71,15 @@ std::optional<int> take_inherited_listener();
 // The --uds file named by GILGAMESH_LISTEN_FILE, taken once as the listener is: this process
 // removes it when it ends. Empty: none was passed.
 SocketFile take_inherited_socket_file();
+
+// Which of stdin, stdout and stderr are terminals. A terminal that hangs up (its window closed,
+// the ssh session gone) sends SIGHUP, and its descriptors stop being terminals: that SIGHUP
+// stops the server as SIGTERM does, as it always did; any other restarts it.
+struct Terminals {
+  static Terminals now();
+  bool lost_since(const Terminals& before) const;
+  std::array<bool, 3> tty{};
+};
 
 // What a server restarting in place (SIGHUP) starts again with: its listening socket, still
 // open (connections wait in its backlog), and its --uds file, left in place.

@@ -84,13 +84,13 @@ def demo_server(gilgamesh_bin, strategy):
 @pytest.fixture
 def start_server(gilgamesh_bin, strategy):
     """Factory: start_server(workers=..., app=..., args=[...], wsgi=..., asgi=..., env=...,
-    preexec_fn=...) -> a running server of this test's strategy, stopped (and killed if need
+    preexec_fn=..., stdin=...) -> a running server of this test's strategy, stopped (and killed if need
     be) when the test ends."""
     started = []
 
     def start(workers=2, app="handlers.demo", args=(), strategy_name=None, wsgi=None, asgi=None,
-              env=None, preexec_fn=None):
-        kw = dict(workers=workers, app=app, args=args, wsgi=wsgi, env=env, preexec_fn=preexec_fn)
+              env=None, preexec_fn=None, stdin=None):
+        kw = dict(workers=workers, app=app, args=args, wsgi=wsgi, env=env, preexec_fn=preexec_fn, stdin=stdin)
         server = (AsgiServer(strategy_name or strategy, asgi, **kw) if asgi
                   else GilgameshServer(strategy_name or strategy, **kw))
         started.append(server)

@@ -372,9 +372,10 @@ class GilgameshServer:
     """One running gilgamesh process on a free port of 127.0.0.1."""
 
     def __init__(self, strategy, workers=2, app="handlers.demo", args=(), env=None, wsgi=None,
-                 preexec_fn=None):
+                 preexec_fn=None, stdin=None):
         self.strategy = strategy
         self.preexec_fn = preexec_fn  # run in the child before exec (e.g. to lower a resource limit)
+        self.stdin = subprocess.DEVNULL if stdin is None else stdin  # a descriptor (a terminal's, say)
         self.workers = workers
         self.app = app
         self.wsgi = wsgi  # MODULE:CALLABLE: serve this WSGI app instead of `app`
@@ -399,7 +400,7 @@ class GilgameshServer:
         self._stdout = tempfile.TemporaryFile()
         env = dict(os.environ)
         env.update(self.env or {})
-        self.process = subprocess.Popen(self.command, cwd=REPO, stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(self.command, cwd=REPO, stdin=self.stdin,
                                         stdout=self._stdout, stderr=self._stderr, env=env,
                                         preexec_fn=self.preexec_fn)
         RUNNING.add(self)

@@ -7,6 +7,7 @@ is seen on an idle keep-alive connection, which the server closes then."""
 
 import http.client
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -334,6 +335,24 @@ def test_sighup_with_an_app_that_no_longer_starts_keeps_serving(start_server, tm
     wait_for(lambda: server.log().count("serving restarted_app on") == 2, "the restart", timeout=30)
     assert server.get("/version").json() == {"version": 3}
     assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_sighup_from_a_terminal_that_hung_up_stops_the_server(start_server):
+    """Closing the terminal a server runs in (its window, an ssh session) sends SIGHUP after
+    the terminal hung up: that one stops the server, drained, as it always did, and does not
+    leave it running with no terminal."""
+    master, terminal = pty.openpty()
+    try:
+        server = start_server(workers=1, stdin=terminal)
+    finally:
+        os.close(terminal)
+    os.close(master)  # the terminal hangs up
+    server.signal(signal.SIGHUP)
+    code = server.wait(timeout=15)
+    log = server.log()
+    assert code == 0, "exit code %r\n%s" % (code, log[-3000:])
+    assert "received SIGHUP (the terminal hung up), shutting down" in log, log[-3000:]
+    assert "restarting in place" not in log, log[-3000:]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ but not the supervisor, which starts it again once the file is fixed; SIGTERM st
 status 0; a supervisor killed outright takes its server along."""
 
 import os
+import pty
 import signal
 import socket
 import threading
@@ -51,8 +52,8 @@ def project(tmp_path):
     return tmp_path
 
 
-def reloading(strategy, project, workers=2):
-    return GilgameshServer(strategy, workers=workers, app="reloaded_app",
+def reloading(strategy, project, workers=2, stdin=None):
+    return GilgameshServer(strategy, workers=workers, app="reloaded_app", stdin=stdin,
                            args=["--reload", "--reload-dir", str(project), "--pythonpath", str(project)])
 
 
@@ -163,8 +164,27 @@ def test_sighup_to_the_supervisor_restarts_the_server(project):
         server.signal(signal.SIGHUP)
         again = wait_for_answer(server, lambda a: a["pid"] != first, "a new server after SIGHUP")
         assert again["version"] == 1 and server.alive(), again
-        assert "reloader: received SIGHUP; restarting the server" in server.log(), server.log()[-3000:]
+        assert "reloader: received HUP; restarting the server" in server.log(), server.log()[-3000:]
         assert server.stop() == 0, server.log()[-3000:]
+    finally:
+        server.kill()
+
+
+def test_a_terminal_that_hangs_up_stops_the_supervisor_and_its_server(project):
+    # Closing the terminal of `gilgamesh --reload` ends the development server, as before.
+    master, terminal = pty.openpty()
+    try:
+        server = reloading("threads", project, workers=1, stdin=terminal).start()
+    finally:
+        os.close(terminal)
+    try:
+        child = served(server)["pid"]
+        os.close(master)
+        server.signal(signal.SIGHUP)
+        assert server.wait(timeout=30) == 0, server.log()[-3000:]
+        assert "reloader: received HUP (the terminal hung up); stopping the server" in server.log(), server.log()[-3000:]
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
     finally:
         server.kill()
 

@@ -1,9 +1,10 @@
 """The image as `docker run` uses it: metadata, contents, serving, mounted apps
 (route handlers with a third-party package from a venv, a WSGI app), SIGTERM
-(drain; /readyz 503 during --shutdown-delay)."""
+(drain; /readyz 503 during --shutdown-delay), SIGHUP (a restart in place under tini)."""
 
 import glob
 import os
+import signal
 import tempfile
 import textwrap
 import threading
@@ -149,6 +150,20 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(container):
         assert not isinstance(r, Exception), r
         assert r.status == 200, r
     assert "Tini is not running as PID 1" not in c.log()
+
+
+def test_sighup_restarts_the_server_in_place_under_tini(container):
+    """`docker kill -s HUP`: tini passes it on, the server restarts in place (the same
+    process, still tini's child) and serves again; `docker stop` then ends it with 0."""
+    c = container().start(["--workers", "1"]).wait_ready()
+    pid = c.server_pid()
+    os.kill(c.init_pid(), signal.SIGHUP)
+    harness.wait_until(lambda: c.log().count("serving handlers.demo on") == 2, 60, "the server restarted")
+    c.wait_ready()
+    assert c.server_pid() == pid, c.log()[-3000:]
+    assert "restarting in place: executing /opt/gilgamesh/bin/gilgamesh" in c.log(), c.log()[-3000:]
+    assert get(c.port, "/hello").status == 200
+    assert c.stop(timeout=30) == 0, c.log()[-3000:]
 
 
 def inflight(port):
