@@ -185,12 +185,16 @@ int restart_in_place(const Restart& restart, const SelfExec& self) {
   fcntl(restart.fd, F_SETFD, 0);  // the one descriptor that crosses the exec
   setenv(kListenFdVariable, std::to_string(restart.fd).c_str(), 1);
   if (!restart.socket_path.empty()) setenv(kListenFileVariable, restart.socket_path.c_str(), 1);
+  setenv(kRestartedVariable, "1", 1);
   spdlog::info("restarting in place: executing {}", self.path);
   spdlog::default_logger()->flush();
   std::fflush(nullptr);
-  sigprocmask(SIG_SETMASK, &self.mask, nullptr);
+  sigset_t held = self.mask;
+  sigaddset(&held, SIGHUP);  // until the new server handles it (serve())
+  sigprocmask(SIG_SETMASK, &held, nullptr);
   execv(self.path.c_str(), self.argv);
   const int error = errno;
+  sigprocmask(SIG_SETMASK, &self.mask, nullptr);
   spdlog::critical("cannot restart in place: executing {} failed: {}", self.path, std::strerror(error));
   if (!restart.socket_path.empty()) unlink(restart.socket_path.c_str());
   return 1;
@@ -211,6 +215,10 @@ int serve(const ServerConfig& config, std::optional<int> listener, const SelfExe
   std::unique_ptr<HttpServer> server;
   try {
     server = std::make_unique<HttpServer>(config, *executor, listener, take_inherited_socket_file());
+    // After a restart in place: SIGHUP, held across the exec, is handled now (one sent
+    // meanwhile comes now).
+    unsetenv(kRestartedVariable);
+    sigprocmask(SIG_SETMASK, &self.mask, nullptr);
   } catch (const ListenError& e) {
     spdlog::critical("{}", e.what());
     executor->stop(std::chrono::steady_clock::now());
@@ -272,6 +280,7 @@ int main(int argc, char** argv) {
   if (path_error) self.path = "/proc/self/exe";
   self.argv = argv;
   sigprocmask(SIG_SETMASK, nullptr, &self.mask);
+  if (getenv(kRestartedVariable) != nullptr) sigdelset(&self.mask, SIGHUP);  // held by the restart only
   ignore_write_signals();
   keep_freed_heap_mapped();
   if (argc > 1 && std::strcmp(argv[1], kZygoteFlag) == 0) {

@@ -15,8 +15,8 @@
 #include <cstdio>
 #include <cstring>
 #include <atomic>
-#include <deque>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -149,9 +149,12 @@ struct HttpServer::Impl {
         events(stats, [this] { return stats_json(view()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }),
         ioc(c.http.io_threads),
         acceptor(ioc),
-        signals(ioc, SIGINT, SIGTERM, SIGHUP),
+        signals(net::make_strand(ioc), SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
         accept_retry_timer(ioc) {
+    // Started with hangups ignored (nohup): they stay ignored, and there is no restart in place.
+    struct sigaction hup {};
+    if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) signals.add(SIGHUP);
     if (!c.http.access_log) return;
     const bool theirs = !c.http.access_log_format.empty();
     access_format.emplace(theirs ? AccessLogFormat(c.http.access_log_format) : AccessLogFormat::standard());
@@ -194,7 +197,7 @@ struct HttpServer::Impl {
   EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
-  int signals_received = 0;                // SIGTERM/SIGINT; on the signal handler's strand only
+  int signals_received = 0;                // SIGTERM/SIGINT; on `signals`' strand, as the restart's state
   // SIGHUP: a copy of the listening socket kept for the server that replaces this one (-1: none).
   int restart_fd = -1;
   const Terminals terminals = Terminals::now();  // a SIGHUP with one of them gone is a hangup's
@@ -205,7 +208,7 @@ struct HttpServer::Impl {
   bool drain_begun = false;
   bool restart_check_asked = false;
   std::function<std::optional<StartupError>()> restart_check;  // none: restart unchecked
-  bool restart_checking = false;  // on the signal handler's strand only
+  bool restart_checking = false;
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -1467,8 +1470,13 @@ HttpServer::Outcome HttpServer::run() {
     if (s.drain_begun) break;
     s.restart_check_asked = false;
     lock.unlock();
-    std::optional<StartupError> refused = s.restart_check();
-    net::post(s.ioc, [&s, refused = std::move(refused)] { s.after_restart_check(refused); });
+    std::optional<StartupError> refused;
+    try {
+      refused = s.restart_check();
+    } catch (const std::exception& e) {
+      refused = StartupError(std::string("the check itself failed: ") + e.what());
+    }
+    net::post(s.signals.get_executor(), [&s, refused = std::move(refused)] { s.after_restart_check(refused); });
     lock.lock();
   }
   const auto deadline = std::chrono::steady_clock::now() + seconds_setting(s.config.http.graceful_timeout);

@@ -29,6 +29,9 @@ inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
 // Beside it, after a restart in place (SIGHUP): the --uds file the server made, which the
 // server it starts removes in its turn.
 inline constexpr const char* kListenFileVariable = "GILGAMESH_LISTEN_FILE";
+// Set across a restart in place, whose exec keeps SIGHUP blocked until the new server handles
+// it (a second SIGHUP meanwhile would otherwise end the process).
+inline constexpr const char* kRestartedVariable = "GILGAMESH_RESTARTED";
 
 // The file of a UNIX socket this process made (--uds), removed when this ends in that process
 // (not in a copy of it that the app forked). Empty (no path): nothing to remove.

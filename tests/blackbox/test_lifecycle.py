@@ -355,6 +355,28 @@ def test_sighup_from_a_terminal_that_hung_up_stops_the_server(start_server):
     assert "restarting in place" not in log, log[-3000:]
 
 
+def test_a_server_started_under_nohup_ignores_sighup(start_server):
+    # nohup starts it with SIGHUP ignored: a terminal's hangup must not end it, nor restart it.
+    server = start_server(workers=1, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    pid = server.process.pid
+    server.signal(signal.SIGHUP)
+    time.sleep(0.5)  # what a restart would take at least: it must not begin
+    assert server.alive() and server.process.pid == pid
+    assert server.get("/hello").status == 200
+    assert "SIGHUP" not in server.log(), server.log()[-3000:]
+
+
+def test_a_second_sighup_during_the_restart_restarts_again(start_server):
+    # SIGHUP is held across the exec until the new server handles it: one that comes while
+    # the new process starts is not its end (the default action) but one more restart.
+    server = start_server(workers=1)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "restarting in place: executing" in server.log(), "the exec", timeout=30, interval=0.005)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("serving handlers.demo on") == 3, "two restarts", timeout=30)
+    assert server.alive() and server.get("/hello").status == 200, server.log()[-3000:]
+
+
 @pytest.mark.slow
 def test_sigterm_during_a_restart_stops_instead(start_server):
     server = gate_server(start_server, workers=1)
