@@ -52,8 +52,8 @@ def project(tmp_path):
     return tmp_path
 
 
-def reloading(strategy, project, workers=2, stdin=None):
-    return GilgameshServer(strategy, workers=workers, app="reloaded_app", stdin=stdin,
+def reloading(strategy, project, workers=2, stdin=None, preexec_fn=None):
+    return GilgameshServer(strategy, workers=workers, app="reloaded_app", stdin=stdin, preexec_fn=preexec_fn,
                            args=["--reload", "--reload-dir", str(project), "--pythonpath", str(project)])
 
 
@@ -165,6 +165,20 @@ def test_sighup_to_the_supervisor_restarts_the_server(project):
         again = wait_for_answer(server, lambda a: a["pid"] != first, "a new server after SIGHUP")
         assert again["version"] == 1 and server.alive(), again
         assert "reloader: received HUP; restarting the server" in server.log(), server.log()[-3000:]
+        assert server.stop() == 0, server.log()[-3000:]
+    finally:
+        server.kill()
+
+
+def test_under_nohup_the_supervisor_ignores_sighup(project):
+    server = reloading("threads", project, workers=1,
+                       preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)).start()
+    try:
+        child = served(server)["pid"]
+        server.signal(signal.SIGHUP)
+        time.sleep(0.5)  # what a restart would take at least: it must not begin
+        assert served(server)["pid"] == child and server.alive()
+        assert "HUP" not in server.log(), server.log()[-3000:]
         assert server.stop() == 0, server.log()[-3000:]
     finally:
         server.kill()
