@@ -189,15 +189,23 @@ int restart_in_place(const Restart& restart, const SelfExec& self) {
   spdlog::info("restarting in place: executing {}", self.path);
   spdlog::default_logger()->flush();
   std::fflush(nullptr);
-  sigset_t held = self.mask;
-  sigaddset(&held, SIGHUP);  // until the new server handles it (serve())
-  sigprocmask(SIG_SETMASK, &held, nullptr);
-  execv(self.path.c_str(), self.argv);
+  execv(self.path.c_str(), self.argv);  // SIGHUP still held (hold_hangups)
   const int error = errno;
-  sigprocmask(SIG_SETMASK, &self.mask, nullptr);
   spdlog::critical("cannot restart in place: executing {} failed: {}", self.path, std::strerror(error));
   if (!restart.socket_path.empty()) unlink(restart.socket_path.c_str());
   return 1;
+}
+
+// From the old server's end until the new one handles it (serve()), SIGHUP must not take its
+// default action, the process's end: it is ignored, and blocked in this thread, so that one
+// sent once this is the only thread left (the executor gone, across the exec) waits for the
+// new server; one that reaches another thread before is ignored.
+void hold_hangups() {
+  std::signal(SIGHUP, SIG_IGN);
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_BLOCK, &hup, nullptr);
 }
 
 // Starts the executor and the HTTP server, serves until SIGTERM/SIGINT, drains; after SIGHUP,
@@ -215,7 +223,7 @@ int serve(const ServerConfig& config, std::optional<int> listener, const SelfExe
   std::unique_ptr<HttpServer> server;
   try {
     server = std::make_unique<HttpServer>(config, *executor, listener, take_inherited_socket_file());
-    // After a restart in place: SIGHUP, held across the exec, is handled now (one sent
+    // After a restart in place: SIGHUP, held across the exec, is the server's now (one sent
     // meanwhile comes now).
     unsetenv(kRestartedVariable);
     sigprocmask(SIG_SETMASK, &self.mask, nullptr);
@@ -236,6 +244,7 @@ int serve(const ServerConfig& config, std::optional<int> listener, const SelfExe
     return 1;
   }
   const std::optional<Restart> restart = server->restart();
+  if (restart) hold_hangups();  // before the server's signal set goes, and SIGHUP's action with it
   server.reset();
   if (outcome == HttpServer::Outcome::handlers_left_running) {
     if (restart) {

@@ -153,8 +153,10 @@ struct HttpServer::Impl {
         shutdown_delay_timer(ioc),
         accept_retry_timer(ioc) {
     // Started with hangups ignored (nohup): they stay ignored, and there is no restart in place.
+    // (After a restart in place, the restart ignored them: main.cpp's hold_hangups.)
     struct sigaction hup {};
-    if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) signals.add(SIGHUP);
+    const bool ignored = sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
+    if (!ignored || getenv(kRestartedVariable) != nullptr) signals.add(SIGHUP);
     if (!c.http.access_log) return;
     const bool theirs = !c.http.access_log_format.empty();
     access_format.emplace(theirs ? AccessLogFormat(c.http.access_log_format) : AccessLogFormat::standard());
