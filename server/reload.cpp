@@ -195,8 +195,7 @@ int reload_main(const ServerConfig& config, char** argv) {
   sigemptyset(&watched);
   for (int signo : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&watched, signo);
   // Started with hangups ignored (nohup): they stay ignored (blocked, one would be taken here).
-  struct sigaction hup {};
-  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) sigaddset(&watched, SIGHUP);
+  if (!hangups_ignored()) sigaddset(&watched, SIGHUP);
   sigprocmask(SIG_BLOCK, &watched, &original);
 
   const std::vector<fs::path> dirs = watched_dirs(config.reload);

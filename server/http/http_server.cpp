@@ -152,11 +152,9 @@ struct HttpServer::Impl {
         signals(net::make_strand(ioc), SIGINT, SIGTERM),
         shutdown_delay_timer(ioc),
         accept_retry_timer(ioc) {
-    // Started with hangups ignored (nohup): they stay ignored, and there is no restart in place.
-    // (After a restart in place, the restart ignored them: main.cpp's hold_hangups.)
-    struct sigaction hup {};
-    const bool ignored = sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
-    if (!ignored || getenv(kRestartedVariable) != nullptr) signals.add(SIGHUP);
+    // Started under nohup, hangups stay ignored. (After a restart in place, the restart ignored
+    // them: main.cpp's hold_hangups.)
+    if (!hangups_ignored() || getenv(kRestartedVariable) != nullptr) signals.add(SIGHUP);
     if (!c.http.access_log) return;
     const bool theirs = !c.http.access_log_format.empty();
     access_format.emplace(theirs ? AccessLogFormat(c.http.access_log_format) : AccessLogFormat::standard());
@@ -199,8 +197,11 @@ struct HttpServer::Impl {
   EventStreams events;  // GET /events; like the sessions below, outlives the io_context
   std::atomic<bool> shutting_down{false};  // a signal came: /readyz 503, no more keep-alive
   std::atomic<bool> draining{false};       // the listener is closed; connections finish
-  int signals_received = 0;                // SIGTERM/SIGINT; on `signals`' strand, as the restart's state
-  // SIGHUP: a copy of the listening socket kept for the server that replaces this one (-1: none).
+  // What the signals asked for so far; on `signals`' strand. checking: SIGHUP came and run()'s
+  // thread checks the app (still serving); restarting: the drain of a restart in place, with
+  // restart_fd kept; stopping: SIGTERM/SIGINT came (during a restart too).
+  enum class Lifecycle { serving, checking, restarting, stopping } lifecycle = Lifecycle::serving;
+  // While restarting: a copy of the listening socket for the server that replaces this one.
   int restart_fd = -1;
   const Terminals terminals = Terminals::now();  // a SIGHUP with one of them gone is a hangup's
   // What run()'s thread is asked to do while the I/O threads serve: wait for the drain
@@ -210,7 +211,6 @@ struct HttpServer::Impl {
   bool drain_begun = false;
   bool restart_check_asked = false;
   std::function<std::optional<StartupError>()> restart_check;  // none: restart unchecked
-  bool restart_checking = false;
   // Sessions unregister in their destructors, which may run while the
   // io_context below is destroyed: these members must outlive it.
   std::mutex sessions_mutex;
@@ -1100,12 +1100,10 @@ void HttpServer::Impl::on_signal(int signo) {
     return wait_again();
   }
   const char* name = signo == SIGTERM ? "SIGTERM" : signo == SIGINT ? "SIGINT" : "SIGHUP (the terminal hung up)";
-  if (restart_fd >= 0) {
-    ::close(restart_fd);  // no server follows: connections waiting in the backlog are refused
-    restart_fd = -1;
+  if (lifecycle == Lifecycle::restarting) {
+    ::close(std::exchange(restart_fd, -1));  // no server follows: connections in the backlog are refused
     spdlog::info("received {} during the restart: stopping instead", name);
-  }
-  if (++signals_received > 1) {
+  } else if (lifecycle == Lifecycle::stopping) {
     // The operator wants it gone: no drain, no finalization. Sockets close with
     // the process; the zygote dies with it and idle workers leave on end of stream.
     spdlog::warn("received {} again: exiting now, without waiting for in-flight requests", name);
@@ -1113,6 +1111,7 @@ void HttpServer::Impl::on_signal(int signo) {
     std::fflush(nullptr);
     std::_Exit(1);
   }
+  lifecycle = Lifecycle::stopping;
   shutting_down = true;
   spdlog::info("received {}, shutting down (shutdown delay {} s, graceful timeout {} s; send it again "
                "to stop at once)",
@@ -1130,14 +1129,16 @@ void HttpServer::Impl::on_signal(int signo) {
 // new connections wait in its backlog instead of being refused. The drain is SIGTERM's without
 // --shutdown-delay (the socket never closes); main() then executes this binary again.
 void HttpServer::Impl::on_restart_signal() {
-  if (shutting_down || restart_checking) {
+  if (lifecycle != Lifecycle::serving) {
     spdlog::info("received SIGHUP while {}: ignored",
-                 restart_checking ? "checking the app for a restart" : restart_fd >= 0 ? "restarting" : "shutting down");
+                 lifecycle == Lifecycle::checking     ? "checking the app for a restart"
+                 : lifecycle == Lifecycle::restarting ? "restarting"
+                                                      : "shutting down");
     return;
   }
   if (!restart_check) return begin_restart();
   // The check imports the app in a child process on run()'s thread; meanwhile this serves.
-  restart_checking = true;
+  lifecycle = Lifecycle::checking;
   spdlog::info("received SIGHUP: checking that the app as it is now loads before restarting in place");
   std::lock_guard lock(main_mutex);
   restart_check_asked = true;
@@ -1145,8 +1146,8 @@ void HttpServer::Impl::on_restart_signal() {
 }
 
 void HttpServer::Impl::after_restart_check(const std::optional<StartupError>& refused) {
-  restart_checking = false;
-  if (shutting_down) return;  // SIGTERM/SIGINT came meanwhile
+  if (lifecycle != Lifecycle::checking) return;  // SIGTERM/SIGINT came meanwhile
+  lifecycle = Lifecycle::serving;
   if (refused) {
     spdlog::error("SIGHUP: not restarting, the app as it is now would not start: {}; still serving the app "
                   "loaded at start",
@@ -1164,6 +1165,7 @@ void HttpServer::Impl::begin_restart() {
                   std::strerror(errno));
     return;
   }
+  lifecycle = Lifecycle::restarting;
   shutting_down = true;
   spdlog::info("received SIGHUP: restarting in place (pid {}): draining in-flight requests (graceful timeout {} s), "
                "then starting again on the same socket; new connections wait for it",
@@ -1321,6 +1323,11 @@ bool Terminals::lost_since(const Terminals& before) const {
     if (before.tty[i] && !tty[i]) return true;
   }
   return false;
+}
+
+bool hangups_ignored() {
+  struct sigaction hup {};
+  return sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
 }
 
 SocketFile take_inherited_socket_file() {

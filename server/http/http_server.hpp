@@ -29,8 +29,10 @@ inline constexpr const char* kListenFdVariable = "GILGAMESH_LISTEN_FD";
 // Beside it, after a restart in place (SIGHUP): the --uds file the server made, which the
 // server it starts removes in its turn.
 inline constexpr const char* kListenFileVariable = "GILGAMESH_LISTEN_FILE";
-// Set across a restart in place, whose exec keeps SIGHUP blocked until the new server handles
-// it (a second SIGHUP meanwhile would otherwise end the process).
+// Set across a restart in place. The restart ignores SIGHUP and blocks it (main.cpp's
+// hold_hangups: one sent meanwhile would otherwise end the process, and one blocked waits for
+// the new server); this tells the new server to take SIGHUP over although it starts with it
+// ignored, which would otherwise mean nohup.
 inline constexpr const char* kRestartedVariable = "GILGAMESH_RESTARTED";
 
 // The file of a UNIX socket this process made (--uds), removed when this ends in that process
@@ -83,6 +85,10 @@ struct Terminals {
   bool lost_since(const Terminals& before) const;
   std::array<bool, 3> tty{};
 };
+
+// Whether this process was started with SIGHUP ignored (nohup): hangups then stay ignored, and
+// there is no restart in place.
+bool hangups_ignored();
 
 // What a server restarting in place (SIGHUP) starts again with: its listening socket, still
 // open (connections wait in its backlog), and its --uds file, left in place.

@@ -416,6 +416,46 @@ def test_a_sighup_while_the_new_server_starts_restarts_it_once_more(start_server
     assert server.alive() and server.get("/hello").status == 200, server.log()[-3000:]
 
 
+# Reports how SIGHUP reaches the app and what it starts: the handler's own thread, a child it
+# starts now, and one the app started at import. (SigBlk/SigIgn: hexadecimal masks, SIGHUP is bit 0.)
+SIGNAL_MASKS_APP = """import subprocess
+
+import gilgamesh
+
+AT_IMPORT = subprocess.Popen(["sleep", "30"])
+
+
+def sighup(status):
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"blocked": int(fields["SigBlk"], 16) & 1 == 1, "ignored": int(fields["SigIgn"], 16) & 1 == 1}
+
+
+@gilgamesh.route("/sighup")
+def masks(request):
+    with open("/proc/thread-self/status") as f:
+        handler = sighup(f.read())
+    with open("/proc/%d/status" % AT_IMPORT.pid) as f:
+        at_import = sighup(f.read())
+    now = sighup(subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout)
+    return {"handler": handler, "child started now": now, "child started at import": at_import}
+"""
+
+
+def test_after_a_restart_sighup_reaches_the_app_and_its_children_as_before(start_server, tmp_path):
+    # The restart holds SIGHUP across the exec; once the new server handles it, nothing of
+    # that hold is left: not blocked in the threads that run the app (whose children would
+    # inherit the mask: a `kill -HUP` to them would wait forever), not ignored in a child the
+    # app starts at import (before the server's handler is in place).
+    (tmp_path / "signal_masks.py").write_text(SIGNAL_MASKS_APP)
+    server = start_server(workers=1, app="signal_masks", args=["--pythonpath", str(tmp_path)])
+    clear = {"blocked": False, "ignored": False}
+    expected = {"handler": clear, "child started now": clear, "child started at import": clear}
+    assert server.get("/sighup").json() == expected
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("serving signal_masks on") == 2, "the restart", timeout=30)
+    assert server.get("/sighup").json() == expected, server.log()[-3000:]
+
+
 @pytest.mark.slow
 def test_sigterm_during_a_restart_stops_instead(start_server):
     server = gate_server(start_server, workers=1)
