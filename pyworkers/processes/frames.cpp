@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <limits>
 #include <new>
+#include <span>
 
 namespace gilgamesh::frames {
 
@@ -141,48 +143,65 @@ std::string ReadResult::describe() const {
   return "?";
 }
 
-bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
-  app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
-  char header[kHeaderSize];
+namespace {
+
+using FrameHeader = std::array<char, kHeaderSize>;
+
+FrameHeader frame_header(Kind kind, std::string_view meta, std::string_view body) {
+  FrameHeader header;
   const auto k = static_cast<std::uint32_t>(kind);
   const auto meta_len = static_cast<std::uint32_t>(meta.size());
   const auto body_len = static_cast<std::uint64_t>(body.size());
-  std::memcpy(header, &k, 4);
-  std::memcpy(header + 4, &meta_len, 4);
-  std::memcpy(header + 8, &body_len, 8);
+  std::memcpy(header.data(), &k, 4);
+  std::memcpy(header.data() + 4, &meta_len, 4);
+  std::memcpy(header.data() + 8, &body_len, 8);
+  return header;
+}
 
-  iovec iov[3] = {{header, kHeaderSize},
-                  {const_cast<char*>(meta.data()), meta.size()},
-                  {const_cast<char*>(body.data()), body.size()}};
-  iovec* next = iov;
-  int left = 3;
-  while (left > 0) {
-    if (next->iov_len == 0) {
-      ++next;
-      --left;
-      continue;
-    }
+// Sends the pieces in order, all of them, or with MSG_DONTWAIT in `flags` as far as the socket
+// takes them without waiting. Returns the bytes sent, or -1 with errno when the socket failed.
+ssize_t send_pieces(int fd, std::span<const std::string_view> pieces, int flags) {
+  std::array<iovec, 3> iov{};
+  std::size_t count = 0;
+  for (std::string_view piece : pieces) {
+    if (!piece.empty()) iov[count++] = {const_cast<char*>(piece.data()), piece.size()};
+  }
+  iovec* next = iov.data();
+  std::size_t total = 0;
+  while (count > 0) {
     msghdr msg{};
     msg.msg_iov = next;
-    msg.msg_iovlen = static_cast<std::size_t>(left);
-    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    msg.msg_iovlen = count;
+    const ssize_t n = ::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (error) *error = errno;
-      return false;
+      if ((flags & MSG_DONTWAIT) != 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      return -1;
     }
     auto sent = static_cast<std::size_t>(n);
-    while (left > 0 && sent >= next->iov_len) {
+    total += sent;
+    while (count > 0 && sent >= next->iov_len) {
       sent -= next->iov_len;
       ++next;
-      --left;
+      --count;
     }
-    if (left > 0) {
+    if (count > 0) {
       next->iov_base = static_cast<char*>(next->iov_base) + sent;
       next->iov_len -= sent;
     }
   }
-  return true;
+  return static_cast<ssize_t>(total);
+}
+
+}  // namespace
+
+bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
+  app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
+  const FrameHeader header = frame_header(kind, meta, body);
+  const std::string_view pieces[] = {{header.data(), header.size()}, meta, body};
+  if (send_pieces(fd, pieces, 0) >= 0) return true;
+  if (error) *error = errno;
+  return false;
 }
 
 ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
@@ -366,7 +385,28 @@ void Outbox::post(Kind kind, std::string meta, std::string body) {
   {
     std::lock_guard lock(mutex_);
     if (closing_ || failed_) return;
-    queue_.push_back({kind, std::move(meta), std::move(body)});
+    if (!queue_.empty() || writing_) {
+      queue_.push_back({std::move(meta), std::move(body), kind});
+    } else {
+      // Nothing ahead of it: written now, as far as the socket takes it without waiting (a
+      // hand-off to the thread costs its wake-up, on every request); the thread writes the rest.
+      const FrameHeader header = frame_header(kind, meta, body);
+      const std::string_view pieces[] = {{header.data(), header.size()}, meta, body};
+      const ssize_t sent = send_pieces(fd_, pieces, MSG_DONTWAIT);
+      if (sent < 0) {
+        failed_ = true;
+        return;
+      }
+      auto skip = static_cast<std::size_t>(sent);
+      if (skip == header.size() + meta.size() + body.size()) return;
+      std::string rest;
+      for (std::string_view piece : pieces) {
+        const std::size_t from = std::min(skip, piece.size());
+        rest.append(piece.substr(from));
+        skip -= from;
+      }
+      queue_.push_back({{}, std::move(rest), std::nullopt});
+    }
   }
   wake_.notify_one();
 }
@@ -392,9 +432,17 @@ void Outbox::run() {
     if (queue_.empty()) return;  // closing, and everything is written
     Item item = std::move(queue_.front());
     queue_.pop_front();
+    writing_ = true;
     lock.unlock();
-    const bool written = write_frame(fd_, item.kind, item.meta, item.body);
+    bool written;
+    if (item.kind) {
+      written = write_frame(fd_, *item.kind, item.meta, item.body);
+    } else {
+      const std::string_view rest[] = {item.body};
+      written = send_pieces(fd_, rest, 0) >= 0;
+    }
     lock.lock();
+    writing_ = false;
     if (!written) {
       failed_ = true;
       queue_.clear();

@@ -50,6 +50,7 @@
 #include <csignal>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <span>
 #include <string>
@@ -162,10 +163,11 @@ std::string encode_asgi_request(std::uint64_t id, std::chrono::microseconds left
 bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::microseconds& left,
                          std::size_t& route_index, HttpRequestData& out);
 
-// Writes frames to a socket from a thread of its own, in the order posted:
-// post() never blocks (an event loop, a connection's thread and the pool's
-// supervisor all post). After a write fails (the peer is gone) the rest are
-// dropped. Held by shared_ptr: a callback that may outlive the socket's owner
+// Writes frames to a socket in the order posted: at once, from the thread that
+// posts, when none is waiting and the socket takes it without blocking; else (the
+// rest of it) from a thread of its own. post() never blocks (an event loop, a
+// connection's thread and the pool's supervisor all post). After a write fails
+// (the peer is gone) the rest are dropped. Held by shared_ptr: a callback that may outlive the socket's owner
 // keeps a weak_ptr.
 class Outbox {
  public:
@@ -181,8 +183,8 @@ class Outbox {
 
  private:
   struct Item {
-    Kind kind;
     std::string meta, body;
+    std::optional<Kind> kind;  // none: `body` is the rest of a frame post() began to write
   };
   void run();
 
@@ -190,6 +192,7 @@ class Outbox {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Item> queue_;
+  bool writing_ = false;  // the thread writes an item it took from the queue
   bool closing_ = false;
   bool failed_ = false;
   std::thread thread_;

@@ -335,6 +335,47 @@ TEST(Frames, AnOutboxWritesInOrderWithoutBlockingThePoster) {
   EXPECT_TRUE(lost->failed());
 }
 
+// post() writes a frame itself when nothing waits, and leaves the rest of one the socket
+// would not take at once to the thread: with several posters and a reader that keeps
+// up only now and then, every frame arrives whole and each poster's in its order.
+TEST(Frames, AnOutboxKeepsFramesWholeAndInOrderWhetherPostedOrThreadWritten) {
+  SocketPair s;
+  auto outbox = std::make_shared<Outbox>(s.a);
+  constexpr int kPosters = 4;
+  constexpr std::uint64_t kEach = 200;
+  auto body_of = [](int poster, std::uint64_t i) {
+    const std::size_t size = (i % 5 == 0) ? 320 * 1024 : (i * 37) % 3000;  // some past what the socket holds
+    return std::string(size, static_cast<char>('a' + (poster * 7 + static_cast<int>(i)) % 26));
+  };
+  std::vector<std::thread> posters;
+  for (int p = 0; p < kPosters; ++p) {
+    posters.emplace_back([&, p] {
+      for (std::uint64_t i = 0; i < kEach; ++i) {
+        outbox->post(Kind::asgi_chunk, tag(static_cast<std::uint64_t>(p) << 32 | i), body_of(p, i));
+      }
+    });
+  }
+  std::vector<std::uint64_t> next(kPosters, 0);
+  std::string carry;
+  Frame f;
+  for (std::uint64_t n = 0; n < kPosters * kEach; ++n) {
+    if (n % 150 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // let the socket fill
+    ASSERT_TRUE(read_frame_buffered(s.b, f, carry).ok()) << n;
+    ASSERT_EQ(f.kind, Kind::asgi_chunk);
+    std::string_view meta = f.meta;
+    std::uint64_t id = 0;
+    ASSERT_TRUE(untag(meta, id));
+    const int poster = static_cast<int>(id >> 32);
+    const std::uint64_t i = id & 0xffffffffu;
+    ASSERT_LT(poster, kPosters);
+    ASSERT_EQ(i, next[static_cast<std::size_t>(poster)]++) << "poster " << poster;
+    ASSERT_TRUE(f.body == body_of(poster, i)) << "poster " << poster << " frame " << i;
+  }
+  for (auto& t : posters) t.join();
+  outbox->close();
+  EXPECT_FALSE(outbox->failed());
+}
+
 TEST(Frames, EndOfStreamAtAndInsideAFrame) {
   {
     SocketPair s;
