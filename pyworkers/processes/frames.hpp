@@ -167,8 +167,8 @@ bool decode_asgi_request(std::string_view meta, std::uint64_t& id, std::chrono::
 // posts, when none is waiting and the socket takes it without blocking; else (the
 // rest of it) from a thread of its own. post() never blocks (an event loop, a
 // connection's thread and the pool's supervisor all post). After a write fails
-// (the peer is gone) the rest are dropped. Held by shared_ptr: a callback that may outlive the socket's owner
-// keeps a weak_ptr.
+// (the peer is gone) the rest are dropped. Held by shared_ptr: a callback that
+// may outlive the socket's owner keeps a weak_ptr.
 class Outbox {
  public:
   explicit Outbox(int fd);
