@@ -13,7 +13,6 @@
 #include <cstring>
 #include <limits>
 #include <new>
-#include <span>
 
 namespace gilgamesh::frames {
 
@@ -145,29 +144,27 @@ std::string ReadResult::describe() const {
 
 namespace {
 
-using FrameHeader = std::array<char, kHeaderSize>;
-
-FrameHeader frame_header(Kind kind, std::string_view meta, std::string_view body) {
-  FrameHeader header;
+// Sends frame (kind, meta, body) past its first `skip` bytes: all of it, or with MSG_DONTWAIT in
+// `flags` as far as the socket takes it without waiting. Returns the bytes of the frame sent so
+// far (`skip` included), or -1 with errno when the socket failed.
+ssize_t send_frame(int fd, Kind kind, std::string_view meta, std::string_view body, std::size_t skip, int flags) {
+  char header[kHeaderSize];
   const auto k = static_cast<std::uint32_t>(kind);
   const auto meta_len = static_cast<std::uint32_t>(meta.size());
   const auto body_len = static_cast<std::uint64_t>(body.size());
-  std::memcpy(header.data(), &k, 4);
-  std::memcpy(header.data() + 4, &meta_len, 4);
-  std::memcpy(header.data() + 8, &body_len, 8);
-  return header;
-}
+  std::memcpy(header, &k, 4);
+  std::memcpy(header + 4, &meta_len, 4);
+  std::memcpy(header + 8, &body_len, 8);
 
-// Sends the pieces in order, all of them, or with MSG_DONTWAIT in `flags` as far as the socket
-// takes them without waiting. Returns the bytes sent, or -1 with errno when the socket failed.
-ssize_t send_pieces(int fd, std::span<const std::string_view> pieces, int flags) {
   std::array<iovec, 3> iov{};
   std::size_t count = 0;
-  for (std::string_view piece : pieces) {
-    if (!piece.empty()) iov[count++] = {const_cast<char*>(piece.data()), piece.size()};
+  std::size_t total = skip;
+  for (std::string_view piece : {std::string_view(header, kHeaderSize), meta, body}) {
+    const std::size_t from = std::min(skip, piece.size());
+    skip -= from;
+    if (from < piece.size()) iov[count++] = {const_cast<char*>(piece.data() + from), piece.size() - from};
   }
   iovec* next = iov.data();
-  std::size_t total = 0;
   while (count > 0) {
     msghdr msg{};
     msg.msg_iov = next;
@@ -197,9 +194,7 @@ ssize_t send_pieces(int fd, std::span<const std::string_view> pieces, int flags)
 
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
   app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
-  const FrameHeader header = frame_header(kind, meta, body);
-  const std::string_view pieces[] = {{header.data(), header.size()}, meta, body};
-  if (send_pieces(fd, pieces, 0) >= 0) return true;
+  if (send_frame(fd, kind, meta, body, 0, 0) >= 0) return true;
   if (error) *error = errno;
   return false;
 }
@@ -385,28 +380,19 @@ void Outbox::post(Kind kind, std::string meta, std::string body) {
   {
     std::lock_guard lock(mutex_);
     if (closing_ || failed_) return;
-    if (!queue_.empty() || writing_) {
-      queue_.push_back({std::move(meta), std::move(body), kind});
-    } else {
+    std::size_t written = 0;
+    if (queue_.empty() && !writing_) {
       // Nothing ahead of it: written now, as far as the socket takes it without waiting (a
       // hand-off to the thread costs its wake-up, on every request); the thread writes the rest.
-      const FrameHeader header = frame_header(kind, meta, body);
-      const std::string_view pieces[] = {{header.data(), header.size()}, meta, body};
-      const ssize_t sent = send_pieces(fd_, pieces, MSG_DONTWAIT);
+      const ssize_t sent = send_frame(fd_, kind, meta, body, 0, MSG_DONTWAIT);
       if (sent < 0) {
         failed_ = true;
         return;
       }
-      auto skip = static_cast<std::size_t>(sent);
-      if (skip == header.size() + meta.size() + body.size()) return;
-      std::string rest;
-      for (std::string_view piece : pieces) {
-        const std::size_t from = std::min(skip, piece.size());
-        rest.append(piece.substr(from));
-        skip -= from;
-      }
-      queue_.push_back({{}, std::move(rest), std::nullopt});
+      written = static_cast<std::size_t>(sent);
+      if (written == kHeaderSize + meta.size() + body.size()) return;
     }
+    queue_.push_back({kind, std::move(meta), std::move(body), written});
   }
   wake_.notify_one();
 }
@@ -434,13 +420,7 @@ void Outbox::run() {
     queue_.pop_front();
     writing_ = true;
     lock.unlock();
-    bool written;
-    if (item.kind) {
-      written = write_frame(fd_, *item.kind, item.meta, item.body);
-    } else {
-      const std::string_view rest[] = {item.body};
-      written = send_pieces(fd_, rest, 0) >= 0;
-    }
+    const bool written = send_frame(fd_, item.kind, item.meta, item.body, item.written, 0) >= 0;
     lock.lock();
     writing_ = false;
     if (!written) {

@@ -50,7 +50,6 @@
 #include <csignal>
 #include <deque>
 #include <mutex>
-#include <optional>
 #include <thread>
 #include <span>
 #include <string>
@@ -183,8 +182,9 @@ class Outbox {
 
  private:
   struct Item {
+    Kind kind;
     std::string meta, body;
-    std::optional<Kind> kind;  // none: `body` is the rest of a frame post() began to write
+    std::size_t written = 0;  // bytes post() wrote already (the frame's first ones)
   };
   void run();
 
