@@ -64,6 +64,9 @@ class JobSource {
   // the worker's doorbell rings when a job comes, once (pull() or unpark() end it).
   virtual void pull(std::vector<Job>& out, std::size_t room, bool park) = 0;
   virtual void unpark() = 0;
+  // A job pull() gave that the worker could not take after all (its process
+  // ended meanwhile): the worker's next start takes it first.
+  virtual void carry(Job&& job) = 0;
 };
 
 class Worker {
@@ -108,10 +111,14 @@ class Worker {
   // completes it later from its own thread: true, and the pool forgets the job.
   // Other workers run each job in handle(): false.
   virtual bool defer(Job&) { return false; }
-  // A worker whose event loop takes its jobs from the queue itself (an in-process
-  // ASGI app: no lane stands between the I/O thread and the loop): what wakes the
-  // loop, from any thread, without blocking. Empty: the lanes hand it the jobs.
+  // A worker whose event loop takes its jobs from the queue itself (an ASGI app:
+  // no lane stands between the I/O thread and the loop): what wakes the loop, from
+  // any thread, without blocking. Empty: the lanes hand it the jobs.
   virtual std::function<void()> doorbell() { return {}; }
+  // The doorbell pulls the jobs itself, on the thread that rings it (an I/O
+  // thread's time: the queue must not make it spin): a worker process's, which
+  // writes them to the process. False: it wakes the loop's own thread.
+  virtual bool pulls_when_rung() const { return false; }
   // With a doorbell, from lane 0 while the worker serves: where to pull from;
   // nullptr detaches (no pull() is running once it returns, and none follows).
   virtual void pull_from(JobSource*) {}

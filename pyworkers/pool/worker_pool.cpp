@@ -419,6 +419,7 @@ class WorkerPool::Source final : public JobSource {
   Source(WorkerPool& pool, Run& run, Slot& slot, std::function<void()> doorbell)
       : pool_(pool), run_(run), slot_(slot) {
     puller_.ring = std::move(doorbell);
+    puller_.spins = !run.worker->pulls_when_rung();
     pool_.queue_.add_puller(puller_);
   }
   ~Source() override { pool_.queue_.remove_puller(puller_); }
@@ -429,6 +430,10 @@ class WorkerPool::Source final : public JobSource {
     pool_.pull_jobs(run_, slot_, puller_, out, room, park);
   }
   void unpark() override { pool_.queue_.unpark(puller_); }
+  void carry(Job&& job) override {
+    std::lock_guard lock(run_.mutex);
+    run_.carried.push_back(std::move(job));
+  }
 
  private:
   WorkerPool& pool_;
@@ -446,12 +451,18 @@ void WorkerPool::serve_pulling(Run& run, Slot& slot, int lane, std::function<voi
     source.emplace(*this, run, slot, std::move(doorbell));
     run.worker->pull_from(&*source);
   }
-  {
-    std::unique_lock lock(run.mutex);
-    while (!run.after) {
+  for (;;) {
+    {
+      std::unique_lock lock(run.mutex);
+      if (run.after) break;
       // Stopping, the queue empties as the loops take what is left: looked at often.
       run.changed.wait_for(lock, stopping_ ? std::chrono::milliseconds(10) : timing_.idle_check);
       if (!run.after && queue_.closed() && queue_.depth() == 0 && run.carried.empty()) run.after = After::drained;
+      if (run.after) break;
+    }
+    // A worker process that ended (its loop stuck past a deadline, or killed): a new one.
+    if (lane == 0 && run.worker->can_vanish_while_idle() && !run.worker->alive() && leave(run, After::restart)) {
+      spdlog::warn("worker {} (pid {}) exited; replacing it", run.slot, run.pid.load());
     }
   }
   if (lane == 0) {

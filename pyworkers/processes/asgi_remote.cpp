@@ -2,16 +2,20 @@
 // whose event loop holds many requests at once (asgi_child.hpp is the other
 // side; frames.hpp, "the ASGI socket", the wire between them).
 //
-// The pool hands each job over with defer(): it gets an id, joins `held_` and
-// goes out as an asgi_request frame (from the Outbox's thread: nothing here
-// waits on the socket but the reader). The reader thread completes jobs as
+// The worker pulls its jobs from the pool's queue as an in-process loop does,
+// but on the thread that rings its doorbell (feed(): the I/O thread that pushed
+// the job, or the reader once a request is done): each job gets an id, joins
+// `held_` and goes out as an asgi_request frame, written by that thread when
+// the socket takes it at once (else by the Outbox's thread). No thread of the
+// pool stands between the connection and the process, and nothing here waits
+// on the socket but the reader. The reader thread completes jobs as
 // their answers come back; a streamed body goes into a BodyStream with offer()
 // (never blocking the reader, which serves every request of the process), and
 // each chunk is acknowledged with asgi_room once the client's buffer has room,
 // which is when the worker sends the next. A client that leaves is told to the
 // worker (asgi_gone) by supervise() or by the stream. --worker-connections
-// bounds the requests on the loop (wait_for_room); the pool's queue and its
-// 503 come after. Deadlines: the connection answers 504 itself, the worker's
+// bounds the requests on the loop (the room feed() pulls for); the pool's
+// queue and its 503 come after. Deadlines: the connection answers 504 itself, the worker's
 // loop cancels the request's task, and a loop that stays stuck ends its process
 // (asgi_child.cpp): the reader then answers what it held with 502, and the
 // pool starts a new process. A WebSocket's upgrade request goes out as
@@ -71,55 +75,24 @@ class AsgiProcessWorker final : public Worker {
     return zygote_.routes();
   }
 
-  // Only when the process is gone (defer() refused the job): the pool starts a
-  // new one, and the job waits for it.
+  // Not called: the worker pulls its jobs (doorbell()); no lane hands it one.
   HandleResult handle(const Job& job, std::uint64_t, int) override {
     HandleResult out;
     out.worker_lost = true;
     out.job_not_taken = true;
-    out.response = make_error_response(503, "the worker process was gone before it took the request",
+    out.response = make_error_response(503, "the worker process takes no request from a lane",
                                        job.request.request_id);
     return out;
   }
 
-  bool defer(Job& job) override {
-    std::string meta, body;
-    Kind kind = Kind::asgi_request;
-    std::shared_ptr<frames::Outbox> outbox;
+  std::function<void()> doorbell() override { return [this] { feed(); }; }
+  bool pulls_when_rung() const override { return true; }
+  void pull_from(JobSource* source) override {
     {
-      std::lock_guard lock(mutex_);
-      if (dead_ || stopping_ || !outbox_) return false;
-      outbox = outbox_;
-      const std::uint64_t id = ++next_id_;
-      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
-          std::clamp<Clock::duration>(job.deadline - Clock::now(), Clock::duration::zero(), kLongestWait));
-      meta = frames::encode_asgi_request(id, left, job.route_index, job.request);
-      body = std::move(job.request.body);
-      Held& h = held_[id];
-      h.job = std::move(job);
-      h.job.sink = nullptr;
-      h.websocket = h.job.websocket;
-      if (h.websocket) {  // what the connection says goes to the worker's loop
-        h.websocket->attach_loop([weak = std::weak_ptr<frames::Outbox>(outbox), id](WebSocketChannel::Event&& e) {
-          auto o = weak.lock();
-          if (!o) return;
-          if (e.ended) {
-            o->post(Kind::asgi_ws_closed, frames::tag(id, frames::encode_ws_close(e.code, e.reason)));
-          } else {
-            o->post(Kind::asgi_ws_message, frames::tag(id, e.message.text ? "t" : "b"), std::move(e.message.data));
-          }
-        });
-      }
-      kind = h.websocket ? Kind::asgi_ws_connect : Kind::asgi_request;
-      ++on_loop_;
+      std::lock_guard lock(pull_mutex_);
+      source_ = source;
     }
-    outbox->post(kind, std::move(meta), std::move(body));
-    return true;
-  }
-
-  bool wait_for_room(Clock::time_point until) override {
-    std::unique_lock lock(mutex_);
-    return cv_.wait_until(lock, until, [&] { return dead_ || on_loop_ < limit_; });
+    if (source) feed();  // what is queued already; then it parks
   }
 
   int held() const override {
@@ -197,7 +170,7 @@ class AsgiProcessWorker final : public Worker {
   }
 
  private:
-  // A request the worker's loop holds, from defer() to its asgi_done (and to
+  // A request the worker's loop holds, from send_request() to its asgi_done (and to
   // the end of its streamed body).
   struct Held {
     Job job;  // until it is answered
@@ -207,6 +180,78 @@ class AsgiProcessWorker final : public Worker {
     std::shared_ptr<BodyStream> producer;  // while its body streams
     std::shared_ptr<WebSocketChannel> websocket;  // a WebSocket's, while on the loop
   };
+
+  // One job to the process: false, untouched, when the process is gone.
+  bool send_request(Job& job) {
+    std::string meta, body;
+    Kind kind = Kind::asgi_request;
+    std::shared_ptr<frames::Outbox> outbox;
+    {
+      std::lock_guard lock(mutex_);
+      if (dead_ || stopping_ || !outbox_) return false;
+      outbox = outbox_;
+      const std::uint64_t id = ++next_id_;
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+          std::clamp<Clock::duration>(job.deadline - Clock::now(), Clock::duration::zero(), kLongestWait));
+      meta = frames::encode_asgi_request(id, left, job.route_index, job.request);
+      body = std::move(job.request.body);
+      Held& h = held_[id];
+      h.job = std::move(job);
+      h.job.sink = nullptr;
+      h.websocket = h.job.websocket;
+      if (h.websocket) {  // what the connection says goes to the worker's loop
+        h.websocket->attach_loop([weak = std::weak_ptr<frames::Outbox>(outbox), id](WebSocketChannel::Event&& e) {
+          auto o = weak.lock();
+          if (!o) return;
+          if (e.ended) {
+            o->post(Kind::asgi_ws_closed, frames::tag(id, frames::encode_ws_close(e.code, e.reason)));
+          } else {
+            o->post(Kind::asgi_ws_message, frames::tag(id, e.message.text ? "t" : "b"), std::move(e.message.data));
+          }
+        });
+      }
+      kind = h.websocket ? Kind::asgi_ws_connect : Kind::asgi_request;
+      ++on_loop_;
+    }
+    outbox->post(kind, std::move(meta), std::move(body));
+    return true;
+  }
+
+  // Takes what the queue has for the process, as much as its loop has room for,
+  // and sends it; parks the worker when there is none (the next push rings it).
+  // From the thread that rings the doorbell, the reader (a request done: room
+  // again) and lane 0 (attached). Never blocks: a thread that finds another
+  // feeding leaves it one more round.
+  void feed() {
+    feed_again_.store(true);
+    while (feed_again_.load()) {
+      std::unique_lock lock(pull_mutex_, std::try_to_lock);
+      if (!lock.owns_lock()) return;
+      feed_again_.store(false);
+      if (source_) feed_locked();
+    }
+  }
+  void feed_locked() {
+    std::vector<Job> jobs;
+    for (;;) {
+      std::size_t room;
+      {
+        std::lock_guard lock(mutex_);
+        const bool open = !dead_ && !stopping_ && outbox_;
+        room = open && on_loop_ < limit_ ? limit_ - on_loop_ : 0;
+      }
+      if (room == 0) {  // full (done() feeds again), or gone (the pool starts a new process): not rung
+        source_->unpark();
+        return;
+      }
+      jobs.clear();
+      source_->pull(jobs, room, true);
+      if (jobs.empty()) return;  // parked
+      for (Job& job : jobs) {
+        if (!send_request(job)) source_->carry(std::move(job));  // the process ended meanwhile
+      }
+    }
+  }
 
   void read_socket();
   bool on_frame(frames::Frame& frame);
@@ -232,6 +277,10 @@ class AsgiProcessWorker final : public Worker {
   const std::chrono::milliseconds stop_wait_;
   std::thread reader_;
   int fd_ = -1;  // set by start(), closed by end(); the reader's and the outbox's meanwhile
+
+  std::mutex pull_mutex_;  // held while feeding; guards source_
+  JobSource* source_ = nullptr;
+  std::atomic<bool> feed_again_{false};
 
   mutable std::mutex mutex_;  // guards what follows
   std::condition_variable cv_;
@@ -406,6 +455,7 @@ void AsgiProcessWorker::done(std::uint64_t id) {
     forget_if_over(it);
   }
   cv_.notify_all();
+  feed();  // room for one more; and the queue learns the room it has
 }
 
 // The process has ended (or must: it broke the protocol). What it held and had
@@ -429,6 +479,7 @@ void AsgiProcessWorker::lost(const std::string& why) {
     on_loop_ = 0;
   }
   cv_.notify_all();
+  feed();  // no longer parked: a push rings a live worker
   for (auto& s : streams) s->finish(false);
   if (orphans.empty() && streams.empty() && why.empty()) return;
   std::string how = zygote_.exit_status(pid, kExitStatusWait);

@@ -1016,6 +1016,26 @@ def test_a_worker_process_that_dies_costs_only_what_its_loop_held(gilgamesh_bin,
         stop_cleanly(server)
 
 
+def test_requests_that_find_the_only_worker_process_gone_wait_for_its_replacement(gilgamesh_bin, strategy, tmp_path):
+    """processes, one worker: its process killed while idle, requests that come before a new one
+    is up wait in the queue and are answered 200 by the new process, none refused or lost."""
+    if strategy != "processes":
+        pytest.skip("only a process worker can be killed on its own")
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_conformance:app", events, workers=1, args=["--timeout", 30])
+    try:
+        events.wait("startup", count=1)
+        victim = int(events.lines("startup")[0][2])
+        os.kill(victim, 9)
+        time.sleep(0.05)  # the server has read its socket's end: nothing is sent to the dead process
+        answers = concurrent_sleeps(server, 4, 0)
+        assert all(not isinstance(a, Exception) and a.status == 200 for a in answers), answers
+        assert victim not in {a.json()["pid"] for a in answers}, answers
+        events.wait("startup", count=2)
+    finally:
+        stop_cleanly(server)
+
+
 @pytest.mark.slow
 def test_a_loop_stuck_in_c_is_replaced_and_a_new_worker_serves(gilgamesh_bin, strategy, tmp_path):
     """A loop blocked in C (time.sleep on the loop) cannot be interrupted; once it has been

@@ -815,16 +815,32 @@ TEST(JobQueue, APullerThatSpinsTakesAJobPushedMeanwhileWithoutARing) {
   queue.remove_puller(p);
 }
 
+// Two pullers registered with `queue` while it exists, each counting its rings.
+struct CountingPullers {
+  explicit CountingPullers(JobQueue& queue) : queue_(queue) {
+    a.ring = [this] { ++rings_a; };
+    b.ring = [this] { ++rings_b; };
+    queue_.add_puller(a);
+    queue_.add_puller(b);
+  }
+  ~CountingPullers() {
+    queue_.remove_puller(a);
+    queue_.remove_puller(b);
+  }
+  JobQueue::Puller a, b;
+  int rings_a = 0, rings_b = 0;
+
+ private:
+  JobQueue& queue_;
+};
+
 // The push rings the puller that parked last, once; a puller takes its share of
 // what waits (not all of it) and rings the next parked one for the rest.
 TEST(JobQueue, APushRingsOneParkedPullerAndEachTakesItsShare) {
   JobQueue queue(16);
-  int rings_a = 0, rings_b = 0;
-  JobQueue::Puller a, b;
-  a.ring = [&] { ++rings_a; };
-  b.ring = [&] { ++rings_b; };
-  queue.add_puller(a);
-  queue.add_puller(b);
+  CountingPullers pullers(queue);
+  JobQueue::Puller &a = pullers.a, &b = pullers.b;
+  const int &rings_a = pullers.rings_a, &rings_b = pullers.rings_b;
   std::vector<Job> out;
   queue.pull(a, out, 8, true);
   queue.pull(b, out, 8, true);
@@ -850,8 +866,6 @@ TEST(JobQueue, APushRingsOneParkedPullerAndEachTakesItsShare) {
   Job last;
   queue.push(last);
   EXPECT_EQ(rings_a, 1);
-  queue.remove_puller(a);
-  queue.remove_puller(b);
 }
 
 // What a parked loop has room for is its own, not the queue's: a burst as large as
@@ -876,6 +890,96 @@ TEST(JobQueue, ThePullersRoomIsNotCountedAgainstTheQueue) {
   queue.remove_puller(a);
   out.clear();
   EXPECT_EQ(queue.depth(), 1u);
+}
+
+// A doorbell is rung without the queue's lock: a worker process's pulls on the
+// ringing thread (the I/O thread's push) and parks again there. Under the lock this
+// push would never return.
+TEST(JobQueue, ADoorbellMayPullOnTheThreadThatRingsIt) {
+  JobQueue queue(4);
+  JobQueue::Puller p;
+  p.spins = false;
+  std::vector<Job> taken;
+  p.ring = [&] {
+    for (;;) {  // as AsgiProcessWorker::feed(): until nothing is left, then parked
+      const std::size_t before = taken.size();
+      queue.pull(p, taken, 8, true);
+      if (taken.size() == before) break;
+    }
+  };
+  queue.add_puller(p);
+  std::vector<Job> none;
+  queue.pull(p, none, 8, true);  // parked
+  std::atomic<bool> pushed{false};
+  std::thread producer([&] {
+    for (int i = 0; i < 3; ++i) {
+      Job job;
+      job.token = static_cast<std::uint64_t>(i);
+      EXPECT_EQ(queue.push(job), SubmitResult::accepted);
+    }
+    pushed = true;
+  });
+  const auto until = Clock::now() + 5s;
+  while (!pushed && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(pushed) << "a push whose doorbell pulls did not return";
+  producer.join();
+  ASSERT_EQ(taken.size(), 3u);  // each push rang it, and each ring took the job
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(taken[i].token, i);
+  EXPECT_EQ(queue.depth(), 0u);
+  queue.remove_puller(p);
+}
+
+// Of the parked pullers, a push rings the one with the most room (its loop holds the
+// fewest requests), whichever parked last; among equals, the one that parked last.
+TEST(JobQueue, APushRingsTheParkedPullerWithTheMostRoom) {
+  JobQueue queue(16);
+  CountingPullers pullers(queue);
+  JobQueue::Puller &a = pullers.a, &b = pullers.b;
+  const int &rings_a = pullers.rings_a, &rings_b = pullers.rings_b;
+  std::vector<Job> out;
+  queue.pull(a, out, 8, true);  // room 8
+  queue.pull(b, out, 5, true);  // room 5, parked last
+  Job job;
+  queue.push(job);
+  EXPECT_EQ(rings_a, 1);
+  EXPECT_EQ(rings_b, 0);
+  queue.pull(a, out, 5, true);  // takes it
+  ASSERT_EQ(out.size(), 1u);
+  queue.pull(a, out, 5, true);  // room 5 as b's, parked last
+  Job tie;
+  queue.push(tie);
+  EXPECT_EQ(rings_a, 2);
+  EXPECT_EQ(rings_b, 0);
+  queue.pull(a, out, 5, true);  // takes it
+  queue.pull(a, out, 2, true);  // room 2, parked last
+  Job fuller;
+  queue.push(fuller);
+  EXPECT_EQ(rings_a, 2);
+  EXPECT_EQ(rings_b, 1);
+}
+
+// remove_puller() returns only once no ring of the puller still runs: what the
+// doorbell uses may be destroyed right after it.
+TEST(JobQueue, RemovingAPullerWaitsForItsRingThatRuns) {
+  JobQueue queue(4);
+  JobQueue::Puller p;
+  std::atomic<bool> ringing{false}, rang{false};
+  p.ring = [&] {
+    ringing = true;
+    std::this_thread::sleep_for(100ms);
+    rang = true;
+  };
+  queue.add_puller(p);
+  std::vector<Job> none;
+  queue.pull(p, none, 8, true);
+  std::thread producer([&] {
+    Job job;
+    queue.push(job);
+  });
+  while (!ringing) std::this_thread::yield();
+  queue.remove_puller(p);
+  EXPECT_TRUE(rang);
+  producer.join();
 }
 
 TEST(JobQueue, PopUntilGivesUpAtItsDeadlineAndSeesALateJob) {
