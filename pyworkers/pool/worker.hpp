@@ -107,9 +107,10 @@ class Worker {
   // supervisor, with the pool's lock for this worker held: must not block. A
   // worker process ends itself here once its other lanes have answered.
   virtual void abandoned() {}
-  // A worker whose event loop holds its requests (ASGI) takes `job` over and
-  // completes it later from its own thread: true, and the pool forgets the job.
-  // Other workers run each job in handle(): false.
+  // A worker whose event loop holds the requests its lanes hand it (a route
+  // app's `async def` handlers) takes `job` over and completes it later from its
+  // own thread: true, and the pool forgets the job. Other workers run each job in
+  // handle(): false. (An ASGI app's worker pulls instead: doorbell().)
   virtual bool defer(Job&) { return false; }
   // A worker whose event loop takes its jobs from the queue itself (an ASGI app:
   // no lane stands between the I/O thread and the loop): what wakes the loop, from
@@ -123,8 +124,8 @@ class Worker {
   // nullptr detaches (no pull() is running once it returns, and none follows).
   virtual void pull_from(JobSource*) {}
   // Before a lane takes a job: waits until the worker can hold one more
-  // (an ASGI loop holds --worker-connections), at most until `until`. False:
-  // still full.
+  // (a route app's event loop holds --worker-connections), at most until
+  // `until`. False: still full.
   virtual bool wait_for_room(Clock::time_point) { return true; }
   // Requests the worker holds beyond its lanes' (an ASGI loop's), for /stats.
   virtual int held() const { return 0; }
