@@ -506,7 +506,9 @@ void WorkerPool::pull_jobs(Run& run, Slot& slot, JobQueue::Puller& puller, std::
   count_served(run, slot, n);
 }
 
-// A worker whose event loop holds its requests (ASGI) hands each job to its loop
+// A lane whose worker's event loop holds its requests (a route app's `async def`
+// calls; an ASGI app's worker pulls instead, and the queue rings the puller with
+// the most room) hands each job to its loop
 // and is back at the queue at once, however busy that loop is; the lane that was
 // just active (spinning) would take nearly every job while another worker's loop
 // sits idle, and a CPU-bound app would queue on one core. So a lane whose loop
