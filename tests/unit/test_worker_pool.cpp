@@ -65,6 +65,8 @@ struct Shared {
   std::atomic<Clock::time_point> end_deadline{};  // what the last end() was given
   std::atomic<bool> shutdown_result{true};  // what the factory's shutdown() says
   bool pulls = false;                    // workers take their jobs from the queue (an in-process ASGI loop)
+  bool pulls_when_rung = false;          // ... on the thread that rings them (a worker process's server side)
+  std::atomic<bool> vanished{false};     // a "/vanish" job made its worker go (once)
   std::atomic<int> pulled{0};
   std::mutex release_mutex;
   std::condition_variable release_cv;
@@ -144,16 +146,32 @@ class TestWorker final : public Worker {
   bool app_threads_running() override { return shared_.app_threads; }
 
   // With Shared::pulls: a thread of its own stands for the event loop. It parks on its
-  // doorbell, pulls, and answers what it took.
+  // doorbell, pulls, and answers what it took. With Shared::pulls_when_rung too, the
+  // doorbell pulls and answers on the ringing thread instead, as a worker process's
+  // server side does; the first "/vanish" it takes finds the "process" gone: that job
+  // and the rest it took are given back (carry), and alive() says so from then on.
   std::function<void()> doorbell() override {
     if (!shared_.pulls) return {};
+    if (shared_.pulls_when_rung) return [this] { feed(); };
     return [this] {
       std::lock_guard lock(bell_mutex_);
       rung_ = true;
       bell_.notify_all();
     };
   }
+  bool pulls_when_rung() const override { return shared_.pulls_when_rung; }
+  bool can_vanish_while_idle() const override { return shared_.pulls_when_rung; }
+  bool alive() override { return !gone_; }
   void pull_from(JobSource* source) override {
+    if (shared_.pulls_when_rung) {
+      {
+        std::lock_guard lock(feed_mutex_);
+        source_ = source;
+        gone_ = false;  // a new start
+      }
+      if (source) feed();
+      return;
+    }
     if (source) {
       loop_stop_ = false;
       rung_ = true;  // it looks at once, as an AsgiLoop does
@@ -195,20 +213,47 @@ class TestWorker final : public Worker {
         jobs.clear();
         source.pull(jobs, 8, true);
         if (jobs.empty()) break;
-        for (Job& job : jobs) {
-          ++shared_.pulled;
-          HttpResponseData r;
-          r.status = 200;
-          r.body = "slot " + std::to_string(slot_) + " gen " + std::to_string(generation_);
-          job.complete(std::move(r));
-        }
+        for (Job& job : jobs) answer_pulled(job);
       }
     }
+  }
+  void answer_pulled(Job& job) {
+    ++shared_.pulled;
+    HttpResponseData r;
+    r.status = 200;
+    r.body = "slot " + std::to_string(slot_) + " gen " + std::to_string(generation_);
+    job.complete(std::move(r));
   }
   std::mutex bell_mutex_;
   std::condition_variable bell_;
   bool rung_ = false, loop_stop_ = false;  // guarded by bell_mutex_
   std::thread loop_;
+
+  void feed() {
+    std::lock_guard lock(feed_mutex_);
+    if (!source_) return;
+    std::vector<Job> jobs;
+    for (;;) {
+      if (gone_) {  // not rung again until a new start
+        source_->unpark();
+        return;
+      }
+      jobs.clear();
+      source_->pull(jobs, 8, true);
+      if (jobs.empty()) return;  // parked
+      for (Job& job : jobs) {
+        if (!gone_ && job.request.path == "/vanish" && !shared_.vanished.exchange(true)) gone_ = true;
+        if (gone_) {
+          source_->carry(std::move(job));
+        } else {
+          answer_pulled(job);
+        }
+      }
+    }
+  }
+  std::mutex feed_mutex_;
+  JobSource* source_ = nullptr;  // guarded by feed_mutex_
+  std::atomic<bool> gone_{false};
 };
 
 class TestFactory final : public WorkerFactory {
@@ -349,6 +394,33 @@ TEST(WorkerPool, PullingWorkersServeEveryJobOnceAndRecycle) {
 
 // At stop, what is queued still goes to the pulling loops (or is answered 503),
 // and the pool stops cleanly.
+// A worker whose doorbell pulls on the ringing thread (a worker process's server side):
+// it serves every job once, and when its "process" turns out gone with jobs it had
+// pulled, they are carried to the worker's next start (lane 0 sees it gone within idle_check).
+TEST(WorkerPool, AWorkerThatPullsWhenRungCarriesWhatItTookAcrossItsRestart) {
+  Fixture f(with_workers(1));
+  f.shared.pulls = true;
+  f.shared.pulls_when_rung = true;
+  f.pool->start();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back(f.submit("/ok"));
+  for (auto t : tokens) ASSERT_TRUE(f.answers.wait(t)) << t;
+  EXPECT_EQ(f.shared.started, 1);
+  const auto vanish = f.submit("/vanish");
+  auto r = f.answers.wait(vanish);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "slot 0 gen 2");  // answered by the next start, not lost
+  EXPECT_EQ(f.shared.started, 2);
+  EXPECT_EQ(f.stats()["replacements_total"], 1);
+  tokens.push_back(vanish);
+  for (int i = 0; i < 20; ++i) tokens.push_back(f.submit("/ok"));
+  EXPECT_TRUE(f.pool->stop(Clock::now() + 5s));
+  for (auto t : tokens) EXPECT_EQ(f.answers.calls(t), 1) << t;
+  EXPECT_EQ(f.shared.pulled, 41);
+  EXPECT_EQ(f.shared.handled, 0);  // no lane ran a job
+}
+
 TEST(WorkerPool, StopWithPullingWorkersAnswersEveryQueuedJob) {
   Fixture f(with_workers(2));
   f.shared.pulls = true;
