@@ -382,10 +382,8 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
     if (!job) {
       if (queue_.closed() && queue_.depth() == 0) {
         leave(run, After::drained);
-      } else if (lane == 0 && worker.can_vanish_while_idle() && !worker.alive()) {
-        if (leave(run, After::restart)) {
-          spdlog::warn("worker {} (pid {}) exited while idle; replacing it", run.slot, run.pid.load());
-        }
+      } else if (lane == 0) {
+        replace_if_gone(run, " while idle");
       }
       continue;
     }
@@ -398,6 +396,13 @@ void WorkerPool::serve(Run& run, Slot& slot, int lane) {
     }
     run_job(run, slot, lane, *job);
     count_served(run, slot, 1);
+  }
+}
+
+// From lane 0: a worker process that has exited makes way for a new one.
+void WorkerPool::replace_if_gone(Run& run, const char* when) {
+  if (run.worker->can_vanish_while_idle() && !run.worker->alive() && leave(run, After::restart)) {
+    spdlog::warn("worker {} (pid {}) exited{}; replacing it", run.slot, run.pid.load(), when);
   }
 }
 
@@ -461,9 +466,7 @@ void WorkerPool::serve_pulling(Run& run, Slot& slot, int lane, std::function<voi
       if (run.after) break;
     }
     // A worker process that ended (its loop stuck past a deadline, or killed): a new one.
-    if (lane == 0 && run.worker->can_vanish_while_idle() && !run.worker->alive() && leave(run, After::restart)) {
-      spdlog::warn("worker {} (pid {}) exited; replacing it", run.slot, run.pid.load());
-    }
+    if (lane == 0) replace_if_gone(run, "");
   }
   if (lane == 0) {
     run.worker->pull_from(nullptr);

@@ -102,6 +102,7 @@ class WorkerPool final : public Executor {
   bool hand_over_slot(Run& run);
   Clock::time_point threads_deadline() const;
   void make_way_for_a_lighter_worker(Run& run, Worker& worker);
+  void replace_if_gone(Run& run, const char* when);
   std::optional<After> leaving(Run& run);
   std::optional<Job> next_job(Run& run);
   void run_job(Run& run, Slot& slot, int lane, Job& job);

@@ -232,7 +232,7 @@ class AsgiProcessWorker final : public Worker {
     }
   }
   void feed_locked() {
-    std::vector<Job> jobs;
+    std::vector<Job>& jobs = pulled_;  // kept between feeds: no allocation per request
     for (;;) {
       std::size_t room;
       {
@@ -278,8 +278,9 @@ class AsgiProcessWorker final : public Worker {
   std::thread reader_;
   int fd_ = -1;  // set by start(), closed by end(); the reader's and the outbox's meanwhile
 
-  std::mutex pull_mutex_;  // held while feeding; guards source_
+  std::mutex pull_mutex_;  // held while feeding; guards source_ and pulled_
   JobSource* source_ = nullptr;
+  std::vector<Job> pulled_;  // feed_locked()'s, emptied before each pull
   std::atomic<bool> feed_again_{false};
 
   mutable std::mutex mutex_;  // guards what follows
