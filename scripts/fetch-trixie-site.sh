@@ -87,12 +87,22 @@ resolve() {  # the wanted packages and their python3-* dependencies, one a line
     | grep -E '^python3-' | grep -Ev "$NOT_MODULES" | LC_ALL=C sort -u
 }
 
+unresolved() {  # the wanted packages that resolve() did not list, one a line
+  comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) <(printf '%s\n' "${packages[@]}")
+}
+
 started=$SECONDS
 mapfile -t packages < <(resolve)
-for p in "${wanted[@]}"; do
-  printf '%s\n' "${packages[@]}" | grep -qxF "$p" \
-    || { echo "fetch-trixie-site: $p is not in trixie main" >&2; exit 1; }
-done
+if [[ -n "$(unresolved)" ]]; then
+  # Seen once on a fresh machine (2026-12-06): python3-argon2 was missing from the first
+  # index and there in the next, a minute later (most likely a mirror caught mid-sync).
+  # A package that is really gone stays missing, and the run fails naming it.
+  echo "fetch-trixie-site: not in the index: $(unresolved | tr '\n' ' ')(updating it once and retrying)" >&2
+  trixie_apt_update 0
+  mapfile -t packages < <(resolve)
+fi
+missing_now="$(unresolved | tr '\n' ' ')"
+[[ -z "$missing_now" ]] || { echo "fetch-trixie-site: not in trixie main: $missing_now" >&2; exit 1; }
 echo "fetch-trixie-site: ${#wanted[@]} named, ${#packages[@]} with their python3-* dependencies" >&2
 
 debs="$TOP/debs"

@@ -12,6 +12,8 @@ PKGS=(
   libncurses-dev libgdbm-dev uuid-dev
   # tests and load runner (run under /usr/bin/python3, Debian's 3.11)
   python3 python3-pytest python3-matplotlib python3-prometheus-client wrk
+  # the black-box suite's files run on two pytest workers at once (tests/CMakeLists.txt)
+  python3-pytest-xdist
   # ss: the listening socket's backlog (--backlog's test)
   iproute2
   # a real WSGI framework, served unchanged by the suite (pure Python; see scripts/pure_python_site.py)
