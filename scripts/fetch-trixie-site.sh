@@ -88,7 +88,7 @@ resolve() {  # the wanted packages and their python3-* dependencies, one a line
 }
 
 unresolved() {  # the wanted packages that resolve() did not list, one a line
-  comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) <(printf '%s\n' "${packages[@]}")
+  LC_ALL=C comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) <(printf '%s\n' "${packages[@]}")
 }
 
 started=$SECONDS

@@ -302,8 +302,11 @@ def test_sighup_restarts_in_place(start_server, tmp_path):
     assert server.get("/version").json() == {"version": 2}
     # The restarted server accepts once its workers are ready, and logs "serving" just after:
     # a request may be answered first (on a busy machine the line came a moment later).
-    wait_for(lambda: server.log().count("serving restarted_app on") == 2,
-             "the second 'serving restarted_app on' line")
+    try:
+        wait_for(lambda: server.log().count("serving restarted_app on") == 2,
+                 "the second 'serving restarted_app on' line")
+    except AssertionError as e:
+        raise AssertionError("%s\n%s" % (e, server.log()[-3000:])) from None
     log = server.log()
     # The lines docs/operating.md shows.
     assert "received SIGHUP: checking that the app as it is now loads before restarting in place" in log
