@@ -54,9 +54,12 @@ for p in "${wanted[@]}"; do
     || { echo "fetch-trixie-site: '$p' is not a python3-* package name" >&2; exit 2; }
 done
 
-missing() {  # the wanted packages the stamp does not list, one a line
-  comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) \
-           <(LC_ALL=C sort -u "$STAMP" 2>/dev/null || true)
+wanted_not_in() {  # the wanted packages the list on stdin lacks, one a line (all in the C locale)
+  LC_ALL=C comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) <(LC_ALL=C sort -u)
+}
+
+missing() {  # the wanted packages the stamp does not list
+  { cat "$STAMP" 2>/dev/null || true; } | wanted_not_in
 }
 
 have_all() { [[ -d "$SITE" && -z "$(missing)" ]]; }
@@ -87,8 +90,8 @@ resolve() {  # the wanted packages and their python3-* dependencies, one a line
     | grep -E '^python3-' | grep -Ev "$NOT_MODULES" | LC_ALL=C sort -u
 }
 
-unresolved() {  # the wanted packages that resolve() did not list, one a line
-  LC_ALL=C comm -23 <(printf '%s\n' "${wanted[@]}" | LC_ALL=C sort -u) <(printf '%s\n' "${packages[@]}")
+unresolved() {  # the wanted packages that resolve() did not list
+  printf '%s\n' "${packages[@]}" | wanted_not_in
 }
 
 started=$SECONDS
