@@ -125,9 +125,16 @@ struct AsgiLoop::Inbox {
     {
       std::lock_guard lock(mutex);
       events.push_back({kind, rid, std::move(ws)});
-      wake = !std::exchange(rung, true);
+      wake = !reading && !std::exchange(rung, true);
     }
     if (wake) ring();
+  }
+  // The loop's thread is about to run Hooks::read: what is posted until its
+  // take() right after (the read's requests, and what the frames it read said)
+  // goes out with that take, without a ring.
+  void begin_read() {
+    std::lock_guard lock(mutex);
+    reading = true;
   }
   // Wakes the loop without an event (the pool's queue has a job for it). Never blocks.
   void ring() const {
@@ -137,6 +144,7 @@ struct AsgiLoop::Inbox {
   std::vector<Event> take() {
     std::lock_guard lock(mutex);
     rung = false;
+    reading = false;
     return std::exchange(events, {});
   }
 
@@ -144,6 +152,7 @@ struct AsgiLoop::Inbox {
   std::mutex mutex;
   std::vector<Event> events;
   bool rung = false;
+  bool reading = false;  // begin_read() until take()
 };
 
 // A request the loop holds, from submit() to the loop's done().
@@ -226,6 +235,7 @@ class AsgiLoop::Mailbox {
   static PyObject* ws_close(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* pull(PyObject* self, PyObject* park);
   static PyObject* unpark(PyObject* self, PyObject*);
+  static PyObject* read(PyObject* self, PyObject*);
   static py::Ref request_object(AsgiLoop* loop, const HttpRequestData& r);
   static bool append_request(AsgiLoop* loop, std::uint64_t rid, Clock::time_point now, PyObject* events);
 };
@@ -277,6 +287,24 @@ PyObject* AsgiLoop::Mailbox::pull(PyObject* self, PyObject* park) {
     if (!append_request(loop, rid, now, out.get())) return nullptr;
   }
   return out.release();
+}
+
+// read() -> (events, more): what Hooks::read took from the loop's socket, as
+// take() gives it (its requests, and what the frames it read said about the
+// requests the loop holds), and whether the loop should go on watching the socket.
+PyObject* AsgiLoop::Mailbox::read(PyObject* self, PyObject*) {
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  bool more = false;
+  if (loop->hooks_.read) {
+    loop->inbox_->begin_read();
+    Py_BEGIN_ALLOW_THREADS
+    more = loop->hooks_.read();
+    Py_END_ALLOW_THREADS
+  }
+  py::Ref events = py::Ref::steal(take(self, nullptr));
+  if (!events) return nullptr;
+  return Py_BuildValue("(OO)", events.get(), more ? Py_True : Py_False);
 }
 
 // unpark(): the loop is awake (it pulls before it next waits): a job that comes
@@ -628,6 +656,7 @@ PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
       {"take", reinterpret_cast<PyCFunction>(&take), METH_NOARGS, nullptr},
       {"pull", reinterpret_cast<PyCFunction>(&pull), METH_O, nullptr},
       {"unpark", reinterpret_cast<PyCFunction>(&unpark), METH_NOARGS, nullptr},
+      {"read", reinterpret_cast<PyCFunction>(&read), METH_NOARGS, nullptr},
       {"respond", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&respond)), METH_FASTCALL, nullptr},
       {"open", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&open)), METH_FASTCALL, nullptr},
       {"push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&push)), METH_FASTCALL, nullptr},
@@ -757,7 +786,7 @@ bool AsgiLoop::run_python(PyObject* module) {
   if (problem && problem.get() == Py_None) {
     started({});
     for (;;) {
-      py::Ref served = py::Ref::steal(PyObject_CallMethod(worker.get(), "serve", "i", inbox_->fd));
+      py::Ref served = py::Ref::steal(PyObject_CallMethod(worker.get(), "serve", "ii", inbox_->fd, hooks_.read_fd));
       if (served) break;
       // Raised out of the loop itself: a HandlerTimeout that hit the loop's own code
       // rather than a handler (the loop serves on), or a fault of the adapter.

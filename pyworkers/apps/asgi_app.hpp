@@ -17,10 +17,13 @@
 // queue itself (pull_from: before its selector waits, mailbox.pull() takes a
 // share of what is queued, as much as it has room for, or parks the loop so that
 // the next push rings its eventfd): no thread stands between the I/O thread and
-// the loop. Elsewhere (a route app's `async def` calls, a worker process's loop)
-// the pool's lane hands the Job over (submit: it joins `pending_` and a
-// "request" event goes to the inbox). The inbox rings the same eventfd, which
-// the loop watches with add_reader, and the loop takes the events (mailbox.take()).
+// the loop. A worker process's loop watches the server's socket beside its
+// eventfd and reads it itself (Hooks::read, mailbox.read()): what it reads it
+// submits on its own thread, and begins as soon as the read returns. A route
+// app's `async def` calls come from the pool's lane (submit: the Job joins
+// `pending_` and a "request" event goes to the inbox). The inbox rings the same
+// eventfd, which the loop watches with add_reader, and the loop takes the
+// events (mailbox.take()).
 // The loop answers through the mailbox's other functions (gilgamesh_asgi.py's
 // docstring lists them): a whole answer in one hand-off, or a head and then a
 // body through a BodyStream that never blocks the loop (offer(): when its
@@ -85,12 +88,20 @@ class AsgiLoop {
   // about to go), called without a Python lock from whichever thread let it go.
   // `pulls`: the loop takes its requests from the pool's queue itself (pull_from),
   // rather than having a lane submit() them (an ASGI app's loop in the pool's own
-  // process; a route app's loop and a worker process's get theirs from a lane).
+  // process; a route app's loop gets them from a lane, a worker process's reads
+  // them, below).
+  // `read`, with `read_fd`: the loop reads its requests itself, from a socket it
+  // watches (a worker process's loop, the server's socket): whenever `read_fd` is
+  // readable, the loop calls `read` on its own thread, with no Python lock held;
+  // `read` handles what came and gives each new request to submit(). False: the
+  // socket is over, and the loop stops watching it.
   struct Hooks {
     std::function<void()> entered;
     std::function<void()> leaving;
     std::function<void(const Job&)> released;
     bool pulls = false;
+    std::function<bool()> read;
+    int read_fd = -1;
   };
 
   // `interp` is the interpreter that loaded `app`; both outlive the loop. An
@@ -104,7 +115,9 @@ class AsgiLoop {
   // Starts the thread and waits for the lifespan startup. Throws StartupError
   // (the app's message) when it failed. No Python lock may be held.
   void start();
-  // Takes the job over: the loop answers it. From a lane's thread.
+  // Takes the job over: the loop answers it. From a lane's thread, or from
+  // within Hooks::read on the loop's own (then the loop begins the job as soon
+  // as `read` returns, with no wake-up between).
   void submit(Job& job);
   // A loop that pulls (Hooks::pulls): where from, while its worker serves; nullptr
   // detaches (returns once no pull runs). The loop looks at once. Any thread.

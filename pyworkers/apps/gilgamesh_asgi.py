@@ -15,6 +15,10 @@ loop thread. The C++ half talks to it through a `mailbox` object:
                                                comes (until pull() or unpark())
   mailbox.unpark()                             awake again: a request that comes
                                                rings another worker's loop
+  mailbox.read() -> (events, more)             (a Worker that reads its socket,
+                                               serve()'s source_fd) what came on it,
+                                               as take() gives events; more False:
+                                               the socket is over
   mailbox.take() -> list of events, each a tuple:
       ("request", rid, Request, seconds_left)  a new request; its deadline is
                                                seconds_left from now
@@ -860,12 +864,17 @@ class Worker:
 
     # --- requests ---
 
-    def serve(self, doorbell_fd):
+    def serve(self, doorbell_fd, source_fd=-1):
         """Serves until the mailbox says stop and every request has finished. The C++
-        half rings `doorbell_fd` (an eventfd) whenever mailbox.take() has something."""
+        half rings `doorbell_fd` (an eventfd) whenever mailbox.take() has something.
+        `source_fd` (a worker process's socket to the server), when there is one, is
+        read on this loop: whenever it is readable, mailbox.read() handles what came
+        and gives the new requests."""
         if self.stopped is None:  # serve() is entered again after a HandlerTimeout hit the loop
             self.stopped = self.loop.create_future()
         self.loop.add_reader(doorbell_fd, self._ring, doorbell_fd)
+        if source_fd >= 0:
+            self.loop.add_reader(source_fd, self._read, source_fd)
         _serving[_thread.get_ident()] = self.loop
         try:
             self._take()  # what came before the reader was there
@@ -873,6 +882,8 @@ class Worker:
         finally:
             _serving.pop(_thread.get_ident(), None)
             self.loop.remove_reader(doorbell_fd)
+            if source_fd >= 0:
+                self.loop.remove_reader(source_fd)
 
     def _ring(self, fd):
         try:
@@ -891,6 +902,12 @@ class Worker:
 
     def _take(self):
         self._handle(self.mailbox.take())
+
+    def _read(self, fd):
+        events, more = self.mailbox.read()
+        if not more:  # the server's end is gone: nothing more comes
+            self.loop.remove_reader(fd)
+        self._handle(events)
 
     def _handle(self, events):
         for event in events:

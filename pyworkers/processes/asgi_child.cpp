@@ -37,7 +37,7 @@ class AsgiChild {
   AsgiChild(int worker, int sock, PythonApp& app, const ServerConfig& config, int wake_fd,
             const volatile std::sig_atomic_t* sigterm)
       : worker_(worker), sock_(sock), wake_fd_(wake_fd), sigterm_(sigterm), app_(app), config_(config),
-        outbox_(std::make_shared<frames::Outbox>(sock)) {}
+        outbox_(std::make_shared<frames::Outbox>(sock)), reader_(sock, limits(config)) {}
 
   int run();
 
@@ -67,9 +67,16 @@ class AsgiChild {
     bool credit = true;  // the server may take the next message
   };
 
+  static frames::Limits limits(const ServerConfig& config) {
+    frames::Limits out;
+    out.max_body = config.http.max_body;
+    return out;
+  }
   bool start_loop();
-  void read_socket();
+  void wait_for_end();
+  bool read_frames();
   bool on_frame(frames::Frame& frame);
+  void server_gone();
   void submit(std::uint64_t id, std::chrono::microseconds left, std::size_t route, HttpRequestData&& request,
               bool websocket = false);
   void pump_socket(std::uint64_t id);
@@ -95,6 +102,8 @@ class AsgiChild {
   const ServerConfig& config_;
   std::shared_ptr<frames::Outbox> outbox_;
   std::unique_ptr<AsgiLoop> loop_;
+  frames::FrameReader reader_;  // the loop's thread only (read_frames), as is open_
+  bool open_ = true;            // the server's end has not closed
 
   std::mutex mutex_;  // guards remotes_, streams_ and sockets_
   std::unordered_map<std::uint64_t, std::shared_ptr<Remote>> remotes_;
@@ -121,7 +130,7 @@ int AsgiChild::run() {
   }
   outbox_->post(Kind::hello, std::to_string(getpid()));
   supervisor_ = quiet_thread([this] { supervise(); });
-  read_socket();
+  wait_for_end();
   if (stopper_.joinable()) stopper_.join();
   supervising_ = false;
   supervisor_.join();
@@ -142,6 +151,8 @@ bool AsgiChild::start_loop() {
     loop_alive_ = false;
   };
   hooks.released = [this](const Job& job) { released(job); };
+  hooks.read = [this] { return read_frames(); };
+  hooks.read_fd = sock_;
   loop_ = std::make_unique<AsgiLoop>(PyInterpreterState_Main(), app_, config_, std::move(hooks));
   try {
     // Its thread takes no signal either: SIGTERM is for the main thread's wait.
@@ -155,44 +166,65 @@ bool AsgiChild::start_loop() {
   }
 }
 
-// Until the loop has ended: frames from the server, and the wake-ups (SIGTERM,
-// the loop's end). The server's end of the socket closing stops the loop too.
-void AsgiChild::read_socket() {
-  frames::Limits limits;
-  limits.max_body = config_.http.max_body;
-  std::string carry;
-  bool open = true;
+// The main thread, until the loop has ended: SIGTERM begins the stop. The
+// server's frames are the loop's to read (read_frames).
+void AsgiChild::wait_for_end() {
   while (!stopped_) {
     if (*sigterm_) begin_stop();
-    pollfd fds[2] = {{open ? sock_ : -1, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (carry.empty() && poll(fds, 2, -1) < 0 && errno != EINTR) break;
-    if (fds[1].revents != 0) {
+    pollfd fd{wake_fd_, POLLIN, 0};
+    if (poll(&fd, 1, -1) < 0 && errno != EINTR) break;
+    if (fd.revents != 0) {
       std::uint64_t n;
       (void)!::read(wake_fd_, &n, sizeof n);
     }
-    if (!open || (carry.empty() && fds[0].revents == 0)) continue;
-    frames::Frame frame;
-    const frames::ReadResult read = frames::read_frame_buffered(sock_, frame, carry, limits);
-    if (read.ok() && on_frame(frame)) continue;
-    if (!read.ok() && read.status != frames::ReadStatus::closed) {
-      spdlog::error("worker {}: the server's socket failed ({}); stopping", worker_, read.describe());
-    }
-    // The server is gone (or broke the protocol): nobody takes an answer now.
-    open = false;
-    carry.clear();
-    std::vector<std::shared_ptr<BodyStream>> cancelled;
-    std::vector<std::shared_ptr<WebSocketChannel>> broken;
-    {
-      std::lock_guard lock(mutex_);
-      for (auto& [id, r] : remotes_) r->gone = true;
-      for (auto& [id, s] : streams_) cancelled.push_back(s.consumer);
-      streams_.clear();
-      for (auto& [id, w] : sockets_) broken.push_back(w.channel);
-    }
-    for (auto& c : cancelled) c->cancel();
-    for (auto& b : broken) b->ended(WebSocketChannel::kAbnormal, "");
-    begin_stop();
   }
+}
+
+// On the loop's thread (Hooks::read), no Python lock held, whenever the socket is
+// readable: the frames the server sent since the last look, handled in order; a
+// request goes to the loop (submit), which begins it as soon as this returns.
+// False once the server's end is gone (or broke the protocol): the loop stops
+// watching the socket, and stops.
+bool AsgiChild::read_frames() {
+  if (!open_) return false;
+  frames::ReadResult got;
+  std::string broken;
+  try {
+    got = reader_.receive();
+    frames::Frame frame;
+    bool invalid = false;
+    while (broken.empty() && reader_.next(frame, invalid)) {
+      if (!on_frame(frame)) broken = "a malformed frame";
+    }
+    if (invalid) broken = "a frame of no kind or over the limits";
+  } catch (const std::bad_alloc&) {
+    broken = "a frame too large for memory";
+  }
+  if (broken.empty() && got.ok()) return true;
+  if (!broken.empty()) {
+    spdlog::error("worker {}: the server sent {}; stopping", worker_, broken);
+  } else if (got.status != frames::ReadStatus::closed) {
+    spdlog::error("worker {}: the server's socket failed ({}); stopping", worker_, got.describe());
+  }
+  server_gone();
+  return false;
+}
+
+// The server is gone (or broke the protocol): nobody takes an answer now.
+void AsgiChild::server_gone() {
+  open_ = false;
+  std::vector<std::shared_ptr<BodyStream>> cancelled;
+  std::vector<std::shared_ptr<WebSocketChannel>> broken;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, r] : remotes_) r->gone = true;
+    for (auto& [id, s] : streams_) cancelled.push_back(s.consumer);
+    streams_.clear();
+    for (auto& [id, w] : sockets_) broken.push_back(w.channel);
+  }
+  for (auto& c : cancelled) c->cancel();
+  for (auto& b : broken) b->ended(WebSocketChannel::kAbnormal, "");
+  begin_stop();
 }
 
 // False: the frame breaks the protocol.

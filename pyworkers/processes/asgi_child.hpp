@@ -4,8 +4,10 @@
 // ASGI socket"): requests come in tagged with the server's request id, and
 // answers, streamed bodies, and "this request has left the loop" go back.
 //
-// Threads: the main thread reads the socket (and the SIGTERM wake-up), the
-// loop's own thread runs Python, a frames::Outbox writes, and a supervisor
+// Threads: the loop's own thread runs Python and reads the socket (it watches
+// it beside its eventfd, so a request begins on the thread that read it), the
+// main thread waits for SIGTERM and the loop's end, a frames::Outbox writes what
+// the socket does not take at once, and a supervisor
 // looks at the loop every 50 ms: it tells the loop of clients the server said
 // left, raises gilgamesh.HandlerTimeout in the loop's thread when a request is
 // past its deadline while the loop is blocked (as the in-process strategies

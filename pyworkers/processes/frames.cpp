@@ -107,22 +107,31 @@ ssize_t read_exact(int fd, char* buf, std::size_t n) {
   return static_cast<ssize_t>(got);
 }
 
-// A frame's 16-byte header: checked against `limits`, and `out` sized for the
-// meta and body that follow.
-ReadResult take_header(const char* header, const Limits& limits, Frame& out) {
-  std::uint32_t kind = 0, meta_len = 0;
-  std::uint64_t body_len = 0;
-  std::memcpy(&kind, header, 4);
-  std::memcpy(&meta_len, header + 4, 4);
-  std::memcpy(&body_len, header + 8, 8);
-  if (kind < 1 || kind > kLastKind || meta_len > limits.max_meta || body_len > limits.max_body ||
-      body_len > std::numeric_limits<std::size_t>::max() - kHeaderSize - meta_len) {
-    return {ReadStatus::invalid};
-  }
+// A frame's 16-byte header, checked against `limits`.
+struct Header {
+  Kind kind = Kind::hello;
+  std::uint32_t meta = 0;
+  std::uint64_t body = 0;
+  std::size_t size() const { return kHeaderSize + meta + static_cast<std::size_t>(body); }
+};
+bool check_header(const char* bytes, const Limits& limits, Header& out) {
+  std::uint32_t kind = 0;
+  std::memcpy(&kind, bytes, 4);
+  std::memcpy(&out.meta, bytes + 4, 4);
+  std::memcpy(&out.body, bytes + 8, 8);
   out.kind = static_cast<Kind>(kind);
+  return kind >= 1 && kind <= kLastKind && out.meta <= limits.max_meta && out.body <= limits.max_body &&
+         out.body <= std::numeric_limits<std::size_t>::max() - kHeaderSize - out.meta;
+}
+
+// The header checked, and `out` sized for the meta and body that follow.
+ReadResult take_header(const char* header, const Limits& limits, Frame& out) {
+  Header h;
+  if (!check_header(header, limits, h)) return {ReadStatus::invalid};
+  out.kind = h.kind;
   try {
-    out.meta.resize(meta_len);
-    out.body.resize(static_cast<std::size_t>(body_len));
+    out.meta.resize(h.meta);
+    out.body.resize(static_cast<std::size_t>(h.body));
   } catch (const std::bad_alloc&) {
     return {ReadStatus::failed, ENOMEM};
   }
@@ -264,6 +273,55 @@ ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Lim
   }
   carry.erase(0, pos);
   return {};
+}
+
+ReadResult FrameReader::receive(std::size_t budget) {
+  constexpr std::size_t kKeep = std::size_t{1} << 20;
+  if (pos_ == in_.size() && in_.capacity() > kKeep) {
+    in_ = std::string();  // a large body's room goes back once it is taken
+    pos_ = 0;
+  } else if (pos_ > 0 && pos_ * 2 >= in_.size()) {  // what was taken goes, at most once per half
+    in_.erase(0, pos_);
+    pos_ = 0;
+  }
+  char buf[64 * 1024];
+  for (std::size_t taken = 0; taken < budget;) {
+    const std::size_t want = std::min(sizeof buf, budget - taken);
+    const ssize_t got = ::recv(fd_, buf, want, MSG_DONTWAIT);
+    if (got > 0) {
+      in_.append(buf, static_cast<std::size_t>(got));
+      taken += static_cast<std::size_t>(got);
+      if (static_cast<std::size_t>(got) < want) break;  // it held no more (the loop looks again when it does)
+      continue;
+    }
+    if (got == 0) {  // the peer's end: inside a frame, or after whole ones only
+      std::size_t at = pos_;
+      Header h;
+      while (in_.size() - at >= kHeaderSize && check_header(in_.data() + at, limits_, h) &&
+             in_.size() - at >= h.size()) {
+        at += h.size();
+      }
+      return {at < in_.size() ? ReadStatus::truncated : ReadStatus::closed};
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    return {ReadStatus::failed, errno};
+  }
+  return {};
+}
+
+bool FrameReader::next(Frame& out, bool& invalid) {
+  const std::size_t have = in_.size() - pos_;
+  Header h;
+  // The limits first, so that a frame too large is refused before it is waited for.
+  invalid = have >= kHeaderSize && !check_header(in_.data() + pos_, limits_, h);
+  if (have < kHeaderSize || invalid || have < h.size()) return false;
+  const char* at = in_.data() + pos_ + kHeaderSize;
+  out.kind = h.kind;
+  out.meta.assign(at, h.meta);
+  out.body.assign(at + h.meta, static_cast<std::size_t>(h.body));
+  pos_ += h.size();
+  return true;
 }
 
 std::string encode_request_meta(std::size_t route_index, const HttpRequestData& r) {

@@ -141,6 +141,32 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits = {});
 ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits = {},
                                const volatile std::sig_atomic_t* stop = nullptr);
 
+// Frames from a peer that sends them back to back, read without ever blocking:
+// for an event loop that watches the socket (a worker process's ASGI loop reads
+// the server's frames on its own thread). receive() takes what the socket holds
+// now; next() gives the whole frames received so far, in order. A frame larger
+// than what one receive() takes (a large request body) comes whole over several.
+class FrameReader {
+ public:
+  explicit FrameReader(int fd, const Limits& limits = {}) : fd_(fd), limits_(limits) {}
+
+  // Reads what the socket holds now, up to `budget` bytes (the peer's later bytes
+  // wait for the next call). ok also when it held nothing; closed when the peer
+  // has left (truncated if it left inside a frame); failed: a socket error. The
+  // frames received before the end are still there for next(). The room a large
+  // frame took (over 1 MiB) is given back at the first call after it was taken.
+  ReadResult receive(std::size_t budget = std::size_t{1} << 20);
+  // The next whole frame: true and `out` filled; false when none is whole yet, or
+  // when the next one is over the limits or of no kind (`invalid` set then).
+  bool next(Frame& out, bool& invalid);
+
+ private:
+  const int fd_;
+  const Limits limits_;
+  std::string in_;       // bytes received, the frames not taken yet from pos_ on
+  std::size_t pos_ = 0;
+};
+
 // Everything of a request but its body, and back. Decoding rejects (false) any
 // metadata that is short, long, or otherwise not what encoding produced.
 std::string encode_request_meta(std::size_t route_index, const HttpRequestData& request);

@@ -126,7 +126,7 @@ constexpr int kMaxLanes = 1024;
 int g_lane_fds[kMaxLanes];
 int g_lane_count = 0;
 
-// An ASGI worker's wake-up (an eventfd its socket reader polls), or -1.
+// An ASGI worker's wake-up (an eventfd its main thread polls), or -1.
 int g_wake_fd = -1;
 
 volatile std::sig_atomic_t g_sigterm_received = 0;

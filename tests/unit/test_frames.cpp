@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -203,6 +204,136 @@ TEST(Frames, AStreamedAnswerIsReadFrameByFrameWhateverArrivesTogether) {
   ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "a"));
   ASSERT_TRUE(write_frame(t.b, Kind::chunk, "", "b"));
   EXPECT_EQ(read_frame(t.a, f).status, ReadStatus::invalid);
+}
+
+// A worker process's loop reads the server's frames without blocking: whatever the
+// socket holds when it looks, a frame split anywhere, frames back to back.
+TEST(Frames, AFrameReaderGivesWholeFramesHoweverTheBytesArrive) {
+  SocketPair s;
+  FrameReader reader(s.a);
+  Frame f;
+  bool invalid = true;
+  EXPECT_TRUE(reader.receive().ok());  // nothing there: it returns at once
+  EXPECT_FALSE(reader.next(f, invalid));
+  EXPECT_FALSE(invalid);
+
+  // Three frames, written first to a second pair to take their bytes, then fed one
+  // byte at a time.
+  SocketPair bytes;
+  ASSERT_TRUE(write_frame(bytes.b, Kind::asgi_request, "first", "body one"));
+  ASSERT_TRUE(write_frame(bytes.b, Kind::asgi_room, "second", ""));
+  ASSERT_TRUE(write_frame(bytes.b, Kind::asgi_gone, "", "3"));
+  char wire[256];
+  const ssize_t n = recv(bytes.a, wire, sizeof wire, 0);
+  ASSERT_EQ(n, 3 * 16 + 5 + 8 + 6 + 1);
+  std::vector<Frame> got;
+  for (ssize_t i = 0; i < n; ++i) {
+    ASSERT_EQ(send(s.b, wire + i, 1, 0), 1);
+    ASSERT_TRUE(reader.receive().ok());
+    while (reader.next(f, invalid)) got.push_back(f);
+    ASSERT_FALSE(invalid);
+    // Each frame comes out with its last byte, not before: 29, 22 and 17 bytes.
+    const std::size_t whole = (i + 1 >= 29 ? 1 : 0) + (i + 1 >= 51 ? 1 : 0) + (i + 1 >= 68 ? 1 : 0);
+    EXPECT_EQ(got.size(), whole) << i;
+  }
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].kind, Kind::asgi_request);
+  EXPECT_EQ(got[0].meta, "first");
+  EXPECT_EQ(got[0].body, "body one");
+  EXPECT_EQ(got[1].kind, Kind::asgi_room);
+  EXPECT_EQ(got[1].meta, "second");
+  EXPECT_EQ(got[1].body, "");
+  EXPECT_EQ(got[2].kind, Kind::asgi_gone);
+  EXPECT_EQ(got[2].body, "3");
+
+  // All three at once: one receive(), three frames.
+  ASSERT_EQ(send(s.b, wire, static_cast<std::size_t>(n), 0), n);
+  ASSERT_TRUE(reader.receive().ok());
+  int frames = 0;
+  while (reader.next(f, invalid)) ++frames;
+  EXPECT_EQ(frames, 3);
+}
+
+// A body larger than one receive() takes arrives over several; the frames before the
+// peer's end still come out, then the end: closed between frames, truncated inside one.
+TEST(Frames, AFrameReaderTakesALargeBodyOverSeveralReadsAndSeesTheEnd) {
+  SocketPair s;
+  const std::string big(3 * 1024 * 1024 + 7, 'y');
+  Peer peer(s.b, s.a, [&] {
+    ASSERT_TRUE(write_frame(s.b, Kind::asgi_request, "big", big));
+    ASSERT_TRUE(write_frame(s.b, Kind::asgi_stop, "", ""));
+  });
+  FrameReader reader(s.a);
+  Frame f;
+  bool invalid = false;
+  std::vector<Frame> got;
+  int receives = 0;
+  ReadResult status;
+  while (status.ok()) {
+    pollfd p{s.a, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 10000), 1);
+    status = reader.receive(256 * 1024);
+    ++receives;
+    while (reader.next(f, invalid)) got.push_back(f);
+    ASSERT_FALSE(invalid);
+  }
+  EXPECT_EQ(status.status, ReadStatus::closed);
+  EXPECT_GE(receives, 12);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].meta, "big");
+  EXPECT_TRUE(got[0].body == big);
+  EXPECT_EQ(got[1].kind, Kind::asgi_stop);
+  peer.join();
+
+  SocketPair t;
+  ASSERT_TRUE(write_frame(t.b, Kind::asgi_room, "whole", ""));
+  const char half_header[8] = {static_cast<char>(Kind::asgi_room), 0, 0, 0, 5, 0, 0, 0};
+  ASSERT_EQ(send(t.b, half_header, sizeof half_header, 0), 8);
+  ::shutdown(t.b, SHUT_WR);
+  FrameReader cut(t.a);
+  ASSERT_TRUE(cut.receive().ok());  // a short read: it looks again when the socket says so
+  EXPECT_EQ(cut.receive().status, ReadStatus::truncated);
+  ASSERT_TRUE(cut.next(f, invalid));
+  EXPECT_EQ(f.meta, "whole");
+  EXPECT_FALSE(cut.next(f, invalid));
+  EXPECT_FALSE(invalid);
+
+  // Whole frames, then the end: closed, and the frames are still there.
+  SocketPair u;
+  ASSERT_TRUE(write_frame(u.b, Kind::asgi_room, "a", ""));
+  ASSERT_TRUE(write_frame(u.b, Kind::asgi_gone, "b", "x"));
+  ::shutdown(u.b, SHUT_WR);
+  FrameReader ended(u.a);
+  ASSERT_TRUE(ended.receive().ok());
+  EXPECT_EQ(ended.receive().status, ReadStatus::closed);
+  ASSERT_TRUE(ended.next(f, invalid));
+  ASSERT_TRUE(ended.next(f, invalid));
+  EXPECT_EQ(f.meta, "b");
+  EXPECT_FALSE(ended.next(f, invalid));
+}
+
+// A frame over the limits (or of no kind) is refused from its header, before its body
+// is waited for.
+TEST(Frames, AFrameReaderRefusesAnOversizedFrameFromItsHeader) {
+  SocketPair s;
+  Limits limits;
+  limits.max_body = 1000;
+  FrameReader reader(s.a, limits);
+  const char header[16] = {static_cast<char>(Kind::asgi_request), 0, 0, 0, 0, 0, 0, 0, 0x01, 0x04};  // body 1025
+  ASSERT_EQ(send(s.b, header, sizeof header, 0), 16);
+  ASSERT_TRUE(reader.receive().ok());
+  Frame f;
+  bool invalid = false;
+  EXPECT_FALSE(reader.next(f, invalid));
+  EXPECT_TRUE(invalid);
+
+  SocketPair t;
+  FrameReader other(t.a);
+  const char no_kind[16] = {static_cast<char>(kLastKind + 1)};
+  ASSERT_EQ(send(t.b, no_kind, sizeof no_kind, 0), 16);
+  ASSERT_TRUE(other.receive().ok());
+  EXPECT_FALSE(other.next(f, invalid));
+  EXPECT_TRUE(invalid);
 }
 
 // A worker's lane: the server's `cancel` for an answer the worker had ended already,
