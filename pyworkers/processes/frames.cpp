@@ -19,6 +19,8 @@ namespace gilgamesh::frames {
 namespace {
 
 constexpr std::size_t kHeaderSize = 16;
+// A FrameReader's frame this large gets room of its own, given back once it is taken.
+constexpr std::size_t kLargeFrame = std::size_t{1} << 20;
 
 // --- metadata encoding: u32/u64 in host order, strings as u32 length + bytes ---
 
@@ -276,15 +278,21 @@ ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Lim
 }
 
 ReadResult FrameReader::receive(std::size_t budget) {
-  constexpr std::size_t kKeep = std::size_t{1} << 20;
-  if (pos_ == in_.size() && in_.capacity() > kKeep) {
-    in_ = std::string();  // a large body's room goes back once it is taken
+  char buf[64 * 1024];
+  if (pos_ == in_.size()) {  // all taken: a large frame's room goes back
+    if (in_.capacity() > kLargeFrame) in_ = std::string();
+    in_.clear();
     pos_ = 0;
-  } else if (pos_ > 0 && pos_ * 2 >= in_.size()) {  // what was taken goes, at most once per half
+  } else if (pos_ > 0 && (pos_ * 2 >= in_.size() || in_.size() - pos_ >= sizeof buf)) {
+    // What was taken goes once it is half the buffer, or at once before a large frame.
     in_.erase(0, pos_);
     pos_ = 0;
   }
-  char buf[64 * 1024];
+  Header h;
+  if (pos_ == 0 && in_.size() >= kHeaderSize && check_header(in_.data(), limits_, h) && h.size() > kLargeFrame &&
+      in_.capacity() < h.size()) {
+    in_.reserve(h.size());  // a large frame begun: room for it at once, not doubled past it
+  }
   for (std::size_t taken = 0; taken < budget;) {
     const std::size_t want = std::min(sizeof buf, budget - taken);
     const ssize_t got = ::recv(fd_, buf, want, MSG_DONTWAIT);
@@ -296,7 +304,6 @@ ReadResult FrameReader::receive(std::size_t budget) {
     }
     if (got == 0) {  // the peer's end: inside a frame, or after whole ones only
       std::size_t at = pos_;
-      Header h;
       while (in_.size() - at >= kHeaderSize && check_header(in_.data() + at, limits_, h) &&
              in_.size() - at >= h.size()) {
         at += h.size();
@@ -319,6 +326,14 @@ bool FrameReader::next(Frame& out, bool& invalid) {
   const char* at = in_.data() + pos_ + kHeaderSize;
   out.kind = h.kind;
   out.meta.assign(at, h.meta);
+  if (pos_ == 0 && have == h.size() && h.size() > kLargeFrame) {
+    // A large frame alone in the buffer (receive() made it so): its bytes become the
+    // body, not a copy of them.
+    in_.erase(0, kHeaderSize + h.meta);
+    out.body = std::move(in_);
+    in_ = std::string();
+    return true;
+  }
   out.body.assign(at + h.meta, static_cast<std::size_t>(h.body));
   pos_ += h.size();
   return true;

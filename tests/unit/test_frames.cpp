@@ -285,6 +285,33 @@ TEST(Frames, AFrameReaderTakesALargeBodyOverSeveralReadsAndSeesTheEnd) {
   EXPECT_EQ(got[1].kind, Kind::asgi_stop);
   peer.join();
 
+  // A large frame alone, then a small one: both whole (the large one's bytes are
+  // handed over as its body, and the reader starts afresh after it).
+  SocketPair v;
+  const std::string large(2 * 1024 * 1024, 'z');
+  std::atomic<bool> first_taken{false};
+  Peer writer(v.b, v.a, [&] {
+    ASSERT_TRUE(write_frame(v.b, Kind::asgi_request, "large", large));
+    while (!first_taken) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ASSERT_TRUE(write_frame(v.b, Kind::asgi_gone, "small", "s"));
+  });
+  FrameReader alone(v.a);
+  got.clear();
+  while (got.size() < 2) {
+    pollfd p{v.a, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 10000), 1);
+    ASSERT_TRUE(alone.receive().ok());
+    while (alone.next(f, invalid)) got.push_back(f);
+    ASSERT_FALSE(invalid);
+    first_taken = !got.empty();
+  }
+  EXPECT_EQ(got[0].meta, "large");
+  EXPECT_TRUE(got[0].body == large);
+  EXPECT_EQ(got[1].kind, Kind::asgi_gone);
+  EXPECT_EQ(got[1].meta, "small");
+  EXPECT_EQ(got[1].body, "s");
+  writer.join();
+
   SocketPair t;
   ASSERT_TRUE(write_frame(t.b, Kind::asgi_room, "whole", ""));
   const char half_header[8] = {static_cast<char>(Kind::asgi_room), 0, 0, 0, 5, 0, 0, 0};
