@@ -112,6 +112,7 @@ class AsgiChild {
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};  // the loop has ended
+  std::mutex stopper_mutex_;  // begin_stop() (the main thread's or the loop's) sets stopper_ under it
   std::thread stopper_;
   std::atomic<bool> supervising_{true};
   std::thread supervisor_;
@@ -131,7 +132,10 @@ int AsgiChild::run() {
   outbox_->post(Kind::hello, std::to_string(getpid()));
   supervisor_ = quiet_thread([this] { supervise(); });
   wait_for_end();
-  if (stopper_.joinable()) stopper_.join();
+  {
+    std::lock_guard lock(stopper_mutex_);  // the loop's thread may still be assigning it
+    if (stopper_.joinable()) stopper_.join();
+  }
   supervising_ = false;
   supervisor_.join();
   outbox_->post(Kind::asgi_stopped, frames::tag(0));
@@ -418,6 +422,7 @@ void AsgiChild::released(const Job& job) {
 // Once: the loop takes no more requests, finishes those it holds and ends.
 void AsgiChild::begin_stop() {
   if (stopping_.exchange(true)) return;
+  std::lock_guard lock(stopper_mutex_);
   stopper_ = quiet_thread([this] {
     loop_->stop();
     stopped_ = true;
