@@ -47,7 +47,7 @@ using Parser = http::request_parser<http::string_body>;
 using WireResponse = http::response<http::string_body>;
 
 // Request line and headers, in bytes: --max-header-size's default.
-inline constexpr std::size_t kHeaderLimit = HttpOptions{}.max_header;
+inline constexpr std::size_t kHeaderLimit = HttpOptions::kDefaultMaxHeader;
 // Header fields in one request head.
 constexpr std::size_t kMaxFields = 100;
 

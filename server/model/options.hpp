@@ -32,7 +32,8 @@ struct HttpOptions {
   int backlog = 0;                             // connections the kernel queues before accept
                                                // (0: SOMAXCONN, the kernel caps it at
                                                // net.core.somaxconn)
-  std::size_t max_header = 8 * 1024;           // bytes of the request line and headers; past it 431
+  static constexpr std::size_t kDefaultMaxHeader = 8 * 1024;
+  std::size_t max_header = kDefaultMaxHeader;  // bytes of the request line and headers; past it 431
   std::size_t max_body = 1024 * 1024;          // bytes; larger request bodies get 413
   std::size_t max_connections = 0;             // open connections; past it new ones are closed
                                                // at once (0: 4096, less if the fd limit is lower)

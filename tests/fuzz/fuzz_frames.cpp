@@ -1,6 +1,8 @@
 // Fuzz target 3: the processes strategy's frame decoder (pyworkers/processes/frames.hpp):
 // bytes a worker process could send (a crashed or hostile worker) read back by
-// read_frame() and read_frame_buffered() (frame after frame) from a real socket, then the metadata decoded as the server
+// read_frame() and read_frame_buffered() (frame after frame) from a real socket, and by a
+// FrameReader (what a worker process's loop reads with: without blocking, in reads of a size the
+// input picks), which must give the same frames as read_frame_buffered; then the metadata decoded as the server
 // (response) and a worker (request) decode it; and the same bytes as a worker
 // control message (what a worker process's control thread decodes).
 //
@@ -16,6 +18,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pyworkers/processes/frames.hpp"
 #include "server/model/response.hpp"
@@ -101,8 +104,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   frames::Limits limits;
   limits.max_meta = 1 << 20;
   limits.max_body = 1 << 20;
-  for (const bool buffered : {false, true}) {
-    int fds[2];
+  std::vector<frames::Frame> buffered_frames;
+  auto socket_with_input = [&](int fds[2]) {
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("socketpair");
     std::size_t sent = 0;
     while (sent < size) {
@@ -111,6 +114,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       sent += static_cast<std::size_t>(n);
     }
     ::shutdown(fds[0], SHUT_WR);
+  };
+  for (const bool buffered : {false, true}) {
+    int fds[2];
+    socket_with_input(fds);
     std::string carry;
     for (std::size_t frames_read = 0;; ++frames_read) {
       if (frames_read > size) fail("more frames than input bytes");
@@ -124,9 +131,35 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (frame.meta.size() > limits.max_meta || frame.body.size() > limits.max_body) fail("a frame over the limits");
       decode_meta(frame.meta);
       if (!buffered) break;
+      buffered_frames.push_back(std::move(frame));
     }
     ::close(fds[0]);
     ::close(fds[1]);
+  }
+
+  // A FrameReader, in reads of 1 to 4096 bytes: the same frames, in the same order.
+  int fds[2];
+  socket_with_input(fds);
+  frames::FrameReader reader(fds[1], limits);
+  const std::size_t budget = 1 + (size == 0 ? 0 : (data[0] * 16 + data[size - 1]) % 4096);
+  std::vector<frames::Frame> read;
+  for (bool over = false; !over;) {
+    const frames::ReadResult r = reader.receive(budget);
+    over = !r.ok();
+    frames::Frame frame;
+    bool invalid = false;
+    while (reader.next(frame, invalid)) read.push_back(std::move(frame));
+    if (invalid) over = true;
+    if (read.size() > size) fail("a FrameReader gave more frames than input bytes");
+  }
+  ::close(fds[0]);
+  ::close(fds[1]);
+  if (read.size() != buffered_frames.size()) fail("a FrameReader gave another number of frames");
+  for (std::size_t i = 0; i < read.size(); ++i) {
+    if (read[i].kind != buffered_frames[i].kind || read[i].meta != buffered_frames[i].meta ||
+        read[i].body != buffered_frames[i].body) {
+      fail("a FrameReader gave another frame");
+    }
   }
   return 0;
 }
