@@ -5,7 +5,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cerrno>
 #include <deque>
 #include <cstring>
@@ -59,12 +61,13 @@ class AsgiChild {
     bool credit = true;  // the server may take the next chunk
   };
   // A WebSocket: this side plays its connection towards the loop, and forwards
-  // what the loop asks for as frames, one message per asgi_room.
+  // what the loop asks for as frames; the app's messages while fewer than
+  // kWsWindow / 2 of their bytes wait for the server's asgi_room (frames.hpp).
   struct Socket {
     std::shared_ptr<WebSocketChannel> channel;
     std::deque<WebSocketChannel::Message> out;  // taken from the channel, not sent yet
     std::optional<std::pair<int, std::string>> close;  // the app's, after `out`
-    bool credit = true;  // the server may take the next message
+    std::size_t unacknowledged = 0;  // bytes sent that no asgi_room has counted yet
   };
 
   static frames::Limits limits(const ServerConfig& config) {
@@ -83,7 +86,7 @@ class AsgiChild {
   std::shared_ptr<WebSocketChannel> channel(std::uint64_t id);
   void answer(std::uint64_t id, HttpResponseData&& response);
   void pump(std::uint64_t id);
-  void room(std::uint64_t id);
+  bool room(std::uint64_t id, std::string_view count);
   void gone(std::uint64_t id);
   void released(const Job& job);
   void begin_stop();
@@ -246,7 +249,7 @@ bool AsgiChild::on_frame(frames::Frame& frame) {
   }
   if (!frames::untag(meta, id)) return false;
   switch (frame.kind) {
-    case Kind::asgi_room: room(id); return true;
+    case Kind::asgi_room: return room(id, meta);
     case Kind::asgi_gone: gone(id); return true;
     case Kind::asgi_stop: begin_stop(); return true;
     case Kind::asgi_ws_message: {
@@ -304,23 +307,31 @@ std::shared_ptr<WebSocketChannel> AsgiChild::channel(std::uint64_t id) {
   return it == sockets_.end() ? nullptr : it->second.channel;
 }
 
-// Forwards what the loop asked for on socket `id`: reads at once, one message per
-// asgi_room, the close after the last message. From any thread; the channel calls
-// it again (from the loop's thread) when the loop asks for more.
+// Forwards what the loop asked for on socket `id`: reads at once, messages while
+// the window allows, the close after the last message. From any thread; the channel
+// calls it again (from the loop's thread) when the loop asks for more.
 void AsgiChild::pump_socket(std::uint64_t id) {
   std::lock_guard lock(mutex_);
   auto it = sockets_.find(id);
   if (it == sockets_.end()) return;
   Socket& w = it->second;
-  WebSocketChannel::Work work = w.channel->take(w.out.empty(), [this, id] { pump_socket(id); });
-  if (work.reads > 0) outbox_->post(Kind::asgi_ws_more, frames::tag(id, std::to_string(work.reads)));
-  for (auto& m : work.messages) w.out.push_back(std::move(m));
-  if (work.close && !w.close) w.close = std::move(work.close);
-  if (w.credit && !w.out.empty()) {
-    WebSocketChannel::Message& m = w.out.front();
-    outbox_->post(Kind::asgi_ws_send, frames::tag(id, m.text ? "t" : "b"), std::move(m.data));
-    w.out.pop_front();
-    w.credit = false;
+  // The channel's messages are taken only once those taken before have all gone
+  // out (so that its bound holds the app back); when they have, it is looked at
+  // again, until it has none: an app whose send waits for room gets it.
+  for (;;) {
+    const bool with_messages = w.out.empty();
+    WebSocketChannel::Work work = w.channel->take(with_messages, [this, id] { pump_socket(id); });
+    if (work.reads > 0) outbox_->post(Kind::asgi_ws_more, frames::tag(id, std::to_string(work.reads)));
+    const bool took = !work.messages.empty();
+    for (auto& m : work.messages) w.out.push_back(std::move(m));
+    if (work.close && !w.close) w.close = std::move(work.close);
+    while (!w.out.empty() && w.unacknowledged < frames::kWsWindow / 2) {
+      WebSocketChannel::Message& m = w.out.front();
+      w.unacknowledged += m.data.size();
+      outbox_->post(Kind::asgi_ws_send, frames::tag(id, m.text ? "t" : "b"), std::move(m.data));
+      w.out.pop_front();
+    }
+    if ((with_messages && !took) || !w.out.empty()) break;
   }
   if (w.out.empty() && w.close) {
     outbox_->post(Kind::asgi_ws_close, frames::tag(id, frames::encode_ws_close(w.close->first, w.close->second)));
@@ -364,21 +375,30 @@ void AsgiChild::pump(std::uint64_t id) {
   streams_.erase(it);
 }
 
-void AsgiChild::room(std::uint64_t id) {
+// asgi_room: a streamed body's last chunk was taken, or `count` bytes of a
+// WebSocket's messages were. False: a WebSocket's count is not a number.
+bool AsgiChild::room(std::uint64_t id, std::string_view count) {
   bool socket = false;
   {
     std::lock_guard lock(mutex_);
     if (auto w = sockets_.find(id); w != sockets_.end()) {
-      w->second.credit = true;
+      std::size_t taken = 0;
+      const auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), taken);
+      if (ec != std::errc() || end != count.data() + count.size()) return false;
+      w->second.unacknowledged -= std::min(taken, w->second.unacknowledged);
       socket = true;
     } else {
       auto it = streams_.find(id);
-      if (it == streams_.end()) return;
+      if (it == streams_.end()) return true;
       it->second.credit = true;
     }
   }
-  if (socket) return pump_socket(id);
-  pump(id);
+  if (socket) {
+    pump_socket(id);
+  } else {
+    pump(id);
+  }
+  return true;
 }
 
 // The client left: the loop hears it from its supervise() (client_gone), and a

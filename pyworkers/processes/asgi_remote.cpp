@@ -20,8 +20,8 @@
 // (asgi_child.cpp): the reader then answers what it held with 502, and the
 // pool starts a new process. A WebSocket's upgrade request goes out as
 // asgi_ws_connect; its socket stays here (the connection's), and its channel's
-// traffic travels as asgi_ws_* frames: the loop's sends, each acknowledged with
-// asgi_room once the channel took it, its reads and its close one way, the
+// traffic travels as asgi_ws_* frames: the loop's sends (acknowledged in bulk
+// with asgi_room, frames.hpp's kWsWindow), its reads and its close one way, the
 // client's messages and the socket's one end the other.
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -30,6 +30,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -170,6 +171,17 @@ class AsgiProcessWorker final : public Worker {
   }
 
  private:
+  // A WebSocket's acknowledgements to the worker (frames.hpp, kWsWindow): the bytes
+  // of the app's messages that its channel took since the last asgi_room, and whether
+  // the channel said it is full (then its room callback acknowledges them, once the
+  // client has read). Shared with that callback, which runs on the connection's thread.
+  struct WsAcks {
+    std::mutex mutex;
+    std::size_t unacked = 0;
+    bool full = false;
+    std::uint64_t rooms = 0;  // room callbacks run so far
+  };
+
   // A request the worker's loop holds, from send_request() to its asgi_done (and to
   // the end of its streamed body).
   struct Held {
@@ -179,6 +191,7 @@ class AsgiProcessWorker final : public Worker {
     bool gone_told = false;
     std::shared_ptr<BodyStream> producer;  // while its body streams
     std::shared_ptr<WebSocketChannel> websocket;  // a WebSocket's, while on the loop
+    std::shared_ptr<WsAcks> acks;                 // and what its app's messages await
   };
 
   // One job to the process: false, untouched, when the process is gone.
@@ -199,7 +212,8 @@ class AsgiProcessWorker final : public Worker {
       h.job = std::move(job);
       h.job.sink = nullptr;
       h.websocket = h.job.websocket;
-      if (h.websocket) {  // what the connection says goes to the worker's loop
+      if (h.websocket) {
+        h.acks = std::make_shared<WsAcks>();  // what the connection says goes to the worker's loop
         h.websocket->attach_loop([weak = std::weak_ptr<frames::Outbox>(outbox), id](WebSocketChannel::Event&& e) {
           auto o = weak.lock();
           if (!o) return;
@@ -410,24 +424,51 @@ void AsgiProcessWorker::chunk(std::uint64_t id, std::string&& data) {
   }
 }
 
-// One message from the app: into the connection's channel; the worker sends the
-// next once asgi_room says the channel took this one (at once, or when it has room).
+// One message from the app, into the connection's channel. Its bytes are acknowledged
+// to the worker in bulk: once half the window is taken, or, when the channel is full,
+// once the client has read (the room callback), so that a slow client stops the app's
+// sends within a window. A closed channel acknowledges at once: the worker learns of
+// the end from asgi_ws_closed, and must not wait meanwhile.
 void AsgiProcessWorker::ws_send(std::uint64_t id, bool text, std::string&& data) {
   std::shared_ptr<WebSocketChannel> websocket;
+  std::shared_ptr<WsAcks> acks;
   std::shared_ptr<frames::Outbox> outbox;
   {
     std::lock_guard lock(mutex_);
     auto it = held_.find(id);
     if (it == held_.end() || !it->second.websocket) return;
     websocket = it->second.websocket;
+    acks = it->second.acks;
     outbox = outbox_;
   }
+  std::uint64_t rooms_before;
+  {
+    std::lock_guard lock(acks->mutex);
+    acks->unacked += data.size();  // before the send: a room callback that runs at once counts it
+    rooms_before = acks->rooms;
+  }
   std::weak_ptr<frames::Outbox> weak = outbox;
-  const WebSocketChannel::Offer offered = websocket->send({text, std::move(data)}, [weak, id] {
-    if (auto o = weak.lock()) o->post(Kind::asgi_room, frames::tag(id));
+  const WebSocketChannel::Offer offered = websocket->send({text, std::move(data)}, [weak, id, acks] {
+    std::size_t taken;
+    {
+      std::lock_guard lock(acks->mutex);
+      ++acks->rooms;
+      acks->full = false;
+      taken = std::exchange(acks->unacked, 0);
+    }
+    if (auto o = weak.lock()) o->post(Kind::asgi_room, frames::tag(id, std::to_string(taken)));
   });
-  // Closed: the worker hears it from asgi_ws_closed; the room only keeps it from waiting.
-  if (offered != WebSocketChannel::Offer::full) outbox->post(Kind::asgi_room, frames::tag(id));
+  std::optional<std::size_t> taken;
+  {
+    std::lock_guard lock(acks->mutex);
+    if (offered == WebSocketChannel::Offer::full) {
+      if (acks->rooms == rooms_before) acks->full = true;  // else its room callback has run already
+    } else if (offered == WebSocketChannel::Offer::closed ||
+               (!acks->full && acks->unacked >= frames::kWsWindow / 2)) {
+      taken = std::exchange(acks->unacked, 0);
+    }
+  }
+  if (taken) outbox->post(Kind::asgi_room, frames::tag(id, std::to_string(*taken)));
 }
 
 void AsgiProcessWorker::end_body(std::uint64_t id, bool ok) {

@@ -26,7 +26,10 @@
 // so one slow client never fills the socket the others share. A WebSocket
 // (apps/asgi_app.hpp) is such a request too: asgi_ws_connect instead of
 // asgi_request, its accept (101) or refusal an asgi_response; then its
-// messages both ways, one asgi_ws_send at a time per asgi_room as for chunks.
+// messages both ways. The app's go out in a window: the worker sends while
+// fewer than kWsWindow / 2 bytes of them are unacknowledged, and the server
+// acknowledges them in bulk (asgi_room with a byte count) once that much is
+// taken, or when its client has read what filled the connection's buffer.
 //
 // The worker control socket (SOCK_SEQPACKET, server -> worker process only)
 // carries fixed 16-byte messages {u32 kind, u32 lane, u64 request number}:
@@ -72,7 +75,8 @@ enum class Kind : std::uint32_t {
   // The ASGI socket (above); the meta of each starts with the request id.
   asgi_request = 8,   // server -> worker: id, u64 microseconds to the deadline, then
                       // encode_request_meta; body: the request body
-  asgi_room = 9,      // server -> worker: the last chunk was taken; send the next
+  asgi_room = 9,      // server -> worker: the last chunk was taken, send the next; for a
+                      // WebSocket: id, then N: N bytes of its messages were taken
   asgi_gone = 10,     // server -> worker: the client left
   asgi_stop = 11,     // server -> worker (id 0): take no more requests, finish those held,
                       // run the lifespan shutdown and exit
@@ -86,8 +90,8 @@ enum class Kind : std::uint32_t {
   asgi_ws_connect = 18,  // server -> worker: an upgrade request, as asgi_request
   asgi_ws_message = 19,  // server -> worker: id, "t" (text) or "b"; body: one whole message
   asgi_ws_closed = 20,   // server -> worker: id, then "CODE REASON": the socket is over (once)
-  asgi_ws_send = 21,     // worker -> server: id, "t" or "b"; body: one message (then it
-                         // waits for asgi_room before the next)
+  asgi_ws_send = 21,     // worker -> server: id, "t" or "b"; body: one message (sent while
+                         // fewer than kWsWindow / 2 bytes wait for their asgi_room)
   asgi_ws_more = 22,     // worker -> server: id, then N: read N more messages from the client
   asgi_ws_close = 23,    // worker -> server: id, then "CODE REASON": the app's close, after
                          // what it sent
@@ -95,6 +99,9 @@ enum class Kind : std::uint32_t {
                          // lifespan shutdown run); the process leaves once the app's threads have
 };
 constexpr std::uint32_t kLastKind = 24;
+
+// A WebSocket's send window under `processes` (above): bytes of the app's messages.
+constexpr std::size_t kWsWindow = 256 * 1024;
 
 struct Frame {
   Kind kind = Kind::hello;
