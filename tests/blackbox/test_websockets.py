@@ -846,6 +846,32 @@ def test_send_awaits_a_client_that_does_not_read(server, events):
     assert line[3] != "finished", "all 64 MiB were produced for a client that left: %r" % line
 
 
+def test_a_flood_of_small_messages_arrives_whole_to_a_client_that_reads_late(server, events):
+    """20,972 messages of 100 bytes sent without a pause, to a client that first reads nothing
+    for a second (the connection's buffer fills, and the app's send() waits), then reads them
+    all. Under `processes` the worker sends them in a window the server acknowledges in bulk,
+    holding its acknowledgement while the buffer is full: none may be lost, doubled or stuck."""
+    t = token()
+    expected = -(-(2 * MIB) // 100)
+
+    async def client():
+        async with connect(server, "/flood?mib=2&size=100&token=" + t) as ws:
+            await asyncio.sleep(1.0)
+            got = 0
+            try:
+                while True:
+                    message = await ws.recv()
+                    assert len(message) == 100, "message %d has %d bytes" % (got, len(message))
+                    got += 1
+            except websockets.exceptions.ConnectionClosedOK:
+                pass
+            return got
+
+    assert run(client(), timeout=60) == expected
+    line = events.wait("flood", t, timeout=10)[0]
+    assert line[2:4] == [str(expected), "finished"], line
+
+
 # --- many at once ----------------------------------------------------------------------------------
 
 def test_many_sockets_at_once(server):
