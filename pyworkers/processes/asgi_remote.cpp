@@ -212,8 +212,8 @@ class AsgiProcessWorker final : public Worker {
       h.job = std::move(job);
       h.job.sink = nullptr;
       h.websocket = h.job.websocket;
-      if (h.websocket) {
-        h.acks = std::make_shared<WsAcks>();  // what the connection says goes to the worker's loop
+      if (h.websocket) {  // what the connection says goes to the worker's loop
+        h.acks = std::make_shared<WsAcks>();
         h.websocket->attach_loop([weak = std::weak_ptr<frames::Outbox>(outbox), id](WebSocketChannel::Event&& e) {
           auto o = weak.lock();
           if (!o) return;
