@@ -126,6 +126,11 @@ bool check_header(const char* bytes, const Limits& limits, Header& out) {
          out.body <= std::numeric_limits<std::size_t>::max() - kHeaderSize - out.meta;
 }
 
+// A FrameReader's buffer: a whole header at `at` that the limits allow.
+bool header_at(std::string_view in, std::size_t at, const Limits& limits, Header& out) {
+  return in.size() - at >= kHeaderSize && check_header(in.data() + at, limits, out);
+}
+
 // The header checked, and `out` sized for the meta and body that follow.
 ReadResult take_header(const char* header, const Limits& limits, Frame& out) {
   Header h;
@@ -289,8 +294,7 @@ ReadResult FrameReader::receive(std::size_t budget) {
     pos_ = 0;
   }
   Header h;
-  if (pos_ == 0 && in_.size() >= kHeaderSize && check_header(in_.data(), limits_, h) && h.size() > kLargeFrame &&
-      in_.capacity() < h.size()) {
+  if (pos_ == 0 && header_at(in_, 0, limits_, h) && h.size() > kLargeFrame && in_.capacity() < h.size()) {
     in_.reserve(h.size());  // a large frame begun: room for it at once, not doubled past it
   }
   for (std::size_t taken = 0; taken < budget;) {
@@ -304,10 +308,7 @@ ReadResult FrameReader::receive(std::size_t budget) {
     }
     if (got == 0) {  // the peer's end: inside a frame, or after whole ones only
       std::size_t at = pos_;
-      while (in_.size() - at >= kHeaderSize && check_header(in_.data() + at, limits_, h) &&
-             in_.size() - at >= h.size()) {
-        at += h.size();
-      }
+      while (header_at(in_, at, limits_, h) && in_.size() - at >= h.size()) at += h.size();
       return {at < in_.size() ? ReadStatus::truncated : ReadStatus::closed};
     }
     if (errno == EINTR) continue;
@@ -321,8 +322,12 @@ bool FrameReader::next(Frame& out, bool& invalid) {
   const std::size_t have = in_.size() - pos_;
   Header h;
   // The limits first, so that a frame too large is refused before it is waited for.
-  invalid = have >= kHeaderSize && !check_header(in_.data() + pos_, limits_, h);
-  if (have < kHeaderSize || invalid || have < h.size()) return false;
+  if (!header_at(in_, pos_, limits_, h)) {
+    invalid = have >= kHeaderSize;  // there, but refused
+    return false;
+  }
+  invalid = false;
+  if (have < h.size()) return false;
   const char* at = in_.data() + pos_ + kHeaderSize;
   out.kind = h.kind;
   out.meta.assign(at, h.meta);
