@@ -164,6 +164,8 @@ class WorkerFactory {
   virtual void stopping() {}
   // Strategy-wide figures for /stats (the zygote's pid, say).
   virtual void add_stats(PoolStats&) const {}
+  // Executor::use_reactor(): for the workers make() returns from now on. From any thread.
+  virtual void use_reactor(Reactor*) {}
   // After every worker has ended (or been abandoned). `clean` is false when a
   // handler thread still runs: nothing that thread may use can be torn down.
   // The app's own threads get until `deadline` (the graceful one) to end.

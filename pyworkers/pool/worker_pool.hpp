@@ -78,6 +78,7 @@ class WorkerPool final : public Executor {
   ExecutorInfo info() const override;
   PoolStats stats() const override;
   Readiness readiness() const override;
+  void use_reactor(Reactor* reactor) override { factory_->use_reactor(reactor); }
 
 
  private:

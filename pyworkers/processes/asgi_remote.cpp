@@ -7,8 +7,11 @@
 // the job, or the reader once a request is done): each job gets an id, joins
 // `held_` and goes out as an asgi_request frame, written by that thread when
 // the socket takes it at once (else by the Outbox's thread). No thread of the
-// pool stands between the connection and the process, and nothing here waits
-// on the socket but the reader. The reader thread completes jobs as
+// pool stands between the connection and the process. The reader is the
+// server's I/O threads (a Reactor watch: whichever finds the socket readable
+// reads what it holds, and the answers it completes go to connections on that
+// same thread without waking another), or a thread of the worker's own when
+// the pool has no reactor and once end() begins. It completes jobs as
 // their answers come back; a streamed body goes into a BodyStream with offer()
 // (never blocking the reader, which serves every request of the process), and
 // each chunk is acknowledged with asgi_room once the client's buffer has room,
@@ -23,6 +26,7 @@
 // traffic travels as asgi_ws_* frames: the loop's sends (acknowledged in bulk
 // with asgi_room, frames.hpp's kWsWindow), its reads and its close one way, the
 // client's messages and the socket's one end the other.
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -55,11 +59,12 @@ constexpr auto kLongestWait = std::chrono::hours(24 * 365);  // "no deadline", a
 
 class AsgiProcessWorker final : public Worker {
  public:
-  AsgiProcessWorker(ZygoteClient& zygote, int slot, const ServerConfig& config)
+  AsgiProcessWorker(ZygoteClient& zygote, int slot, const ServerConfig& config, Reactor* reactor)
       : zygote_(zygote),
         slot_(slot),
         limit_(static_cast<std::size_t>(std::max(1, config.pool.worker_connections))),
-        stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(seconds_setting(config.http.graceful_timeout) + 1s)) {}
+        stop_wait_(std::chrono::duration_cast<std::chrono::milliseconds>(seconds_setting(config.http.graceful_timeout) + 1s)),
+        reactor_(reactor) {}
   ~AsgiProcessWorker() override { end(Clock::now()); }
 
   std::vector<RouteInfo> start() override {
@@ -72,7 +77,19 @@ class AsgiProcessWorker final : public Worker {
     stopping_ = false;
     loop_ended_ = false;
     outbox_ = std::make_shared<frames::Outbox>(fd_);
-    reader_ = std::thread([this] { read_socket(); });
+    frames_.emplace(fd_);
+    if (reactor_) {
+      try {
+        watch_ = reactor_->watch(fd_, [this] { return read_from_watch(); });
+      } catch (const std::exception& e) {
+        spdlog::warn("worker {}: its socket is read by a thread of its own: the I/O threads cannot watch it ({})",
+                     slot_, e.what());
+      }
+    }
+    if (!watch_) {
+      std::lock_guard finishing(finisher_mutex_);
+      finisher_ = std::thread([this] { read_to_the_end(); });
+    }
     return zygote_.routes();
   }
 
@@ -125,17 +142,26 @@ class AsgiProcessWorker final : public Worker {
 
   // The loop finishes what it holds, runs the lifespan shutdown and the process
   // exits (after the app's own threads, zygote.cpp); past the graceful timeout
-  // it is killed.
+  // it is killed. Its last frames are read by a thread of this worker's own, not
+  // by the I/O threads, which may have stopped already.
   void end(Clock::time_point) override {
     std::shared_ptr<frames::Outbox> outbox;
     pid_t pid;
     {
-      std::unique_lock lock(mutex_);
+      std::lock_guard lock(mutex_);
       if (!outbox_) return;
       outbox = outbox_;
-      pid = pid_;
       stopping_ = true;
       outbox->post(Kind::asgi_stop, frames::tag(0));
+    }
+    if (watch_) watch_->cancel();
+    {
+      std::lock_guard finishing(finisher_mutex_);
+      if (!finisher_.joinable()) finisher_ = std::thread([this] { read_to_the_end(); });
+    }
+    {
+      std::unique_lock lock(mutex_);
+      pid = pid_;
       if (!cv_.wait_for(lock, stop_wait_, [&] { return dead_; })) {
         if (loop_ended_) {
           spdlog::warn("worker {} (pid {}): its event loop has ended, but thread(s) the app started still run "
@@ -147,7 +173,12 @@ class AsgiProcessWorker final : public Worker {
         ::kill(pid, SIGKILL);
       }
     }
-    reader_.join();
+    {
+      std::lock_guard finishing(finisher_mutex_);
+      finisher_.join();
+    }
+    watch_.reset();
+    frames_.reset();
     outbox->close();
     std::lock_guard lock(mutex_);
     outbox_.reset();
@@ -267,7 +298,9 @@ class AsgiProcessWorker final : public Worker {
     }
   }
 
-  void read_socket();
+  bool read_frames(std::string& why);
+  bool read_from_watch();
+  void read_to_the_end();
   bool on_frame(frames::Frame& frame);
   void deliver(std::uint64_t id, HttpResponseData&& response, std::shared_ptr<BodyStream> producer = nullptr);
   void chunk(std::uint64_t id, std::string&& data);
@@ -289,8 +322,14 @@ class AsgiProcessWorker final : public Worker {
   const int slot_;
   const std::size_t limit_;
   const std::chrono::milliseconds stop_wait_;
-  std::thread reader_;
+  Reactor* const reactor_;  // null: finisher_ reads the socket from the start
   int fd_ = -1;  // set by start(), closed by end(); the reader's and the outbox's meanwhile
+  // The socket's reader: the watch's callback on an I/O thread, then (once the watch
+  // is cancelled or has seen the end) finisher_, one at a time.
+  std::optional<frames::FrameReader> frames_;
+  std::unique_ptr<Reactor::Watch> watch_;
+  std::mutex finisher_mutex_;  // finisher_ is started (by the watch or end()) and joined under it
+  std::thread finisher_;       // reads to the end, then lost()
 
   std::mutex pull_mutex_;  // held while feeding; guards source_ and pulled_
   JobSource* source_ = nullptr;
@@ -310,20 +349,50 @@ class AsgiProcessWorker final : public Worker {
   Clock::time_point next_client_check_{};
 };
 
-void AsgiProcessWorker::read_socket() {
-  std::string carry;
-  std::string why;
-  for (;;) {
+// What the socket holds now (at most 1 MiB of it: a large answer comes over several
+// calls, and the I/O thread serves its connections between them), frame by frame.
+// False when nothing more will come: the process closed its end (`why` empty), the
+// socket failed, or the process broke the protocol (then it is killed).
+bool AsgiProcessWorker::read_frames(std::string& why) {
+  frames::ReadResult got;
+  std::string broken;
+  try {
+    got = frames_->receive();
     frames::Frame frame;
-    const frames::ReadResult read = frames::read_frame_buffered(fd_, frame, carry);
-    if (!read.ok()) {
-      if (read.status != frames::ReadStatus::closed) why = read.describe();
-      break;
+    bool invalid = false;
+    while (broken.empty() && frames_->next(frame, invalid)) {
+      if (!on_frame(frame)) broken = "sent a malformed frame";
     }
-    if (!on_frame(frame)) {
-      why = "sent a malformed frame";
-      ::kill(pid_, SIGKILL);
-      break;
+    if (invalid) broken = "sent a frame of no kind or over the limits";
+  } catch (const std::bad_alloc&) {
+    broken = "sent a frame too large for memory";
+  }
+  if (!broken.empty()) {
+    why = broken;
+    ::kill(pid_, SIGKILL);
+    return false;
+  }
+  if (got.ok()) return true;
+  if (got.status != frames::ReadStatus::closed) why = got.describe();
+  return false;
+}
+
+// The watch's callback, on an I/O thread. At the end, lost() (which waits for the
+// process's exit status) goes to a thread of its own.
+bool AsgiProcessWorker::read_from_watch() {
+  std::string why;
+  if (read_frames(why)) return true;
+  std::lock_guard finishing(finisher_mutex_);
+  finisher_ = std::thread([this, why = std::move(why)] { lost(why); });
+  return false;
+}
+
+// Without a reactor, or from end() on: blocks on the socket until its end.
+void AsgiProcessWorker::read_to_the_end() {
+  std::string why;
+  while (read_frames(why)) {
+    pollfd p{fd_, POLLIN, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
     }
   }
   lost(why);
@@ -539,8 +608,9 @@ void AsgiProcessWorker::lost(const std::string& why) {
 
 }  // namespace
 
-std::unique_ptr<Worker> make_asgi_process_worker(ZygoteClient& zygote, int slot, const ServerConfig& config) {
-  return std::make_unique<AsgiProcessWorker>(zygote, slot, config);
+std::unique_ptr<Worker> make_asgi_process_worker(ZygoteClient& zygote, int slot, const ServerConfig& config,
+                                                 Reactor* reactor) {
+  return std::make_unique<AsgiProcessWorker>(zygote, slot, config, reactor);
 }
 
 }  // namespace gilgamesh

@@ -2,6 +2,7 @@
 
 #include "server/model/app_forks.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -188,7 +189,13 @@ ssize_t send_frame(int fd, Kind kind, std::string_view meta, std::string_view bo
     const ssize_t n = ::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if ((flags & MSG_DONTWAIT) != 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if ((flags & MSG_DONTWAIT) != 0) break;
+        // A blocking send on a socket made non-blocking by another of its descriptors
+        // (the server's reactor watches a dup of a worker's socket): wait for room.
+        pollfd p{fd, POLLOUT, 0};
+        if (::poll(&p, 1, -1) >= 0 || errno == EINTR) continue;
+      }
       return -1;
     }
     auto sent = static_cast<std::size_t>(n);

@@ -28,6 +28,8 @@ StartedProcess start_worker_process(ZygoteClient& zygote, int slot, std::chrono:
 
 // The worker of an ASGI app: one process whose event loop holds up to
 // --worker-connections requests (asgi_remote.cpp).
-std::unique_ptr<Worker> make_asgi_process_worker(ZygoteClient& zygote, int slot, const ServerConfig& config);
+// `reactor`: the server's I/O threads read its answers (null: a thread of its own does).
+std::unique_ptr<Worker> make_asgi_process_worker(ZygoteClient& zygote, int slot, const ServerConfig& config,
+                                                 Reactor* reactor);
 
 }  // namespace gilgamesh

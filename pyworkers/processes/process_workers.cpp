@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <mutex>
@@ -340,7 +341,7 @@ class ProcessFactory final : public WorkerFactory {
 
   void prepare() override { zygote_.start(); }
   std::unique_ptr<Worker> make(int slot) override {
-    if (asgi_) return make_asgi_process_worker(zygote_, slot, config_);
+    if (asgi_) return make_asgi_process_worker(zygote_, slot, config_, reactor_.load());
     return std::make_unique<ProcessWorker>(zygote_, slot, threads_);
   }
   std::string python_version() const override { return embedded_python_version(); }
@@ -351,6 +352,7 @@ class ProcessFactory final : public WorkerFactory {
   bool gil_enabled() const override { return zygote_.gil_enabled(); }
   std::optional<std::string> unavailable() const override { return zygote_.unavailable(); }
   void stopping() override { zygote_.cancel_waits(); }
+  void use_reactor(Reactor* reactor) override { reactor_.store(reactor); }
   void add_stats(PoolStats& out) const override {
     out.zygote_pid = zygote_.zygote_pid();
     out.zygote_restarts_total = zygote_.zygote_restarts();
@@ -369,6 +371,7 @@ class ProcessFactory final : public WorkerFactory {
   const int threads_;
   const bool asgi_;
   ZygoteClient zygote_;
+  std::atomic<Reactor*> reactor_{nullptr};  // for the ASGI workers' sockets
 };
 
 }  // namespace

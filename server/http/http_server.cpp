@@ -25,6 +25,7 @@
 
 #include "server/model/app_forks.hpp"
 #include "server/model/response.hpp"
+#include "server/http/asio_reactor.hpp"
 #include "server/http/builtins.hpp"
 #include "server/http/exchange.hpp"
 #include "server/http/forwarded.hpp"
@@ -217,6 +218,7 @@ struct HttpServer::Impl {
   std::unordered_set<Session*> sessions;
 
   net::io_context ioc;
+  AsioReactor reactor{ioc};  // the workers' sockets the I/O threads watch (Executor::use_reactor)
   net::basic_socket_acceptor<StreamProtocol> acceptor;
   bool unix_socket = false;  // --uds
   // An inherited socket (a --reload supervisor's, --bind fd://N): connections wait in its
@@ -1458,6 +1460,7 @@ HttpServer::Outcome HttpServer::run() {
                s.config.pool.workers, strategy_name(s.executor.info().strategy), s.config.app.target);
   try {
     const auto t0 = std::chrono::steady_clock::now();
+    s.executor.use_reactor(&s.reactor);
     s.executor.start();
     const ExecutorInfo info = s.executor.info();
     spdlog::info("{} workers ready in {:.0f} ms ({} build, Python {}, GIL {})", info.workers,
@@ -1497,6 +1500,7 @@ HttpServer::Outcome HttpServer::run() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   const bool clean = s.executor.stop(deadline);
+  s.executor.use_reactor(nullptr);
   // Responses the executor just answered (503 for what it could not run) still need writing.
   const auto write_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   while (sessions_left() > 0 && std::chrono::steady_clock::now() < write_deadline) {

@@ -18,6 +18,7 @@
 
 #include "server/model/body_stream.hpp"
 #include "server/model/options.hpp"
+#include "server/model/reactor.hpp"
 #include "server/model/websocket_channel.hpp"
 
 namespace gilgamesh {
@@ -253,6 +254,11 @@ class Executor {
   virtual PoolStats stats() const = 0;
   // Thread-safe, cheap: answered by the I/O threads for /readyz.
   virtual Readiness readiness() const = 0;
+  // The server's I/O threads, for workers that wait on a descriptor (a worker
+  // process's socket) to have them watch it instead of a thread of their own.
+  // Workers started after the call use it; null (the default, and after stop()):
+  // they keep their own thread. It must outlive every worker started meanwhile.
+  virtual void use_reactor(Reactor*) {}
 };
 
 // Picks config.pool.strategy. Starts no thread and no Python worker yet

@@ -173,6 +173,24 @@ TEST(Frames, EightMebibyteBodiesBothWays) {
   EXPECT_TRUE(back.body == body);
 }
 
+// The server's reactor watches a dup of a worker's socket, and Asio makes that
+// descriptor non-blocking, the caller's with it (they share their flags): a write
+// that blocks must still wait for room rather than fail.
+TEST(Frames, AWriteThatBlocksWaitsForRoomOnASocketMadeNonBlocking) {
+  SocketPair s;
+  ASSERT_EQ(fcntl(s.a, F_SETFL, fcntl(s.a, F_GETFL) | O_NONBLOCK), 0);
+  const std::string body(4 << 20, 'x');  // far past the socket's buffer
+  Peer peer(s.b, s.a, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the writer fills the buffer first
+    Frame in;
+    ASSERT_TRUE(read_frame(s.b, in).ok());
+    EXPECT_TRUE(in.body == body);
+  });
+  int error = 0;
+  EXPECT_TRUE(write_frame(s.a, Kind::response, "m", body, &error)) << std::strerror(error);
+  peer.join();
+}
+
 TEST(Frames, AStreamedAnswerIsReadFrameByFrameWhateverArrivesTogether) {
   SocketPair s;
   // A worker's streamed answer, written back to back before the server reads any of it:
