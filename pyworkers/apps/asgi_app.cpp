@@ -236,6 +236,7 @@ class AsgiLoop::Mailbox {
   static PyObject* pull(PyObject* self, PyObject* park);
   static PyObject* unpark(PyObject* self, PyObject*);
   static PyObject* read(PyObject* self, PyObject*);
+  static PyObject* idle(PyObject* self, PyObject*);
   static py::Ref request_object(AsgiLoop* loop, const HttpRequestData& r);
   static bool append_request(AsgiLoop* loop, std::uint64_t rid, Clock::time_point now, PyObject* events);
 };
@@ -305,6 +306,18 @@ PyObject* AsgiLoop::Mailbox::read(PyObject* self, PyObject*) {
   py::Ref events = py::Ref::steal(take(self, nullptr));
   if (!events) return nullptr;
   return Py_BuildValue("(OO)", events.get(), more ? Py_True : Py_False);
+}
+
+// idle(): the loop is about to wait (Hooks::idle).
+PyObject* AsgiLoop::Mailbox::idle(PyObject* self, PyObject*) {
+  AsgiLoop* loop = loop_of(self);
+  if (!loop) return nullptr;
+  if (loop->hooks_.idle) {
+    Py_BEGIN_ALLOW_THREADS
+    loop->hooks_.idle();
+    Py_END_ALLOW_THREADS
+  }
+  Py_RETURN_NONE;
 }
 
 // unpark(): the loop is awake (it pulls before it next waits): a job that comes
@@ -657,6 +670,7 @@ PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
       {"pull", reinterpret_cast<PyCFunction>(&pull), METH_O, nullptr},
       {"unpark", reinterpret_cast<PyCFunction>(&unpark), METH_NOARGS, nullptr},
       {"read", reinterpret_cast<PyCFunction>(&read), METH_NOARGS, nullptr},
+      {"idle", reinterpret_cast<PyCFunction>(&idle), METH_NOARGS, nullptr},
       {"respond", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&respond)), METH_FASTCALL, nullptr},
       {"open", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&open)), METH_FASTCALL, nullptr},
       {"push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&push)), METH_FASTCALL, nullptr},
@@ -770,10 +784,11 @@ bool AsgiLoop::run_python(PyObject* module) {
   if (!request_type_ || !worker_type) return false;
   py::Ref mailbox = py::Ref::steal(Mailbox::make(this, module));
   if (!mailbox) return false;
-  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssOO", asgi_ ? asgi_ : Py_None,
+  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssOOO", asgi_ ? asgi_ : Py_None,
                                                         mailbox.get(), lifespan_.c_str(), root_path_.c_str(),
                                                         app_.handler_timeout_type(),
-                                                        hooks_.pulls ? Py_True : Py_False));
+                                                        hooks_.pulls ? Py_True : Py_False,
+                                                        hooks_.idle ? Py_True : Py_False));
   if (!worker) return false;
   py::Ref problem = py::Ref::steal(PyObject_CallMethod(worker.get(), "startup", nullptr));
   if (!problem) {

@@ -102,6 +102,9 @@ class AsgiLoop {
     bool pulls = false;
     std::function<bool()> read;
     int read_fd = -1;
+    // Called on the loop's thread before each wait (no Python lock held): what it
+    // held back while the callbacks ran goes out now.
+    std::function<void()> idle;
   };
 
   // `interp` is the interpreter that loaded `app`; both outlive the loop. An

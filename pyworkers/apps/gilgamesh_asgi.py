@@ -48,6 +48,9 @@ loop thread. The C++ half talks to it through a `mailbox` object:
   mailbox.result(rid, value)                   what a route handler's call returned
   mailbox.error(rid, exception)                what it raised instead
   mailbox.done(rid)                            the request's slot is free again
+  mailbox.idle()                               (a Worker that flushes) the loop is
+                                               about to wait: what the C++ half held
+                                               back while the callbacks ran goes out
 
 may_interrupt(thread_id) -> bool: asked by the C++ half, with the GIL, before it raises
 HandlerTimeout into a loop that stays busy past a deadline.
@@ -765,10 +768,25 @@ class _PullingSelector(_selectors.DefaultSelector):
             worker.mailbox.unpark()
 
 
+class _FlushingSelector(_selectors.DefaultSelector):
+    """The selector of a loop whose C++ half holds back some of what the callbacks send
+    (a worker process's "this request is done" frames, to go out together with the next
+    frame or at once before the loop waits): it says so before every select."""
+
+    def __init__(self, idle):
+        super().__init__()
+        self._idle = idle
+
+    def select(self, timeout=None):
+        self._idle()
+        return super().select(timeout)
+
+
 class Worker:
     """One worker's ASGI app (or `async def` route handlers) on its own event loop."""
 
-    def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None, pulls=False):
+    def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None, pulls=False,
+                 flushes=False):
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be auto, on or off")
         self.app = app
@@ -780,7 +798,13 @@ class Worker:
         self.stopping = False
         # pulls: the loop takes its requests with mailbox.pull() (its selector does, before
         # each wait) rather than being handed them as "request" events.
-        self.loop = asyncio.SelectorEventLoop(_PullingSelector(self)) if pulls else asyncio.new_event_loop()
+        # flushes: mailbox.idle() before each wait (the loop's selector calls it).
+        if pulls:
+            self.loop = asyncio.SelectorEventLoop(_PullingSelector(self))
+        elif flushes:
+            self.loop = asyncio.SelectorEventLoop(_FlushingSelector(mailbox.idle))
+        else:
+            self.loop = asyncio.new_event_loop()
         self.deadlines = _Deadlines(self.loop)
         self.exchanges = {}
         self.stopped = None

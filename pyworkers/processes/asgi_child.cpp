@@ -34,6 +34,10 @@ using frames::Kind;
 
 constexpr auto kSuperviseEvery = 50ms;
 
+// Set on the event loop's thread while it runs (Hooks::entered to leaving): what it posts
+// there may wait for the loop's next flush (Hooks::idle).
+thread_local bool on_loop_thread = false;
+
 class AsgiChild {
  public:
   AsgiChild(int worker, int sock, PythonApp& app, const ServerConfig& config, int wake_fd,
@@ -149,14 +153,18 @@ int AsgiChild::run() {
 bool AsgiChild::start_loop() {
   AsgiLoop::Hooks hooks;
   hooks.entered = [this] {
+    on_loop_thread = true;
     std::lock_guard lock(target_mutex_);
     loop_thread_ = PyThread_get_thread_ident();
     loop_alive_ = true;
   };
   hooks.leaving = [this] {
+    on_loop_thread = false;
+    outbox_->flush();
     std::lock_guard lock(target_mutex_);
     loop_alive_ = false;
   };
+  hooks.idle = [this] { outbox_->flush(); };
   hooks.released = [this](const Job& job) { released(job); };
   hooks.read = [this] { return read_frames(); };
   hooks.read_fd = sock_;
@@ -436,7 +444,13 @@ void AsgiChild::released(const Job& job) {
       sockets_.erase(w);
     }
   }
-  outbox_->post(Kind::asgi_done, frames::tag(job.token));
+  // On the loop's thread it goes with the next frame or before the loop waits, whichever
+  // comes first (Hooks::idle): most often with the next answer, in one write.
+  if (on_loop_thread) {
+    outbox_->post_later(Kind::asgi_done, frames::tag(job.token));
+  } else {
+    outbox_->post(Kind::asgi_done, frames::tag(job.token));
+  }
 }
 
 // Once: the loop takes no more requests, finishes those it holds and ends.

@@ -12,6 +12,8 @@
 #include <charconv>
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
+#include <optional>
 #include <limits>
 #include <new>
 
@@ -161,22 +163,23 @@ std::string ReadResult::describe() const {
 
 namespace {
 
-// Sends frame (kind, meta, body) past its first `skip` bytes: all of it, or with MSG_DONTWAIT in
-// `flags` as far as the socket takes it without waiting. Returns the bytes of the frame sent so
-// far (`skip` included), or -1 with errno when the socket failed.
-ssize_t send_frame(int fd, Kind kind, std::string_view meta, std::string_view body, std::size_t skip, int flags) {
-  char header[kHeaderSize];
+void put_header(char (&header)[kHeaderSize], Kind kind, std::size_t meta_size, std::size_t body_size) {
   const auto k = static_cast<std::uint32_t>(kind);
-  const auto meta_len = static_cast<std::uint32_t>(meta.size());
-  const auto body_len = static_cast<std::uint64_t>(body.size());
+  const auto meta_len = static_cast<std::uint32_t>(meta_size);
+  const auto body_len = static_cast<std::uint64_t>(body_size);
   std::memcpy(header, &k, 4);
   std::memcpy(header + 4, &meta_len, 4);
   std::memcpy(header + 8, &body_len, 8);
+}
 
-  std::array<iovec, 3> iov{};
+// Sends the pieces back to back, past their first `skip` bytes: all of them, or with
+// MSG_DONTWAIT in `flags` as far as the socket takes them without waiting. Returns the bytes
+// sent so far (`skip` included), or -1 with errno when the socket failed.
+ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std::size_t skip, int flags) {
+  std::array<iovec, 4> iov{};
   std::size_t count = 0;
   std::size_t total = skip;
-  for (std::string_view piece : {std::string_view(header, kHeaderSize), meta, body}) {
+  for (std::string_view piece : pieces) {
     const std::size_t from = std::min(skip, piece.size());
     skip -= from;
     if (from < piece.size()) iov[count++] = {const_cast<char*>(piece.data() + from), piece.size() - from};
@@ -213,11 +216,20 @@ ssize_t send_frame(int fd, Kind kind, std::string_view meta, std::string_view bo
   return static_cast<ssize_t>(total);
 }
 
+// Frame (kind, meta, body) after `prefix` (whole frames held back: Outbox::post_later), the
+// same way.
+ssize_t send_frame(int fd, std::string_view prefix, Kind kind, std::string_view meta, std::string_view body,
+                   std::size_t skip, int flags) {
+  char header[kHeaderSize];
+  put_header(header, kind, meta.size(), body.size());
+  return send_pieces(fd, {prefix, std::string_view(header, kHeaderSize), meta, body}, skip, flags);
+}
+
 }  // namespace
 
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
   app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
-  if (send_frame(fd, kind, meta, body, 0, 0) >= 0) return true;
+  if (send_frame(fd, {}, kind, meta, body, 0, 0) >= 0) return true;
   if (error) *error = errno;
   return false;
 }
@@ -460,31 +472,66 @@ Outbox::Outbox(int fd) : fd_(fd), thread_([this] { run(); }) {}
 
 Outbox::~Outbox() { close(); }
 
+std::size_t Outbox::Item::size() const {
+  return prefix.size() + (kind ? kHeaderSize + meta.size() + body.size() : 0);
+}
+
+ssize_t Outbox::Item::send(int fd, int flags) const {
+  if (!kind) return send_pieces(fd, {prefix}, written, flags);
+  return send_frame(fd, prefix, *kind, meta, body, written, flags);
+}
+
 void Outbox::post(Kind kind, std::string meta, std::string body) {
   app_forks::leave_if_forked();
   {
     std::lock_guard lock(mutex_);
     if (closing_ || failed_) return;
-    std::size_t written = 0;
-    if (queue_.empty() && !writing_) {
-      // Nothing ahead of it: written now, as far as the socket takes it without waiting (a
-      // hand-off to the thread costs its wake-up, on every request); the thread writes the rest.
-      const ssize_t sent = send_frame(fd_, kind, meta, body, 0, MSG_DONTWAIT);
-      if (sent < 0) {
-        failed_ = true;
-        return;
-      }
-      written = static_cast<std::size_t>(sent);
-      if (written == kHeaderSize + meta.size() + body.size()) return;
-    }
-    queue_.push_back({kind, std::move(meta), std::move(body), written});
+    // What post_later() held back goes ahead of it, in the same write.
+    if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), std::move(body)})) return;
   }
   wake_.notify_one();
+}
+
+void Outbox::post_later(Kind kind, std::string_view meta) {
+  app_forks::leave_if_forked();
+  std::lock_guard lock(mutex_);
+  if (closing_ || failed_) return;
+  char header[kHeaderSize];
+  put_header(header, kind, meta.size(), 0);
+  later_.append(header, kHeaderSize);
+  later_.append(meta);
+}
+
+void Outbox::flush() {
+  {
+    std::lock_guard lock(mutex_);
+    if (later_.empty() || closing_ || failed_) return;
+    if (!enqueue_locked({std::exchange(later_, {}), std::nullopt, {}, {}})) return;
+  }
+  wake_.notify_one();
+}
+
+// With mutex_. Nothing ahead of it: written now, as far as the socket takes it without
+// waiting (a hand-off to the thread costs its wake-up, on every request); the thread
+// writes the rest. True when the thread has something to write.
+bool Outbox::enqueue_locked(Item item) {
+  if (queue_.empty() && !writing_) {
+    const ssize_t sent = item.send(fd_, MSG_DONTWAIT);
+    if (sent < 0) {
+      failed_ = true;
+      return false;
+    }
+    item.written = static_cast<std::size_t>(sent);
+    if (item.written == item.size()) return false;
+  }
+  queue_.push_back(std::move(item));
+  return true;
 }
 
 void Outbox::close() {
   {
     std::lock_guard lock(mutex_);
+    if (!later_.empty() && !closing_ && !failed_) queue_.push_back({std::exchange(later_, {}), std::nullopt, {}, {}});
     closing_ = true;
   }
   wake_.notify_one();
@@ -505,7 +552,7 @@ void Outbox::run() {
     queue_.pop_front();
     writing_ = true;
     lock.unlock();
-    const bool written = send_frame(fd_, item.kind, item.meta, item.body, item.written, 0) >= 0;
+    const bool written = item.send(fd_, 0) >= 0;
     lock.lock();
     writing_ = false;
     if (!written) {

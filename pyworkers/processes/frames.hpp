@@ -45,6 +45,7 @@
 #include "server/model/executor.hpp"
 
 #include <nlohmann/json.hpp>
+#include <sys/types.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -53,6 +54,7 @@
 #include <csignal>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <span>
 #include <string>
@@ -209,22 +211,32 @@ class Outbox {
   Outbox& operator=(const Outbox&) = delete;
 
   void post(Kind kind, std::string meta, std::string body = {});
+  // A frame with no body that need not go at once (a worker's asgi_done): it goes
+  // ahead of the next post(), in the same write, or at flush() or close(). An event
+  // loop holds back what it posts while its callbacks run, and flushes before it waits.
+  void post_later(Kind kind, std::string_view meta);
+  void flush();
   // Writes what is queued, then ends the thread. Idempotent.
   void close();
   bool failed() const;
 
  private:
   struct Item {
-    Kind kind;
+    std::string prefix;       // frames post_later() held back, whole
+    std::optional<Kind> kind;  // then this frame, if any
     std::string meta, body;
-    std::size_t written = 0;  // bytes post() wrote already (the frame's first ones)
+    std::size_t written = 0;  // bytes post() wrote already (the first ones)
+    std::size_t size() const;
+    ssize_t send(int fd, int flags) const;
   };
+  bool enqueue_locked(Item item);
   void run();
 
   const int fd_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Item> queue_;
+  std::string later_;  // post_later()'s frames, until the next write
   bool writing_ = false;  // the thread writes an item it took from the queue
   bool closing_ = false;
   bool failed_ = false;

@@ -116,6 +116,23 @@ def test_a_one_message_answer_is_one_hand_off():
     assert not box.named("open") and box.named("done") == [("done", 1)]
 
 
+def test_a_loop_that_flushes_says_so_before_each_wait_and_after_the_done():
+    """A worker process's loop (flushes=True): its C++ half holds the "done" frames back
+    while callbacks run, and idle() is what sends them before the loop waits."""
+    box = Mailbox()
+    box.idle = lambda: box.calls.append(("idle",))
+    worker = asgi.Worker(hello, box, lifespan="off", flushes=True)
+    assert worker.startup() is None
+    box.events.extend([get(1), get(2), ("stop",)])
+    worker.serve(box.fd)
+    worker.close()
+    names = [c[0] for c in box.calls]
+    assert names.count("done") == 2
+    assert "idle" in names[names.index("done") + 1:], names  # the dones were flushed
+    plain = serve(hello, get())  # a loop that does not flush never calls it (nor needs it)
+    assert not plain.named("idle")
+
+
 def test_the_scope_has_every_key_with_its_type():
     seen = {}
 

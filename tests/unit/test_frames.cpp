@@ -511,6 +511,54 @@ TEST(Frames, AnOutboxWritesInOrderWithoutBlockingThePoster) {
   EXPECT_TRUE(lost->failed());
 }
 
+// What post_later() holds back stays off the socket until the next post() (ahead of its
+// frame, in one write), flush() or close(), and always in the order posted.
+TEST(Frames, AnOutboxHoldsBackLaterFramesUntilTheNextPostFlushOrClose) {
+  SocketPair s;
+  auto outbox = std::make_shared<Outbox>(s.a);
+  auto readable = [&] {
+    pollfd p{s.b, POLLIN, 0};
+    return ::poll(&p, 1, 50) == 1;
+  };
+  auto next_id = [&](std::string& carry, Kind kind) {
+    Frame f;
+    EXPECT_TRUE(read_frame_buffered(s.b, f, carry).ok());
+    EXPECT_EQ(f.kind, kind);
+    std::string_view meta = f.meta;
+    std::uint64_t id = 0;
+    EXPECT_TRUE(untag(meta, id));
+    return id;
+  };
+  std::string carry;
+
+  outbox->post_later(Kind::asgi_done, tag(1));
+  outbox->post_later(Kind::asgi_done, tag(2));
+  EXPECT_FALSE(readable()) << "a held-back frame was written before anything asked for it";
+  const std::string response_meta = tag(3, encode_response_meta(HttpResponseData{}));
+  outbox->post(Kind::asgi_response, response_meta, "body");
+  char all[4096];
+  const ssize_t got = ::recv(s.b, all, sizeof all, MSG_PEEK | MSG_DONTWAIT);
+  const std::size_t three_frames = 3 * 16 + tag(1).size() + tag(2).size() + response_meta.size() + 4;
+  EXPECT_EQ(got, static_cast<ssize_t>(three_frames)) << "the held-back frames and the post did not go in one write";
+  EXPECT_EQ(next_id(carry, Kind::asgi_done), 1u);
+  EXPECT_EQ(next_id(carry, Kind::asgi_done), 2u);
+  EXPECT_EQ(next_id(carry, Kind::asgi_response), 3u);
+
+  outbox->post_later(Kind::asgi_done, tag(4));
+  EXPECT_FALSE(readable());
+  outbox->flush();
+  ASSERT_TRUE(readable());
+  EXPECT_EQ(next_id(carry, Kind::asgi_done), 4u);
+  outbox->flush();  // nothing held: nothing written
+  EXPECT_FALSE(readable());
+
+  outbox->post_later(Kind::asgi_done, tag(5));
+  outbox->close();
+  ASSERT_TRUE(readable());
+  EXPECT_EQ(next_id(carry, Kind::asgi_done), 5u);
+  EXPECT_FALSE(outbox->failed());
+}
+
 // post() writes a frame itself when nothing waits, and leaves the rest of one the socket
 // would not take at once to the thread: with several posters and a reader that keeps
 // up only now and then, every frame arrives whole and each poster's in its order.
