@@ -80,7 +80,6 @@ class WorkerPool final : public Executor {
   Readiness readiness() const override;
   void use_reactor(Reactor* reactor) override { factory_->use_reactor(reactor); }
 
-
  private:
   struct Lane;
   struct Run;

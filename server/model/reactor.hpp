@@ -22,7 +22,10 @@ class Reactor {
   // Calls `on_readable` on an I/O thread whenever `fd` can be read, one call at a
   // time, until it returns false or the watch is cancelled. It must not block: it
   // runs where connections are served. `fd` stays the caller's, and must stay open
-  // until then. The reactor outlives every watch it made.
+  // until then; it may be made non-blocking (the server's reactor makes it so, since
+  // Asio's waits need it), so the caller's own reads and writes on it must not count
+  // on blocking (frames.cpp's waits for room when a send meets EAGAIN). The reactor
+  // outlives every watch it made.
   virtual std::unique_ptr<Watch> watch(int fd, std::function<bool()> on_readable) = 0;
 };
 
