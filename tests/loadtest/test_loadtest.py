@@ -1095,7 +1095,10 @@ def test_asgi_sleep_answers_every_one_of_1000_connections(tmp_path):
         assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}, server
         # (how many complete in the 2 s window depends on how fast 1000 connections open: not asserted)
         assert w["responses_by_status"] == {"200": w["requests"]} and w["requests"] > 0, (server, w)
-        assert 1000 <= w["latency_ms"]["min"] <= w["latency_ms"]["p99"], (server, w["latency_ms"])
+        # Every response waited out its sleep. A few ms of slack: uvicorn's uvloop times its
+        # sleeps on libuv's clock, cached in whole ms at each turn of its loop, so a 1 s sleep can
+        # end a fraction of a ms early by wrk's clock (CI saw 999.898 ms once).
+        assert 995 <= w["latency_ms"]["min"] <= w["latency_ms"]["p99"], (server, w["latency_ms"])
     command = cells[strategy]["startup"]["command"]
     assert command[command.index("--worker-connections") + 1] == "1000", command
     assert int(command[command.index("--max-connections") + 1]) >= 2000, command
