@@ -202,24 +202,12 @@ void AsgiChild::wait_for_end() {
 // watching the socket, and stops.
 bool AsgiChild::read_frames() {
   if (!open_) return false;
-  frames::ReadResult got;
-  std::string broken;
-  try {
-    got = reader_.receive();
-    frames::Frame frame;
-    bool invalid = false;
-    while (broken.empty() && reader_.next(frame, invalid)) {
-      if (!on_frame(frame)) broken = "a malformed frame";
-    }
-    if (invalid) broken = "a frame of no kind or over the limits";
-  } catch (const std::bad_alloc&) {
-    broken = "a frame too large for memory";
-  }
-  if (broken.empty() && got.ok()) return true;
-  if (!broken.empty()) {
-    spdlog::error("worker {}: the server sent {}; stopping", worker_, broken);
-  } else if (got.status != frames::ReadStatus::closed) {
-    spdlog::error("worker {}: the server's socket failed ({}); stopping", worker_, got.describe());
+  const frames::FrameReader::Drained d = reader_.drain([this](frames::Frame& f) { return on_frame(f); });
+  if (d.broken.empty() && d.got.ok()) return true;
+  if (!d.broken.empty()) {
+    spdlog::error("worker {}: the server sent {}; stopping", worker_, d.broken);
+  } else if (d.got.status != frames::ReadStatus::closed) {
+    spdlog::error("worker {}: the server's socket failed ({}); stopping", worker_, d.got.describe());
   }
   server_gone();
   return false;

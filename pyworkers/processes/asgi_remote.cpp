@@ -354,26 +354,14 @@ class AsgiProcessWorker final : public Worker {
 // False when nothing more will come: the process closed its end (`why` empty), the
 // socket failed, or the process broke the protocol (then it is killed).
 bool AsgiProcessWorker::read_frames(std::string& why) {
-  frames::ReadResult got;
-  std::string broken;
-  try {
-    got = frames_->receive();
-    frames::Frame frame;
-    bool invalid = false;
-    while (broken.empty() && frames_->next(frame, invalid)) {
-      if (!on_frame(frame)) broken = "sent a malformed frame";
-    }
-    if (invalid) broken = "sent a frame of no kind or over the limits";
-  } catch (const std::bad_alloc&) {
-    broken = "sent a frame too large for memory";
-  }
-  if (!broken.empty()) {
-    why = broken;
+  const frames::FrameReader::Drained d = frames_->drain([this](frames::Frame& f) { return on_frame(f); });
+  if (!d.broken.empty()) {
+    why = "sent " + d.broken;
     ::kill(pid_, SIGKILL);
     return false;
   }
-  if (got.ok()) return true;
-  if (got.status != frames::ReadStatus::closed) why = got.describe();
+  if (d.got.ok()) return true;
+  if (d.got.status != frames::ReadStatus::closed) why = d.got.describe();
   return false;
 }
 

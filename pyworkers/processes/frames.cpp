@@ -363,6 +363,22 @@ bool FrameReader::next(Frame& out, bool& invalid) {
   return true;
 }
 
+FrameReader::Drained FrameReader::drain(const std::function<bool(Frame&)>& handle, std::size_t budget) {
+  Drained d;
+  try {
+    d.got = receive(budget);
+    Frame frame;
+    bool invalid = false;
+    while (d.broken.empty() && next(frame, invalid)) {
+      if (!handle(frame)) d.broken = "a malformed frame";
+    }
+    if (invalid) d.broken = "a frame of no kind or over the limits";
+  } catch (const std::bad_alloc&) {
+    d.broken = "a frame too large for memory";
+  }
+  return d;
+}
+
 std::string encode_request_meta(std::size_t route_index, const HttpRequestData& r) {
   std::string out;
   out.reserve(128 + r.method.size() + r.path.size() + r.query_string.size() + r.request_id.size() +

@@ -53,6 +53,7 @@
 #include <cstdint>
 #include <csignal>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -168,6 +169,16 @@ class FrameReader {
   // The next whole frame: true and `out` filled; false when none is whole yet, or
   // when the next one is over the limits or of no kind (`invalid` set then).
   bool next(Frame& out, bool& invalid);
+
+  // receive(), then each whole frame to `handle`, in order. `broken` says how the
+  // peer broke the protocol ("a malformed frame": `handle` returned false; one over
+  // the limits or of no kind; one too large for memory), and no frame goes to
+  // `handle` after it; empty when it did not.
+  struct Drained {
+    ReadResult got;
+    std::string broken;
+  };
+  Drained drain(const std::function<bool(Frame&)>& handle, std::size_t budget = std::size_t{1} << 20);
 
  private:
   const int fd_;

@@ -53,9 +53,14 @@ struct WatchState : std::enable_shared_from_this<WatchState> {
     try {
       again = on_readable();
     } catch (...) {
-      finish();
+      after(false);
       throw;  // the I/O thread logs it and goes on serving
     }
+    after(again);
+  }
+
+  // The callback has returned: the next wait, unless it is done or was cancelled.
+  void after(bool again) {
     std::lock_guard lock(mutex);
     running = {};
     ran.notify_all();
@@ -64,14 +69,6 @@ struct WatchState : std::enable_shared_from_this<WatchState> {
       return close();
     }
     arm();
-  }
-
-  void finish() {
-    std::lock_guard lock(mutex);
-    running = {};
-    over = true;
-    ran.notify_all();
-    close();
   }
 
   // With `mutex`.

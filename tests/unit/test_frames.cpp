@@ -381,6 +381,53 @@ TEST(Frames, AFrameReaderRefusesAnOversizedFrameFromItsHeader) {
   EXPECT_TRUE(invalid);
 }
 
+// drain(): what receive() took, each whole frame to the handler in order, and how the
+// peer broke the protocol: a frame the handler refuses (none goes to it after), one of
+// no kind, or the end.
+TEST(Frames, AFrameReaderDrainsFramesInOrderAndSaysHowThePeerBrokeTheProtocol) {
+  SocketPair s;
+  FrameReader reader(s.a);
+  for (const char* meta : {"one", "two", "bad", "four"}) {
+    ASSERT_TRUE(write_frame(s.b, Kind::asgi_done, meta, ""));
+  }
+  std::vector<std::string> seen;
+  FrameReader::Drained d = reader.drain([&](Frame& f) {
+    seen.push_back(f.meta);
+    return f.meta != "bad";
+  });
+  EXPECT_TRUE(d.got.ok());
+  EXPECT_EQ(d.broken, "a malformed frame");
+  EXPECT_EQ(seen, (std::vector<std::string>{"one", "two", "bad"}));
+
+  SocketPair t;
+  FrameReader other(t.a);
+  ASSERT_TRUE(write_frame(t.b, Kind::asgi_done, "ok", ""));
+  const char no_kind[16] = {static_cast<char>(kLastKind + 1)};
+  ASSERT_EQ(send(t.b, no_kind, sizeof no_kind, 0), 16);
+  seen.clear();
+  d = other.drain([&](Frame& f) {
+    seen.push_back(f.meta);
+    return true;
+  });
+  EXPECT_EQ(d.broken, "a frame of no kind or over the limits");
+  EXPECT_EQ(seen, (std::vector<std::string>{"ok"}));
+
+  SocketPair u;
+  FrameReader ended(u.a);
+  ASSERT_TRUE(write_frame(u.b, Kind::asgi_done, "last", ""));
+  ::shutdown(u.b, SHUT_WR);
+  seen.clear();
+  const auto handle = [&](Frame& f) {
+    seen.push_back(f.meta);
+    return true;
+  };
+  d = ended.drain(handle);  // the frame (the end is seen at the next look)
+  d = d.got.ok() ? ended.drain(handle) : d;
+  EXPECT_TRUE(d.broken.empty());
+  EXPECT_EQ(d.got.status, ReadStatus::closed);
+  EXPECT_EQ(seen, (std::vector<std::string>{"last"}));
+}
+
 // A worker's lane: the server's `cancel` for an answer the worker had ended already,
 // then the next request, both in the socket before the worker reads again.
 TEST(Frames, AStaleCancelAndTheNextRequestAreTwoFrames) {
