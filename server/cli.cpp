@@ -85,6 +85,7 @@ struct RawFlags {
   std::string wsgi;
   std::string asgi;
   std::string lifespan = "auto";
+  std::string loop = "auto";
   std::string strategy;
   std::string python_build;
   std::string bind;
@@ -102,6 +103,12 @@ void add_app_options(CLI::App& cli, AppOptions& app, RawFlags& raw) {
   cli.add_option("--lifespan", raw.lifespan,
                  "ASGI lifespan events: auto (run them if the app supports them), on (the app must), off")
       ->check(one_of({"auto", "on", "off"}))
+      ->capture_default_str();
+  cli.add_option("--loop", raw.loop,
+                 "The event loop of an ASGI app's worker processes (--strategy processes): uvloop (the "
+                 "package must be importable by the app), asyncio, or auto: uvloop where it can be "
+                 "imported, else asyncio, as uvicorn's. The in-process strategies run asyncio's loop")
+      ->check(one_of({"auto", "asyncio", "uvloop"}))
       ->capture_default_str();
   cli.add_option("--root-path", app.root_path,
                  "The URL prefix the app is mounted at: WSGI's SCRIPT_NAME (stripped from PATH_INFO "
@@ -448,6 +455,12 @@ bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
     return false;
   }
   app.lifespan = raw.lifespan == "on" ? Lifespan::on : raw.lifespan == "off" ? Lifespan::off : Lifespan::automatic;
+  app.loop = raw.loop == "uvloop" ? EventLoop::uvloop : raw.loop == "asyncio" ? EventLoop::asyncio : EventLoop::automatic;
+  if (app.loop == EventLoop::uvloop && app.kind != AppKind::asgi) {
+    std::cerr << "gilgamesh: --loop uvloop is for ASGI apps (--asgi); route handlers and WSGI apps run "
+                 "no event loop of their own under --strategy processes (see --help)\n";
+    return false;
+  }
   if (app.target.empty()) {
     std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
     return false;
@@ -463,6 +476,13 @@ bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
 }
 
 }  // namespace
+
+std::string uvloop_needs_processes(Strategy strategy, bool by_auto) {
+  return std::string("--loop uvloop runs in worker processes (--strategy processes), but ") +
+         (by_auto ? "--strategy auto chose " : "--strategy ") + std::string(strategy_name(strategy)) +
+         ", which runs each worker's event loop in the server's own process on asyncio's loop (it takes "
+         "its requests from the pool's queue itself): add --strategy processes, or leave --loop out";
+}
 
 std::size_t default_max_connections(std::size_t fd_limit, int workers) {
   // Descriptors the rest of the server may hold: the listener, logs, the
@@ -510,6 +530,11 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if ((!c.reload.dirs.empty() || !c.reload.includes.empty() || !c.reload.excludes.empty()) && !c.reload.enabled) {
     std::cerr << "gilgamesh: --reload-dir, --reload-include and --reload-exclude say what --reload watches; add "
                  "--reload (see --help)\n";
+    return {std::nullopt, 2, false};
+  }
+  if (c.app.loop == EventLoop::uvloop && c.pool.strategy != Strategy::processes &&
+      c.pool.strategy != Strategy::automatic) {
+    std::cerr << "gilgamesh: " << uvloop_needs_processes(c.pool.strategy, false) << "\n";
     return {std::nullopt, 2, false};
   }
   if (c.app.kind == AppKind::asgi && c.pool.threads > 1) {

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 
 #include "server/model/options.hpp"
 
@@ -23,5 +24,9 @@ ParseOutcome parse_command_line(int argc, char** argv);
 // file descriptor limit `fd_limit` leaves less room beside the workers' own.
 constexpr std::size_t kDefaultMaxConnections = 4096;
 std::size_t default_max_connections(std::size_t fd_limit, int workers);
+
+// Why --loop uvloop cannot be served on `strategy` (any but processes), in one line;
+// `by_auto`: --strategy auto chose it.
+std::string uvloop_needs_processes(Strategy strategy, bool by_auto);
 
 }  // namespace gilgamesh

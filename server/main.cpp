@@ -154,6 +154,10 @@ bool settle_strategy(ServerConfig& config) {
     spdlog::info("strategy auto -> {}: {}", strategy_name(choice.strategy), choice.reason);
     config.pool.strategy = choice.strategy;
     config.pool.strategy_reason = choice.reason;
+    if (config.app.loop == EventLoop::uvloop && choice.strategy != Strategy::processes) {
+      spdlog::critical("{}", uvloop_needs_processes(choice.strategy, true));
+      return false;
+    }
   }
   if (auto refused = guard_import(config)) {
     spdlog::critical("{}", refused->what());

@@ -715,6 +715,8 @@ AsgiLoop::AsgiLoop(PyInterpreterState* interp, PythonApp& app, const ServerConfi
                 : config.app.lifespan == Lifespan::on                  ? "on"
                                                                        : "auto"),
       root_path_(config.app.root_path),
+      // A loop that pulls needs asyncio's selector (gilgamesh_asgi._PullingSelector).
+      loop_kind_(config.app.loop == EventLoop::uvloop && !hooks.pulls ? "uvloop" : "asyncio"),
       graceful_timeout_(config.http.graceful_timeout),
       hooks_(std::move(hooks)),
       inbox_(std::make_shared<Inbox>()) {}
@@ -784,11 +786,11 @@ bool AsgiLoop::run_python(PyObject* module) {
   if (!request_type_ || !worker_type) return false;
   py::Ref mailbox = py::Ref::steal(Mailbox::make(this, module));
   if (!mailbox) return false;
-  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssOOO", asgi_ ? asgi_ : Py_None,
+  py::Ref worker = py::Ref::steal(PyObject_CallFunction(worker_type.get(), "OOssOOOs", asgi_ ? asgi_ : Py_None,
                                                         mailbox.get(), lifespan_.c_str(), root_path_.c_str(),
                                                         app_.handler_timeout_type(),
                                                         hooks_.pulls ? Py_True : Py_False,
-                                                        hooks_.idle ? Py_True : Py_False));
+                                                        hooks_.idle ? Py_True : Py_False, loop_kind_));
   if (!worker) return false;
   py::Ref problem = py::Ref::steal(PyObject_CallMethod(worker.get(), "startup", nullptr));
   if (!problem) {

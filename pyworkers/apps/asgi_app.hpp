@@ -183,6 +183,7 @@ class AsgiLoop {
   const std::size_t limit_;
   const std::string lifespan_;
   const std::string root_path_;
+  const char* const loop_kind_;  // "uvloop" (a worker process's, --loop) or "asyncio"
   const double graceful_timeout_;  // s an open WebSocket keeps a stopping loop
   const Hooks hooks_;
   std::shared_ptr<Inbox> inbox_;  // shared with the streams' room callbacks

@@ -782,13 +782,36 @@ class _FlushingSelector(_selectors.DefaultSelector):
         return super().select(timeout)
 
 
+class _FlushSoon:
+    """For a loop with no selector to say when it is about to wait (uvloop's): called after
+    something was held back, it has mailbox.idle() run once, at the loop's next turn. The
+    loop looks for I/O without waiting before that turn (a callback is ready), so what was
+    held back goes out before the loop waits, and with the next answer when one was ready."""
+
+    def __init__(self, loop, idle):
+        self._loop = loop
+        self._idle = idle
+        self._pending = False
+
+    def __call__(self):
+        if not self._pending:
+            self._pending = True
+            self._loop.call_soon(self._run)
+
+    def _run(self):
+        self._pending = False
+        self._idle()
+
+
 class Worker:
     """One worker's ASGI app (or `async def` route handlers) on its own event loop."""
 
     def __init__(self, app, mailbox, lifespan="auto", root_path="", handler_timeout=None, pulls=False,
-                 flushes=False):
+                 flushes=False, loop="asyncio"):
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be auto, on or off")
+        if loop not in ("asyncio", "uvloop") or (loop == "uvloop" and pulls):
+            raise ValueError("loop must be asyncio, or uvloop for a loop that does not pull")
         self.app = app
         self.mailbox = mailbox
         self.lifespan = lifespan
@@ -798,9 +821,17 @@ class Worker:
         self.stopping = False
         # pulls: the loop takes its requests with mailbox.pull() (its selector does, before
         # each wait) rather than being handed them as "request" events.
-        # flushes: mailbox.idle() before each wait (the loop's selector calls it).
+        # flushes: mailbox.idle() before each wait (asyncio's loop: its selector calls it), or
+        # soon after a request is done (uvloop's, which has no selector: _finished()).
+        # loop: "uvloop" (--loop, a worker process's loop: the server imported it already).
+        self._flush_soon = None
         if pulls:
             self.loop = asyncio.SelectorEventLoop(_PullingSelector(self))
+        elif loop == "uvloop":
+            import uvloop
+            self.loop = uvloop.new_event_loop()
+            if flushes:
+                self._flush_soon = _FlushSoon(self.loop, mailbox.idle)
         elif flushes:
             self.loop = asyncio.SelectorEventLoop(_FlushingSelector(mailbox.idle))
         else:
@@ -1019,6 +1050,8 @@ class Worker:
     def _finished(self, exchange):
         self.exchanges.pop(exchange.rid, None)
         self.mailbox.done(exchange.rid)
+        if self._flush_soon is not None:
+            self._flush_soon()
         self._maybe_stopped()
 
     def _maybe_stopped(self):

@@ -172,6 +172,34 @@ std::string cut(std::string s, std::size_t max) {
   return s;
 }
 
+// --loop, for an ASGI app's worker processes: auto becomes uvloop where the app's
+// sys.path has it, else asyncio. uvloop is imported here, once, before the forks.
+// With the main thread state attached. Empty, or why the server must not start.
+std::string settle_event_loop(AppOptions& app) {
+  if (app.kind != AppKind::asgi || app.loop == EventLoop::asyncio) {
+    app.loop = EventLoop::asyncio;
+    return {};
+  }
+  const char* given = app.loop == EventLoop::uvloop ? "uvloop" : "auto";
+  py::Ref uvloop = py::Ref::steal(PyImport_ImportModule("uvloop"));
+  if (!uvloop) {
+    const std::string error = py::fetch_error_summary();
+    if (app.loop == EventLoop::uvloop) {
+      return "--loop uvloop, but the worker processes cannot import uvloop (" + error +
+             "): install it where the app's packages are (--pythonpath, PYTHONPATH), or use --loop asyncio";
+    }
+    spdlog::info("event loop of each worker process: asyncio's (--loop auto; uvloop: {})", error);
+    app.loop = EventLoop::asyncio;
+    return {};
+  }
+  py::Ref version = py::Ref::steal(PyObject_GetAttrString(uvloop.get(), "__version__"));
+  if (!version) PyErr_Clear();
+  spdlog::info("event loop of each worker process: uvloop {} (--loop {})", version ? py::to_string(version.get()) : "?",
+               given);
+  app.loop = EventLoop::uvloop;
+  return {};
+}
+
 class Zygote {
  public:
   Zygote(const ServerConfig& config, int control_fd)
@@ -194,7 +222,7 @@ class Zygote {
   [[noreturn]] void exit_worker(PyThreadState* ts, int code);
   void send(const nlohmann::json& message, std::span<const int> pass_fds = {});
 
-  const ServerConfig& config_;
+  ServerConfig config_;  // a copy: load_app() settles --loop auto in it, before the forks
   int control_fd_;
   int sigchld_fd_ = -1;
   pid_t pid_;
@@ -266,6 +294,7 @@ bool Zygote::load_app() {
       app_ = PythonApp::load(config_.app, load_context(config_, false));
       routes = app_->routes();
       gil_enabled = PythonApp::gil_enabled();
+      error = settle_event_loop(config_.app);
       freeze_gc();
     } catch (const StartupError& e) {
       error = e.what();

@@ -22,8 +22,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_
                                                 workers, threads, worker_spin_us, max_queue, max_abandoned,
                                                 max_requests, max_requests_jitter, allow_gil, preload,
                                                 worker_connections)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, lifespan, root_path, max_response,
-                                                pythonpath, debug)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(AppOptions, target, kind, lifespan, loop, root_path,
+                                                max_response, pythonpath, debug)
 
 void to_json(nlohmann::json& j, const ServerConfig& c) {
   j = {{"http", c.http}, {"pool", c.pool}, {"app", c.app}, {"log_level", c.log_level}};

@@ -89,11 +89,15 @@ struct PoolOptions {
 enum class AppKind { routes, wsgi, asgi };
 // ASGI lifespan: auto runs it when the app supports it; on requires it; off skips it.
 enum class Lifespan { automatic, on, off };
+// The event loop of an ASGI app's worker processes (`processes`): auto is uvloop where
+// it can be imported, else asyncio's. In-process loops are asyncio's (they pull).
+enum class EventLoop { automatic, asyncio, uvloop };
 struct AppOptions {
   std::string target = "handlers.demo";        // routes: the module of @gilgamesh.route handlers;
                                                // wsgi, asgi: MODULE:CALLABLE
   AppKind kind = AppKind::routes;
   Lifespan lifespan = Lifespan::automatic;     // asgi
+  EventLoop loop = EventLoop::automatic;       // asgi, processes (the zygote settles auto)
   std::string root_path;                       // the URL prefix the app is mounted at (WSGI
                                                // SCRIPT_NAME, ASGI root_path)
   std::size_t max_response = std::size_t{64} << 20;  // bytes; larger response bodies become 500
@@ -131,6 +135,8 @@ NLOHMANN_JSON_SERIALIZE_ENUM(AppKind, {{AppKind::routes, "routes"}, {AppKind::ws
                                        {AppKind::asgi, "asgi"}})
 NLOHMANN_JSON_SERIALIZE_ENUM(Lifespan, {{Lifespan::automatic, "auto"}, {Lifespan::on, "on"},
                                         {Lifespan::off, "off"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(EventLoop, {{EventLoop::automatic, "auto"}, {EventLoop::asyncio, "asyncio"},
+                                         {EventLoop::uvloop, "uvloop"}})
 
 // For the processes strategy's zygote, started by executing the binary again:
 // the options travel as JSON on its command line. Every field, by its name.

@@ -162,6 +162,12 @@ async def r_whoami(scope, receive, send, q):
     await respond_json(send, whoami(scope))
 
 
+async def r_loop(scope, receive, send, q):
+    """The running event loop's class (--loop)."""
+    loop = type(asyncio.get_running_loop())
+    await respond_json(send, {"loop": "%s.%s" % (loop.__module__, loop.__qualname__)})
+
+
 async def r_scope(scope, receive, send, q):
     described = describe(scope)  # before anything else touches it
     body, _, _ = await read_body(receive)
@@ -436,7 +442,7 @@ ROUTES = {
     "hello": r_hello, "whoami": r_whoami, "scope": r_scope, "body": r_body, "stream": r_stream,
     "big": r_big, "sleep": r_sleep, "wait-disconnect": r_wait_disconnect,
     "after-response": r_after_response, "spin": r_spin, "block": r_block, "state": r_state, "ext": r_ext,
-    "violation": r_violation,
+    "violation": r_violation, "loop": r_loop,
 }
 
 

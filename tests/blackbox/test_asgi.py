@@ -1168,7 +1168,14 @@ def test_async_route_handlers_share_the_workers_loop(async_routes, strategy):
     (["--asgi", "asgi_conformance:"], ("--asgi", "MODULE:APP")),
     (["--asgi", "asgi_conformance:app", "--lifespan", "sometimes"], ("--lifespan",)),
     (["--asgi", "asgi_conformance:app", "--worker-connections", "0"], ("--worker-connections",)),
-], ids=["wsgi", "app", "no-module", "no-app", "lifespan-value", "worker-connections-0"])
+    (["--asgi", "asgi_conformance:app", "--loop", "trio"], ("--loop",)),
+    (["--asgi", "asgi_conformance:app", "--loop", "uvloop", "--strategy", "subinterpreters"],
+     ("--loop uvloop", "--strategy processes", "subinterpreters")),
+    (["--asgi", "asgi_conformance:app", "--loop", "uvloop", "--strategy", "threads"],
+     ("--loop uvloop", "--strategy processes", "threads")),
+    (["--wsgi", "flask_app:app", "--loop", "uvloop", "--strategy", "processes"], ("--loop uvloop", "--asgi")),
+], ids=["wsgi", "app", "no-module", "no-app", "lifespan-value", "worker-connections-0", "loop-value",
+        "uvloop-subinterpreters", "uvloop-threads", "uvloop-wsgi"])
 def test_bad_asgi_flags_exit_2_with_one_line(gilgamesh_bin, args, mentions):
     result = run_cli(args)
     assert result.returncode == 2, result
@@ -1179,7 +1186,7 @@ def test_bad_asgi_flags_exit_2_with_one_line(gilgamesh_bin, args, mentions):
 
 def test_help_lists_the_asgi_flags(gilgamesh_bin):
     out = run_cli(["--help"]).stdout
-    for flag in ("--asgi", "--lifespan", "--worker-connections"):
+    for flag in ("--asgi", "--lifespan", "--worker-connections", "--loop"):
         assert flag in out, out
 
 

@@ -1,7 +1,9 @@
 """The Python half of the ASGI adapter (pyworkers/apps/gilgamesh_asgi.py), driven by a
 fake mailbox in place of the C++ half: scope, receive(), send() and their rules,
 backpressure, disconnects, deadlines, lifespan, WebSockets, and a loop that pulls its
-requests. ctest runs it as `asgi_protocol`; alone:
+requests. Every test runs on asyncio's loop and again on uvloop's (--loop uvloop, a
+worker process's loop), but those of a loop that pulls, which is asyncio's only.
+ctest runs it as `asgi_protocol`; alone:
 /usr/bin/python3 -m pytest -q tests/unit/asgi_protocol_test.py
 """
 
@@ -16,6 +18,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pyworkers" / "apps"))
 import gilgamesh_asgi as asgi  # noqa: E402
+import uvloop  # noqa: E402  (Debian's python3-uvloop: scripts/install-deps.sh installs it)
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def loop_kind(request, monkeypatch):
+    """Each test on both loops: asgi.Worker makes uvloop's where it may (a loop that pulls
+    needs asyncio's selector)."""
+    if request.param == "uvloop":
+        class OnUvloop(asgi.Worker):
+            def __init__(self, *args, **kwargs):
+                if not kwargs.get("pulls"):
+                    kwargs.setdefault("loop", "uvloop")
+                super().__init__(*args, **kwargs)
+        monkeypatch.setattr(asgi, "Worker", OnUvloop)
+    return request.param
 
 
 class Mailbox:
@@ -116,7 +133,7 @@ def test_a_one_message_answer_is_one_hand_off():
     assert not box.named("open") and box.named("done") == [("done", 1)]
 
 
-def test_a_loop_that_flushes_says_so_before_each_wait_and_after_the_done():
+def test_a_loop_that_flushes_says_so_before_each_wait_and_after_the_done(loop_kind):
     """A worker process's loop (flushes=True): its C++ half holds the "done" frames back
     while callbacks run, and idle() is what sends them before the loop waits."""
     box = Mailbox()
@@ -125,6 +142,7 @@ def test_a_loop_that_flushes_says_so_before_each_wait_and_after_the_done():
     assert worker.startup() is None
     box.events.extend([get(1), get(2), ("stop",)])
     worker.serve(box.fd)
+    assert isinstance(worker.loop, uvloop.Loop) == (loop_kind == "uvloop")
     worker.close()
     names = [c[0] for c in box.calls]
     assert names.count("done") == 2

@@ -897,6 +897,7 @@ TEST(ServerConfigJson, RoundTripsEveryField) {
   c.app.target = "mod:app";
   c.app.kind = gilgamesh::AppKind::wsgi;
   c.app.root_path = "/api";
+  c.app.loop = gilgamesh::EventLoop::uvloop;
   c.app.max_response = 12345;
   c.app.pythonpath = {"/a", "/b c"};
   c.pool.max_queue = 9;
@@ -915,5 +916,6 @@ TEST(ServerConfigJson, RoundTripsEveryField) {
   EXPECT_EQ(back.app.pythonpath, c.app.pythonpath);
   EXPECT_EQ(back.app.root_path, "/api");
   EXPECT_EQ(back.app.kind, gilgamesh::AppKind::wsgi);
+  EXPECT_EQ(back.app.loop, gilgamesh::EventLoop::uvloop);
   EXPECT_EQ(back.pool.python_build, gilgamesh::PythonBuild::free_threaded);
 }
