@@ -138,11 +138,37 @@ def starlette_site(out_dir):
                          % (PEER_PYTHON, e))
 
 
+def trixie_uvloop():
+    """Debian trixie's uvloop, built for the 3.13 gilgamesh embeds, where `make trixie-site`
+    fetched it: (its package folder, its version), else None."""
+    try:
+        found = subprocess.run(["bash", os.path.join(REPO, "scripts", "fetch-trixie-site.sh"), "--print-path",
+                                "python3-uvloop"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    package = os.path.join(found.stdout.strip(), "uvloop")
+    if found.returncode != 0 or not os.path.isdir(package):
+        return None
+    try:
+        with open(os.path.join(package, "_version.py")) as f:
+            version = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read()).group(1)
+    except (OSError, AttributeError):
+        version = "?"
+    return package, version
+
+
 def prepare(args, out_dir):
-    """Copies Starlette for the built-in ASGI workloads, writes the requests file into the
-    run's folder and registers the "app" workload."""
+    """Copies Starlette for the built-in ASGI workloads (and links trixie's uvloop beside it,
+    where fetched: gilgamesh's worker processes then run uvloop, as the peers do), writes the
+    requests file into the run's folder and registers the "app" workload."""
+    args.gilgamesh_uvloop = None
     if args.builtin_asgi:
-        args.pythonpath.append(starlette_site(out_dir))
+        site = starlette_site(out_dir)
+        args.pythonpath.append(site)
+        uvloop = trixie_uvloop()
+        if uvloop:
+            os.symlink(uvloop[0], os.path.join(site, "uvloop"))
+            args.gilgamesh_uvloop = uvloop[1]
     if not args.requests:
         return
     path = os.path.join(out_dir, "requests.tsv")
@@ -228,6 +254,16 @@ def non_2xx(wrk_result):
     return ", ".join("%s x %d" % (code, n) for code, n in counts)
 
 
+def loop_note(args):
+    """Which event loop gilgamesh's worker processes run the built-in ASGI workloads on."""
+    if getattr(args, "gilgamesh_uvloop", None):
+        return (" gilgamesh's `processes` cells run uvloop %s in their worker processes, as the peers "
+                "run uvloop (Debian trixie's build for 3.13, linked into the same folder; --loop auto);"
+                " its other strategies run asyncio's loop." % args.gilgamesh_uvloop)
+    return (" gilgamesh runs asyncio's loop on every strategy: no uvloop built for 3.13 is at hand "
+            "(`make trixie-site` fetches Debian trixie's, which `processes` then runs).")
+
+
 def peer_note(args):
     if args.asgi:
         return ("Peers (if run) serve the same ASGI app, %s, on Debian's Python 3.11 through "
@@ -236,7 +272,7 @@ def peer_note(args):
                 "with --workers N." % (
                     args.asgi, ", with bookworm's Starlette 0.26.1, the version gilgamesh's 3.13 "
                     "runs too (copied by scripts/pure_python_site.py)" if args.builtin_asgi else "",
-                    " ".join(UVICORN), " ".join(HYPERCORN)))
+                    " ".join(UVICORN), " ".join(HYPERCORN)) + (loop_note(args) if args.builtin_asgi else ""))
     if args.wsgi:
         return ("Peers (if run) serve the same WSGI app, %s, on Debian's Python 3.11 through "
                 "loadtest/wsgi_demo.py (which adds only GET /healthz for the readiness probe), "

@@ -8,6 +8,7 @@ gunicorn, uWSGI and nginx (Debian), /usr/bin/chromium. About two minutes and a h
 """
 
 import base64
+import glob
 import json
 import os
 import re
@@ -1043,6 +1044,13 @@ def test_asgi_workload_runs_every_asgi_strategy_and_the_asgi_peers(asgi_run):
             paths = [command[i + 1] for i, a in enumerate(command) if a == "--pythonpath"]
             assert paths == [os.path.join(REPO, "loadtest"), os.path.join(asgi_run["folder"], "site-starlette")]
             assert os.path.isdir(os.path.join(paths[1], "starlette-%s.dist-info" % starlette)), paths[1]
+            # and trixie's uvloop for 3.13 beside it (make test fetches trixie-site first), which
+            # the worker processes run (--loop auto), as the peers run uvloop
+            assert os.path.islink(os.path.join(paths[1], "uvloop")), paths[1]
+            if server == "processes":
+                logs = glob.glob(os.path.join(asgi_run["folder"], "logs", "*processes*.log"))
+                assert logs and all("event loop of each worker process: uvloop 0.21" in open(p).read()
+                                    for p in logs), logs
             assert w["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_over_399": 0}
         elif server == "uvicorn":
             assert command[:3] == [PYTHON, "-m", "uvicorn"] and command[-1] == "asgi_demo:app", command
@@ -1057,6 +1065,7 @@ def test_asgi_workload_runs_every_asgi_strategy_and_the_asgi_peers(asgi_run):
             assert w["errors"]["connect"] == w["errors"]["timeout"] == w["errors"]["write"] == 0, w["errors"]
         assert cell["shutdown"]["leftover_pids"] == [], server
     assert results["meta"]["options"]["asgi"] == "asgi_bench:app"
+    assert "gilgamesh's `processes` cells run uvloop 0.21.0 in their worker processes" in asgi_run["md"]
 
 
 def test_asgi_report_has_the_cells_the_peers_and_a_verdict(asgi_run):
