@@ -6,6 +6,8 @@ test_websockets' raw app; the tests below that are imported from those modules r
 again, against these servers (the fixtures of the same names): the scope, bodies in
 chunks, streaming with backpressure, disconnects, protocol violations, deadlines, a loop
 that spins, the capacity limit, 1000 sleeping requests, WebSocket messages and closes.
+Those that start servers of their own (recycling, a worker process killed, a loop stuck in
+C) start them on uvloop too: test_asgi.serve is wrapped for this module.
 The other modules serve the conformance app on asyncio's loop (no uvloop on their path)
 and the Starlette apps on uvloop (`--loop auto` finds it beside Starlette).
 """
@@ -14,9 +16,13 @@ import os
 
 import pytest
 
+import test_asgi
 from gilgamesh_harness import APPS_DIR, find_trixie_site, run_cli, strategies
 from test_asgi import (DEADLINE_S, ROOT, Events, asgi_args, serve, stop_cleanly,  # noqa: F401
                        test_1000_concurrent_sleeping_requests_on_2_workers,
+                       test_a_loop_stuck_in_c_is_replaced_and_a_new_worker_serves,
+                       test_a_worker_process_that_dies_costs_only_what_its_loop_held,
+                       test_recycling_lets_in_flight_requests_finish,
                        test_a_1_mib_body_arrives_in_several_messages,
                        test_a_client_that_leaves_mid_stream_stops_the_app,
                        test_a_deadline_cancels_the_task_with_504,
@@ -59,6 +65,17 @@ def serve_on_uvloop(spec, events, uvloop_site, args=(), workers=2):
                  pythonpath=(APPS_DIR, uvloop_site))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def servers_of_their_own_on_uvloop(uvloop_site):
+    """The imported tests that start a server of their own (test_asgi.serve) start it on uvloop."""
+    def on_uvloop(strategy, spec, events, workers=2, args=(), env=None, pythonpath=(APPS_DIR,)):
+        return serve(strategy, spec, events, workers=workers, args=["--loop", "uvloop", *args], env=env,
+                     pythonpath=(*pythonpath, uvloop_site))
+    test_asgi.serve = on_uvloop
+    yield
+    test_asgi.serve = serve
+
+
 @pytest.fixture(scope="module")
 def conf_events(tmp_path_factory):
     return Events(tmp_path_factory.mktemp("loop-conf") / "events.log")
@@ -97,6 +114,14 @@ def server(gilgamesh_bin, events, uvloop_site):
     s = serve_on_uvloop("asgi_websocket:app", events, uvloop_site, args=["--root-path", ROOT])
     yield s
     stop_cleanly(s)
+
+
+def test_servers_of_their_own_run_uvloop(gilgamesh_bin, tmp_path):
+    server = test_asgi.serve("processes", "asgi_conformance:app", Events(tmp_path / "events.log"), workers=1)
+    try:
+        assert server.get("/loop").json()["loop"] == "uvloop.Loop"
+    finally:
+        stop_cleanly(server)
 
 
 def test_the_log_names_uvloop_and_each_worker_runs_it(conf):
