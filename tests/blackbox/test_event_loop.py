@@ -76,6 +76,13 @@ def servers_of_their_own_on_uvloop(uvloop_site):
     test_asgi.serve = serve
 
 
+def serving(spec, events, uvloop_site, args):
+    """A module fixture's body: the server on uvloop, stopped cleanly after the module."""
+    server = serve_on_uvloop(spec, events, uvloop_site, args=args)
+    yield server
+    stop_cleanly(server)
+
+
 @pytest.fixture(scope="module")
 def conf_events(tmp_path_factory):
     return Events(tmp_path_factory.mktemp("loop-conf") / "events.log")
@@ -84,9 +91,7 @@ def conf_events(tmp_path_factory):
 @pytest.fixture(scope="module")
 def conf(gilgamesh_bin, conf_events, uvloop_site):
     """test_asgi's conformance server, on uvloop."""
-    server = serve_on_uvloop("asgi_conformance:app", conf_events, uvloop_site, args=["--root-path", ROOT])
-    yield server
-    stop_cleanly(server)
+    yield from serving("asgi_conformance:app", conf_events, uvloop_site, ["--root-path", ROOT])
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +102,8 @@ def deadline_events(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deadline(gilgamesh_bin, deadline_events, uvloop_site):
     """test_asgi's deadline server (--timeout 3, 2 requests per worker, a queue of 1), on uvloop."""
-    server = serve_on_uvloop("asgi_conformance:create_app()", deadline_events, uvloop_site,
-                             args=["--timeout", DEADLINE_S, "--worker-connections", 2, "--max-queue", 1])
-    yield server
-    stop_cleanly(server)
+    yield from serving("asgi_conformance:create_app()", deadline_events, uvloop_site,
+                       ["--timeout", DEADLINE_S, "--worker-connections", 2, "--max-queue", 1])
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +114,7 @@ def events(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(gilgamesh_bin, events, uvloop_site):
     """test_websockets' raw WebSocket server, on uvloop."""
-    s = serve_on_uvloop("asgi_websocket:app", events, uvloop_site, args=["--root-path", ROOT])
-    yield s
-    stop_cleanly(s)
+    yield from serving("asgi_websocket:app", events, uvloop_site, ["--root-path", ROOT])
 
 
 def test_servers_of_their_own_run_uvloop(gilgamesh_bin, tmp_path):
