@@ -56,7 +56,8 @@ def strategy():
 
 
 @pytest.fixture(scope="session")
-def uvloop_site():
+def uvloop_site(strategy):
+    """Every server here depends on it, so all skip with `strategy` when processes is not declared."""
     return find_trixie_site(["python3-uvloop"])
 
 
