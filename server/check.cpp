@@ -240,6 +240,15 @@ std::string row_problems(const Row& row) {
   return out;
 }
 
+// An ASGI app's worker processes under processes: the event loop --loop auto gives them.
+// Empty for the other strategies, for other apps and where the app does not load.
+std::string event_loop_text(const Row& row) {
+  if (row.strategy != Strategy::processes || !row_loads(row) || row.result->event_loop.empty()) return {};
+  const ProbeResult& r = *row.result;
+  if (r.event_loop == "uvloop") return "each worker process runs uvloop " + r.uvloop_version + " (--loop auto)";
+  return "each worker process runs asyncio's event loop (--loop auto; uvloop: " + r.uvloop_error + ")";
+}
+
 nlohmann::json row_json(const Row& row) {
   nlohmann::json j = {{"strategy", row.strategy}, {"build", row.build}, {"loads", row_loads(row)}};
   if (!row.result) {
@@ -249,6 +258,7 @@ nlohmann::json row_json(const Row& row) {
     j["worker_memory_bytes"] = nullptr;
     j["rate_per_second"] = nullptr;
     j["shared_state"] = nlohmann::json::array();
+    j["event_loop"] = nullptr;
     return j;
   }
   const ProbeResult& r = *row.result;
@@ -273,6 +283,10 @@ nlohmann::json row_json(const Row& row) {
                                                                           : nlohmann::json(r.rates.front().per_second);
   j["shared_state"] = row.shares_app ? r.shared_state : std::vector<std::string>{};
   j["cached"] = r.cached;
+  j["event_loop"] = event_loop_text(row).empty()
+                        ? nlohmann::json()
+                        : nlohmann::json{{"loop", r.event_loop}, {"uvloop_version", r.uvloop_version},
+                                         {"uvloop_error", r.uvloop_error}};
   return j;
 }
 
@@ -323,6 +337,7 @@ nlohmann::json recommend(const std::vector<Row>& rows, const std::optional<Probe
   if (proc && row_loads(*proc)) {
     std::string why = "subinterpreters cannot serve it (" + blocked + "); processes run the app in "
                       "forked workers, in parallel on every core";
+    if (proc->result->event_loop == "uvloop") why += ", each on uvloop " + proc->result->uvloop_version;
     if (ft && row_loads(*ft) && !ft->result->gil_enabled) {
       why += "; free-threaded also loads it with the GIL off, but runs single-threaded Python about 2x "
              "slower (docs/benchmarks.md)";
@@ -431,6 +446,9 @@ void print_report(const ServerConfig& config, const nlohmann::json& doc, const s
     const std::string problems = row_problems(row);
     if (!problems.empty() && row.strategy != Strategy::threads) {
       std::cout << strategy_name(row.strategy) << ": " << problems << "\n";
+    }
+    if (const std::string loop = event_loop_text(row); !loop.empty()) {
+      std::cout << strategy_name(row.strategy) << ": " << loop << "\n";
     }
   }
   if (with_requests) {

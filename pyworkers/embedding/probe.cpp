@@ -385,6 +385,17 @@ void probe_subinterpreter(PythonRuntime& runtime, const ProbeRequest& request, c
   write_line("files " + loaded.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
+// Under processes, an ASGI app's worker processes run uvloop where they can import it
+// (--loop auto): what the zygote would choose, uvloop imported as it would import it.
+void record_event_loop(AppOptions app, ProbeResult& result) {
+  if (app.kind != AppKind::asgi) return;
+  app.loop = EventLoop::automatic;
+  const EventLoopChoice choice = choose_event_loop(app);
+  result.event_loop = choice.loop == EventLoop::uvloop ? "uvloop" : "asyncio";
+  result.uvloop_version = choice.uvloop_version;
+  result.uvloop_error = choice.uvloop_error;
+}
+
 void probe_main_interpreter(PythonRuntime& runtime, const ProbeRequest& request,
                             const RouteResolver& resolve, ProbeResult& result) {
   py::AttachedScope attached(runtime.main_thread_state());
@@ -393,7 +404,10 @@ void probe_main_interpreter(PythonRuntime& runtime, const ProbeRequest& request,
     load_and_measure(traced_context(request), request, resolve, result, base)->release();
     result.outcome = Outcome::loads;
     // A process worker is a whole interpreter with the app: count the base too.
-    if (request.config.pool.strategy == Strategy::processes) result.memory_bytes = resident_bytes();
+    if (request.config.pool.strategy == Strategy::processes) {
+      record_event_loop(request.config.app, result);
+      result.memory_bytes = resident_bytes();
+    }
   } catch (const StartupError& e) {
     record_failure(e, result);
     if (auto last = last_import_error()) {
@@ -671,7 +685,8 @@ nlohmann::json ProbeResult::to_json() const {
           {"died_importing", died_importing},
           {"wait_status", wait_status}, {"import_seconds", import_seconds},
           {"memory_bytes", memory_bytes}, {"gil_enabled", gil_enabled}, {"gil_warnings", gil_warnings},
-          {"rates", rates_json}, {"shared_state", shared_state}, {"python", python}};
+          {"rates", rates_json}, {"shared_state", shared_state}, {"python", python},
+          {"event_loop", event_loop}, {"uvloop_version", uvloop_version}, {"uvloop_error", uvloop_error}};
 }
 
 ProbeResult ProbeResult::from_json(const nlohmann::json& j) {
@@ -698,6 +713,9 @@ ProbeResult ProbeResult::from_json(const nlohmann::json& j) {
                        x.value("error", "")});
   }
   r.shared_state = j.value("shared_state", std::vector<std::string>{});
+  r.event_loop = j.value("event_loop", "");
+  r.uvloop_version = j.value("uvloop_version", "");
+  r.uvloop_error = j.value("uvloop_error", "");
   r.python = j.value("python", "");
   return r;
 }

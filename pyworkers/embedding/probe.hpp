@@ -89,6 +89,11 @@ struct ProbeResult {
   std::vector<RequestRate> rates;
   std::vector<std::string> shared_state;  // module globals the requests changed
   std::string python;                     // "3.13.5 (default build)"
+  // An ASGI app under processes, where it loads: the event loop its worker processes would
+  // run with --loop auto ("uvloop" or "asyncio"), uvloop's version, or why it did not import.
+  std::string event_loop;
+  std::string uvloop_version;
+  std::string uvloop_error;
   bool cached = false;
   double probe_seconds = 0;  // what this probe cost the caller (cache hit: the check)
 

@@ -1,5 +1,6 @@
 #include "pyworkers/processes/zygote.hpp"
 
+#include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -34,6 +35,28 @@
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
+
+EventLoopChoice choose_event_loop(const AppOptions& app) {
+  EventLoopChoice choice;
+  if (app.kind != AppKind::asgi || app.loop == EventLoop::asyncio) return choice;
+  const char* given = app.loop == EventLoop::uvloop ? "uvloop" : "auto";
+  py::Ref uvloop = py::Ref::steal(PyImport_ImportModule("uvloop"));
+  if (!uvloop) {
+    choice.uvloop_error = py::fetch_error_summary();
+    if (app.loop == EventLoop::uvloop) {
+      choice.refusal = "--loop uvloop, but the worker processes cannot import uvloop (" + choice.uvloop_error +
+                       "): install it where the app's packages are (--pythonpath, PYTHONPATH), or use --loop asyncio";
+    }
+    choice.description = fmt::format("asyncio's (--loop auto; uvloop: {})", choice.uvloop_error);
+    return choice;
+  }
+  py::Ref version = py::Ref::steal(PyObject_GetAttrString(uvloop.get(), "__version__"));
+  if (!version) PyErr_Clear();
+  choice.loop = EventLoop::uvloop;
+  choice.uvloop_version = version ? py::to_string(version.get()) : "?";
+  choice.description = fmt::format("uvloop {} (--loop {})", choice.uvloop_version, given);
+  return choice;
+}
 
 std::string describe_wait_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -172,31 +195,13 @@ std::string cut(std::string s, std::size_t max) {
   return s;
 }
 
-// --loop, for an ASGI app's worker processes: auto becomes uvloop where the app's
-// sys.path has it, else asyncio. uvloop is imported here, once, before the forks.
-// With the main thread state attached. Empty, or why the server must not start.
+// --loop, for an ASGI app's worker processes: the choice goes into the zygote's copy
+// of the config, which the workers it forks read. Empty, or why the server must not start.
 std::string settle_event_loop(AppOptions& app) {
-  if (app.kind != AppKind::asgi || app.loop == EventLoop::asyncio) {
-    app.loop = EventLoop::asyncio;
-    return {};
-  }
-  const char* given = app.loop == EventLoop::uvloop ? "uvloop" : "auto";
-  py::Ref uvloop = py::Ref::steal(PyImport_ImportModule("uvloop"));
-  if (!uvloop) {
-    const std::string error = py::fetch_error_summary();
-    if (app.loop == EventLoop::uvloop) {
-      return "--loop uvloop, but the worker processes cannot import uvloop (" + error +
-             "): install it where the app's packages are (--pythonpath, PYTHONPATH), or use --loop asyncio";
-    }
-    spdlog::info("event loop of each worker process: asyncio's (--loop auto; uvloop: {})", error);
-    app.loop = EventLoop::asyncio;
-    return {};
-  }
-  py::Ref version = py::Ref::steal(PyObject_GetAttrString(uvloop.get(), "__version__"));
-  if (!version) PyErr_Clear();
-  spdlog::info("event loop of each worker process: uvloop {} (--loop {})", version ? py::to_string(version.get()) : "?",
-               given);
-  app.loop = EventLoop::uvloop;
+  const EventLoopChoice choice = choose_event_loop(app);
+  if (!choice.refusal.empty()) return choice.refusal;
+  if (!choice.description.empty()) spdlog::info("event loop of each worker process: {}", choice.description);
+  app.loop = choice.loop;
   return {};
 }
 

@@ -53,6 +53,20 @@ constexpr int kZygoteControlFd = 3;
 // "exited with status 3", "killed by signal 9 (Killed)": a wait() status in words.
 std::string describe_wait_status(int status);
 
+// The event loop each worker process of an ASGI app runs (--loop), as the zygote
+// settles it before its forks and `gilgamesh check` reports it: uvloop, imported here
+// (attached, in the main interpreter, with the app's sys.path), or asyncio's.
+struct EventLoopChoice {
+  EventLoop loop = EventLoop::asyncio;  // what runs: asyncio or uvloop
+  std::string uvloop_version;           // uvloop: its __version__ ("?" when it has none)
+  std::string uvloop_error;             // why uvloop could not be imported, where it was tried
+  std::string refusal;                  // --loop uvloop without it: why the server must not start
+  // "uvloop 0.21.0 (--loop auto)", "asyncio's (--loop auto; uvloop: ModuleNotFoundError: ...)";
+  // empty where nothing was chosen (not ASGI, or --loop asyncio).
+  std::string description;
+};
+EventLoopChoice choose_event_loop(const AppOptions& app);
+
 // posix_spawn attributes for a child of the server (the zygote, the start-up probe): no
 // signal blocked, and the signals the server handles or ignores back to their defaults.
 void init_spawn_attributes(posix_spawnattr_t& attr);

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from gilgamesh_harness import (APPS_DIR, REPO, GilgameshServer, assert_no_sanitizer_report,
-                               binary_path, scaled, strategies)
+                               binary_path, find_trixie_site, scaled, strategies)
 
 EXT_DIR = binary_path().parent / "test-ext" / "default"
 FT = "free-threaded" in strategies()
@@ -185,6 +185,32 @@ def test_an_asgi_app_is_recommended_like_any_other(gilgamesh_bin, probe_cache):
     assert code == 0, doc
     assert rows(doc)["subinterpreters"]["loads"] is False, doc
     assert doc["recommendation"]["strategy"] == "processes", doc["recommendation"]
+
+
+def test_check_says_which_event_loop_the_worker_processes_run(gilgamesh_bin, probe_cache):
+    """An ASGI app's processes row: the loop --loop auto gives its worker processes, uvloop
+    imported as the zygote imports it (docs/compatibility.md)."""
+    code, doc = check_json(["--asgi", "asgi_single_phase:app"], probe_cache)
+    assert code == 0, doc
+    loop = rows(doc)["processes"]["event_loop"]
+    assert loop["loop"] == "asyncio" and "No module named 'uvloop'" in loop["uvloop_error"], loop
+    assert [r["strategy"] for r in doc["rows"] if r["event_loop"] is not None] == ["processes"], doc["rows"]
+    assert "uvloop" not in doc["recommendation"]["why"], doc["recommendation"]
+
+    site = str(find_trixie_site(["python3-uvloop"]))
+    result = check(["--asgi", "asgi_single_phase:app", "--pythonpath", site], probe_cache)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\nprocesses: each worker process runs uvloop 0.21.0 (--loop auto)\n" in result.stdout, result.stdout
+    assert "in parallel on every core, each on uvloop 0.21.0;" in result.stdout, result.stdout
+    code, doc = check_json(["--asgi", "asgi_single_phase:app", "--pythonpath", site], probe_cache)
+    assert rows(doc)["processes"]["event_loop"] == {"loop": "uvloop", "uvloop_version": "0.21.0",
+                                                     "uvloop_error": ""}, rows(doc)["processes"]
+    assert doc["recommendation"]["strategy"] == "processes", doc["recommendation"]
+
+    # Not an ASGI app: no event loop to name.
+    code, doc = check_json(["--app", "handlers.demo", "--pythonpath", site], probe_cache)
+    assert all(r["event_loop"] is None for r in doc["rows"]), doc["rows"]
+    assert "event loop" not in check(["--app", "handlers.demo"], probe_cache).stdout
 
 
 def test_check_is_fast_when_cached(gilgamesh_bin, probe_cache):
