@@ -540,6 +540,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     ws_->set_option(websocket::stream_base::timeout{kWebSocketHandshakeTimeout, websocket::stream_base::none(), false});
     ws_->read_message_max(server_.config.http.ws_max_message);
     ws_->auto_fragment(false);
+    if (server_.config.http.ws_per_message_deflate && !asks_for_a_window_of_8(request_)) {
+      ws_->set_option(per_message_deflate());
+    }
     ws_->set_option(websocket::stream_base::decorator([headers = std::move(r.headers)](websocket::response_type& res) {
       for (const Header& h : headers) res.insert(h.name, h.value);
     }));
@@ -549,6 +552,37 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     stream_.expires_never();  // the WebSocket's own timeouts from here on
     record(101, 0, nullptr);
     ws_->async_accept(request_, [self = shared_from_this()](beast::error_code ec) { self->on_ws_accept(ec); });
+  }
+
+  // permessage-deflate, taken where the client offers it. The server compresses with a 4 KiB
+  // window at zlib's default level and memory level 5 (the `websockets` package's defaults:
+  // a few tens of KiB per socket, where zlib's own take about 300). The client's window is
+  // left at its choice: Beast declines an offer that does not let the server choose it
+  // (a bare `permessage-deflate`, as Firefox sends) when asked for less than 15 bits.
+  // Beast counts --ws-max-message against the inflated message.
+  static websocket::permessage_deflate per_message_deflate() {
+    websocket::permessage_deflate pmd;
+    pmd.server_enable = true;
+    pmd.server_max_window_bits = 12;
+    pmd.client_max_window_bits = 15;
+    pmd.compLevel = 6;
+    pmd.memLevel = 5;
+    return pmd;
+  }
+
+  // Beast answers the offer it takes (the first permessage-deflate) with server_max_window_bits=9
+  // where it asked for 8 (zlib cannot make a window of 8 bits), which RFC 7692 7.1.2.1 forbids:
+  // such an offer is declined, and the socket goes uncompressed.
+  static bool asks_for_a_window_of_8(const exchange::Request& request) {
+    const http::ext_list offers(request[http::field::sec_websocket_extensions]);
+    for (const auto& offer : offers) {
+      if (!beast::iequals(offer.first, "permessage-deflate")) continue;
+      for (const auto& param : offer.second) {
+        if (beast::iequals(param.first, "server_max_window_bits") && param.second == "8") return true;
+      }
+      return false;
+    }
+    return false;
   }
 
   void on_ws_accept(beast::error_code ec) {

@@ -56,6 +56,8 @@ struct HttpOptions {
                                                // (0: no pings)
   double ws_ping_timeout = 20.0;               // s a ping may wait for its pong before the
                                                // peer is dropped
+  bool ws_per_message_deflate = true;          // accept a client's permessage-deflate offer
+                                               // (RFC 7692), as uvicorn does
 };
 
 // The workers: how many, on which strategy, and how they are replaced.

@@ -82,6 +82,7 @@ import struct
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,8 @@ class UvicornServer(GilgameshServer):
     must be marked gilgamesh_only."""
 
     FLAGS = {"--ws-max-message": "--ws-max-size", "--ws-ping-interval": "--ws-ping-interval",
-             "--ws-ping-timeout": "--ws-ping-timeout", "--root-path": "--root-path"}
+             "--ws-ping-timeout": "--ws-ping-timeout", "--root-path": "--root-path",
+             "--ws-per-message-deflate": "--ws-per-message-deflate"}
 
     def __init__(self, spec, args=(), env=None, pythonpath=()):
         super().__init__("uvicorn", workers=1, env=dict(env or {}, PYTHONPATH=":".join(map(str, pythonpath))))
@@ -361,6 +363,7 @@ class RawWebSocket:
         elif n == 127:
             n = struct.unpack("!Q", self._take(8))[0]
         assert not second & 0x80, "the server masked a frame"
+        self.rsv = (first >> 4) & 0x7  # the last frame's reserved bits (4: RSV1, compressed)
         return bool(first & 0x80), first & 0x0F, self._take(n)
 
     def read_message(self, answer_pings=True):
@@ -800,6 +803,97 @@ def test_a_protocol_error_closes_with_1002(server, case):
         PROTOCOL_ERRORS[case](ws)
         code, _ = ws.closed_with()
         assert code == 1002, (case, code)
+
+
+# --- permessage-deflate (RFC 7692) --------------------------------------------------------------
+
+DEFLATE_OFFER = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
+
+
+def deflated(data):
+    """One message's payload as RFC 7692 7.2.1 makes it: raw DEFLATE to a sync flush, less
+    the flush's last 4 octets (a fresh context per message: the server may not assume ours)."""
+    c = zlib.compressobj(wbits=-15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def test_per_message_deflate_is_taken_and_compresses_both_ways(server):
+    with raw(server, "/echo", headers=[DEFLATE_OFFER]) as ws:
+        answer = ws.header("sec-websocket-extensions") or ""
+        assert answer.split(";")[0] == "permessage-deflate", ws.headers
+        inflate = zlib.decompressobj(wbits=-15)  # the server keeps its context across messages
+        for n in range(3):
+            text = ("message %d, said many times over; " % n * 4000).encode()
+            ws.send_frame(OP_TEXT, deflated(text), rsv=4)
+            fin, op, payload = ws.read_frame()
+            assert (fin, op, ws.rsv) == (True, OP_TEXT, 4), (fin, op, ws.rsv)
+            assert len(payload) < len(text) // 20, len(payload)
+            assert inflate.decompress(payload + b"\x00\x00\xff\xff") == text
+        ws.send_frame(OP_BINARY, b"sent plain")  # RSV1 clear: not compressed, also allowed
+        fin, op, payload = ws.read_frame()
+        assert inflate.decompress(payload + b"\x00\x00\xff\xff") == b"sent plain", ws.rsv
+
+    async def client():  # websockets' own negotiation (4 KiB windows), text and binary
+        async with connect(server, "/echo", compression="deflate") as ws:
+            assert [type(e).__name__ for e in ws.extensions] == ["PerMessageDeflate"], ws.extensions
+            text = "lorem ipsum dolor sit amet " * 20000
+            await ws.send(text)
+            assert await ws.recv() == text
+            data = os.urandom(200000)
+            await ws.send(data)
+            assert await ws.recv() == data
+    run(client())
+
+
+def test_without_an_offer_nothing_is_compressed(server):
+    with raw(server, "/echo") as ws:
+        assert ws.header("sec-websocket-extensions") is None, ws.headers
+        ws.send_text("plain " * 1000)
+        fin, op, payload = ws.read_frame()
+        assert (op, ws.rsv, payload) == (OP_TEXT, 0, b"plain " * 1000)
+
+
+def test_a_compressed_message_counts_inflated_against_the_limit(limits):
+    """A message of a few hundred bytes on the wire that inflates past --ws-max-message."""
+    with raw(limits, "/echo", headers=[DEFLATE_OFFER]) as ws:
+        ws.send_frame(OP_BINARY, deflated(b"\0" * SMALL_MAX), rsv=4)  # at the limit: served
+        kind, payload = ws.read_message()
+        assert kind == OP_BINARY and zlib.decompressobj(wbits=-15).decompress(
+            payload + b"\x00\x00\xff\xff") == b"\0" * SMALL_MAX
+        bomb = deflated(b"\0" * (64 * SMALL_MAX))
+        assert len(bomb) < SMALL_MAX // 8
+        ws.send_frame(OP_BINARY, bomb, rsv=4)
+        assert ws.closed_with()[0] == 1009
+
+
+def test_per_message_deflate_can_be_turned_off(gilgamesh_bin, strategy, tmp_path):
+    """--ws-per-message-deflate false (uvicorn's flag): the offer is declined, and a compressed
+    frame is then a protocol error."""
+    if strategy != harness.strategies()[0] and not REFERENCE:
+        pytest.skip("one strategy shows it (the handshake is the server process's, the same for all)")
+    s = serve(strategy, "asgi_websocket:app", Events(tmp_path / "events.log"), workers=1,
+              args=["--ws-per-message-deflate", "false"])
+    try:
+        with raw(s, "/echo", headers=[DEFLATE_OFFER]) as ws:
+            assert ws.header("sec-websocket-extensions") is None, ws.headers
+            assert_open(ws)
+            ws.send_frame(OP_TEXT, deflated(b"compressed anyway"), rsv=4)
+            assert ws.closed_with()[0] == 1002
+    finally:
+        stop_cleanly(s)
+
+
+@gilgamesh_only("a fix of Beast's answer (uvicorn's websockets answers as the RFC says)")
+def test_an_offer_of_a_window_zlib_cannot_make_is_declined(server):
+    """RFC 7692 7.1.2.1: the answer's server_max_window_bits may not exceed the offer's; zlib
+    cannot compress with 8 bits, so that offer goes uncompressed."""
+    offer = ("Sec-WebSocket-Extensions", "permessage-deflate; server_max_window_bits=8")
+    with raw(server, "/echo", headers=[offer]) as ws:
+        assert ws.status == 101 and ws.header("sec-websocket-extensions") is None, ws.headers
+        assert_open(ws)
+    offer = ("Sec-WebSocket-Extensions", "permessage-deflate; server_max_window_bits=10")
+    with raw(server, "/echo", headers=[offer]) as ws:
+        assert ws.header("sec-websocket-extensions") == "permessage-deflate; server_max_window_bits=10"
 
 
 # --- keepalive -----------------------------------------------------------------------------------
