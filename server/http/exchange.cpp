@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <ctime>
 #include <random>
 
@@ -67,10 +68,8 @@ WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
   WireResponse out;
   out.version(c.version == 10 ? 10 : 11);
   out.result(static_cast<unsigned>(r.status));
-  out.set(http::field::server, kServerName);
-  out.set(http::field::date, http_date());
+  set_server_fields(out, c.request_id);
   if (!r.content_type.empty()) out.set(http::field::content_type, r.content_type);
-  out.set("X-Request-Id", c.request_id);
   std::optional<std::uint64_t> head_length;  // a HEAD answer's own Content-Length (WSGI apps send one)
   for (const Header& h : r.headers) {
     const http::field field = http::string_to_field(h.name);
@@ -99,6 +98,37 @@ WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
 }
 
 }  // namespace
+
+void set_server_fields(http::fields& fields, const std::string& request_id) {
+  fields.set(http::field::server, kServerName);
+  fields.set(http::field::date, http_date());
+  fields.set("X-Request-Id", request_id);
+}
+
+std::optional<HttpResponseData> websocket_refusal(const Request& request, const std::string& request_id) {
+  auto refuse = [&](int status, const std::string& why) {
+    HttpResponseData r = make_error_response(status, "WebSocket handshake: " + why, request_id);
+    if (status == 426) r.headers.push_back({"Sec-WebSocket-Version", "13"});
+    return std::optional<HttpResponseData>(std::move(r));
+  };
+  const auto versions = request.count(http::field::sec_websocket_version);
+  if (versions != 1) {
+    return refuse(400, versions == 0 ? "no Sec-WebSocket-Version" : "Sec-WebSocket-Version is repeated");
+  }
+  if (request[http::field::sec_websocket_version] != "13") {
+    return refuse(426, "Sec-WebSocket-Version must be 13");
+  }
+  const auto keys = request.count(http::field::sec_websocket_key);
+  if (keys != 1) return refuse(400, keys == 0 ? "no Sec-WebSocket-Key" : "Sec-WebSocket-Key is repeated");
+  // Base64 of 16 bytes: 22 characters of the alphabet, then "==".
+  const std::string_view key = request[http::field::sec_websocket_key];
+  const bool base64_of_16 = key.size() == 24 && key.substr(22) == "==" &&
+                            std::all_of(key.begin(), key.begin() + 22, [](char c) {
+                              return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+                            });
+  if (!base64_of_16) return refuse(400, "Sec-WebSocket-Key is not 16 bytes in base64");
+  return std::nullopt;
+}
 
 std::string_view trim_ows(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);

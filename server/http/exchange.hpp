@@ -173,6 +173,16 @@ struct Peer {
 HttpRequestData job_request(Request& request, Dispatch&& dispatch, const std::string& request_id,
                             const Peer& peer, const std::vector<std::size_t>& order = {});
 
+// A WebSocket upgrade (an ASGI app's) that the app must not see, as RFC 6455 4.2.1 has a
+// server refuse it: the answer (the JSON error, the connection to close), or nothing.
+// One Sec-WebSocket-Key, base64 of 16 bytes, else 400; one Sec-WebSocket-Version, 13, else
+// 426 with `Sec-WebSocket-Version: 13` (400 when it is missing or repeated).
+std::optional<HttpResponseData> websocket_refusal(const Request& request, const std::string& request_id);
+
+// The fields each of the server's answers carries: Server, Date and X-Request-Id (set, not
+// added). to_wire() sets them; so does the WebSocket handshake's 101.
+void set_server_fields(http::fields& fields, const std::string& request_id);
+
 // What the response depends on besides itself.
 struct ResponseContext {
   unsigned version = 11;   // the request's (10 or 11)

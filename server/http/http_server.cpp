@@ -481,6 +481,9 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     job.request = exchange::job_request(request_, std::move(dispatch), context_.request_id, peer_, header_order_);
     forwarded::apply(job.request, server_.trusted_proxies, server_.unix_socket);
     if (server_.config.app.kind == AppKind::asgi && websocket::is_upgrade(request_)) {
+      if (auto refusal = exchange::websocket_refusal(request_, context_.request_id)) {
+        return respond(std::move(*refusal), true);  // the app never sees a handshake Beast would fail
+      }
       // The handshake waits for the app; whatever else it answers ends the connection.
       websocket_ = std::make_shared<WebSocketChannel>();
       job.websocket = websocket_;
@@ -543,9 +546,18 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     if (server_.config.http.ws_per_message_deflate && !asks_for_a_window_of_8(request_)) {
       ws_->set_option(per_message_deflate());
     }
-    ws_->set_option(websocket::stream_base::decorator([headers = std::move(r.headers)](websocket::response_type& res) {
-      for (const Header& h : headers) res.insert(h.name, h.value);
-    }));
+    ws_->set_option(websocket::stream_base::decorator(
+        [headers = std::move(r.headers), id = context_.request_id](websocket::response_type& res) {
+          exchange::set_server_fields(res, id);
+          for (const Header& h : headers) {  // the app's Server or Date replaces the server's, as in to_wire()
+            const http::field f = http::string_to_field(h.name);
+            if (f == http::field::server || f == http::field::date) {
+              res.set(h.name, h.value);
+            } else {
+              res.insert(h.name, h.value);
+            }
+          }
+        }));
     ws_->control_callback([this](websocket::frame_type kind, beast::string_view) {
       if (kind == websocket::frame_type::pong) ws_pong_due_.reset();
     });

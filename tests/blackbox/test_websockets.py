@@ -621,6 +621,65 @@ def test_close_before_accept_is_a_403(server, events):
     run(client())
 
 
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's sample key
+HANDSHAKE_REFUSALS = {  # the fields besides Host, Upgrade and Connection -> the status
+    "version-8": ([("Sec-WebSocket-Key", RFC_KEY), ("Sec-WebSocket-Version", "8")], 426),
+    "no-version": ([("Sec-WebSocket-Key", RFC_KEY)], 400),
+    "no-key": ([("Sec-WebSocket-Version", "13")], 400),
+    "key-not-base64": ([("Sec-WebSocket-Key", "!!!!"), ("Sec-WebSocket-Version", "13")], 400),
+    "key-of-12-bytes": ([("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBu"), ("Sec-WebSocket-Version", "13")], 400),
+    "two-keys": ([("Sec-WebSocket-Key", RFC_KEY), ("Sec-WebSocket-Key", RFC_KEY),
+                  ("Sec-WebSocket-Version", "13")], 400),
+}
+
+
+def handshake(server, path, fields):
+    """An upgrade request with exactly `fields`: (status, head fields lower-cased, body)."""
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=scaled(10))
+    try:
+        conn.putrequest("GET", path)
+        for name, value in [("Upgrade", "websocket"), ("Connection", "Upgrade"), *fields]:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        head = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, head, response.read() if response.status != 101 else b""
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("case", sorted(HANDSHAKE_REFUSALS))
+def test_a_malformed_handshake_is_refused_before_the_app_runs(server, events, case):
+    """RFC 6455 4.2.1: what a server must refuse, refused by the server; the app never runs."""
+    fields, status = HANDSHAKE_REFUSALS[case]
+    t = token()
+    got, head, body = handshake(server, "/deny?token=" + t, fields)
+    if REFERENCE and status == 426:
+        status = 400  # websockets 10.4 answers 400 where RFC 6455 4.4 asks for 426
+    assert got == status, (case, got, head, body)
+    if status == 426:
+        assert head.get("sec-websocket-version") == "13", head
+    t2 = token()  # a well-formed one behind it does reach the app
+    with raw(server, "/deny?token=" + t2) as ws:
+        assert ws.status == 403
+    events.wait("denied", t2)
+    assert events.lines("denied", t) == [], "the app ran for the refused handshake"
+    if not REFERENCE:
+        error = json.loads(body)
+        assert error["request_id"] == head["x-request-id"] and "Sec-WebSocket" in error["error"], error
+        assert head.get("connection") == "close", head
+
+
+def test_the_101_carries_the_servers_fields(server):
+    """Server, Date and the request id, as on every other answer (not Beast's own Server)."""
+    got, head, _ = handshake(server, "/echo", [("Sec-WebSocket-Key", RFC_KEY), ("Sec-WebSocket-Version", "13"),
+                                               ("X-Request-Id", "ws-handshake-1")])
+    assert got == 101 and head["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", head
+    assert "date" in head, head
+    if not REFERENCE:
+        assert head["server"].startswith("gilgamesh/") and head["x-request-id"] == "ws-handshake-1", head
+
+
 @gilgamesh_only("uvicorn 0.17.6 answers the 403 with an empty body")
 def test_the_403_is_the_json_error_with_the_request_id(server):
     with raw(server, "/deny") as ws:

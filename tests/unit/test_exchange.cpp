@@ -101,5 +101,41 @@ TEST(Framing, ContentTypeOnce) {
   EXPECT_EQ(refusal->message, "Content-Type is repeated");
 }
 
+// RFC 6455 4.2.1's checks of an upgrade, before the app sees it (websocket_refusal).
+Request upgrade(std::vector<std::pair<std::string, std::string>> fields) {
+  Request r{http::verb::get, "/ws", 11};
+  r.set(http::field::host, "h");
+  r.set(http::field::upgrade, "websocket");
+  r.set(http::field::connection, "Upgrade");
+  for (const auto& [name, value] : fields) r.insert(name, value);
+  return r;
+}
+
+int refused_with(std::vector<std::pair<std::string, std::string>> fields) {
+  auto refusal = websocket_refusal(upgrade(std::move(fields)), "id");
+  return refusal ? refusal->status : 0;
+}
+
+TEST(WebSocketHandshake, TakesOneKeyOf16BytesInBase64AndVersion13) {
+  constexpr const char* kKey = "dGhlIHNhbXBsZSBub25jZQ==";
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", kKey}, {"Sec-WebSocket-Version", "13"}}), 0);
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAA+/=="}, {"Sec-WebSocket-Version", "13"}}), 0);
+  for (const char* key : {"dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZQ=", "dGhlIHNhbXBsZSBub25jZQ===",
+                          "dGhlIHNhbXBsZSBub25jZ===", "dGhlIHNhbXBsZSBub25j-Q==", "dGhlIHNhbXBsZSBub25jZQ=A",
+                          "dGhlIHNhbXBsZSBub25jZWFh", ""}) {
+    EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", key}, {"Sec-WebSocket-Version", "13"}}), 400) << key;
+  }
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", kKey}, {"Sec-WebSocket-Key", kKey}, {"Sec-WebSocket-Version", "13"}}), 400);
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Version", "13"}}), 400);
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", kKey}}), 400);
+  EXPECT_EQ(refused_with({{"Sec-WebSocket-Key", kKey}, {"Sec-WebSocket-Version", "13"}, {"Sec-WebSocket-Version", "13"}}), 400);
+  auto old = websocket_refusal(upgrade({{"Sec-WebSocket-Key", kKey}, {"Sec-WebSocket-Version", "8"}}), "id");
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->status, 426);
+  ASSERT_EQ(old->headers.size(), 1u);
+  EXPECT_EQ(old->headers[0].name, "Sec-WebSocket-Version");
+  EXPECT_EQ(old->headers[0].value, "13");
+}
+
 }  // namespace
 }  // namespace gilgamesh::exchange
