@@ -483,7 +483,9 @@ def _subprotocols(headers):
 class _WebSocket(_Deadlined):
     """One WebSocket: its receive() and send(), the message rules and the socket's state."""
 
-    CONNECTING, OPEN, CLOSED = range(3)  # the app's side: before accept, accepted, app closed
+    # The app's side: before accept, accepted, app closed, or answering the handshake with an
+    # HTTP response of its own (websocket.http.response, the denial response extension).
+    CONNECTING, OPEN, CLOSED, DENIED = range(4)
 
     def __init__(self, worker, rid, request, subprotocols):
         self.worker = worker
@@ -500,6 +502,7 @@ class _WebSocket(_Deadlined):
         self.gone = False             # the socket is closed (ws_closed came)
         self.disconnect = None        # the websocket.disconnect receive() gives
         self.room_waiter = None       # the future a send() on a full buffer waits on
+        self.denial = None            # DENIED: the _Exchange that carries the app's HTTP response
         self.task = None
         self.timed_out = False
 
@@ -528,9 +531,10 @@ class _WebSocket(_Deadlined):
             await self._send(message)
         elif kind == "websocket.close":
             self._close(message)
-        elif kind in ("websocket.http.response.start", "websocket.http.response.body"):
-            raise ProtocolError("%s is not advertised in scope['extensions'] "
-                                "(websocket.http.response)" % kind)
+        elif kind == "websocket.http.response.start":
+            self._deny(message)
+        elif kind == "websocket.http.response.body":
+            await self._denial_body(message)
         else:
             raise ProtocolError("unknown message type %r" % (kind,))
 
@@ -541,6 +545,8 @@ class _WebSocket(_Deadlined):
             raise ProtocolError("websocket.accept twice")
         if self.state == self.CLOSED:
             raise ProtocolError("websocket.accept after websocket.close")
+        if self.state == self.DENIED:
+            raise ProtocolError("websocket.accept after websocket.http.response.start")
         if self.gone:
             raise ClientDisconnected("the client has gone")
         subprotocol = message.get("subprotocol")
@@ -567,6 +573,8 @@ class _WebSocket(_Deadlined):
     async def _send(self, message):
         if self.state == self.CONNECTING:
             raise ProtocolError("websocket.send before websocket.accept")
+        if self.state == self.DENIED:
+            raise ProtocolError("websocket.send after websocket.http.response.start")
         if self.state == self.CLOSED:
             raise ProtocolError("websocket.send after websocket.close")
         if self.gone:
@@ -595,6 +603,8 @@ class _WebSocket(_Deadlined):
     def _close(self, message):
         if self.state == self.CLOSED:
             raise ProtocolError("websocket.close twice")
+        if self.state == self.DENIED:
+            raise ProtocolError("websocket.close after websocket.http.response.start")
         if self.gone:
             raise ClientDisconnected("the client has gone")
         code = message.get("code", 1000)
@@ -625,6 +635,44 @@ class _WebSocket(_Deadlined):
         self.received.clear()
         self.arrived.set()
 
+    def _deny(self, message):
+        """websocket.http.response.start: the handshake is answered with the app's own HTTP
+        response instead, carried as an HTTP request's would be (the rules of its head, a
+        body in pieces streamed with backpressure)."""
+        if self.state == self.OPEN:
+            raise ProtocolError("websocket.http.response.start after websocket.accept")
+        if self.state == self.CLOSED:
+            raise ProtocolError("websocket.http.response.start after websocket.close")
+        if self.state == self.DENIED:
+            raise ProtocolError("websocket.http.response.start twice")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        status = message.get("status")
+        if type(status) is int and not 200 <= status <= 599:  # a 101 would be the handshake's own
+            raise ProtocolError("the status of websocket.http.response.start must be 200-599, not %d" % status)
+        denial = _Exchange(self.worker, self.rid, self.request)
+        denial._start({"status": status, "headers": message.get("headers", ())})
+        self.denial = denial
+        self.state = self.DENIED
+
+    async def _denial_body(self, message):
+        denial = self.denial
+        if denial is None:
+            raise ProtocolError("websocket.http.response.body before websocket.http.response.start")
+        if denial.state == _Exchange.DONE:
+            raise ProtocolError("websocket.http.response.body after the response ended")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        try:
+            await denial._body(message)
+        finally:
+            if denial.state in (_Exchange.OPEN, _Exchange.DONE):
+                self._no_deadline()  # the head went out: the client's pace bounds the body
+        if denial.state == _Exchange.DONE and self.disconnect is None:
+            # The handshake was refused: as after a refusing close, receive() says 1006.
+            self.disconnect = {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+            self.arrived.set()
+
     # --- events from the server ---
 
     def message(self, is_text, data):
@@ -654,18 +702,22 @@ class _WebSocket(_Deadlined):
             self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason or ""}
         self.arrived.set()
         self.room()
+        if self.denial is not None:
+            self.denial._client_gone()
 
     def room(self):
         waiter, self.room_waiter = self.room_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.denial is not None:
+            self.denial.room()
 
     def _client_gone(self):
         if not self.gone:
             self._closed(1006, "")
 
     def _cancel_at_deadline(self):
-        if self.state != self.CONNECTING:
+        if self.state not in (self.CONNECTING, self.DENIED):
             return
         self.timed_out = True
         if self.task is not None:
@@ -680,16 +732,21 @@ class _WebSocket(_Deadlined):
                 self._left()  # the client left before the app decided
             elif self.state == self.CONNECTING:
                 raise ProtocolError("the app returned without sending websocket.accept or websocket.close")
+            elif self.state == self.DENIED and self.denial.state != _Exchange.DONE:
+                if self.gone:
+                    self._left()
+                else:
+                    raise ProtocolError("the app returned before its websocket.http.response ended")
             if self.state == self.OPEN and not self.gone:
                 self.state = self.CLOSED
                 self.mailbox.ws_close(self.rid, 1000, "")  # the app is over: so is its socket
         except asyncio.CancelledError:
             self._stopped()
         except ClientDisconnected:
-            if self.state == self.CONNECTING:
+            if self.state in (self.CONNECTING, self.DENIED):
                 self._left()
         except Exception as exc:
-            if self.state == self.CONNECTING and self.gone:
+            if self.state in (self.CONNECTING, self.DENIED) and self.gone:
                 self._left(*_error_text(exc))
             else:
                 self._failed(*_error_text(exc))
@@ -704,10 +761,12 @@ class _WebSocket(_Deadlined):
     def _stopped(self):
         """Cancelled at its deadline (or by a stop): before accept the connection answers
         504 itself; an accepted socket closes with 1011."""
-        if self.state == self.CONNECTING and self.gone:
+        if self.state in (self.CONNECTING, self.DENIED) and self.gone:
             self._left()
         elif self.state == self.CONNECTING:
             self.mailbox.timed_out(self.rid)
+        elif self.state == self.DENIED:
+            self.denial._stopped()  # 504 before its head went out, else the body cut short
         elif self.state == self.OPEN and not self.gone:
             self.state = self.CLOSED
             self.mailbox.ws_close(self.rid, 1011, "")
@@ -721,6 +780,8 @@ class _WebSocket(_Deadlined):
         handshake, else logged and the socket closed with 1011 (if it is still open)."""
         if self.state == self.CONNECTING:
             self.mailbox.fail(self.rid, summary, text)
+        elif self.state == self.DENIED:
+            self.denial._failed(summary, text)  # a 500 before its head went out, else cut short
         else:
             self.state = self.CLOSED
             self.mailbox.cut(self.rid, summary, text)
@@ -1024,6 +1085,7 @@ class Worker:
             "client": request.client,
             "server": request.server,
             "subprotocols": list(subprotocols),
+            "extensions": {"websocket.http.response": {}},
             "state": self.state.copy(),
         }
 

@@ -128,8 +128,8 @@ RULES = {
     "text-not-str": (True, {"type": "websocket.send", "text": 42}),
     "bytes-not-bytes": (True, {"type": "websocket.send", "bytes": 42}),
     "close-code-1005": (True, {"type": "websocket.close", "code": 1005}),
-    "http-response-extension": (False, {"type": "websocket.http.response.start", "status": 401,
-                                        "headers": []}),
+    "http-response-after-accept": (True, {"type": "websocket.http.response.start", "status": 401,
+                                          "headers": []}),
     "unknown-type": (True, {"type": "websocket.bogus"}),
     "subprotocol-not-offered": (False, {"type": "websocket.accept", "subprotocol": "never-offered"}),
     "accept-sets-protocol-header": (False, {"type": "websocket.accept",
@@ -147,6 +147,32 @@ async def break_rule(name, send):
     report = "no error" if raised is None else "raised %s: %s" % (type(raised).__name__, raised)
     await send({"type": "websocket.send", "text": report})
     await send({"type": "websocket.close", "code": 1000})
+
+
+async def deny_http(scope, receive, send, q, token):
+    """The denial response extension (websocket.http.response): the handshake answered with
+    the app's own HTTP response. ?then=accept|close|return-early|raise tries one more thing
+    after the start; the events say what each send raised and what receive() gave after."""
+    extensions = scope.get("extensions") or {}
+    event("deny-http", token, "advertised" if "websocket.http.response" in extensions else "not-advertised")
+    raised = await try_send(send, {"type": "websocket.http.response.start", "status": int(q.get("status", "401")),
+                                   "headers": [(b"content-type", b"text/plain"),
+                                               (b"www-authenticate", b'Bearer realm="ws"')]})
+    event("deny-http-start", token, outcome(raised))
+    then = q.get("then", "")
+    if then == "accept":
+        event("deny-http-then", token, outcome(await try_send(send, ACCEPT)))
+    elif then == "close":
+        event("deny-http-then", token, outcome(await try_send(send, {"type": "websocket.close"})))
+    elif then == "return-early":
+        return
+    elif then == "raise":
+        raise RuntimeError("websocket app failed on purpose after websocket.http.response.start")
+    await send({"type": "websocket.http.response.body", "body": b"who are ", "more_body": True})
+    await send({"type": "websocket.http.response.body", "body": b"you?"})
+    late = await try_send(send, {"type": "websocket.http.response.body", "body": b"late"})
+    message = await asyncio.wait_for(receive(), 5)
+    event("deny-http-after", token, outcome(late), message["type"], message.get("code"))
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -172,6 +198,9 @@ async def websocket(scope, receive, send):
             raise
         await send(ACCEPT)
         await echo_until_disconnect(receive, send, token)
+        return
+    if path == "/deny-http":
+        await deny_http(scope, receive, send, q, token)
         return
     if path.startswith("/rule/"):
         await break_rule(path[len("/rule/"):], send)

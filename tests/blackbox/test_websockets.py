@@ -587,8 +587,8 @@ def test_scope_raw_path_state_lowercase_names_and_spec_version(server, events):
     assert scope["state"][0] == "dict", scope["state"]
     workers = {line[1] for line in events.wait("startup", count=2)}
     assert values["state"]["worker"] in workers, (values["state"], workers)
-    assert "extensions" not in values or "websocket.http.response" not in values["extensions"], \
-        "websocket.http.response is advertised: this suite does not check it"
+    if not REFERENCE:  # the denial response extension (uvicorn 0.17.6 predates it)
+        assert values["extensions"] == {"websocket.http.response": {}}, values.get("extensions")
 
 
 # --- the handshake -----------------------------------------------------------------------------
@@ -779,6 +779,62 @@ def test_raising_after_accept_closes_with_1011(server):
         assert ws.closed_with()[0] == 1011
 
 
+# --- the denial response (websocket.http.response) ----------------------------------------------
+
+DENIAL_REFERENCE = "uvicorn 0.17.6 predates the denial response extension (ASGI spec 2.4)"
+
+
+def deny(server, query):
+    """The /deny-http route's handshake: (status, head, body)."""
+    return handshake(server, "/deny-http?" + query,
+                     [("Sec-WebSocket-Key", RFC_KEY), ("Sec-WebSocket-Version", "13")])
+
+
+@gilgamesh_only(DENIAL_REFERENCE)
+def test_the_app_may_refuse_the_handshake_with_its_own_http_response(server, events):
+    t = token()
+    status, head, body = deny(server, "token=" + t)
+    assert (status, body) == (401, b"who are you?"), (status, head, body)  # its body came in two pieces
+    assert head["www-authenticate"] == 'Bearer realm="ws"' and head["content-type"] == "text/plain", head
+    assert head["connection"] == "close" and head["x-request-id"], head
+    assert events.wait("deny-http", t)[0][2] == "advertised"
+    # After its end a further body is a protocol error, and receive() says the client is gone.
+    assert events.wait("deny-http-after", t)[0][2:] == ["ProtocolError", "websocket.disconnect", "1006"]
+
+    async def client():
+        with pytest.raises(websockets.InvalidStatusCode) as refused:
+            async with connect(server, "/deny-http?status=403"):
+                pass
+        assert refused.value.status_code == 403
+    run(client())
+
+
+@gilgamesh_only(DENIAL_REFERENCE)
+@pytest.mark.parametrize("then", ["accept", "close"])
+def test_after_the_denial_starts_accept_and_close_are_protocol_errors(server, events, then):
+    t = token()
+    status, _, body = deny(server, "then=%s&token=%s" % (then, t))
+    assert (status, body) == (401, b"who are you?"), (status, body)
+    assert events.wait("deny-http-then", t)[0][2] == "ProtocolError"
+
+
+@gilgamesh_only(DENIAL_REFERENCE)
+@pytest.mark.parametrize("then", ["return-early", "raise"])
+def test_a_denial_that_does_not_end_is_a_500(server, then):
+    status, head, body = deny(server, "then=" + then)
+    assert status == 500 and json.loads(body)["request_id"] == head["x-request-id"], (status, body)
+
+
+@gilgamesh_only(DENIAL_REFERENCE)
+@pytest.mark.parametrize("status", [101, 199, 600])
+def test_a_denial_status_outside_200_to_599_is_a_protocol_error(server, events, status):
+    """101 above all: it is the handshake's own answer."""
+    t = token()
+    got, _, _ = deny(server, "status=%d&token=%s" % (status, t))
+    assert got == 500, got
+    assert events.wait("deny-http-start", t)[0][2] == "ProtocolError"
+
+
 # --- the app's message rules -------------------------------------------------------------------
 
 REFERENCE_LETS_THROUGH = {
@@ -792,7 +848,7 @@ REFERENCE_LETS_THROUGH = {
 
 @pytest.mark.parametrize("rule", [
     "send-before-accept", "accept-twice", "text-and-bytes", "neither", "text-not-str", "bytes-not-bytes",
-    "close-code-1005", "http-response-extension", "unknown-type", "subprotocol-not-offered",
+    "close-code-1005", "http-response-after-accept", "unknown-type", "subprotocol-not-offered",
     "accept-sets-protocol-header"])
 def test_a_broken_rule_raises_in_the_app(server, rule):
     if REFERENCE and rule in REFERENCE_LETS_THROUGH:

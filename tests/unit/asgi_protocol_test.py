@@ -495,7 +495,8 @@ def test_websocket_scope_has_every_key_with_its_type():
 
     serve_ws(app)
     assert set(seen) == {"type", "asgi", "http_version", "scheme", "path", "raw_path", "query_string",
-                         "root_path", "headers", "client", "server", "subprotocols", "state"}
+                         "root_path", "headers", "client", "server", "subprotocols", "extensions", "state"}
+    assert seen["extensions"] == {"websocket.http.response": {}}  # the denial response
     assert seen["type"] == "websocket" and seen["asgi"] == {"version": "3.0", "spec_version": "2.5"}
     assert seen["http_version"] == "1.1" and seen["scheme"] == "ws"
     assert seen["path"] == "/ws" and seen["raw_path"] == b"/ws" and seen["query_string"] == b"q=1"
@@ -590,6 +591,7 @@ def test_websocket_a_close_without_a_code_is_1000_and_returning_after_accept_clo
 ACCEPT = {"type": "websocket.accept"}
 TEXT = {"type": "websocket.send", "text": "x"}
 CLOSE = {"type": "websocket.close"}
+DENY = {"type": "websocket.http.response.start", "status": 401}
 
 
 @pytest.mark.parametrize("messages, text, decided", [
@@ -613,7 +615,17 @@ CLOSE = {"type": "websocket.close"}
     ([{"type": "websocket.accept", "headers": [(b"sec-websocket-protocol", b"chat")]}], "use 'subprotocol'",
      False),
     ([{"type": "websocket.accept", "headers": [("x-a", "1")]}], "must be bytes", False),
-    ([{"type": "websocket.http.response.start", "status": 401}], "not advertised", False),
+    ([ACCEPT, DENY], "websocket.http.response.start after websocket.accept", True),
+    ([CLOSE, DENY], "websocket.http.response.start after websocket.close", True),
+    ([DENY, DENY], "websocket.http.response.start twice", False),
+    ([DENY, ACCEPT], "websocket.accept after websocket.http.response.start", False),
+    ([DENY, CLOSE], "websocket.close after websocket.http.response.start", False),
+    ([DENY, TEXT], "websocket.send after websocket.http.response.start", False),
+    ([DENY], "returned before its websocket.http.response ended", False),
+    ([{"type": "websocket.http.response.body"}], "websocket.http.response.body before websocket.http.response.start",
+     False),
+    ([dict(DENY, status=101)], "must be 200-599, not 101", False),
+    ([dict(DENY, status="401")], "the status must be an int", False),
     ([{"type": "websocket.bogus"}], "unknown message type 'websocket.bogus'", False),
     ([], "returned without sending websocket.accept or websocket.close", False),
 ])
@@ -630,6 +642,30 @@ def test_websocket_a_broken_rule_is_a_500_before_the_handshake_and_a_1011_after(
     assert "ProtocolError" in box.named(reported)[0][2] and "Traceback" in box.named(reported)[0][3]
     assert not box.named(other) and box.named("done") == [("done", 1)]
     assert len(box.named("ws_accept")) == (messages[:1] == [ACCEPT])
+
+
+def test_websocket_denial_response_goes_out_as_the_handshakes_http_answer():
+    seen = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(dict(DENY, status=403, headers=[(b"x-why", b"no")]))
+        await send({"type": "websocket.http.response.body", "body": b"no", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"pe"})
+        seen.append(await receive())
+        try:
+            await send({"type": "websocket.http.response.body", "body": b"late"})
+        except asgi.ProtocolError as e:
+            seen.append(str(e))
+
+    box = serve_ws(app)
+    assert seen == [{"type": "websocket.disconnect", "code": 1006, "reason": ""},
+                    "websocket.http.response.body after the response ended"]
+    # As an HTTP answer in pieces: the head, each piece, the end; no handshake, no error.
+    assert [c[0] for c in box.calls if c[0] != "done"] == ["open", "push", "push", "finish"], box.calls
+    assert box.named("open") == [("open", 1, 403, [(b"x-why", b"no")])]
+    assert b"".join(c[2] for c in box.named("push")) == b"nope"
+    assert box.named("done") == [("done", 1)]
 
 
 def test_websocket_send_after_the_client_left_raises_an_oserror_and_is_not_logged():
