@@ -13,6 +13,9 @@ WebSocket routes (starlette.routing.WebSocketRoute):
                       client leaves
   /members-only       refuses before accepting unless the query has key=sesame (WebSocketClose:
                       the server answers 403); with it, accepts and sends the text "welcome"
+  /vip                refuses with an HTTP response of its own: 401, "members only", through
+                      WebSocket.send_denial_response (the denial response extension; Starlette
+                      0.37 and later, so gilgamesh's only)
 
 HTTP: GET / answers JSON {"hello": "starlette"}.
 
@@ -23,7 +26,7 @@ import os
 
 from starlette.applications import Starlette
 from starlette.endpoints import WebSocketEndpoint
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketClose, WebSocketDisconnect
 
@@ -77,6 +80,11 @@ async def members_only(websocket: WebSocket):
     await websocket.close()
 
 
+async def vip(websocket: WebSocket):
+    await websocket.send_denial_response(
+        PlainTextResponse("members only", status_code=401, headers={"WWW-Authenticate": 'Basic realm="vip"'}))
+
+
 async def home(request):
     return JSONResponse({"hello": "starlette"})
 
@@ -86,4 +94,5 @@ app = Starlette(routes=[
     WebSocketRoute("/chat", Chat),
     WebSocketRoute("/bytes", reversed_bytes),
     WebSocketRoute("/members-only", members_only),
+    WebSocketRoute("/vip", vip),
 ])

@@ -1377,6 +1377,15 @@ def test_starlette_bytes_and_a_refused_handshake(starlette):
     run(client())
 
 
+@gilgamesh_only("bookworm's Starlette 0.26 under uvicorn 0.17.6 predates the denial response")
+def test_starlette_refuses_with_its_own_http_response(starlette):
+    status, head, body = handshake(starlette, "/vip", [("Sec-WebSocket-Key", RFC_KEY),
+                                                        ("Sec-WebSocket-Version", "13")])
+    assert (status, body) == (401, b"members only"), (status, head, body)
+    assert head["www-authenticate"] == 'Basic realm="vip"', head
+    assert head["content-type"].startswith("text/plain") and head["content-length"] == "12", head
+
+
 def test_starlette_sees_the_clients_close(starlette):
     async def client():
         async with connect(starlette, "/chat?name=leaver") as ws:
