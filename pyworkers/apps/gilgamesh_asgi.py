@@ -540,15 +540,22 @@ class _WebSocket(_Deadlined):
 
     # --- the rules ---
 
-    def _accept(self, message):
-        if self.state == self.OPEN:
-            raise ProtocolError("websocket.accept twice")
-        if self.state == self.CLOSED:
-            raise ProtocolError("websocket.accept after websocket.close")
-        if self.state == self.DENIED:
-            raise ProtocolError("websocket.accept after websocket.http.response.start")
+    # The message that puts the app's side in each state but the first.
+    _SENT = {OPEN: "websocket.accept", CLOSED: "websocket.close", DENIED: "websocket.http.response.start"}
+
+    def _may_send(self, kind, *states):
+        """A message of `kind` in one of `states`, else ProtocolError; then ClientDisconnected
+        once the socket is closed."""
+        if self.state not in states:
+            sent = self._SENT.get(self.state)
+            if sent is None:
+                raise ProtocolError("%s before websocket.accept" % kind)
+            raise ProtocolError("%s twice" % kind if sent == kind else "%s after %s" % (kind, sent))
         if self.gone:
             raise ClientDisconnected("the client has gone")
+
+    def _accept(self, message):
+        self._may_send("websocket.accept", self.CONNECTING)
         subprotocol = message.get("subprotocol")
         if subprotocol is not None:
             if not isinstance(subprotocol, str):
@@ -571,14 +578,7 @@ class _WebSocket(_Deadlined):
         self.reading = True
 
     async def _send(self, message):
-        if self.state == self.CONNECTING:
-            raise ProtocolError("websocket.send before websocket.accept")
-        if self.state == self.DENIED:
-            raise ProtocolError("websocket.send after websocket.http.response.start")
-        if self.state == self.CLOSED:
-            raise ProtocolError("websocket.send after websocket.close")
-        if self.gone:
-            raise ClientDisconnected("the client has gone")
+        self._may_send("websocket.send", self.OPEN)
         text, data = message.get("text"), message.get("bytes")
         if (text is None) == (data is None):
             raise ProtocolError("websocket.send needs exactly one of 'text' and 'bytes'")
@@ -601,12 +601,7 @@ class _WebSocket(_Deadlined):
             raise ClientDisconnected("the client has gone")
 
     def _close(self, message):
-        if self.state == self.CLOSED:
-            raise ProtocolError("websocket.close twice")
-        if self.state == self.DENIED:
-            raise ProtocolError("websocket.close after websocket.http.response.start")
-        if self.gone:
-            raise ClientDisconnected("the client has gone")
+        self._may_send("websocket.close", self.CONNECTING, self.OPEN)
         code = message.get("code", 1000)
         if code is None:
             code = 1000
@@ -639,14 +634,7 @@ class _WebSocket(_Deadlined):
         """websocket.http.response.start: the handshake is answered with the app's own HTTP
         response instead, carried as an HTTP request's would be (the rules of its head, a
         body in pieces streamed with backpressure)."""
-        if self.state == self.OPEN:
-            raise ProtocolError("websocket.http.response.start after websocket.accept")
-        if self.state == self.CLOSED:
-            raise ProtocolError("websocket.http.response.start after websocket.close")
-        if self.state == self.DENIED:
-            raise ProtocolError("websocket.http.response.start twice")
-        if self.gone:
-            raise ClientDisconnected("the client has gone")
+        self._may_send("websocket.http.response.start", self.CONNECTING)
         status = message.get("status")
         if type(status) is int and not 200 <= status <= 599:  # a 101 would be the handshake's own
             raise ProtocolError("the status of websocket.http.response.start must be 200-599, not %d" % status)

@@ -426,6 +426,16 @@ def close_of(payload):
     return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8")
 
 
+def refused_with(server, path):
+    """The status a websockets client's handshake at `path` was refused with."""
+    async def client():
+        with pytest.raises(websockets.InvalidStatusCode) as refused:
+            async with connect(server, path):
+                pass
+        return refused.value.status_code
+    return run(client())
+
+
 def raw(server, path, **kw):
     return RawWebSocket(server.port, path, **kw)
 
@@ -612,13 +622,7 @@ def test_close_before_accept_is_a_403(server, events):
     with raw(server, "/deny?token=" + t) as ws:
         assert ws.status == 403, (ws.status, ws.headers)
     events.wait("denied", t)
-
-    async def client():
-        with pytest.raises(websockets.InvalidStatusCode) as refused:
-            async with connect(server, "/deny"):
-                pass
-        assert refused.value.status_code == 403
-    run(client())
+    assert refused_with(server, "/deny") == 403
 
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's sample key
@@ -800,13 +804,7 @@ def test_the_app_may_refuse_the_handshake_with_its_own_http_response(server, eve
     assert events.wait("deny-http", t)[0][2] == "advertised"
     # After its end a further body is a protocol error, and receive() says the client is gone.
     assert events.wait("deny-http-after", t)[0][2:] == ["ProtocolError", "websocket.disconnect", "1006"]
-
-    async def client():
-        with pytest.raises(websockets.InvalidStatusCode) as refused:
-            async with connect(server, "/deny-http?status=403"):
-                pass
-        assert refused.value.status_code == 403
-    run(client())
+    assert refused_with(server, "/deny-http?status=403") == 403
 
 
 @gilgamesh_only(DENIAL_REFERENCE)
