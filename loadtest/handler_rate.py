@@ -127,45 +127,21 @@ def wsgi_caller(app, adapter, method, target, ctype, body, root_path):
 
 def asgi_caller(app, adapter, method, target, ctype, body, root_path):
     """One call of the ASGI app for the request, as the server makes it: the server's own
-    Python half (pyworkers/apps/gilgamesh_asgi.py) starts the request's task on its
-    worker's event loop with the scope the server builds; the loop runs until the task
+    Python half (pyworkers/apps/gilgamesh_asgi.py, DirectCaller) starts the request's task
+    on a worker's event loop with the scope the server builds; the loop runs until the task
     ends. Returns the status the app answered (500 for an error, 504 for a timeout)."""
-    from urllib.parse import unquote_to_bytes
-    raw_path, _, query = target.partition("?")
-    path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-    headers = [(b"host", b"127.0.0.1:8080")]
+    headers = []
     if ctype:
         headers.append((b"content-type", ctype.encode("latin-1")))
     if body or method in ("POST", "PUT", "PATCH"):
         headers.append((b"content-length", b"%d" % len(body)))
-    answered = {}
-
-    def respond(rid, status, _headers, _body):
-        answered[rid] = status
-        return True
-
-    def open_(rid, status, _headers):
-        answered[rid] = status
-        return True
-
-    def fail(rid, summary, text):
-        answered[rid] = 500
-        sys.stderr.write("%s %s: %s\n%s" % (method, target, summary, text))
-
-    mailbox = adapter.mailbox(
-        take=lambda: [], respond=respond, open=open_, push=lambda rid, data: adapter.PUSH_OK,
-        finish=lambda rid, ok: None, fail=fail, cut=fail,
-        timed_out=lambda rid: answered.__setitem__(rid, 504), done=lambda rid: None)
-    worker = adapter.Worker(app, mailbox, lifespan="off", root_path=root_path)
-    rids = iter(range(1, 1 << 62))
+    caller = adapter.DirectCaller(app, lifespan="off", root_path=root_path)
 
     def call():
-        rid = next(rids)
-        request = adapter.Request(method, path, raw_path.encode("latin-1"), query.encode("latin-1"),
-                                  headers, body, "1.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080), "-", "http")
-        worker._begin(rid, request, 3600.0)
-        worker.loop.run_until_complete(worker.exchanges[rid].task)
-        return answered.pop(rid, 500)
+        status, error = caller.call(method, target, headers, body)
+        if error:
+            sys.stderr.write("%s %s: %s\n" % (method, target, error))
+        return status
     return call
 
 

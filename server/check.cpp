@@ -508,11 +508,6 @@ int check_main(int argc, char** argv) {
     std::cerr << "gilgamesh check: --asgi takes MODULE:APP, got '" << asgi << "'\n";
     return 2;
   }
-  if (asgi_option->count() > 0 && !requests.empty()) {
-    std::cerr << "gilgamesh check: --request is not measured for ASGI apps yet (it calls the app "
-                 "outside an event loop); check the import without it\n";
-    return 2;
-  }
   ServerConfig config;
   config.pool.workers = 2;
   config.pool.preload = preload;

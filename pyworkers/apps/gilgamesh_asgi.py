@@ -162,6 +162,55 @@ def mailbox(**functions):
     return _types.SimpleNamespace(**functions)
 
 
+class DirectCaller:
+    """The app's requests one at a time without a server, as a worker's loop runs them (the
+    scope the server builds, the request's task on a Worker's loop, run to its end): what
+    `gilgamesh check --request` and loadtest/handler_rate.py time. startup() first (the
+    app's lifespan startup: None, or why it failed), then call() per request, close() last."""
+
+    def __init__(self, app, lifespan="off", root_path=""):
+        self.answered = {}  # rid -> status, once the app answered (500 after an error)
+        self.errors = {}    # rid -> what the app raised or broke
+        box = mailbox(take=lambda: [], respond=self._answer, open=self._answer,
+                      push=lambda rid, data: PUSH_OK, finish=lambda rid, whole: None,
+                      fail=self._fail, cut=self._fail, timed_out=lambda rid: self._answer(rid, 504),
+                      left=lambda rid, summary, text: None, done=lambda rid: None)
+        self.worker = Worker(app, box, lifespan=lifespan, root_path=root_path)
+        self._rid = 0
+
+    def _answer(self, rid, status, headers=None, body=None):
+        self.answered[rid] = status
+        return True
+
+    def _fail(self, rid, summary, text):
+        self.answered.setdefault(rid, 500)
+        self.errors[rid] = summary
+
+    def startup(self):
+        return self.worker.startup()
+
+    def call(self, method, target, headers=(), body=b""):
+        """The status the app answered `method target` with, and what it raised (or None)."""
+        import urllib.parse  # imported here: the servers' workers never need it
+        self._rid += 1
+        rid = self._rid
+        raw_path, _, query = target.partition("?")
+        path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        request = Request(method, path, raw_path.encode("latin-1"), query.encode("latin-1"),
+                          [(b"host", b"127.0.0.1:8080"), *headers], body, "1.1",
+                          ("127.0.0.1", 40000), ("127.0.0.1", 8080), "direct", "http")
+        self.worker._begin(rid, request, 3600.0)
+        self.worker.loop.run_until_complete(self.worker.exchanges[rid].task)
+        return self.answered.pop(rid, 500), self.errors.pop(rid, None)
+
+    def close(self):
+        """The lifespan shutdown (after a startup), then the loop closes. None, or what failed."""
+        try:
+            return self.worker.shutdown()
+        finally:
+            self.worker.close()
+
+
 class ProtocolError(RuntimeError):
     """The app broke the ASGI message rules; the text says which."""
 

@@ -17,10 +17,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
+#include "pyworkers/apps/asgi_app.hpp"
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/embedding/python_runtime.hpp"
 #include "pyworkers/processes/zygote.hpp"
@@ -125,10 +128,54 @@ std::vector<std::string> module_files() {
   return out;
 }
 
-// The --request calls: each one made on one thread, in this interpreter, for
-// kRateSeconds; and the module globals of the app's own modules they changed.
-// With the GIL of the interpreter that loaded `app`; `before` is the set of
-// module names from before the app's import.
+// An ASGI app's requests, one at a time, through the server's own Python half
+// (_gilgamesh_asgi.DirectCaller: the scope a worker builds, the request's task on an
+// event loop), after the app's lifespan startup as a worker runs it.
+class AsgiCaller {
+ public:
+  AsgiCaller(const AsgiApp& app, const AppOptions& options) {
+    py::Ref adapter = py::Ref::steal(PyImport_ImportModule("_gilgamesh_asgi"));
+    py::Ref type = adapter ? py::Ref::steal(PyObject_GetAttrString(adapter.get(), "DirectCaller")) : py::Ref();
+    const std::string lifespan = nlohmann::json(options.lifespan).get<std::string>();
+    caller_ = type ? py::Ref::steal(PyObject_CallFunction(type.get(), "Oss", app.callable(), lifespan.c_str(),
+                                                          options.root_path.c_str()))
+                   : py::Ref();
+    py::Ref why = caller_ ? py::Ref::steal(PyObject_CallMethod(caller_.get(), "startup", nullptr)) : py::Ref();
+    if (!why) {
+      broken_ = py::fetch_error_summary();
+    } else if (why.get() != Py_None) {
+      broken_ = py::to_string(why.get());  // "lifespan startup failed: ...", as the server says it
+    }
+  }
+  ~AsgiCaller() {
+    py::Ref closed = caller_ ? py::Ref::steal(PyObject_CallMethod(caller_.get(), "close", nullptr)) : py::Ref();
+    if (!closed) PyErr_Clear();
+  }
+
+  // Why no request can be made (the startup failed), or empty.
+  const std::string& broken() const { return broken_; }
+
+  // The status the app answered; throws StartupError with what went wrong in the adapter.
+  int call(const std::string& method, const std::string& target) {
+    py::Ref got = py::Ref::steal(PyObject_CallMethod(caller_.get(), "call", "ss", method.c_str(), target.c_str()));
+    if (!got || !PyTuple_Check(got.get()) || PyTuple_GET_SIZE(got.get()) != 2) {
+      throw StartupError(got ? "the ASGI adapter answered no (status, error)" : py::fetch_error_summary());
+    }
+    const long status = PyLong_AsLong(PyTuple_GET_ITEM(got.get(), 0));
+    if (status == -1 && PyErr_Occurred()) throw StartupError(py::fetch_error_summary());
+    return static_cast<int>(status);
+  }
+
+ private:
+  py::Ref caller_;
+  std::string broken_;
+};
+
+// Times each of request.requests ("METHOD /path?query") for kRateSeconds on one thread,
+// in this interpreter, no HTTP: a route app's handler as a worker calls it, an ASGI app as
+// its loop runs it; then the module globals of the app's own modules they changed. With
+// the GIL of the interpreter that loaded `app`; `before` is the set of module names from
+// before the app's import.
 void measure_requests(PythonApp& app, PyObject* before, const ProbeRequest& request,
                       const RouteResolver& resolve, ProbeResult& result) {
   if (request.requests.empty()) return;
@@ -139,6 +186,9 @@ void measure_requests(PythonApp& app, PyObject* before, const ProbeRequest& requ
                                                                   modules.get()))
                              : py::Ref();
   if (!snapshot) PyErr_Clear();
+  const auto* asgi_app = dynamic_cast<const AsgiApp*>(&app);
+  std::optional<AsgiCaller> asgi;
+  if (asgi_app != nullptr) asgi.emplace(*asgi_app, request.config.app);
   for (const std::string& line : request.requests) {
     RequestRate rate;
     rate.request = line;
@@ -150,41 +200,53 @@ void measure_requests(PythonApp& app, PyObject* before, const ProbeRequest& requ
       result.rates.push_back(rate);
       continue;
     }
+    std::function<int()> once;
     HttpRequestData req;
-    req.method = method;
-    req.target = target;
-    const auto q = target.find('?');
-    req.path = target.substr(0, q);
-    req.query_string = q == std::string::npos ? "" : target.substr(q + 1);
-    req.request_id = "probe";
-    req.headers = {{"Host", "localhost"}};
-    req.remote_addr = "127.0.0.1";
-    req.server_addr = "127.0.0.1";
-    req.server_port = 80;
     std::optional<ResolvedRoute> route;
-    try {
-      route = resolve(app.routes(), method, req.path);
-    } catch (const std::exception& e) {
-      rate.error = e.what();
+    if (asgi) {
+      rate.error = asgi->broken();
+      once = [&] { return asgi->call(method, target); };
+    } else {
+      req.method = method;
+      req.target = target;
+      const auto q = target.find('?');
+      req.path = target.substr(0, q);
+      req.query_string = q == std::string::npos ? "" : target.substr(q + 1);
+      req.request_id = "probe";
+      req.headers = {{"Host", "localhost"}};
+      req.remote_addr = "127.0.0.1";
+      req.server_addr = "127.0.0.1";
+      req.server_port = 80;
+      try {
+        route = resolve(app.routes(), method, req.path);
+      } catch (const std::exception& e) {
+        rate.error = e.what();
+      }
+      if (!route && rate.error.empty()) rate.error = "no route of the app answers " + method + " " + req.path;
+      if (route) req.path_params = route->params;
+      once = [&] { return app.handle(route->route_index, req).status; };
     }
-    if (!route) {
-      if (rate.error.empty()) rate.error = "no route of the app answers " + method + " " + req.path;
+    if (!rate.error.empty()) {
       result.rates.push_back(rate);
       continue;
     }
-    req.path_params = route->params;
-    rate.status = app.handle(route->route_index, req).status;  // warm-up
-    const auto start = Clock::now();
-    std::size_t calls = 0;
-    double elapsed = 0;
-    do {
-      app.handle(route->route_index, req);
-      ++calls;
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    } while (elapsed < kRateSeconds && calls < 1000000);
-    rate.per_second = calls / elapsed;
+    try {
+      rate.status = once();  // warm-up
+      const auto start = Clock::now();
+      std::size_t calls = 0;
+      double elapsed = 0;
+      do {
+        once();
+        ++calls;
+        elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      } while (elapsed < kRateSeconds && calls < 1000000);
+      rate.per_second = calls / elapsed;
+    } catch (const StartupError& e) {
+      rate.error = e.what();
+    }
     result.rates.push_back(rate);
   }
+  asgi.reset();  // the lifespan shutdown, before the globals are compared
   if (snapshot) {
     py::Ref changed = py::Ref::steal(
         PyObject_CallMethod(api.get(), "_changed_globals", "OO", modules.get(), snapshot.get()));

@@ -9,6 +9,8 @@ Routes:
                               a StreamingResponse of N lines "line <i>\\n", D ms apart
   GET  /state                 JSON: the lifespan's state as the request sees it (worker, pid)
   GET  /raise                 raises (Starlette answers its plain 500 and re-raises)
+  GET  /visits                JSON {"visits": N, "worker": ...}: counts into the module
+                              global VISITS; 500 without the lifespan's state
 
 Lifespan: startup puts worker (a fresh id) and pid into the state; startup and shutdown
 append "starlette-startup <worker> <pid>" / "starlette-shutdown <worker> <pid>" to the file
@@ -67,6 +69,15 @@ async def state(request: Request):
                          "pid": getattr(request.state, "pid", None), "pid_now": os.getpid()})
 
 
+VISITS = 0  # /visits counts into it: a global the requests change (gilgamesh check's state sharing)
+
+
+async def visits(request: Request):
+    global VISITS
+    VISITS += 1
+    return JSONResponse({"visits": VISITS, "worker": request.state.worker})  # the lifespan's state, or 500
+
+
 async def fail(request: Request):
     raise RuntimeError("starlette route failed on purpose")
 
@@ -86,4 +97,5 @@ app = Starlette(routes=[
     Route("/stream", stream),
     Route("/state", state),
     Route("/raise", fail),
+    Route("/visits", visits),
 ], lifespan=lifespan)

@@ -170,7 +170,6 @@ def test_check_usage_errors(gilgamesh_bin):
     assert check(["--app", "a", "--wsgi", "b:c"]).returncode == 2
     assert check(["--asgi", "a:b", "--wsgi", "b:c"]).returncode == 2
     assert check(["--asgi", "a"]).returncode == 2
-    assert check(["--asgi", "asgi_conformance:app", "--request", "GET /"]).returncode == 2
 
 
 def test_an_asgi_app_is_recommended_like_any_other(gilgamesh_bin, probe_cache):
@@ -185,6 +184,31 @@ def test_an_asgi_app_is_recommended_like_any_other(gilgamesh_bin, probe_cache):
     assert code == 0, doc
     assert rows(doc)["subinterpreters"]["loads"] is False, doc
     assert doc["recommendation"]["strategy"] == "processes", doc["recommendation"]
+
+
+def test_request_rate_and_shared_state_of_an_asgi_app(gilgamesh_bin, probe_cache):
+    """Starlette from trixie: each --request runs through the server's own ASGI half (the
+    scope a worker builds, a task on an event loop), after the app's lifespan startup
+    (/visits answers 500 without the lifespan's state)."""
+    site = str(find_trixie_site(["python3-starlette"]))
+    code, doc = check_json(["--asgi", "asgi_starlette:app", "--pythonpath", site, "--request", "GET /visits",
+                            "--request", "GET /items/7?q=x", "--request", "GET /raise"], probe_cache)
+    assert code == 0, doc
+    by = rows(doc)
+    for s in ("subinterpreters", "processes", "threads") + (("free-threaded",) if FT else ()):
+        rates = by[s]["rates"]
+        assert [(r["request"], r["status"]) for r in rates] == [
+            ("GET /visits", 200), ("GET /items/7?q=x", 200), ("GET /raise", 500)], (s, rates)
+        assert all(r["per_second"] > 0 and not r["error"] for r in rates), (s, rates)
+    assert "asgi_starlette.VISITS" in by["threads"]["shared_state"], by["threads"]
+    assert by["processes"]["shared_state"] == [] and by["subinterpreters"]["shared_state"] == []
+
+
+def test_an_asgi_apps_failed_startup_is_each_requests_error(gilgamesh_bin, probe_cache):
+    env = dict(probe_cache, ASGI_TEST_STARTUP_FAIL="no database today")
+    code, doc = check_json(["--asgi", "asgi_conformance:app", "--request", "GET /"], env)
+    rate = rows(doc)["subinterpreters"]["rates"][0]
+    assert rate["per_second"] == 0 and "no database today" in rate["error"], rate
 
 
 def test_check_says_which_event_loop_the_worker_processes_run(gilgamesh_bin, probe_cache):
