@@ -189,8 +189,9 @@ class DirectCaller:
     def startup(self):
         return self.worker.startup()
 
-    def call(self, method, target, headers=(), body=b""):
-        """The status the app answered `method target` with, and what it raised (or None)."""
+    def call(self, method, target, headers=(), body=b"", timeout=10.0):
+        """The status the app answered `method target` with, and what it raised (or None). A
+        request still running after `timeout` seconds is cancelled, as at a deadline: 504."""
         import urllib.parse  # imported here: the servers' workers never need it
         self._rid += 1
         rid = self._rid
@@ -199,7 +200,7 @@ class DirectCaller:
         request = Request(method, path, raw_path.encode("latin-1"), query.encode("latin-1"),
                           [(b"host", b"127.0.0.1:8080"), *headers], body, "1.1",
                           ("127.0.0.1", 40000), ("127.0.0.1", 8080), "direct", "http")
-        self.worker._begin(rid, request, 3600.0)
+        self.worker._begin(rid, request, timeout)
         self.worker.loop.run_until_complete(self.worker.exchanges[rid].task)
         return self.answered.pop(rid, 500), self.errors.pop(rid, None)
 
