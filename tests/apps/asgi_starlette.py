@@ -11,6 +11,10 @@ Routes:
   GET  /raise                 raises (Starlette answers its plain 500 and re-raises)
   GET  /visits                JSON {"visits": N, "worker": ...}: counts into the module
                               global VISITS; 500 without the lifespan's state
+  GET  /sync                  a plain `def` endpoint: Starlette runs it on anyio's worker
+                              threads, which the app starts inside the worker
+  GET  /threadpool            run_in_threadpool(): JSON {"thread": <the worker thread's name>}
+  GET  /file                  FileResponse of this module's own source (anyio threads read it)
 
 Lifespan: startup puts worker (a fresh id) and pid into the state; startup and shutdown
 append "starlette-startup <worker> <pid>" / "starlette-shutdown <worker> <pid>" to the file
@@ -21,11 +25,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 EVENTS = os.environ.get("ASGI_TEST_EVENTS", "")
@@ -78,6 +84,18 @@ async def visits(request: Request):
     return JSONResponse({"visits": VISITS, "worker": request.state.worker})  # the lifespan's state, or 500
 
 
+def sync_endpoint(request: Request):
+    return PlainTextResponse("sync endpoint on %s" % threading.current_thread().name)
+
+
+async def threadpool(request: Request):
+    return JSONResponse({"thread": await run_in_threadpool(lambda: threading.current_thread().name)})
+
+
+async def own_source(request: Request):
+    return FileResponse(__file__, media_type="text/x-python")
+
+
 async def fail(request: Request):
     raise RuntimeError("starlette route failed on purpose")
 
@@ -98,4 +116,7 @@ app = Starlette(routes=[
     Route("/state", state),
     Route("/raise", fail),
     Route("/visits", visits),
+    Route("/sync", sync_endpoint),
+    Route("/threadpool", threadpool),
+    Route("/file", own_source),
 ], lifespan=lifespan)

@@ -18,6 +18,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import resource
 import selectors
 import socket
@@ -974,6 +975,24 @@ def test_recycling_lets_in_flight_requests_finish(gilgamesh_bin, strategy, tmp_p
         stop_cleanly(server)
 
 
+def test_recycling_a_worker_whose_app_started_threads(gilgamesh_bin, strategy, tmp_path):
+    """Starlette's thread pool (anyio's worker threads, idle but alive) in a worker that is
+    recycled: the old interpreter or process goes without error and the next one serves."""
+    if strategy not in RECYCLING:
+        pytest.skip("one interpreter shared: --max-requests has no effect (test_recycling.py)")
+    events = Events(tmp_path / "events.log")
+    server = serve(strategy, "asgi_starlette:app", events, workers=1, args=["--max-requests", 3],
+                   pythonpath=(APPS_DIR, find_trixie_site(["python3-starlette"])))
+    try:
+        for _ in range(10):
+            r = server.get("/sync")
+            assert r.status == 200 and "AnyIO worker thread" in r.text, r
+        events.wait("starlette-shutdown", count=2)  # two workers recycled (their lifespan ended)
+        assert not re.search(r"\[(error|critical)\]", server.log()), server.log()[-3000:]
+    finally:
+        stop_cleanly(server)
+
+
 # --- processes: a worker process that dies -----------------------------------------------------
 
 def serve_two_processes(strategy, tmp_path, timeout, why_not):
@@ -1107,6 +1126,22 @@ def test_starlette_streaming_response(starlette):
     assert status == 200 and headers.get("transfer-encoding") == ["chunked"], wire.data[:400]
     assert first < 2.5 * delay <= last, (first, last, wire.arrivals)
     assert parse_chunked(rest)[0] == b"".join(b"line %d\n" % i for i in range(4)), rest
+
+
+def test_starlette_runs_sync_code_and_file_reads_on_its_thread_pool(starlette):
+    """Starlette hands a plain `def` endpoint, run_in_threadpool() and FileResponse's reads to
+    anyio's worker threads: threads the app starts inside a worker (inside an own-GIL
+    sub-interpreter, a worker process, or beside the other loops), which the server's stop
+    and recycling then have to let end (stop_cleanly, and the recycling test below)."""
+    for _ in range(3):
+        r = starlette.get("/sync")
+        assert r.status == 200 and r.text.startswith("sync endpoint on AnyIO worker thread"), r
+        r = starlette.get("/threadpool")
+        assert r.status == 200 and r.json()["thread"].startswith("AnyIO worker thread"), r
+    r = starlette.get("/file")
+    source = (APPS_DIR / "asgi_starlette.py").read_bytes()
+    assert r.status == 200 and r.body == source, (r.status, len(r.body))
+    assert r.header("content-length") == str(len(source)) and r.header("etag") and r.header("last-modified"), r
 
 
 def test_starlette_error_is_a_500_and_the_server_serves_on(starlette):
