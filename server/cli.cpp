@@ -225,7 +225,7 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
   cli.add_option("--ws-per-message-deflate", h.ws_per_message_deflate,
                  "Compress WebSocket messages (permessage-deflate, RFC 7692) with a client that offers "
                  "it, as uvicorn's flag: true or false")
-      ->capture_default_str();
+      ->default_str("true");
   cli.add_option("--header-timeout", h.header_timeout,
                  "Seconds a client has to send the request headers")
       ->check(seconds_in(0.001, 86400.0))
