@@ -568,7 +568,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
 
   // permessage-deflate, taken where the client offers it. The server compresses with a 4 KiB
   // window at zlib's default level and memory level 5 (the `websockets` package's defaults:
-  // a few tens of KiB per socket, where zlib's own take about 300). The client's window is
+  // about 75 KiB more per compressing socket, measured; zlib's own need about 300). The client's window is
   // left at its choice: Beast declines an offer that does not let the server choose it
   // (a bare `permessage-deflate`, as Firefox sends) when asked for less than 15 bits.
   // Beast counts --ws-max-message against the inflated message.
