@@ -17,6 +17,7 @@
 
 #include "server/http/cpu_limit.hpp"
 #include "server/http/forwarded.hpp"
+#include "server/http/static_files.hpp"
 #include "server/observation/access_log.hpp"
 
 namespace gilgamesh {
@@ -226,6 +227,23 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
                  "Compress WebSocket messages (permessage-deflate, RFC 7692) with a client that offers "
                  "it, as uvicorn's flag: true or false")
       ->default_str("true");
+  cli.add_option("--static-path-mount", h.static_mounts,
+                 "Directory whose files the server answers itself at --static-path-route, without Python, "
+                 "as Granian's (repeatable): a Django app's STATIC_ROOT, a front end's build")
+      ->check(CLI::ExistingDirectory);
+  cli.add_option("--static-path-route", h.static_routes,
+                 "Path a --static-path-mount is served at, paired with them in order (repeatable; default: "
+                 "/static for a single mount); the app gets every other path")
+      ->type_name("PATH");
+  cli.add_option("--static-path-expires", h.static_expires,
+                 "Seconds a client may keep a static file before asking again (Cache-Control: max-age; "
+                 "0: no-cache, asked with its ETag each time)")
+      ->check(CLI::Range(0LL, 315360000LL))
+      ->capture_default_str();
+  cli.add_option("--static-path-dir-to-file", h.static_dir_to_file,
+                 "File answered for a directory under a static mount, as index.html (default: a directory "
+                 "is 404)")
+      ->type_name("NAME");
   cli.add_option("--header-timeout", h.header_timeout,
                  "Seconds a client has to send the request headers")
       ->check(seconds_in(0.001, 86400.0))
@@ -529,6 +547,12 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (!c.http.access_log_format.empty()) c.http.access_log = true;
   resolve_defaults(c);
   if (!resolve_bind(c.http, raw, cli, argc, argv) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {
+    return {std::nullopt, 2, false};
+  }
+  try {
+    StaticFiles checked(c.http.static_routes, c.http.static_mounts, c.http.static_expires, c.http.static_dir_to_file);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "gilgamesh: " << e.what() << " (see --help)\n";
     return {std::nullopt, 2, false};
   }
   if ((!c.reload.dirs.empty() || !c.reload.includes.empty() || !c.reload.excludes.empty()) && !c.reload.enabled) {

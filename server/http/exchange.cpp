@@ -379,8 +379,8 @@ std::string request_id_for(const Request& request) {
 
 // --- routing ------------------------------------------------------------------
 
-std::variant<Answer, Dispatch> route(const Request& request, const std::string& request_id,
-                                     const RoutingState& state) {
+std::variant<Answer, Dispatch, StaticRequest> route(const Request& request, const std::string& request_id,
+                                                    const RoutingState& state) {
   std::string_view target = request.target();
   // absolute-form (proxies): keep only the path and query
   if (target.starts_with("http://") || target.starts_with("https://")) {
@@ -395,6 +395,12 @@ std::variant<Answer, Dispatch> route(const Request& request, const std::string& 
   }
   if (const auto hash = target.find('#'); hash != std::string_view::npos) target = target.substr(0, hash);
   const auto qmark = target.find('?');
+  if (state.statics != nullptr) {
+    const std::string_view query = qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
+    if (auto file = state.statics->match(target.substr(0, std::min(qmark, target.size())), query)) {
+      return std::move(*file);
+    }
+  }
   Dispatch d;
   d.path = percent_decode(target.substr(0, std::min(qmark, target.size())), false);
   if (qmark != std::string_view::npos) d.query = std::string(target.substr(qmark + 1));

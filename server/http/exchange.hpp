@@ -37,6 +37,7 @@
 
 #include "server/model/executor.hpp"
 #include "server/http/router.hpp"
+#include "server/http/static_files.hpp"
 #include "server/observation/metrics.hpp"
 
 namespace gilgamesh::exchange {
@@ -135,6 +136,7 @@ struct RoutingState {
   const Router& router;
   const ServerView& view;  // the built-in endpoints' snapshot; view.executor answers /readyz
   bool draining = false;   // the listener has closed: /healthz answers 503
+  const StaticFiles* statics = nullptr;  // --static-path-mount's directories, if any
 };
 
 // The server's own answer: a built-in endpoint, 404, 405 (with Allow), 503
@@ -156,8 +158,10 @@ struct Dispatch {
   std::string target;  // as received, without '#...'
 };
 
-// Where a parsed request goes. Pure: reads `state`, changes nothing.
-std::variant<Answer, Dispatch> route(const Request& request, const std::string& request_id,
+// Where a parsed request goes: the server's own answer, a Python route, or a file under a
+// static mount (answered by StaticFiles::answer, which reads it). Pure: reads `state`,
+// changes nothing.
+std::variant<Answer, Dispatch, StaticRequest> route(const Request& request, const std::string& request_id,
                                      const RoutingState& state);
 
 // Where a request came in, for the job (WSGI's environ).

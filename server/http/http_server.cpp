@@ -144,6 +144,7 @@ struct HttpServer::Impl {
       : config(c),
         limits{c.http.max_header, c.http.max_body},
         trusted_proxies(forwarded::TrustedProxies::parse(c.http.forwarded_allow_ips)),
+        statics(c.http.static_routes, c.http.static_mounts, c.http.static_expires, c.http.static_dir_to_file),
         executor(e),
         startup_router(std::vector<RouteInfo>{}, c.http.dashboard),
         started_at(std::chrono::steady_clock::now()),
@@ -186,6 +187,7 @@ struct HttpServer::Impl {
   ServerConfig config;
   exchange::Limits limits;
   forwarded::TrustedProxies trusted_proxies;  // --forwarded-allow-ips
+  StaticFiles statics;                        // --static-path-mount's directories (maybe none)
   Executor& executor;
   Router startup_router;
   std::unique_ptr<Router> app_router_holder;
@@ -448,11 +450,17 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     context_.version = request_.version();
     context_.head = request_.method() == http::verb::head;
     context_.keep_alive = request_.keep_alive();
-    std::variant<exchange::Answer, exchange::Dispatch> decision;
+    std::variant<exchange::Answer, exchange::Dispatch, StaticRequest> decision;
     try {
       const ServerView view = server_.view();
       decision = exchange::route(request_, context_.request_id,
-                                 exchange::RoutingState{server_.router(), view, server_.draining.load()});
+                                 exchange::RoutingState{server_.router(), view, server_.draining.load(),
+                                                        &server_.statics});
+      if (auto* file = std::get_if<StaticRequest>(&decision)) {
+        HttpResponseData r = server_.statics.answer(*file, request_, context_.request_id);
+        if (r.stream) return stream_answer(std::move(r));
+        return respond(std::move(r), false);
+      }
     } catch (const std::exception& e) {
       spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, sv(request_.method_string()),
                     path_for_log(), e.what());

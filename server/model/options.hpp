@@ -58,6 +58,12 @@ struct HttpOptions {
                                                // peer is dropped
   bool ws_per_message_deflate = true;          // accept a client's permessage-deflate offer
                                                // (RFC 7692), as uvicorn does
+  std::vector<std::string> static_mounts;      // directories the server serves itself
+                                               // (server/http/static_files.hpp)
+  std::vector<std::string> static_routes;      // the path each is served at, in order (none:
+                                               // /static for a single mount)
+  long long static_expires = 86400;            // s in Cache-Control's max-age (0: no-cache)
+  std::string static_dir_to_file;              // a directory's index file (none: 404)
 };
 
 // The workers: how many, on which strategy, and how they are replaced.

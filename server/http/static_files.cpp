@@ -1,0 +1,506 @@
+#include "server/http/static_files.hpp"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <memory>
+#include <stdexcept>
+#include <utility>
+
+#include "server/model/body_stream.hpp"
+#include "server/model/query.hpp"
+#include "server/model/response.hpp"
+
+namespace gilgamesh {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+std::string_view sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
+
+bool iequal(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// `path` split at '/', after its leading one ("/a/b/" -> "a", "b", "").
+std::vector<std::string_view> segments(std::string_view path) {
+  std::vector<std::string_view> out;
+  if (path.starts_with('/')) path.remove_prefix(1);
+  while (true) {
+    const auto slash = path.find('/');
+    out.push_back(path.substr(0, slash));
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return out;
+}
+
+// A segment that may be part of a served file's path, once decoded.
+bool servable(std::string_view segment) {
+  return !segment.empty() && segment.front() != '.' && segment.find('/') == std::string_view::npos &&
+         segment.find('\0') == std::string_view::npos;
+}
+
+std::string imf_date(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return buf;
+}
+
+// An IMF-fixdate (RFC 9110 5.6.7); the obsolete forms are not read (the header is then ignored).
+std::optional<std::time_t> parse_imf_date(std::string_view s) {
+  const std::string text(trim(s));
+  std::tm tm{};
+  const char* end = strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (end == nullptr || *end != '\0') return std::nullopt;
+  return timegm(&tm);
+}
+
+// A file descriptor that closes itself.
+struct Fd {
+  int fd = -1;
+  Fd() = default;
+  explicit Fd(int f) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd = std::exchange(o.fd, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  void reset() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+struct Opened {
+  Fd fd;
+  struct stat st {};
+};
+
+constexpr int kOpenFlags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;  // a FIFO does not block the open
+
+std::optional<Opened> opened(int fd) {
+  Opened out;
+  out.fd = Fd(fd);
+  if (out.fd.fd < 0 || ::fstat(out.fd.fd, &out.st) != 0) return std::nullopt;
+  return out;
+}
+
+// Whether openat2(2) may be called: false once it answered ENOSYS (a kernel before 5.6) or
+// EPERM (a container's seccomp filter that does not know it).
+std::atomic<bool> openat2_usable{true};
+
+// `relative` (below `mount`; "" for the directory itself) opened for reading, if it resolves,
+// symbolic links followed, to the mount's directory or below it.
+std::optional<Opened> open_below(const StaticMount& mount, const std::string& relative) {
+  if (openat2_usable.load(std::memory_order_relaxed)) {
+    open_how how{};
+    how.flags = kOpenFlags;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    const long fd = ::syscall(SYS_openat2, mount.fd, relative.empty() ? "." : relative.c_str(), &how, sizeof how);
+    if (fd >= 0) return opened(static_cast<int>(fd));
+    if (errno == ENOSYS || errno == EPERM) {
+      openat2_usable.store(false, std::memory_order_relaxed);
+    } else if (errno != EXDEV) {
+      return std::nullopt;  // not there, not readable, a loop
+    }
+    // EXDEV: a link openat2 does not follow beneath (an absolute one); where it leads is checked below.
+  }
+  const std::string path = relative.empty() ? mount.directory : mount.directory + "/" + relative;
+  std::unique_ptr<char, decltype(&std::free)> resolved(::realpath(path.c_str(), nullptr), &std::free);
+  if (!resolved) return std::nullopt;
+  const std::string_view real(resolved.get());
+  const std::string& root = mount.directory;
+  if (real != root && !(real.starts_with(root) && real.size() > root.size() && real[root.size()] == '/')) {
+    return std::nullopt;  // a link that leads out of the mount
+  }
+  return opened(::open(resolved.get(), kOpenFlags));
+}
+
+// Reads `length` bytes at `offset`; false if the file ended first or a read failed.
+bool read_at(int fd, std::uint64_t offset, std::size_t length, std::string& out) {
+  out.resize(length);
+  std::size_t got = 0;
+  while (got < length) {
+    const ssize_t n = ::pread(fd, out.data() + got, length - got, static_cast<off_t>(offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    got += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// A file's bytes fed to a response's stream on the connection's thread: kChunk at a time,
+// offered until kBuffered wait, then again each time the connection takes them.
+class FileFeed : public std::enable_shared_from_this<FileFeed> {
+ public:
+  FileFeed(Fd&& fd, std::uint64_t offset, std::uint64_t length, std::shared_ptr<BodyStream> stream,
+           std::string request_id)
+      : fd_(std::move(fd)), next_(offset), left_(length), stream_(std::move(stream)),
+        request_id_(std::move(request_id)) {}
+
+  void feed() {
+    while (left_ > 0) {
+      std::string chunk;
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left_, StaticFiles::kChunk));
+      if (!read_at(fd_.fd, next_, n, chunk)) {
+        spdlog::error("request {}: the static file ended or could not be read after {} bytes of its "
+                      "answer (it changed while it was sent); the connection is closed",
+                      request_id_, next_);
+        fd_.reset();
+        return stream_->finish(false);
+      }
+      next_ += n;
+      left_ -= n;
+      const BodyStream::Offer offer =
+          stream_->offer(std::move(chunk), [self = shared_from_this()] { self->feed(); });
+      if (offer != BodyStream::Offer::taken) {
+        if (offer == BodyStream::Offer::cancelled) fd_.reset();
+        return;  // full: the stream calls feed() again once the connection took what waits
+      }
+    }
+    fd_.reset();
+    stream_->finish(true);
+  }
+
+ private:
+  Fd fd_;
+  std::uint64_t next_;
+  std::uint64_t left_;
+  std::shared_ptr<BodyStream> stream_;
+  std::string request_id_;
+};
+
+struct TypeByExtension {
+  std::string_view extension;
+  std::string_view type;
+};
+
+// The types a web front end and a Django or Flask app's static folder hold.
+constexpr TypeByExtension kTypes[] = {
+    {"html", "text/html; charset=utf-8"},
+    {"htm", "text/html; charset=utf-8"},
+    {"css", "text/css; charset=utf-8"},
+    {"js", "text/javascript; charset=utf-8"},
+    {"mjs", "text/javascript; charset=utf-8"},
+    {"json", "application/json"},
+    {"map", "application/json"},
+    {"webmanifest", "application/manifest+json"},
+    {"txt", "text/plain; charset=utf-8"},
+    {"md", "text/markdown; charset=utf-8"},
+    {"csv", "text/csv; charset=utf-8"},
+    {"xml", "application/xml"},
+    {"svg", "image/svg+xml"},
+    {"png", "image/png"},
+    {"jpg", "image/jpeg"},
+    {"jpeg", "image/jpeg"},
+    {"gif", "image/gif"},
+    {"webp", "image/webp"},
+    {"avif", "image/avif"},
+    {"ico", "image/vnd.microsoft.icon"},
+    {"bmp", "image/bmp"},
+    {"woff", "font/woff"},
+    {"woff2", "font/woff2"},
+    {"ttf", "font/ttf"},
+    {"otf", "font/otf"},
+    {"eot", "application/vnd.ms-fontobject"},
+    {"wasm", "application/wasm"},
+    {"pdf", "application/pdf"},
+    {"zip", "application/zip"},
+    {"gz", "application/gzip"},
+    {"tar", "application/x-tar"},
+    {"mp4", "video/mp4"},
+    {"webm", "video/webm"},
+    {"mp3", "audio/mpeg"},
+    {"ogg", "audio/ogg"},
+    {"wav", "audio/wav"},
+    {"m4a", "audio/mp4"},
+};
+
+}  // namespace
+
+StaticFiles::StaticFiles(std::vector<std::string> routes, const std::vector<std::string>& directories,
+                         long long expires_seconds, std::string dir_to_file)
+    : expires_(expires_seconds), dir_to_file_(std::move(dir_to_file)) {
+  if (directories.empty()) {
+    if (!routes.empty() || !dir_to_file_.empty()) {
+      throw std::invalid_argument(std::string(routes.empty() ? "--static-path-dir-to-file" : "--static-path-route") +
+                                  " needs a --static-path-mount: the directory it serves");
+    }
+    return;
+  }
+  if (routes.empty() && directories.size() == 1) routes.push_back("/static");
+  if (routes.size() != directories.size()) {
+    throw std::invalid_argument("each --static-path-mount pairs with one --static-path-route, in order: got " +
+                                std::to_string(directories.size()) + " mounts and " +
+                                std::to_string(routes.size()) + " routes");
+  }
+  if (!dir_to_file_.empty() && !servable(dir_to_file_)) {
+    throw std::invalid_argument("--static-path-dir-to-file names a file in the directory, as index.html; got '" +
+                                dir_to_file_ + "'");
+  }
+  try {
+    add_mounts(routes, directories);
+  } catch (...) {
+    for (const StaticMount& m : mounts_) ::close(m.fd);
+    throw;
+  }
+  // The longest route first: /static/admin before /static.
+  std::stable_sort(mounts_.begin(), mounts_.end(),
+                   [](const StaticMount& a, const StaticMount& b) { return a.route.size() > b.route.size(); });
+}
+
+void StaticFiles::add_mounts(const std::vector<std::string>& routes, const std::vector<std::string>& directories) {
+  for (std::size_t i = 0; i < routes.size(); ++i) {
+    std::string route = routes[i];
+    while (route.size() > 1 && route.back() == '/') route.pop_back();
+    const bool plain = route.find_first_of("%?#\\") == std::string::npos;
+    const auto parts = segments(route);
+    if (!route.starts_with('/') || route == "/" || !plain ||
+        !std::all_of(parts.begin(), parts.end(), [](std::string_view s) { return servable(s); })) {
+      throw std::invalid_argument("--static-path-route '" + routes[i] +
+                                  "' must be a path below '/' without '.', '..' or empty segments, as /static "
+                                  "(the app answers every other path)");
+    }
+    for (const StaticMount& m : mounts_) {
+      if (m.route == route) throw std::invalid_argument("--static-path-route " + route + " is given twice");
+    }
+    std::unique_ptr<char, decltype(&std::free)> real(::realpath(directories[i].c_str(), nullptr), &std::free);
+    const int fd = real ? ::open(real.get(), O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (fd < 0) throw std::invalid_argument("--static-path-mount " + directories[i] + " is not a directory");
+    mounts_.push_back({std::move(route), real.get(), fd});
+  }
+}
+
+StaticFiles::~StaticFiles() {
+  for (const StaticMount& m : mounts_) ::close(m.fd);
+}
+
+std::optional<StaticRequest> StaticFiles::match(std::string_view path, std::string_view query) const {
+  if (mounts_.empty()) return std::nullopt;
+  const std::vector<std::string_view> raw = segments(path);
+  std::vector<std::string> decoded;
+  decoded.reserve(raw.size());
+  for (std::string_view s : raw) decoded.push_back(percent_decode(s, false));
+  for (std::size_t m = 0; m < mounts_.size(); ++m) {
+    const std::vector<std::string_view> route = segments(mounts_[m].route);
+    if (decoded.size() < route.size() || !std::equal(route.begin(), route.end(), decoded.begin())) continue;
+    StaticRequest out;
+    out.mount = m;
+    out.raw_path = std::string(path);
+    out.query = std::string(query);
+    std::size_t end = decoded.size();
+    if (end > route.size() && decoded.back().empty()) {
+      out.trailing_slash = true;
+      --end;
+    }
+    for (std::size_t i = route.size(); i < end; ++i) {
+      if (!servable(decoded[i])) out.refused = true;
+      if (!out.relative.empty()) out.relative += '/';
+      out.relative += decoded[i];
+    }
+    return out;
+  }
+  return std::nullopt;
+}
+
+std::string_view StaticFiles::content_type_for(std::string_view name) {
+  const auto dot = name.rfind('.');
+  const auto slash = name.rfind('/');
+  if (dot != std::string_view::npos && (slash == std::string_view::npos || dot > slash)) {
+    const std::string_view extension = name.substr(dot + 1);
+    for (const TypeByExtension& t : kTypes) {
+      if (iequal(t.extension, extension)) return t.type;
+    }
+  }
+  return "application/octet-stream";
+}
+
+StaticFiles::Range StaticFiles::parse_range(std::string_view header, std::uint64_t size) {
+  Range out;
+  header = trim(header);
+  const auto eq = header.find('=');
+  if (eq == std::string_view::npos || !iequal(trim(header.substr(0, eq)), "bytes")) return out;
+  const std::string_view spec = trim(header.substr(eq + 1));
+  if (spec.find(',') != std::string_view::npos) return out;  // several ranges: the whole file
+  const auto dash = spec.find('-');
+  if (dash == std::string_view::npos) return out;
+  auto number = [](std::string_view s, std::uint64_t& value) {
+    if (s.empty() || s.size() > 19) return false;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+    return ec == std::errc() && end == s.data() + s.size();
+  };
+  const std::string_view first_text = spec.substr(0, dash), last_text = spec.substr(dash + 1);
+  std::uint64_t first = 0, last = 0;
+  if (first_text.empty()) {  // the last N bytes
+    if (!number(last_text, last)) return out;
+    if (last == 0 || size == 0) {
+      out.kind = Range::Kind::unsatisfiable;
+      return out;
+    }
+    out.kind = Range::Kind::satisfiable;
+    out.first = size - std::min(last, size);
+    out.last = size - 1;
+    return out;
+  }
+  if (!number(first_text, first)) return out;
+  if (last_text.empty()) {
+    last = UINT64_MAX;
+  } else if (!number(last_text, last) || last < first) {
+    return out;
+  }
+  if (first >= size) {
+    out.kind = Range::Kind::unsatisfiable;
+    return out;
+  }
+  out.kind = Range::Kind::satisfiable;
+  out.first = first;
+  out.last = std::min(last, size - 1);
+  return out;
+}
+
+HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::request<http::string_body>& request,
+                                     const std::string& request_id) const {
+  const StaticMount& mount = mounts_.at(target.mount);
+  const bool head = request.method() == http::verb::head;
+  if (!head && request.method() != http::verb::get) {
+    HttpResponseData r = make_error_response(
+        405, std::string(sv(request.method_string())) + " is not allowed on the static files under " + mount.route +
+                 "; allowed: GET, HEAD",
+        request_id);
+    r.headers.push_back({"Allow", "GET, HEAD"});
+    return r;
+  }
+  auto not_found = [&] { return make_error_response(404, "no file at " + target.raw_path, request_id); };
+  if (target.refused) return not_found();
+  std::optional<Opened> file = open_below(mount, target.relative);
+  if (!file) return not_found();
+  std::string name = target.relative;
+  if (S_ISDIR(file->st.st_mode)) {
+    if (dir_to_file_.empty()) return not_found();
+    if (!target.trailing_slash) {
+      HttpResponseData r = make_error_response(301, "moved to " + target.raw_path + "/", request_id);
+      r.headers.push_back({"Location", target.raw_path + "/" + (target.query.empty() ? "" : "?" + target.query)});
+      return r;
+    }
+    name = target.relative.empty() ? dir_to_file_ : target.relative + "/" + dir_to_file_;
+    file = open_below(mount, name);
+    if (!file) return not_found();
+  } else if (target.trailing_slash) {
+    return not_found();  // a file asked for as a directory
+  }
+  if (!S_ISREG(file->st.st_mode)) return not_found();
+
+  const std::uint64_t size = static_cast<std::uint64_t>(file->st.st_size);
+  const std::time_t mtime = file->st.st_mtime;
+  char etag_text[64];
+  std::snprintf(etag_text, sizeof etag_text, "\"%llx-%llx\"", static_cast<unsigned long long>(mtime),
+                static_cast<unsigned long long>(size));
+  const std::string etag = etag_text;
+  const std::string last_modified = imf_date(mtime);
+
+  HttpResponseData r;
+  r.headers.push_back({"Last-Modified", last_modified});
+  r.headers.push_back({"ETag", etag});
+  r.headers.push_back({"Cache-Control", expires_ > 0 ? "max-age=" + std::to_string(expires_) : "no-cache"});
+
+  // RFC 9110 13.2.2: If-None-Match, else If-Modified-Since.
+  bool not_modified = false;
+  if (const auto inm = request.find(http::field::if_none_match); inm != request.end()) {
+    const auto weak = [](std::string_view tag) {
+      tag = trim(tag);
+      if (tag.starts_with("W/")) tag.remove_prefix(2);
+      return tag;
+    };
+    std::string_view list = sv(inm->value());
+    while (!not_modified && !list.empty()) {
+      const auto comma = list.find(',');
+      const std::string_view tag = trim(list.substr(0, comma));
+      not_modified = tag == "*" || weak(tag) == etag;
+      list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    }
+  } else if (const auto ims = request.find(http::field::if_modified_since); ims != request.end()) {
+    const std::optional<std::time_t> since = parse_imf_date(sv(ims->value()));
+    not_modified = since && mtime <= *since;
+  }
+  if (not_modified) {
+    r.status = 304;
+    return r;
+  }
+
+  r.content_type = std::string(content_type_for(name));
+  r.headers.push_back({"Accept-Ranges", "bytes"});
+  r.headers.push_back({"X-Content-Type-Options", "nosniff"});
+  std::uint64_t first = 0, length = size;
+  if (const auto range = request.find(http::field::range); range != request.end() && !head) {
+    bool current = true;  // If-Range: the client's copy is this one
+    if (const auto if_range = request.find(http::field::if_range); if_range != request.end()) {
+      const std::string_view value = trim(sv(if_range->value()));
+      current = value.starts_with('"') ? value == etag : value == last_modified;
+    }
+    const Range asked = current ? parse_range(sv(range->value()), size) : Range{};
+    if (asked.kind == Range::Kind::unsatisfiable) {
+      HttpResponseData refused = make_error_response(
+          416, "the range " + std::string(sv(range->value())) + " starts past the file's " + std::to_string(size) +
+                   " bytes",
+          request_id);
+      refused.headers.push_back({"Content-Range", "bytes */" + std::to_string(size)});
+      return refused;
+    }
+    if (asked.kind == Range::Kind::satisfiable) {
+      r.status = 206;
+      first = asked.first;
+      length = asked.last - asked.first + 1;
+      r.headers.push_back({"Content-Range", "bytes " + std::to_string(asked.first) + "-" +
+                                                std::to_string(asked.last) + "/" + std::to_string(size)});
+    }
+  }
+  if (head) {
+    r.headers.push_back({"Content-Length", std::to_string(length)});
+    return r;
+  }
+  if (length <= kWholeFile) {
+    if (!read_at(file->fd.fd, first, static_cast<std::size_t>(length), r.body)) {
+      spdlog::error("request {}: the static file {}/{} could not be read whole (it changed while it was "
+                    "read); answered 500", request_id, mount.directory, name);
+      return make_error_response(500, "internal server error", request_id);
+    }
+    return r;
+  }
+  r.headers.push_back({"Content-Length", std::to_string(length)});
+  BodyStream::Ends ends = BodyStream::make(kBuffered);
+  r.stream = std::move(ends.consumer);
+  auto feed = std::make_shared<FileFeed>(std::move(file->fd), first, length, std::move(ends.producer), request_id);
+  feed->feed();
+  return r;
+}
+
+}  // namespace gilgamesh
