@@ -344,6 +344,28 @@ std::string_view StaticFiles::content_type_for(std::string_view name) {
   return "application/octet-stream";
 }
 
+bool StaticFiles::accepts_coding(std::string_view list, std::string_view coding) {
+  std::optional<bool> star;
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    const std::string_view item = trim(list.substr(0, comma));
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    const auto semicolon = item.find(';');
+    const std::string_view name = trim(item.substr(0, semicolon));
+    bool acceptable = true;
+    if (semicolon != std::string_view::npos) {
+      std::string_view q = trim(item.substr(semicolon + 1));
+      if (q.size() >= 2 && (q[0] == 'q' || q[0] == 'Q') && q[1] == '=') {
+        q = trim(q.substr(2));
+        acceptable = !(q.starts_with('0') && q.find_first_not_of("0.") == std::string_view::npos);
+      }
+    }
+    if (iequal(name, coding)) return acceptable;
+    if (name == "*") star = acceptable;
+  }
+  return star.value_or(false);
+}
+
 StaticFiles::Range StaticFiles::parse_range(std::string_view header, std::uint64_t size) {
   Range out;
   header = trim(header);
@@ -419,6 +441,22 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
   }
   if (!S_ISREG(file->st.st_mode)) return not_found();
 
+  // A compressed copy beside the file (site.css.br, site.css.gz: whitenoise's, `gzip -k`'s), for
+  // a client that takes its coding, as nginx's gzip_static: its own length and ETag.
+  std::string accepted;  // every Accept-Encoding field, as one list
+  for (auto [it, end] = request.equal_range(http::field::accept_encoding); it != end; ++it) {
+    accepted.append(accepted.empty() ? "" : ",").append(sv(it->value()));
+  }
+  std::string_view coding;
+  for (const auto& [suffix, token] : {std::pair<const char*, std::string_view>{".br", "br"}, {".gz", "gzip"}}) {
+    if (!accepts_coding(accepted, token)) continue;
+    if (auto copy = open_below(mount, name + suffix); copy && S_ISREG(copy->st.st_mode)) {
+      file = std::move(copy);
+      coding = token;
+      break;
+    }
+  }
+
   const std::uint64_t size = static_cast<std::uint64_t>(file->st.st_size);
   const std::time_t mtime = file->st.st_mtime;
   char etag_text[64];
@@ -431,6 +469,7 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
   r.headers.push_back({"Last-Modified", last_modified});
   r.headers.push_back({"ETag", etag});
   r.headers.push_back({"Cache-Control", expires_ > 0 ? "max-age=" + std::to_string(expires_) : "no-cache"});
+  if (!coding.empty()) r.headers.push_back({"Vary", "Accept-Encoding"});
 
   // RFC 9110 13.2.2: If-None-Match, else If-Modified-Since.
   bool not_modified = false;
@@ -457,6 +496,7 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
   }
 
   r.content_type = std::string(content_type_for(name));
+  if (!coding.empty()) r.headers.push_back({"Content-Encoding", std::string(coding)});
   r.headers.push_back({"Accept-Ranges", "bytes"});
   r.headers.push_back({"X-Content-Type-Options", "nosniff"});
   std::uint64_t first = 0, length = size;

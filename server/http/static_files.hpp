@@ -8,6 +8,8 @@
 //   - the file, with Content-Type by its extension, Content-Length, Last-Modified, a strong
 //     ETag (nginx's form: mtime and size in hex), `Cache-Control: max-age=N`
 //     (--static-path-expires; 0: `no-cache`), `Accept-Ranges: bytes`.
+//   - a compressed copy beside the file (`site.css.br`, `site.css.gz`) for a client whose
+//     Accept-Encoding takes it, br first, with Content-Encoding and `Vary: Accept-Encoding`.
 //   - 304 for If-None-Match (weak comparison, `*`) or, without it, If-Modified-Since.
 //   - 206 for one byte range (`bytes=a-b`, `a-`, `-n`), If-Range honoured; 416 with
 //     `Content-Range: bytes */size` where the range starts past the end; several ranges, or
@@ -89,6 +91,10 @@ class StaticFiles {
     std::uint64_t first = 0, last = 0;  // inclusive, when satisfiable
   };
   static Range parse_range(std::string_view header, std::uint64_t size);
+
+  // Whether an Accept-Encoding value takes `coding` (RFC 9110 12.5.3): named, or covered by
+  // `*`, with a q-value above 0.
+  static bool accepts_coding(std::string_view accept_encoding, std::string_view coding);
 
  private:
   void add_mounts(const std::vector<std::string>& routes, const std::vector<std::string>& directories);

@@ -6,6 +6,7 @@ server of the first strategy (GILGAMESH_STRATEGIES), with `processes` added for 
 the app and the files are served side by side. A real app's real files: Django's admin static
 folder from Debian trixie's python3-django, served beside the Django site."""
 
+import gzip
 import os
 import subprocess
 import time
@@ -25,6 +26,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("static")
     (root / "css").mkdir()
     (root / "css" / "site.css").write_bytes(SMALL)
+    (root / "css" / "site.css.gz").write_bytes(gzip.compress(SMALL))
+    (root / "css" / "site.css.br").write_bytes(b"brotli stand-in")  # served as it is: never decoded here
     (root / "js").mkdir()
     (root / "js" / "app.min.js").write_bytes(b"console.log(1);\n")
     (root / "docs").mkdir()
@@ -103,6 +106,27 @@ def test_conditional_requests_get_304(server):
     # If-None-Match decides when both are sent (RFC 9110 13.2.2).
     both = {"If-None-Match": '"other"', "If-Modified-Since": modified}
     assert server.get("/static/css/site.css", headers=both).status == 200
+
+
+def test_a_compressed_copy_goes_to_a_client_that_takes_its_coding(server, files):
+    root, _ = files
+    plain = server.get("/static/css/site.css")
+    assert plain.header("Content-Encoding") is None and plain.header("Vary") is None, plain
+    gz = server.get("/static/css/site.css", headers={"Accept-Encoding": "gzip"})
+    assert gz.status == 200 and gz.header("Content-Encoding") == "gzip", gz
+    assert gzip.decompress(gz.body) == SMALL and gz.body == (root / "css" / "site.css.gz").read_bytes()
+    assert gz.header("Content-Type") == "text/css; charset=utf-8" and gz.header("Vary") == "Accept-Encoding"
+    assert gz.header("ETag") != plain.header("ETag")  # another representation, another tag
+    br = server.get("/static/css/site.css", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert br.header("Content-Encoding") == "br" and br.body == b"brotli stand-in", br  # br first
+    assert server.get("/static/css/site.css", headers={"Accept-Encoding": "gzip;q=0"}).body == SMALL
+    again = server.get("/static/css/site.css", headers={"Accept-Encoding": "gzip", "If-None-Match": gz.header("ETag")})
+    assert again.status == 304 and again.header("Vary") == "Accept-Encoding", again
+    part = server.get("/static/css/site.css", headers={"Accept-Encoding": "gzip", "Range": "bytes=0-1"})
+    assert part.status == 206 and part.body == b"\x1f\x8b", part  # a range of the gzip representation
+    # A file without copies is the same for every client.
+    js = server.get("/static/js/app.min.js", headers={"Accept-Encoding": "gzip, br"})
+    assert js.header("Content-Encoding") is None and js.body == b"console.log(1);\n", js
 
 
 def test_one_byte_range_gets_206_and_one_past_the_end_416(server, files):

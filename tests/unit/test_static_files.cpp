@@ -132,6 +132,20 @@ TEST(StaticFiles, ParsesOneByteRange) {
   }
 }
 
+TEST(StaticFiles, ReadsWhichCodingsAcceptEncodingTakes) {
+  EXPECT_TRUE(StaticFiles::accepts_coding("gzip, deflate, br, zstd", "br"));
+  EXPECT_TRUE(StaticFiles::accepts_coding("GZIP", "gzip"));
+  EXPECT_TRUE(StaticFiles::accepts_coding("br;q=0.5, gzip;q=1.0", "gzip"));
+  EXPECT_TRUE(StaticFiles::accepts_coding("*", "br"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("gzip;q=0", "gzip"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("gzip; q=0.000", "gzip"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("*, br;q=0", "br"));  // named beats the star
+  EXPECT_FALSE(StaticFiles::accepts_coding("*;q=0", "gzip"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("identity", "gzip"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("", "gzip"));
+  EXPECT_FALSE(StaticFiles::accepts_coding("xgzip", "gzip"));
+}
+
 TEST(StaticFiles, NamesTheContentTypeByExtension) {
   EXPECT_EQ(StaticFiles::content_type_for("/x/site.CSS"), "text/css; charset=utf-8");
   EXPECT_EQ(StaticFiles::content_type_for("app.min.js"), "text/javascript; charset=utf-8");
