@@ -18,6 +18,7 @@
 #include "server/http/cpu_limit.hpp"
 #include "server/http/forwarded.hpp"
 #include "server/http/static_files.hpp"
+#include "server/model/response.hpp"
 #include "server/observation/access_log.hpp"
 
 namespace gilgamesh {
@@ -83,6 +84,7 @@ CLI::Validator one_of(std::vector<std::string> names) {
 struct RawFlags {
   bool version = false;
   bool no_dashboard = false;
+  bool no_server_header = false;
   std::string wsgi;
   std::string asgi;
   std::string lifespan = "auto";
@@ -296,6 +298,17 @@ void add_http_options(CLI::App& cli, HttpOptions& h, RawFlags& raw) {
       });
   cli.add_flag("--no-dashboard", raw.no_dashboard,
                "Do not serve the live dashboard (GET /dashboard) and its event stream (GET /events)");
+  cli.add_flag("--no-server-header", raw.no_server_header,
+               "Leave the Server field (gilgamesh/VERSION) out of every answer, as uvicorn's flag (an app's "
+               "own Server field is still sent)");
+  cli.add_option("--header", h.headers,
+                 "A field every answer carries unless it sets its own of that name, as NAME:VALUE, as "
+                 "uvicorn's --header (repeatable: --header X-Frame-Options:DENY)")
+      ->type_name("NAME:VALUE")
+      ->check([](const std::string& text) {
+        std::string error;
+        return parse_default_header(text, error) ? std::string() : error;
+      });
 }
 
 // Every flag can also be set from the environment, as containers and process
@@ -544,6 +557,7 @@ ParseOutcome parse_command_line(int argc, char** argv) {
   if (const auto exit_code = parse_flags(cli, argc, argv)) return {std::nullopt, *exit_code, false};
   if (raw.version) return {std::nullopt, 0, true};
   c.http.dashboard = !raw.no_dashboard;
+  c.http.server_header = !raw.no_server_header;
   if (!c.http.access_log_format.empty()) c.http.access_log = true;
   resolve_defaults(c);
   if (!resolve_bind(c.http, raw, cli, argc, argv) || !resolve_strategy(c.pool, raw) || !validate_app(c.app, raw, cli)) {

@@ -72,21 +72,12 @@ WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
   if (!r.content_type.empty()) out.set(http::field::content_type, r.content_type);
   std::optional<std::uint64_t> head_length;  // a HEAD answer's own Content-Length (WSGI apps send one)
   for (const Header& h : r.headers) {
-    const http::field field = http::string_to_field(h.name);
-    if (c.head && field == http::field::content_length && r.body.empty() && !h.value.empty() &&
-        h.value.size() < 19 && h.value.find_first_not_of("0123456789") == std::string::npos) {
+    if (c.head && r.body.empty() && http::string_to_field(h.name) == http::field::content_length &&
+        !h.value.empty() && h.value.size() < 19 && h.value.find_first_not_of("0123456789") == std::string::npos) {
       head_length = std::stoull(h.value);
     }
-    if (field == http::field::content_length || field == http::field::transfer_encoding ||
-        field == http::field::connection || field == http::field::keep_alive) {
-      continue;  // framing is the server's
-    }
-    if (field == http::field::server || field == http::field::date || field == http::field::content_type) {
-      out.set(h.name, h.value);
-    } else {
-      out.insert(h.name, h.value);
-    }
   }
+  put_answer_fields(out, r.headers);
   const int code = r.status;
   const bool bodiless = code == 204 || code == 304 || (code >= 100 && code < 200);
   if (!bodiless) out.body() = std::move(r.body);
@@ -100,9 +91,35 @@ WireResponse build(HttpResponseData&& r, const ResponseContext& c) {
 }  // namespace
 
 void set_server_fields(http::fields& fields, const std::string& request_id) {
-  fields.set(http::field::server, kServerName);
+  const ResponseDefaults& defaults = response_defaults();
+  if (defaults.server_header) fields.set(http::field::server, kServerName);
   fields.set(http::field::date, http_date());
   fields.set("X-Request-Id", request_id);
+  for (const Header& h : defaults.headers) fields.insert(h.name, h.value);
+}
+
+void put_answer_fields(http::fields& fields, const std::vector<Header>& headers) {
+  const std::vector<Header>& defaults = response_defaults().headers;
+  std::vector<std::string_view> replaced;  // defaults this answer names itself
+  for (const Header& h : headers) {
+    const http::field field = http::string_to_field(h.name);
+    if (field == http::field::content_length || field == http::field::transfer_encoding ||
+        field == http::field::connection || field == http::field::keep_alive) {
+      continue;  // framing is the server's
+    }
+    if (field == http::field::server || field == http::field::date || field == http::field::content_type) {
+      fields.set(h.name, h.value);
+      continue;
+    }
+    const bool a_default = std::any_of(defaults.begin(), defaults.end(),
+                                       [&](const Header& d) { return boost::beast::iequals(d.name, h.name); });
+    if (a_default && std::none_of(replaced.begin(), replaced.end(),
+                                  [&](std::string_view n) { return boost::beast::iequals(n, h.name); })) {
+      fields.erase(h.name);
+      replaced.push_back(h.name);
+    }
+    fields.insert(h.name, h.value);
+  }
 }
 
 std::optional<HttpResponseData> websocket_refusal(const Request& request, const std::string& request_id) {

@@ -183,9 +183,15 @@ HttpRequestData job_request(Request& request, Dispatch&& dispatch, const std::st
 // 426 with `Sec-WebSocket-Version: 13` (400 when it is missing or repeated).
 std::optional<HttpResponseData> websocket_refusal(const Request& request, const std::string& request_id);
 
-// The fields each of the server's answers carries: Server, Date and X-Request-Id (set, not
-// added). to_wire() sets them; so does the WebSocket handshake's 101.
+// The fields each of the server's answers carries: Server (unless --no-server-header), Date
+// and X-Request-Id (set, not added), and --header's defaults. to_wire() sets them; so does the
+// WebSocket handshake's 101.
 void set_server_fields(http::fields& fields, const std::string& request_id);
+
+// An answer's own fields, after set_server_fields(): framing fields are the server's and left
+// out; its Server, Date and Content-Type replace the server's, and a field a --header default
+// names replaces that default (all the answer's values of it kept); the rest are added.
+void put_answer_fields(http::fields& fields, const std::vector<Header>& headers);
 
 // What the response depends on besides itself.
 struct ResponseContext {

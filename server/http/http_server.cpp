@@ -157,6 +157,12 @@ struct HttpServer::Impl {
     // Started under nohup, hangups stay ignored. (After a restart in place, the restart ignored
     // them: main.cpp's hold_hangups.)
     if (!hangups_ignored() || getenv(kRestartedVariable) != nullptr) signals.add(SIGHUP);
+    ResponseDefaults defaults{c.http.server_header, {}};
+    for (const std::string& text : c.http.headers) {
+      std::string ignored;  // checked on the command line
+      if (auto header = parse_default_header(text, ignored)) defaults.headers.push_back(std::move(*header));
+    }
+    set_response_defaults(std::move(defaults));
     if (!c.http.access_log) return;
     const bool theirs = !c.http.access_log_format.empty();
     access_format.emplace(theirs ? AccessLogFormat(c.http.access_log_format) : AccessLogFormat::standard());
@@ -557,14 +563,7 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     ws_->set_option(websocket::stream_base::decorator(
         [headers = std::move(r.headers), id = context_.request_id](websocket::response_type& res) {
           exchange::set_server_fields(res, id);
-          for (const Header& h : headers) {  // the app's Server or Date replaces the server's, as in to_wire()
-            const http::field f = http::string_to_field(h.name);
-            if (f == http::field::server || f == http::field::date) {
-              res.set(h.name, h.value);
-            } else {
-              res.insert(h.name, h.value);
-            }
-          }
+          exchange::put_answer_fields(res, headers);  // as in to_wire()
         }));
     ws_->control_callback([this](websocket::frame_type kind, beast::string_view) {
       if (kind == websocket::frame_type::pong) ws_pong_due_.reset();

@@ -18,7 +18,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HttpOptions, host, port, uds, io
                                                 graceful_timeout, request_timeout, shutdown_delay,
                                                 access_log, access_log_format, dashboard, ws_max_message,
                                                 ws_ping_interval, ws_ping_timeout, ws_per_message_deflate,
-                                                static_mounts, static_routes, static_expires, static_dir_to_file)
+                                                static_mounts, static_routes, static_expires, static_dir_to_file,
+                                                server_header, headers)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PoolOptions, strategy, strategy_reason, python_build,
                                                 workers, threads, worker_spin_us, max_queue, max_abandoned,
                                                 max_requests, max_requests_jitter, allow_gil, preload,

@@ -64,6 +64,9 @@ struct HttpOptions {
                                                // /static for a single mount)
   long long static_expires = 86400;            // s in Cache-Control's max-age (0: no-cache)
   std::string static_dir_to_file;              // a directory's index file (none: 404)
+  bool server_header = true;                   // Server: gilgamesh/VERSION on every answer
+  std::vector<std::string> headers;            // --header NAME:VALUE, on every answer unless it
+                                               // sets its own (parse_default_header)
 };
 
 // The workers: how many, on which strategy, and how they are replaced.

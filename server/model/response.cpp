@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cctype>
+
 namespace gilgamesh {
 
 HttpResponseData make_error_response(int status, const std::string& message,
@@ -88,6 +91,48 @@ bool is_field_value(std::string_view v) {
 }
 
 }  // namespace
+
+namespace {
+ResponseDefaults& defaults_storage() {
+  static ResponseDefaults defaults;
+  return defaults;
+}
+}  // namespace
+
+void set_response_defaults(ResponseDefaults defaults) { defaults_storage() = std::move(defaults); }
+
+const ResponseDefaults& response_defaults() { return defaults_storage(); }
+
+std::optional<Header> parse_default_header(std::string_view text, std::string& error) {
+  const auto colon = text.find(':');
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  Header h{std::string(colon == std::string_view::npos ? text : text.substr(0, colon)),
+           std::string(colon == std::string_view::npos ? std::string_view{} : trim(text.substr(colon + 1)))};
+  if (colon == std::string_view::npos || !is_token(h.name)) {
+    error = "takes NAME:VALUE with NAME an HTTP token, as X-Frame-Options:DENY; got " + log_quoted(text);
+    return std::nullopt;
+  }
+  if (!is_field_value(h.value)) {
+    error = h.name + " has a value holding a control character: " + log_quoted(h.value);
+    return std::nullopt;
+  }
+  std::string lower = h.name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* own : {"server", "date", "x-request-id", "content-type", "content-length", "transfer-encoding",
+                          "connection", "keep-alive", "upgrade", "trailer", "te"}) {
+    if (lower == own) {
+      error = h.name + " is the server's own field (" +
+              (lower == "server" ? std::string("--no-server-header leaves it out") : std::string("set per answer")) +
+              ")";
+      return std::nullopt;
+    }
+  }
+  return h;
+}
 
 std::string response_violation(const HttpResponseData& r) {
   if (r.status < 200 || r.status > 599) {

@@ -3,7 +3,10 @@
 // it reaches the wire. Compiled into the HTTP layer; no Python here.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "server/model/executor.hpp"
 
@@ -22,6 +25,22 @@ HttpResponseData make_error_response(int status, const std::string& message,
 // value or content type holding CR, LF, NUL or another control character (HTAB
 // is allowed), or headers over kMaxHandlerHeaderBytes in total.
 std::string response_violation(const HttpResponseData& response);
+
+// What every answer carries besides its own fields, from the command line, as uvicorn's
+// --no-server-header and --header: whether Server names gilgamesh, and default fields (an
+// answer's own field of the same name replaces a default). Set once, before the server
+// serves; read by every I/O thread after.
+struct ResponseDefaults {
+  bool server_header = true;
+  std::vector<Header> headers;
+};
+void set_response_defaults(ResponseDefaults defaults);
+const ResponseDefaults& response_defaults();
+
+// One --header value, "Name: value" (the name an RFC 9110 token, the value trimmed and free of
+// control characters, the name not one the server sets itself: Server, Date, X-Request-Id,
+// Content-Type or a framing field); nothing, with `error` saying why, if it is not one.
+std::optional<Header> parse_default_header(std::string_view text, std::string& error);
 
 // RFC 9110 token characters (header names, methods).
 bool is_token(std::string_view s);

@@ -1,5 +1,7 @@
 #include "server/observation/events.hpp"
 
+#include "server/model/response.hpp"
+
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -45,8 +47,9 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
         request_id_(std::move(request_id)), access_line_(std::move(access_line)), started_(std::chrono::steady_clock::now()) {
     head_.version(http_version >= 11 ? 11 : 10);
     head_.result(http::status::ok);
-    head_.set(http::field::server, "gilgamesh/" GILGAMESH_VERSION);
+    if (response_defaults().server_header) head_.set(http::field::server, "gilgamesh/" GILGAMESH_VERSION);
     head_.set(http::field::date, imf_fixdate_now());
+    for (const Header& h : response_defaults().headers) head_.insert(h.name, h.value);
     head_.set(http::field::content_type, "text/event-stream");
     head_.set(http::field::cache_control, "no-store");
     head_.set("X-Accel-Buffering", "no");  // nginx: pass each event on at once

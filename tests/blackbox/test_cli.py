@@ -92,6 +92,11 @@ def test_version(gilgamesh_bin):
     (["--bind", "127.0.0.1:99999"], "PORT must be in 0..65535"),
     (["--bind", "127.0.0.1:8080", "--port=8081"], "--bind and --host/--port are exclusive"),
     (["--bind", "fd://three"], "fd:// takes a file descriptor number"),
+    (["--header", "X-Frame-Options"], "takes NAME:VALUE"),
+    (["--header", "Bad Name:x"], "takes NAME:VALUE"),
+    (["--header", "Server:mine"], "Server is the server's own field (--no-server-header leaves it out)"),
+    (["--header", "Content-Length:3"], "Content-Length is the server's own field"),
+    (["--header", "X-A:b\x01c"], "X-A has a value holding a control character"),
 ])
 def test_bad_command_line_exits_2_with_one_line(gilgamesh_bin, args, mentions):
     result = run_cli(args)

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from gilgamesh_harness import APPS_DIR
+
 
 @pytest.mark.parametrize("path", ["/hello", "/fib?n=5", "/no/such/path", "/healthz"])
 def test_standard_headers(demo_server, path):
@@ -217,3 +219,26 @@ def test_empty_request_id_is_replaced(demo_server):
         r = conn.request("GET", "/no/such/path", headers={"X-Request-Id": ""})
     assert r.status == 404, r
     assert_fresh_id(r, "")
+
+
+def test_default_headers_and_no_server_header(start_server):
+    """uvicorn's --header and --no-server-header: defaults on every answer (the app's own, the
+    server's errors, the built-ins, the event stream) unless the answer sets that field itself."""
+    server = start_server(workers=1, app="behaviours", args=[
+        "--pythonpath", str(APPS_DIR), "--no-server-header", "--header", "X-Frame-Options: DENY",
+        "--header", "X-Custom:default", "--header", "X-Custom:second"])
+    for path in ("/ok", "/no/such/path", "/healthz"):
+        r = server.get(path)
+        assert r.header("Server") is None and r.header("Date") and r.header("X-Request-Id"), (path, r)
+        assert r.header("X-Frame-Options") == "DENY", (path, r)
+        assert [v for k, v in r.header_pairs if k.lower() == "x-custom"] == ["default", "second"], (path, r)
+    custom = server.get("/custom")  # the app sets X-Custom: 1, which replaces both defaults
+    assert custom.status == 201 and [v for k, v in custom.header_pairs if k.lower() == "x-custom"] == ["1"], custom
+    assert custom.header("X-Frame-Options") == "DENY"
+    with server.raw() as conn:
+        conn.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.sock.recv(4096)
+    head = head.split(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert "x-frame-options: deny" in head and "\nserver:" not in head, head

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "server/http/exchange.hpp"
+#include "server/model/response.hpp"
 
 namespace gilgamesh::exchange {
 namespace {
@@ -135,6 +136,54 @@ TEST(WebSocketHandshake, TakesOneKeyOf16BytesInBase64AndVersion13) {
   ASSERT_EQ(old->headers.size(), 1u);
   EXPECT_EQ(old->headers[0].name, "Sec-WebSocket-Version");
   EXPECT_EQ(old->headers[0].value, "13");
+}
+
+}  // namespace
+}  // namespace gilgamesh::exchange
+
+namespace gilgamesh::exchange {
+namespace {
+
+// --no-server-header and --header's defaults, as to_wire() puts them on an answer.
+TEST(ResponseDefaults, DefaultsGoOnEveryAnswerUnlessItNamesThemItself) {
+  set_response_defaults({false, {{"X-Frame-Options", "DENY"}, {"Vary", "Cookie"}, {"Vary", "Accept"}}});
+  ResponseContext context;
+  context.request_id = "r1";
+  std::string problem;
+  HttpResponseData plain;
+  plain.body = "x";
+  WireResponse out = to_wire(std::move(plain), context, problem);
+  EXPECT_TRUE(problem.empty()) << problem;
+  EXPECT_EQ(out.count(http::field::server), 0u);
+  EXPECT_EQ(out[http::field::x_frame_options], "DENY");
+  EXPECT_EQ(out.count(http::field::vary), 2u);
+  EXPECT_EQ(out["X-Request-Id"], "r1");
+
+  HttpResponseData own;
+  own.headers = {{"vary", "Origin"}, {"Vary", "Accept-Encoding"}, {"Server", "theirs"}};
+  out = to_wire(std::move(own), context, problem);
+  std::vector<std::string> vary;
+  for (auto [it, end] = out.equal_range(http::field::vary); it != end; ++it) vary.emplace_back(it->value());
+  EXPECT_EQ(vary, (std::vector<std::string>{"Origin", "Accept-Encoding"}));  // both defaults replaced, both kept
+  EXPECT_EQ(out[http::field::server], "theirs");
+  EXPECT_EQ(out[http::field::x_frame_options], "DENY");
+  set_response_defaults({});
+  out = to_wire(HttpResponseData{}, context, problem);
+  EXPECT_EQ(out[http::field::server].substr(0, 10), "gilgamesh/");
+  EXPECT_EQ(out.count(http::field::x_frame_options), 0u);
+}
+
+TEST(ResponseDefaults, ParsesNameColonValue) {
+  std::string error;
+  const auto h = parse_default_header("X-Frame-Options:  DENY ", error);
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->name, "X-Frame-Options");
+  EXPECT_EQ(h->value, "DENY");
+  EXPECT_TRUE(parse_default_header("X-Empty:", error));
+  for (const char* bad : {"NoColon", ":x", "Bad Name:x", "X-A:b\nc", "date:x", "Transfer-Encoding:gzip", "server:x"}) {
+    EXPECT_FALSE(parse_default_header(bad, error)) << bad;
+    EXPECT_FALSE(error.empty());
+  }
 }
 
 }  // namespace
