@@ -457,20 +457,23 @@ class Session final : public JobOwner, public std::enable_shared_from_this<Sessi
     context_.head = request_.method() == http::verb::head;
     context_.keep_alive = request_.keep_alive();
     std::variant<exchange::Answer, exchange::Dispatch, StaticRequest> decision;
+    std::optional<HttpResponseData> file_answer;  // a static file's (it was read here)
     try {
       const ServerView view = server_.view();
       decision = exchange::route(request_, context_.request_id,
                                  exchange::RoutingState{server_.router(), view, server_.draining.load(),
                                                         &server_.statics});
       if (auto* file = std::get_if<StaticRequest>(&decision)) {
-        HttpResponseData r = server_.statics.answer(*file, request_, context_.request_id);
-        if (r.stream) return stream_answer(std::move(r));
-        return respond(std::move(r), false);
+        file_answer = server_.statics.answer(*file, request_, context_.request_id);
       }
     } catch (const std::exception& e) {
       spdlog::error("request {}: answering {} {} failed: {}", context_.request_id, sv(request_.method_string()),
                     path_for_log(), e.what());
       return respond(make_error_response(500, "internal server error", context_.request_id), true);
+    }
+    if (file_answer) {
+      if (file_answer->stream) return stream_answer(std::move(*file_answer));
+      return respond(std::move(*file_answer), false);
     }
     if (auto* answer = std::get_if<exchange::Answer>(&decision)) {
       if (answer->event_stream) {
