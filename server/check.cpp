@@ -10,6 +10,7 @@
 #include <future>
 #include <iostream>
 
+#include "server/cli.hpp"
 #include "server/http/router.hpp"
 
 namespace gilgamesh {
@@ -488,6 +489,14 @@ int check_main(int argc, char** argv) {
   cli.add_option("--pythonpath", pythonpath, "Directory to prepend to sys.path (repeatable)");
   cli.add_option("--request", requests,
                  "'METHOD /path?query' to call in-process for a single-thread rate (repeatable)");
+  std::string lifespan = "auto", root_path;
+  cli.add_option("--lifespan", lifespan,
+                 "ASGI: the lifespan events --request runs after, as the server's flag: auto, on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  cli.add_option("--root-path", root_path,
+                 "The URL prefix the app is mounted at, as the server's flag (WSGI's SCRIPT_NAME, ASGI's "
+                 "root_path), for --request");
   cli.add_flag("--preload", preload, "Check as the server would run with --preload");
   cli.add_flag("--json", json, "Print one JSON document instead of the table");
   try {
@@ -508,7 +517,17 @@ int check_main(int argc, char** argv) {
     std::cerr << "gilgamesh check: --asgi takes MODULE:APP, got '" << asgi << "'\n";
     return 2;
   }
+  if (asgi_option->count() == 0 && cli.count("--lifespan") > 0) {
+    std::cerr << "gilgamesh check: --lifespan is for ASGI apps (--asgi MODULE:APP)\n";
+    return 2;
+  }
+  if (!normalize_root_path(root_path)) {
+    std::cerr << "gilgamesh check: --root-path must start with '/', e.g. /api\n";
+    return 2;
+  }
   ServerConfig config;
+  config.app.lifespan = nlohmann::json(lifespan).get<Lifespan>();
+  config.app.root_path = root_path;
   config.pool.workers = 2;
   config.pool.preload = preload;
   config.app.pythonpath = pythonpath;

@@ -500,17 +500,21 @@ bool validate_app(AppOptions& app, const RawFlags& raw, const CLI::App& cli) {
     std::cerr << "gilgamesh: --app must name a Python module (see --help)\n";
     return false;
   }
-  if (!app.root_path.empty()) {
-    if (app.root_path.front() != '/') {
-      std::cerr << "gilgamesh: --root-path must start with '/', e.g. /api (see --help)\n";
-      return false;
-    }
-    while (!app.root_path.empty() && app.root_path.back() == '/') app.root_path.pop_back();
+  if (!normalize_root_path(app.root_path)) {
+    std::cerr << "gilgamesh: --root-path must start with '/', e.g. /api (see --help)\n";
+    return false;
   }
   return true;
 }
 
 }  // namespace
+
+bool normalize_root_path(std::string& root_path) {
+  if (root_path.empty()) return true;
+  if (root_path.front() != '/') return false;
+  while (!root_path.empty() && root_path.back() == '/') root_path.pop_back();
+  return true;
+}
 
 std::string uvloop_needs_processes(Strategy strategy, bool by_auto) {
   return std::string("--loop uvloop runs in worker processes (--strategy processes), but ") +

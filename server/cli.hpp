@@ -25,6 +25,10 @@ ParseOutcome parse_command_line(int argc, char** argv);
 constexpr std::size_t kDefaultMaxConnections = 4096;
 std::size_t default_max_connections(std::size_t fd_limit, int workers);
 
+// --root-path as the app sees it: `root_path` without its trailing '/'s; false (left as it is)
+// when it does not start with '/'.
+bool normalize_root_path(std::string& root_path);
+
 // Why --loop uvloop cannot be served on `strategy` (any but processes), in one line;
 // `by_auto`: --strategy auto chose it.
 std::string uvloop_needs_processes(Strategy strategy, bool by_auto);

@@ -541,6 +541,8 @@ nlohmann::json cache_key(const std::string& binary, const ProbeRequest& request)
           {"kind", request.config.app.kind},
           {"preload", request.config.pool.preload},
           {"pythonpath", request.config.app.pythonpath},
+          {"lifespan", request.config.app.lifespan},
+          {"root_path", request.config.app.root_path},
           {"requests", request.requests},
           {"cwd", ec ? std::string() : cwd.string()},
           {"environment", environment_key()}};

@@ -211,6 +211,25 @@ def test_an_asgi_apps_failed_startup_is_each_requests_error(gilgamesh_bin, probe
     assert rate["per_second"] == 0 and "no database today" in rate["error"], rate
 
 
+def test_requests_run_as_the_servers_lifespan_and_root_path_flags_say(gilgamesh_bin, probe_cache):
+    """check takes the server's --lifespan and --root-path, and its cache tells them apart."""
+    site = str(find_trixie_site(["python3-starlette"]))
+    app = ["--asgi", "asgi_starlette:app", "--pythonpath", site]
+    statuses = lambda doc: {r["strategy"]: [x["status"] for x in r["rates"]] for r in doc["rows"] if r["loads"]}
+    _, on = check_json(app + ["--request", "GET /visits"], probe_cache)
+    _, off = check_json(app + ["--request", "GET /visits", "--lifespan", "off"], probe_cache)
+    assert set(map(tuple, statuses(on).values())) == {(200,)}, statuses(on)
+    assert set(map(tuple, statuses(off).values())) == {(500,)}, statuses(off)  # no lifespan, no state
+    _, bare = check_json(app + ["--request", "GET /mount/items/7"], probe_cache)
+    _, mounted = check_json(app + ["--request", "GET /mount/items/7", "--root-path", "/mount/"], probe_cache)
+    assert set(map(tuple, statuses(bare).values())) == {(404,)}, statuses(bare)
+    assert set(map(tuple, statuses(mounted).values())) == {(200,)}, statuses(mounted)  # Starlette strips root_path
+    for args, words in ([["--app", "handlers.demo", "--lifespan", "on"], "--lifespan is for ASGI apps"],
+                        [app + ["--root-path", "api"], "--root-path must start with '/'"]):
+        result = check(args, probe_cache)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
 def test_check_says_which_event_loop_the_worker_processes_run(gilgamesh_bin, probe_cache):
     """An ASGI app's processes row: the loop --loop auto gives its worker processes, uvloop
     imported as the zygote imports it (docs/compatibility.md)."""
