@@ -10,9 +10,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
-#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -172,8 +173,8 @@ class FileFeed : public std::enable_shared_from_this<FileFeed> {
       std::string chunk;
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left_, StaticFiles::kChunk));
       if (!read_at(fd_.fd, next_, n, chunk)) {
-        spdlog::error("request {}: the static file ended or could not be read after {} bytes of its "
-                      "answer (it changed while it was sent); the connection is closed",
+        spdlog::error("request {}: the static file ended or could not be read at byte {} (it changed "
+                      "while it was sent); the connection is closed",
                       request_id_, next_);
         fd_.reset();
         return stream_->finish(false);
