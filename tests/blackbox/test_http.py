@@ -239,6 +239,8 @@ def test_default_headers_and_no_server_header(start_server):
         conn.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
-            head += conn.sock.recv(4096)
+            chunk = conn.sock.recv(4096)
+            assert chunk, "the server closed GET /events before its head: %r" % head
+            head += chunk
     head = head.split(b"\r\n\r\n")[0].decode("latin-1").lower()
     assert "x-frame-options: deny" in head and "\nserver:" not in head, head
