@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "server/http/exchange.hpp"
 #include "server/model/body_stream.hpp"
 #include "server/model/query.hpp"
 #include "server/model/response.hpp"
@@ -33,17 +34,7 @@ namespace {
 
 std::string_view sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
 
-bool iequal(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
+using exchange::trim_ows;
 
 // `path` split at '/', after its leading one ("/a/b/" -> "a", "b", "").
 std::vector<std::string_view> segments(std::string_view path) {
@@ -74,7 +65,7 @@ std::string imf_date(std::time_t t) {
 
 // An IMF-fixdate (RFC 9110 5.6.7); the obsolete forms are not read (the header is then ignored).
 std::optional<std::time_t> parse_imf_date(std::string_view s) {
-  const std::string text(trim(s));
+  const std::string text(trim_ows(s));
   std::tm tm{};
   const char* end = strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
   if (end == nullptr || *end != '\0') return std::nullopt;
@@ -297,7 +288,8 @@ void StaticFiles::add_mounts(const std::vector<std::string>& routes, const std::
     std::unique_ptr<char, decltype(&std::free)> real(::realpath(directories[i].c_str(), nullptr), &std::free);
     const int fd = real ? ::open(real.get(), O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
     if (fd < 0) throw std::invalid_argument("--static-path-mount " + directories[i] + " is not a directory");
-    mounts_.push_back({std::move(route), real.get(), fd});
+    std::vector<std::string> route_segments(parts.begin(), parts.end());
+    mounts_.push_back({std::move(route), std::move(route_segments), real.get(), fd});
   }
 }
 
@@ -312,7 +304,7 @@ std::optional<StaticRequest> StaticFiles::match(std::string_view path, std::stri
   decoded.reserve(raw.size());
   for (std::string_view s : raw) decoded.push_back(percent_decode(s, false));
   for (std::size_t m = 0; m < mounts_.size(); ++m) {
-    const std::vector<std::string_view> route = segments(mounts_[m].route);
+    const std::vector<std::string>& route = mounts_[m].segments;
     if (decoded.size() < route.size() || !std::equal(route.begin(), route.end(), decoded.begin())) continue;
     StaticRequest out;
     out.mount = m;
@@ -339,7 +331,7 @@ std::string_view StaticFiles::content_type_for(std::string_view name) {
   if (dot != std::string_view::npos && (slash == std::string_view::npos || dot > slash)) {
     const std::string_view extension = name.substr(dot + 1);
     for (const TypeByExtension& t : kTypes) {
-      if (iequal(t.extension, extension)) return t.type;
+      if (boost::beast::iequals(t.extension, extension)) return t.type;
     }
   }
   return "application/octet-stream";
@@ -349,19 +341,19 @@ bool StaticFiles::accepts_coding(std::string_view list, std::string_view coding)
   std::optional<bool> star;
   while (!list.empty()) {
     const auto comma = list.find(',');
-    const std::string_view item = trim(list.substr(0, comma));
+    const std::string_view item = trim_ows(list.substr(0, comma));
     list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
     const auto semicolon = item.find(';');
-    const std::string_view name = trim(item.substr(0, semicolon));
+    const std::string_view name = trim_ows(item.substr(0, semicolon));
     bool acceptable = true;
     if (semicolon != std::string_view::npos) {
-      std::string_view q = trim(item.substr(semicolon + 1));
+      std::string_view q = trim_ows(item.substr(semicolon + 1));
       if (q.size() >= 2 && (q[0] == 'q' || q[0] == 'Q') && q[1] == '=') {
-        q = trim(q.substr(2));
+        q = trim_ows(q.substr(2));
         acceptable = !(q.starts_with('0') && q.find_first_not_of("0.") == std::string_view::npos);
       }
     }
-    if (iequal(name, coding)) return acceptable;
+    if (boost::beast::iequals(name, coding)) return acceptable;
     if (name == "*") star = acceptable;
   }
   return star.value_or(false);
@@ -369,10 +361,10 @@ bool StaticFiles::accepts_coding(std::string_view list, std::string_view coding)
 
 StaticFiles::Range StaticFiles::parse_range(std::string_view header, std::uint64_t size) {
   Range out;
-  header = trim(header);
+  header = trim_ows(header);
   const auto eq = header.find('=');
-  if (eq == std::string_view::npos || !iequal(trim(header.substr(0, eq)), "bytes")) return out;
-  const std::string_view spec = trim(header.substr(eq + 1));
+  if (eq == std::string_view::npos || !boost::beast::iequals(trim_ows(header.substr(0, eq)), "bytes")) return out;
+  const std::string_view spec = trim_ows(header.substr(eq + 1));
   if (spec.find(',') != std::string_view::npos) return out;  // several ranges: the whole file
   const auto dash = spec.find('-');
   if (dash == std::string_view::npos) return out;
@@ -476,14 +468,14 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
   bool not_modified = false;
   if (const auto inm = request.find(http::field::if_none_match); inm != request.end()) {
     const auto weak = [](std::string_view tag) {
-      tag = trim(tag);
+      tag = trim_ows(tag);
       if (tag.starts_with("W/")) tag.remove_prefix(2);
       return tag;
     };
     std::string_view list = sv(inm->value());
     while (!not_modified && !list.empty()) {
       const auto comma = list.find(',');
-      const std::string_view tag = trim(list.substr(0, comma));
+      const std::string_view tag = trim_ows(list.substr(0, comma));
       not_modified = tag == "*" || weak(tag) == etag;
       list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
     }
@@ -504,7 +496,7 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
   if (const auto range = request.find(http::field::range); range != request.end() && !head) {
     bool current = true;  // If-Range: the client's copy is this one
     if (const auto if_range = request.find(http::field::if_range); if_range != request.end()) {
-      const std::string_view value = trim(sv(if_range->value()));
+      const std::string_view value = trim_ows(sv(if_range->value()));
       current = value.starts_with('"') ? value == etag : value == last_modified;
     }
     const Range asked = current ? parse_range(sv(range->value()), size) : Range{};

@@ -41,6 +41,7 @@ namespace gilgamesh {
 
 struct StaticMount {
   std::string route;      // "/static": starts with '/', no trailing '/', not "/" itself
+  std::vector<std::string> segments;  // the route's segments, as match() compares them
   std::string directory;  // absolute, symbolic links resolved
   int fd = -1;            // the directory, opened (O_PATH) at start: files are opened below it
 };
