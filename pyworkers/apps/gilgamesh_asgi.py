@@ -119,6 +119,7 @@ import asyncio
 import collections as _collections
 import os as _os
 import selectors as _selectors
+import sys as _sys
 import traceback as _traceback
 import types as _types
 
@@ -829,6 +830,13 @@ class _WebSocket(_Deadlined):
 # one interpreter; one per sub-interpreter).
 _serving = {}
 
+if _sys.version_info >= (3, 12):
+    def _eager_task(loop, coroutine):
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+else:  # Debian's 3.11, which runs tests/unit/asgi_protocol_test.py (the server needs 3.12)
+    def _eager_task(loop, coroutine):
+        return loop.create_task(coroutine)
+
 
 def may_interrupt(thread_id):
     """Whether HandlerTimeout raised into thread `thread_id` now lands in a request's code:
@@ -1127,25 +1135,30 @@ class Worker:
             "state": self.state.copy(),
         }
 
+    def _start(self, call, seconds_left, coroutine):
+        """Starts `call`'s task, its deadline first. While the loop runs (it does whenever
+        requests come, except for those taken before serve() waits) the task starts eagerly,
+        as asyncio.eager_task_factory's tasks do: the coroutine runs here, at once, up to
+        its first real wait; an answer that needs none (most small ones) is sent before
+        this returns, without a turn of the loop for the task's first step. Only our own
+        tasks start so: the app's create_task() keeps asyncio's ordering."""
+        self.exchanges[call.rid] = call
+        call.deadline = self.deadlines.add(call, seconds_left)
+        call.task = _eager_task(self.loop, coroutine)
+
     def _begin(self, rid, request, seconds_left):
         exchange = _Exchange(self, rid, request)
-        self.exchanges[rid] = exchange
-        exchange.task = self.loop.create_task(exchange.run(self.app, self.scope_for(request)))
-        exchange.deadline = self.deadlines.add(exchange, seconds_left)
+        self._start(exchange, seconds_left, exchange.run(self.app, self.scope_for(request)))
 
     def _begin_websocket(self, rid, request, seconds_left):
         subprotocols = _subprotocols(request.headers)
         websocket = _WebSocket(self, rid, request, subprotocols)
-        self.exchanges[rid] = websocket
         scope = self.websocket_scope_for(request, subprotocols)
-        websocket.task = self.loop.create_task(websocket.run(self.app, scope))
-        websocket.deadline = self.deadlines.add(websocket, seconds_left)
+        self._start(websocket, seconds_left, websocket.run(self.app, scope))
 
     def _call(self, rid, coroutine, seconds_left):
         call = _Call(self, rid)
-        self.exchanges[rid] = call
-        call.task = self.loop.create_task(call.run(coroutine))
-        call.deadline = self.deadlines.add(call, seconds_left)
+        self._start(call, seconds_left, call.run(coroutine))
 
     def _finished(self, exchange):
         self.exchanges.pop(exchange.rid, None)
