@@ -72,6 +72,18 @@ class FileWrapper:
         if hasattr(filelike, "close"):
             self.close = filelike.close
 
+    # As werkzeug's own FileWrapper: its range requests (_RangeWrapper) seek to the range's
+    # start instead of reading the file up to it.
+    def seekable(self):
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable and seekable())
+
+    def seek(self, *args):
+        self.filelike.seek(*args)
+
+    def tell(self):
+        return self.filelike.tell()
+
     def __iter__(self):
         return self
 
@@ -173,7 +185,7 @@ class ResponseTooLarge(Exception):
         self.size = size
 
 
-def run(app, environ, limit, start=None, push=None):
+def run(app, environ, limit, start=None, push=None, send_file=None):
     """Calls the app. Returns a Result for an answer collected whole, or raises
     ResponseTooLarge once such a body grew past `limit` bytes. An answer that
     streams goes out through start(status, headers) and push(bytes) instead
@@ -182,7 +194,12 @@ def run(app, environ, limit, start=None, push=None):
     the app raised, and AssertionError or TypeError when it breaks the protocol.
 
     Streams: a body that is not a list or tuple, unless the app gave a
-    Content-Length of at most `limit`."""
+    Content-Length of at most `limit`.
+
+    A FileWrapper returned after start_response(), with nothing written yet, goes to
+    send_file(status, headers, filelike) first (when given): True, the server reads the
+    file itself from its current position (a real file), and the app's close() is called
+    at once; False, it is iterated here."""
     exchange = _Exchange(limit, start, push)
     errors = environ["wsgi.errors"]
     try:
@@ -197,8 +214,13 @@ def run(app, environ, limit, start=None, push=None):
             if kind is list or kind is tuple:
                 if not exchange.opened:
                     exchange.collect = True  # the whole body is there already
-            elif kind is FileWrapper and result.blksize < 1 << 16:
-                result.blksize = 1 << 16
+            elif kind is FileWrapper:
+                if (send_file is not None and exchange.status is not None and not exchange.chunks
+                        and not exchange.opened
+                        and send_file(exchange.status, exchange.headers, result.filelike)):
+                    return None
+                if result.blksize < 1 << 16:
+                    result.blksize = 1 << 16
             for chunk in result:
                 if not isinstance(chunk, bytes):
                     raise TypeError("the app's response iterable yielded %s, not bytes"

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "server/model/file_body.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -48,6 +49,16 @@ bool StreamWriter::push(std::string_view piece) {
   more = sink_->push(piece);
   Py_END_ALLOW_THREADS
   return more;
+}
+
+bool StreamWriter::send_file(HttpResponseData&& head, Fd&& fd, std::uint64_t offset, std::uint64_t length) {
+  if (!takes_files() || !response_violation(head).empty()) return false;
+  started_ = true;
+  finished_ = true;  // the sink ends the body; a client already gone has dropped the answer
+  Py_BEGIN_ALLOW_THREADS
+  sink_->open_file(std::move(head), std::move(fd), offset, length);
+  Py_END_ALLOW_THREADS
+  return true;
 }
 
 void StreamWriter::finish(bool ok) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "pyworkers/embedding/py_ref.hpp"
+#include "server/model/body_stream.hpp"
 #include "server/model/executor.hpp"
 
 #include <memory>
@@ -63,6 +64,15 @@ class StreamWriter {
   // The body is over: whole, or broken off by an exception (after the head,
   // the connection closes without ending the body).
   void finish(bool ok);
+  // Whether send_file() may take a file now: the sink reads files itself, and nothing was
+  // sent or collected yet.
+  bool takes_files() const { return sink_ && sink_->takes_files() && !started_ && size_ == 0; }
+  // Instead of start() and push(): the head, and as the body `length` bytes of the regular
+  // file `fd` from `offset`, for the sink to send (ResponseSink::open_file); the head holds
+  // the Content-Length. The GIL is released meanwhile. False, with nothing taken: the app's
+  // body is sent as usual (takes_files() is false, or the head breaks a response rule, which
+  // start() then answers with the rule's 500).
+  bool send_file(HttpResponseData&& head, Fd&& fd, std::uint64_t offset, std::uint64_t length);
   bool finished() const { return finished_; }
 
   bool started() const { return started_; }

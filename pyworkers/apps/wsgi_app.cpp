@@ -1,9 +1,14 @@
 #include "pyworkers/apps/wsgi_app.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <cctype>
+#include <charconv>
+#include <cstdint>
 
+#include "server/model/file_body.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -92,6 +97,58 @@ PyObject* WsgiApp::stream_push(PyObject*, PyObject* const* args, Py_ssize_t narg
       std::string_view(PyBytes_AS_STRING(args[0]), static_cast<std::size_t>(PyBytes_GET_SIZE(args[0])))));
 }
 
+// _sendfile(status, headers, filelike) -> bool: the app's wsgi.file_wrapper over a real file,
+// handed to the connection to read (StreamWriter::send_file) from the file's position on. False:
+// the Python half iterates it instead, as before (the sink reads no files here, or the object
+// is not a regular file with a fileno() and a tell(), or its Content-Length is not what is
+// left of the file, or the status and headers are not what start() would take). No
+// exception is raised for any of these: iterating reports what is wrong.
+PyObject* WsgiApp::stream_file(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "_sendfile() takes 3 arguments");
+  if (!current_writer) return no_writer();
+  if (!current_writer->takes_files()) Py_RETURN_FALSE;
+  const int fd = PyObject_AsFileDescriptor(args[2]);  // its fileno()
+  if (fd < 0) {
+    PyErr_Clear();
+    Py_RETURN_FALSE;
+  }
+  py::Ref position = py::Ref::steal(PyObject_CallMethod(args[2], "tell", nullptr));
+  const long long offset = position ? PyLong_AsLongLong(position.get()) : -1;
+  struct stat st {};
+  if (offset < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || offset > st.st_size) {
+    PyErr_Clear();
+    Py_RETURN_FALSE;
+  }
+  const std::uint64_t available = static_cast<std::uint64_t>(st.st_size - offset);
+  PyObject* empty = PyList_New(0);
+  if (!empty) return nullptr;
+  HttpResponseData head;
+  const bool ok = convert(args[0], args[1], empty, head);
+  Py_DECREF(empty);
+  if (!ok) {
+    PyErr_Clear();
+    Py_RETURN_FALSE;
+  }
+  std::uint64_t length = available;
+  bool has_length = false;
+  for (const Header& h : head.headers) {
+    if (!iequals(h.name, "Content-Length")) continue;
+    std::uint64_t given = 0;
+    const auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), given);
+    if (has_length || ec != std::errc{} || end != h.value.data() + h.value.size() || h.value.empty() ||
+        given != available) {
+      Py_RETURN_FALSE;  // two, unreadable, or not what the file holds: the iterated body's rules answer
+    }
+    has_length = true;
+    length = given;
+  }
+  if (!has_length) head.headers.push_back({"Content-Length", std::to_string(length)});
+  Fd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // the app closes its own when the answer is done
+  if (copy.fd < 0) Py_RETURN_FALSE;
+  return PyBool_FromLong(
+      current_writer->send_file(std::move(head), std::move(copy), static_cast<std::uint64_t>(offset), length));
+}
+
 std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadContext& context,
                                          PyObject* module, ErrorTypes errors) {
   std::unique_ptr<WsgiApp> w(new WsgiApp(options, std::move(errors)));
@@ -115,9 +172,12 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadCo
                                METH_FASTCALL, nullptr};
   static PyMethodDef push_def{"_push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_push)),
                               METH_FASTCALL, nullptr};
+  static PyMethodDef file_def{"_sendfile", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_file)),
+                              METH_FASTCALL, nullptr};
   w->start_ = py::Ref::steal(PyCFunction_New(&start_def, nullptr));
   w->push_ = py::Ref::steal(PyCFunction_New(&push_def, nullptr));
-  if (!w->start_ || !w->push_) return nullptr;
+  w->send_file_ = py::Ref::steal(PyCFunction_New(&file_def, nullptr));
+  if (!w->start_ || !w->push_ || !w->send_file_) return nullptr;
   if (!w->run_ || !w->too_large_type_ || !w->error_stream_ || !file_wrapper || !w->bytes_io_ || !w->limit_) return nullptr;
 
   struct Key {
@@ -165,9 +225,9 @@ std::optional<HttpResponseData> WsgiApp::respond(std::size_t, const HttpRequestD
   py::Ref environ = environ_for(r);
   if (!environ) return std::nullopt;
   WriterScope scope(writer);
-  PyObject* run_args[5] = {app_.get(), environ.get(), limit_.get(), writer.streaming() ? start_.get() : Py_None,
-                           push_.get()};
-  py::Ref result = py::Ref::steal(PyObject_Vectorcall(run_.get(), run_args, 5, nullptr));
+  PyObject* run_args[6] = {app_.get(), environ.get(), limit_.get(), writer.streaming() ? start_.get() : Py_None,
+                           push_.get(), writer.takes_files() ? send_file_.get() : Py_None};
+  py::Ref result = py::Ref::steal(PyObject_Vectorcall(run_.get(), run_args, 6, nullptr));
   if (result && writer.started()) {
     if (writer.refused()) return std::move(writer.collected());
     return HttpResponseData{};  // it went out through the sink
@@ -328,7 +388,7 @@ bool WsgiApp::convert(PyObject* status, PyObject* headers, PyObject* chunks, Htt
 }
 
 std::vector<py::Ref*> WsgiApp::references() {
-  return {&app_, &run_, &start_, &push_, &too_large_type_, &bytes_io_, &error_stream_, &limit_, &template_, &k_method_,
+  return {&app_, &run_, &start_, &push_, &send_file_, &too_large_type_, &bytes_io_, &error_stream_, &limit_, &template_, &k_method_,
                        &k_path_info_, &k_query_string_, &k_content_type_, &k_content_length_,
                        &k_server_name_, &k_server_port_, &k_server_protocol_, &k_remote_addr_,
                        &k_remote_port_, &k_request_uri_, &k_raw_uri_, &k_input_, &k_errors_, &k_request_id_};

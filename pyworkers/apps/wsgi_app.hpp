@@ -2,11 +2,14 @@
 // from plain C++ data, calls the Python half, and turns what the app gave back
 // into plain C++ data. The contract with the Python half (apps/gilgamesh_wsgi.py):
 //   - resolve(module, expression) -> the callable (MODULE:CALLABLE, or a factory());
-//   - run(app, environ, limit, start, push) speaks start_response / write /
-//     the iterable / close(). An answer that streams (below) goes out through
-//     start(status, headers) -> bool and push(bytes) -> bool (False: stop,
-//     the client is gone), C functions of this file that reach the calling
-//     thread's StreamWriter; `start` is None when nothing may stream. An
+//   - run(app, environ, limit, start, push, send_file) speaks start_response /
+//     write / the iterable / close(). An answer that streams (below) goes out
+//     through start(status, headers) -> bool and push(bytes) -> bool (False:
+//     stop, the client is gone), C functions of this file that reach the calling
+//     thread's StreamWriter; `start` is None when nothing may stream. A
+//     wsgi.file_wrapper over a real file goes to send_file(status, headers,
+//     filelike) -> bool first (None where the sink reads no files: a worker
+//     process's): True, the connection reads the file itself. An
 //     answer collected whole comes back as a gilgamesh_wsgi.Result with
 //     .status (str), .headers (list of (str, str)) and .chunks (list of
 //     bytes), exactly as the app gave them; a body past `limit` bytes raises
@@ -49,6 +52,7 @@ class WsgiApp final : public PythonApp {
                                           StreamWriter& writer) override;
   static PyObject* stream_start(PyObject*, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* stream_push(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* stream_file(PyObject*, PyObject* const* args, Py_ssize_t nargs);
   void release_kind() override;
   std::optional<HttpResponseData> from_result(PyObject* result, const HttpRequestData& request);
   // The request's environ; empty with a Python exception set when it cannot be made.
@@ -63,6 +67,7 @@ class WsgiApp final : public PythonApp {
   py::Ref app_;
   py::Ref run_;
   py::Ref start_, push_;     // the Python half's way out for an answer that streams
+  py::Ref send_file_;        // and for a wsgi.file_wrapper over a real file
   py::Ref too_large_type_;  // gilgamesh_wsgi.ResponseTooLarge
   py::Ref bytes_io_;       // io.BytesIO: wsgi.input
   py::Ref error_stream_;   // _gilgamesh_wsgi.ErrorStream: wsgi.errors

@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 
+#include "server/model/file_body.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -607,6 +608,22 @@ class WorkerPool::LaneSink final : public ResponseSink {
     opened_ = true;
     // An owner that is gone drops the head, and with it the consumer's end:
     // the stream is cancelled and the first push() says so.
+    return job_.complete(std::move(head));
+  }
+  bool takes_files() const override { return true; }
+  bool open_file(HttpResponseData&& head, Fd&& fd, std::uint64_t offset, std::uint64_t length) override {
+    opened_ = true;
+    if (job_.request.method == "HEAD") {
+      BodyStream::Ends ends = BodyStream::make();  // no body goes out: nothing is read
+      ends.producer->finish(true);
+      head.stream = std::move(ends.consumer);
+    } else {
+      head.stream = stream_file(std::move(fd), offset, length, [id = job_.request.request_id](std::uint64_t at) {
+        spdlog::error("request {}: the app's file (wsgi.file_wrapper) ended or could not be read at byte {}; "
+                      "the connection is closed with the body cut short",
+                      id, at);
+      });
+    }
     return job_.complete(std::move(head));
   }
   bool push(std::string_view chunk) override { return stream_ && stream_->push(std::string(chunk)); }

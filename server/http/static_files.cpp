@@ -23,6 +23,7 @@
 
 #include "server/http/exchange.hpp"
 #include "server/model/body_stream.hpp"
+#include "server/model/file_body.hpp"
 #include "server/model/query.hpp"
 #include "server/model/response.hpp"
 
@@ -72,26 +73,6 @@ std::optional<std::time_t> parse_imf_date(std::string_view s) {
   return timegm(&tm);
 }
 
-// A file descriptor that closes itself.
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd = std::exchange(o.fd, -1);
-    }
-    return *this;
-  }
-  ~Fd() { reset(); }
-  void reset() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-};
-
 struct Opened {
   Fd fd;
   struct stat st {};
@@ -136,60 +117,6 @@ std::optional<Opened> open_below(const StaticMount& mount, const std::string& re
   }
   return opened(::open(resolved.get(), kOpenFlags));
 }
-
-// Reads `length` bytes at `offset`; false if the file ended first or a read failed.
-bool read_at(int fd, std::uint64_t offset, std::size_t length, std::string& out) {
-  out.resize(length);
-  std::size_t got = 0;
-  while (got < length) {
-    const ssize_t n = ::pread(fd, out.data() + got, length - got, static_cast<off_t>(offset + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    got += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// A file's bytes fed to a response's stream on the connection's thread: kChunk at a time,
-// offered until kBuffered wait, then again each time the connection takes them.
-class FileFeed : public std::enable_shared_from_this<FileFeed> {
- public:
-  FileFeed(Fd&& fd, std::uint64_t offset, std::uint64_t length, std::shared_ptr<BodyStream> stream,
-           std::string request_id)
-      : fd_(std::move(fd)), next_(offset), left_(length), stream_(std::move(stream)),
-        request_id_(std::move(request_id)) {}
-
-  void feed() {
-    while (left_ > 0) {
-      std::string chunk;
-      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left_, StaticFiles::kChunk));
-      if (!read_at(fd_.fd, next_, n, chunk)) {
-        spdlog::error("request {}: the static file ended or could not be read at byte {} (it changed "
-                      "while it was sent); the connection is closed",
-                      request_id_, next_);
-        fd_.reset();
-        return stream_->finish(false);
-      }
-      next_ += n;
-      left_ -= n;
-      const BodyStream::Offer offer =
-          stream_->offer(std::move(chunk), [self = shared_from_this()] { self->feed(); });
-      if (offer != BodyStream::Offer::taken) {
-        if (offer == BodyStream::Offer::cancelled) fd_.reset();
-        return;  // full: the stream calls feed() again once the connection took what waits
-      }
-    }
-    fd_.reset();
-    stream_->finish(true);
-  }
-
- private:
-  Fd fd_;
-  std::uint64_t next_;
-  std::uint64_t left_;
-  std::shared_ptr<BodyStream> stream_;
-  std::string request_id_;
-};
 
 struct TypeByExtension {
   std::string_view extension;
@@ -529,10 +456,11 @@ HttpResponseData StaticFiles::answer(const StaticRequest& target, const http::re
     return r;
   }
   r.headers.push_back({"Content-Length", std::to_string(length)});
-  BodyStream::Ends ends = BodyStream::make(kBuffered);
-  r.stream = std::move(ends.consumer);
-  auto feed = std::make_shared<FileFeed>(std::move(file->fd), first, length, std::move(ends.producer), request_id);
-  feed->feed();
+  r.stream = stream_file(std::move(file->fd), first, length, [request_id](std::uint64_t at) {
+    spdlog::error("request {}: the static file ended or could not be read at byte {} (it changed while it was "
+                  "sent); the connection is closed",
+                  request_id, at);
+  });
   return r;
 }
 

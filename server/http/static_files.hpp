@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "server/model/executor.hpp"
+#include "server/model/file_body.hpp"
 
 namespace gilgamesh {
 
@@ -58,9 +59,9 @@ struct StaticRequest {
 
 class StaticFiles {
  public:
-  static constexpr std::size_t kWholeFile = 256 * 1024;
-  static constexpr std::size_t kChunk = 32 * 1024;
-  static constexpr std::size_t kBuffered = 64 * 1024;
+  static constexpr std::size_t kWholeFile = FileBody::kWhole;
+  static constexpr std::size_t kChunk = FileBody::kChunk;
+  static constexpr std::size_t kBuffered = FileBody::kBuffered;
 
   // `routes` pair with `directories` in order (`routes` empty: "/static" for a single
   // directory). Throws std::invalid_argument with the message a user should read.

@@ -13,6 +13,7 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -24,6 +25,7 @@
 namespace gilgamesh {
 
 struct HttpResponseData;
+struct Fd;
 
 class BodyStream {
  public:
@@ -102,6 +104,19 @@ class ResponseSink {
   virtual void finish(bool ok) = 0;
   // Whether open() succeeded: the answer went out through the sink.
   virtual bool opened() const = 0;
+
+  // Whether open_file() may be called: the connection can read the app's file itself (an
+  // in-process worker's sink; a worker process's file is in another process).
+  virtual bool takes_files() const { return false; }
+  // Instead of open(): a body that is `length` bytes of the regular file `fd` from `offset`
+  // (a WSGI app's wsgi.file_wrapper over a real file). The head goes out as open()'s and
+  // the connection reads the file (file_body.hpp) as the client takes it: the handler's
+  // thread is free at once. The head carries its Content-Length. Precondition:
+  // takes_files(), response_violation(head) empty. False: the client is gone already.
+  virtual bool open_file(HttpResponseData&& /*head*/, Fd&& /*fd*/, std::uint64_t /*offset*/,
+                         std::uint64_t /*length*/) {
+    return false;
+  }
 };
 
 }  // namespace gilgamesh

@@ -7,7 +7,7 @@ unpacks them into a site folder the suite passes with --pythonpath.
 
 import time
 
-from flask import Flask, Response, abort, jsonify, request, stream_with_context
+from flask import Flask, Response, abort, jsonify, request, send_file, stream_with_context
 
 app = Flask(__name__)
 
@@ -52,6 +52,13 @@ def cookie():
 def url():
     return jsonify(url=request.url, script_root=request.script_root, path=request.path,
                    remote_addr=request.remote_addr)
+
+
+@app.route("/download")
+def download():
+    """This module's own source through send_file (werkzeug hands it to wsgi.file_wrapper;
+    a Range request gets 206, werkzeug seeking the file to the range)."""
+    return send_file(__file__, mimetype="text/x-python")
 
 
 @app.route("/boom")

@@ -447,6 +447,17 @@ def test_flask_cookies_url_and_head(flask_server):
     assert r.status == 200 and r.body == b"" and r.header("Content-Length") == "16", r
 
 
+def test_flask_send_file_whole_and_a_range(flask_server):
+    source = (APPS_DIR / "flask_app.py").read_bytes()
+    r = flask_server.get("/download")
+    assert r.status == 200 and r.body == source, r
+    assert r.header("Content-Type", "").startswith("text/x-python"), r
+    assert r.header("Content-Length") == str(len(source)), r
+    r = flask_server.get("/download", headers={"Range": "bytes=10-99"})
+    assert r.status == 206 and r.body == source[10:100], r
+    assert r.header("Content-Range") == "bytes 10-99/%d" % len(source), r
+
+
 def test_flask_behind_a_trusted_proxy_sees_the_client_and_https(flask_server):
     """Behind nginx on the same host (docker/nginx/gilgamesh.conf sets both headers): the peer
     is loopback, which --forwarded-allow-ips trusts by default. Flask builds https URLs and

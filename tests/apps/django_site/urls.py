@@ -5,5 +5,6 @@ from . import views
 urlpatterns = [
     path("item/<int:item_id>/", views.item),
     path("hello/", views.hello),
+    path("download/", views.download),
     path("async/", views.async_hello),
 ]

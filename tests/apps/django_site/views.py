@@ -1,6 +1,7 @@
 """Views: /item/<id>/ waits 0.5 s (as a slow upstream would), then reads the item from
 sqlite through Django's connection (one per thread); /hello/ answers at once; /async/ is an
-async view (served with --asgi django_site.asgi:application) that awaits ?wait= seconds."""
+async view (served with --asgi django_site.asgi:application) that awaits ?wait= seconds;
+/download/ is this file as a FileResponse (Django hands it to wsgi.file_wrapper)."""
 
 import asyncio
 import os
@@ -8,7 +9,7 @@ import threading
 import time
 
 from django.db import connection
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 
 
 def hello(request):
@@ -30,3 +31,7 @@ def item(request, item_id):
 async def async_hello(request):
     await asyncio.sleep(float(request.GET.get("wait", "0")))
     return HttpResponse("hello from an async django view")
+
+
+def download(request):
+    return FileResponse(open(__file__, "rb"), content_type="text/x-python")
