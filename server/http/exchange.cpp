@@ -28,11 +28,7 @@ const std::string& http_date() {
   thread_local std::string cached;
   std::time_t now = std::time(nullptr);
   if (now != cached_second) {
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    char buf[64];
-    std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    cached.assign(buf);
+    cached = imf_date(now);
     cached_second = now;
   }
   return cached;
@@ -145,12 +141,6 @@ std::optional<HttpResponseData> websocket_refusal(const Request& request, const 
                             });
   if (!base64_of_16) return refuse(400, "Sec-WebSocket-Key is not 16 bytes in base64");
   return std::nullopt;
-}
-
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
 }
 
 // --- the head -----------------------------------------------------------------

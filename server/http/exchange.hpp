@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "server/model/executor.hpp"
+#include "server/model/response.hpp"
 #include "server/http/router.hpp"
 #include "server/http/static_files.hpp"
 #include "server/observation/metrics.hpp"
@@ -124,8 +125,7 @@ std::optional<Refusal> drop_trailers(Request& request, http::request_header<>&& 
 // slow to send its request).
 std::optional<Refusal> refusal_for(boost::system::error_code ec, const Limits& limits);
 
-// A header value's item without the optional white space (spaces, tabs) around it.
-std::string_view trim_ows(std::string_view s);
+using gilgamesh::trim_ows;  // server/model/response.hpp
 
 // The request id: the client's X-Request-Id if it is short and printable, else a new one.
 std::string request_id_for(const Request& request);

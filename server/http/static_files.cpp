@@ -35,8 +35,6 @@ namespace {
 
 std::string_view sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
 
-using exchange::trim_ows;
-
 // `path` split at '/', after its leading one ("/a/b/" -> "a", "b", "").
 std::vector<std::string_view> segments(std::string_view path) {
   std::vector<std::string_view> out;
@@ -54,14 +52,6 @@ std::vector<std::string_view> segments(std::string_view path) {
 bool servable(std::string_view segment) {
   return !segment.empty() && segment.front() != '.' && segment.find('/') == std::string_view::npos &&
          segment.find('\0') == std::string_view::npos;
-}
-
-std::string imf_date(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return buf;
 }
 
 // An IMF-fixdate (RFC 9110 5.6.7); the obsolete forms are not read (the header is then ignored).

@@ -99,19 +99,28 @@ ResponseDefaults& defaults_storage() {
 }
 }  // namespace
 
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+std::string imf_date(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  const std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return std::string(buf, n);
+}
+
 void set_response_defaults(ResponseDefaults defaults) { defaults_storage() = std::move(defaults); }
 
 const ResponseDefaults& response_defaults() { return defaults_storage(); }
 
 std::optional<Header> parse_default_header(std::string_view text, std::string& error) {
   const auto colon = text.find(':');
-  auto trim = [](std::string_view v) {
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    return v;
-  };
   Header h{std::string(colon == std::string_view::npos ? text : text.substr(0, colon)),
-           std::string(colon == std::string_view::npos ? std::string_view{} : trim(text.substr(colon + 1)))};
+           std::string(colon == std::string_view::npos ? std::string_view{} : trim_ows(text.substr(colon + 1)))};
   if (colon == std::string_view::npos || !is_token(h.name)) {
     error = "takes NAME:VALUE with NAME an HTTP token, as X-Frame-Options:DENY; got " + log_quoted(text);
     return std::nullopt;

@@ -3,6 +3,7 @@
 // it reaches the wire. Compiled into the HTTP layer; no Python here.
 #pragma once
 
+#include <ctime>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -44,6 +45,12 @@ std::optional<Header> parse_default_header(std::string_view text, std::string& e
 
 // RFC 9110 token characters (header names, methods).
 bool is_token(std::string_view s);
+
+// A header value's item without the optional white space (spaces, tabs) around it.
+std::string_view trim_ows(std::string_view s);
+
+// `t` as an RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"): Date, Last-Modified.
+std::string imf_date(std::time_t t);
 
 // `s` in single quotes for a message or log line, cut after `limit` bytes ("..."), with
 // control bytes, bytes >= 0x7f, quotes and backslashes written as \xNN.

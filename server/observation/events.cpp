@@ -26,15 +26,6 @@ constexpr auto kWriteTimeout = std::chrono::seconds(10);  // a client that stops
 constexpr const char* kFirstEvent = "retry: 3000\n\n";
 constexpr const char* kShutdownEvent = "event: shutdown\ndata: {}\n\n";
 
-std::string imf_fixdate_now() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return buf;
-}
-
 }  // namespace
 
 // One open stream. Every handler runs on the socket's executor (a strand, or the one
@@ -48,7 +39,7 @@ class EventStream : public std::enable_shared_from_this<EventStream> {
     head_.version(http_version >= 11 ? 11 : 10);
     head_.result(http::status::ok);
     if (response_defaults().server_header) head_.set(http::field::server, "gilgamesh/" GILGAMESH_VERSION);
-    head_.set(http::field::date, imf_fixdate_now());
+    head_.set(http::field::date, imf_date(std::time(nullptr)));
     for (const Header& h : response_defaults().headers) head_.insert(h.name, h.value);
     head_.set(http::field::content_type, "text/event-stream");
     head_.set(http::field::cache_control, "no-store");

@@ -186,5 +186,13 @@ TEST(ResponseDefaults, ParsesNameColonValue) {
   }
 }
 
+TEST(HeaderText, ImfDateAndTrimOws) {
+  EXPECT_EQ(imf_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
+  EXPECT_EQ(imf_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+  EXPECT_EQ(trim_ows(" \t gzip \t"), "gzip");
+  EXPECT_EQ(trim_ows("a b"), "a b");
+  EXPECT_EQ(trim_ows(" \t "), "");
+}
+
 }  // namespace
 }  // namespace gilgamesh::exchange
