@@ -8,6 +8,8 @@ streams (its head goes out with the first body bytes, then each piece as it
 comes) or is collected whole and sent with a Content-Length: run() says which.
 "Headers sent" below means: the app has produced body bytes.
 """
+import io as _io
+
 import gilgamesh as _gilgamesh
 
 
@@ -197,9 +199,10 @@ def run(app, environ, limit, start=None, push=None, send_file=None):
     Content-Length of at most `limit`.
 
     A FileWrapper returned after start_response(), with nothing written yet, goes to
-    send_file(status, headers, filelike) first (when given): True, the server reads the
-    file itself from its current position (a real file), and the app's close() is called
-    at once; False, it is iterated here."""
+    send_file(status, headers, filelike) first (when given; not a text file, whose tell() is
+    no byte offset and whose reads give str): True, the server reads the file itself from
+    its current position (a real file), and the app's close() is called at once; False, it
+    is iterated here."""
     exchange = _Exchange(limit, start, push)
     errors = environ["wsgi.errors"]
     try:
@@ -216,7 +219,7 @@ def run(app, environ, limit, start=None, push=None, send_file=None):
                     exchange.collect = True  # the whole body is there already
             elif kind is FileWrapper:
                 if (send_file is not None and exchange.status is not None and not exchange.chunks
-                        and not exchange.opened
+                        and not exchange.opened and not isinstance(result.filelike, _io.TextIOBase)
                         and send_file(exchange.status, exchange.headers, result.filelike)):
                     return None
                 if result.blksize < 1 << 16:

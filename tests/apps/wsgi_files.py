@@ -6,6 +6,8 @@ Routes (by PATH_INFO; files are named in $GILGAMESH_TEST_FILES, a directory):
   /file?name=N&skip=K&length=L  the file N from byte K (seek), through wsgi.file_wrapper;
                                 with length, a Content-Length of L ("rest": what is left)
   /pipe?size=N                  N bytes of a pattern through a pipe (not a regular file)
+  /text?name=N                  the file N opened in text mode: its reads give str, which
+                                WSGI does not allow (a 500 on every strategy)
   /hello                        b"hello"
 Every file object's close() leaves a marker closed-<name> in $GILGAMESH_TEST_MARKERS.
 """
@@ -62,6 +64,10 @@ def app(environ, start_response):
         threading.Thread(target=_feed, args=(w, data)).start()  # not a daemon: sub-interpreters allow none
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](os.fdopen(r, "rb"), 8192)
+    if path == "/text":
+        f = open(os.path.join(FILES, q["name"]), encoding="utf-8")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](f, 8192)
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return [b"hello"]

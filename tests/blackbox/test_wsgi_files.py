@@ -108,6 +108,10 @@ def test_head_sends_the_length_and_no_body(server):
 def test_what_is_not_a_regular_file_is_iterated(server):
     r = server.get("/pipe?size=300000", timeout=60)
     assert r.status == 200 and r.body == bytes(range(256)) * (300000 // 256), (r.status, len(r.body))
+    # A text file's reads give str: the app broke WSGI, as the iteration says, everywhere.
+    r = server.get("/text?name=small.bin")
+    assert r.status == 500, r
+    assert "yielded str, not bytes" in server.log()
 
 
 def test_slow_downloads_leave_the_worker_free(gilgamesh_bin, strategy, files, markers):
