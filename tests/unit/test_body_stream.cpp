@@ -1,14 +1,19 @@
 // The bounded buffer between a handler's thread and its connection
-// (server/model/body_stream.hpp): order, backpressure, the end, cancellation.
+// (server/model/body_stream.hpp): order, backpressure, the end, cancellation; and a file's
+// bytes fed to one (server/model/file_body.hpp).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <future>
 #include <string>
 #include <thread>
 
 #include "server/model/body_stream.hpp"
+#include "server/model/file_body.hpp"
 
 using namespace gilgamesh;
 using namespace std::chrono_literals;
@@ -113,4 +118,107 @@ TEST(BodyStream, OfferAfterTheClientLeftSaysSoAndAPendingRoomIsCalled) {
   ends.consumer.reset();  // the connection dropped the answer: cancelled
   EXPECT_EQ(rooms, 1) << "a producer waiting for room must learn the client left";
   EXPECT_EQ(ends.producer->offer("more", [&] { ++rooms; }), BodyStream::Offer::cancelled);
+}
+
+// --- a file's bytes fed to a stream (server/model/file_body.hpp) ---
+
+namespace {
+
+// A temporary file holding `data`, removed at the end; `fd()` opens it anew.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& data) {
+    char name[] = "/tmp/gilgamesh-file-body-XXXXXX";
+    const int fd = ::mkstemp(name);
+    EXPECT_GE(fd, 0);
+    path_ = name;
+    EXPECT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    ::close(fd);
+  }
+  ~TempFile() { ::unlink(path_.c_str()); }
+  Fd fd() const { return Fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC)); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string pattern(std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
+  return s;
+}
+
+// Everything the consumer gets until the stream ends, taking whenever asked; its last state.
+BodyStream::State drain(const std::shared_ptr<BodyStream>& consumer, std::string& out) {
+  for (int i = 0; i < 10000; ++i) {
+    BodyStream::Taken t = consumer->take(nullptr);
+    for (const std::string& c : t.chunks) out += c;
+    if (t.state != BodyStream::State::more) return t.state;
+  }
+  return BodyStream::State::more;
+}
+
+int open_fds() {
+  int n = 0;
+  for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) >= 0;
+  return n;
+}
+
+}  // namespace
+
+TEST(FileBody, TheRangeComesWholeInChunksWithAtMostTheBufferWaiting) {
+  const std::string data = pattern(5 * FileBody::kChunk + 123);
+  TempFile file(data);
+  const int before = open_fds();
+  std::shared_ptr<BodyStream> consumer = stream_file(file.fd(), 100, data.size() - 200, nullptr);
+  // Read ahead on the calling thread, up to the buffer, no more.
+  BodyStream::Taken first = consumer->take(nullptr);
+  std::size_t waiting = 0;
+  for (const std::string& c : first.chunks) {
+    EXPECT_LE(c.size(), FileBody::kChunk);
+    waiting += c.size();
+  }
+  EXPECT_GE(waiting, FileBody::kChunk);
+  EXPECT_LE(waiting, FileBody::kBuffered);
+  std::string got;
+  for (const std::string& c : first.chunks) got += c;
+  EXPECT_EQ(drain(consumer, got), BodyStream::State::finished);
+  EXPECT_EQ(got, data.substr(100, data.size() - 200));
+  EXPECT_EQ(open_fds(), before) << "the file was not closed at the end";
+}
+
+TEST(FileBody, AnEmptyRangeFinishesAtOnce) {
+  TempFile file("abc");
+  std::shared_ptr<BodyStream> consumer = stream_file(file.fd(), 3, 0, nullptr);
+  BodyStream::Taken t = consumer->take(nullptr);
+  EXPECT_TRUE(t.chunks.empty());
+  EXPECT_EQ(t.state, BodyStream::State::finished);
+}
+
+TEST(FileBody, AFileShorterThanPromisedFailsTheBodyAndSaysWhere) {
+  const std::string data = pattern(3 * FileBody::kChunk);
+  TempFile file(data);
+  std::uint64_t failed_at = 0;
+  bool failed = false;
+  std::shared_ptr<BodyStream> consumer = stream_file(file.fd(), 0, 5 * FileBody::kChunk, [&](std::uint64_t at) {
+    failed = true;
+    failed_at = at;
+  });
+  std::string got;
+  EXPECT_EQ(drain(consumer, got), BodyStream::State::failed);
+  EXPECT_TRUE(failed);
+  EXPECT_EQ(failed_at, 3 * FileBody::kChunk);
+  EXPECT_EQ(got, data);
+}
+
+TEST(FileBody, AClientThatLeavesClosesTheFile) {
+  TempFile file(pattern(10 * FileBody::kChunk));
+  const int before = open_fds();
+  {
+    std::shared_ptr<BodyStream> consumer = stream_file(file.fd(), 0, 10 * FileBody::kChunk, nullptr);
+    EXPECT_EQ(open_fds(), before + 1);  // waiting for room
+    consumer->take(nullptr);
+  }  // the consumer's end dropped: the stream is cancelled
+  EXPECT_EQ(open_fds(), before) << "the file stayed open after the client left";
 }
