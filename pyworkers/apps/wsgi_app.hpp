@@ -8,8 +8,8 @@
 //     stop, the client is gone), C functions of this file that reach the calling
 //     thread's StreamWriter; `start` is None when nothing may stream. A
 //     wsgi.file_wrapper over a real file goes to send_file(status, headers,
-//     filelike) -> bool first (None where the sink reads no files: a worker
-//     process's): True, the connection reads the file itself. An
+//     filelike) -> bool first (None where no sink takes files: an answer
+//     collected whole): True, the connection reads the file itself. An
 //     answer collected whole comes back as a gilgamesh_wsgi.Result with
 //     .status (str), .headers (list of (str, str)) and .chunks (list of
 //     bytes), exactly as the app gave them; a body past `limit` bytes raises

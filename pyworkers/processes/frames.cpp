@@ -225,7 +225,69 @@ ssize_t send_frame(int fd, std::string_view prefix, Kind kind, std::string_view 
   return send_pieces(fd, {prefix, std::string_view(header, kHeaderSize), meta, body}, skip, flags);
 }
 
+// recv(), or with `passed` recvmsg() taking the descriptors that come with the bytes.
+ssize_t receive(int fd, char* buf, std::size_t size, std::deque<Fd>* passed) {
+  if (passed == nullptr) return ::recv(fd, buf, size, 0);
+  iovec iov{buf, size};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received = -1;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      passed->emplace_back(received);
+    }
+  }
+  return n;
+}
+
 }  // namespace
+
+bool write_frame_with_fd(int fd, Kind kind, std::string_view meta, int passed_fd, int* error) {
+  app_forks::leave_if_forked();
+  char header[kHeaderSize];
+  put_header(header, kind, meta.size(), 0);
+  std::array<iovec, 2> iov{{{header, kHeaderSize}, {const_cast<char*>(meta.data()), meta.size()}}};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = meta.empty() ? 1 : 2;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &passed_fd, sizeof(int));
+  ssize_t n;
+  for (;;) {
+    n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n >= 0 || errno != EINTR) break;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    pollfd p{fd, POLLOUT, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    do {
+      n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+  }
+  // The rest of a frame the socket took in part: without the descriptor, which went with the first byte.
+  if (n >= 0 && static_cast<std::size_t>(n) < kHeaderSize + meta.size()) {
+    n = send_pieces(fd, {std::string_view(header, kHeaderSize), meta}, static_cast<std::size_t>(n), 0);
+  }
+  if (n >= 0) return true;
+  if (error) *error = errno;
+  return false;
+}
 
 bool write_frame(int fd, Kind kind, std::string_view meta, std::string_view body, int* error) {
   app_forks::leave_if_forked();  // a copy of a worker the app forked says nothing to the server
@@ -273,10 +335,10 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits) {
 }
 
 ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits,
-                               const volatile std::sig_atomic_t* stop) {
+                               const volatile std::sig_atomic_t* stop, std::deque<Fd>* passed) {
   char buf[64 * 1024];
   while (carry.size() < kHeaderSize) {
-    const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    const ssize_t got = receive(fd, buf, sizeof buf, passed);
     if (got < 0 && errno == EINTR && stop != nullptr && *stop && carry.empty()) {
       return {ReadStatus::failed, EINTR};
     }
@@ -435,6 +497,21 @@ bool decode_response_meta(std::string_view meta, HttpResponseData& out) {
   // every strategy alike, with a 500, rather than treating it as a broken worker.
   out.status = static_cast<int>(std::min<std::uint32_t>(status, 1000));
   return in.done();
+}
+
+std::string encode_file_meta(const HttpResponseData& head, std::uint64_t offset, std::uint64_t length) {
+  std::string out;
+  put_u64(out, offset);
+  put_u64(out, length);
+  out += encode_response_meta(head);
+  return out;
+}
+
+bool decode_file_meta(std::string_view meta, HttpResponseData& head, std::uint64_t& offset, std::uint64_t& length) {
+  if (meta.size() < 16) return false;
+  std::memcpy(&offset, meta.data(), 8);
+  std::memcpy(&length, meta.data() + 8, 8);
+  return decode_response_meta(meta.substr(16), head);
 }
 
 std::string tag(std::uint64_t id, std::string_view rest) {

@@ -4,7 +4,8 @@
 // with N > 1, one worker control socket.
 //
 // Lane sockets (SOCK_STREAM socketpairs) carry frames, strictly one request
-// then one response (or one streamed answer: head, chunks, end) per lane: a 16-byte header {u32 kind, u32 meta length,
+// then one response (or one streamed answer: head, chunks, end; or one `file` answer, its
+// descriptor passed with it) per lane: a 16-byte header {u32 kind, u32 meta length,
 // u64 body length} in host byte order, the metadata (everything but the body,
 // encoded below), then the body bytes. Each side reads a whole frame before
 // it writes, so bodies of any allowed size pass without deadlock; the one
@@ -43,6 +44,7 @@
 #pragma once
 
 #include "server/model/executor.hpp"
+#include "server/model/file_body.hpp"
 
 #include <nlohmann/json.hpp>
 #include <sys/types.h>
@@ -100,8 +102,12 @@ enum class Kind : std::uint32_t {
                          // what it sent
   asgi_stopped = 24,     // worker -> server (id 0): its loop has ended (after asgi_stop, its
                          // lifespan shutdown run); the process leaves once the app's threads have
+  // On a lane, instead of `response`: an answer whose body is a file (a WSGI app's
+  // wsgi.file_wrapper over a real file). meta: encode_file_meta; no body; the file's
+  // descriptor comes with the frame's first byte (SCM_RIGHTS), and the server reads the file.
+  file = 25,
 };
-constexpr std::uint32_t kLastKind = 24;
+constexpr std::uint32_t kLastKind = 25;
 
 // A WebSocket's send window under `processes` (above): bytes of the app's messages.
 constexpr std::size_t kWsWindow = 256 * 1024;
@@ -148,8 +154,13 @@ ReadResult read_frame(int fd, Frame& out, const Limits& limits = {});
 // first byte while *stop is set (and `carry` is empty) ends the read instead:
 // {failed, EINTR}. (A signal that lands just before the wait begins is seen at
 // the next frame or when the peer closes.)
+// With `passed`, descriptors that come with the bytes (SCM_RIGHTS: a `file` frame's) are
+// added to it, in order; without, the kernel closes them.
 ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Limits& limits = {},
-                               const volatile std::sig_atomic_t* stop = nullptr);
+                               const volatile std::sig_atomic_t* stop = nullptr, std::deque<Fd>* passed = nullptr);
+// A frame with no body whose first byte carries the descriptor `passed_fd` (SCM_RIGHTS: the
+// receiver gets its own copy), blocking as write_frame.
+bool write_frame_with_fd(int fd, Kind kind, std::string_view meta, int passed_fd, int* error = nullptr);
 
 // Frames from a peer that sends them back to back, read without ever blocking:
 // for an event loop that watches the socket (a worker process's ASGI loop reads
@@ -193,6 +204,10 @@ std::string encode_request_meta(std::size_t route_index, const HttpRequestData& 
 bool decode_request_meta(std::string_view meta, std::size_t& route_index, HttpRequestData& out);
 std::string encode_response_meta(const HttpResponseData& response);
 bool decode_response_meta(std::string_view meta, HttpResponseData& out);
+// A `file` frame's meta: the answer's head (its Content-Length in it), and which bytes of the
+// file are its body.
+std::string encode_file_meta(const HttpResponseData& head, std::uint64_t offset, std::uint64_t length);
+bool decode_file_meta(std::string_view meta, HttpResponseData& head, std::uint64_t& offset, std::uint64_t& length);
 
 // The request id in front of an ASGI frame's meta, and back: untag() strips it
 // from `meta`; false when the meta is too short to hold one.

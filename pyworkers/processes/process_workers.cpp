@@ -127,11 +127,17 @@ class ProcessWorker final : public Worker {
                                           job.request.body);
     frames::Frame reply;
     frames::ReadResult read{frames::ReadStatus::failed, EPIPE};
-    if (sent) read = frames::read_frame_buffered(l.fd, reply, l.carry);
+    if (sent) read = frames::read_frame_buffered(l.fd, reply, l.carry, {}, nullptr, &l.passed);
     bool streamed = false;
     if (read.ok() && reply.kind == frames::Kind::head) {
       streamed = true;
       if (!stream(job, l, reply, read)) out.worker_lost = true;  // the socket is no longer in step
+    } else if (read.ok() && reply.kind == frames::Kind::file) {
+      streamed = true;
+      if (!send_file(job, l, reply)) {
+        out.worker_lost = true;
+        read = {frames::ReadStatus::invalid, 0};
+      }
     }
     bool killed;
     {
@@ -250,6 +256,7 @@ class ProcessWorker final : public Worker {
     std::uint64_t seq = 0;       // the pool's job running on it; 0: none
     Clock::time_point deadline;  // that job's
     std::string carry;           // bytes of the worker's next frame, read with the last one
+    std::deque<Fd> passed;       // descriptors that came with them (a `file` frame's)
   };
 
   bool several_lanes() const { return lanes_.size() > 1; }
@@ -293,6 +300,26 @@ class ProcessWorker final : public Worker {
     }
     if (job.sink) job.sink->finish(false);
     return false;
+  }
+
+  // A `file` frame: the head, and the descriptor that came with the frame, to job.sink, which
+  // reads the file on the connection's thread. False: the frame is malformed or came
+  // without its descriptor (the socket is no longer in step).
+  bool send_file(const Job& job, LaneState& l, const frames::Frame& frame) {
+    {
+      std::lock_guard lock(mutex_);
+      l.deadline = Clock::time_point::max();  // answered: the connection sends it
+    }
+    HttpResponseData head;
+    std::uint64_t offset = 0, length = 0;
+    if (!frames::decode_file_meta(frame.meta, head, offset, length) || !frame.body.empty() || l.passed.empty() ||
+        job.sink == nullptr || !job.sink->takes_files()) {
+      return false;
+    }
+    Fd file = std::move(l.passed.front());
+    l.passed.pop_front();
+    job.sink->open_file(std::move(head), std::move(file), offset, length);
+    return true;
   }
 
   // The abandoned worker's end: killed once none of its lanes runs a request

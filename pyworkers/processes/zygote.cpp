@@ -118,6 +118,18 @@ class FrameSink final : public ResponseSink {
     ended_ = true;
   }
   bool opened() const override { return opened_; }
+  // The file goes to the server (a `file` frame with its descriptor), which reads it.
+  bool takes_files() const override { return true; }
+  bool open_file(HttpResponseData&& head, Fd&& fd, std::uint64_t offset, std::uint64_t length) override {
+    opened_ = true;
+    ended_ = true;  // the server ends the body
+    if (broken_) return false;
+    if (!frames::write_frame_with_fd(sock_, frames::Kind::file, frames::encode_file_meta(head, offset, length),
+                                     fd.fd)) {
+      broken_ = true;
+    }
+    return !broken_;
+  }
   // The socket can no longer be trusted: the lane must go.
   bool broken() const { return broken_; }
 

@@ -105,8 +105,9 @@ class ResponseSink {
   // Whether open() succeeded: the answer went out through the sink.
   virtual bool opened() const = 0;
 
-  // Whether open_file() may be called: the connection can read the app's file itself (an
-  // in-process worker's sink; a worker process's file is in another process).
+  // Whether open_file() may be called: the pool's sink (the connection reads the file) and
+  // a worker process's (it passes the descriptor to the server, which does); not where the
+  // answer is collected.
   virtual bool takes_files() const { return false; }
   // Instead of open(): a body that is `length` bytes of the regular file `fd` from `offset`
   // (a WSGI app's wsgi.file_wrapper over a real file). The head goes out as open()'s and

@@ -1,10 +1,9 @@
 """A WSGI app's wsgi.file_wrapper over a real file (Django's FileResponse, Flask's send_file):
-under the in-process strategies the server reads the file itself, on the connection's I/O
-thread, from the file's position on, and the worker is free as soon as the app returned
-(pyworkers/apps/wsgi_app.cpp `_sendfile`, server/model/file_body.hpp). A worker process's
-file is in another process: under `processes` the Python half iterates it, as before. The
-answer is the same bytes either way; these cases check both, and what only the in-process
-way can do (the worker free during slow downloads, a Content-Length without chunking).
+the server reads the file itself, on the connection's I/O thread, from the file's position
+on, and the worker is free as soon as the app returned (pyworkers/apps/wsgi_app.cpp
+`_sendfile`, server/model/file_body.hpp). Under `processes` the worker process passes the
+file's descriptor to the server with the answer's head (a `file` frame, SCM_RIGHTS). What is
+not a real file is iterated by the worker, as any body.
 
 The app is tests/apps/wsgi_files.py; Django's own FileResponse is at the end."""
 
@@ -16,15 +15,11 @@ import pytest
 
 from gilgamesh_harness import APPS_DIR, REPO, GilgameshServer, scaled, strategies
 
-# The sanitized pass runs the server's new path (in-process) once: processes only iterates.
-SANITIZED_STRATEGIES = ("subinterpreters",)
+# The sanitized pass: the in-process path and the descriptor passed from a worker process.
+SANITIZED_STRATEGIES = ("subinterpreters", "processes")
 
 BIG = 3 * 1024 * 1024 + 5          # streamed in pieces (over 256 KiB)
 SLOW = 48 * 1024 * 1024            # more than loopback's socket buffers take from a client that does not read
-
-
-def in_process(strategy):
-    return strategy != "processes"
 
 
 def wait_for(condition, timeout, what):
@@ -70,9 +65,8 @@ def test_a_real_file_goes_out_whole_and_the_app_closes_it(server, files, markers
     data = (files / "big.bin").read_bytes()
     r = server.get("/file?name=big.bin&token=whole", timeout=60)
     assert r.status == 200 and r.body == data, (r.status, len(r.body))
-    if in_process(server.strategy):
-        # Read by the server: its length is known, nothing is chunked.
-        assert r.header("Content-Length") == str(BIG) and r.header("Transfer-Encoding") is None, r
+    # Read by the server: its length is known, nothing is chunked.
+    assert r.header("Content-Length") == str(BIG) and r.header("Transfer-Encoding") is None, r
     wait_for(lambda: (markers / "closed-whole").exists(), 10, "the app's file closed")
     for name in ("small.bin", "empty.bin"):
         r = server.get("/file?name=" + name)
@@ -99,9 +93,7 @@ def test_the_apps_content_length_is_kept_or_its_rule_applies(server, files):
 def test_head_sends_the_length_and_no_body(server):
     with server.raw() as conn:
         r = conn.request("HEAD", "/file?name=big.bin", headers={"Host": "t"})
-        assert r.status == 200 and r.body == b"", r
-        if in_process(server.strategy):
-            assert r.header("Content-Length") == str(BIG), r
+        assert r.status == 200 and r.body == b"" and r.header("Content-Length") == str(BIG), r
         assert conn.request("GET", "/hello", headers={"Host": "t"}).body == b"hello"  # the connection goes on
 
 
@@ -116,10 +108,8 @@ def test_what_is_not_a_regular_file_is_iterated(server):
 
 def test_slow_downloads_leave_the_worker_free(gilgamesh_bin, strategy, files, markers):
     """Three clients that take nothing of a 48 MiB file, on one worker: another request is
-    answered at once. Iterated in the worker (before, and under `processes`), the first
-    download held the worker until the client read it all."""
-    if not in_process(strategy):
-        pytest.skip("a worker process's file is iterated by the worker (documented in docs/wsgi.md)")
+    answered at once. Iterated in the worker (before session 34), the first download held the
+    worker until the client read it all."""
     s = serve(strategy, files, markers, workers=1)
     try:
         fds_before = s.get("/stats").json()["open_fds"]
@@ -145,8 +135,6 @@ def test_slow_downloads_leave_the_worker_free(gilgamesh_bin, strategy, files, ma
 
 def test_a_file_that_shrinks_while_sent_cuts_the_body_and_says_why(gilgamesh_bin, strategy, files, markers,
                                                                    tmp_path):
-    if not in_process(strategy):
-        pytest.skip("the worker process iterates the file: it sends what it reads")
     size = 16 * 1024 * 1024
     path = files / "shrinks.bin"
     path.write_bytes(b"x" * size)

@@ -71,6 +71,16 @@ void decode_meta(std::string_view meta) {
     if (!same(response, again)) fail("a response changed through encode/decode");
     (void)response_violation(response);  // what the server checks next: must not throw
   }
+  HttpResponseData head;
+  std::uint64_t offset = 0, length = 0;
+  if (frames::decode_file_meta(meta, head, offset, length)) {
+    HttpResponseData again;
+    std::uint64_t offset2 = 0, length2 = 0;
+    if (!frames::decode_file_meta(frames::encode_file_meta(head, offset, length), again, offset2, length2) ||
+        offset2 != offset || length2 != length || !same(head, again)) {
+      fail("a file answer changed through encode/decode");
+    }
+  }
   std::size_t route = 0;
   HttpRequestData request;
   if (frames::decode_request_meta(meta, route, request)) {

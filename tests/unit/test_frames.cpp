@@ -1,6 +1,7 @@
 // The wire of `--strategy processes`: metadata encoding, whole frames over a
-// socketpair (small, 8 MiB, cut off, oversized), control messages with
-// descriptors (one, and more than fit in one message), worker control messages.
+// socketpair (small, 8 MiB, cut off, oversized), a `file` frame with its descriptor,
+// control messages with descriptors (one, and more than fit in one message), worker
+// control messages.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -918,4 +919,58 @@ TEST(ServerConfigJson, RoundTripsEveryField) {
   EXPECT_EQ(back.app.kind, gilgamesh::AppKind::wsgi);
   EXPECT_EQ(back.app.loop, gilgamesh::EventLoop::uvloop);
   EXPECT_EQ(back.pool.python_build, gilgamesh::PythonBuild::free_threaded);
+}
+
+TEST(FileFrame, TheDescriptorComesWithTheFrameAndTheMetaRoundTrips) {
+  SocketPair s;
+  HttpResponseData head;
+  head.status = 200;
+  head.headers = {{"Content-Type", "application/pdf"}, {"Content-Length", "42"}};
+  char name[] = "/tmp/gilgamesh-file-frame-XXXXXX";
+  const int file = ::mkstemp(name);
+  ASSERT_GE(file, 0);
+  ::unlink(name);
+  ASSERT_EQ(::write(file, "0123456789", 10), 10);
+  // A response first, so the file frame may come in the same read as what precedes it.
+  ASSERT_TRUE(write_frame(s.a, Kind::response, encode_response_meta(head), "body"));
+  ASSERT_TRUE(write_frame_with_fd(s.a, Kind::file, encode_file_meta(head, 7, 42), file));
+  ::close(file);  // the receiver's copy keeps the file
+  std::string carry;
+  std::deque<Fd> passed;
+  Frame f;
+  ASSERT_TRUE(read_frame_buffered(s.b, f, carry, {}, nullptr, &passed).ok());
+  EXPECT_EQ(f.kind, Kind::response);
+  ASSERT_TRUE(read_frame_buffered(s.b, f, carry, {}, nullptr, &passed).ok());
+  EXPECT_EQ(f.kind, Kind::file);
+  EXPECT_TRUE(f.body.empty());
+  HttpResponseData back;
+  std::uint64_t offset = 0, length = 0;
+  ASSERT_TRUE(decode_file_meta(f.meta, back, offset, length));
+  EXPECT_EQ(offset, 7u);
+  EXPECT_EQ(length, 42u);
+  EXPECT_EQ(back.headers.size(), 2u);
+  ASSERT_EQ(passed.size(), 1u);
+  char got[4] = {};
+  ASSERT_EQ(::pread(passed.front().fd, got, 3, 7), 3);
+  EXPECT_EQ(std::string(got, 3), "789");
+  EXPECT_FALSE(decode_file_meta(std::string_view(f.meta).substr(0, 15), back, offset, length));
+}
+
+TEST(FileFrame, AReaderThatTakesNoDescriptorsLeavesNoneOpen) {
+  SocketPair s;
+  const int before = [] {
+    int n = 0;
+    for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) >= 0;
+    return n;
+  }();
+  const int file = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(file, 0);
+  ASSERT_TRUE(write_frame_with_fd(s.a, Kind::file, encode_file_meta(HttpResponseData{}, 0, 0), file));
+  ::close(file);
+  std::string carry;
+  Frame f;
+  ASSERT_TRUE(read_frame_buffered(s.b, f, carry).ok());  // recv(): the kernel closes what came with it
+  int after = 0;
+  for (int fd = 0; fd < 1024; ++fd) after += ::fcntl(fd, F_GETFD) >= 0;
+  EXPECT_EQ(after, before);
 }
