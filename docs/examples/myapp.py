@@ -5,6 +5,8 @@
 tests/blackbox/test_docs_examples.py runs the pages' examples against it.
 """
 
+import os
+
 import gilgamesh
 
 
@@ -37,3 +39,9 @@ def countdown(request):
             yield "%d\n" % n  # sent at once, before the next line is made
         yield "liftoff\n"
     return lines()
+
+
+@gilgamesh.route("/scores.csv")
+def scores(request):
+    """A file, as it is on disk: the server reads and sends it, and closes it."""
+    return open(os.path.join(os.path.dirname(__file__), "scores.csv"), "rb")

@@ -1,6 +1,8 @@
 #include "pyworkers/apps/python_app.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include "server/model/file_body.hpp"
 #include "server/model/response.hpp"
@@ -49,6 +51,27 @@ bool StreamWriter::push(std::string_view piece) {
   more = sink_->push(piece);
   Py_END_ALLOW_THREADS
   return more;
+}
+
+std::optional<FileSpan> file_span(PyObject* filelike) {
+  const int fd = PyObject_AsFileDescriptor(filelike);  // its fileno()
+  if (fd < 0) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  py::Ref position = py::Ref::steal(PyObject_CallMethod(filelike, "tell", nullptr));
+  const long long offset = position ? PyLong_AsLongLong(position.get()) : -1;
+  struct stat st {};
+  if (offset < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || offset > st.st_size) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  FileSpan span;
+  span.fd = Fd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // the app's own is closed when the answer is done
+  if (span.fd.fd < 0) return std::nullopt;
+  span.offset = static_cast<std::uint64_t>(offset);
+  span.length = static_cast<std::uint64_t>(st.st_size - offset);
+  return span;
 }
 
 bool StreamWriter::send_file(HttpResponseData&& head, Fd&& fd, std::uint64_t offset, std::uint64_t length) {

@@ -11,8 +11,11 @@
 #include "pyworkers/embedding/py_ref.hpp"
 #include "server/model/body_stream.hpp"
 #include "server/model/executor.hpp"
+#include "server/model/file_body.hpp"
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,6 +94,17 @@ class StreamWriter {
   bool refused_ = false;
   bool finished_ = false;
 };
+
+// What is left of a real file an app answers with (a WSGI app's wsgi.file_wrapper, a route
+// handler's open binary file): a copy of its descriptor, from its position (tell()) to its
+// end. nullopt, with no Python exception left, when `filelike` is not a regular file with a
+// fileno() and a tell(). With the GIL.
+struct FileSpan {
+  Fd fd;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+};
+std::optional<FileSpan> file_span(PyObject* filelike);
 
 class PythonApp {
  public:

@@ -1,5 +1,8 @@
 #include "pyworkers/apps/route_app.hpp"
 
+#include <boost/beast/core/string.hpp>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "server/model/response.hpp"
@@ -79,6 +82,11 @@ std::unique_ptr<RouteApp> RouteApp::create(const AppOptions& options, PyObject* 
   py::Ref json = py::Ref::steal(PyImport_ImportModule("json"));
   if (!json) throw fail("import json");
   app->json_dumps_ = py::Ref::steal(PyObject_GetAttrString(json.get(), "dumps"));
+  py::Ref io = py::Ref::steal(PyImport_ImportModule("io"));
+  if (!io) throw fail("import io");
+  app->binary_files_ = py::Ref::steal(
+      Py_BuildValue("(NN)", PyObject_GetAttrString(io.get(), "BufferedIOBase"), PyObject_GetAttrString(io.get(), "RawIOBase")));
+  if (!app->binary_files_) throw fail("io's binary file types");
   app->request_type_ = py::Ref::steal(PyObject_GetAttrString(api, "Request"));
   app->response_type_ = py::Ref::steal(PyObject_GetAttrString(api, "Response"));
   if (!app->json_dumps_ || !app->request_type_ || !app->response_type_) throw fail("gilgamesh module is incomplete");
@@ -186,6 +194,7 @@ std::optional<HttpResponseData> RouteApp::respond(std::size_t route_index, const
   HttpResponseData out;
   py::Ref pieces;
   if (!result || !convert_result(result.get(), out, pieces)) return std::nullopt;
+  if (pieces && send_file(pieces.get(), out, writer)) return HttpResponseData{};
   if (pieces) return stream(pieces.get(), std::move(out), writer);
   return out;
 }
@@ -286,6 +295,32 @@ std::optional<HttpResponseData> RouteApp::stream(PyObject* pieces, HttpResponseD
   return std::move(writer.collected());
 }
 
+bool RouteApp::send_file(PyObject* body, const HttpResponseData& head, StreamWriter& writer) {
+  if (!writer.takes_files()) return false;
+  const int binary = PyObject_IsInstance(body, binary_files_.get());
+  if (binary != 1) {
+    PyErr_Clear();
+    return false;
+  }
+  for (const Header& h : head.headers) {
+    if (boost::beast::iequals(h.name, "Content-Length")) return false;  // the handler's own: it streams
+  }
+  std::optional<FileSpan> file = file_span(body);
+  if (!file) return false;
+  HttpResponseData sent = head;  // `head` stays as it was for stream(), should the writer refuse it
+  if (sent.content_type.empty()) {
+    py::Ref name = py::Ref::steal(PyObject_GetAttrString(body, "name"));  // open()'s path; an int for a descriptor
+    sent.content_type = content_type_by_name(name && PyUnicode_Check(name.get()) ? py::to_string(name.get()) : "");
+    PyErr_Clear();
+  }
+  sent.headers.push_back({"Content-Length", std::to_string(file->length)});
+  if (!writer.send_file(std::move(sent), std::move(file->fd), file->offset, file->length)) return false;
+  if (!close_iterator(body)) {
+    spdlog::warn("closing the file a handler answered with raised: {}", py::fetch_error().summary);
+  }
+  return true;
+}
+
 bool RouteApp::convert_body(PyObject* body, HttpResponseData& out, py::Ref& pieces) {
   if (PyDict_Check(body) || PyList_Check(body)) {
     PyObject* argv[1] = {body};
@@ -351,6 +386,7 @@ void RouteApp::release_kind() {
   request_type_.reset();
   response_type_.reset();
   json_dumps_.reset();
+  binary_files_.reset();
 }
 
 }  // namespace gilgamesh

@@ -11,7 +11,9 @@
 //     str or bytes-like pieces: the answer streams (StreamWriter), each piece
 //     sent as it comes; its content type, unless given, is text/plain for str
 //     pieces and application/octet-stream for bytes. The iterator's close() is
-//     called however the iteration ends (a client that left stops it).
+//     called however the iteration ends (a client that left stops it);
+//   - a binary file (open(path, "rb")) is such an iterator too, but is read by
+//     the server itself where the sink takes files (send_file()).
 #pragma once
 
 #include "pyworkers/apps/python_app.hpp"
@@ -45,6 +47,13 @@ class RouteApp final : public PythonApp {
   // Sends what `pieces` yields through `writer`, then closes it. nullopt with a
   // Python exception set when the iteration (or close()) raised.
   std::optional<HttpResponseData> stream(PyObject* pieces, HttpResponseData&& head, StreamWriter& writer);
+  // A binary file the handler answered with (open(path, "rb"), or as a Response's body),
+  // handed to `writer`'s sink, which reads it from its position on (StreamWriter::send_file):
+  // with a Content-Length, and a Content-Type by the file's name unless `head` has one; the
+  // file is closed here. False, with nothing done and no exception: not such a file, a
+  // Content-Length of the handler's own, or nowhere to hand it (an answer collected
+  // whole): it streams as the iterator of its lines it is.
+  bool send_file(PyObject* body, const HttpResponseData& head, StreamWriter& writer);
 
   std::vector<py::Ref> handlers_;
   std::vector<bool> is_async_;  // per route: an `async def` handler
@@ -52,6 +61,7 @@ class RouteApp final : public PythonApp {
   py::Ref request_type_;
   py::Ref response_type_;
   py::Ref json_dumps_;
+  py::Ref binary_files_;  // (io.BufferedIOBase, io.RawIOBase)
 };
 
 }  // namespace gilgamesh

@@ -1,8 +1,6 @@
 #include "pyworkers/apps/wsgi_app.hpp"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <cctype>
 #include <charconv>
@@ -107,19 +105,8 @@ PyObject* WsgiApp::stream_file(PyObject*, PyObject* const* args, Py_ssize_t narg
   if (nargs != 3) return PyErr_Format(PyExc_TypeError, "_sendfile() takes 3 arguments");
   if (!current_writer) return no_writer();
   if (!current_writer->takes_files()) Py_RETURN_FALSE;
-  const int fd = PyObject_AsFileDescriptor(args[2]);  // its fileno()
-  if (fd < 0) {
-    PyErr_Clear();
-    Py_RETURN_FALSE;
-  }
-  py::Ref position = py::Ref::steal(PyObject_CallMethod(args[2], "tell", nullptr));
-  const long long offset = position ? PyLong_AsLongLong(position.get()) : -1;
-  struct stat st {};
-  if (offset < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || offset > st.st_size) {
-    PyErr_Clear();
-    Py_RETURN_FALSE;
-  }
-  const std::uint64_t available = static_cast<std::uint64_t>(st.st_size - offset);
+  std::optional<FileSpan> file = file_span(args[2]);
+  if (!file) Py_RETURN_FALSE;
   PyObject* empty = PyList_New(0);
   if (!empty) return nullptr;
   HttpResponseData head;
@@ -129,24 +116,21 @@ PyObject* WsgiApp::stream_file(PyObject*, PyObject* const* args, Py_ssize_t narg
     PyErr_Clear();
     Py_RETURN_FALSE;
   }
-  std::uint64_t length = available;
+  std::uint64_t length = file->length;
   bool has_length = false;
   for (const Header& h : head.headers) {
     if (!iequals(h.name, "Content-Length")) continue;
     std::uint64_t given = 0;
     const auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), given);
     if (has_length || ec != std::errc{} || end != h.value.data() + h.value.size() || h.value.empty() ||
-        given != available) {
+        given != file->length) {
       Py_RETURN_FALSE;  // two, unreadable, or not what the file holds: the iterated body's rules answer
     }
     has_length = true;
     length = given;
   }
   if (!has_length) head.headers.push_back({"Content-Length", std::to_string(length)});
-  Fd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // the app closes its own when the answer is done
-  if (copy.fd < 0) Py_RETURN_FALSE;
-  return PyBool_FromLong(
-      current_writer->send_file(std::move(head), std::move(copy), static_cast<std::uint64_t>(offset), length));
+  return PyBool_FromLong(current_writer->send_file(std::move(head), std::move(file->fd), file->offset, length));
 }
 
 std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadContext& context,

@@ -108,51 +108,6 @@ std::optional<Opened> open_below(const StaticMount& mount, const std::string& re
   return opened(::open(resolved.get(), kOpenFlags));
 }
 
-struct TypeByExtension {
-  std::string_view extension;
-  std::string_view type;
-};
-
-// The types a web front end and a Django or Flask app's static folder hold.
-constexpr TypeByExtension kTypes[] = {
-    {"html", "text/html; charset=utf-8"},
-    {"htm", "text/html; charset=utf-8"},
-    {"css", "text/css; charset=utf-8"},
-    {"js", "text/javascript; charset=utf-8"},
-    {"mjs", "text/javascript; charset=utf-8"},
-    {"json", "application/json"},
-    {"map", "application/json"},
-    {"webmanifest", "application/manifest+json"},
-    {"txt", "text/plain; charset=utf-8"},
-    {"md", "text/markdown; charset=utf-8"},
-    {"csv", "text/csv; charset=utf-8"},
-    {"xml", "application/xml"},
-    {"svg", "image/svg+xml"},
-    {"png", "image/png"},
-    {"jpg", "image/jpeg"},
-    {"jpeg", "image/jpeg"},
-    {"gif", "image/gif"},
-    {"webp", "image/webp"},
-    {"avif", "image/avif"},
-    {"ico", "image/vnd.microsoft.icon"},
-    {"bmp", "image/bmp"},
-    {"woff", "font/woff"},
-    {"woff2", "font/woff2"},
-    {"ttf", "font/ttf"},
-    {"otf", "font/otf"},
-    {"eot", "application/vnd.ms-fontobject"},
-    {"wasm", "application/wasm"},
-    {"pdf", "application/pdf"},
-    {"zip", "application/zip"},
-    {"gz", "application/gzip"},
-    {"tar", "application/x-tar"},
-    {"mp4", "video/mp4"},
-    {"webm", "video/webm"},
-    {"mp3", "audio/mpeg"},
-    {"ogg", "audio/ogg"},
-    {"wav", "audio/wav"},
-    {"m4a", "audio/mp4"},
-};
 
 }  // namespace
 
@@ -242,17 +197,7 @@ std::optional<StaticRequest> StaticFiles::match(std::string_view path, std::stri
   return std::nullopt;
 }
 
-std::string_view StaticFiles::content_type_for(std::string_view name) {
-  const auto dot = name.rfind('.');
-  const auto slash = name.rfind('/');
-  if (dot != std::string_view::npos && (slash == std::string_view::npos || dot > slash)) {
-    const std::string_view extension = name.substr(dot + 1);
-    for (const TypeByExtension& t : kTypes) {
-      if (boost::beast::iequals(t.extension, extension)) return t.type;
-    }
-  }
-  return "application/octet-stream";
-}
+std::string_view StaticFiles::content_type_for(std::string_view name) { return content_type_by_name(name); }
 
 bool StaticFiles::accepts_coding(std::string_view list, std::string_view coding) {
   std::optional<bool> star;

@@ -2,8 +2,11 @@
 
 #include <unistd.h>
 
+#include <boost/beast/core/string.hpp>
+
 #include <algorithm>
 #include <cerrno>
+#include <string_view>
 
 namespace gilgamesh {
 
@@ -25,6 +28,52 @@ bool read_at(int fd, std::uint64_t offset, std::size_t length, std::string& out)
 }
 
 namespace {
+
+struct TypeByExtension {
+  std::string_view extension;
+  std::string_view type;
+};
+
+// The types a web front end and a Django or Flask app's static folder hold.
+constexpr TypeByExtension kTypes[] = {
+    {"html", "text/html; charset=utf-8"},
+    {"htm", "text/html; charset=utf-8"},
+    {"css", "text/css; charset=utf-8"},
+    {"js", "text/javascript; charset=utf-8"},
+    {"mjs", "text/javascript; charset=utf-8"},
+    {"json", "application/json"},
+    {"map", "application/json"},
+    {"webmanifest", "application/manifest+json"},
+    {"txt", "text/plain; charset=utf-8"},
+    {"md", "text/markdown; charset=utf-8"},
+    {"csv", "text/csv; charset=utf-8"},
+    {"xml", "application/xml"},
+    {"svg", "image/svg+xml"},
+    {"png", "image/png"},
+    {"jpg", "image/jpeg"},
+    {"jpeg", "image/jpeg"},
+    {"gif", "image/gif"},
+    {"webp", "image/webp"},
+    {"avif", "image/avif"},
+    {"ico", "image/vnd.microsoft.icon"},
+    {"bmp", "image/bmp"},
+    {"woff", "font/woff"},
+    {"woff2", "font/woff2"},
+    {"ttf", "font/ttf"},
+    {"otf", "font/otf"},
+    {"eot", "application/vnd.ms-fontobject"},
+    {"wasm", "application/wasm"},
+    {"pdf", "application/pdf"},
+    {"zip", "application/zip"},
+    {"gz", "application/gzip"},
+    {"tar", "application/x-tar"},
+    {"mp4", "video/mp4"},
+    {"webm", "video/webm"},
+    {"mp3", "audio/mpeg"},
+    {"ogg", "audio/ogg"},
+    {"wav", "audio/wav"},
+    {"m4a", "audio/mp4"},
+};
 
 class FileFeed : public std::enable_shared_from_this<FileFeed> {
  public:
@@ -67,6 +116,18 @@ class FileFeed : public std::enable_shared_from_this<FileFeed> {
 };
 
 }  // namespace
+
+std::string_view content_type_by_name(std::string_view name) {
+  const auto dot = name.rfind('.');
+  const auto slash = name.rfind('/');
+  if (dot != std::string_view::npos && (slash == std::string_view::npos || dot > slash)) {
+    const std::string_view extension = name.substr(dot + 1);
+    for (const TypeByExtension& t : kTypes) {
+      if (boost::beast::iequals(t.extension, extension)) return t.type;
+    }
+  }
+  return "application/octet-stream";
+}
 
 std::shared_ptr<BodyStream> stream_file(Fd&& fd, std::uint64_t offset, std::uint64_t length,
                                         std::function<void(std::uint64_t)> on_failure) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "server/model/body_stream.hpp"
@@ -43,6 +44,10 @@ struct FileBody {
   static constexpr std::size_t kBuffered = 64 * 1024;  // read ahead of the client, per response
   static constexpr std::size_t kWhole = 256 * 1024;    // up to this, a body is read at once, not streamed
 };
+
+// The Content-Type for a file name, by its extension (a table of 37 web types, case
+// ignored); "application/octet-stream" when unknown.
+std::string_view content_type_by_name(std::string_view name);
 
 // The consumer's end of a stream that carries `length` bytes of `fd` from `offset`: kChunk
 // reads, offered until kBuffered wait, then again each time the connection took them (on

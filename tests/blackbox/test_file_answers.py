@@ -1,11 +1,13 @@
-"""A WSGI app's wsgi.file_wrapper over a real file (Django's FileResponse, Flask's send_file):
-the server reads the file itself, on the connection's I/O thread, from the file's position
-on, and the worker is free as soon as the app returned (pyworkers/apps/wsgi_app.cpp
-`_sendfile`, server/model/file_body.hpp). Under `processes` the worker process passes the
-file's descriptor to the server with the answer's head (a `file` frame, SCM_RIGHTS). What is
-not a real file is iterated by the worker, as any body.
+"""Answers that are files: a WSGI app's wsgi.file_wrapper over a real file (Django's
+FileResponse, Flask's send_file) and a route handler's open binary file. The server reads
+the file itself, on the connection's I/O thread, from the file's position on, and the worker
+is free as soon as the app returned (pyworkers/apps/wsgi_app.cpp `_sendfile`,
+route_app.cpp `send_file`, server/model/file_body.hpp). Under `processes` the worker process
+passes the file's descriptor to the server with the answer's head (a `file` frame,
+SCM_RIGHTS). What is not a real file is iterated by the worker, as any body.
 
-The app is tests/apps/wsgi_files.py; Django's own FileResponse is at the end."""
+The apps are tests/apps/wsgi_files.py and route_files.py; Django's own FileResponse is at
+the end."""
 
 import os
 import subprocess
@@ -37,6 +39,7 @@ def files(tmp_path_factory):
     (root / "big.bin").write_bytes(os.urandom(BIG))
     (root / "small.bin").write_bytes(b"small file\n")
     (root / "empty.bin").write_bytes(b"")
+    (root / "site.css").write_bytes(b"body { margin: 0 }\n")
     with open(root / "slow.bin", "wb") as f:
         f.truncate(SLOW)  # sparse: no disk, read as zeros
     return root
@@ -169,3 +172,39 @@ def test_djangos_file_response(gilgamesh_bin):
         assert r.header("Content-Type", "").startswith("text/x-python"), r
     finally:
         assert s.stop() == 0, s.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def routes(gilgamesh_bin, strategy, files, markers):
+    s = GilgameshServer(strategy, workers=2, app="route_files", args=["--pythonpath", str(APPS_DIR)],
+                        env={"GILGAMESH_TEST_FILES": str(files), "GILGAMESH_TEST_MARKERS": str(markers)}).start()
+    yield s
+    assert s.stop() == 0, s.log()[-3000:]
+
+
+def test_a_route_handlers_file_goes_out_with_its_length_and_type(routes, files, markers):
+    data = (files / "big.bin").read_bytes()
+    r = routes.get("/file?name=big.bin&token=route&skip=70000", timeout=60)
+    assert r.status == 200 and r.body == data[70000:], (r.status, len(r.body))
+    assert r.header("Content-Length") == str(BIG - 70000) and r.header("Transfer-Encoding") is None, r
+    assert r.header("Content-Type") == "application/octet-stream", r
+    wait_for(lambda: (markers / "closed-route").exists(), 10, "the handler's file closed")
+    r = routes.get("/file?name=site.css")
+    assert r.status == 200 and r.body == b"body { margin: 0 }\n", r
+    assert r.header("Content-Type") == "text/css; charset=utf-8", r  # by the file's name
+    with routes.raw() as conn:
+        r = conn.request("HEAD", "/file?name=big.bin", headers={"Host": "t"})
+        assert r.status == 200 and r.body == b"" and r.header("Content-Length") == str(BIG), r
+        assert conn.request("GET", "/file?name=small.bin", headers={"Host": "t"}).body == b"small file\n"
+
+
+def test_a_responses_file_body_keeps_its_status_type_and_headers(routes, files):
+    r = routes.get("/typed?name=small.bin")
+    assert r.status == 203 and r.body == b"small file\n", r
+    assert r.header("Content-Type") == "application/pdf" and r.header("X-Report") == "yes", r
+    assert r.header("Content-Length") == "11", r
+
+
+def test_an_async_handlers_file_is_collected(routes, files):
+    r = routes.get("/async?name=big.bin", timeout=60)
+    assert r.status == 200 and r.body == (files / "big.bin").read_bytes(), (r.status, len(r.body))
