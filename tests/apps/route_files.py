@@ -7,25 +7,10 @@ each file's close() leaves a marker closed-<token> in $GILGAMESH_TEST_MARKERS.
   /async?name=N                 the same from an `async def` handler (collected, not handed over)
 """
 
-import io
 import os
 
 import gilgamesh
-
-FILES = os.environ.get("GILGAMESH_TEST_FILES", "")
-MARKERS = os.environ.get("GILGAMESH_TEST_MARKERS", "")
-
-
-class MarkedFile(io.BufferedReader):
-    def __init__(self, path, marker):
-        super().__init__(io.FileIO(path, "rb"))
-        self.marker = marker
-
-    def close(self):
-        if not self.closed and MARKERS:
-            with open(os.path.join(MARKERS, self.marker), "w") as f:
-                f.write("%d\n" % os.getpid())
-        super().close()
+from wsgi_files import FILES, MarkedFile  # the same marked files, from the same folder
 
 
 def _open(request):
