@@ -122,6 +122,7 @@ class ProcessWorker final : public Worker {
       l.seq = seq;
       l.deadline = job.deadline;
     }
+    l.passed.clear();  // descriptors the last answer came with and did not use: nobody's
     const bool sent = frames::write_frame(l.fd, frames::Kind::request,
                                           frames::encode_request_meta(job.route_index, job.request),
                                           job.request.body);
