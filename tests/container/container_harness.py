@@ -101,6 +101,10 @@ def process_name(pid):
         return ""
 
 
+# What buildah prints when it fails before the container's command runs (see _answers()).
+RUNTIME_START_FAILURE = "sealing memfd copy"
+
+
 class Container:
     """A working container from IMAGE; `start()` runs the image's entrypoint in it."""
 
@@ -138,11 +142,15 @@ class Container:
             args = list(args) + ["--port", str(self.port)]
         else:
             env["GILGAMESH_PORT"] = str(self.port)
-        argv = ["buildah", "--storage-driver", STORAGE, *self.run_args(volumes, env), self.name, "--",
-                *self.command(args)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._argv = ["buildah", "--storage-driver", STORAGE, *self.run_args(volumes, env), self.name, "--",
+                      *self.command(args)]
+        self._restarted = False
+        self._launch()
         return self
+
+    def _launch(self):
+        self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self):
         with open(self.log_file.name, "rb") as f:
@@ -150,6 +158,13 @@ class Container:
 
     def _answers(self, path):
         if self.proc.poll() is not None:
+            if not self._restarted and RUNTIME_START_FAILURE in self.log():
+                # buildah's chroot isolation could not seal the memfd copy of itself (EBUSY from
+                # F_ADD_SEALS, a kernel race seen once in CI, 2026-12-07): nothing of the image
+                # ran yet. Started once more; a second failure is reported.
+                self._restarted = True
+                self._launch()
+                return False
             raise AssertionError("container exited with %s before answering:\n%s"
                                  % (self.proc.returncode, self.log()[-4000:]))
         try:
