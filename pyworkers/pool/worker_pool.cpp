@@ -619,7 +619,7 @@ class WorkerPool::LaneSink final : public ResponseSink {
       head.stream = std::move(ends.consumer);
     } else {
       head.stream = stream_file(std::move(fd), offset, length, [id = job_.request.request_id](std::uint64_t at) {
-        spdlog::error("request {}: the app's file (wsgi.file_wrapper) ended or could not be read at byte {}; "
+        spdlog::error("request {}: the file the app answered with ended or could not be read at byte {}; "
                       "the connection is closed with the body cut short",
                       id, at);
       });

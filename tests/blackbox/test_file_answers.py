@@ -149,7 +149,7 @@ def test_a_file_that_shrinks_while_sent_cuts_the_body_and_says_why(gilgamesh_bin
             os.truncate(path, 1024 * 1024)
             received, closed = conn.read_until_closed(20)
         assert closed and len(received) < size, len(received)
-        assert "the app's file (wsgi.file_wrapper) ended or could not be read at byte" in s.log(), s.log()[-2000:]
+        assert "the file the app answered with ended or could not be read at byte" in s.log(), s.log()[-2000:]
         assert s.get("/hello").body == b"hello"
     finally:
         assert s.stop() == 0, s.log()[-3000:]
