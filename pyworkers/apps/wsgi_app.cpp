@@ -101,7 +101,7 @@ PyObject* WsgiApp::stream_push(PyObject*, PyObject* const* args, Py_ssize_t narg
 // is not a regular file with a fileno() and a tell(), or its Content-Length is not what is
 // left of the file, or the status and headers are not what start() would take). No
 // exception is raised for any of these: iterating reports what is wrong.
-PyObject* WsgiApp::stream_file(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+PyObject* WsgiApp::sendfile_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 3) return PyErr_Format(PyExc_TypeError, "_sendfile() takes 3 arguments");
   if (!current_writer) return no_writer();
   if (!current_writer->takes_files()) Py_RETURN_FALSE;
@@ -156,7 +156,7 @@ std::unique_ptr<WsgiApp> WsgiApp::create(const AppOptions& options, const LoadCo
                                METH_FASTCALL, nullptr};
   static PyMethodDef push_def{"_push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_push)),
                               METH_FASTCALL, nullptr};
-  static PyMethodDef file_def{"_sendfile", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&stream_file)),
+  static PyMethodDef file_def{"_sendfile", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&sendfile_py)),
                               METH_FASTCALL, nullptr};
   w->start_ = py::Ref::steal(PyCFunction_New(&start_def, nullptr));
   w->push_ = py::Ref::steal(PyCFunction_New(&push_def, nullptr));

@@ -52,7 +52,7 @@ class WsgiApp final : public PythonApp {
                                           StreamWriter& writer) override;
   static PyObject* stream_start(PyObject*, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* stream_push(PyObject*, PyObject* const* args, Py_ssize_t nargs);
-  static PyObject* stream_file(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* sendfile_py(PyObject*, PyObject* const* args, Py_ssize_t nargs);
   void release_kind() override;
   std::optional<HttpResponseData> from_result(PyObject* result, const HttpRequestData& request);
   // The request's environ; empty with a Python exception set when it cannot be made.

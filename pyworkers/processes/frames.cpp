@@ -172,10 +172,40 @@ void put_header(char (&header)[kHeaderSize], Kind kind, std::size_t meta_size, s
   std::memcpy(header + 8, &body_len, 8);
 }
 
+// `fds` as the SCM_RIGHTS of `msg`, in `control` (room for CMSG_SPACE of them).
+void attach_rights(msghdr& msg, char* control, std::span<const int> fds) {
+  const std::size_t bytes = sizeof(int) * fds.size();
+  std::memset(control, 0, CMSG_SPACE(bytes));
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(bytes);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(bytes);
+  std::memcpy(CMSG_DATA(c), fds.data(), bytes);
+}
+
+// Calls `each(fd)` for every descriptor that came with a received `msg` (SCM_RIGHTS).
+template <typename Each>
+void take_rights(msghdr& msg, Each&& each) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received = -1;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      each(received);
+    }
+  }
+}
+
 // Sends the pieces back to back, past their first `skip` bytes: all of them, or with
-// MSG_DONTWAIT in `flags` as far as the socket takes them without waiting. Returns the bytes
-// sent so far (`skip` included), or -1 with errno when the socket failed.
-ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std::size_t skip, int flags) {
+// MSG_DONTWAIT in `flags` as far as the socket takes them without waiting. With `pass_fd`,
+// that descriptor goes with the first byte sent (SCM_RIGHTS). Returns the bytes sent so far
+// (`skip` included), or -1 with errno when the socket failed.
+ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std::size_t skip, int flags,
+                    int pass_fd = -1) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
   std::array<iovec, 4> iov{};
   std::size_t count = 0;
   std::size_t total = skip;
@@ -189,6 +219,7 @@ ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std:
     msghdr msg{};
     msg.msg_iov = next;
     msg.msg_iovlen = count;
+    if (pass_fd >= 0) attach_rights(msg, control, std::span<const int>(&pass_fd, 1));
     const ssize_t n = ::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -201,6 +232,7 @@ ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std:
       }
       return -1;
     }
+    pass_fd = -1;  // went with the first byte
     auto sent = static_cast<std::size_t>(n);
     total += sent;
     while (count > 0 && sent >= next->iov_len) {
@@ -237,15 +269,7 @@ ssize_t receive(int fd, char* buf, std::size_t size, std::deque<Fd>* passed) {
   msg.msg_controllen = sizeof control;
   const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   if (n < 0) return n;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int received = -1;
-      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      passed->emplace_back(received);
-    }
-  }
+  take_rights(msg, [&](int received) { passed->emplace_back(received); });
   return n;
 }
 
@@ -255,36 +279,7 @@ bool write_frame_with_fd(int fd, Kind kind, std::string_view meta, int passed_fd
   app_forks::leave_if_forked();
   char header[kHeaderSize];
   put_header(header, kind, meta.size(), 0);
-  std::array<iovec, 2> iov{{{header, kHeaderSize}, {const_cast<char*>(meta.data()), meta.size()}}};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = iov.data();
-  msg.msg_iovlen = meta.empty() ? 1 : 2;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &passed_fd, sizeof(int));
-  ssize_t n;
-  for (;;) {
-    n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n >= 0 || errno != EINTR) break;
-  }
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-    pollfd p{fd, POLLOUT, 0};
-    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-    }
-    do {
-      n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-  }
-  // The rest of a frame the socket took in part: without the descriptor, which went with the first byte.
-  if (n >= 0 && static_cast<std::size_t>(n) < kHeaderSize + meta.size()) {
-    n = send_pieces(fd, {std::string_view(header, kHeaderSize), meta}, static_cast<std::size_t>(n), 0);
-  }
-  if (n >= 0) return true;
+  if (send_pieces(fd, {std::string_view(header, kHeaderSize), meta}, 0, 0, passed_fd) >= 0) return true;
   if (error) *error = errno;
   return false;
 }
@@ -671,17 +666,7 @@ bool send_one_control(int fd, const std::string& text, std::span<const int> pass
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  if (!pass_fds.empty()) {
-    const std::size_t bytes = sizeof(int) * pass_fds.size();
-    std::memset(control, 0, sizeof control);
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(bytes);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(bytes);
-    std::memcpy(CMSG_DATA(c), pass_fds.data(), bytes);
-  }
+  if (!pass_fds.empty()) attach_rights(msg, control, pass_fds);
   for (;;) {
     ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n >= 0) return static_cast<std::size_t>(n) == text.size();
@@ -727,15 +712,7 @@ bool receive_control(int fd, ControlMessage& out, std::string* error) {
       return false;
     };
     if (n < 0) return fail(std::strerror(errno));
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        out.fds.push_back(received);
-      }
-    }
+    take_rights(msg, [&](int received) { out.fds.push_back(received); });
     if (n == 0) return fail("end of stream");
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return fail("control message truncated");
     out.body = nlohmann::json::parse(buf.data(), buf.data() + n, nullptr, false);

@@ -307,15 +307,15 @@ class ProcessWorker final : public Worker {
   // reads the file on the connection's thread. False: the frame is malformed or came
   // without its descriptor (the socket is no longer in step).
   bool send_file(const Job& job, LaneState& l, const frames::Frame& frame) {
-    {
-      std::lock_guard lock(mutex_);
-      l.deadline = Clock::time_point::max();  // answered: the connection sends it
-    }
     HttpResponseData head;
     std::uint64_t offset = 0, length = 0;
     if (!frames::decode_file_meta(frame.meta, head, offset, length) || !frame.body.empty() || l.passed.empty() ||
         job.sink == nullptr || !job.sink->takes_files()) {
       return false;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      l.deadline = Clock::time_point::max();  // answered: the connection sends it
     }
     Fd file = std::move(l.passed.front());
     l.passed.pop_front();
