@@ -974,3 +974,71 @@ TEST(FileFrame, AReaderThatTakesNoDescriptorsLeavesNoneOpen) {
   for (int fd = 0; fd < 1024; ++fd) after += ::fcntl(fd, F_GETFD) >= 0;
   EXPECT_EQ(after, before);
 }
+
+TEST(FileFrame, OnAFullSocketTheFrameWaitsAndGoesWholeWithItsOneDescriptor) {
+  // The server's reactor makes its end of a worker's socket non-blocking, so the worker's
+  // blocking writes meet EAGAIN: the frame waits for room, goes in as many parts as the socket
+  // takes, and its descriptor goes once, with the first byte.
+  SocketPair s;
+  ASSERT_EQ(::fcntl(s.a, F_SETFL, ::fcntl(s.a, F_GETFL) | O_NONBLOCK), 0);
+  const std::string filler(64 * 1024, 'x');
+  std::size_t queued = 0;
+  for (;;) {
+    const ssize_t n = ::send(s.a, filler.data(), filler.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      ASSERT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK) << std::strerror(errno);
+      break;
+    }
+    queued += static_cast<std::size_t>(n);
+  }
+  ASSERT_GT(queued, 0u);
+  HttpResponseData head;
+  head.status = 200;
+  head.headers = {{"X-Large", std::string(512 * 1024, 'v')}};  // more than the socket holds at once
+  const std::string meta = encode_file_meta(head, 3, 5);
+  // The reader takes every descriptor that comes, with whichever bytes (read_frame_buffered's
+  // large-frame reads take none: the kernel would close a second one unseen).
+  std::string frame;
+  std::vector<int> passed;
+  std::thread reader([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the writer meets a full socket first
+    std::string buf(64 * 1024, '\0');
+    for (std::size_t left = queued; left > 0;) {
+      const ssize_t n = ::recv(s.b, buf.data(), std::min(left, buf.size()), 0);
+      if (n <= 0) return;
+      left -= static_cast<std::size_t>(n);
+    }
+    const std::size_t whole = 16 + meta.size();  // the frame's header, then its meta
+    while (frame.size() < whole) {
+      iovec iov{buf.data(), std::min(buf.size(), whole - frame.size())};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      const ssize_t n = ::recvmsg(s.b, &msg, MSG_CMSG_CLOEXEC);
+      if (n <= 0) return;
+      frame.append(buf.data(), static_cast<std::size_t>(n));
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+          int fd = -1;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          passed.push_back(fd);
+        }
+      }
+    }
+  });
+  const int file = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(file, 0);
+  int error = 0;
+  const bool sent = write_frame_with_fd(s.a, Kind::file, meta, file, &error);
+  ::close(file);
+  reader.join();
+  ASSERT_TRUE(sent) << std::strerror(error);
+  ASSERT_EQ(frame.size(), 16 + meta.size());
+  EXPECT_EQ(frame[0], static_cast<char>(Kind::file));
+  EXPECT_TRUE(frame.compare(16, std::string::npos, meta) == 0);
+  EXPECT_EQ(passed.size(), 1u) << "the descriptor must come once, with the first byte";
+  for (int fd : passed) ::close(fd);
+}
