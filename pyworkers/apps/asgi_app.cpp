@@ -1,10 +1,16 @@
 #include "pyworkers/apps/asgi_app.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <boost/beast/core/string.hpp>
+#include <climits>
+
 #include "pyworkers/embedding/app_threads.hpp"
+#include "server/model/file_body.hpp"
 #include "server/model/response.hpp"
 
 namespace gilgamesh {
@@ -222,6 +228,7 @@ class AsgiLoop::Mailbox {
   static PyObject* open(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* push(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* finish(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+  static PyObject* sendfile(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* fail(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* cut(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
   static PyObject* timed_out(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
@@ -465,6 +472,45 @@ PyObject* AsgiLoop::Mailbox::finish(PyObject* self, PyObject* const* args, Py_ss
   Py_RETURN_NONE;
 }
 
+// sendfile(rid, status, headers, fd, size) -> bool: a whole answer whose body is the `size`
+// bytes of the regular file `fd` (http.response.pathsend; the Python half opened it and
+// checked the head's Content-Length against `size`, and closes its own descriptor): the head,
+// with a Content-Length of `size` where the app gave none, and a copy of the descriptor go to
+// the connection, which reads the file as the client takes it (file_body.hpp), on its thread,
+// or in a worker process on the loop's side of its socket. False: the connection is gone.
+PyObject* AsgiLoop::Mailbox::sendfile(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 5) return PyErr_Format(PyExc_TypeError, "sendfile(rid, status, headers, fd, size)");
+  AsgiLoop* loop = nullptr;
+  Pending* p = pending(self, args[0], &loop);
+  if (!p) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_False);
+  const long fd = PyLong_AsLong(args[3]);
+  const unsigned long long size = PyLong_AsUnsignedLongLong(args[4]);
+  if (PyErr_Occurred()) return nullptr;
+  if (fd < 0 || fd > INT_MAX) return PyErr_Format(PyExc_ValueError, "sendfile(): %ld is not a descriptor", fd);
+  HttpResponseData head;
+  if (!head_from(args[1], args[2], head)) return nullptr;
+  const bool has_length = std::any_of(head.headers.begin(), head.headers.end(),
+                                      [](const Header& h) { return boost::beast::iequals(h.name, "Content-Length"); });
+  if (!has_length) head.headers.push_back({"Content-Length", std::to_string(size)});
+  if (!checked(loop, p, head)) return PyBool_FromLong(answer(loop, p, std::move(head)));
+  Fd file(::fcntl(static_cast<int>(fd), F_DUPFD_CLOEXEC, 0));
+  if (file.fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+  if (p->job.request.method == "HEAD") {
+    BodyStream::Ends ends = BodyStream::make();  // no body goes out: nothing is read
+    ends.producer->finish(true);
+    head.stream = std::move(ends.consumer);
+  } else {
+    Py_BEGIN_ALLOW_THREADS  // stream_file reads the first chunks here
+    head.stream = stream_file(std::move(file), 0, size, [id = p->job.request.request_id](std::uint64_t at) {
+      spdlog::error("request {}: the file the ASGI app sent (http.response.pathsend) ended or could not be read "
+                    "at byte {}; the connection is closed with the body cut short",
+                    id, at);
+    });
+    Py_END_ALLOW_THREADS
+  }
+  return PyBool_FromLong(answer(loop, p, std::move(head)));
+}
+
 // fail(rid, summary, traceback): the app raised or broke the protocol before
 // anything was sent: logged with the request id, answered 500.
 PyObject* AsgiLoop::Mailbox::fail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
@@ -675,6 +721,8 @@ PyObject* AsgiLoop::Mailbox::make(AsgiLoop* loop, PyObject* module) {
       {"open", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&open)), METH_FASTCALL, nullptr},
       {"push", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&push)), METH_FASTCALL, nullptr},
       {"finish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&finish)), METH_FASTCALL, nullptr},
+      {"sendfile", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&sendfile)), METH_FASTCALL,
+       nullptr},
       {"fail", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fail)), METH_FASTCALL, nullptr},
       {"cut", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cut)), METH_FASTCALL, nullptr},
       {"timed_out", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&timed_out)), METH_FASTCALL,

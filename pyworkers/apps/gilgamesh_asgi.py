@@ -34,6 +34,11 @@ loop thread. The C++ half talks to it through a `mailbox` object:
                                                the buffer is full (wait for "room"),
                                                2 the client is gone
   mailbox.finish(rid, ok)                      the streamed body is over (ok) or cut
+  mailbox.sendfile(rid, status, headers, fd, size) -> bool
+                                               a whole answer whose body is the regular
+                                               file `fd` (http.response.pathsend): the
+                                               connection reads it; the C++ half takes
+                                               a copy of fd, the caller closes its own
   mailbox.fail(rid, summary, traceback)        the app raised or broke the protocol
                                                before anything was sent: log, 500
   mailbox.cut(rid, summary, traceback)         the same after the head went out:
@@ -117,8 +122,10 @@ joined, UTF-8 of text checked, pings and pongs, the close handshake, limits):
 import _thread
 import asyncio
 import collections as _collections
+import errno as _errno
 import os as _os
 import selectors as _selectors
+import stat as _stat
 import sys as _sys
 import traceback as _traceback
 import types as _types
@@ -173,6 +180,7 @@ class DirectCaller:
         self.answered = {}  # rid -> status, once the app answered (500 after an error)
         self.errors = {}    # rid -> what the app raised or broke
         box = mailbox(take=lambda: [], respond=self._answer, open=self._answer,
+                      sendfile=lambda rid, status, headers, fd, size: self._answer(rid, status),
                       push=lambda rid, data: PUSH_OK, finish=lambda rid, whole: None,
                       fail=self._fail, cut=self._fail, timed_out=lambda rid: self._answer(rid, 504),
                       left=lambda rid, summary, text: None, done=lambda rid: None)
@@ -353,7 +361,9 @@ class _Exchange(_Deadlined):
             self._start(message)
         elif kind == "http.response.body":
             await self._body(message)
-        elif kind in ("http.response.trailers", "http.response.pathsend"):
+        elif kind == "http.response.pathsend":
+            self._pathsend(message)
+        elif kind == "http.response.trailers":
             raise ProtocolError("%s is not advertised in scope['extensions']" % kind)
         else:
             raise ProtocolError("unknown message type %r" % (kind,))
@@ -407,6 +417,43 @@ class _Exchange(_Deadlined):
             self.state = self.DONE
             self.mailbox.finish(self.rid, True)
             self._end()
+
+    def _pathsend(self, message):
+        """http.response.pathsend: the body is the file at message["path"], read by the
+        connection as the client takes it. Its own errors (no such file, not readable) reach
+        the app as the OSError open() raises; nothing is sent then, so an app that does not
+        catch it gets the generic 500."""
+        if self.state == self.START:
+            raise ProtocolError("http.response.pathsend before http.response.start")
+        if self.state == self.DONE:
+            raise ProtocolError("http.response.pathsend after the response ended")
+        if self.state == self.OPEN:
+            raise ProtocolError("http.response.pathsend after http.response.body: the two do not mix")
+        path = message.get("path")
+        if type(path) is not str:
+            raise ProtocolError("the path of http.response.pathsend must be a str, not %s" % type(path).__name__)
+        if not _os.path.isabs(path):
+            raise ProtocolError("the path of http.response.pathsend must be absolute, not %r" % path)
+        # O_NONBLOCK: a FIFO at that path must not block the loop in open(); a regular
+        # file ignores the flag.
+        fd = _os.open(path, _os.O_RDONLY | _os.O_CLOEXEC | _os.O_NONBLOCK)
+        try:
+            mode = _os.fstat(fd)
+            if not _stat.S_ISREG(mode.st_mode):
+                raise IsADirectoryError(_errno.EISDIR, "Is a directory", path) if _stat.S_ISDIR(mode.st_mode) \
+                    else OSError(_errno.EINVAL, "Not a regular file", path)
+            size = mode.st_size
+            for name, value in self.headers:
+                if name.lower() == b"content-length" and value.strip() != b"%d" % size:
+                    raise ProtocolError("http.response.start's Content-Length is %r, but %s holds %d bytes"
+                                        % (value.decode("latin-1"), path, size))
+            self.state = self.DONE
+            self._no_deadline()
+            if not self.mailbox.sendfile(self.rid, self.status, self.headers, fd, size):
+                self._client_gone()
+            self._end()
+        finally:
+            _os.close(fd)
 
     def _end(self):
         self.ended = True
@@ -1115,6 +1162,7 @@ class Worker:
             "client": request.client,
             "server": request.server,
             "state": self.state.copy(),
+            "extensions": {"http.response.pathsend": {}},
         }
 
     def websocket_scope_for(self, request, subprotocols):

@@ -42,7 +42,12 @@ Routes (by scope["path"], with scope["root_path"] taken off the front when it is
                                  leaked (what an earlier request set at the top level: must be
                                  None, the state is a copy); then sets state["leaked"] = T
   /ext/trailers                  with http.response.trailers (only if the server advertises it)
-  /ext/pathsend?path=P           with http.response.pathsend (only if the server advertises it)
+  /ext/pathsend?path=P&length=auto&token=T
+                                 with http.response.pathsend (only if the server advertises it);
+                                 length=auto: a Content-Length of the file's size, none: no
+                                 Content-Length, N: a Content-Length of N; then=body: an
+                                 http.response.body after it. Logs "pathsend T <ok|the exception's
+                                 type name>" after the send
   /violation/<name>              breaks one rule: body-before-start, start-twice, after-end,
                                  body-not-bytes, raise-before-start, raise-after-start,
                                  no-response, incomplete, unknown-type, status-999,
@@ -338,11 +343,19 @@ async def r_ext(scope, receive, send, q):
         await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")],
                     "more_trailers": False})
     elif kind == "pathsend" and "http.response.pathsend" in extensions:
-        path = q["path"]
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream"),
-                                (b"content-length", b"%d" % os.path.getsize(path))]})
-        await send({"type": "http.response.pathsend", "path": path})
+        path, length = q["path"], q.get("length", "auto")
+        headers = [(b"content-type", b"application/octet-stream")]
+        if length != "none":
+            headers.append((b"content-length", b"%d" % os.path.getsize(path) if length == "auto" else length.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            await send({"type": "http.response.pathsend", "path": path})
+            if q.get("then") == "body":
+                await send({"type": "http.response.body", "body": b"more"})
+        except Exception as exc:
+            event("pathsend", q.get("token", ""), type(exc).__name__)
+            raise
+        event("pathsend", q.get("token", ""), "ok")
     else:
         await respond(send, 404, b"extension not advertised: " + kind.encode())
 

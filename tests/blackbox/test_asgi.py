@@ -24,6 +24,7 @@ import selectors
 import socket
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -315,6 +316,67 @@ def test_extensions_advertised_work(conf, tmp_path):
         blob.write_bytes(os.urandom(300000))
         r = conf.get(ROOT + "/ext/pathsend?path=" + str(blob))
         assert r.status == 200 and r.body == blob.read_bytes(), r
+
+
+def pathsend(conf, path, **query):
+    query = "".join("&%s=%s" % (k, urllib.parse.quote(str(v))) for k, v in query.items())
+    return ROOT + "/ext/pathsend?path=" + urllib.parse.quote(str(path)) + query
+
+
+def test_pathsend_a_large_file_goes_whole_and_head_gets_its_length(conf, conf_events, tmp_path):
+    blob = tmp_path / "large.bin"
+    blob.write_bytes(os.urandom(5 * 1024 * 1024 + 123))  # many of the connection's reads
+    for length in ("auto", "none"):  # the app's own Content-Length, or the server's
+        token = uuid.uuid4().hex
+        r = conf.get(pathsend(conf, blob, length=length, token=token), timeout=30)
+        assert r.status == 200 and r.header("Content-Length") == str(blob.stat().st_size), r
+        assert r.body == blob.read_bytes(), (length, len(r.body))
+        assert conf_events.wait("pathsend", token)[-1][2] == "ok"
+    r = conf.request("HEAD", pathsend(conf, blob))
+    assert r.status == 200 and r.body == b"" and r.header("Content-Length") == str(blob.stat().st_size), r
+    assert conf.get(ROOT + "/hello").body == b"hello"  # the connection and the worker go on
+
+
+def test_pathsend_a_slow_client_holds_the_file_not_the_memory(conf, tmp_path):
+    blob = tmp_path / "slow.bin"
+    blob.write_bytes(os.urandom(2 * 1024 * 1024))
+    with Wire(conf.port, rcvbuf=16384) as wire:
+        wire.send(get(pathsend(conf, blob)))
+        wire.read_until(has_head, scaled(10), "the head")
+        time.sleep(0.5)  # the server stops at its buffer's bound while the client takes nothing
+        assert conf.get(ROOT + "/hello").body == b"hello"  # meanwhile the worker serves others
+        wire.read_until(response_complete, scaled(30), "the whole file")
+    status, headers, rest = split_head(wire.data)
+    assert status == 200 and rest == blob.read_bytes(), (status, len(rest))
+
+
+@pytest.mark.parametrize("case, logged", [
+    ("missing", "FileNotFoundError"),
+    ("directory", "IsADirectoryError"),
+    ("relative", "must be absolute"),
+    ("wrong-length", "holds 10 bytes"),
+    ("then-body", "after the response ended"),
+])
+def test_pathsend_errors_reach_the_app_and_a_500_is_answered(conf, conf_events, tmp_path, case, logged):
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"0123456789")
+    path, query = {
+        "missing": (tmp_path / "nothing-here", {"length": "none"}),
+        "directory": (tmp_path, {"length": "none"}),
+        "relative": ("small.txt", {"length": "none"}),
+        "wrong-length": (small, {"length": "11"}),
+        "then-body": (small, {"then": "body"}),
+    }[case]
+    token = uuid.uuid4().hex
+    r = conf.get(pathsend(conf, path, token=token, **query))
+    if case == "then-body":
+        # The file went out whole; the app's next send raised, after the response ended.
+        assert r.status == 200 and r.body == b"0123456789", r
+    else:
+        assert_json_error(r, 500)
+    logged_after(conf, r.header("X-Request-Id"), logged)
+    assert conf_events.wait("pathsend", token)[-1][2] != "ok"
+    assert conf.get(ROOT + "/hello").body == b"hello"  # the worker serves on
 
 
 # --- lifespan ------------------------------------------------------------------------------

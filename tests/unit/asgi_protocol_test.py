@@ -70,6 +70,12 @@ class Mailbox:
     push = record("push")
     finish = record("finish")
     fail = record("fail")
+
+    def sendfile(self, rid, status, headers, fd, size):
+        """As the C++ half: takes a copy of the descriptor (recorded: what it reads)."""
+        self.calls.append(("sendfile", rid, status, headers, os.pread(fd, size + 1, 0), size))
+        return True
+
     cut = record("cut")
     timed_out = record("timed_out")
     left = record("left")
@@ -166,6 +172,66 @@ def test_the_scope_has_every_key_with_its_type():
     assert seen["headers"] == [(b"host", b"h"), (b"x-a", b"1"), (b"x-a", b"2")]
     assert seen["client"] == ("127.0.0.1", 5000) and seen["server"] == ("127.0.0.1", 8080)
     assert seen["state"] == {}
+    assert seen["extensions"] == {"http.response.pathsend": {}}
+
+
+def pathsend_app(path, headers=(), then=None):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+        await send({"type": "http.response.pathsend", "path": os.fspath(path) if isinstance(path, Path) else path})
+        if then is not None:
+            await send(then)
+    return app
+
+
+def descriptors_on(folder):
+    """This process's descriptors open on `folder` or a file in it."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if target == str(folder) or target.startswith(str(folder) + "/"):
+            out.append(target)
+    return out
+
+
+def test_pathsend_hands_the_file_over_and_keeps_no_descriptor(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"x" * 1000)
+    box = serve(pathsend_app(blob, [(b"content-length", b"1000")]), get())
+    assert box.named("sendfile") == [("sendfile", 1, 200, [(b"content-length", b"1000")], b"x" * 1000, 1000)]
+    assert not box.named("fail") and box.named("done") == [("done", 1)]
+    assert descriptors_on(tmp_path) == []
+
+
+@pytest.mark.parametrize("make, headers, then, text", [
+    (lambda d: d / "missing", (), None, "FileNotFoundError"),
+    (lambda d: d, (), None, "IsADirectoryError"),
+    (lambda d: "relative/path", (), None, "must be absolute"),
+    (lambda d: 7, (), None, "must be a str, not int"),
+    (lambda d: d / "f", [(b"Content-Length", b"4")], None, "'4', but"),
+    (lambda d: d / "f", (), {"type": "http.response.body", "body": b"x"}, "after the response ended"),
+])
+def test_pathsend_errors_are_the_apps_and_leave_no_descriptor(tmp_path, make, headers, then, text):
+    (tmp_path / "f").write_bytes(b"abc")
+    box = serve(pathsend_app(make(tmp_path), headers, then), get())
+    fails = box.named("fail")
+    assert len(fails) == 1 and text in fails[0][2], box.calls
+    assert len(box.named("sendfile")) == (1 if then else 0)
+    assert descriptors_on(tmp_path) == []
+
+
+def test_pathsend_after_a_body_cuts_it():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+
+    box = serve(app, get())
+    cuts = box.named("cut")
+    assert len(cuts) == 1 and "do not mix" in cuts[0][2] and not box.named("sendfile"), box.calls
 
 
 def test_a_streamed_answer_opens_pushes_and_finishes():
