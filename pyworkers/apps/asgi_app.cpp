@@ -476,8 +476,8 @@ PyObject* AsgiLoop::Mailbox::finish(PyObject* self, PyObject* const* args, Py_ss
 // bytes of the regular file `fd` (http.response.pathsend; the Python half opened it and
 // checked the head's Content-Length against `size`, and closes its own descriptor): the head,
 // with a Content-Length of `size` where the app gave none, and a copy of the descriptor go to
-// the connection, which reads the file as the client takes it (file_body.hpp), on its thread,
-// or in a worker process on the loop's side of its socket. False: the connection is gone.
+// the connection, which reads the file as the client takes it (file_body.hpp), on its thread
+// (from a worker process, through Hooks::send_file). False: the connection is gone.
 PyObject* AsgiLoop::Mailbox::sendfile(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 5) return PyErr_Format(PyExc_TypeError, "sendfile(rid, status, headers, fd, size)");
   AsgiLoop* loop = nullptr;
@@ -499,6 +499,13 @@ PyObject* AsgiLoop::Mailbox::sendfile(PyObject* self, PyObject* const* args, Py_
     BodyStream::Ends ends = BodyStream::make();  // no body goes out: nothing is read
     ends.producer->finish(true);
     head.stream = std::move(ends.consumer);
+  } else if (loop->hooks_.send_file) {
+    mark_answered(loop, p);
+    bool delivered;
+    Py_BEGIN_ALLOW_THREADS
+    delivered = loop->hooks_.send_file(p->job, std::move(head), std::move(file), size);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(delivered);
   } else {
     Py_BEGIN_ALLOW_THREADS  // stream_file reads the first chunks here
     head.stream = stream_file(std::move(file), 0, size, [id = p->job.request.request_id](std::uint64_t at) {

@@ -45,6 +45,7 @@
 
 #include "pyworkers/apps/python_app.hpp"
 #include "pyworkers/pool/worker.hpp"
+#include "server/model/file_body.hpp"
 
 #include <condition_variable>
 #include <deque>
@@ -105,6 +106,11 @@ class AsgiLoop {
     // Called on the loop's thread before each wait (no Python lock held): what it
     // held back while the callbacks ran goes out now.
     std::function<void()> idle;
+    // A worker process's loop: the answer to `job` whose body is `length` bytes of the
+    // regular file `fd` (http.response.pathsend) goes to the server with the descriptor,
+    // which reads the file. False: the server is gone. Without it the connection is given a
+    // stream that reads the file (file_body.hpp). No Python lock held.
+    std::function<bool(const Job& job, HttpResponseData&& head, Fd&& fd, std::uint64_t length)> send_file;
   };
 
   // `interp` is the interpreter that loaded `app`; both outlive the loop. An

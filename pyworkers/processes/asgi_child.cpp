@@ -168,6 +168,11 @@ bool AsgiChild::start_loop() {
   hooks.released = [this](const Job& job) { released(job); };
   hooks.read = [this] { return read_frames(); };
   hooks.read_fd = sock_;
+  hooks.send_file = [this](const Job& job, HttpResponseData&& head, Fd&& fd, std::uint64_t length) {
+    outbox_->post_with_fd(Kind::asgi_file, frames::tag(job.token, frames::encode_file_meta(head, 0, length)),
+                          std::move(fd));
+    return !job.client_gone();
+  };
   loop_ = std::make_unique<AsgiLoop>(PyInterpreterState_Main(), app_, config_, std::move(hooks));
   try {
     // Its thread takes no signal either: SIGTERM is for the main thread's wait.

@@ -302,7 +302,9 @@ class AsgiProcessWorker final : public Worker {
   bool read_from_watch();
   void read_to_the_end();
   bool on_frame(frames::Frame& frame);
+  std::optional<Job> take_to_answer(std::uint64_t id, std::shared_ptr<BodyStream> producer);
   void deliver(std::uint64_t id, HttpResponseData&& response, std::shared_ptr<BodyStream> producer = nullptr);
+  void deliver_file(std::uint64_t id, HttpResponseData&& head, Fd&& file, std::uint64_t offset, std::uint64_t length);
   void chunk(std::uint64_t id, std::string&& data);
   void end_body(std::uint64_t id, bool ok);
   void done(std::uint64_t id);
@@ -406,6 +408,14 @@ bool AsgiProcessWorker::on_frame(frames::Frame& frame) {
       deliver(id, std::move(response), std::move(ends.producer));
       return true;
     }
+    case Kind::asgi_file: {
+      HttpResponseData head;
+      std::uint64_t offset = 0, length = 0;
+      Fd file = frames_->take_passed();
+      if (!frames::decode_file_meta(meta, head, offset, length) || !frame.body.empty() || file.fd < 0) return false;
+      deliver_file(id, std::move(head), std::move(file), offset, length);
+      return true;
+    }
     case Kind::asgi_chunk: chunk(id, std::move(frame.body)); return true;
     case Kind::asgi_end: end_body(id, meta == "1"); return true;
     case Kind::asgi_done: done(id); return true;
@@ -438,18 +448,32 @@ bool AsgiProcessWorker::on_frame(frames::Frame& frame) {
   }
 }
 
+std::optional<Job> AsgiProcessWorker::take_to_answer(std::uint64_t id, std::shared_ptr<BodyStream> producer) {
+  std::lock_guard lock(mutex_);
+  auto it = held_.find(id);
+  if (it == held_.end() || it->second.answered) return std::nullopt;
+  it->second.answered = true;
+  it->second.producer = std::move(producer);
+  return std::move(it->second.job);
+}
+
 void AsgiProcessWorker::deliver(std::uint64_t id, HttpResponseData&& response, std::shared_ptr<BodyStream> producer) {
-  Job job;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = held_.find(id);
-    if (it == held_.end() || it->second.answered) return;
-    it->second.answered = true;
-    it->second.producer = std::move(producer);
-    job = std::move(it->second.job);
-  }
+  std::optional<Job> job = take_to_answer(id, std::move(producer));
   // A connection gone already drops the consumer's end: the next chunk's offer says so.
-  job.complete(std::move(response));
+  if (job) job->complete(std::move(response));
+}
+
+// An asgi_file frame: the connection reads the file (file_body.hpp), the first chunks here.
+void AsgiProcessWorker::deliver_file(std::uint64_t id, HttpResponseData&& head, Fd&& file, std::uint64_t offset,
+                                     std::uint64_t length) {
+  std::optional<Job> job = take_to_answer(id, nullptr);
+  if (!job) return;  // the descriptor closes here
+  head.stream = stream_file(std::move(file), offset, length, [rid = job->request.request_id](std::uint64_t at) {
+    spdlog::error("request {}: the file the ASGI app sent (http.response.pathsend) ended or could not be read "
+                  "at byte {}; the connection is closed with the body cut short",
+                  rid, at);
+  });
+  job->complete(std::move(head));
 }
 
 void AsgiProcessWorker::chunk(std::uint64_t id, std::string&& data) {

@@ -251,15 +251,15 @@ ssize_t send_pieces(int fd, std::initializer_list<std::string_view> pieces, std:
 // Frame (kind, meta, body) after `prefix` (whole frames held back: Outbox::post_later), the
 // same way.
 ssize_t send_frame(int fd, std::string_view prefix, Kind kind, std::string_view meta, std::string_view body,
-                   std::size_t skip, int flags) {
+                   std::size_t skip, int flags, int pass_fd = -1) {
   char header[kHeaderSize];
   put_header(header, kind, meta.size(), body.size());
-  return send_pieces(fd, {prefix, std::string_view(header, kHeaderSize), meta, body}, skip, flags);
+  return send_pieces(fd, {prefix, std::string_view(header, kHeaderSize), meta, body}, skip, flags, pass_fd);
 }
 
 // recv(), or with `passed` recvmsg() taking the descriptors that come with the bytes.
-ssize_t receive(int fd, char* buf, std::size_t size, std::deque<Fd>* passed) {
-  if (passed == nullptr) return ::recv(fd, buf, size, 0);
+ssize_t receive(int fd, char* buf, std::size_t size, int flags, std::deque<Fd>* passed) {
+  if (passed == nullptr) return ::recv(fd, buf, size, flags);
   iovec iov{buf, size};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
   msghdr msg{};
@@ -267,7 +267,7 @@ ssize_t receive(int fd, char* buf, std::size_t size, std::deque<Fd>* passed) {
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  const ssize_t n = ::recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC);
   if (n < 0) return n;
   take_rights(msg, [&](int received) { passed->emplace_back(received); });
   return n;
@@ -333,7 +333,7 @@ ReadResult read_frame_buffered(int fd, Frame& out, std::string& carry, const Lim
                                const volatile std::sig_atomic_t* stop, std::deque<Fd>* passed) {
   char buf[64 * 1024];
   while (carry.size() < kHeaderSize) {
-    const ssize_t got = receive(fd, buf, sizeof buf, passed);
+    const ssize_t got = receive(fd, buf, sizeof buf, 0, passed);
     if (got < 0 && errno == EINTR && stop != nullptr && *stop && carry.empty()) {
       return {ReadStatus::failed, EINTR};
     }
@@ -375,7 +375,7 @@ ReadResult FrameReader::receive(std::size_t budget) {
   }
   for (std::size_t taken = 0; taken < budget;) {
     const std::size_t want = std::min(sizeof buf, budget - taken);
-    const ssize_t got = ::recv(fd_, buf, want, MSG_DONTWAIT);
+    const ssize_t got = frames::receive(fd_, buf, want, MSG_DONTWAIT, &passed_);
     if (got > 0) {
       in_.append(buf, static_cast<std::size_t>(got));
       taken += static_cast<std::size_t>(got);
@@ -392,6 +392,13 @@ ReadResult FrameReader::receive(std::size_t budget) {
     return {ReadStatus::failed, errno};
   }
   return {};
+}
+
+Fd FrameReader::take_passed() {
+  if (passed_.empty()) return Fd();
+  Fd out = std::move(passed_.front());
+  passed_.pop_front();
+  return out;
 }
 
 bool FrameReader::next(Frame& out, bool& invalid) {
@@ -566,7 +573,7 @@ std::size_t Outbox::Item::size() const {
 
 ssize_t Outbox::Item::send(int fd, int flags) const {
   if (!kind) return send_pieces(fd, {prefix}, written, flags);
-  return send_frame(fd, prefix, *kind, meta, body, written, flags);
+  return send_frame(fd, prefix, *kind, meta, body, written, flags, written == 0 ? passed.fd : -1);
 }
 
 void Outbox::post(Kind kind, std::string meta, std::string body) {
@@ -576,6 +583,16 @@ void Outbox::post(Kind kind, std::string meta, std::string body) {
     if (closing_ || failed_) return;
     // What post_later() held back goes ahead of it, in the same write.
     if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), std::move(body)})) return;
+  }
+  wake_.notify_one();
+}
+
+void Outbox::post_with_fd(Kind kind, std::string meta, Fd&& passed) {
+  app_forks::leave_if_forked();
+  {
+    std::lock_guard lock(mutex_);
+    if (closing_ || failed_) return;
+    if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), {}, std::move(passed)})) return;
   }
   wake_.notify_one();
 }

@@ -106,8 +106,12 @@ enum class Kind : std::uint32_t {
   // wsgi.file_wrapper over a real file). meta: encode_file_meta; no body; the file's
   // descriptor comes with the frame's first byte (SCM_RIGHTS), and the server reads the file.
   file = 25,
+  // worker -> server instead of asgi_response: an answer whose body is a file (an ASGI app's
+  // http.response.pathsend): id, then encode_file_meta; no body; the file's descriptor comes
+  // with the frame (SCM_RIGHTS), and the server reads the file.
+  asgi_file = 26,
 };
-constexpr std::uint32_t kLastKind = 25;
+constexpr std::uint32_t kLastKind = 26;
 
 // A WebSocket's send window under `processes` (above): bytes of the app's messages.
 constexpr std::size_t kWsWindow = 256 * 1024;
@@ -181,6 +185,10 @@ class FrameReader {
   // when the next one is over the limits or of no kind (`invalid` set then).
   bool next(Frame& out, bool& invalid);
 
+  // The first descriptor received with the bytes (SCM_RIGHTS: an asgi_file frame's, which
+  // comes with its bytes or ahead of them) not taken yet; Fd() when there is none.
+  Fd take_passed();
+
   // receive(), then each whole frame to `handle`, in order. `broken` says how the
   // peer broke the protocol ("a malformed frame": `handle` returned false; one over
   // the limits or of no kind; one too large for memory), and no frame goes to
@@ -196,6 +204,7 @@ class FrameReader {
   const Limits limits_;
   std::string in_;       // bytes received, the frames not taken yet from pos_ on
   std::size_t pos_ = 0;
+  std::deque<Fd> passed_;  // descriptors received, in order, not taken yet
 };
 
 // Everything of a request but its body, and back. Decoding rejects (false) any
@@ -237,6 +246,9 @@ class Outbox {
   Outbox& operator=(const Outbox&) = delete;
 
   void post(Kind kind, std::string meta, std::string body = {});
+  // A frame with no body that carries `passed` (SCM_RIGHTS, with its first byte written; the
+  // receiver gets its own copy, this one is closed once the frame is written or dropped).
+  void post_with_fd(Kind kind, std::string meta, Fd&& passed);
   // A frame with no body that need not go at once (a worker's asgi_done): it goes
   // ahead of the next post(), in the same write, or at flush() or close(). An event
   // loop holds back what it posts while its callbacks run, and flushes before it waits.
@@ -251,6 +263,7 @@ class Outbox {
     std::string prefix;       // frames post_later() held back, whole
     std::optional<Kind> kind;  // then this frame, if any
     std::string meta, body;
+    Fd passed;  // goes with the first byte written (post_with_fd)
     std::size_t written = 0;  // bytes post() wrote already (the first ones)
     std::size_t size() const;
     ssize_t send(int fd, int flags) const;

@@ -1042,3 +1042,59 @@ TEST(FileFrame, OnAFullSocketTheFrameWaitsAndGoesWholeWithItsOneDescriptor) {
   EXPECT_EQ(passed.size(), 1u) << "the descriptor must come once, with the first byte";
   for (int fd : passed) ::close(fd);
 }
+
+// An ASGI worker process's answer with a file (http.response.pathsend): the Outbox posts an
+// asgi_file frame with the descriptor, behind frames it held back and, the second time,
+// behind a frame the socket could not take at once (its thread writes it); the server's
+// FrameReader gives each frame whole and each descriptor in the frames' order.
+TEST(FileFrame, AnOutboxPostsDescriptorsAndAFrameReaderGivesThemInOrder) {
+  SocketPair s;
+  auto outbox = std::make_shared<Outbox>(s.a);
+  auto temp_file = [](const std::string& content) {
+    char name[] = "/tmp/gilgamesh-asgi-file-XXXXXX";
+    const int fd = ::mkstemp(name);
+    ::unlink(name);
+    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    return Fd(fd);
+  };
+  HttpResponseData head;
+  head.status = 200;
+  head.headers = {{"Content-Type", "text/plain"}};
+  outbox->post_later(Kind::asgi_done, tag(1));  // goes ahead of the file frame, in its write
+  outbox->post_with_fd(Kind::asgi_file, tag(2, encode_file_meta(head, 0, 5)), temp_file("first"));
+  outbox->post(Kind::asgi_chunk, tag(3), std::string(4 << 20, 'c'));  // more than the socket takes
+  outbox->post_with_fd(Kind::asgi_file, tag(4, encode_file_meta(head, 1, 5)), temp_file("second"));
+  outbox->post(Kind::asgi_done, tag(5));
+
+  FrameReader reader(s.b);
+  std::vector<std::pair<std::uint64_t, std::string>> files;  // id, what its descriptor reads
+  std::vector<std::uint64_t> order;
+  for (int rounds = 0; order.size() < 5 && rounds < 2000; ++rounds) {
+    pollfd p{s.b, POLLIN, 0};
+    ASSERT_GE(::poll(&p, 1, 5000), 0);
+    const FrameReader::Drained d = reader.drain([&](Frame& f) {
+      std::string_view meta = f.meta;
+      std::uint64_t id = 0;
+      if (!untag(meta, id)) return false;
+      order.push_back(id);
+      if (f.kind != Kind::asgi_file) return true;
+      HttpResponseData back;
+      std::uint64_t offset = 0, length = 0;
+      if (!decode_file_meta(meta, back, offset, length)) return false;
+      Fd fd = reader.take_passed();
+      std::string got(length, '\0');
+      const ssize_t n = fd.fd >= 0 ? ::pread(fd.fd, got.data(), length, static_cast<off_t>(offset)) : -1;
+      got.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+      files.emplace_back(id, got);
+      return true;
+    });
+    ASSERT_TRUE(d.got.ok() && d.broken.empty()) << d.broken;
+  }
+  EXPECT_EQ(order, (std::vector<std::uint64_t>{1, 2, 3, 4, 5}));
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0], (std::pair<std::uint64_t, std::string>{2, "first"}));
+  EXPECT_EQ(files[1], (std::pair<std::uint64_t, std::string>{4, "econd"}));
+  EXPECT_EQ(reader.take_passed().fd, -1) << "one descriptor came per file frame";
+  outbox->close();
+  EXPECT_FALSE(outbox->failed());
+}
