@@ -577,22 +577,22 @@ ssize_t Outbox::Item::send(int fd, int flags) const {
 }
 
 void Outbox::post(Kind kind, std::string meta, std::string body) {
+  post_frame(kind, std::move(meta), std::move(body), Fd());
+}
+
+void Outbox::post_with_fd(Kind kind, std::string meta, Fd&& passed) {
+  post_frame(kind, std::move(meta), {}, std::move(passed));
+}
+
+void Outbox::post_frame(Kind kind, std::string&& meta, std::string&& body, Fd&& passed) {
   app_forks::leave_if_forked();
   {
     std::lock_guard lock(mutex_);
     if (closing_ || failed_) return;
     // What post_later() held back goes ahead of it, in the same write.
-    if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), std::move(body)})) return;
-  }
-  wake_.notify_one();
-}
-
-void Outbox::post_with_fd(Kind kind, std::string meta, Fd&& passed) {
-  app_forks::leave_if_forked();
-  {
-    std::lock_guard lock(mutex_);
-    if (closing_ || failed_) return;
-    if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), {}, std::move(passed)})) return;
+    if (!enqueue_locked({std::exchange(later_, {}), kind, std::move(meta), std::move(body), std::move(passed)})) {
+      return;
+    }
   }
   wake_.notify_one();
 }

@@ -268,6 +268,7 @@ class Outbox {
     std::size_t size() const;
     ssize_t send(int fd, int flags) const;
   };
+  void post_frame(Kind kind, std::string&& meta, std::string&& body, Fd&& passed);
   bool enqueue_locked(Item item);
   void run();
 
